@@ -1,0 +1,268 @@
+//! The queue contract: transfer commands in, transfer results out (both version 1).
+//!
+//! Commands arrive from the gateway and from upstream systems that publish straight to the
+//! queue, so [`TransferCommand::parse`] trusts nothing: it takes raw bytes and returns either a
+//! fully valid command or a [`CommandError`] that still carries whatever identifies the
+//! transaction, so a FAILED result can be reported for it. The JSON Schema of both messages is
+//! in `schemas/` at the repository root.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::fields::{opt_str, req_str};
+use crate::{
+    AccountId, Amount, Currency, Description, DomainError, FailureReason, IdempotencyKey, Initiator, TransactionId,
+    TransactionStatus, TransferKind, TransferRequest,
+};
+
+/// The only command and result version this build speaks.
+pub const COMMAND_VERSION: u64 = 1;
+
+/// Commands larger than this are refused unread: a real one is a few hundred bytes.
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+/// A validated transfer command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferCommand {
+    /// Set when the gateway recorded the transaction first; absent for upstream publishers,
+    /// whose transaction the worker creates, scoped by `initiator`.
+    pub transaction_id: Option<TransactionId>,
+    pub request: TransferRequest,
+    pub idempotency_key: IdempotencyKey,
+    pub initiator: Initiator,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// A command that could not be accepted, with whatever could still be read from it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid command: {reason}")]
+pub struct CommandError {
+    pub reason: String,
+    pub transaction_id: Option<TransactionId>,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub initiator: Option<Initiator>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandWire<'a> {
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<TransactionId>,
+    kind: TransferKind,
+    from_account: AccountId,
+    to_account: AccountId,
+    amount: Amount,
+    currency: Currency,
+    idempotency_key: &'a IdempotencyKey,
+    initiator: &'a Initiator,
+    requested_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a Description>,
+}
+
+impl TransferCommand {
+    /// The message body as published.
+    pub fn to_json(&self) -> Vec<u8> {
+        let r = &self.request;
+        let wire = CommandWire {
+            version: COMMAND_VERSION,
+            transaction_id: self.transaction_id,
+            kind: r.kind,
+            from_account: r.from,
+            to_account: r.to,
+            amount: r.amount,
+            currency: r.currency,
+            idempotency_key: &self.idempotency_key,
+            initiator: &self.initiator,
+            requested_at: self.requested_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            description: r.description.as_ref(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Parses and validates a raw message body.
+    pub fn parse(body: &[u8]) -> Result<Self, CommandError> {
+        if body.len() > MAX_COMMAND_BYTES {
+            return Err(CommandError::bare(format!("body of {} bytes exceeds {MAX_COMMAND_BYTES}", body.len())));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| CommandError::bare(format!("not JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(CommandError::bare("not a JSON object"));
+        };
+        // Salvage the identifying fields first, so every later failure can still be reported
+        // against the right transaction.
+        let transaction_id = opt_str(&obj, "transactionId").ok().flatten().and_then(|s| s.parse().ok());
+        let idempotency_key = opt_str(&obj, "idempotencyKey").ok().flatten().and_then(|s| s.parse().ok());
+        let initiator = opt_str(&obj, "initiator").ok().flatten().and_then(|s| s.parse().ok());
+        let fail = |e: DomainError| CommandError {
+            reason: e.to_string(),
+            transaction_id,
+            idempotency_key: idempotency_key.clone(),
+            initiator: initiator.clone(),
+        };
+        Self::from_object(&obj).map_err(fail)
+    }
+
+    fn from_object(obj: &Map<String, Value>) -> Result<Self, DomainError> {
+        match obj.get("version") {
+            Some(v) if v.as_u64() == Some(COMMAND_VERSION) => {}
+            None | Some(Value::Null) => return Err(DomainError::Missing { field: "version" }),
+            Some(_) => return Err(DomainError::invalid("version", format!("must be {COMMAND_VERSION}"))),
+        }
+        let transaction_id =
+            opt_str(obj, "transactionId")?.map(|s| TransactionId::parse_field("transactionId", s)).transpose()?;
+        let kind: TransferKind = req_str(obj, "kind")?.parse()?;
+        let currency: Currency = req_str(obj, "currency")?.parse()?;
+        let from = match (kind, opt_str(obj, "fromAccount")?) {
+            (_, Some(s)) => AccountId::parse_field("fromAccount", s)?,
+            (TransferKind::InitialFunds, None) => AccountId::funding(currency),
+            (TransferKind::Transfer, None) => return Err(DomainError::Missing { field: "fromAccount" }),
+        };
+        let to = AccountId::parse_field("toAccount", req_str(obj, "toAccount")?)?;
+        let amount = Amount::from_json("amount", obj.get("amount"))?;
+        let idempotency_key: IdempotencyKey = req_str(obj, "idempotencyKey")?.parse()?;
+        let initiator: Initiator = req_str(obj, "initiator")?.parse()?;
+        let requested_at = DateTime::parse_from_rfc3339(req_str(obj, "requestedAt")?)
+            .map_err(|_| DomainError::invalid("requestedAt", "must be an RFC 3339 timestamp"))?
+            .with_timezone(&Utc);
+        let description = opt_str(obj, "description")?.map(str::parse::<Description>).transpose()?;
+        // A command without a recorded transaction can only come from an upstream system:
+        // letting it name a user would let a publisher act in that user's name.
+        if transaction_id.is_none() && matches!(initiator, Initiator::User(_)) {
+            return Err(DomainError::invalid("initiator", "must be service:<name> when transactionId is absent"));
+        }
+        let request = TransferRequest::new(kind, from, to, amount, currency, description)?;
+        Ok(Self { transaction_id, request, idempotency_key, initiator, requested_at })
+    }
+}
+
+impl CommandError {
+    fn bare(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), transaction_id: None, idempotency_key: None, initiator: None }
+    }
+}
+
+/// The outcome of a command, published on the result queue once it is terminal.
+///
+/// `transactionId` is absent only for a command so broken that no transaction could be
+/// identified; `idempotencyKey` and `initiator` are echoed when readable so upstream
+/// publishers can correlate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferResult {
+    pub version: u64,
+    pub transaction_id: Option<TransactionId>,
+    pub status: TransactionStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<FailureReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<Initiator>,
+}
+
+impl TransferResult {
+    pub fn new(
+        transaction_id: Option<TransactionId>,
+        status: TransactionStatus,
+        failure_reason: Option<FailureReason>,
+        completed_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            version: COMMAND_VERSION,
+            transaction_id,
+            status,
+            failure_reason,
+            completed_at: completed_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            idempotency_key: None,
+            initiator: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn upstream() -> Value {
+        json!({
+            "version": 1,
+            "kind": "TRANSFER",
+            "fromAccount": "0190a0a0-0000-7000-8000-000000000001",
+            "toAccount": "0190a0a0-0000-7000-8000-000000000002",
+            "amount": 1250,
+            "currency": "USD",
+            "idempotencyKey": "payroll-42",
+            "initiator": "service:payroll",
+            "requestedAt": "2026-11-24T10:00:00Z"
+        })
+    }
+
+    fn parse(v: &Value) -> Result<TransferCommand, CommandError> {
+        TransferCommand::parse(&serde_json::to_vec(v).expect("json"))
+    }
+
+    #[test]
+    fn a_valid_upstream_command_parses_and_round_trips() {
+        let cmd = parse(&upstream()).expect("valid");
+        assert_eq!(cmd.request.amount.minor(), 1250);
+        assert_eq!(TransferCommand::parse(&cmd.to_json()), Ok(cmd));
+    }
+
+    #[test]
+    fn initial_funds_default_to_the_funding_account() {
+        let mut v = upstream();
+        v["kind"] = json!("INITIAL_FUNDS");
+        v["fromAccount"] = Value::Null;
+        let cmd = parse(&v).expect("valid");
+        assert_eq!(cmd.request.from, AccountId::funding(Currency::USD));
+    }
+
+    #[test]
+    fn hostile_commands_are_refused_with_a_reason_and_keep_their_identity() {
+        let cases: Vec<(&str, Value)> = vec![
+            ("amount", json!(-5)),
+            ("amount", json!(1.5)),
+            ("amount", json!("100")),
+            ("amount", json!(10_000_000_000_000_000_i64)),
+            ("version", json!(2)),
+            ("currency", json!("usd")),
+            ("toAccount", json!("not-a-uuid")),
+            ("toAccount", json!("0190a0a0-0000-7000-8000-000000000001")),
+            ("requestedAt", json!("yesterday")),
+            ("initiator", json!("0190a0a0-0000-7000-8000-00000000000f")),
+            ("kind", json!(7)),
+        ];
+        for (field, value) in cases {
+            let mut v = upstream();
+            v[field] = value.clone();
+            let err = parse(&v).expect_err(&format!("{field}={value} must be refused"));
+            assert!(err.reason.contains(field), "{field}: {}", err.reason);
+            if field != "idempotencyKey" && field != "initiator" {
+                assert_eq!(err.idempotency_key.as_ref().map(IdempotencyKey::as_str), Some("payroll-42"));
+            }
+        }
+        for junk in [&b"not json"[..], b"[]", b"null", b"{}", &[0xff, 0xfe]] {
+            assert!(TransferCommand::parse(junk).is_err());
+        }
+        assert!(TransferCommand::parse(&vec![b' '; MAX_COMMAND_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn a_result_serialises_with_camel_case_and_no_empty_fields() {
+        let r = TransferResult::new(None, TransactionStatus::Failed, Some(FailureReason::InvalidCommand), None);
+        assert_eq!(
+            serde_json::to_value(&r).expect("json"),
+            json!({"version": 1, "transactionId": null, "status": "FAILED", "failureReason": "INVALID_COMMAND"})
+        );
+    }
+}

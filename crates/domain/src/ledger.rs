@@ -1,0 +1,156 @@
+//! The posting rule: given a request and the two accounts as they stand, decide whether the
+//! money moves and what each balance becomes. Pure, so every branch is unit-tested here and
+//! the worker only has to load the inputs and store the outputs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AccountId, AccountStatus, Balance, Currency, FailureReason, TransferKind, TransferRequest};
+
+/// The side of a ledger entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EntryType {
+    Debit,
+    Credit,
+}
+
+impl EntryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryType::Debit => "DEBIT",
+            EntryType::Credit => "CREDIT",
+        }
+    }
+}
+
+/// An account as the posting rule needs to see it, read inside the same database transaction
+/// that will write the entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSnapshot {
+    pub id: AccountId,
+    pub status: AccountStatus,
+    pub currency: Currency,
+    /// Derived from the account's latest entry (`balanceAfter`), never stored separately.
+    pub balance: Balance,
+}
+
+impl AccountSnapshot {
+    /// The funding account is the only one whose balance may go below zero: it is where
+    /// issued money comes from, so its negative balance is the total issued.
+    pub fn is_funding(&self) -> bool {
+        self.id == AccountId::funding(self.currency)
+    }
+}
+
+/// The balances after a transfer that was allowed to happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posting {
+    pub debit_balance_after: Balance,
+    pub credit_balance_after: Balance,
+}
+
+/// Decides a transfer. `None` for an account means it does not exist.
+pub fn post_transfer(
+    request: &TransferRequest,
+    from: Option<&AccountSnapshot>,
+    to: Option<&AccountSnapshot>,
+) -> Result<Posting, FailureReason> {
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(FailureReason::AccountNotFound);
+    };
+    // Only INITIAL_FUNDS may draw on the funding account, and nothing may pay into it:
+    // otherwise a plain transfer could mint money.
+    let funding_allowed = request.kind == TransferKind::InitialFunds;
+    if (from.is_funding() && !funding_allowed) || to.is_funding() {
+        return Err(FailureReason::InvalidCommand);
+    }
+    if from.status != AccountStatus::Active || to.status != AccountStatus::Active {
+        return Err(FailureReason::AccountNotActive);
+    }
+    if from.currency != request.currency || to.currency != request.currency {
+        return Err(FailureReason::CurrencyMismatch);
+    }
+    let amount = request.amount.minor();
+    if !from.is_funding() && from.balance.minor() < amount {
+        return Err(FailureReason::InsufficientFunds);
+    }
+    let debit_after = from.balance.minor().checked_sub(amount);
+    let credit_after = to.balance.minor().checked_add(amount);
+    match (debit_after, credit_after) {
+        (Some(d), Some(c)) => Ok(Posting { debit_balance_after: Balance(d), credit_balance_after: Balance(c) }),
+        _ => Err(FailureReason::BalanceLimitExceeded),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Amount;
+
+    fn account(balance: i64) -> AccountSnapshot {
+        AccountSnapshot {
+            id: AccountId::generate(),
+            status: AccountStatus::Active,
+            currency: Currency::USD,
+            balance: Balance(balance),
+        }
+    }
+
+    fn funding() -> AccountSnapshot {
+        AccountSnapshot { id: AccountId::funding(Currency::USD), ..account(-500) }
+    }
+
+    fn transfer(from: &AccountSnapshot, to: &AccountSnapshot, amount: i64) -> TransferRequest {
+        TransferRequest {
+            kind: TransferKind::Transfer,
+            from: from.id,
+            to: to.id,
+            amount: Amount::new(amount).expect("amount"),
+            currency: Currency::USD,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn a_covered_transfer_moves_exactly_the_amount() {
+        let (a, b) = (account(100), account(7));
+        let p = post_transfer(&transfer(&a, &b, 100), Some(&a), Some(&b)).expect("covered");
+        assert_eq!(p, Posting { debit_balance_after: Balance(0), credit_balance_after: Balance(107) });
+    }
+
+    #[test]
+    fn an_uncovered_transfer_fails_with_insufficient_funds() {
+        let (a, b) = (account(99), account(0));
+        assert_eq!(post_transfer(&transfer(&a, &b, 100), Some(&a), Some(&b)), Err(FailureReason::InsufficientFunds));
+    }
+
+    #[test]
+    fn missing_inactive_and_mismatched_accounts_fail_with_their_reason() {
+        let (a, b) = (account(100), account(0));
+        let t = transfer(&a, &b, 1);
+        assert_eq!(post_transfer(&t, None, Some(&b)), Err(FailureReason::AccountNotFound));
+        assert_eq!(post_transfer(&t, Some(&a), None), Err(FailureReason::AccountNotFound));
+        let suspended = AccountSnapshot { status: AccountStatus::Suspended, ..b.clone() };
+        assert_eq!(post_transfer(&t, Some(&a), Some(&suspended)), Err(FailureReason::AccountNotActive));
+        let euros = AccountSnapshot { currency: "EUR".parse().expect("EUR"), ..b.clone() };
+        assert_eq!(post_transfer(&t, Some(&a), Some(&euros)), Err(FailureReason::CurrencyMismatch));
+    }
+
+    #[test]
+    fn only_initial_funds_may_overdraw_the_funding_account() {
+        let (f, b) = (funding(), account(0));
+        let mut t = transfer(&f, &b, 1_000);
+        assert_eq!(post_transfer(&t, Some(&f), Some(&b)), Err(FailureReason::InvalidCommand));
+        t.kind = TransferKind::InitialFunds;
+        let p = post_transfer(&t, Some(&f), Some(&b)).expect("funding may go negative");
+        assert_eq!(p.debit_balance_after, Balance(-1_500));
+        let back = transfer(&b, &f, 1);
+        assert_eq!(post_transfer(&back, Some(&account(5)), Some(&f)), Err(FailureReason::InvalidCommand));
+    }
+
+    #[test]
+    fn balances_never_overflow() {
+        let (a, b) = (account(10), account(i64::MAX - 5));
+        assert_eq!(post_transfer(&transfer(&a, &b, 10), Some(&a), Some(&b)), Err(FailureReason::BalanceLimitExceeded));
+    }
+}

@@ -1,0 +1,25 @@
+//! LedgerFlow's domain: the types every other crate speaks, and the rules that need no I/O.
+//!
+//! Everything that crosses a boundary (an HTTP body, a queue message, a stored document) is
+//! parsed into these types once, at the edge. Past the edge nothing is a bare `String` or `i64`:
+//! an [`Amount`] is always positive and bounded, an [`IdempotencyKey`] always well-formed, a
+//! [`TransferCommand`] always internally consistent.
+//!
+//! This crate performs no I/O and has no async code; it is tested with plain unit tests.
+
+mod command;
+mod error;
+pub mod fields;
+mod ids;
+mod ledger;
+mod money;
+mod transaction;
+mod user;
+
+pub use command::{COMMAND_VERSION, CommandError, MAX_COMMAND_BYTES, TransferCommand, TransferResult};
+pub use error::DomainError;
+pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, ServiceName, TransactionId, UserId};
+pub use ledger::{AccountSnapshot, EntryType, Posting, post_transfer};
+pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
+pub use transaction::{AccountStatus, Description, FailureReason, TransactionStatus, TransferKind, TransferRequest};
+pub use user::{Email, Password, PersonName, Role};

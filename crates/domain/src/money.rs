@@ -1,0 +1,158 @@
+//! Money: positive bounded amounts in integer minor units, signed balances, ISO 4217 currencies.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::DomainError;
+
+/// The largest amount one transfer may move, in minor units (10^15: ten trillion dollars in
+/// cents). Bounding it keeps every sum of a few amounts far from `i64` overflow.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+
+/// A transfer amount in integer minor units (cents for USD): always in `1..=MAX_AMOUNT_MINOR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Amount(i64);
+
+impl Amount {
+    pub fn new(minor: i64) -> Result<Self, DomainError> {
+        match minor {
+            m if m <= 0 => Err(DomainError::invalid("amount", "must be a positive integer of minor units")),
+            m if m > MAX_AMOUNT_MINOR => {
+                Err(DomainError::invalid("amount", format!("must not exceed {MAX_AMOUNT_MINOR} minor units")))
+            }
+            m => Ok(Self(m)),
+        }
+    }
+
+    /// Parses a JSON value. Only a JSON integer is money: `1.5`, `100.0`, `"100"` and `1e3` are
+    /// all refused, because a client that sends them has misunderstood the unit.
+    pub fn from_json(field: &'static str, value: Option<&Value>) -> Result<Self, DomainError> {
+        let rename = |e: DomainError| match e {
+            DomainError::Invalid { reason, .. } => DomainError::Invalid { field, reason },
+            DomainError::Missing { .. } => DomainError::Missing { field },
+        };
+        match value {
+            None | Some(Value::Null) => Err(DomainError::Missing { field }),
+            Some(Value::Number(n)) => {
+                if let Some(i) = n.as_i64() {
+                    Self::new(i).map_err(rename)
+                } else if n.is_u64() {
+                    Err(DomainError::invalid(field, format!("must not exceed {MAX_AMOUNT_MINOR} minor units")))
+                } else {
+                    Err(DomainError::invalid(field, "must be an integer number of minor units, not a fraction"))
+                }
+            }
+            Some(_) => Err(DomainError::invalid(field, "must be a JSON integer of minor units")),
+        }
+    }
+
+    pub fn minor(self) -> i64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An account balance in minor units. Signed: only the funding account may hold a negative one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Balance(pub i64);
+
+impl Balance {
+    pub const ZERO: Balance = Balance(0);
+
+    pub fn minor(self) -> i64 {
+        self.0
+    }
+}
+
+/// An ISO 4217 currency, checked against the standard's list (not merely three letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency(iso_currency::Currency);
+
+impl Currency {
+    pub const USD: Currency = Currency(iso_currency::Currency::USD);
+
+    pub fn code(self) -> &'static str {
+        self.0.code()
+    }
+}
+
+impl FromStr for Currency {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        iso_currency::Currency::from_code(s)
+            .map(Currency)
+            .ok_or_else(|| DomainError::invalid("currency", "must be an ISO 4217 code such as USD or EUR"))
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn amount_accepts_only_positive_bounded_integers() {
+        assert_eq!(Amount::new(1).map(Amount::minor), Ok(1));
+        assert_eq!(Amount::new(MAX_AMOUNT_MINOR).map(Amount::minor), Ok(MAX_AMOUNT_MINOR));
+        for bad in [0, -1, i64::MIN, MAX_AMOUNT_MINOR + 1, i64::MAX] {
+            assert!(Amount::new(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn amount_from_json_refuses_fractions_strings_and_huge_numbers() {
+        assert_eq!(Amount::from_json("amount", Some(&json!(250))).map(Amount::minor), Ok(250));
+        for bad in
+            [json!(1.5), json!(100.0), json!("100"), json!(true), json!(-5), json!(0), json!(u64::MAX), json!(1e300)]
+        {
+            let err = Amount::from_json("amount", Some(&bad)).expect_err("must be refused");
+            assert_eq!(err.field(), "amount", "{bad}");
+        }
+        assert_eq!(Amount::from_json("amount", None), Err(DomainError::Missing { field: "amount" }));
+        assert_eq!(Amount::from_json("amount", Some(&Value::Null)), Err(DomainError::Missing { field: "amount" }));
+    }
+
+    #[test]
+    fn currency_is_checked_against_iso_4217() {
+        assert_eq!("EUR".parse::<Currency>().map(Currency::code), Ok("EUR"));
+        for bad in ["usd", "XXY", "US", "DOLLARS", ""] {
+            assert!(bad.parse::<Currency>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Transfers and their life cycle: PENDING, then exactly one of COMPLETED or FAILED.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{AccountId, Amount, Currency, DomainError};
+
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident, $field:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = DomainError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(DomainError::invalid(
+                        $field,
+                        format!("must be one of {}", [$($text),+].join(", ")),
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// Whether an account may send and receive money. Only ACTIVE accounts take part in
+    /// transfers; SUSPENDED and CLOSED ones keep their history and balance.
+    AccountStatus, "status" {
+        Active => "ACTIVE",
+        Suspended => "SUSPENDED",
+        Closed => "CLOSED",
+    }
+);
+
+wire_enum!(
+    /// Where a transaction is in its life. Terminal states never change again.
+    TransactionStatus, "status" {
+        Pending => "PENDING",
+        Completed => "COMPLETED",
+        Failed => "FAILED",
+    }
+);
+
+wire_enum!(
+    /// Why a transaction FAILED. Stable codes that clients may branch on.
+    FailureReason, "failureReason" {
+        InsufficientFunds => "INSUFFICIENT_FUNDS",
+        AccountNotFound => "ACCOUNT_NOT_FOUND",
+        AccountNotActive => "ACCOUNT_NOT_ACTIVE",
+        CurrencyMismatch => "CURRENCY_MISMATCH",
+        InvalidCommand => "INVALID_COMMAND",
+        BalanceLimitExceeded => "BALANCE_LIMIT_EXCEEDED",
+    }
+);
+
+wire_enum!(
+    /// A transfer between two client accounts, or money issued from the funding account.
+    TransferKind, "kind" {
+        Transfer => "TRANSFER",
+        InitialFunds => "INITIAL_FUNDS",
+    }
+);
+
+impl TransactionStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TransactionStatus::Pending)
+    }
+}
+
+/// A free-text note on a transfer: at most 500 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Description(String);
+
+impl Description {
+    pub const MAX_CHARS: usize = 500;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Description {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.chars().count() > Self::MAX_CHARS || s.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(DomainError::invalid(
+                "description",
+                format!("must be at most {} printable characters", Self::MAX_CHARS),
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// A transfer as asked for, before anyone decided whether it happens.
+///
+/// For INITIAL_FUNDS `from` is the currency's funding account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRequest {
+    pub kind: TransferKind,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub description: Option<Description>,
+}
+
+impl TransferRequest {
+    pub fn new(
+        kind: TransferKind,
+        from: AccountId,
+        to: AccountId,
+        amount: Amount,
+        currency: Currency,
+        description: Option<Description>,
+    ) -> Result<Self, DomainError> {
+        if from == to {
+            return Err(DomainError::invalid("toAccount", "must differ from fromAccount"));
+        }
+        if kind == TransferKind::InitialFunds && from != AccountId::funding(currency) {
+            return Err(DomainError::invalid("fromAccount", "initial funds come from the funding account only"));
+        }
+        Ok(Self { kind, from, to, amount, currency, description })
+    }
+
+    /// A digest of everything that defines the request. Two requests under one idempotency
+    /// key are "the same" exactly when their fingerprints match.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.kind.as_str(),
+            &self.from.to_string(),
+            &self.to.to_string(),
+            &self.amount.to_string(),
+            self.currency.code(),
+            self.description.as_ref().map_or("", Description::as_str),
+        ] {
+            // Length-prefix each part so that no two different requests hash the same input.
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(amount: i64, description: Option<&str>) -> TransferRequest {
+        TransferRequest::new(
+            TransferKind::Transfer,
+            AccountId::parse_field("a", "0190a0a0-0000-7000-8000-000000000001").expect("id"),
+            AccountId::parse_field("b", "0190a0a0-0000-7000-8000-000000000002").expect("id"),
+            Amount::new(amount).expect("amount"),
+            Currency::USD,
+            description.map(|d| d.parse().expect("description")),
+        )
+        .expect("valid request")
+    }
+
+    #[test]
+    fn fingerprint_changes_with_any_field() {
+        let base = request(100, None);
+        assert_eq!(base.fingerprint(), request(100, None).fingerprint());
+        assert_ne!(base.fingerprint(), request(101, None).fingerprint());
+        assert_ne!(base.fingerprint(), request(100, Some("rent")).fingerprint());
+    }
+
+    #[test]
+    fn a_transfer_to_the_same_account_is_refused() {
+        let a = AccountId::generate();
+        let err = TransferRequest::new(TransferKind::Transfer, a, a, Amount::new(1).expect("1"), Currency::USD, None);
+        assert_eq!(err.map_err(|e| e.field()), Err("toAccount"));
+    }
+
+    #[test]
+    fn initial_funds_must_come_from_the_funding_account() {
+        let to = AccountId::generate();
+        let one = Amount::new(1).expect("1");
+        let ok = TransferRequest::new(
+            TransferKind::InitialFunds,
+            AccountId::funding(Currency::USD),
+            to,
+            one,
+            Currency::USD,
+            None,
+        );
+        assert!(ok.is_ok());
+        let bad = TransferRequest::new(TransferKind::InitialFunds, AccountId::generate(), to, one, Currency::USD, None);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn wire_enums_parse_their_own_spelling_only() {
+        for s in TransactionStatus::ALL {
+            assert_eq!(s.as_str().parse::<TransactionStatus>(), Ok(*s));
+        }
+        assert!("pending".parse::<TransactionStatus>().is_err());
+        assert_eq!("SUSPENDED".parse::<AccountStatus>(), Ok(AccountStatus::Suspended));
+    }
+}

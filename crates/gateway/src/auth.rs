@@ -1,0 +1,152 @@
+//! Authentication: argon2id password hashes, HS256 JWTs, and the [`AuthUser`] extractor that
+//! accepts a token from `Authorization: Bearer` or the `token` cookie.
+
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ledgerflow_domain::{Initiator, Password, Role, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The name of the session cookie.
+pub const COOKIE: &str = "token";
+
+/// Signing and verification keys for one HMAC secret.
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl: Duration,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: Role,
+    exp: u64,
+    iat: u64,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), ttl }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn issue(&self, user: UserId, role: Role) -> Result<String, ApiError> {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let claims = Claims { sub: user.to_string(), role, iat: now, exp: now + self.ttl.as_secs() };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| {
+            tracing::error!(error = %e, "could not sign token");
+            ApiError::Internal
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<AuthUser, ApiError> {
+        // Only HS256: a token that names another algorithm (or `none`) is refused.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map_err(|_| ApiError::Unauthenticated)?;
+        let id = data.claims.sub.parse().map_err(|_| ApiError::Unauthenticated)?;
+        Ok(AuthUser { id, role: data.claims.role })
+    }
+}
+
+/// The caller, as proven by a valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: UserId,
+    pub role: Role,
+}
+
+impl AuthUser {
+    pub fn is_system(&self) -> bool {
+        self.role == Role::System
+    }
+
+    pub fn require_system(&self) -> Result<(), ApiError> {
+        if self.is_system() { Ok(()) } else { Err(ApiError::Forbidden) }
+    }
+
+    pub fn initiator(&self) -> Initiator {
+        Initiator::User(self.id)
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_owned());
+        let token = match bearer {
+            Some(t) => t,
+            None => CookieJar::from_headers(&parts.headers)
+                .get(COOKIE)
+                .map(|c| c.value().to_owned())
+                .ok_or(ApiError::Unauthenticated)?,
+        };
+        state.keys.verify(&token)
+    }
+}
+
+/// The session cookie carrying `token`: HttpOnly (no script can read it), SameSite=Strict
+/// (no cross-site request carries it), Secure unless configured off for plain-HTTP dev.
+pub fn session_cookie(token: String, ttl: Duration, secure: bool) -> Cookie<'static> {
+    Cookie::build((COOKIE, token))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
+        .path("/")
+        .max_age(time::Duration::seconds(ttl.as_secs() as i64))
+        .build()
+}
+
+/// Hashes a password with argon2id on the blocking pool (it is deliberately slow).
+pub async fn hash_password(password: Password) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(|e| {
+        tracing::error!(error = %e, "could not hash password");
+        ApiError::Internal
+    })
+}
+
+/// A hash of a random password nobody knows, verified against when the email is unknown so
+/// that a login takes as long whether or not the account exists.
+static DECOY_HASH: std::sync::LazyLock<Option<String>> = std::sync::LazyLock::new(|| {
+    let salt = SaltString::generate(&mut OsRng);
+    let secret = SaltString::generate(&mut OsRng);
+    Argon2::default().hash_password(secret.as_str().as_bytes(), &salt).map(|h| h.to_string()).ok()
+});
+
+/// Checks a password against a stored hash (or the decoy), on the blocking pool.
+pub async fn verify_password(password: String, hash: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let real = hash.is_some();
+        let Some(hash) = hash.or_else(|| DECOY_HASH.clone()) else { return false };
+        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
+        Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && real
+    })
+    .await
+    .unwrap_or(false)
+}

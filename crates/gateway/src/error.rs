@@ -1,0 +1,125 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every failure a client can see is an [`ApiError`] and renders as
+//! `{"error":{"code":"UPPER_SNAKE","message":"...","field":"..."}}` (`field` only for
+//! validation errors). Internal details are logged, never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ledgerflow_domain::DomainError;
+use ledgerflow_messaging::MessagingError;
+use ledgerflow_store::StoreError;
+use serde_json::json;
+use tracing::error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field is missing or unacceptable.
+    #[error("{0}")]
+    Validation(#[from] DomainError),
+    /// The body is not JSON, or not a JSON object.
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("email or password is incorrect")]
+    InvalidCredentials,
+    #[error("this operation requires the SYSTEM role")]
+    Forbidden,
+    /// `code` is e.g. `ACCOUNT_NOT_FOUND`; `what` names the thing for the message.
+    #[error("{what} not found")]
+    NotFound { code: &'static str, what: &'static str },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("idempotencyKey was already used with a different request")]
+    IdempotencyKeyReused,
+    /// The transfer is recorded but could not be handed to the broker yet; it will be.
+    #[error(
+        "transaction {0} is recorded but the message broker is unavailable; it will be sent automatically, and retrying with the same idempotencyKey is safe"
+    )]
+    PublishDeferred(ledgerflow_domain::TransactionId),
+    #[error("{0}")]
+    Unavailable(&'static str),
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn account_not_found() -> Self {
+        Self::NotFound { code: "ACCOUNT_NOT_FOUND", what: "account" }
+    }
+
+    pub fn transaction_not_found() -> Self {
+        Self::NotFound { code: "TRANSACTION_NOT_FOUND", what: "transaction" }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Validation(_) => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
+            Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            Self::EmailTaken => (StatusCode::CONFLICT, "EMAIL_TAKEN"),
+            Self::IdempotencyKeyReused => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED"),
+            Self::PublishDeferred(_) => (StatusCode::SERVICE_UNAVAILABLE, "BROKER_UNAVAILABLE"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::EmailTaken => Self::EmailTaken,
+            StoreError::Database(_) | StoreError::Contention { .. } => {
+                error!(error = %e, "database unavailable");
+                Self::Unavailable("the database is unavailable, try again")
+            }
+            StoreError::Corrupt { .. } => {
+                error!(error = %e, "corrupt stored data");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<MessagingError> for ApiError {
+    fn from(e: MessagingError) -> Self {
+        error!(error = %e, "message broker unavailable");
+        Self::Unavailable("the message broker is unavailable, try again")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut body = json!({ "error": { "code": code, "message": self.to_string() } });
+        match &self {
+            Self::Validation(e) => body["error"]["field"] = json!(e.field()),
+            Self::PublishDeferred(id) => body["error"]["transactionId"] = json!(id),
+            _ => {}
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

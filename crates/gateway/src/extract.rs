@@ -1,0 +1,87 @@
+//! Request extractors whose failures are [`ApiError`]s, so even a malformed request gets the
+//! standard error body.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use ledgerflow_domain::DomainError;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON object body. An empty body counts as `{}` so that endpoints whose fields are all
+/// optional accept a bare POST. Fields are then read one by one into domain types, which
+/// gives a precise error for each bad field instead of a generic deserialisation failure.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        let has_content_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(MAX_BODY_BYTES),
+            other => ApiError::InvalidJson(other.body_text()),
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(Map::new()));
+        }
+        if has_content_type && !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::InvalidJson("request body must be a JSON object".into())),
+            Err(e) => Err(ApiError::InvalidJson(format!("request body is not valid JSON: {e}"))),
+        }
+    }
+}
+
+/// Query-string parameters as plain strings; handlers parse each into a domain type.
+pub struct QueryMap(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(map)| Self(map))
+            .map_err(|e| ApiError::Validation(DomainError::Invalid { field: "query", reason: e.body_text() }))
+    }
+}
+
+impl QueryMap {
+    /// `limit`: 1..=100, default 20.
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.0.get("limit") {
+            None => Ok(20),
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if (1..=ledgerflow_store::MAX_PAGE).contains(&n) => Ok(n),
+                _ => Err(DomainError::Invalid {
+                    field: "limit",
+                    reason: format!("must be an integer from 1 to {}", ledgerflow_store::MAX_PAGE),
+                }
+                .into()),
+            },
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}

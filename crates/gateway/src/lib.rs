@@ -1,0 +1,96 @@
+//! The LedgerFlow HTTP gateway.
+//!
+//! Thin on purpose: it authenticates, parses requests into domain types, checks ownership,
+//! records a transfer as PENDING, publishes the command with a publisher confirm and answers
+//! `202 Accepted`. Whether money moves is decided by a worker alone. A transfer whose publish
+//! failed stays recorded; the [`republisher`] sends it later.
+
+pub mod auth;
+mod dto;
+pub mod error;
+mod extract;
+mod republisher;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use ledgerflow_messaging::Publisher;
+use ledgerflow_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::info;
+
+pub use auth::{JwtKeys, hash_password};
+
+/// Gateway settings that are not connections.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub jwt_secret: String,
+    pub token_ttl: Duration,
+    /// Whether the session cookie is marked `Secure` (turn off only for plain-HTTP dev).
+    pub cookie_secure: bool,
+    /// How often the republisher looks for unpublished transfers.
+    pub republish_interval: Duration,
+    /// How old an unpublished PENDING transfer must be before it is republished.
+    pub republish_after: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(jwt_secret: String) -> Self {
+        Self {
+            jwt_secret,
+            token_ttl: Duration::from_secs(12 * 3600),
+            cookie_secure: true,
+            republish_interval: Duration::from_secs(5),
+            republish_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub keys: Arc<JwtKeys>,
+    pub config: Arc<GatewayConfig>,
+}
+
+impl AppState {
+    pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
+        let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
+        Self { store, publisher, keys, config: Arc::new(config) }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then stops accepting, finishes open requests and
+/// stops the republisher.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    info!(addr = %listener.local_addr()?, "gateway listening");
+    let republisher = tokio::spawn(republisher::run(state.clone(), shutdown.clone()));
+    let publisher = state.publisher.clone();
+    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    shutdown.cancel();
+    let _ = republisher.await;
+    publisher.close().await;
+    info!("gateway stopped");
+    result
+}

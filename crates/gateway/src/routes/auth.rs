@@ -1,0 +1,54 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum_extra::extract::cookie::CookieJar;
+use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
+use ledgerflow_domain::{Email, Password, PersonName, Role};
+use ledgerflow_store::UserRecord;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{hash_password, session_cookie, verify_password};
+use crate::dto;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonObject;
+
+/// `POST /api/auth/register`: always creates a USER; SYSTEM users are made by operators.
+pub(super) async fn register(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    JsonObject(body): JsonObject,
+) -> ApiResult<(StatusCode, CookieJar, Json<Value>)> {
+    let email: Email = req_parse(&body, "email")?;
+    let password: Password = req_parse(&body, "password")?;
+    let name: Option<PersonName> = opt_parse(&body, "name")?;
+    let hash = hash_password(password).await?;
+    let user = state.store.insert_user(&email, name.as_ref(), Role::User, hash).await?;
+    let (jar, body) = signed_in(&state, jar, &user)?;
+    Ok((StatusCode::CREATED, jar, body))
+}
+
+/// `POST /api/auth/login`: the same 401 whether the email is unknown or the password wrong.
+pub(super) async fn login(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    JsonObject(body): JsonObject,
+) -> ApiResult<(CookieJar, Json<Value>)> {
+    let email = req_str(&body, "email")?;
+    let password = req_str(&body, "password")?.to_owned();
+    let user = match email.parse::<Email>() {
+        Ok(email) => state.store.find_user_by_email(&email).await?,
+        Err(_) => None,
+    };
+    if !verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let user = user.ok_or(ApiError::InvalidCredentials)?;
+    signed_in(&state, jar, &user)
+}
+
+fn signed_in(state: &AppState, jar: CookieJar, user: &UserRecord) -> ApiResult<(CookieJar, Json<Value>)> {
+    let token = state.keys.issue(user.id, user.role)?;
+    let jar = jar.add(session_cookie(token.clone(), state.keys.ttl(), state.config.cookie_secure));
+    Ok((jar, Json(json!({ "user": dto::user(user), "token": token }))))
+}

@@ -1,0 +1,58 @@
+//! Route table and the handlers behind it.
+
+mod accounts;
+mod auth;
+mod health;
+mod transactions;
+
+use axum::Router;
+use axum::routing::{get, patch, post};
+use ledgerflow_domain::TransferCommand;
+use ledgerflow_messaging::lapin::BasicProperties;
+use ledgerflow_messaging::{COMMAND_TYPE, MessagingError};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub(crate) fn routes() -> Router<AppState> {
+    // The original system's paths are kept, including its `intial-funds` misspelling, and
+    // each is also served under `/api`.
+    let transactions = Router::new()
+        .route("/", post(transactions::create).get(transactions::list))
+        .route("/{id}", get(transactions::get))
+        .route("/system/initial-funds", post(transactions::initial_funds))
+        .route("/system/intial-funds", post(transactions::initial_funds));
+    Router::new()
+        .route("/api/auth/register", post(auth::register))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/accounts", post(accounts::create).get(accounts::list))
+        .route("/api/accounts/{id}", get(accounts::get))
+        .route("/api/accounts/{id}/balance", get(accounts::balance))
+        .route("/api/accounts/{id}/entries", get(accounts::entries))
+        .route("/api/accounts/{id}/status", patch(accounts::set_status))
+        .nest("/transactions", transactions.clone())
+        .nest("/api/transactions", transactions)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::NotFound { code: "NOT_FOUND", what: "route" } })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// Publishes a transfer command with a confirm and records that it was published.
+pub(crate) async fn publish_command(state: &AppState, cmd: &TransferCommand) -> Result<(), MessagingError> {
+    let id = cmd.transaction_id.map(|id| id.to_string()).unwrap_or_default();
+    let props = BasicProperties::default()
+        .with_message_id(id.as_str().into())
+        .with_type(COMMAND_TYPE.into())
+        .with_app_id("ledgerflow-gateway".into())
+        .with_timestamp(cmd.requested_at.timestamp().max(0) as u64);
+    let topology = state.publisher.topology();
+    state.publisher.publish(&topology.transfers(), &cmd.request.from.to_string(), &cmd.to_json(), props).await?;
+    if let Some(id) = cmd.transaction_id {
+        // Losing this write only means a harmless republish later.
+        if let Err(e) = state.store.mark_published(id).await {
+            tracing::warn!(transaction_id = %id, error = %e, "could not mark transaction published");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
+use ledgerflow_domain::{
+    AccountId, Amount, Description, IdempotencyKey, TransactionId, TransactionStatus, TransferCommand, TransferKind,
+    TransferRequest,
+};
+use ledgerflow_store::{InsertPending, TransactionFilter, TransactionRecord};
+use serde_json::{Value, json};
+use tracing::{Instrument, info, info_span};
+
+use super::accounts::visible_account;
+use super::publish_command;
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::dto;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonObject, QueryMap};
+
+/// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,description?}`.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let from = AccountId::parse_field("fromAccount", req_str(&body, "fromAccount")?)?;
+    let to = AccountId::parse_field("toAccount", req_str(&body, "toAccount")?)?;
+    let amount = Amount::from_json("amount", body.get("amount"))?;
+    let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
+    let description: Option<Description> = opt_parse(&body, "description")?;
+    if from == to {
+        return Err(ledgerflow_domain::DomainError::Invalid {
+            field: "toAccount",
+            reason: "must differ from fromAccount".into(),
+        }
+        .into());
+    }
+    // Ownership is checked here; balance, status and currency are the worker's to judge,
+    // at the moment the money moves.
+    let source = state.store.find_account(from).await?.filter(|a| a.owner_id == Some(user.id));
+    let source = source.ok_or_else(ApiError::account_not_found)?;
+    state.store.find_account(to).await?.ok_or_else(ApiError::account_not_found)?;
+    let request = TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?;
+    accept(&state, &user, request, key).await
+}
+
+/// `POST /transactions/system/initial-funds` `{toAccount,amount,idempotencyKey,description?}`:
+/// SYSTEM only; the money comes from the currency's funding account.
+pub(super) async fn initial_funds(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    user.require_system()?;
+    let to = AccountId::parse_field("toAccount", req_str(&body, "toAccount")?)?;
+    let amount = Amount::from_json("amount", body.get("amount"))?;
+    let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
+    let description: Option<Description> = opt_parse(&body, "description")?;
+    let target = state.store.find_account(to).await?.ok_or_else(ApiError::account_not_found)?;
+    let from = AccountId::funding(target.currency);
+    let request = TransferRequest::new(TransferKind::InitialFunds, from, to, amount, target.currency, description)?;
+    accept(&state, &user, request, key).await
+}
+
+/// Records the transfer PENDING (or finds the one recorded under the same key) and hands it
+/// to the queue: 202 for a new transfer, 200 for a repeat of the same request, 409 for a key
+/// reused with a different request.
+async fn accept(
+    state: &AppState,
+    user: &AuthUser,
+    request: TransferRequest,
+    key: IdempotencyKey,
+) -> ApiResult<Response> {
+    let cmd = TransferCommand {
+        transaction_id: Some(TransactionId::generate()),
+        request,
+        idempotency_key: key,
+        initiator: user.initiator(),
+        requested_at: Utc::now(),
+    };
+    let span = info_span!("transfer", transaction_id = tracing::field::Empty, idempotency_key = %cmd.idempotency_key);
+    async {
+        match state.store.insert_pending(&cmd).await? {
+            InsertPending::Existing(existing) => {
+                tracing::Span::current().record("transaction_id", tracing::field::display(existing.id));
+                if existing.request_hash != cmd.request.fingerprint() {
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
+                info!(status = %existing.status, "repeated request, returning the recorded transaction");
+                Ok((StatusCode::OK, Json(json!({ "transaction": dto::transaction(&existing) }))).into_response())
+            }
+            InsertPending::Created(record) => {
+                tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
+                if let Err(e) = publish_command(state, &cmd).await {
+                    tracing::warn!(error = %e, "publish failed; the republisher will send it");
+                    return Err(ApiError::PublishDeferred(record.id));
+                }
+                info!(amount = record.amount.minor(), kind = %record.kind, "transfer accepted");
+                let mut headers = HeaderMap::new();
+                if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{}", record.id)) {
+                    headers.insert(header::LOCATION, location);
+                }
+                Ok((StatusCode::ACCEPTED, headers, Json(json!({ "transaction": dto::transaction(&record) })))
+                    .into_response())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of either account.
+async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> ApiResult<bool> {
+    if user.is_system() || t.initiator == user.initiator() {
+        return Ok(true);
+    }
+    for account in [t.from_account, t.to_account] {
+        if state.store.find_account(account).await?.is_some_and(|a| a.owner_id == Some(user.id)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `GET /transactions/{id}`: 404 for anyone who may not see it.
+pub(super) async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = TransactionId::parse_field("transactionId", &id)?;
+    let t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
+    if !may_see(&state, &user, &t).await? {
+        return Err(ApiError::transaction_not_found());
+    }
+    Ok(Json(json!({ "transaction": dto::transaction(&t) })))
+}
+
+/// `GET /transactions?account=&status=&limit=&cursor=`: newest first.
+pub(super) async fn list(State(state): State<AppState>, user: AuthUser, query: QueryMap) -> ApiResult<Json<Value>> {
+    let limit = query.limit()?;
+    let status = query.get("status").map(str::parse::<TransactionStatus>).transpose()?;
+    let before = query.get("cursor").map(|c| TransactionId::parse_field("cursor", c)).transpose()?;
+    let account = match query.get("account") {
+        Some(raw) => Some(visible_account(&state, &user, raw).await?.id),
+        None => None,
+    };
+    let visible_to = if user.is_system() || account.is_some() {
+        None
+    } else {
+        Some((user.initiator(), state.store.account_ids_of(user.id).await?))
+    };
+    let filter = TransactionFilter { visible_to, account, status, before, limit };
+    let found = state.store.list_transactions(&filter).await?;
+    let next = (found.len() as i64 == limit).then(|| found.last().map(|t| t.id)).flatten();
+    Ok(Json(json!({
+        "transactions": found.iter().map(dto::transaction).collect::<Vec<_>>(),
+        "nextCursor": next,
+    })))
+}

@@ -1,0 +1,275 @@
+//! `ledgerflow`: one binary for every LedgerFlow process.
+//!
+//! `gateway` and `worker` are what production runs (scaled separately); `up` runs a gateway
+//! and N workers in one process for a laptop; `admin` holds operator tasks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use ledgerflow_domain::{Email, Password};
+use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
+use ledgerflow_messaging::{Publisher, Topology};
+use ledgerflow_store::Store;
+use ledgerflow_worker::WorkerConfig;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "ledgerflow",
+    version,
+    about = "A double-entry ledger: HTTP gateway, queue workers and operator tools."
+)]
+#[command(
+    after_help = "Examples:\n  ledgerflow up --dev --workers 2\n  ledgerflow gateway --http-addr 0.0.0.0:8080\n  ledgerflow worker --prefetch 64\n  ledgerflow admin create-system-user --email ops@example.com"
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: Connections,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP gateway.
+    Gateway(GatewayArgs),
+    /// Run a worker that consumes transfer commands.
+    Worker(WorkerArgs),
+    /// Run a gateway and N workers in one process (for a laptop).
+    Up(UpArgs),
+    /// Operator tasks.
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[derive(Args, Clone)]
+struct Connections {
+    /// MongoDB connection string (a replica set: transactions need one).
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGERFLOW_MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+    )]
+    mongodb_uri: String,
+    /// MongoDB database name.
+    #[arg(long, global = true, env = "LEDGERFLOW_MONGODB_DB", default_value = "ledgerflow")]
+    mongodb_db: String,
+    /// RabbitMQ connection string.
+    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_URI", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_uri: String,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_PREFIX", default_value = "ledgerflow")]
+    amqp_prefix: String,
+}
+
+#[derive(Args, Clone)]
+struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LEDGERFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// HMAC secret for JWTs (at least 32 bytes).
+    #[arg(long, env = "LEDGERFLOW_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Email of the SYSTEM user to create (or update) at start.
+    #[arg(long, env = "LEDGERFLOW_SYSTEM_EMAIL")]
+    system_email: Option<String>,
+    /// Password of that SYSTEM user.
+    #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true)]
+    system_password: Option<String>,
+    /// Mark the session cookie Secure (set false only for plain-HTTP development).
+    #[arg(long, env = "LEDGERFLOW_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
+    cookie_secure: bool,
+}
+
+#[derive(Args, Clone)]
+struct WorkerArgs {
+    /// Commands processed concurrently by this worker (AMQP prefetch).
+    #[arg(long, env = "LEDGERFLOW_WORKER_PREFETCH", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    prefetch: u16,
+    /// Name shown in logs and on the broker connection.
+    #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
+    name: Option<String>,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Number of workers to run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Development mode: invent a JWT secret when none is set and allow non-Secure cookies.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Create the SYSTEM user, or promote and re-password an existing one.
+    CreateSystemUser {
+        #[arg(long, env = "LEDGERFLOW_SYSTEM_EMAIL")]
+        email: String,
+        #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LEDGERFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("LEDGERFLOW_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancelled on SIGTERM or Ctrl-C: stop taking work, finish what is in flight, exit.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
+
+async fn open_store(conn: &Connections) -> Result<Store> {
+    let store = Store::connect(&conn.mongodb_uri, &conn.mongodb_db).await.context("invalid MongoDB URI")?;
+    // Indexes are the invariants' backstop: retry until MongoDB is reachable.
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match store.ensure_indexes().await {
+            Ok(()) => return Ok(store),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?wait, "MongoDB not ready");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn ensure_system_user(store: &Store, email: &str, password: &str) -> Result<()> {
+    let email: Email = email.parse().context("LEDGERFLOW_SYSTEM_EMAIL")?;
+    let password: Password = password.parse().context("LEDGERFLOW_SYSTEM_PASSWORD")?;
+    let hash = hash_password(password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user = store.ensure_system_user(&email, hash).await?;
+    info!(user_id = %user.id, email = %user.email, "SYSTEM user ready");
+    Ok(())
+}
+
+async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, store: Store) -> Result<AppState> {
+    if secret.len() < 32 {
+        bail!("LEDGERFLOW_JWT_SECRET must be at least 32 bytes");
+    }
+    if let (Some(email), Some(password)) = (&args.system_email, &args.system_password) {
+        ensure_system_user(&store, email, password).await?;
+    }
+    let mut config = GatewayConfig::new(secret);
+    config.cookie_secure = args.cookie_secure;
+    let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", Topology::new(&conn.amqp_prefix));
+    if let Err(e) = publisher.ensure_connected().await {
+        warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
+    }
+    Ok(AppState::new(store, publisher, config))
+}
+
+fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerConfig {
+    let name = args.name.clone().unwrap_or_else(|| format!("ledgerflow-worker-{}-{index}", std::process::id()));
+    WorkerConfig {
+        amqp_uri: conn.amqp_uri.clone(),
+        topology: Topology::new(&conn.amqp_prefix),
+        prefetch: args.prefetch,
+        name,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let conn = cli.conn;
+    match cli.command {
+        Command::Gateway(args) => {
+            let secret = args.jwt_secret.clone().context("LEDGERFLOW_JWT_SECRET (or --jwt-secret) is required")?;
+            let store = open_store(&conn).await?;
+            let state = gateway_state(&conn, &args, secret, store).await?;
+            let listener = tokio::net::TcpListener::bind(args.http_addr).await.context("cannot listen")?;
+            ledgerflow_gateway::serve(listener, state, shutdown_on_signal()).await?;
+        }
+        Command::Worker(args) => {
+            let store = open_store(&conn).await?;
+            ledgerflow_worker::run(store, worker_config(&conn, &args, 0), shutdown_on_signal()).await;
+        }
+        Command::Up(mut up) => {
+            let secret = match (up.gateway.jwt_secret.clone(), up.dev) {
+                (Some(s), _) => s,
+                (None, true) => {
+                    let mut bytes = [0u8; 32];
+                    rand::fill(&mut bytes);
+                    warn!("==================================================================");
+                    warn!("DEV MODE: no LEDGERFLOW_JWT_SECRET set, so a random one was made up.");
+                    warn!("Tokens will stop working when this process exits. Never do this in production.");
+                    warn!("==================================================================");
+                    hex::encode(bytes)
+                }
+                (None, false) => bail!("LEDGERFLOW_JWT_SECRET is required (or pass --dev)"),
+            };
+            if up.dev {
+                up.gateway.cookie_secure = false;
+            }
+            let store = open_store(&conn).await?;
+            let state = gateway_state(&conn, &up.gateway, secret, store.clone()).await?;
+            let listener = tokio::net::TcpListener::bind(up.gateway.http_addr).await.context("cannot listen")?;
+            let shutdown = shutdown_on_signal();
+            let mut tasks = JoinSet::new();
+            for i in 0..up.workers {
+                tasks.spawn(ledgerflow_worker::run(
+                    store.clone(),
+                    worker_config(&conn, &up.worker, i),
+                    shutdown.clone(),
+                ));
+            }
+            info!(workers = up.workers, addr = %up.gateway.http_addr, "LedgerFlow is up");
+            let served = ledgerflow_gateway::serve(listener, state, shutdown.clone()).await;
+            shutdown.cancel();
+            while tasks.join_next().await.is_some() {}
+            served?;
+        }
+        Command::Admin(Admin::CreateSystemUser { email, password }) => {
+            let store = open_store(&conn).await?;
+            ensure_system_user(&store, &email, &password).await?;
+            println!("SYSTEM user {email} is ready");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::{MessagingError, Topology};
+
+/// How long a publish waits for the broker's confirm before the caller gives up (and, in the
+/// gateway, answers 503 and leaves the message to the republisher).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a failed connection attempt, publishes fail at once for this long instead of each
+/// request waiting on a broker that is down.
+const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
+
+/// Opens an AMQP connection named `name` (shown in the broker's management UI).
+pub async fn connect(uri: &str, name: &str) -> Result<Connection, MessagingError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(uri, props)).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(MessagingError::Unavailable(format!("no connection within {CONNECT_TIMEOUT:?}"))),
+    }
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<Link>,
+    last_failure: Option<Instant>,
+}
+
+/// A publisher with confirms on one lazily (re)connected channel. A publish returns only once
+/// the broker has taken responsibility for the message (confirm `ack`), so a success means it
+/// is durably queued. After any failure the link is dropped and the next publish reconnects:
+/// the process survives broker restarts without restarting itself.
+#[derive(Clone)]
+pub struct Publisher {
+    uri: Arc<str>,
+    name: Arc<str>,
+    topology: Topology,
+    state: Arc<Mutex<State>>,
+}
+
+impl Publisher {
+    pub fn new(uri: &str, name: &str, topology: Topology) -> Self {
+        Self { uri: uri.into(), name: name.into(), topology, state: Arc::default() }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Connects now (declaring the topology) rather than on first publish.
+    pub async fn ensure_connected(&self) -> Result<(), MessagingError> {
+        self.channel().await.map(|_| ())
+    }
+
+    /// Whether the current link is up (for readiness checks; does not reconnect).
+    pub async fn is_connected(&self) -> bool {
+        let state = self.state.lock().await;
+        state.link.as_ref().is_some_and(|l| l.connection.status().connected() && l.channel.status().connected())
+    }
+
+    async fn channel(&self) -> Result<Channel, MessagingError> {
+        let mut state = self.state.lock().await;
+        if let Some(link) = &state.link {
+            if link.connection.status().connected() && link.channel.status().connected() {
+                return Ok(link.channel.clone());
+            }
+            state.link = None;
+        }
+        if state.last_failure.is_some_and(|t| t.elapsed() < RECONNECT_COOLDOWN) {
+            return Err(MessagingError::Unavailable("reconnecting to the broker".into()));
+        }
+        match self.open().await {
+            Ok(link) => {
+                info!(publisher = %self.name, "connected to broker");
+                let channel = link.channel.clone();
+                state.link = Some(link);
+                state.last_failure = None;
+                Ok(channel)
+            }
+            Err(e) => {
+                warn!(publisher = %self.name, error = %e, "broker connection failed");
+                state.last_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Link, MessagingError> {
+        let connection = connect(&self.uri, &self.name).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare(&channel).await?;
+        Ok(Link { connection, channel })
+    }
+
+    /// Drops the link so the next publish reconnects.
+    async fn reset(&self) {
+        if let Some(link) = self.state.lock().await.link.take() {
+            let _ = link.connection.close(200, "resetting".into()).await;
+        }
+    }
+
+    /// Closes the current channel, as a broker or network fault would. For fault tests.
+    pub async fn sever(&self) {
+        if let Some(link) = &self.state.lock().await.link {
+            let _ = link.channel.close(200, "severed".into()).await;
+        }
+    }
+
+    /// Publishes persistently to `exchange` and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), MessagingError> {
+        let channel = self.channel().await?;
+        let properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
+        let result = async {
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    body,
+                    properties,
+                )
+                .await?;
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                Err(_) => Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT)),
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => Err(MessagingError::Unroutable),
+                Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(MessagingError::Nacked),
+            }
+        }
+        .await;
+        if matches!(result, Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_))) {
+            self.reset().await;
+        }
+        result
+    }
+
+    /// Closes the connection (graceful shutdown).
+    pub async fn close(&self) {
+        self.reset().await;
+    }
+}

@@ -1,0 +1,124 @@
+//! Accounts, their derived balances and their entry history.
+
+use chrono::Utc;
+use futures::TryStreamExt;
+use ledgerflow_domain::{AccountId, AccountStatus, Balance, Currency, UserId};
+use mongodb::bson::doc;
+
+use crate::docs::{AccountDoc, to_bson_time};
+use crate::{AccountRecord, EntryRecord, MAX_PAGE, Store, StoreError};
+
+impl Store {
+    pub async fn insert_account(&self, owner: UserId, currency: Currency) -> Result<AccountRecord, StoreError> {
+        let doc = AccountDoc {
+            id: AccountId::generate().to_string(),
+            owner_id: Some(owner.to_string()),
+            status: AccountStatus::Active.as_str().to_owned(),
+            currency: currency.code().to_owned(),
+            seq: 0,
+            created_at: to_bson_time(Utc::now()),
+        };
+        self.accounts().insert_one(&doc).await?;
+        doc.try_into()
+    }
+
+    pub async fn find_account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        let doc = self.accounts().find_one(doc! { "_id": id.to_string() }).await?;
+        doc.map(TryInto::try_into).transpose()
+    }
+
+    /// Accounts in id (creation) order, optionally only one owner's, after `cursor`.
+    pub async fn list_accounts(
+        &self,
+        owner: Option<UserId>,
+        limit: i64,
+        after: Option<AccountId>,
+    ) -> Result<Vec<AccountRecord>, StoreError> {
+        let mut filter = doc! {};
+        if let Some(owner) = owner {
+            filter.insert("ownerId", owner.to_string());
+        }
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after.to_string() });
+        }
+        let docs: Vec<AccountDoc> = self
+            .accounts()
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit.clamp(1, MAX_PAGE))
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// All account ids one user owns (bounded: used to scope transaction listings).
+    pub async fn account_ids_of(&self, owner: UserId) -> Result<Vec<AccountId>, StoreError> {
+        const MAX_ACCOUNTS_PER_USER: i64 = 1_000;
+        let docs: Vec<AccountDoc> = self
+            .accounts()
+            .find(doc! { "ownerId": owner.to_string() })
+            .limit(MAX_ACCOUNTS_PER_USER)
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter().map(|d| AccountRecord::try_from(d).map(|a| a.id)).collect()
+    }
+
+    /// Sets an account's status; `None` if there is no such account. Funding accounts are
+    /// not client accounts and cannot be changed here.
+    pub async fn set_account_status(
+        &self,
+        id: AccountId,
+        status: AccountStatus,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let doc = self
+            .accounts()
+            .find_one_and_update(
+                doc! { "_id": id.to_string(), "ownerId": { "$ne": null } },
+                doc! { "$set": { "status": status.as_str() } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?;
+        doc.map(TryInto::try_into).transpose()
+    }
+
+    /// The balance derived from the ledger: the `balanceAfter` of the latest entry, found by
+    /// the unique `(accountId, seq)` index, so it costs the same at any history length.
+    pub async fn balance(&self, id: AccountId) -> Result<Balance, StoreError> {
+        let latest = self.entries().find_one(doc! { "accountId": id.to_string() }).sort(doc! { "seq": -1 }).await?;
+        Ok(latest.map_or(Balance::ZERO, |e| Balance(e.balance_after)))
+    }
+
+    /// An account's entries, newest first, strictly before sequence `before` when given.
+    pub async fn entries_of(
+        &self,
+        id: AccountId,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let mut filter = doc! { "accountId": id.to_string() };
+        if let Some(before) = before {
+            filter.insert("seq", doc! { "$lt": before });
+        }
+        let docs: Vec<_> = self
+            .entries()
+            .find(filter)
+            .sort(doc! { "seq": -1 })
+            .limit(limit.clamp(1, MAX_PAGE))
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// The entries written for one transaction (zero or two).
+    pub async fn entries_of_transaction(
+        &self,
+        id: ledgerflow_domain::TransactionId,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let docs: Vec<_> =
+            self.entries().find(doc! { "transactionId": id.to_string() }).limit(10).await?.try_collect().await?;
+        docs.into_iter().map(TryInto::try_into).collect()
+    }
+}

@@ -1,0 +1,248 @@
+//! Stored document shapes and their parsing into domain records.
+//!
+//! Documents hold plain strings and integers so that they read well in any MongoDB tool; the
+//! records hold domain types. Conversion fails loudly ([`StoreError::Corrupt`]) rather than
+//! guessing.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use ledgerflow_domain::{
+    AccountId, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId, EntryType,
+    FailureReason, IdempotencyKey, Initiator, PersonName, Role, TransactionId, TransactionStatus, TransferKind, UserId,
+};
+use mongodb::bson::DateTime as BsonDateTime;
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+pub(crate) fn to_bson_time(t: DateTime<Utc>) -> BsonDateTime {
+    BsonDateTime::from_millis(t.timestamp_millis())
+}
+
+pub(crate) fn from_bson_time(t: BsonDateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or_default()
+}
+
+/// Parses one stored field, naming the document on failure.
+fn field<T: FromStr<Err = DomainError>>(collection: &'static str, id: &str, raw: &str) -> Result<T, StoreError> {
+    raw.parse().map_err(|e: DomainError| StoreError::Corrupt { collection, id: id.to_owned(), reason: e.to_string() })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub password_hash: String,
+    pub created_at: BsonDateTime,
+}
+
+/// A user as stored, including the password hash (which never leaves the gateway).
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub email: Email,
+    pub name: Option<PersonName>,
+    pub role: Role,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<UserDoc> for UserRecord {
+    type Error = StoreError;
+    fn try_from(d: UserDoc) -> Result<Self, StoreError> {
+        const C: &str = "users";
+        Ok(Self {
+            id: field(C, &d.id, &d.id)?,
+            email: field(C, &d.id, &d.email)?,
+            name: d.name.as_deref().map(|n| field(C, &d.id, n)).transpose()?,
+            role: d.role,
+            password_hash: d.password_hash,
+            created_at: from_bson_time(d.created_at),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccountDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Absent for funding accounts, which belong to the system.
+    pub owner_id: Option<String>,
+    pub status: String,
+    pub currency: String,
+    /// Sequence number of the account's latest entry (0: none yet). Bumped by every posting.
+    pub seq: i64,
+    pub created_at: BsonDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub id: AccountId,
+    pub owner_id: Option<UserId>,
+    pub status: AccountStatus,
+    pub currency: Currency,
+    pub seq: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<AccountDoc> for AccountRecord {
+    type Error = StoreError;
+    fn try_from(d: AccountDoc) -> Result<Self, StoreError> {
+        const C: &str = "accounts";
+        Ok(Self {
+            id: field(C, &d.id, &d.id)?,
+            owner_id: d.owner_id.as_deref().map(|o| field(C, &d.id, o)).transpose()?,
+            status: field(C, &d.id, &d.status)?,
+            currency: field(C, &d.id, &d.currency)?,
+            seq: d.seq,
+            created_at: from_bson_time(d.created_at),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TransactionDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub kind: String,
+    pub from_account: String,
+    pub to_account: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    /// The idempotency scope: the initiator, so keys are per caller, not global.
+    pub idempotency_scope: String,
+    pub idempotency_key: String,
+    /// Fingerprint of the request (see `TransferRequest::fingerprint`).
+    pub request_hash: String,
+    pub initiator: String,
+    pub description: Option<String>,
+    pub requested_at: BsonDateTime,
+    pub created_at: BsonDateTime,
+    pub completed_at: Option<BsonDateTime>,
+    /// When the gateway's publish was confirmed; absent until then (the republisher's cue).
+    pub published_at: Option<BsonDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionRecord {
+    pub id: TransactionId,
+    pub kind: TransferKind,
+    pub from_account: AccountId,
+    pub to_account: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub status: TransactionStatus,
+    pub failure_reason: Option<FailureReason>,
+    pub idempotency_key: IdempotencyKey,
+    pub request_hash: String,
+    pub initiator: Initiator,
+    pub description: Option<Description>,
+    pub requested_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<TransactionDoc> for TransactionRecord {
+    type Error = StoreError;
+    fn try_from(d: TransactionDoc) -> Result<Self, StoreError> {
+        const C: &str = "transactions";
+        let corrupt = |e: DomainError| StoreError::Corrupt { collection: C, id: d.id.clone(), reason: e.to_string() };
+        Ok(Self {
+            id: field(C, &d.id, &d.id)?,
+            kind: field(C, &d.id, &d.kind)?,
+            from_account: field(C, &d.id, &d.from_account)?,
+            to_account: field(C, &d.id, &d.to_account)?,
+            amount: Amount::new(d.amount).map_err(corrupt)?,
+            currency: field(C, &d.id, &d.currency)?,
+            status: field(C, &d.id, &d.status)?,
+            failure_reason: d.failure_reason.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
+            idempotency_key: field(C, &d.id, &d.idempotency_key)?,
+            request_hash: d.request_hash.clone(),
+            initiator: field(C, &d.id, &d.initiator)?,
+            description: d.description.as_deref().map(|s| field(C, &d.id, s)).transpose()?,
+            requested_at: from_bson_time(d.requested_at),
+            created_at: from_bson_time(d.created_at),
+            completed_at: d.completed_at.map(from_bson_time),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EntryDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub account_id: String,
+    pub transaction_id: String,
+    #[serde(rename = "type")]
+    pub entry_type: EntryType,
+    pub amount: i64,
+    pub currency: String,
+    /// Position in the account's history: 1, 2, 3… with no gaps.
+    pub seq: i64,
+    /// The account's balance once this entry is applied: what balance reads return.
+    pub balance_after: i64,
+    pub created_at: BsonDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub id: EntryId,
+    pub account_id: AccountId,
+    pub transaction_id: TransactionId,
+    pub entry_type: EntryType,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub seq: i64,
+    pub balance_after: Balance,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<EntryDoc> for EntryRecord {
+    type Error = StoreError;
+    fn try_from(d: EntryDoc) -> Result<Self, StoreError> {
+        const C: &str = "entries";
+        let corrupt = |e: DomainError| StoreError::Corrupt { collection: C, id: d.id.clone(), reason: e.to_string() };
+        Ok(Self {
+            id: field(C, &d.id, &d.id)?,
+            account_id: field(C, &d.id, &d.account_id)?,
+            transaction_id: field(C, &d.id, &d.transaction_id)?,
+            entry_type: d.entry_type,
+            amount: Amount::new(d.amount).map_err(corrupt)?,
+            currency: field(C, &d.id, &d.currency)?,
+            seq: d.seq,
+            balance_after: Balance(d.balance_after),
+            created_at: from_bson_time(d.created_at),
+        })
+    }
+}
+
+impl TransactionRecord {
+    /// The command that carries this transaction to a worker (used to publish, and to
+    /// republish after a lost publish).
+    pub fn to_command(&self) -> ledgerflow_domain::TransferCommand {
+        ledgerflow_domain::TransferCommand {
+            transaction_id: Some(self.id),
+            request: ledgerflow_domain::TransferRequest {
+                kind: self.kind,
+                from: self.from_account,
+                to: self.to_account,
+                amount: self.amount,
+                currency: self.currency,
+                description: self.description.clone(),
+            },
+            idempotency_key: self.idempotency_key.clone(),
+            initiator: self.initiator.clone(),
+            requested_at: self.requested_at,
+        }
+    }
+}

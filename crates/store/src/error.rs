@@ -1,0 +1,41 @@
+use mongodb::error::{ErrorKind, WriteFailure};
+use thiserror::Error;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation. Usually transient.
+    #[error("database error: {0}")]
+    Database(#[from] mongodb::error::Error),
+    /// A user with this email already exists.
+    #[error("email already registered")]
+    EmailTaken,
+    /// A stored document does not parse into the domain: it was written by something else
+    /// or edited by hand. Never silently skipped.
+    #[error("corrupt {collection} document {id}: {reason}")]
+    Corrupt { collection: &'static str, id: String, reason: String },
+    /// Postings on one account kept conflicting past the retry budget.
+    #[error("write contention persisted past {attempts} attempts")]
+    Contention { attempts: u32 },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (as opposed to a fault in the data).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Database(_) | StoreError::Contention { .. })
+    }
+}
+
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Whether a driver error is a unique-index violation.
+pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => {
+            e.write_errors.as_ref().is_some_and(|errs| errs.iter().any(|e| e.code == DUPLICATE_KEY))
+        }
+        _ => false,
+    }
+}

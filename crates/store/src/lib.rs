@@ -1,0 +1,108 @@
+//! MongoDB persistence for LedgerFlow.
+//!
+//! Four collections: `users`, `accounts`, `transactions` and `entries`. Entries are the only
+//! source of money truth and are never updated or deleted. Each account document carries a
+//! `seq`, the sequence number of its latest entry; every posting bumps it inside the same
+//! multi-document transaction, which makes two concurrent postings on one account conflict
+//! (one retries) instead of both reading the same balance. The balance itself is the
+//! `balanceAfter` of the account's latest entry: one indexed read, however long the history.
+//!
+//! Stored documents are parsed back into domain types here ([`docs`]); nothing above this
+//! crate sees BSON.
+
+mod accounts;
+mod audit;
+mod docs;
+mod error;
+mod execute;
+mod transactions;
+mod users;
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
+pub use error::StoreError;
+pub use execute::Execution;
+pub use transactions::{InsertPending, TransactionFilter};
+
+/// Largest page any listing returns, whatever the caller asks for.
+pub const MAX_PAGE: i64 = 100;
+
+/// A handle on the LedgerFlow database; cheap to clone (the driver pools connections).
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    db: Database,
+}
+
+impl Store {
+    /// Connects lazily: the driver reconnects by itself after outages, so this only fails on
+    /// a malformed URI. Call [`Store::ensure_indexes`] before serving.
+    pub async fn connect(uri: &str, database: &str) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(uri).await?;
+        options.app_name.get_or_insert_with(|| "ledgerflow".to_owned());
+        options.server_selection_timeout.get_or_insert(Duration::from_secs(5));
+        options.connect_timeout.get_or_insert(Duration::from_secs(5));
+        let client = Client::with_options(options)?;
+        let db = client.database(database);
+        Ok(Self { client, db })
+    }
+
+    /// Creates the indexes the invariants rely on (idempotent). The unique ones are not
+    /// optimisations: they are what makes a duplicate idempotency key, a second entry pair
+    /// for one transaction or a repeated sequence number impossible.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let unique = || IndexOptions::builder().unique(true).build();
+        let index = |keys, options: Option<IndexOptions>| IndexModel::builder().keys(keys).options(options).build();
+        self.users().create_index(index(doc! { "email": 1 }, Some(unique()))).await?;
+        self.accounts().create_index(index(doc! { "ownerId": 1, "_id": 1 }, None)).await?;
+        self.transactions()
+            .create_indexes([
+                index(doc! { "idempotencyScope": 1, "idempotencyKey": 1 }, Some(unique())),
+                index(doc! { "status": 1, "publishedAt": 1, "createdAt": 1 }, None),
+                index(doc! { "fromAccount": 1, "_id": -1 }, None),
+                index(doc! { "toAccount": 1, "_id": -1 }, None),
+                index(doc! { "initiator": 1, "_id": -1 }, None),
+            ])
+            .await?;
+        self.entries()
+            .create_indexes([
+                index(doc! { "accountId": 1, "seq": -1 }, Some(unique())),
+                index(doc! { "transactionId": 1, "type": 1 }, Some(unique())),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Round-trips to the server; used by readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    /// Drops the whole database. For tests and throwaway environments only.
+    pub async fn drop_database(&self) -> Result<(), StoreError> {
+        self.db.drop().await?;
+        Ok(())
+    }
+
+    fn users(&self) -> Collection<docs::UserDoc> {
+        self.db.collection("users")
+    }
+
+    fn accounts(&self) -> Collection<docs::AccountDoc> {
+        self.db.collection("accounts")
+    }
+
+    fn transactions(&self) -> Collection<docs::TransactionDoc> {
+        self.db.collection("transactions")
+    }
+
+    fn entries(&self) -> Collection<docs::EntryDoc> {
+        self.db.collection("entries")
+    }
+}

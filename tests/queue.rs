@@ -1,0 +1,1 @@
+//! Queue-level behaviour: upstream publishers, dead letters.

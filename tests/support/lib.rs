@@ -1,0 +1,334 @@
+//! Test harness: `spawn_app()` starts a real gateway and real workers in this process,
+//! against the real MongoDB and RabbitMQ, isolated by a fresh database name and a fresh
+//! queue-name prefix, so tests run in parallel on one shared broker and database server.
+//!
+//! Services come from `LEDGERFLOW_TEST_MONGODB_URI` and `LEDGERFLOW_TEST_AMQP_URI` (loopback
+//! defaults); `scripts/test.sh` starts them first.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
+use ledgerflow_messaging::lapin::options::{BasicGetOptions, BasicPublishOptions};
+use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
+use ledgerflow_messaging::{Publisher, Topology, connect};
+use ledgerflow_store::Store;
+use ledgerflow_worker::WorkerConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use serde_json;
+
+/// Upper bound for anything a test waits for. Generous: CI machines are small.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub const SYSTEM_EMAIL: &str = "system@ledgerflow.test";
+pub const SYSTEM_PASSWORD: &str = "system-password-for-tests";
+
+pub fn mongodb_uri() -> String {
+    std::env::var("LEDGERFLOW_TEST_MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=rs0".into())
+}
+
+pub fn amqp_uri() -> String {
+    std::env::var("LEDGERFLOW_TEST_AMQP_URI").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEDGERFLOW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A signed-in user: id and token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub token: String,
+}
+
+/// A running LedgerFlow (gateway + workers) on its own database and queues.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub store: Store,
+    pub topology: Topology,
+    pub system: Session,
+    shutdown: CancellationToken,
+    gateway: Option<JoinHandle<()>>,
+    workers: Vec<(CancellationToken, JoinHandle<()>)>,
+    amqp: Connection,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(1).await
+}
+
+/// Starts a gateway and `workers` independent workers (each with its own connections).
+pub async fn spawn_app_with(workers: usize) -> TestApp {
+    init_logs();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let store = Store::connect(&mongodb_uri(), &format!("lf_test_{}", &tag[..16])).await.unwrap();
+    store.ensure_indexes().await.unwrap();
+    let topology = Topology::new(format!("lf-test-{}", &tag[..16]));
+    let hash = hash_password(SYSTEM_PASSWORD.parse().unwrap()).await.unwrap();
+    store.ensure_system_user(&SYSTEM_EMAIL.parse().unwrap(), hash).await.unwrap();
+
+    let mut config = GatewayConfig::new("test-secret-test-secret-test-secret-0123456789".into());
+    config.cookie_secure = false;
+    config.republish_interval = Duration::from_millis(200);
+    config.republish_after = Duration::from_millis(500);
+    let publisher = Publisher::new(&amqp_uri(), "test-gateway", topology.clone());
+    publisher.ensure_connected().await.unwrap();
+    let state = AppState::new(store.clone(), publisher, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let gateway = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            ledgerflow_gateway::serve(listener, state, shutdown).await.unwrap();
+        }
+    });
+    let amqp = connect(&amqp_uri(), "test-harness").await.unwrap();
+    let mut app = TestApp {
+        base,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        store,
+        topology,
+        system: Session { id: String::new(), token: String::new() },
+        shutdown,
+        gateway: Some(gateway),
+        workers: Vec::new(),
+        amqp,
+    };
+    for _ in 0..workers {
+        app.add_worker();
+    }
+    app.system = app.login(SYSTEM_EMAIL, SYSTEM_PASSWORD).await;
+    app
+}
+
+impl TestApp {
+    /// Starts one more independent worker; returns its index for [`TestApp::stop_worker`].
+    pub fn add_worker(&mut self) -> usize {
+        let token = CancellationToken::new();
+        let config = WorkerConfig {
+            amqp_uri: amqp_uri(),
+            topology: self.topology.clone(),
+            prefetch: 16,
+            name: format!("test-worker-{}", self.workers.len()),
+        };
+        let handle = tokio::spawn(ledgerflow_worker::run(self.store.clone(), config, token.clone()));
+        self.workers.push((token, handle));
+        self.workers.len() - 1
+    }
+
+    /// Gracefully stops one worker and waits until it has drained.
+    pub async fn stop_worker(&mut self, index: usize) {
+        let (token, handle) = &mut self.workers[index];
+        token.cancel();
+        tokio::time::timeout(DEADLINE, handle).await.expect("worker drains in time").unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, body)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Session {
+        let (status, body) =
+            self.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": password}))).await;
+        assert_eq!(status, StatusCode::OK, "login failed: {body}");
+        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
+    }
+
+    /// Registers a fresh user with a unique email.
+    pub async fn register(&self) -> Session {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/auth/register",
+                None,
+                Some(json!({"email": email, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register failed: {body}");
+        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
+    }
+
+    pub async fn open_account(&self, user: &Session) -> String {
+        let (status, body) = self.call("POST", "/api/accounts", Some(&user.token), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::CREATED, "open account failed: {body}");
+        body["id"].as_str().unwrap().into()
+    }
+
+    /// Funds an account through the SYSTEM endpoint and waits until the money is there.
+    pub async fn fund(&self, account: &str, amount: i64) {
+        let key = format!("fund-{}", uuid::Uuid::new_v4());
+        let (status, body) = self
+            .call(
+                "POST",
+                "/transactions/system/initial-funds",
+                Some(&self.system.token),
+                Some(json!({"toAccount": account, "amount": amount, "idempotencyKey": key})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "funding failed: {body}");
+        let id = body["transaction"]["id"].as_str().unwrap();
+        let done = self.wait_terminal(&self.system.token, id).await;
+        assert_eq!(done["status"], "COMPLETED", "funding did not complete: {done}");
+    }
+
+    pub async fn transfer(
+        &self,
+        user: &Session,
+        from: &str,
+        to: &str,
+        amount: Value,
+        key: &str,
+    ) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            "/transactions",
+            Some(&user.token),
+            Some(json!({"fromAccount": from, "toAccount": to, "amount": amount, "idempotencyKey": key})),
+        )
+        .await
+    }
+
+    /// Polls `GET /transactions/{id}` until it is COMPLETED or FAILED.
+    pub async fn wait_terminal(&self, token: &str, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, body) = self.call("GET", &format!("/transactions/{id}"), Some(token), None).await;
+            assert_eq!(status, StatusCode::OK, "poll failed: {body}");
+            let t = &body["transaction"];
+            if t["status"] != "PENDING" {
+                return t.clone();
+            }
+            assert!(start.elapsed() < DEADLINE, "transaction {id} still PENDING after {DEADLINE:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn balance(&self, token: &str, account: &str) -> i64 {
+        let (status, body) = self.call("GET", &format!("/api/accounts/{account}/balance"), Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "balance failed: {body}");
+        body["balance"].as_i64().unwrap()
+    }
+
+    pub async fn entries(&self, token: &str, account: &str) -> Vec<Value> {
+        let (status, body) =
+            self.call("GET", &format!("/api/accounts/{account}/entries?limit=100"), Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "entries failed: {body}");
+        body["entries"].as_array().unwrap().clone()
+    }
+
+    /// A channel on the shared test connection, for publishing as an upstream system or
+    /// inspecting queues.
+    pub async fn channel(&self) -> Channel {
+        self.amqp.create_channel().await.unwrap()
+    }
+
+    /// Publishes raw bytes to the transfers exchange, as an upstream system would.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let ch = self.channel().await;
+        ch.confirm_select(Default::default()).await.unwrap();
+        ch.basic_publish(
+            self.topology.transfers().as_str().into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let _ = ch.close(200, "done".into()).await;
+    }
+
+    /// Takes up to `max` messages off a queue (acking them), waiting until at least `min`
+    /// arrived or the deadline passed.
+    pub async fn drain_queue(&self, queue: &str, min: usize, max: usize) -> Vec<Value> {
+        let ch = self.channel().await;
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < max {
+            match ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+                Some(msg) => out.push(serde_json::from_slice(&msg.delivery.data).unwrap_or(Value::Null)),
+                None if out.len() >= min || start.elapsed() > DEADLINE => break,
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+        out
+    }
+
+    /// Raw bodies currently dead-lettered (taken off the queue).
+    pub async fn dead_letters(&self, min: usize) -> Vec<Vec<u8>> {
+        let ch = self.channel().await;
+        let start = Instant::now();
+        let mut out = Vec::new();
+        loop {
+            match ch
+                .basic_get(self.topology.dead_letters().as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                Some(msg) => out.push(msg.delivery.data.clone()),
+                None if out.len() >= min || start.elapsed() > DEADLINE => break,
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+        out
+    }
+
+    /// Stops everything and deletes the test's database and queues.
+    pub async fn teardown(mut self) {
+        for (token, _) in &self.workers {
+            token.cancel();
+        }
+        self.shutdown.cancel();
+        for (_, handle) in self.workers.drain(..) {
+            let _ = tokio::time::timeout(DEADLINE, handle).await;
+        }
+        if let Some(g) = self.gateway.take() {
+            let _ = tokio::time::timeout(DEADLINE, g).await;
+        }
+        let ch = self.channel().await;
+        let _ = self.topology.delete(&ch).await;
+        let _ = self.amqp.close(200, "teardown".into()).await;
+        let _ = self.store.drop_database().await;
+    }
+}
