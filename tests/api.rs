@@ -1,1 +1,477 @@
-//! HTTP API behaviour: every endpoint and error code.
+//! HTTP API behaviour: every endpoint and error code, against real services.
+
+use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::{assert_error, spawn_app};
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_and_login() {
+    let app = spawn_app().await;
+    let email = format!("Mixed.Case-{}@Example.com", uuid::Uuid::new_v4().simple());
+    let (status, body) = app
+        .call(
+            "POST",
+            "/api/auth/register",
+            None,
+            Some(json!({"email": email, "password": "long enough", "name": "Ann"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["user"]["role"], "USER");
+    assert_eq!(body["user"]["email"], email.to_lowercase());
+    assert_eq!(body["user"]["name"], "Ann");
+    assert!(body["token"].as_str().is_some_and(|t| t.split('.').count() == 3));
+
+    // Role is always USER, whatever the body says.
+    let (_, other) = app
+        .call(
+            "POST",
+            "/api/auth/register",
+            None,
+            Some(json!({"email": format!("x{}@example.com", uuid::Uuid::new_v4().simple()), "password": "long enough", "role": "SYSTEM"})),
+        )
+        .await;
+    assert_eq!(other["user"]["role"], "USER");
+
+    // The same email in another case is taken.
+    let dup = app
+        .call(
+            "POST",
+            "/api/auth/register",
+            None,
+            Some(json!({"email": email.to_uppercase(), "password": "long enough"})),
+        )
+        .await;
+    assert_error(&dup, StatusCode::CONFLICT, "EMAIL_TAKEN");
+
+    for bad in [
+        json!({"email": "not-an-email", "password": "long enough"}),
+        json!({"email": "a@example.com", "password": "short"}),
+        json!({"password": "long enough"}),
+        json!({"email": "a@example.com"}),
+        json!({"email": 7, "password": "long enough"}),
+        json!({"email": "b@example.com", "password": "long enough", "name": ""}),
+    ] {
+        let got = app.call("POST", "/api/auth/register", None, Some(bad.clone())).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+
+    let ok = app.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": "long enough"}))).await;
+    assert_eq!(ok.0, StatusCode::OK, "{}", ok.1);
+    assert_eq!(ok.1["user"]["id"], body["user"]["id"]);
+    let wrong =
+        app.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": "not the one"}))).await;
+    assert_error(&wrong, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    let unknown = app
+        .call("POST", "/api/auth/login", None, Some(json!({"email": "nobody@example.com", "password": "long enough"})))
+        .await;
+    assert_error(&unknown, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    assert_eq!(wrong.1, unknown.1, "unknown email and wrong password are indistinguishable");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_authenticates_and_bad_tokens_do_not() {
+    let app = spawn_app().await;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder().cookie_provider(jar).build().unwrap();
+    let email = format!("c{}@example.com", uuid::Uuid::new_v4().simple());
+    let resp = client
+        .post(app.url("/api/auth/register"))
+        .json(&json!({"email": email, "password": "long enough"}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("token="), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    // The cookie alone is enough.
+    let resp = client.post(app.url("/api/accounts")).json(&json!({})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    assert_error(&app.call("GET", "/api/accounts", None, None).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    assert_error(
+        &app.call("GET", "/api/accounts", Some("not.a.jwt"), None).await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    );
+    // A token signed with another secret is refused.
+    let forged =
+        ledgerflow_gateway::JwtKeys::new(b"another-secret-another-secret-another", std::time::Duration::from_secs(60))
+            .issue(ledgerflow_domain::UserId::generate(), ledgerflow_domain::Role::System)
+            .unwrap();
+    assert_error(
+        &app.call("GET", "/api/accounts", Some(&forged), None).await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    );
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_private_and_only_system_changes_their_status() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+
+    let (status, acct) = app.call("POST", "/api/accounts", Some(&alice.token), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{acct}");
+    assert_eq!(acct["status"], "ACTIVE");
+    assert_eq!(acct["currency"], "USD");
+    assert_eq!(acct["ownerId"], alice.id.as_str());
+    assert!(acct["createdAt"].is_string());
+    let a = acct["id"].as_str().unwrap();
+    let (status, eur) = app.call("POST", "/api/accounts", Some(&alice.token), Some(json!({"currency": "EUR"}))).await;
+    assert_eq!((status, eur["currency"].clone()), (StatusCode::CREATED, json!("EUR")));
+    for bad in ["usd", "XYZ", "EURO"] {
+        let got = app.call("POST", "/api/accounts", Some(&alice.token), Some(json!({"currency": bad}))).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+
+    let (_, mine) = app.call("GET", "/api/accounts", Some(&alice.token), None).await;
+    assert_eq!(mine["accounts"].as_array().unwrap().len(), 2);
+    let (_, page) = app.call("GET", "/api/accounts?limit=1", Some(&alice.token), None).await;
+    assert_eq!(page["accounts"].as_array().unwrap().len(), 1);
+    let cursor = page["nextCursor"].as_str().unwrap();
+    let (_, rest) = app.call("GET", &format!("/api/accounts?limit=1&cursor={cursor}"), Some(&alice.token), None).await;
+    assert_eq!(rest["accounts"][0]["id"], eur["id"]);
+    let (_, theirs) = app.call("GET", "/api/accounts", Some(&bob.token), None).await;
+    assert_eq!(theirs["accounts"], json!([]));
+
+    assert_eq!(app.call("GET", &format!("/api/accounts/{a}"), Some(&alice.token), None).await.1["id"], a);
+    assert_eq!(app.call("GET", &format!("/api/accounts/{a}"), Some(&app.system.token), None).await.0, StatusCode::OK);
+    for path in
+        [format!("/api/accounts/{a}"), format!("/api/accounts/{a}/balance"), format!("/api/accounts/{a}/entries")]
+    {
+        let got = app.call("GET", &path, Some(&bob.token), None).await;
+        assert_error(&got, StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
+    }
+    let unknown = uuid::Uuid::now_v7();
+    assert_error(
+        &app.call("GET", &format!("/api/accounts/{unknown}"), Some(&alice.token), None).await,
+        StatusCode::NOT_FOUND,
+        "ACCOUNT_NOT_FOUND",
+    );
+    assert_error(
+        &app.call("GET", "/api/accounts/not-a-uuid", Some(&alice.token), None).await,
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_ERROR",
+    );
+    let balance = app.call("GET", &format!("/api/accounts/{a}/balance"), Some(&alice.token), None).await.1;
+    assert_eq!(balance, json!({"accountId": a, "currency": "USD", "balance": 0}));
+
+    let path = format!("/api/accounts/{a}/status");
+    let by_user = app.call("PATCH", &path, Some(&alice.token), Some(json!({"status": "SUSPENDED"}))).await;
+    assert_error(&by_user, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, suspended) =
+        app.call("PATCH", &path, Some(&app.system.token), Some(json!({"status": "SUSPENDED"}))).await;
+    assert_eq!((status, suspended["status"].clone()), (StatusCode::OK, json!("SUSPENDED")));
+    let bad = app.call("PATCH", &path, Some(&app.system.token), Some(json!({"status": "FROZEN"}))).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    let missing = app
+        .call(
+            "PATCH",
+            &format!("/api/accounts/{unknown}/status"),
+            Some(&app.system.token),
+            Some(json!({"status": "CLOSED"})),
+        )
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_requests_are_validated_before_anything_is_recorded() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+
+    let base = json!({"fromAccount": a, "toAccount": b, "amount": 100, "idempotencyKey": "k1"});
+    let with = |field: &str, value: Value| {
+        let mut body = base.clone();
+        if value.is_null() {
+            body.as_object_mut().unwrap().remove(field);
+        } else {
+            body[field] = value;
+        }
+        body
+    };
+    let cases = [
+        ("amount", json!(0)),
+        ("amount", json!(-5)),
+        ("amount", json!(1.5)),
+        ("amount", json!(100.0)),
+        ("amount", json!("100")),
+        ("amount", json!(1_000_000_000_000_001_i64)),
+        ("amount", json!(u64::MAX)),
+        ("amount", json!(1e30)),
+        ("amount", Value::Null),
+        ("toAccount", json!(a)),
+        ("toAccount", json!("nope")),
+        ("toAccount", Value::Null),
+        ("fromAccount", json!(42)),
+        ("fromAccount", Value::Null),
+        ("idempotencyKey", Value::Null),
+        ("idempotencyKey", json!("")),
+        ("idempotencyKey", json!("x".repeat(129))),
+        ("idempotencyKey", json!("has spaces")),
+        ("description", json!("d".repeat(501))),
+    ];
+    for (field, value) in cases {
+        let got = app.call("POST", "/transactions", Some(&alice.token), Some(with(field, value.clone()))).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(got.1["error"]["field"], field, "{field}={value}: {}", got.1);
+    }
+    // Exactly the maximum is fine.
+    let max = app
+        .call("POST", "/transactions", Some(&alice.token), Some(with("amount", json!(1_000_000_000_000_000_i64))))
+        .await;
+    assert_eq!(max.0, StatusCode::ACCEPTED, "{}", max.1);
+
+    // Only the owner of fromAccount may send from it; unknown accounts are 404.
+    let stolen = app.call("POST", "/transactions", Some(&bob.token), Some(with("idempotencyKey", json!("k2")))).await;
+    assert_error(&stolen, StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
+    let nowhere = app
+        .call(
+            "POST",
+            "/transactions",
+            Some(&alice.token),
+            Some(json!({"fromAccount": a, "toAccount": uuid::Uuid::now_v7(), "amount": 1, "idempotencyKey": "k3"})),
+        )
+        .await;
+    assert_error(&nowhere, StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
+
+    // Malformed bodies.
+    assert_error(
+        &app.call_raw("POST", "/transactions", Some(&alice.token), Some("application/json"), b"{not json".to_vec())
+            .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_JSON",
+    );
+    assert_error(
+        &app.call_raw("POST", "/transactions", Some(&alice.token), Some("application/json"), b"[1,2]".to_vec()).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_JSON",
+    );
+    assert_error(
+        &app.call_raw("POST", "/transactions", Some(&alice.token), Some("text/plain"), b"amount=5".to_vec()).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UNSUPPORTED_MEDIA_TYPE",
+    );
+    let huge = format!("{{\"description\":\"{}\"}}", "x".repeat(100_000)).into_bytes();
+    assert_error(
+        &app.call_raw("POST", "/transactions", Some(&alice.token), Some("application/json"), huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+    );
+    // Unauthenticated transfers are refused before anything else.
+    assert_error(
+        &app.call("POST", "/transactions", None, Some(base)).await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    );
+
+    // Nothing but the one valid request was recorded.
+    let (_, listed) = app.call("GET", "/transactions", Some(&alice.token), None).await;
+    assert_eq!(listed["transactions"].as_array().unwrap().len(), 1, "{listed}");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_scoped_to_the_caller_and_refuse_a_different_body() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+    app.fund(&b, 1_000).await;
+
+    let (status, first) = app.transfer(&alice, &a, &b, json!(100), "shared-key").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert!(first["transaction"]["createdAt"].is_string());
+    assert_eq!(first["transaction"]["idempotencyKey"], "shared-key");
+    let reuse = app.transfer(&alice, &a, &b, json!(101), "shared-key").await;
+    assert_error(&reuse, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED");
+    // The same key from another user is another transaction.
+    let (status, theirs) = app.transfer(&bob, &b, &a, json!(100), "shared-key").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{theirs}");
+    assert_ne!(theirs["transaction"]["id"], first["transaction"]["id"]);
+    for t in [&first, &theirs] {
+        let id = t["transaction"]["id"].as_str().unwrap();
+        assert_eq!(app.wait_terminal(&app.system.token, id).await["status"], "COMPLETED");
+    }
+    assert_eq!(app.balance(&alice.token, &a).await, 1_000);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_funds_are_system_only_and_keep_the_original_spelling() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let a = app.open_account(&alice).await;
+    let body = |key: &str| json!({"toAccount": a, "amount": 500, "idempotencyKey": key});
+
+    let by_user = app.call("POST", "/transactions/system/initial-funds", Some(&alice.token), Some(body("u1"))).await;
+    assert_error(&by_user, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let mut ids = Vec::new();
+    for (i, path) in [
+        "/transactions/system/initial-funds",
+        "/transactions/system/intial-funds",
+        "/api/transactions/system/initial-funds",
+        "/api/transactions/system/intial-funds",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, t) = app.call("POST", path, Some(&app.system.token), Some(body(&format!("f{i}")))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{path}: {t}");
+        assert_eq!(t["transaction"]["kind"], "INITIAL_FUNDS");
+        ids.push(t["transaction"]["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(app.wait_terminal(&alice.token, id).await["status"], "COMPLETED");
+    }
+    assert_eq!(app.balance(&alice.token, &a).await, 2_000);
+    let missing = app
+        .call(
+            "POST",
+            "/transactions/system/initial-funds",
+            Some(&app.system.token),
+            Some(json!({"toAccount": uuid::Uuid::now_v7(), "amount": 5, "idempotencyKey": "m"})),
+        )
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_visible_to_their_parties_only_and_list_with_filters() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let eve = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 100).await;
+    let (_, ok) = app.transfer(&alice, &a, &b, json!(60), "t1").await;
+    let (_, too_much) = app.transfer(&alice, &a, &b, json!(60), "t2").await;
+    let ok_id = ok["transaction"]["id"].as_str().unwrap();
+    let fail_id = too_much["transaction"]["id"].as_str().unwrap();
+    app.wait_terminal(&alice.token, ok_id).await;
+    let failed = app.wait_terminal(&alice.token, fail_id).await;
+    assert_eq!(failed["failureReason"], "INSUFFICIENT_FUNDS");
+
+    let path = format!("/transactions/{ok_id}");
+    assert_eq!(app.call("GET", &path, Some(&bob.token), None).await.0, StatusCode::OK);
+    assert_eq!(app.call("GET", &format!("/api{path}"), Some(&alice.token), None).await.0, StatusCode::OK);
+    assert_error(&app.call("GET", &path, Some(&eve.token), None).await, StatusCode::NOT_FOUND, "TRANSACTION_NOT_FOUND");
+    assert_error(
+        &app.call("GET", &format!("/transactions/{}", uuid::Uuid::now_v7()), Some(&alice.token), None).await,
+        StatusCode::NOT_FOUND,
+        "TRANSACTION_NOT_FOUND",
+    );
+    assert_error(
+        &app.call("GET", "/transactions/xyz", Some(&alice.token), None).await,
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_ERROR",
+    );
+
+    let list = |token: String, query: &'static str| {
+        let app = &app;
+        async move {
+            let (status, body) = app.call("GET", &format!("/transactions{query}"), Some(&token), None).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            body["transactions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Newest first; Bob sees the transfers into his account, Eve sees nothing.
+    assert_eq!(list(alice.token.clone(), "?limit=2").await, vec![fail_id.to_owned(), ok_id.to_owned()]);
+    assert_eq!(list(bob.token.clone(), "").await.len(), 2);
+    assert_eq!(list(eve.token.clone(), "").await, Vec::<String>::new());
+    assert_eq!(list(alice.token.clone(), "?status=FAILED").await, vec![fail_id.to_owned()]);
+    assert_eq!(list(alice.token.clone(), "?status=COMPLETED&limit=1").await, vec![ok_id.to_owned()]);
+    let (_, page) = app.call("GET", "/transactions?limit=1", Some(&alice.token), None).await;
+    let cursor = page["nextCursor"].as_str().unwrap();
+    let (_, next) = app.call("GET", &format!("/transactions?limit=1&cursor={cursor}"), Some(&alice.token), None).await;
+    assert_eq!(next["transactions"][0]["id"], ok_id);
+    let acct_query = format!("/transactions?account={a}");
+    assert_error(
+        &app.call("GET", &acct_query, Some(&eve.token), None).await,
+        StatusCode::NOT_FOUND,
+        "ACCOUNT_NOT_FOUND",
+    );
+    let (_, system_view) = app.call("GET", &acct_query, Some(&app.system.token), None).await;
+    assert_eq!(system_view["transactions"].as_array().unwrap().len(), 3, "funding plus two transfers");
+    for bad in ["?status=DONE", "?limit=0", "?limit=101", "?limit=x", "?cursor=nope"] {
+        let got = app.call("GET", &format!("/transactions{bad}"), Some(&alice.token), None).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+
+    // Entries: newest first, paginated by sequence.
+    let (_, page) = app.call("GET", &format!("/api/accounts/{a}/entries?limit=1"), Some(&alice.token), None).await;
+    assert_eq!(page["entries"][0]["type"], "DEBIT");
+    assert_eq!(page["entries"][0]["balanceAfter"], 40);
+    let cursor = page["nextCursor"].as_str().unwrap();
+    let (_, older) =
+        app.call("GET", &format!("/api/accounts/{a}/entries?limit=5&cursor={cursor}"), Some(&alice.token), None).await;
+    assert_eq!(older["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(older["entries"][0]["type"], "CREDIT");
+    assert_eq!(older["nextCursor"], Value::Null);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactive_accounts_and_mixed_currencies_fail_in_the_worker() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    let (_, eur) = app.call("POST", "/api/accounts", Some(&bob.token), Some(json!({"currency": "EUR"}))).await;
+    let eur = eur["id"].as_str().unwrap();
+    app.fund(&a, 1_000).await;
+
+    let (_, t) = app.transfer(&alice, &a, eur, json!(10), "fx").await;
+    let done = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
+    assert_eq!((done["status"].clone(), done["failureReason"].clone()), (json!("FAILED"), json!("CURRENCY_MISMATCH")));
+
+    let suspend = app
+        .call(
+            "PATCH",
+            &format!("/api/accounts/{b}/status"),
+            Some(&app.system.token),
+            Some(json!({"status": "SUSPENDED"})),
+        )
+        .await;
+    assert_eq!(suspend.0, StatusCode::OK);
+    let (_, t) = app.transfer(&alice, &a, &b, json!(10), "to-suspended").await;
+    let done = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
+    assert_eq!((done["status"].clone(), done["failureReason"].clone()), (json!("FAILED"), json!("ACCOUNT_NOT_ACTIVE")));
+    assert_eq!(app.balance(&alice.token, &a).await, 1_000);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fallbacks_and_methods() {
+    let app = spawn_app().await;
+    assert_eq!(app.call("GET", "/healthz", None, None).await, (StatusCode::OK, json!({"status": "ok"})));
+    let (status, ready) = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_error(&app.call("GET", "/nope", None, None).await, StatusCode::NOT_FOUND, "NOT_FOUND");
+    assert_error(
+        &app.call("DELETE", "/transactions", None, None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    );
+    let resp = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert!(resp.headers().contains_key("x-request-id"));
+    app.teardown().await;
+}

@@ -1,1 +1,254 @@
-//! Queue-level behaviour: upstream publishers, dead letters.
+//! Queue-level behaviour: upstream publishers, redelivery, dead letters, lost publishes,
+//! lost connections and graceful shutdown, against the real broker and database.
+
+use std::time::{Duration, Instant};
+
+use ledgerflow_domain::TransactionStatus;
+use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::{DEADLINE, assert_error, close_broker_connections, schema, spawn_app};
+use reqwest::StatusCode;
+
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_command_completes_once_however_often_it_is_published() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 5_000).await;
+
+    let cmd = app.upstream_command(&a, &b, 1_250, "payroll-42");
+    let command_schema = jsonschema::validator_for(&schema("transfer-command.v1.schema.json")).unwrap();
+    assert!(command_schema.is_valid(&cmd), "the test's command matches the published schema");
+    // Any routing key is delivered; the same command three times moves money once.
+    for key in [a.as_str(), "whatever", ""] {
+        app.publish_raw(key, &bytes(&cmd)).await;
+    }
+    let t = app.wait_upstream("payroll-42").await;
+    assert_eq!(t.status, TransactionStatus::Completed);
+    assert_eq!(t.initiator.to_string(), "service:test-upstream");
+    let results = app.drain_queue(&app.topology.results(), 4, 10).await;
+    let result_schema = jsonschema::validator_for(&schema("transfer-result.v1.schema.json")).unwrap();
+    let mine: Vec<&Value> = results.iter().filter(|r| r["idempotencyKey"] == "payroll-42").collect();
+    assert_eq!(mine.len(), 3, "one result per delivery: {results:?}");
+    for r in results.iter() {
+        assert!(result_schema.is_valid(r), "result matches its schema: {r}");
+    }
+    assert!(mine.iter().all(|r| r["status"] == "COMPLETED" && r["transactionId"] == t.id.to_string()));
+    assert_eq!(app.store.entries_of_transaction(t.id).await.unwrap().len(), 2);
+    assert_eq!(app.balance(&alice.token, &a).await, 3_750);
+    assert_eq!(app.balance(&bob.token, &b).await, 1_250);
+    // The transaction is visible over HTTP to the accounts' owners.
+    let seen = app.wait_terminal(&bob.token, &t.id.to_string()).await;
+    assert_eq!(seen["status"], "COMPLETED");
+
+    // Same key, different body: refused and dead-lettered, the original untouched.
+    app.publish_raw(&a, &bytes(&app.upstream_command(&a, &b, 9, "payroll-42"))).await;
+    let dead = app.dead_letters(1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(app.store.entries_of_transaction(t.id).await.unwrap().len(), 2);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps_serving() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+
+    let good = app.upstream_command(&a, &b, 10, "good");
+    let with = |field: &str, value: Value| {
+        let mut c = good.clone();
+        c[field] = value;
+        c["idempotencyKey"] = json!(format!("bad-{field}"));
+        bytes(&c)
+    };
+    let mut impersonating = good.clone();
+    impersonating["initiator"] = json!(alice.id);
+    let hostile: Vec<Vec<u8>> = vec![
+        b"not json at all".to_vec(),
+        b"".to_vec(),
+        b"[1,2,3]".to_vec(),
+        vec![0xff, 0x00, 0xfe],
+        with("amount", json!(-100)),
+        with("amount", json!(0)),
+        with("amount", json!(12.5)),
+        with("amount", json!("10")),
+        with("amount", json!(10_000_000_000_000_000_i64)),
+        with("version", json!(99)),
+        with("toAccount", json!({"$ne": null})),
+        with("fromAccount", json!(null)),
+        with("currency", json!("DOGE")),
+        bytes(&impersonating),
+        format!("{{\"version\":1,\"pad\":\"{}\"}}", "x".repeat(1_000_000)).into_bytes(),
+    ];
+    for body in &hostile {
+        app.publish_raw(&a, body).await;
+    }
+    // A well-formed command naming an unknown account is not malformed: it FAILs normally.
+    app.publish_raw(&a, &bytes(&app.upstream_command(&a, &uuid::Uuid::now_v7().to_string(), 10, "ghost"))).await;
+    app.publish_raw(&a, &bytes(&good)).await;
+
+    assert_eq!(app.wait_upstream("good").await.status, TransactionStatus::Completed);
+    let ghost = app.wait_upstream("ghost").await;
+    assert_eq!(ghost.failure_reason, Some(ledgerflow_domain::FailureReason::AccountNotFound));
+    let dead = app.dead_letters(hostile.len()).await;
+    assert_eq!(dead.len(), hostile.len(), "every hostile message, and only those, is dead-lettered");
+    let results = app.drain_queue(&app.topology.results(), hostile.len() + 3, 100).await;
+    let invalid = results.iter().filter(|r| r["failureReason"] == "INVALID_COMMAND").count();
+    assert_eq!(invalid, hostile.len(), "each one got a FAILED INVALID_COMMAND result");
+    // The impersonation did not create a transaction in Alice's name.
+    let (_, listed) = app.call("GET", "/transactions", Some(&alice.token), None).await;
+    assert!(
+        listed["transactions"].as_array().unwrap().iter().all(|t| t["idempotencyKey"] != "good" || t["amount"] == 10)
+    );
+    assert_eq!(app.balance(&alice.token, &a).await, 990);
+
+    // And the worker is still serving.
+    let (status, t) = app.transfer(&alice, &a, &b, json!(5), "after-the-flood").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await["status"], "COMPLETED");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_or_tampered_gateway_command_never_moves_money_twice() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+    let (_, t) = app.transfer(&alice, &a, &b, json!(400), "once").await;
+    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    app.wait_terminal(&alice.token, &id).await;
+
+    let record = app.store.find_transaction(id.parse().unwrap()).await.unwrap().unwrap();
+    let original = record.to_command().to_json();
+    // Redelivered five times: still one pair of entries.
+    for _ in 0..5 {
+        app.publish_raw(&a, &original).await;
+    }
+    // A tampered copy (same id, bigger amount) and one with a forged id are refused.
+    let mut tampered: Value = serde_json::from_slice(&original).unwrap();
+    tampered["amount"] = json!(900);
+    app.publish_raw(&a, &bytes(&tampered)).await;
+    tampered["transactionId"] = json!(uuid::Uuid::now_v7());
+    app.publish_raw(&a, &bytes(&tampered)).await;
+    assert_eq!(app.dead_letters(2).await.len(), 2);
+    let results = app.drain_queue(&app.topology.results(), 9, 20).await;
+    assert_eq!(results.iter().filter(|r| r["transactionId"] == id && r["status"] == "COMPLETED").count(), 6);
+    assert_eq!(app.store.entries_of_transaction(record.id).await.unwrap().len(), 2);
+    assert_eq!(app.balance(&alice.token, &a).await, 600);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_publish_failed_answers_503_and_is_republished_later() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+
+    // A gateway whose broker is unreachable records the transfer but cannot publish it.
+    let broken = app.extra_gateway("amqp://guest:guest@127.0.0.1:1/%2f").await;
+    let body = json!({"fromAccount": a, "toAccount": b, "amount": 250, "idempotencyKey": "offline"});
+    let resp =
+        app.http.post(format!("{broken}/transactions")).bearer_auth(&alice.token).json(&body).send().await.unwrap();
+    let got = (resp.status(), resp.json::<Value>().await.unwrap());
+    assert_error(&got, StatusCode::SERVICE_UNAVAILABLE, "BROKER_UNAVAILABLE");
+    let id = got.1["error"]["transactionId"].as_str().unwrap().to_owned();
+    let resp = app.http.get(format!("{broken}/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // The healthy gateway's republisher picks it up; the worker completes it.
+    let done = app.wait_terminal(&alice.token, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    // Retrying the request with the same key now just returns it.
+    let (status, again) = app.transfer(&alice, &a, &b, json!(250), "offline").await;
+    assert_eq!((status, again["transaction"]["id"].as_str()), (StatusCode::OK, Some(id.as_str())));
+    assert_eq!(app.balance(&alice.token, &a).await, 750);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_survives_its_broker_connection_being_closed() {
+    let mut app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+    // Replace the default worker with one whose connection name we know.
+    app.stop_worker(0).await;
+    let name = format!("conn-loss-{}", uuid::Uuid::new_v4().simple());
+    let index = app.add_named_worker(&name);
+    let start = Instant::now();
+    while close_broker_connections(&name) == 0 {
+        assert!(start.elapsed() < DEADLINE, "worker never connected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, t) = app.transfer(&alice, &a, &b, json!(10), "after-loss").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await["status"], "COMPLETED");
+    app.stop_worker(index).await;
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_worker_process_cleanly_and_loses_nothing() {
+    let mut app = spawn_app().await;
+    app.stop_worker(0).await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    // Fund directly with an upstream INITIAL_FUNDS command, processed by the real process.
+    let mut worker = app.spawn_worker_process("sigterm-test");
+    let mut fund = app.upstream_command(&a, &b, 100_000, "fund");
+    fund["kind"] = json!("INITIAL_FUNDS");
+    fund["fromAccount"] = Value::Null;
+    fund["toAccount"] = json!(a);
+    app.publish_raw(&a, &bytes(&fund)).await;
+    assert_eq!(app.wait_upstream("fund").await.status, TransactionStatus::Completed);
+
+    for i in 0..150 {
+        app.publish_raw(&a, &bytes(&app.upstream_command(&a, &b, 10, &format!("t{i}")))).await;
+    }
+    // Stop it while it is working.
+    let start = Instant::now();
+    while app.balance(&bob.token, &b).await == 0 {
+        assert!(start.elapsed() < DEADLINE, "the worker process never started working");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "worker did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit: {status}");
+
+    // Whatever it had not finished is still queued; another worker finishes it.
+    app.add_worker();
+    for i in 0..150 {
+        let t = app.wait_upstream(&format!("t{i}")).await;
+        assert_eq!(t.status, TransactionStatus::Completed);
+        assert_eq!(app.store.entries_of_transaction(t.id).await.unwrap().len(), 2);
+    }
+    assert_eq!(app.balance(&alice.token, &a).await, 100_000 - 1_500);
+    app.teardown().await;
+}

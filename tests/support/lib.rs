@@ -61,7 +61,7 @@ pub struct TestApp {
     pub system: Session,
     shutdown: CancellationToken,
     gateway: Option<JoinHandle<()>>,
-    workers: Vec<(CancellationToken, JoinHandle<()>)>,
+    workers: Vec<(CancellationToken, Option<JoinHandle<()>>)>,
     amqp: Connection,
 }
 
@@ -125,7 +125,7 @@ impl TestApp {
             name: format!("test-worker-{}", self.workers.len()),
         };
         let handle = tokio::spawn(ledgerflow_worker::run(self.store.clone(), config, token.clone()));
-        self.workers.push((token, handle));
+        self.workers.push((token, Some(handle)));
         self.workers.len() - 1
     }
 
@@ -133,7 +133,9 @@ impl TestApp {
     pub async fn stop_worker(&mut self, index: usize) {
         let (token, handle) = &mut self.workers[index];
         token.cancel();
-        tokio::time::timeout(DEADLINE, handle).await.expect("worker drains in time").unwrap();
+        if let Some(handle) = handle.take() {
+            tokio::time::timeout(DEADLINE, handle).await.expect("worker drains in time").unwrap();
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -320,7 +322,7 @@ impl TestApp {
             token.cancel();
         }
         self.shutdown.cancel();
-        for (_, handle) in self.workers.drain(..) {
+        for handle in self.workers.drain(..).filter_map(|(_, h)| h) {
             let _ = tokio::time::timeout(DEADLINE, handle).await;
         }
         if let Some(g) = self.gateway.take() {
@@ -330,5 +332,153 @@ impl TestApp {
         let _ = self.topology.delete(&ch).await;
         let _ = self.amqp.close(200, "teardown".into()).await;
         let _ = self.store.drop_database().await;
+    }
+}
+
+impl TestApp {
+    /// Sends raw bytes with the given content type (or none); for malformed-request tests.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+/// Asserts an error response: status, the standard body shape and the code.
+#[track_caller]
+pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
+    let (s, body) = got;
+    assert_eq!(*s, status, "status of {body}");
+    assert_eq!(body["error"]["code"], code, "code of {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message of {body}");
+}
+
+impl TestApp {
+    /// Starts another gateway on the same database and queues but with its own broker URI
+    /// (e.g. an unreachable one); returns its base URL. It stops with the app.
+    pub async fn extra_gateway(&self, amqp_uri: &str) -> String {
+        let mut config = GatewayConfig::new("test-secret-test-secret-test-secret-0123456789".into());
+        config.cookie_secure = false;
+        config.republish_interval = Duration::from_millis(200);
+        config.republish_after = Duration::from_millis(500);
+        let publisher = Publisher::new(amqp_uri, "test-extra-gateway", self.topology.clone());
+        let state = AppState::new(self.store.clone(), publisher, config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(ledgerflow_gateway::serve(listener, state, self.shutdown.clone()));
+        base
+    }
+
+    /// The commands a test publishes as an upstream system.
+    pub fn upstream_command(&self, from: &str, to: &str, amount: i64, key: &str) -> Value {
+        json!({
+            "version": 1,
+            "kind": "TRANSFER",
+            "fromAccount": from,
+            "toAccount": to,
+            "amount": amount,
+            "currency": "USD",
+            "idempotencyKey": key,
+            "initiator": "service:test-upstream",
+            "requestedAt": chrono::Utc::now().to_rfc3339(),
+        })
+    }
+
+    /// Waits until the upstream transaction under `key` is terminal; returns its record.
+    pub async fn wait_upstream(&self, key: &str) -> ledgerflow_store::TransactionRecord {
+        let initiator = "service:test-upstream".parse().unwrap();
+        let key = key.parse().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(t) = self.store.find_by_key(&initiator, &key).await.unwrap().filter(|t| t.status.is_terminal())
+            {
+                return t;
+            }
+            assert!(start.elapsed() < DEADLINE, "upstream transaction {key} not terminal in time");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Closes, from the broker side, every AMQP connection whose client-given name contains
+/// `fragment`, as a network fault or broker restart would. Returns how many it closed.
+pub fn close_broker_connections(fragment: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((pid, properties)) = line.split_once('\t') else { continue };
+        if pid.starts_with('<') && properties.contains(&format!("\"{fragment}")) {
+            let ok = std::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "test: simulated connection loss", "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            closed += usize::from(ok);
+        }
+    }
+    closed
+}
+
+/// The JSON Schema of a queue message, from the domain crate's `schemas/` folder.
+pub fn schema(name: &str) -> Value {
+    let path = format!("{}/../crates/domain/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The `ledgerflow` binary built by `scripts/test.sh` (override with `LEDGERFLOW_BIN`).
+pub fn ledgerflow_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("LEDGERFLOW_BIN") {
+        return p.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/ledgerflow")
+}
+
+impl TestApp {
+    /// Starts `ledgerflow worker` as a real process on this app's database and queues.
+    pub fn spawn_worker_process(&self, name: &str) -> std::process::Child {
+        std::process::Command::new(ledgerflow_bin())
+            .arg("worker")
+            .env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
+            .env("LEDGERFLOW_MONGODB_DB", self.store.database_name())
+            .env("LEDGERFLOW_AMQP_URI", amqp_uri())
+            .env("LEDGERFLOW_AMQP_PREFIX", self.topology.prefix())
+            .env("LEDGERFLOW_WORKER_NAME", name)
+            .env("LEDGERFLOW_WORKER_PREFETCH", "8")
+            .env("LEDGERFLOW_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("ledgerflow binary (run scripts/test.sh, which builds it)")
+    }
+}
+
+impl TestApp {
+    /// Starts a worker with a given broker connection name.
+    pub fn add_named_worker(&mut self, name: &str) -> usize {
+        let token = CancellationToken::new();
+        let config =
+            WorkerConfig { amqp_uri: amqp_uri(), topology: self.topology.clone(), prefetch: 16, name: name.into() };
+        let handle = tokio::spawn(ledgerflow_worker::run(self.store.clone(), config, token.clone()));
+        self.workers.push((token, Some(handle)));
+        self.workers.len() - 1
     }
 }

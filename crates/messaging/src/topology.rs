@@ -23,6 +23,10 @@ impl Topology {
         Self { prefix: prefix.into() }
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Exchange and queue of transfer commands.
     pub fn transfers(&self) -> String {
         format!("{}.transfers", self.prefix)

@@ -84,6 +84,11 @@ impl Store {
         Ok(())
     }
 
+    /// The database this store uses.
+    pub fn database_name(&self) -> &str {
+        self.db.name()
+    }
+
     /// Drops the whole database. For tests and throwaway environments only.
     pub async fn drop_database(&self) -> Result<(), StoreError> {
         self.db.drop().await?;
