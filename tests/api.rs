@@ -356,11 +356,12 @@ async fn transactions_are_visible_to_their_parties_only_and_list_with_filters() 
     let a = app.open_account(&alice).await;
     let b = app.open_account(&bob).await;
     app.fund(&a, 100).await;
+    // Commands are not ordered among themselves, so the second is sent once the first is done.
     let (_, ok) = app.transfer(&alice, &a, &b, json!(60), "t1").await;
-    let (_, too_much) = app.transfer(&alice, &a, &b, json!(60), "t2").await;
     let ok_id = ok["transaction"]["id"].as_str().unwrap();
-    let fail_id = too_much["transaction"]["id"].as_str().unwrap();
     app.wait_terminal(&alice.token, ok_id).await;
+    let (_, too_much) = app.transfer(&alice, &a, &b, json!(60), "t2").await;
+    let fail_id = too_much["transaction"]["id"].as_str().unwrap();
     let failed = app.wait_terminal(&alice.token, fail_id).await;
     assert_eq!(failed["failureReason"], "INSUFFICIENT_FUNDS");
 

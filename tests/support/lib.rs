@@ -482,3 +482,34 @@ impl TestApp {
         self.workers.len() - 1
     }
 }
+
+impl TestApp {
+    /// Raw access to this test's database, to tamper with what the application wrote.
+    pub async fn raw_db(&self) -> mongodb::Database {
+        mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(self.store.database_name())
+    }
+
+    /// Runs `ledgerflow <args>` against this app's database and queues; returns the exit
+    /// code and standard output.
+    pub async fn run_cli(&self, args: &[&str]) -> (i32, String) {
+        let out = tokio::process::Command::new(ledgerflow_bin())
+            .args(args)
+            .env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
+            .env("LEDGERFLOW_MONGODB_DB", self.store.database_name())
+            .env("LEDGERFLOW_AMQP_URI", amqp_uri())
+            .env("LEDGERFLOW_AMQP_PREFIX", self.topology.prefix())
+            .env("LEDGERFLOW_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output();
+        let out = tokio::time::timeout(DEADLINE, out).await.expect("cli finishes in time").expect("ledgerflow runs");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ledgerflow reconcile --json`, parsed.
+    pub async fn reconcile(&self, extra: &[&str]) -> (i32, Value) {
+        let mut args = vec!["reconcile", "--json"];
+        args.extend_from_slice(extra);
+        let (code, out) = self.run_cli(&args).await;
+        (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("reconcile printed no JSON ({e}): {out}")))
+    }
+}

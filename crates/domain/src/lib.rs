@@ -7,6 +7,7 @@
 //!
 //! This crate performs no I/O and has no async code; it is tested with plain unit tests.
 
+mod chain;
 mod command;
 mod error;
 pub mod fields;
@@ -16,6 +17,7 @@ mod money;
 mod transaction;
 mod user;
 
+pub use chain::{EntryFields, GENESIS_HASH};
 pub use command::{COMMAND_VERSION, CommandError, MAX_COMMAND_BYTES, TransferCommand, TransferResult};
 pub use error::DomainError;
 pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, ServiceName, TransactionId, UserId};

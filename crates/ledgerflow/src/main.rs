@@ -3,6 +3,8 @@
 //! `gateway` and `worker` are what production runs (scaled separately); `up` runs a gateway
 //! and N workers in one process for a laptop; `admin` holds operator tasks.
 
+mod reconcile;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,6 +43,20 @@ enum Command {
     Worker(WorkerArgs),
     /// Run a gateway and N workers in one process (for a laptop).
     Up(UpArgs),
+    /// Check every ledger invariant; exit 1 on any discrepancy.
+    #[command(after_help = "Checks: debits equal credits per currency; every COMPLETED transaction has exactly\n\
+one DEBIT and one CREDIT of its amount, others none; each account's entries are numbered\n\
+1, 2, 3… with running balances that add up and an intact hash chain; no account but the\n\
+funding account is negative; nothing is PENDING longer than --max-pending-age.\n\n\
+Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-age 15m")]
+    Reconcile {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// PENDING transactions older than this count as stuck (e.g. 90s, 15m, 1h).
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        max_pending_age: Duration,
+    },
     /// Operator tasks.
     #[command(subcommand)]
     Admin(Admin),
@@ -113,9 +129,14 @@ struct UpArgs {
 #[derive(Subcommand)]
 enum Admin {
     /// Create the SYSTEM user, or promote and re-password an existing one.
+    #[command(
+        after_help = "Example:\n  LEDGERFLOW_SYSTEM_PASSWORD='a long secret' ledgerflow admin create-system-user --email ops@example.com"
+    )]
     CreateSystemUser {
+        /// The SYSTEM user's email.
         #[arg(long, env = "LEDGERFLOW_SYSTEM_EMAIL")]
         email: String,
+        /// Its password (at least 8 characters); prefer the environment variable to the flag.
         #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true)]
         password: String,
     },
@@ -124,7 +145,8 @@ enum Admin {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LEDGERFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if std::env::var("LEDGERFLOW_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -264,6 +286,12 @@ async fn main() -> Result<()> {
             shutdown.cancel();
             while tasks.join_next().await.is_some() {}
             served?;
+        }
+        Command::Reconcile { json, max_pending_age } => {
+            let store = open_store(&conn).await?;
+            if !reconcile::run(&store, max_pending_age, json).await? {
+                std::process::exit(1);
+            }
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {
             let store = open_store(&conn).await?;

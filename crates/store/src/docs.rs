@@ -192,6 +192,10 @@ pub(crate) struct EntryDoc {
     /// The account's balance once this entry is applied: what balance reads return.
     pub balance_after: i64,
     pub created_at: BsonDateTime,
+    /// The previous entry's `hash` on this account (`GENESIS_HASH` for the first).
+    pub prev_hash: String,
+    /// SHA-256 over this entry's fields and `prev_hash` (see `ledgerflow_domain::EntryFields`).
+    pub hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +209,26 @@ pub struct EntryRecord {
     pub seq: i64,
     pub balance_after: Balance,
     pub created_at: DateTime<Utc>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl EntryRecord {
+    /// The fields the chain hash covers, as stored.
+    pub fn chain_fields(&self) -> ledgerflow_domain::EntryFields<'_> {
+        ledgerflow_domain::EntryFields {
+            id: self.id,
+            account_id: self.account_id,
+            transaction_id: self.transaction_id,
+            entry_type: self.entry_type,
+            amount: self.amount,
+            currency: self.currency,
+            seq: self.seq,
+            balance_after: self.balance_after,
+            created_at_ms: self.created_at.timestamp_millis(),
+            prev_hash: &self.prev_hash,
+        }
+    }
 }
 
 impl TryFrom<EntryDoc> for EntryRecord {
@@ -222,6 +246,8 @@ impl TryFrom<EntryDoc> for EntryRecord {
             seq: d.seq,
             balance_after: Balance(d.balance_after),
             created_at: from_bson_time(d.created_at),
+            prev_hash: d.prev_hash,
+            hash: d.hash,
         })
     }
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use backoff::ExponentialBackoffBuilder;
 use chrono::Utc;
 use ledgerflow_domain::{
-    AccountId, AccountSnapshot, Balance, EntryId, EntryType, FailureReason, Posting, TransactionId, TransactionStatus,
-    TransferCommand, TransferKind, post_transfer,
+    AccountId, AccountSnapshot, Balance, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH, Posting,
+    TransactionId, TransactionStatus, TransferCommand, TransferKind, post_transfer,
 };
 use mongodb::ClientSession;
 use mongodb::bson::doc;
@@ -200,13 +200,13 @@ impl Store {
         &self,
         s: &mut ClientSession,
         id: AccountId,
-    ) -> Result<Option<(AccountRecord, AccountSnapshot)>, StoreError> {
+    ) -> Result<Option<(AccountHead, AccountSnapshot)>, StoreError> {
         let Some(doc) = self.accounts().find_one(doc! { "_id": id.to_string() }).session(&mut *s).await? else {
             return Ok(None);
         };
         let account = AccountRecord::try_from(doc)?;
-        let balance = if account.seq == 0 {
-            Balance::ZERO
+        let (balance, hash) = if account.seq == 0 {
+            (Balance::ZERO, GENESIS_HASH.to_owned())
         } else {
             let latest = self
                 .entries()
@@ -218,24 +218,24 @@ impl Store {
                     id: id.to_string(),
                     reason: format!("no entry for its latest seq {}", account.seq),
                 })?;
-            Balance(latest.balance_after)
+            (Balance(latest.balance_after), latest.hash)
         };
         let snapshot = AccountSnapshot { id, status: account.status, currency: account.currency, balance };
-        Ok(Some((account, snapshot)))
+        Ok(Some((AccountHead { account, hash }, snapshot)))
     }
 
     async fn write_entries(
         &self,
         s: &mut ClientSession,
         record: &TransactionRecord,
-        from: &AccountRecord,
-        to: &AccountRecord,
+        from: &AccountHead,
+        to: &AccountHead,
         posting: Posting,
         now: chrono::DateTime<Utc>,
     ) -> Result<(), StoreError> {
         // Bumping each account's seq is the write that makes concurrent postings on the same
         // account conflict; the filter on the old value guards against a stale snapshot.
-        for account in [from, to] {
+        for AccountHead { account, .. } in [from, to] {
             let bumped = self
                 .accounts()
                 .update_one(
@@ -248,16 +248,32 @@ impl Store {
                 return Err(StoreError::Contention { attempts: 0 });
             }
         }
-        let entry = |account: &AccountRecord, entry_type, balance_after: Balance| EntryDoc {
-            id: EntryId::generate().to_string(),
-            account_id: account.id.to_string(),
-            transaction_id: record.id.to_string(),
-            entry_type,
-            amount: record.amount.minor(),
-            currency: record.currency.code().to_owned(),
-            seq: account.seq + 1,
-            balance_after: balance_after.minor(),
-            created_at: to_bson_time(now),
+        let entry = |head: &AccountHead, entry_type, balance_after: Balance| {
+            let fields = EntryFields {
+                id: EntryId::generate(),
+                account_id: head.account.id,
+                transaction_id: record.id,
+                entry_type,
+                amount: record.amount,
+                currency: record.currency,
+                seq: head.account.seq + 1,
+                balance_after,
+                created_at_ms: now.timestamp_millis(),
+                prev_hash: &head.hash,
+            };
+            EntryDoc {
+                id: fields.id.to_string(),
+                account_id: fields.account_id.to_string(),
+                transaction_id: record.id.to_string(),
+                entry_type,
+                amount: record.amount.minor(),
+                currency: record.currency.code().to_owned(),
+                seq: fields.seq,
+                balance_after: balance_after.minor(),
+                created_at: mongodb::bson::DateTime::from_millis(fields.created_at_ms),
+                prev_hash: head.hash.clone(),
+                hash: fields.hash(),
+            }
         };
         self.entries()
             .insert_many([
@@ -268,6 +284,12 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// An account as read inside the transaction, with the hash its next entry must chain to.
+struct AccountHead {
+    account: AccountRecord,
+    hash: String,
 }
 
 /// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).

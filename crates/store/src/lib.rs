@@ -15,6 +15,7 @@ mod audit;
 mod docs;
 mod error;
 mod execute;
+mod reconcile;
 mod transactions;
 mod users;
 
@@ -27,6 +28,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
 pub use execute::Execution;
+pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
 pub use transactions::{InsertPending, TransactionFilter};
 
 /// Largest page any listing returns, whatever the caller asks for.

@@ -64,8 +64,11 @@ pub(crate) async fn handle(store: Store, results: Publisher, delivery: Delivery)
 async fn execute(store: &Store, results: &Publisher, cmd: &TransferCommand) -> Settle {
     match store.execute(cmd).await {
         Ok(Execution::Decided(record)) => {
-            tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
-            info!(status = %record.status, failure_reason = ?record.failure_reason, amount = record.amount.minor(), "transaction decided");
+            if cmd.transaction_id.is_none() {
+                tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
+            }
+            let reason = record.failure_reason.map_or("", |r| r.as_str());
+            info!(status = %record.status, failure_reason = reason, amount = record.amount.minor(), "transaction decided");
             report(results, &result_of(&record)).await
         }
         Ok(Execution::AlreadyTerminal(record)) => {

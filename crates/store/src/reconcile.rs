@@ -1,0 +1,368 @@
+//! `reconcile`: re-derives every invariant from the stored ledger and reports what does not
+//! hold. It only reads, and it streams: transactions and entries are walked with sorted
+//! cursors and merge-joined in id order, so memory stays bounded (one account's running state
+//! at a time) however large the ledger is.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use ledgerflow_domain::{AccountId, EntryType, GENESIS_HASH, TransactionStatus};
+use mongodb::bson::{Document, doc, from_document};
+use serde::Serialize;
+
+use crate::docs::{AccountDoc, EntryDoc, TransactionDoc};
+use crate::{AccountRecord, EntryRecord, Store, StoreError, TransactionRecord};
+
+/// At most this many discrepancies are kept in the report (all are counted).
+const MAX_LISTED: usize = 1_000;
+
+/// What `reconcile` should consider a problem.
+#[derive(Debug, Clone)]
+pub struct ReconcileOptions {
+    /// PENDING transactions older than this are reported as stuck.
+    pub max_pending_age: Duration,
+}
+
+/// Told about progress, e.g. to draw a progress bar.
+pub trait Progress: Send + Sync {
+    fn phase(&self, name: &'static str, estimated_total: u64);
+    fn advance(&self, n: u64);
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn phase(&self, _: &'static str, _: u64) {}
+    fn advance(&self, _: u64) {}
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CurrencyTotal {
+    pub currency: String,
+    pub debits: i64,
+    pub credits: i64,
+}
+
+/// One invariant that does not hold.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Discrepancy {
+    /// Which check failed, e.g. `hash_chain`.
+    pub check: &'static str,
+    /// What it concerns, e.g. `entry 0192…` or `account 0192…`.
+    pub subject: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReconcileReport {
+    pub ok: bool,
+    pub transactions: u64,
+    pub entries: u64,
+    pub accounts: u64,
+    pub totals: Vec<CurrencyTotal>,
+    pub stuck_pending: u64,
+    pub discrepancy_count: u64,
+    /// The first discrepancies found (at most 1,000).
+    pub discrepancies: Vec<Discrepancy>,
+}
+
+impl ReconcileReport {
+    fn flag(&mut self, check: &'static str, subject: impl Into<String>, detail: impl Into<String>) {
+        self.discrepancy_count += 1;
+        if self.discrepancies.len() < MAX_LISTED {
+            self.discrepancies.push(Discrepancy { check, subject: subject.into(), detail: detail.into() });
+        }
+    }
+}
+
+impl Store {
+    /// Checks the whole ledger. `Ok` carries the report whether or not it found problems;
+    /// `Err` only means the database could not be read.
+    pub async fn reconcile(
+        &self,
+        options: &ReconcileOptions,
+        progress: &dyn Progress,
+    ) -> Result<ReconcileReport, StoreError> {
+        let mut report = ReconcileReport::default();
+        for (currency, debits, credits) in self.entry_totals().await? {
+            if debits != credits {
+                report.flag(
+                    "debits_equal_credits",
+                    format!("currency {currency}"),
+                    format!("debits {debits} != credits {credits}"),
+                );
+            }
+            report.totals.push(CurrencyTotal { currency, debits, credits });
+        }
+        self.check_transactions(options, progress, &mut report).await?;
+        self.check_accounts(progress, &mut report).await?;
+        report.ok = report.discrepancy_count == 0;
+        Ok(report)
+    }
+
+    /// Every COMPLETED transaction has exactly its DEBIT and CREDIT; others have none; no entry
+    /// belongs to no transaction; nothing is PENDING for too long.
+    async fn check_transactions(
+        &self,
+        options: &ReconcileOptions,
+        progress: &dyn Progress,
+        report: &mut ReconcileReport,
+    ) -> Result<(), StoreError> {
+        progress.phase("transactions", self.transactions().estimated_document_count().await?);
+        let stale_before = Utc::now() - chrono::Duration::from_std(options.max_pending_age).unwrap_or_default();
+        let transactions = self.raw("transactions").find(doc! {}).sort(doc! { "_id": 1 }).await?;
+        let entries = self.raw("entries").find(doc! {}).sort(doc! { "transactionId": 1, "type": 1 }).await?;
+        let mut entries = Box::pin(parsed::<EntryDoc, EntryRecord>(entries, "entries")).peekable();
+        let mut transactions = Box::pin(parsed::<TransactionDoc, TransactionRecord>(transactions, "transactions"));
+        while let Some(t) = transactions.next().await {
+            progress.advance(1);
+            let t = match t {
+                Ok(t) => t,
+                Err(d) => {
+                    report.flag(d.check, d.subject, d.detail);
+                    continue;
+                }
+            };
+            report.transactions += 1;
+            let id = t.id.to_string();
+            let mut own = Vec::new();
+            while let Some(next) = std::pin::Pin::new(&mut entries).peek().await {
+                let entry_txn = match next {
+                    Ok(e) => e.transaction_id.to_string(),
+                    Err(_) => String::new(),
+                };
+                match entry_txn.cmp(&id) {
+                    Ordering::Less => match entries.next().await {
+                        Some(Ok(e)) => report.flag(
+                            "orphan_entry",
+                            format!("entry {}", e.id),
+                            format!("transaction {} does not exist", e.transaction_id),
+                        ),
+                        Some(Err(d)) => report.flag(d.check, d.subject, d.detail),
+                        None => {}
+                    },
+                    Ordering::Equal => {
+                        if let Some(Ok(e)) = entries.next().await {
+                            own.push(e);
+                        }
+                    }
+                    Ordering::Greater => break,
+                }
+            }
+            check_transaction(&t, &own, stale_before, report);
+        }
+        while let Some(rest) = entries.next().await {
+            match rest {
+                Ok(e) => report.flag(
+                    "orphan_entry",
+                    format!("entry {}", e.id),
+                    format!("transaction {} does not exist", e.transaction_id),
+                ),
+                Err(d) => report.flag(d.check, d.subject, d.detail),
+            }
+        }
+        Ok(())
+    }
+
+    /// Per account: sequence 1, 2, 3… without gaps, each `balanceAfter` equal to the running sum,
+    /// the hash chain intact, never negative (but the funding account), and the account's
+    /// `seq` pointing at its last entry.
+    async fn check_accounts(&self, progress: &dyn Progress, report: &mut ReconcileReport) -> Result<(), StoreError> {
+        progress.phase("accounts", self.entries().estimated_document_count().await?);
+        // Both walks go in descending account id: that is how the (accountId, seq desc)
+        // index can be read with seq ascending.
+        let accounts = self.raw("accounts").find(doc! {}).sort(doc! { "_id": -1 }).await?;
+        let entries = self.raw("entries").find(doc! {}).sort(doc! { "accountId": -1, "seq": 1 }).await?;
+        let mut entries = Box::pin(parsed::<EntryDoc, EntryRecord>(entries, "entries")).peekable();
+        let mut accounts = Box::pin(parsed::<AccountDoc, AccountRecord>(accounts, "accounts"));
+        while let Some(account) = accounts.next().await {
+            let account = match account {
+                Ok(a) => a,
+                Err(d) => {
+                    report.flag(d.check, d.subject, d.detail);
+                    continue;
+                }
+            };
+            report.accounts += 1;
+            let id = account.id.to_string();
+            let mut walk = AccountWalk::new(&account);
+            while let Some(next) = std::pin::Pin::new(&mut entries).peek().await {
+                let entry_account = match next {
+                    Ok(e) => e.account_id.to_string(),
+                    Err(_) => String::new(),
+                };
+                match entry_account.cmp(&id) {
+                    // Descending order: a larger id is an account we have passed, i.e. unknown.
+                    Ordering::Greater => {
+                        if let Some(Ok(e)) = entries.next().await {
+                            progress.advance(1);
+                            report.flag(
+                                "orphan_entry",
+                                format!("entry {}", e.id),
+                                format!("account {} does not exist", e.account_id),
+                            );
+                        }
+                    }
+                    Ordering::Equal => {
+                        if let Some(Ok(e)) = entries.next().await {
+                            progress.advance(1);
+                            report.entries += 1;
+                            walk.step(&e, report);
+                        }
+                    }
+                    Ordering::Less => break,
+                }
+            }
+            walk.finish(report);
+        }
+        while let Some(rest) = entries.next().await {
+            if let Ok(e) = rest {
+                report.flag(
+                    "orphan_entry",
+                    format!("entry {}", e.id),
+                    format!("account {} does not exist", e.account_id),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn raw(&self, name: &str) -> mongodb::Collection<Document> {
+        self.db.collection(name)
+    }
+}
+
+/// Parses each raw document, turning a bad one into a discrepancy instead of an error.
+fn parsed<D, R>(
+    cursor: mongodb::Cursor<Document>,
+    collection: &'static str,
+) -> impl Stream<Item = Result<R, Discrepancy>>
+where
+    D: serde::de::DeserializeOwned,
+    R: TryFrom<D, Error = StoreError>,
+{
+    cursor.map(move |doc| {
+        let doc = doc.map_err(|e| Discrepancy {
+            check: "unreadable_document",
+            subject: collection.into(),
+            detail: e.to_string(),
+        })?;
+        let id = doc.get("_id").map(ToString::to_string).unwrap_or_default();
+        let corrupt =
+            |detail: String| Discrepancy { check: "corrupt_document", subject: format!("{collection} {id}"), detail };
+        let typed: D = from_document(doc).map_err(|e| corrupt(e.to_string()))?;
+        R::try_from(typed).map_err(|e| corrupt(e.to_string()))
+    })
+}
+
+fn check_transaction(
+    t: &TransactionRecord,
+    entries: &[EntryRecord],
+    stale_before: chrono::DateTime<Utc>,
+    report: &mut ReconcileReport,
+) {
+    let subject = || format!("transaction {}", t.id);
+    match t.status {
+        TransactionStatus::Completed => {
+            let debit = entries.iter().filter(|e| e.entry_type == EntryType::Debit).collect::<Vec<_>>();
+            let credit = entries.iter().filter(|e| e.entry_type == EntryType::Credit).collect::<Vec<_>>();
+            let exact = |side: &[&EntryRecord], account: AccountId| {
+                side.len() == 1
+                    && side[0].account_id == account
+                    && side[0].amount == t.amount
+                    && side[0].currency == t.currency
+            };
+            if entries.len() != 2 || !exact(&debit, t.from_account) || !exact(&credit, t.to_account) {
+                report.flag(
+                    "completed_entries",
+                    subject(),
+                    format!(
+                        "expected one DEBIT on {} and one CREDIT on {} of {} {}, found {} entries",
+                        t.from_account,
+                        t.to_account,
+                        t.amount,
+                        t.currency,
+                        entries.len()
+                    ),
+                );
+            }
+        }
+        TransactionStatus::Failed | TransactionStatus::Pending => {
+            if !entries.is_empty() {
+                report.flag(
+                    "unfinished_entries",
+                    subject(),
+                    format!("{} transaction has {} entries", t.status, entries.len()),
+                );
+            }
+            if t.status == TransactionStatus::Pending && t.created_at < stale_before {
+                report.stuck_pending += 1;
+                report.flag("stuck_pending", subject(), format!("PENDING since {}", t.created_at.to_rfc3339()));
+            }
+        }
+    }
+}
+
+/// The running state of one account's entries.
+struct AccountWalk<'a> {
+    account: &'a AccountRecord,
+    expected_seq: i64,
+    balance: Option<i64>,
+    prev_hash: String,
+    chain_broken: bool,
+}
+
+impl<'a> AccountWalk<'a> {
+    fn new(account: &'a AccountRecord) -> Self {
+        Self { account, expected_seq: 1, balance: Some(0), prev_hash: GENESIS_HASH.into(), chain_broken: false }
+    }
+
+    fn step(&mut self, e: &EntryRecord, report: &mut ReconcileReport) {
+        let subject = || format!("entry {} (account {}, seq {})", e.id, e.account_id, e.seq);
+        if e.seq != self.expected_seq {
+            report.flag("sequence", subject(), format!("expected seq {}", self.expected_seq));
+        }
+        self.expected_seq = e.seq + 1;
+        let delta = match e.entry_type {
+            EntryType::Credit => e.amount.minor(),
+            EntryType::Debit => -e.amount.minor(),
+        };
+        self.balance = self.balance.and_then(|b| b.checked_add(delta));
+        if self.balance != Some(e.balance_after.minor()) {
+            report.flag(
+                "running_balance",
+                subject(),
+                format!("balanceAfter {} but entries sum to {:?}", e.balance_after, self.balance),
+            );
+            self.balance = Some(e.balance_after.minor());
+        }
+        if e.balance_after.minor() < 0 && self.account.id != AccountId::funding(self.account.currency) {
+            report.flag("negative_balance", subject(), format!("balance {} below zero", e.balance_after));
+        }
+        // Report only the first broken link of a chain: everything after it is suspect anyway.
+        if !self.chain_broken {
+            if e.prev_hash != self.prev_hash {
+                self.chain_broken = true;
+                report.flag("hash_chain", subject(), "prevHash does not match the previous entry's hash");
+            } else if e.chain_fields().hash() != e.hash {
+                self.chain_broken = true;
+                report.flag("hash_chain", subject(), "hash does not match the entry's fields: it was altered");
+            }
+        }
+        self.prev_hash = e.hash.clone();
+    }
+
+    fn finish(&self, report: &mut ReconcileReport) {
+        let last = self.expected_seq - 1;
+        if self.account.seq != last {
+            report.flag(
+                "account_seq",
+                format!("account {}", self.account.id),
+                format!("seq {} but last entry is {last}", self.account.seq),
+            );
+        }
+    }
+}

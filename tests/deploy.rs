@@ -1,0 +1,1 @@
+//! Deployment manifests are valid (filled in by the deploy work).

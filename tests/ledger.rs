@@ -1,0 +1,108 @@
+//! The ledger proves itself: `ledgerflow reconcile` passes on honest books and names the
+//! first broken entry when one is edited behind the application's back.
+
+use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::spawn_app;
+use mongodb::bson::doc;
+use reqwest::StatusCode;
+
+fn checks(report: &Value) -> Vec<String> {
+    report["discrepancies"].as_array().unwrap().iter().map(|d| d["check"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_passes_on_honest_books_and_catches_an_edited_entry() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 10_000).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (status, t) = app.transfer(&alice, &a, &b, json!(100 + i), &format!("r{i}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        ids.push(t["transaction"]["id"].as_str().unwrap().to_owned());
+    }
+    let (_, t) = app.transfer(&alice, &a, &b, json!(1_000_000), "too-much").await;
+    ids.push(t["transaction"]["id"].as_str().unwrap().to_owned());
+    for id in &ids {
+        app.wait_terminal(&alice.token, id).await;
+    }
+
+    let (code, report) = app.reconcile(&[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["transactions"], 8);
+    assert_eq!(report["entries"], 14);
+    assert_eq!(report["totals"], json!([{"currency": "USD", "debits": 10_615, "credits": 10_615}]));
+    // Text mode says the same.
+    let (code, text) = app.run_cli(&["reconcile"]).await;
+    assert_eq!(code, 0);
+    assert!(text.contains("OK: every invariant holds"), "{text}");
+
+    // Someone edits Bob's third entry in the database, making it 10_002.
+    let entries = app.raw_db().await.collection::<mongodb::bson::Document>("entries");
+    let third = entries.find_one(doc! { "accountId": &b, "seq": 3_i64 }).await.unwrap().unwrap();
+    let tampered_id = third.get_str("_id").unwrap().to_owned();
+    entries.update_one(doc! { "_id": &tampered_id }, doc! { "$set": { "amount": 10_002_i64 } }).await.unwrap();
+
+    let (code, report) = app.reconcile(&[]).await;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["ok"], false);
+    let found = checks(&report);
+    assert!(found.contains(&"debits_equal_credits".to_owned()), "{found:?}");
+    assert!(found.contains(&"completed_entries".to_owned()), "{found:?}");
+    assert!(found.contains(&"running_balance".to_owned()), "{found:?}");
+    let chain: Vec<&Value> =
+        report["discrepancies"].as_array().unwrap().iter().filter(|d| d["check"] == "hash_chain").collect();
+    assert_eq!(chain.len(), 1, "only the first broken link is named: {chain:?}");
+    assert!(chain[0]["subject"].as_str().unwrap().contains(&tampered_id), "{}", chain[0]);
+    let (_, text) = app.run_cli(&["reconcile"]).await;
+    assert!(text.contains("FAILED") && text.contains(&tampered_id), "{text}");
+
+    // Recomputing the hash after the edit does not help: the next entry's prevHash still
+    // points at the original.
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
+    let mut app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+    let (_, done) = app.transfer(&alice, &a, &b, json!(10), "done").await;
+    let done_id = done["transaction"]["id"].as_str().unwrap().to_owned();
+    app.wait_terminal(&alice.token, &done_id).await;
+
+    // With no worker, a new transfer stays PENDING.
+    app.stop_worker(0).await;
+    let (_, pending) = app.transfer(&alice, &a, &b, json!(10), "stuck").await;
+    let pending_id = pending["transaction"]["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (code, report) = app.reconcile(&["--max-pending-age", "1s"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(report["stuck_pending"], 1);
+    assert_eq!(checks(&report), vec!["stuck_pending"]);
+    assert!(report["discrepancies"][0]["subject"].as_str().unwrap().contains(&pending_id));
+    let (code, _) = app.reconcile(&["--max-pending-age", "1h"]).await;
+    assert_eq!(code, 0, "young PENDING work is not a discrepancy");
+
+    // Deleting Alice's first entry (the funding credit) is caught: the books no longer
+    // balance, her sequence has a hole, her running balance and her chain break.
+    let raw = app.raw_db().await;
+    raw.collection::<mongodb::bson::Document>("entries")
+        .delete_one(doc! { "accountId": &a, "seq": 1_i64 })
+        .await
+        .unwrap();
+    let (code, report) = app.reconcile(&["--max-pending-age", "1h"]).await;
+    assert_eq!(code, 1);
+    let found = checks(&report);
+    for expected in ["debits_equal_credits", "completed_entries", "sequence", "running_balance", "hash_chain"] {
+        assert!(found.contains(&expected.to_owned()), "{expected} in {found:?}");
+    }
+    app.teardown().await;
+}
