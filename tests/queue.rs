@@ -252,3 +252,63 @@ async fn sigterm_stops_a_worker_process_cleanly_and_loses_nothing() {
     assert_eq!(app.balance(&alice.token, &a).await, 100_000 - 1_500);
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_and_can_be_replayed() {
+    let mut app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+
+    // A worker whose database is unreachable: every attempt fails transiently.
+    app.stop_worker(0).await;
+    let unreachable = ledgerflow_store::Store::connect(
+        "mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=200&connectTimeoutMS=200",
+        "nowhere",
+    )
+    .await
+    .unwrap();
+    let broken = app.add_worker_with(unreachable, app.worker_config("db-down"));
+    let (status, t) = app.transfer(&alice, &a, &b, json!(25), "via-gateway").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let gateway_id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    app.publish_raw(&a, &bytes(&app.upstream_command(&a, &b, 75, "doomed"))).await;
+
+    // After max_attempts (3) tries through the retry queue both are dead-lettered. The
+    // database being down, nothing could be marked: the recorded one stays PENDING, which
+    // reconcile reports as stuck, and no result claims an outcome that was not decided.
+    let start = Instant::now();
+    let (code, listed) = loop {
+        let (code, listed) = app.run_cli(&["admin", "dlq", "list"]).await;
+        if listed.starts_with("2 dead-lettered") || start.elapsed() > DEADLINE {
+            break (code, listed);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 0, "{listed}");
+    assert!(listed.contains("key=doomed") && listed.contains("key=via-gateway"), "{listed}");
+    let results = app.drain_queue(&app.topology.results(), 0, 10).await;
+    assert!(
+        results.iter().all(|r| r["idempotencyKey"] != "doomed" && r["idempotencyKey"] != "via-gateway"),
+        "{results:?}"
+    );
+    assert_eq!(app.stored_status(&gateway_id).await, "PENDING");
+    let (code, report) = app.reconcile(&["--max-pending-age", "0s"]).await;
+    assert_eq!((code, report["stuck_pending"].clone()), (1, json!(1)), "{report}");
+
+    // Once the database is back (a healthy worker), replaying completes both, once each.
+    app.stop_worker(broken).await;
+    app.add_worker();
+    let (code, out) = app.run_cli(&["admin", "dlq", "replay"]).await;
+    assert_eq!((code, out.trim()), (0, format!("replayed 2 command(s) to {}", app.topology.transfers()).as_str()));
+    assert_eq!(app.wait_upstream("doomed").await.status, TransactionStatus::Completed);
+    assert_eq!(app.wait_terminal(&alice.token, &gateway_id).await["status"], "COMPLETED");
+    assert_eq!(app.balance(&bob.token, &b).await, 100);
+    let (_, listed) = app.run_cli(&["admin", "dlq", "list"]).await;
+    assert!(listed.starts_with("0 dead-lettered"), "{listed}");
+    let (code, report) = app.reconcile(&["--max-pending-age", "0s"]).await;
+    assert_eq!(code, 0, "{report}");
+    app.teardown().await;
+}

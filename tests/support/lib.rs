@@ -117,14 +117,23 @@ pub async fn spawn_app_with(workers: usize) -> TestApp {
 impl TestApp {
     /// Starts one more independent worker; returns its index for [`TestApp::stop_worker`].
     pub fn add_worker(&mut self) -> usize {
+        let name = format!("test-worker-{}", self.workers.len());
+        self.add_worker_with(self.store.clone(), self.worker_config(&name))
+    }
+
+    /// The configuration test workers use: small prefetch, quick retries.
+    pub fn worker_config(&self, name: &str) -> WorkerConfig {
+        let mut config = WorkerConfig::new(amqp_uri(), self.topology.clone(), name);
+        config.prefetch = 16;
+        config.max_attempts = 3;
+        config.retry_delay = Duration::from_millis(100);
+        config
+    }
+
+    /// Starts a worker with its own store and configuration; returns its index.
+    pub fn add_worker_with(&mut self, store: Store, config: WorkerConfig) -> usize {
         let token = CancellationToken::new();
-        let config = WorkerConfig {
-            amqp_uri: amqp_uri(),
-            topology: self.topology.clone(),
-            prefetch: 16,
-            name: format!("test-worker-{}", self.workers.len()),
-        };
-        let handle = tokio::spawn(ledgerflow_worker::run(self.store.clone(), config, token.clone()));
+        let handle = tokio::spawn(ledgerflow_worker::run(store, config, token.clone()));
         self.workers.push((token, Some(handle)));
         self.workers.len() - 1
     }
@@ -474,12 +483,7 @@ impl TestApp {
 impl TestApp {
     /// Starts a worker with a given broker connection name.
     pub fn add_named_worker(&mut self, name: &str) -> usize {
-        let token = CancellationToken::new();
-        let config =
-            WorkerConfig { amqp_uri: amqp_uri(), topology: self.topology.clone(), prefetch: 16, name: name.into() };
-        let handle = tokio::spawn(ledgerflow_worker::run(self.store.clone(), config, token.clone()));
-        self.workers.push((token, Some(handle)));
-        self.workers.len() - 1
+        self.add_worker_with(self.store.clone(), self.worker_config(name))
     }
 }
 
@@ -511,5 +515,13 @@ impl TestApp {
         args.extend_from_slice(extra);
         let (code, out) = self.run_cli(&args).await;
         (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("reconcile printed no JSON ({e}): {out}")))
+    }
+}
+
+impl TestApp {
+    /// The stored status of a transaction, read directly (no waiting).
+    pub async fn stored_status(&self, id: &str) -> String {
+        let t = self.store.find_transaction(id.parse().unwrap()).await.unwrap().expect("transaction exists");
+        t.status.to_string()
     }
 }

@@ -75,6 +75,8 @@ wire_enum!(
         CurrencyMismatch => "CURRENCY_MISMATCH",
         InvalidCommand => "INVALID_COMMAND",
         BalanceLimitExceeded => "BALANCE_LIMIT_EXCEEDED",
+        ProcessingFailed => "PROCESSING_FAILED",
+        AlreadyReversed => "ALREADY_REVERSED",
     }
 );
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ledgerflow_domain::{Email, Password};
+use ledgerflow_domain::{Email, Password, TransferCommand};
 use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
 use ledgerflow_messaging::{Publisher, Topology};
 use ledgerflow_store::Store;
@@ -100,6 +100,12 @@ struct GatewayArgs {
     /// Mark the session cookie Secure (set false only for plain-HTTP development).
     #[arg(long, env = "LEDGERFLOW_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     cookie_secure: bool,
+    /// Republish PENDING transfers whose publish was not confirmed after this long.
+    #[arg(long, env = "LEDGERFLOW_REPUBLISH_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
+    republish_after: Duration,
+    /// How often the republisher looks for them.
+    #[arg(long, env = "LEDGERFLOW_REPUBLISH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    republish_interval: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -110,6 +116,13 @@ struct WorkerArgs {
     /// Name shown in logs and on the broker connection.
     #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
     name: Option<String>,
+    /// Tries before a command that keeps failing transiently (database down) is marked FAILED
+    /// with PROCESSING_FAILED and dead-lettered.
+    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+    /// Wait between those tries, spent in the retry queue (e.g. 500ms, 2s).
+    #[arg(long, env = "LEDGERFLOW_WORKER_RETRY_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_delay: Duration,
 }
 
 #[derive(Args)]
@@ -127,7 +140,26 @@ struct UpArgs {
 }
 
 #[derive(Subcommand)]
+enum Dlq {
+    /// Show dead-lettered commands (they stay in the queue).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Send dead-lettered commands back to the transfers queue, with fresh attempts.
+    Replay {
+        /// At most this many.
+        #[arg(long, default_value_t = 1_000)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
 enum Admin {
+    /// Inspect or replay the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(Dlq),
     /// Create the SYSTEM user, or promote and re-password an existing one.
     #[command(
         after_help = "Example:\n  LEDGERFLOW_SYSTEM_PASSWORD='a long secret' ledgerflow admin create-system-user --email ops@example.com"
@@ -218,6 +250,8 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     }
     let mut config = GatewayConfig::new(secret);
     config.cookie_secure = args.cookie_secure;
+    config.republish_after = args.republish_after;
+    config.republish_interval = args.republish_interval;
     let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", Topology::new(&conn.amqp_prefix));
     if let Err(e) = publisher.ensure_connected().await {
         warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
@@ -227,12 +261,11 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
 
 fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerConfig {
     let name = args.name.clone().unwrap_or_else(|| format!("ledgerflow-worker-{}-{index}", std::process::id()));
-    WorkerConfig {
-        amqp_uri: conn.amqp_uri.clone(),
-        topology: Topology::new(&conn.amqp_prefix),
-        prefetch: args.prefetch,
-        name,
-    }
+    let mut config = WorkerConfig::new(&conn.amqp_uri, Topology::new(&conn.amqp_prefix), name);
+    config.prefetch = args.prefetch;
+    config.max_attempts = args.max_attempts;
+    config.retry_delay = args.retry_delay;
+    config
 }
 
 #[tokio::main]
@@ -292,6 +325,43 @@ async fn main() -> Result<()> {
             if !reconcile::run(&store, max_pending_age, json).await? {
                 std::process::exit(1);
             }
+        }
+        Command::Admin(Admin::Dlq(Dlq::List { limit })) => {
+            let topology = Topology::new(&conn.amqp_prefix);
+            let letters = ledgerflow_messaging::dlq::peek(&conn.amqp_uri, &topology, limit).await?;
+            println!("{} dead-lettered command(s) in {}", letters.len(), topology.dead_letters());
+            for (i, letter) in letters.iter().enumerate() {
+                let what = match TransferCommand::parse(&letter.body) {
+                    Ok(cmd) => format!(
+                        "{} {} {} -> {} key={} initiator={}",
+                        cmd.request.kind,
+                        cmd.request.amount,
+                        cmd.request.currency,
+                        cmd.request.to,
+                        cmd.idempotency_key,
+                        cmd.initiator
+                    ),
+                    Err(e) => format!("invalid: {}", e.reason),
+                };
+                let death = letter.death_reason.as_deref().unwrap_or("-");
+                println!(
+                    "{:>4}  {:<36}  {death}×{}  {what}",
+                    i + 1,
+                    letter.message_id.as_deref().unwrap_or("-"),
+                    letter.death_count
+                );
+            }
+        }
+        Command::Admin(Admin::Dlq(Dlq::Replay { limit })) => {
+            let topology = Topology::new(&conn.amqp_prefix);
+            let n = ledgerflow_messaging::dlq::replay(
+                &conn.amqp_uri,
+                &topology,
+                limit,
+                &[ledgerflow_worker::ATTEMPT_HEADER],
+            )
+            .await?;
+            println!("replayed {n} command(s) to {}", topology.transfers());
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {
             let store = open_store(&conn).await?;

@@ -15,6 +15,7 @@
 //! The transfers exchange is a fanout, so an upstream publisher's routing key (by convention
 //! the sending account id) never decides whether a command is delivered.
 
+pub mod dlq;
 mod error;
 mod publisher;
 mod topology;

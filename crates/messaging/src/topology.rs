@@ -37,6 +37,12 @@ impl Topology {
         format!("{}.transfers.dead", self.prefix)
     }
 
+    /// Queue (no exchange: published to by name) where commands that hit a transient fault
+    /// wait out their per-message TTL, then dead-letter back into the transfers exchange.
+    pub fn retry(&self) -> String {
+        format!("{}.transfers.retry", self.prefix)
+    }
+
     /// Exchange and queue of transfer outcomes.
     pub fn results(&self) -> String {
         format!("{}.results", self.prefix)
@@ -71,6 +77,12 @@ impl Topology {
             )
             .await?;
         }
+        // Classic, not quorum: every message carries the same delay, so expiring only at the
+        // head of the queue (classic semantics) releases them in order.
+        let mut retry_args = FieldTable::default();
+        retry_args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+        retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.transfers().into()));
+        ch.queue_declare(self.retry().as_str().into(), queue_opts, retry_args).await?;
         Ok(())
     }
 
@@ -80,6 +92,7 @@ impl Topology {
             ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
             ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
+        ch.queue_delete(self.retry().as_str().into(), QueueDeleteOptions::default()).await?;
         Ok(())
     }
 }

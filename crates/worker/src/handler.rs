@@ -1,10 +1,12 @@
 //! What happens to one delivery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
 use ledgerflow_domain::{
     CommandError, FailureReason, IdempotencyKey, Initiator, TransactionId, TransactionStatus, TransferCommand,
     TransferResult,
@@ -13,20 +15,37 @@ use ledgerflow_messaging::{MessagingError, Publisher, RESULT_TYPE};
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// Pause before requeueing a command that hit a transient fault, so an outage does not turn
-/// into a hot redelivery loop.
-const TRANSIENT_PAUSE: Duration = Duration::from_secs(1);
+/// Pause before requeueing a delivery when the broker itself is failing, so an outage does
+/// not turn into a hot redelivery loop.
+const BROKER_PAUSE: Duration = Duration::from_secs(1);
+
+/// The AMQP header counting how many times a command has been tried (absent: first try).
+pub const ATTEMPT_HEADER: &str = "x-ledgerflow-attempt";
+
+/// What every handler needs.
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub results: Publisher,
+    /// Tries (first delivery included) before a transiently failing command is given up.
+    pub max_attempts: u32,
+    /// How long a transiently failing command waits in the retry queue.
+    pub retry_delay: Duration,
+}
 
 /// What to do with the delivery once the work is done.
 enum Settle {
     Ack,
     /// Reject without requeue: the queue dead-letters it.
     DeadLetter,
-    /// Put it back for another try (transient fault).
+    /// The database failed transiently: try again later through the retry queue, or give up
+    /// once the attempts are spent.
+    Retry,
+    /// The broker failed (a result could not be published): put it back.
     Requeue,
 }
 
-pub(crate) async fn handle(store: Store, results: Publisher, delivery: Delivery) {
+pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
+    let (store, results) = (&ctx.store, &ctx.results);
     let message_id = delivery.properties.message_id().as_ref().map(ToString::to_string);
     let span = info_span!(
         "command",
@@ -35,20 +54,24 @@ pub(crate) async fn handle(store: Store, results: Publisher, delivery: Delivery)
         redelivered = delivery.redelivered,
     );
     async {
-        let settle = match TransferCommand::parse(&delivery.data) {
+        let parsed = TransferCommand::parse(&delivery.data);
+        let mut settle = match &parsed {
             Ok(cmd) => {
                 if let Some(id) = cmd.transaction_id {
                     tracing::Span::current().record("transaction_id", tracing::field::display(id));
                 }
-                execute(&store, &results, &cmd).await
+                execute(store, results, cmd).await
             }
-            Err(invalid) => refuse(&store, &results, invalid, message_id.as_deref()).await,
+            Err(invalid) => refuse(store, results, invalid.clone(), message_id.as_deref()).await,
         };
+        if matches!(settle, Settle::Retry) {
+            settle = retry_or_give_up(&ctx, &delivery, parsed.ok().as_ref()).await;
+        }
         let settled = match settle {
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
             Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
-            Settle::Requeue => {
-                tokio::time::sleep(TRANSIENT_PAUSE).await;
+            Settle::Retry | Settle::Requeue => {
+                tokio::time::sleep(BROKER_PAUSE).await;
                 delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
             }
         };
@@ -86,8 +109,8 @@ async fn execute(store: &Store, results: &Publisher, cmd: &TransferCommand) -> S
             dead_letter_after(report(results, &result).await)
         }
         Err(e) if e.is_transient() => {
-            warn!(error = %e, "transient failure, requeueing");
-            Settle::Requeue
+            warn!(error = %e, "transient failure");
+            Settle::Retry
         }
         Err(e) => {
             error!(error = %e, "cannot process command, dead-lettering");
@@ -107,8 +130,8 @@ async fn refuse(store: &Store, results: &Publisher, invalid: CommandError, messa
             Ok(Some(record)) => result = result_of(&record),
             Ok(None) => {}
             Err(e) => {
-                warn!(error = %e, "store unavailable while refusing, requeueing");
-                return Settle::Requeue;
+                warn!(error = %e, "store unavailable while refusing");
+                return Settle::Retry;
             }
         }
     }
@@ -123,12 +146,77 @@ async fn identify(
     initiator: Option<&Initiator>,
     key: Option<&IdempotencyKey>,
 ) -> Result<Option<TransactionRecord>, StoreError> {
-    let Some(record) = store.find_transaction(id).await? else { return Ok(None) };
+    let Some(record) = store.find_transaction(id).await? else {
+        return Ok(None);
+    };
     if Some(&record.initiator) != initiator || Some(&record.idempotency_key) != key {
         return Ok(None);
     }
     tracing::Span::current().record("transaction_id", tracing::field::display(id));
     store.fail_pending(id, FailureReason::InvalidCommand).await
+}
+
+fn attempt_of(props: &BasicProperties) -> u32 {
+    let value = props.headers().as_ref().and_then(|h| h.inner().get(ATTEMPT_HEADER).cloned());
+    match value {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+        _ => 1,
+    }
+}
+
+/// Sends a transiently failed command to the retry queue, from which it returns after the
+/// delay; once `max_attempts` are spent, marks its transaction FAILED with
+/// `PROCESSING_FAILED`, reports that, and dead-letters the command.
+async fn retry_or_give_up(ctx: &Ctx, delivery: &Delivery, cmd: Option<&TransferCommand>) -> Settle {
+    let attempt = attempt_of(&delivery.properties);
+    if attempt < ctx.max_attempts {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt) + 1));
+        let props = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_expiration(ctx.retry_delay.as_millis().to_string().into());
+        let retry_queue = ctx.results.topology().retry();
+        return match ctx.results.publish("", &retry_queue, &delivery.data, props).await {
+            Ok(()) => {
+                warn!(attempt, max_attempts = ctx.max_attempts, delay = ?ctx.retry_delay, "sent to the retry queue");
+                Settle::Ack
+            }
+            Err(e) => {
+                warn!(error = %e, "could not reach the retry queue, requeueing");
+                Settle::Requeue
+            }
+        };
+    }
+    error!(attempt, "attempts exhausted, failing the transaction and dead-lettering");
+    let Some(cmd) = cmd else { return Settle::DeadLetter };
+    let found = match cmd.transaction_id {
+        Some(id) => ctx.store.find_transaction(id).await,
+        None => ctx.store.find_by_key(&cmd.initiator, &cmd.idempotency_key).await,
+    };
+    let result = match found {
+        Ok(Some(record)) => match ctx.store.fail_pending(record.id, FailureReason::ProcessingFailed).await {
+            Ok(Some(record)) => result_of(&record),
+            Ok(None) => return Settle::DeadLetter,
+            Err(e) => {
+                error!(error = %e, "cannot mark the transaction FAILED; it stays PENDING for reconcile and replay");
+                return Settle::DeadLetter;
+            }
+        },
+        // Never recorded (an upstream command): nothing to mark, but its publisher still hears.
+        Ok(None) => {
+            let mut result = failed(None, Some(cmd.idempotency_key.clone()), Some(cmd.initiator.clone()));
+            result.failure_reason = Some(FailureReason::ProcessingFailed);
+            result
+        }
+        Err(e) => {
+            error!(error = %e, "database still unreachable; dead-lettering without a result");
+            return Settle::DeadLetter;
+        }
+    };
+    dead_letter_after(report(&ctx.results, &result).await)
 }
 
 fn result_of(record: &TransactionRecord) -> TransferResult {

@@ -14,9 +14,11 @@
 
 mod handler;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+pub use handler::ATTEMPT_HEADER;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use ledgerflow_messaging::{MessagingError, Publisher, Topology, connect};
@@ -34,15 +36,39 @@ pub struct WorkerConfig {
     pub prefetch: u16,
     /// Shown in logs and as the broker connection name.
     pub name: String,
+    /// Tries before a command that keeps failing transiently is given up (marked FAILED with
+    /// `PROCESSING_FAILED` and dead-lettered).
+    pub max_attempts: u32,
+    /// Wait between those tries (spent in the retry queue, not in the worker).
+    pub retry_delay: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(amqp_uri: impl Into<String>, topology: Topology, name: impl Into<String>) -> Self {
+        Self {
+            amqp_uri: amqp_uri.into(),
+            topology,
+            prefetch: 32,
+            name: name.into(),
+            max_attempts: 5,
+            retry_delay: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Runs until `shutdown` is cancelled, then stops consuming, finishes and acks the commands in
 /// flight, and returns. Connection losses are retried forever with capped backoff.
 pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken) {
     let results = Publisher::new(&config.amqp_uri, &format!("{}-results", config.name), config.topology.clone());
+    let ctx = Arc::new(handler::Ctx {
+        store,
+        results: results.clone(),
+        max_attempts: config.max_attempts.max(1),
+        retry_delay: config.retry_delay,
+    });
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match consume(&store, &results, &config, &shutdown).await {
+        match consume(&ctx, &config, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 warn!(worker = %config.name, error = %e, retry_in = ?backoff, "consumer lost, reconnecting");
@@ -60,8 +86,7 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
 
 /// One connection's worth of consuming. Returns `Ok` only on shutdown.
 async fn consume(
-    store: &Store,
-    results: &Publisher,
+    ctx: &Arc<handler::Ctx>,
     config: &WorkerConfig,
     shutdown: &CancellationToken,
 ) -> Result<(), MessagingError> {
@@ -90,7 +115,7 @@ async fn consume(
             }
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(handler::handle(store.clone(), results.clone(), delivery));
+                    in_flight.spawn(handler::handle(Arc::clone(ctx), delivery));
                 }
                 Some(Err(e)) => break Err(e.into()),
                 None => break Err(MessagingError::Unavailable("consumer cancelled by the broker".into())),

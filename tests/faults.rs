@@ -1,0 +1,1 @@
+//! Fault tests (real processes); see tests/support/processes.rs.
