@@ -60,6 +60,8 @@ struct CommandWire<'a> {
     requested_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a Description>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reverses: Option<TransactionId>,
 }
 
 impl TransferCommand {
@@ -78,6 +80,7 @@ impl TransferCommand {
             initiator: &self.initiator,
             requested_at: self.requested_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             description: r.description.as_ref(),
+            reverses: r.reverses,
         };
         serde_json::to_vec(&wire).unwrap_or_default()
     }
@@ -118,7 +121,7 @@ impl TransferCommand {
         let from = match (kind, opt_str(obj, "fromAccount")?) {
             (_, Some(s)) => AccountId::parse_field("fromAccount", s)?,
             (TransferKind::InitialFunds, None) => AccountId::funding(currency),
-            (TransferKind::Transfer, None) => return Err(DomainError::Missing { field: "fromAccount" }),
+            (_, None) => return Err(DomainError::Missing { field: "fromAccount" }),
         };
         let to = AccountId::parse_field("toAccount", req_str(obj, "toAccount")?)?;
         let amount = Amount::from_json("amount", obj.get("amount"))?;
@@ -133,7 +136,18 @@ impl TransferCommand {
         if transaction_id.is_none() && matches!(initiator, Initiator::User(_)) {
             return Err(DomainError::invalid("initiator", "must be service:<name> when transactionId is absent"));
         }
-        let request = TransferRequest::new(kind, from, to, amount, currency, description)?;
+        let reverses = opt_str(obj, "reverses")?.map(|s| TransactionId::parse_field("reverses", s)).transpose()?;
+        let request = match (kind, reverses) {
+            (TransferKind::Reversal, Some(original)) => {
+                if from == to {
+                    return Err(DomainError::invalid("toAccount", "must differ from fromAccount"));
+                }
+                TransferRequest::reversal(original, to, from, amount, currency, description)
+            }
+            (TransferKind::Reversal, None) => return Err(DomainError::Missing { field: "reverses" }),
+            (_, Some(_)) => return Err(DomainError::invalid("reverses", "is only allowed on a REVERSAL")),
+            (_, None) => TransferRequest::new(kind, from, to, amount, currency, description)?,
+        };
         Ok(Self { transaction_id, request, idempotency_key, initiator, requested_at })
     }
 }

@@ -58,10 +58,11 @@ pub fn post_transfer(
     let (Some(from), Some(to)) = (from, to) else {
         return Err(FailureReason::AccountNotFound);
     };
-    // Only INITIAL_FUNDS may draw on the funding account, and nothing may pay into it:
-    // otherwise a plain transfer could mint money.
-    let funding_allowed = request.kind == TransferKind::InitialFunds;
-    if (from.is_funding() && !funding_allowed) || to.is_funding() {
+    // Only INITIAL_FUNDS may draw on the funding account, and only the reversal of one may
+    // pay into it: otherwise a plain transfer could mint or destroy money.
+    if (from.is_funding() && request.kind != TransferKind::InitialFunds)
+        || (to.is_funding() && request.kind != TransferKind::Reversal)
+    {
         return Err(FailureReason::InvalidCommand);
     }
     if from.status != AccountStatus::Active || to.status != AccountStatus::Active {
@@ -108,6 +109,7 @@ mod tests {
             amount: Amount::new(amount).expect("amount"),
             currency: Currency::USD,
             description: None,
+            reverses: None,
         }
     }
 
@@ -146,6 +148,11 @@ mod tests {
         assert_eq!(p.debit_balance_after, Balance(-1_500));
         let back = transfer(&b, &f, 1);
         assert_eq!(post_transfer(&back, Some(&account(5)), Some(&f)), Err(FailureReason::InvalidCommand));
+        // The reversal of initial funds returns them to the funding account.
+        let undo =
+            TransferRequest::reversal(crate::TransactionId::generate(), f.id, b.id, t.amount, Currency::USD, None);
+        let p = post_transfer(&undo, Some(&account(1_000)), Some(&f)).expect("reversal into funding");
+        assert_eq!(p.credit_balance_after, Balance(500));
     }
 
     #[test]

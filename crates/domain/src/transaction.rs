@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{AccountId, Amount, Currency, DomainError};
+use crate::{AccountId, Amount, Currency, DomainError, TransactionId};
 
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $field:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -85,6 +85,7 @@ wire_enum!(
     TransferKind, "kind" {
         Transfer => "TRANSFER",
         InitialFunds => "INITIAL_FUNDS",
+        Reversal => "REVERSAL",
     }
 );
 
@@ -123,7 +124,8 @@ impl FromStr for Description {
 
 /// A transfer as asked for, before anyone decided whether it happens.
 ///
-/// For INITIAL_FUNDS `from` is the currency's funding account.
+/// For INITIAL_FUNDS `from` is the currency's funding account. A REVERSAL moves a completed
+/// transaction's money back: `from`/`to` are the original's swapped and `reverses` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRequest {
     pub kind: TransferKind,
@@ -132,6 +134,8 @@ pub struct TransferRequest {
     pub amount: Amount,
     pub currency: Currency,
     pub description: Option<Description>,
+    /// The transaction a REVERSAL undoes; `None` for every other kind.
+    pub reverses: Option<TransactionId>,
 }
 
 impl TransferRequest {
@@ -149,7 +153,30 @@ impl TransferRequest {
         if kind == TransferKind::InitialFunds && from != AccountId::funding(currency) {
             return Err(DomainError::invalid("fromAccount", "initial funds come from the funding account only"));
         }
-        Ok(Self { kind, from, to, amount, currency, description })
+        if kind == TransferKind::Reversal {
+            return Err(DomainError::invalid("kind", "a reversal is built with TransferRequest::reversal"));
+        }
+        Ok(Self { kind, from, to, amount, currency, description, reverses: None })
+    }
+
+    /// The reversal of a completed transaction: the same amount, the other way.
+    pub fn reversal(
+        original: TransactionId,
+        original_from: AccountId,
+        original_to: AccountId,
+        amount: Amount,
+        currency: Currency,
+        reason: Option<Description>,
+    ) -> Self {
+        Self {
+            kind: TransferKind::Reversal,
+            from: original_to,
+            to: original_from,
+            amount,
+            currency,
+            description: reason,
+            reverses: Some(original),
+        }
     }
 
     /// A digest of everything that defines the request. Two requests under one idempotency
@@ -163,6 +190,7 @@ impl TransferRequest {
             &self.amount.to_string(),
             self.currency.code(),
             self.description.as_ref().map_or("", Description::as_str),
+            &self.reverses.map(|id| id.to_string()).unwrap_or_default(),
         ] {
             // Length-prefix each part so that no two different requests hash the same input.
             h.update((part.len() as u64).to_be_bytes());

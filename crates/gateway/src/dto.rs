@@ -71,5 +71,11 @@ pub fn transaction(t: &TransactionRecord) -> Value {
     if let Some(c) = t.completed_at {
         body["completedAt"] = json!(time(c));
     }
+    if let Some(r) = t.reverses {
+        body["reverses"] = json!(r);
+    }
+    if let Some(r) = t.reversed_by {
+        body["reversedBy"] = json!(r);
+    }
     body
 }

@@ -39,6 +39,11 @@ pub enum ApiError {
     EmailTaken,
     #[error("idempotencyKey was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("the transaction is already reversed, or a reversal of it is in progress")]
+    AlreadyReversed,
+    /// The transaction cannot be reversed (not COMPLETED, or itself a reversal).
+    #[error("{0}")]
+    NotReversible(&'static str),
     /// The transfer is recorded but could not be handed to the broker yet; it will be.
     #[error(
         "transaction {0} is recorded but the message broker is unavailable; it will be sent automatically, and retrying with the same idempotencyKey is safe"
@@ -72,6 +77,8 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::EmailTaken => (StatusCode::CONFLICT, "EMAIL_TAKEN"),
             Self::IdempotencyKeyReused => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED"),
+            Self::AlreadyReversed => (StatusCode::CONFLICT, "ALREADY_REVERSED"),
+            Self::NotReversible(_) => (StatusCode::CONFLICT, "NOT_REVERSIBLE"),
             Self::PublishDeferred(_) => (StatusCode::SERVICE_UNAVAILABLE, "BROKER_UNAVAILABLE"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),

@@ -130,6 +130,12 @@ pub(crate) struct TransactionDoc {
     pub completed_at: Option<BsonDateTime>,
     /// When the gateway's publish was confirmed; absent until then (the republisher's cue).
     pub published_at: Option<BsonDateTime>,
+    /// For a REVERSAL: the transaction it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<String>,
+    /// On a reversed transaction: the REVERSAL that undid it (set when that completes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reversed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +155,8 @@ pub struct TransactionRecord {
     pub requested_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub reverses: Option<TransactionId>,
+    pub reversed_by: Option<TransactionId>,
 }
 
 impl TryFrom<TransactionDoc> for TransactionRecord {
@@ -172,6 +180,8 @@ impl TryFrom<TransactionDoc> for TransactionRecord {
             requested_at: from_bson_time(d.requested_at),
             created_at: from_bson_time(d.created_at),
             completed_at: d.completed_at.map(from_bson_time),
+            reverses: d.reverses.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
+            reversed_by: d.reversed_by.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
         })
     }
 }
@@ -265,6 +275,7 @@ impl TransactionRecord {
                 amount: self.amount,
                 currency: self.currency,
                 description: self.description.clone(),
+                reverses: self.reverses,
             },
             idempotency_key: self.idempotency_key.clone(),
             initiator: self.initiator.clone(),

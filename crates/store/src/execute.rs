@@ -139,10 +139,16 @@ impl Store {
         let from = self.account_in(s, request.from).await?;
         let to = self.account_in(s, request.to).await?;
         let now = Utc::now();
-        let decision = post_transfer(request, from.as_ref().map(|(_, snap)| snap), to.as_ref().map(|(_, snap)| snap));
+        let decision = match self.check_reversal(s, request).await? {
+            Err(reason) => Err(reason),
+            Ok(()) => post_transfer(request, from.as_ref().map(|(_, snap)| snap), to.as_ref().map(|(_, snap)| snap)),
+        };
         let (status, reason) = match (decision, from, to) {
             (Ok(posting), Some((from, _)), Some((to, _))) => {
                 self.write_entries(s, &record, &from, &to, posting, now).await?;
+                if let Some(original) = request.reverses {
+                    self.mark_reversed(s, original, record.id).await?;
+                }
                 (TransactionStatus::Completed, None)
             }
             (Err(reason), _, _) => (TransactionStatus::Failed, Some(reason)),
@@ -168,6 +174,50 @@ impl Store {
         record.failure_reason = reason;
         record.completed_at = Some(now);
         Ok(Execution::Decided(record))
+    }
+
+    /// For a REVERSAL: the original must be a COMPLETED, not yet reversed, non-reversal
+    /// transaction whose accounts and amount this one mirrors.
+    async fn check_reversal(
+        &self,
+        s: &mut ClientSession,
+        request: &ledgerflow_domain::TransferRequest,
+    ) -> Result<Result<(), FailureReason>, StoreError> {
+        let Some(original_id) = request.reverses else { return Ok(Ok(())) };
+        let Some(doc) = self.transactions().find_one(doc! { "_id": original_id.to_string() }).session(&mut *s).await?
+        else {
+            return Ok(Err(FailureReason::InvalidCommand));
+        };
+        let original = TransactionRecord::try_from(doc)?;
+        if original.reversed_by.is_some() {
+            return Ok(Err(FailureReason::AlreadyReversed));
+        }
+        let mirrors = original.status == TransactionStatus::Completed
+            && original.kind != TransferKind::Reversal
+            && original.from_account == request.to
+            && original.to_account == request.from
+            && original.amount == request.amount
+            && original.currency == request.currency;
+        Ok(if mirrors { Ok(()) } else { Err(FailureReason::InvalidCommand) })
+    }
+
+    /// Records on the original that it was reversed. Written in the reversal's transaction,
+    /// so two concurrent reversals conflict here and only one can complete.
+    async fn mark_reversed(
+        &self,
+        s: &mut ClientSession,
+        original: TransactionId,
+        by: TransactionId,
+    ) -> Result<(), StoreError> {
+        let marked = self
+            .transactions()
+            .update_one(
+                doc! { "_id": original.to_string(), "reversedBy": null },
+                doc! { "$set": { "reversedBy": by.to_string() } },
+            )
+            .session(&mut *s)
+            .await?;
+        if marked.matched_count == 1 { Ok(()) } else { Err(StoreError::Contention { attempts: 0 }) }
     }
 
     /// Creates the currency's funding account on first use.

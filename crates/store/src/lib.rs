@@ -69,6 +69,7 @@ impl Store {
                 index(doc! { "fromAccount": 1, "_id": -1 }, None),
                 index(doc! { "toAccount": 1, "_id": -1 }, None),
                 index(doc! { "initiator": 1, "_id": -1 }, None),
+                index(doc! { "reverses": 1 }, Some(IndexOptions::builder().sparse(true).build())),
             ])
             .await?;
         self.entries()

@@ -56,6 +56,8 @@ pub(crate) fn pending_doc(id: TransactionId, cmd: &TransferCommand) -> Transacti
         created_at: to_bson_time(Utc::now()),
         completed_at: None,
         published_at: None,
+        reverses: r.reverses.map(|id| id.to_string()),
+        reversed_by: None,
     }
 }
 
@@ -129,6 +131,19 @@ impl Store {
             .try_collect()
             .await?;
         docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// A reversal of `original` that is PENDING or COMPLETED, if any: a transaction can be
+    /// reversed once (a FAILED reversal may be tried again).
+    pub async fn active_reversal_of(&self, original: TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
+        let doc = self
+            .transactions()
+            .find_one(doc! {
+                "reverses": original.to_string(),
+                "status": { "$in": [TransactionStatus::Pending.as_str(), TransactionStatus::Completed.as_str()] },
+            })
+            .await?;
+        doc.map(TryInto::try_into).transpose()
     }
 
     /// Notes that the broker confirmed the command, so the republisher leaves it alone.

@@ -20,6 +20,7 @@ pub(crate) fn routes() -> Router<AppState> {
     let transactions = Router::new()
         .route("/", post(transactions::create).get(transactions::list))
         .route("/{id}", get(transactions::get))
+        .route("/{id}/reverse", post(transactions::reverse))
         .route("/system/initial-funds", post(transactions::initial_funds))
         .route("/system/intial-funds", post(transactions::initial_funds));
     Router::new()

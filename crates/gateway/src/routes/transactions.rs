@@ -65,6 +65,53 @@ pub(super) async fn initial_funds(
     accept(&state, &user, request, key).await
 }
 
+/// `POST /transactions/{id}/reverse` `{idempotencyKey,reason?}`: SYSTEM or the receiving
+/// account's owner moves a COMPLETED transaction's money back, as a new REVERSAL transaction
+/// through the same queue and worker. The original is never changed but for `reversedBy`.
+pub(super) async fn reverse(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let id = TransactionId::parse_field("transactionId", &id)?;
+    let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
+    let reason: Option<Description> = opt_parse(&body, "reason")?;
+    let original = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
+    if !may_see(&state, &user, &original).await? {
+        return Err(ApiError::transaction_not_found());
+    }
+    let receiver = state.store.find_account(original.to_account).await?;
+    if !user.is_system() && receiver.and_then(|a| a.owner_id) != Some(user.id) {
+        return Err(ApiError::Forbidden);
+    }
+    let request = TransferRequest::reversal(
+        original.id,
+        original.from_account,
+        original.to_account,
+        original.amount,
+        original.currency,
+        reason,
+    );
+    // A retry of this very request answers with what it created, whatever happened since.
+    if let Some(existing) = state.store.find_by_key(&user.initiator(), &key).await? {
+        if existing.request_hash != request.fingerprint() {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        return Ok((StatusCode::OK, Json(json!({ "transaction": dto::transaction(&existing) }))).into_response());
+    }
+    if original.status != TransactionStatus::Completed {
+        return Err(ApiError::NotReversible("only a COMPLETED transaction can be reversed"));
+    }
+    if original.kind == TransferKind::Reversal {
+        return Err(ApiError::NotReversible("a reversal cannot itself be reversed"));
+    }
+    if original.reversed_by.is_some() || state.store.active_reversal_of(original.id).await?.is_some() {
+        return Err(ApiError::AlreadyReversed);
+    }
+    accept(&state, &user, request, key).await
+}
+
 /// Records the transfer PENDING (or finds the one recorded under the same key) and hands it
 /// to the queue: 202 for a new transfer, 200 for a repeat of the same request, 409 for a key
 /// reused with a different request.
