@@ -476,3 +476,95 @@ async fn health_fallbacks_and_methods() {
     assert!(resp.headers().contains_key("x-request-id"));
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
+    let mut app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 100).await;
+
+    let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    for series in [
+        "ledgerflow_http_requests_total{",
+        "ledgerflow_http_request_duration_seconds_bucket{",
+        "ledgerflow_transfers_accepted_total{kind=\"INITIAL_FUNDS\"}",
+        "ledgerflow_transfers_total{status=\"COMPLETED\"",
+        "ledgerflow_messages_consumed_total",
+        "ledgerflow_mongo_commit_seconds_bucket",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    // Routes are labelled by template, never by raw path (one series per id would explode).
+    assert!(text.contains("route=\"/transactions/{id}\""), "{text}");
+    assert!(!text.contains(&format!("/accounts/{a}")), "{text}");
+
+    // With no worker running, the published command can be read off the queue.
+    app.stop_worker(0).await;
+    let resp = app
+        .http
+        .post(app.url("/transactions"))
+        .bearer_auth(&alice.token)
+        .header("x-request-id", "req-trace-42")
+        .json(&json!({"fromAccount": a, "toAccount": b, "amount": 5, "idempotencyKey": "traced"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(resp.headers()["x-request-id"], "req-trace-42");
+    let ch = app.channel().await;
+    let msg = ch
+        .basic_get(
+            app.topology.transfers().as_str().into(),
+            ledgerflow_messaging::lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the command is queued");
+    let headers = msg.delivery.properties.headers().clone().unwrap();
+    assert_eq!(
+        headers.inner().get("x-request-id"),
+        Some(&ledgerflow_messaging::lapin::types::AMQPValue::LongString("req-trace-42".into()))
+    );
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_serves_its_own_metrics() {
+    let mut app = spawn_app().await;
+    app.stop_worker(0).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut worker = std::process::Command::new(ledgerflow_tests::ledgerflow_bin())
+        .arg("worker")
+        .env("LEDGERFLOW_MONGODB_URI", ledgerflow_tests::mongodb_uri())
+        .env("LEDGERFLOW_MONGODB_DB", app.store.database_name())
+        .env("LEDGERFLOW_AMQP_URI", ledgerflow_tests::amqp_uri())
+        .env("LEDGERFLOW_AMQP_PREFIX", app.topology.prefix())
+        .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("LEDGERFLOW_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let text = loop {
+        if let Ok(resp) = app.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await {
+            let text = resp.text().await.unwrap();
+            if text.contains("ledgerflow_queue_depth") {
+                break text;
+            }
+        }
+        assert!(start.elapsed() < ledgerflow_tests::DEADLINE, "no metrics from the worker process");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(text.contains(&format!("queue=\"{}\"", app.topology.transfers())), "{text}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+    app.teardown().await;
+}

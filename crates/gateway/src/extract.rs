@@ -85,3 +85,15 @@ impl QueryMap {
         self.0.get(key).map(String::as_str)
     }
 }
+
+/// The request's `x-request-id` (set by the request-id layer when the client sent none).
+pub struct RequestId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(|v| v.chars().take(128).collect());
+        Ok(Self(id))
+    }
+}

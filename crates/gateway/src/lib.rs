@@ -11,6 +11,7 @@ pub mod error;
 mod extract;
 mod republisher;
 mod routes;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,7 @@ impl AppState {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     routes::routes()
+        .route_layer(axum::middleware::from_fn(telemetry::track))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -84,6 +86,7 @@ pub fn router(state: AppState) -> Router {
 /// Serves until `shutdown` is cancelled, then stops accepting, finishes open requests and
 /// stops the republisher.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    telemetry::prometheus();
     info!(addr = %listener.local_addr()?, "gateway listening");
     let republisher = tokio::spawn(republisher::run(state.clone(), shutdown.clone()));
     let publisher = state.publisher.clone();

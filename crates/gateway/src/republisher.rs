@@ -27,7 +27,7 @@ pub(crate) async fn run(state: AppState, shutdown: CancellationToken) {
             }
         };
         for record in stale {
-            match publish_command(&state, &record.to_command()).await {
+            match publish_command(&state, &record.to_command(), None).await {
                 Ok(()) => info!(transaction_id = %record.id, "republished unconfirmed transfer"),
                 Err(e) => {
                     warn!(transaction_id = %record.id, error = %e, "republish failed, will retry");

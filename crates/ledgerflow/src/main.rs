@@ -120,6 +120,9 @@ struct WorkerArgs {
     /// with PROCESSING_FAILED and dead-lettered.
     #[arg(long, env = "LEDGERFLOW_WORKER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
+    /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 0.0.0.0:9090); off when unset.
+    #[arg(long, env = "LEDGERFLOW_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Wait between those tries, spent in the retry queue (e.g. 500ms, 2s).
     #[arg(long, env = "LEDGERFLOW_WORKER_RETRY_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
     retry_delay: Duration,
@@ -283,7 +286,18 @@ async fn main() -> Result<()> {
         }
         Command::Worker(args) => {
             let store = open_store(&conn).await?;
-            ledgerflow_worker::run(store, worker_config(&conn, &args, 0), shutdown_on_signal()).await;
+            let shutdown = shutdown_on_signal();
+            if let Some(addr) = args.metrics_addr {
+                ledgerflow_gateway::telemetry::prometheus();
+                let listener = tokio::net::TcpListener::bind(addr).await.context("cannot listen for metrics")?;
+                info!(%addr, "serving metrics");
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let app = ledgerflow_gateway::telemetry::metrics_router();
+                    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+                });
+            }
+            ledgerflow_worker::run(store, worker_config(&conn, &args, 0), shutdown).await;
         }
         Command::Up(mut up) => {
             let secret = match (up.gateway.jwt_secret.clone(), up.dev) {

@@ -29,3 +29,6 @@ pub use topology::Topology;
 pub const COMMAND_TYPE: &str = "ledgerflow.transfer.command.v1";
 /// The AMQP `type` property of a transfer result.
 pub const RESULT_TYPE: &str = "ledgerflow.transfer.result.v1";
+
+/// The AMQP header carrying the HTTP request id from the gateway to the worker's logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";

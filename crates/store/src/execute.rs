@@ -75,6 +75,8 @@ impl Store {
             }
         })
         .await;
+        metrics::counter!("ledgerflow_mongo_transaction_retries_total")
+            .increment(u64::from(attempts.saturating_sub(1)));
         result.map_err(|e| if is_retryable(&e) { StoreError::Contention { attempts } } else { e })
     }
 
@@ -97,7 +99,9 @@ impl Store {
             session.abort_transaction().await?;
             return Ok(outcome);
         }
+        let started = std::time::Instant::now();
         commit(&mut session).await?;
+        metrics::histogram!("ledgerflow_mongo_commit_seconds").record(started.elapsed().as_secs_f64());
         Ok(outcome)
     }
 

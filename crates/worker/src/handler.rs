@@ -11,7 +11,7 @@ use ledgerflow_domain::{
     CommandError, FailureReason, IdempotencyKey, Initiator, TransactionId, TransactionStatus, TransferCommand,
     TransferResult,
 };
-use ledgerflow_messaging::{MessagingError, Publisher, RESULT_TYPE};
+use ledgerflow_messaging::{MessagingError, Publisher, REQUEST_ID_HEADER, RESULT_TYPE};
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -46,10 +46,19 @@ enum Settle {
 
 pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
     let (store, results) = (&ctx.store, &ctx.results);
+    metrics::counter!("ledgerflow_messages_consumed_total").increment(1);
+    if delivery.redelivered {
+        metrics::counter!("ledgerflow_messages_redelivered_total").increment(1);
+    }
     let message_id = delivery.properties.message_id().as_ref().map(ToString::to_string);
+    let request_id = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get(REQUEST_ID_HEADER) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        _ => None,
+    });
     let span = info_span!(
         "command",
         message_id = message_id.as_deref().unwrap_or(""),
+        request_id = request_id.as_deref().unwrap_or(""),
         transaction_id = tracing::field::Empty,
         redelivered = delivery.redelivered,
     );
@@ -67,6 +76,12 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
         if matches!(settle, Settle::Retry) {
             settle = retry_or_give_up(&ctx, &delivery, parsed.ok().as_ref()).await;
         }
+        let outcome = match settle {
+            Settle::Ack => "acked",
+            Settle::DeadLetter => "dead_lettered",
+            Settle::Retry | Settle::Requeue => "requeued",
+        };
+        metrics::counter!("ledgerflow_messages_total", "outcome" => outcome).increment(1);
         let settled = match settle {
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
             Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
@@ -91,6 +106,8 @@ async fn execute(store: &Store, results: &Publisher, cmd: &TransferCommand) -> S
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
             }
             let reason = record.failure_reason.map_or("", |r| r.as_str());
+            metrics::counter!("ledgerflow_transfers_total", "status" => record.status.as_str(), "reason" => reason)
+                .increment(1);
             info!(status = %record.status, failure_reason = reason, amount = record.amount.minor(), "transaction decided");
             report(results, &result_of(&record)).await
         }
@@ -182,6 +199,7 @@ async fn retry_or_give_up(ctx: &Ctx, delivery: &Delivery, cmd: Option<&TransferC
         return match ctx.results.publish("", &retry_queue, &delivery.data, props).await {
             Ok(()) => {
                 warn!(attempt, max_attempts = ctx.max_attempts, delay = ?ctx.retry_delay, "sent to the retry queue");
+                metrics::counter!("ledgerflow_messages_retried_total").increment(1);
                 Settle::Ack
             }
             Err(e) => {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 pub use handler::ATTEMPT_HEADER;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use ledgerflow_messaging::{MessagingError, Publisher, Topology, connect};
 use ledgerflow_store::Store;
@@ -84,6 +84,18 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     info!(worker = %config.name, "worker stopped");
 }
 
+/// How often a worker samples queue depths for the `ledgerflow_queue_depth` gauge.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn report_queue_depths(channel: &lapin::Channel, topology: &Topology) {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    for queue in [topology.transfers(), topology.retry(), topology.dead_letters(), topology.results()] {
+        if let Ok(q) = channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+            metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(q.message_count()));
+        }
+    }
+}
+
 /// One connection's worth of consuming. Returns `Ok` only on shutdown.
 async fn consume(
     ctx: &Arc<handler::Ctx>,
@@ -106,8 +118,10 @@ async fn consume(
     info!(worker = %config.name, queue = %config.topology.transfers(), prefetch = config.prefetch, "consuming");
 
     let mut in_flight = JoinSet::new();
+    let mut depth_tick = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
     let outcome = loop {
         tokio::select! {
+            _ = depth_tick.tick() => report_queue_depths(&channel, &config.topology).await,
             () = shutdown.cancelled() => {
                 info!(worker = %config.name, in_flight = in_flight.len(), "shutting down: no new commands, draining");
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;

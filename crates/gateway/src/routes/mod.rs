@@ -9,7 +9,8 @@ use axum::Router;
 use axum::routing::{get, patch, post};
 use ledgerflow_domain::TransferCommand;
 use ledgerflow_messaging::lapin::BasicProperties;
-use ledgerflow_messaging::{COMMAND_TYPE, MessagingError};
+use ledgerflow_messaging::lapin::types::{AMQPValue, FieldTable};
+use ledgerflow_messaging::{COMMAND_TYPE, MessagingError, REQUEST_ID_HEADER};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -35,14 +36,25 @@ pub(crate) fn routes() -> Router<AppState> {
         .nest("/api/transactions", transactions)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::telemetry::render))
         .fallback(|| async { ApiError::NotFound { code: "NOT_FOUND", what: "route" } })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 
 /// Publishes a transfer command with a confirm and records that it was published.
-pub(crate) async fn publish_command(state: &AppState, cmd: &TransferCommand) -> Result<(), MessagingError> {
+pub(crate) async fn publish_command(
+    state: &AppState,
+    cmd: &TransferCommand,
+    request_id: Option<&str>,
+) -> Result<(), MessagingError> {
     let id = cmd.transaction_id.map(|id| id.to_string()).unwrap_or_default();
+    let mut headers = FieldTable::default();
+    if let Some(request_id) = request_id {
+        // Carried to the worker so one request id follows the transfer through every log line.
+        headers.insert(REQUEST_ID_HEADER.into(), AMQPValue::LongString(request_id.into()));
+    }
     let props = BasicProperties::default()
+        .with_headers(headers)
         .with_message_id(id.as_str().into())
         .with_type(COMMAND_TYPE.into())
         .with_app_id("ledgerflow-gateway".into())

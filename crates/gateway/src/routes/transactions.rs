@@ -18,12 +18,13 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::dto;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonObject, QueryMap};
+use crate::extract::{JsonObject, QueryMap, RequestId};
 
 /// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,description?}`.
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
+    request_id: RequestId,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let from = AccountId::parse_field("fromAccount", req_str(&body, "fromAccount")?)?;
@@ -44,7 +45,7 @@ pub(super) async fn create(
     let source = source.ok_or_else(ApiError::account_not_found)?;
     state.store.find_account(to).await?.ok_or_else(ApiError::account_not_found)?;
     let request = TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?;
-    accept(&state, &user, request, key).await
+    accept(&state, &user, request, key, request_id.0).await
 }
 
 /// `POST /transactions/system/initial-funds` `{toAccount,amount,idempotencyKey,description?}`:
@@ -52,6 +53,7 @@ pub(super) async fn create(
 pub(super) async fn initial_funds(
     State(state): State<AppState>,
     user: AuthUser,
+    request_id: RequestId,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     user.require_system()?;
@@ -62,7 +64,7 @@ pub(super) async fn initial_funds(
     let target = state.store.find_account(to).await?.ok_or_else(ApiError::account_not_found)?;
     let from = AccountId::funding(target.currency);
     let request = TransferRequest::new(TransferKind::InitialFunds, from, to, amount, target.currency, description)?;
-    accept(&state, &user, request, key).await
+    accept(&state, &user, request, key, request_id.0).await
 }
 
 /// `POST /transactions/{id}/reverse` `{idempotencyKey,reason?}`: SYSTEM or the receiving
@@ -71,6 +73,7 @@ pub(super) async fn initial_funds(
 pub(super) async fn reverse(
     State(state): State<AppState>,
     user: AuthUser,
+    request_id: RequestId,
     Path(id): Path<String>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -109,7 +112,7 @@ pub(super) async fn reverse(
     if original.reversed_by.is_some() || state.store.active_reversal_of(original.id).await?.is_some() {
         return Err(ApiError::AlreadyReversed);
     }
-    accept(&state, &user, request, key).await
+    accept(&state, &user, request, key, request_id.0).await
 }
 
 /// Records the transfer PENDING (or finds the one recorded under the same key) and hands it
@@ -120,6 +123,7 @@ async fn accept(
     user: &AuthUser,
     request: TransferRequest,
     key: IdempotencyKey,
+    request_id: Option<String>,
 ) -> ApiResult<Response> {
     let cmd = TransferCommand {
         transaction_id: Some(TransactionId::generate()),
@@ -141,11 +145,13 @@ async fn accept(
             }
             InsertPending::Created(record) => {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
-                if let Err(e) = publish_command(state, &cmd).await {
+                if let Err(e) = publish_command(state, &cmd, request_id.as_deref()).await {
                     tracing::warn!(error = %e, "publish failed; the republisher will send it");
+                    metrics::counter!("ledgerflow_publish_failures_total").increment(1);
                     return Err(ApiError::PublishDeferred(record.id));
                 }
                 info!(amount = record.amount.minor(), kind = %record.kind, "transfer accepted");
+                metrics::counter!("ledgerflow_transfers_accepted_total", "kind" => record.kind.as_str()).increment(1);
                 let mut headers = HeaderMap::new();
                 if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{}", record.id)) {
                     headers.insert(header::LOCATION, location);
