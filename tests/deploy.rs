@@ -1,1 +1,88 @@
-//! Deployment manifests are valid (filled in by the deploy work).
+//! The Kubernetes manifests under deploy/k8s are valid.
+//!
+//! Runs `deploy/validate.sh`, the same script operators run: it installs the pinned
+//! `kubernetes-validate` from PyPI into `.local/pytools/kv` on first use (so it needs python3 with
+//! pip, and PyPI once), builds the base and every overlay, validates each resource against the
+//! Kubernetes schemas and checks the cross-references (deploy/README.md lists them). This test
+//! asserts that the script passed, and from the JSON summary it prints last that it found no
+//! problem and read every file under deploy/k8s.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lies in the repository").to_path_buf()
+}
+
+/// Every file under `dir`, as a path relative to `root` with `/` separators.
+fn files_under(dir: &Path, root: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path();
+        if path.is_dir() {
+            files.extend(files_under(&path, root));
+        } else {
+            let relative = path.strip_prefix(root).expect("files under deploy/k8s lie in the repository");
+            files.push(relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+        }
+    }
+    files.sort();
+    files
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value.as_array().map(|items| items.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_manifests_validate() {
+    let root = repo_root();
+    let started = Instant::now();
+    let output = Command::new("bash")
+        .arg(root.join("deploy/validate.sh"))
+        .current_dir(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run bash deploy/validate.sh: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = format!(
+        "deploy/validate.sh exited with {} after {:.1?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status,
+        started.elapsed()
+    );
+    // Shown on failure, and with `cargo test -- --nocapture`; the assertions below refer to it.
+    println!("{report}");
+
+    let Some(summary) = stdout.lines().rev().find_map(|line| line.strip_prefix("SUMMARY ")) else {
+        panic!(
+            "deploy/validate.sh printed no SUMMARY line: it did not get to validate anything (python3 with pip, \
+             and PyPI on the first run, are needed to install kubernetes-validate); its output is above"
+        );
+    };
+    let summary: Value =
+        serde_json::from_str(summary).unwrap_or_else(|e| panic!("deploy/validate.sh's SUMMARY line is not JSON: {e}"));
+
+    let problems = strings(&summary["problems"]);
+    assert!(
+        problems.is_empty(),
+        "deploy/validate.sh found {} problem(s) in deploy/k8s (its output is above):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    );
+    assert!(output.status.success(), "deploy/validate.sh reported no problem but failed (its output is above)");
+
+    // As in validate.py, an overlay that generates its Secret from a real secrets.env leaves the .example unread.
+    let read = strings(&summary["files"]);
+    let unread: Vec<String> = files_under(&root.join("deploy/k8s"), &root)
+        .into_iter()
+        .filter(|file| !file.ends_with(".example") && !read.contains(&file.as_str()))
+        .collect();
+    assert!(unread.is_empty(), "deploy/validate.sh did not read {unread:?}: does no kustomization use them?");
+
+    let resources = summary["resources"].as_u64().unwrap_or(0);
+    let versions = strings(&summary["kubernetes_versions"]);
+    assert!(resources > 0 && !versions.is_empty(), "deploy/validate.sh validated nothing (its output is above)");
+}
