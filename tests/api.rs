@@ -568,3 +568,40 @@ async fn a_worker_process_serves_its_own_metrics() {
     let _ = worker.wait();
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_returns_once_the_worker_reports_the_result() {
+    let mut app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 100).await;
+    app.stop_worker(0).await;
+    let (_, t) = app.transfer(&alice, &a, &b, json!(40), "long-poll").await;
+    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+
+    // Nobody processes it: a short wait answers PENDING when the time is up.
+    let (status, body) = app.call("GET", &format!("/transactions/{id}?wait=1"), Some(&alice.token), None).await;
+    assert_eq!((status, body["transaction"]["status"].clone()), (StatusCode::OK, json!("PENDING")));
+    for bad in ["31", "-1", "soon", "1.5"] {
+        let got = app.call("GET", &format!("/transactions/{id}?wait={bad}"), Some(&alice.token), None).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+
+    // A long wait started before any worker exists is answered with the outcome once a
+    // worker (started while the request waits) reports it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let path = format!("/transactions/{id}?wait=30");
+    let waiting = app.call("GET", &path, Some(&alice.token), None);
+    let late_worker = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::spawn(ledgerflow_worker::run(app.store.clone(), app.worker_config("late"), stop.clone()))
+    };
+    let ((status, body), worker) = futures::join!(waiting, late_worker);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["transaction"]["status"], "COMPLETED", "{body}");
+    stop.cancel();
+    let _ = worker.await;
+    app.teardown().await;
+}

@@ -12,6 +12,7 @@ mod extract;
 mod republisher;
 mod routes;
 pub mod telemetry;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,12 +61,14 @@ pub struct AppState {
     pub publisher: Publisher,
     pub keys: Arc<JwtKeys>,
     pub config: Arc<GatewayConfig>,
+    /// Long-polling requests waiting for a transaction's result.
+    pub watchers: Arc<watch::Watchers>,
 }
 
 impl AppState {
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
-        Self { store, publisher, keys, config: Arc::new(config) }
+        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default() }
     }
 }
 
@@ -89,10 +92,17 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
     telemetry::prometheus();
     info!(addr = %listener.local_addr()?, "gateway listening");
     let republisher = tokio::spawn(republisher::run(state.clone(), shutdown.clone()));
+    let watcher = tokio::spawn(watch::run(
+        state.publisher.uri().to_owned(),
+        state.publisher.topology().clone(),
+        Arc::clone(&state.watchers),
+        shutdown.clone(),
+    ));
     let publisher = state.publisher.clone();
     let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
     let _ = republisher.await;
+    let _ = watcher.await;
     publisher.close().await;
     info!("gateway stopped");
     result

@@ -55,6 +55,11 @@ impl Publisher {
         Self { uri: uri.into(), name: name.into(), topology, state: Arc::default() }
     }
 
+    /// The broker URI this publisher connects to.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
     pub fn topology(&self) -> &Topology {
         &self.topology
     }

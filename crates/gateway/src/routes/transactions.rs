@@ -178,16 +178,52 @@ async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> Ap
     Ok(false)
 }
 
-/// `GET /transactions/{id}`: 404 for anyone who may not see it.
+/// Longest `?wait=` a client may ask for, in seconds.
+const MAX_WAIT_SECS: u64 = 30;
+/// While long-polling, the database is also re-read this often, so a result notification
+/// lost to a broker reconnect delays the answer a little instead of until the deadline.
+const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /transactions/{id}?wait=N`: 404 for anyone who may not see it. With `wait` (seconds,
+/// at most 30) a PENDING transaction is held until it becomes terminal or the time is up,
+/// woken by the worker's result message.
 pub(super) async fn get(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
+    query: QueryMap,
 ) -> ApiResult<Json<Value>> {
     let id = TransactionId::parse_field("transactionId", &id)?;
-    let t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
+    let wait = match query.get("wait") {
+        None => 0,
+        Some(raw) => raw.parse::<u64>().ok().filter(|w| *w <= MAX_WAIT_SECS).ok_or_else(|| {
+            ledgerflow_domain::DomainError::Invalid {
+                field: "wait",
+                reason: format!("must be a whole number of seconds from 0 to {MAX_WAIT_SECS}"),
+            }
+        })?,
+    };
+    let mut t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
     if !may_see(&state, &user, &t).await? {
         return Err(ApiError::transaction_not_found());
+    }
+    if wait > 0 && !t.status.is_terminal() {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+        let watch = state.watchers.watch(id);
+        loop {
+            let notified = watch.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
+            if t.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(recheck) => {}
+            }
+        }
     }
     Ok(Json(json!({ "transaction": dto::transaction(&t) })))
 }
