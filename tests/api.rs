@@ -592,13 +592,14 @@ async fn long_polling_returns_once_the_worker_reports_the_result() {
     // A long wait started before any worker exists is answered with the outcome once a
     // worker (started while the request waits) reports it.
     let stop = tokio_util::sync::CancellationToken::new();
-    let path = format!("/transactions/{id}?wait=30");
-    let waiting = app.call("GET", &path, Some(&alice.token), None);
-    let late_worker = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        tokio::spawn(ledgerflow_worker::run(app.store.clone(), app.worker_config("late"), stop.clone()))
-    };
-    let ((status, body), worker) = futures::join!(waiting, late_worker);
+    let worker = tokio::spawn({
+        let (store, config, stop) = (app.store.clone(), app.worker_config("late"), stop.clone());
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            ledgerflow_worker::run(store, config, stop).await;
+        }
+    });
+    let (status, body) = app.call("GET", &format!("/transactions/{id}?wait=30"), Some(&alice.token), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["transaction"]["status"], "COMPLETED", "{body}");
     stop.cancel();
