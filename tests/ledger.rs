@@ -106,3 +106,40 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
     }
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_list_suspend_reactivate_and_show() {
+    let app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 500).await;
+
+    let (code, out) = app.run_cli(&["admin", "accounts", "list", "--owner", &alice.id]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&a) && out.contains("500") && !out.contains(&b), "{out}");
+    assert!(out.contains("1 account(s)"), "{out}");
+
+    let (code, out) = app.run_cli(&["admin", "accounts", "suspend", &b]).await;
+    assert_eq!((code, out.trim().to_owned()), (0, format!("account {b} is now SUSPENDED")));
+    let (_, t) = app.transfer(&alice, &a, &b, json!(50), "to-suspended").await;
+    let refused = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
+    assert_eq!(refused["failureReason"], "ACCOUNT_NOT_ACTIVE");
+
+    let (code, _) = app.run_cli(&["admin", "accounts", "reactivate", &b]).await;
+    assert_eq!(code, 0);
+    let (_, t) = app.transfer(&alice, &a, &b, json!(50), "after-reactivation").await;
+    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.wait_terminal(&alice.token, &id).await["status"], "COMPLETED");
+
+    let (code, out) = app.run_cli(&["admin", "transaction", &id]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("COMPLETED") && out.contains("DEBIT") && out.contains("CREDIT") && out.contains("2 entries"),
+        "{out}"
+    );
+    let (code, _) = app.run_cli(&["admin", "transaction", &uuid::Uuid::now_v7().to_string()]).await;
+    assert_ne!(code, 0, "an unknown transaction is an error");
+    app.teardown().await;
+}

@@ -3,6 +3,7 @@
 //! `gateway` and `worker` are what production runs (scaled separately); `up` runs a gateway
 //! and N workers in one process for a laptop; `admin` holds operator tasks.
 
+mod admin;
 mod reconcile;
 
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ledgerflow_domain::{Email, Password, TransferCommand};
+use ledgerflow_domain::{AccountStatus, Email, Password, TransferCommand};
 use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
 use ledgerflow_messaging::{Publisher, Topology};
 use ledgerflow_store::Store;
@@ -159,10 +160,37 @@ enum Dlq {
 }
 
 #[derive(Subcommand)]
+enum Accounts {
+    /// List accounts with their balances.
+    #[command(
+        after_help = "Examples:\n  ledgerflow admin accounts list\n  ledgerflow admin accounts list --owner alice@example.com"
+    )]
+    List {
+        /// Only this user's (user id or email).
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100))]
+        limit: i64,
+    },
+    /// Suspend an account: it can neither send nor receive until reactivated.
+    Suspend { account: String },
+    /// Make a suspended or closed account ACTIVE again.
+    Reactivate { account: String },
+}
+
+#[derive(Subcommand)]
 enum Admin {
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// List, suspend and reactivate accounts.
+    #[command(subcommand)]
+    Accounts(Accounts),
+    /// Show a transaction with its ledger entries.
+    Transaction {
+        /// The transaction id.
+        id: String,
+    },
     /// Create the SYSTEM user, or promote and re-password an existing one.
     #[command(
         after_help = "Example:\n  LEDGERFLOW_SYSTEM_PASSWORD='a long secret' ledgerflow admin create-system-user --email ops@example.com"
@@ -339,6 +367,18 @@ async fn main() -> Result<()> {
             if !reconcile::run(&store, max_pending_age, json).await? {
                 std::process::exit(1);
             }
+        }
+        Command::Admin(Admin::Accounts(Accounts::List { owner, limit })) => {
+            admin::list_accounts(&open_store(&conn).await?, owner.as_deref(), limit).await?;
+        }
+        Command::Admin(Admin::Accounts(Accounts::Suspend { account })) => {
+            admin::set_status(&open_store(&conn).await?, &account, AccountStatus::Suspended).await?;
+        }
+        Command::Admin(Admin::Accounts(Accounts::Reactivate { account })) => {
+            admin::set_status(&open_store(&conn).await?, &account, AccountStatus::Active).await?;
+        }
+        Command::Admin(Admin::Transaction { id }) => {
+            admin::show_transaction(&open_store(&conn).await?, &id).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::List { limit })) => {
             let topology = Topology::new(&conn.amqp_prefix);
