@@ -312,3 +312,51 @@ async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_
     assert_eq!(code, 0, "{report}");
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_failed() {
+    let mut app = spawn_app().await;
+    let alice = app.register().await;
+    let bob = app.register().await;
+    let a = app.open_account(&alice).await;
+    let b = app.open_account(&bob).await;
+    app.fund(&a, 1_000).await;
+
+    // Someone else's open MongoDB transaction holds a write on Alice's account document, so
+    // every posting from it conflicts until that transaction ends.
+    let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
+    let accounts = client.database(app.store.database_name()).collection::<mongodb::bson::Document>("accounts");
+    let mut blocker = client.start_session().await.unwrap();
+    blocker.start_transaction().await.unwrap();
+    accounts
+        .update_one(mongodb::bson::doc! { "_id": &a }, mongodb::bson::doc! { "$set": { "heldBy": "test" } })
+        .session(&mut blocker)
+        .await
+        .unwrap();
+
+    app.stop_worker(0).await;
+    let impatient = app.store.clone().with_conflict_retry_budget(Duration::from_millis(300));
+    app.add_worker_with(impatient, app.worker_config("impatient"));
+    let (_, t) = app.transfer(&alice, &a, &b, json!(100), "blocked").await;
+    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+
+    // In-process retries, then three tries through the retry queue, then given up.
+    let failed = app.wait_terminal(&alice.token, &id).await;
+    assert_eq!(
+        (failed["status"].clone(), failed["failureReason"].clone()),
+        (json!("FAILED"), json!("PROCESSING_FAILED"))
+    );
+    let results = app.drain_queue(&app.topology.results(), 2, 10).await;
+    assert!(
+        results.iter().any(|r| r["transactionId"] == id && r["failureReason"] == "PROCESSING_FAILED"),
+        "{results:?}"
+    );
+    assert_eq!(app.dead_letters(1).await.len(), 1);
+    blocker.abort_transaction().await.unwrap();
+
+    assert!(app.store.entries_of_transaction(id.parse().unwrap()).await.unwrap().is_empty());
+    assert_eq!(app.balance(&alice.token, &a).await, 1_000);
+    let (code, report) = app.reconcile(&[]).await;
+    assert_eq!(code, 0, "{report}");
+    app.teardown().await;
+}

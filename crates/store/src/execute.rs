@@ -30,9 +30,9 @@ use crate::error::is_duplicate_key;
 use crate::transactions::{key_filter, pending_doc};
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
 
-/// How long one command may keep retrying write conflicts before the caller is told to try
-/// again later (the worker then requeues the message).
-const CONFLICT_RETRY_BUDGET: Duration = Duration::from_secs(20);
+/// By default, how long one command may keep retrying write conflicts before the caller is
+/// told to try again later (the worker then sends it through its retry queue).
+pub(crate) const CONFLICT_RETRY_BUDGET: Duration = Duration::from_secs(20);
 /// How many times an ambiguous commit is re-sent before the whole transaction is retried.
 const COMMIT_RETRIES: u32 = 5;
 const WRITE_CONFLICT: i32 = 112;
@@ -58,7 +58,7 @@ impl Store {
         let policy = ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(2))
             .with_max_interval(Duration::from_millis(200))
-            .with_max_elapsed_time(Some(CONFLICT_RETRY_BUDGET))
+            .with_max_elapsed_time(Some(self.conflict_retry_budget))
             .build();
         let mut attempts = 0u32;
         let result = backoff::future::retry(policy, || {

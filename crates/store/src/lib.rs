@@ -39,6 +39,8 @@ pub const MAX_PAGE: i64 = 100;
 pub struct Store {
     client: Client,
     db: Database,
+    /// How long `execute` keeps retrying write conflicts before giving the command back.
+    conflict_retry_budget: Duration,
 }
 
 impl Store {
@@ -51,7 +53,14 @@ impl Store {
         options.connect_timeout.get_or_insert(Duration::from_secs(5));
         let client = Client::with_options(options)?;
         let db = client.database(database);
-        Ok(Self { client, db })
+        Ok(Self { client, db, conflict_retry_budget: execute::CONFLICT_RETRY_BUDGET })
+    }
+
+    /// Sets how long [`Store::execute`] retries write conflicts before failing with
+    /// [`StoreError::Contention`] (the worker then retries later through its retry queue).
+    pub fn with_conflict_retry_budget(mut self, budget: Duration) -> Self {
+        self.conflict_retry_budget = budget;
+        self
     }
 
     /// Creates the indexes the invariants rely on (idempotent). The unique ones are not
