@@ -606,3 +606,47 @@ async fn long_polling_returns_once_the_worker_reports_the_result() {
     let _ = worker.await;
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_operation() {
+    let app = spawn_app().await;
+    let (status, doc) = app.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/auth/register", &["post"][..]),
+        ("/api/auth/login", &["post"]),
+        ("/api/accounts", &["get", "post"]),
+        ("/api/accounts/{id}", &["get"]),
+        ("/api/accounts/{id}/balance", &["get"]),
+        ("/api/accounts/{id}/entries", &["get"]),
+        ("/api/accounts/{id}/status", &["patch"]),
+        ("/transactions", &["get", "post"]),
+        ("/transactions/{id}", &["get"]),
+        ("/transactions/{id}/reverse", &["post"]),
+        ("/transactions/system/initial-funds", &["post"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+    ] {
+        for method in methods {
+            let op = &paths[path][method];
+            assert!(op.is_object(), "{method} {path} is documented");
+            let responses = op["responses"].as_object().unwrap();
+            for (code, response) in responses {
+                let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                if code.starts_with('4') || code.starts_with('5') {
+                    assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {code}");
+                }
+            }
+            if path != "/healthz" && path != "/readyz" && !path.starts_with("/api/auth") {
+                assert!(responses.contains_key("401"), "{method} {path} documents 401");
+            }
+        }
+    }
+    for schema in ["ErrorBody", "TransactionBody", "AccountBody", "EntryBody", "TransferBody", "AuthBody"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    app.teardown().await;
+}

@@ -1,81 +1,316 @@
-//! Response bodies. Field names are the API's (camelCase), independent of storage.
+//! Request and response bodies of the HTTP API, as documented in the OpenAPI description
+//! (`GET /openapi.json`). Responses are built from these types, so the document cannot drift
+//! from what is sent. Request types only document the bodies: handlers read bodies field by
+//! field into domain types (see `extract::JsonObject`) to report each bad field precisely.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use ledgerflow_domain::{Balance, Currency};
 use ledgerflow_store::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 use serde::Serialize;
-use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-pub fn user(u: &UserRecord) -> Value {
-    json!({
-        "id": u.id,
-        "email": u.email,
-        "name": u.name,
-        "role": u.role,
-    })
+/// A user, without secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    /// `USER` or `SYSTEM`.
+    #[schema(example = "USER")]
+    pub role: String,
 }
 
-pub fn account(a: &AccountRecord) -> Value {
-    json!({
-        "id": a.id,
-        "ownerId": a.owner_id,
-        "status": a.status,
-        "currency": a.currency,
-        "createdAt": time(a.created_at),
-    })
+impl From<&UserRecord> for UserBody {
+    fn from(u: &UserRecord) -> Self {
+        Self {
+            id: u.id.to_string(),
+            email: u.email.to_string(),
+            name: u.name.as_ref().map(|n| n.as_str().to_owned()),
+            role: u.role.as_str().to_owned(),
+        }
+    }
 }
 
-#[derive(Serialize)]
+/// A signed-in user and its JWT (also set as the `token` cookie).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthBody {
+    pub user: UserBody,
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// Null only for the system's funding accounts.
+    pub owner_id: Option<String>,
+    /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
+    #[schema(example = "ACTIVE")]
+    pub status: String,
+    /// ISO 4217.
+    #[schema(example = "USD")]
+    pub currency: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl From<&AccountRecord> for AccountBody {
+    fn from(a: &AccountRecord) -> Self {
+        Self {
+            id: a.id.to_string(),
+            owner_id: a.owner_id.map(|o| o.to_string()),
+            status: a.status.as_str().to_owned(),
+            currency: a.currency.code().to_owned(),
+            created_at: time(a.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountList {
+    pub accounts: Vec<AccountBody>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A balance derived from the ledger, in integer minor units.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BalanceBody {
-    pub account_id: ledgerflow_domain::AccountId,
-    pub currency: Currency,
-    pub balance: Balance,
+    #[schema(format = Uuid)]
+    pub account_id: String,
+    pub currency: String,
+    pub balance: i64,
 }
 
-pub fn entry(e: &EntryRecord) -> Value {
-    json!({
-        "id": e.id,
-        "transactionId": e.transaction_id,
-        "type": e.entry_type,
-        "amount": e.amount,
-        "currency": e.currency,
-        "seq": e.seq,
-        "balanceAfter": e.balance_after,
-        "createdAt": time(e.created_at),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    #[schema(format = Uuid)]
+    pub transaction_id: String,
+    /// `DEBIT` or `CREDIT`.
+    #[serde(rename = "type")]
+    #[schema(example = "CREDIT")]
+    pub entry_type: String,
+    pub amount: i64,
+    pub currency: String,
+    /// 1, 2, 3… per account, without gaps.
+    pub seq: i64,
+    pub balance_after: i64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
 }
 
-pub fn transaction(t: &TransactionRecord) -> Value {
-    let mut body = json!({
-        "id": t.id,
-        "kind": t.kind,
-        "fromAccount": t.from_account,
-        "toAccount": t.to_account,
-        "amount": t.amount,
-        "currency": t.currency,
-        "status": t.status,
-        "idempotencyKey": t.idempotency_key,
-        "createdAt": time(t.created_at),
-    });
-    if let Some(d) = &t.description {
-        body["description"] = json!(d);
+impl From<&EntryRecord> for EntryBody {
+    fn from(e: &EntryRecord) -> Self {
+        Self {
+            id: e.id.to_string(),
+            transaction_id: e.transaction_id.to_string(),
+            entry_type: e.entry_type.as_str().to_owned(),
+            amount: e.amount.minor(),
+            currency: e.currency.code().to_owned(),
+            seq: e.seq,
+            balance_after: e.balance_after.minor(),
+            created_at: time(e.created_at),
+        }
     }
-    if let Some(r) = t.failure_reason {
-        body["failureReason"] = json!(r);
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryList {
+    pub entries: Vec<EntryBody>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// `TRANSFER`, `INITIAL_FUNDS` or `REVERSAL`.
+    #[schema(example = "TRANSFER")]
+    pub kind: String,
+    #[schema(format = Uuid)]
+    pub from_account: String,
+    #[schema(format = Uuid)]
+    pub to_account: String,
+    /// Integer minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// `PENDING`, `COMPLETED` or `FAILED`.
+    #[schema(example = "PENDING")]
+    pub status: String,
+    pub idempotency_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Set when FAILED: `INSUFFICIENT_FUNDS`, `ACCOUNT_NOT_FOUND`, `ACCOUNT_NOT_ACTIVE`,
+    /// `CURRENCY_MISMATCH`, `INVALID_COMMAND`, `BALANCE_LIMIT_EXCEEDED`, `PROCESSING_FAILED`,
+    /// `ALREADY_REVERSED`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub completed_at: Option<String>,
+    /// For a REVERSAL: the transaction it moves back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<String>,
+    /// For a reversed transaction: its completed REVERSAL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reversed_by: Option<String>,
+}
+
+impl From<&TransactionRecord> for TransactionBody {
+    fn from(t: &TransactionRecord) -> Self {
+        Self {
+            id: t.id.to_string(),
+            kind: t.kind.as_str().to_owned(),
+            from_account: t.from_account.to_string(),
+            to_account: t.to_account.to_string(),
+            amount: t.amount.minor(),
+            currency: t.currency.code().to_owned(),
+            status: t.status.as_str().to_owned(),
+            idempotency_key: t.idempotency_key.to_string(),
+            description: t.description.as_ref().map(|d| d.as_str().to_owned()),
+            failure_reason: t.failure_reason.map(|r| r.as_str().to_owned()),
+            created_at: time(t.created_at),
+            completed_at: t.completed_at.map(time),
+            reverses: t.reverses.map(|r| r.to_string()),
+            reversed_by: t.reversed_by.map(|r| r.to_string()),
+        }
     }
-    if let Some(c) = t.completed_at {
-        body["completedAt"] = json!(time(c));
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransactionEnvelope {
+    pub transaction: TransactionBody,
+}
+
+impl From<&TransactionRecord> for TransactionEnvelope {
+    fn from(t: &TransactionRecord) -> Self {
+        Self { transaction: t.into() }
     }
-    if let Some(r) = t.reverses {
-        body["reverses"] = json!(r);
-    }
-    if let Some(r) = t.reversed_by {
-        body["reversedBy"] = json!(r);
-    }
-    body
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionList {
+    pub transactions: Vec<TransactionBody>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every error: `{"error":{"code":"UPPER_SNAKE","message":"..."}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// A stable code, e.g. `VALIDATION_ERROR`, `ACCOUNT_NOT_FOUND`, `IDEMPOTENCY_KEY_REUSED`.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// With `VALIDATION_ERROR`: the offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// With `BROKER_UNAVAILABLE`: the transaction that was recorded and will be sent later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+// Request bodies (documentation; see the module comment).
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct RegisterRequest {
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    /// At least 8 characters.
+    #[schema(min_length = 8, max_length = 1024)]
+    pub password: String,
+    #[schema(max_length = 100)]
+    pub name: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct CreateAccountRequest {
+    /// ISO 4217, default `USD`.
+    #[schema(example = "USD")]
+    pub currency: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct StatusRequest {
+    /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
+    #[schema(example = "SUSPENDED")]
+    pub status: String,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct TransferBody {
+    #[schema(format = Uuid)]
+    pub from_account: String,
+    #[schema(format = Uuid)]
+    pub to_account: String,
+    /// Integer minor units.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    /// 1–128 visible ASCII characters; unique per caller.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct InitialFundsBody {
+    #[schema(format = Uuid)]
+    pub to_account: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ReverseBody {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: String,
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
 }

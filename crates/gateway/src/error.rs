@@ -4,12 +4,12 @@
 //! `{"error":{"code":"UPPER_SNAKE","message":"...","field":"..."}}` (`field` only for
 //! validation errors). Internal details are logged, never sent.
 
+use crate::dto::{ErrorBody, ErrorDetail};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledgerflow_domain::DomainError;
 use ledgerflow_messaging::MessagingError;
 use ledgerflow_store::StoreError;
-use serde_json::json;
 use tracing::error;
 
 #[derive(Debug, thiserror::Error)]
@@ -112,12 +112,20 @@ impl From<MessagingError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut body = json!({ "error": { "code": code, "message": self.to_string() } });
-        match &self {
-            Self::Validation(e) => body["error"]["field"] = json!(e.field()),
-            Self::PublishDeferred(id) => body["error"]["transactionId"] = json!(id),
-            _ => {}
-        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+                field: match &self {
+                    Self::Validation(e) => Some(e.field().to_owned()),
+                    _ => None,
+                },
+                transaction_id: match &self {
+                    Self::PublishDeferred(id) => Some(id.to_string()),
+                    _ => None,
+                },
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -4,7 +4,6 @@ use axum::http::StatusCode;
 use ledgerflow_domain::fields::{opt_parse, req_parse};
 use ledgerflow_domain::{AccountId, AccountStatus, Currency, DomainError};
 use ledgerflow_store::AccountRecord;
-use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::AuthUser;
@@ -20,39 +19,103 @@ pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, raw_id: &
     if user.is_system() || account.owner_id == Some(user.id) { Ok(account) } else { Err(ApiError::account_not_found()) }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/accounts",
+    tag = "accounts",
+    summary = "Open an account",
+    request_body = dto::CreateAccountRequest,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 201, description = "Created", body = dto::AccountBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `POST /api/accounts` `{currency?}`: a new ACTIVE account owned by the caller.
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     JsonObject(body): JsonObject,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
     let currency: Currency = opt_parse(&body, "currency")?.unwrap_or(Currency::USD);
     let account = state.store.insert_account(user.id, currency).await?;
-    Ok((StatusCode::CREATED, Json(dto::account(&account))))
+    Ok((StatusCode::CREATED, Json(dto::AccountBody::from(&account))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/accounts",
+    tag = "accounts",
+    summary = "List the caller's accounts",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's accounts, oldest first", body = dto::AccountList),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `GET /api/accounts?limit=&cursor=`: the caller's accounts, oldest first.
-pub(super) async fn list(State(state): State<AppState>, user: AuthUser, query: QueryMap) -> ApiResult<Json<Value>> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: QueryMap,
+) -> ApiResult<Json<dto::AccountList>> {
     let limit = query.limit()?;
     let after = query.get("cursor").map(|c| AccountId::parse_field("cursor", c)).transpose()?;
     let accounts = state.store.list_accounts(Some(user.id), limit, after).await?;
     let next = (accounts.len() as i64 == limit).then(|| accounts.last().map(|a| a.id)).flatten();
-    Ok(Json(json!({
-        "accounts": accounts.iter().map(dto::account).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+    Ok(Json(dto::AccountList {
+        accounts: accounts.iter().map(Into::into).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/accounts/{id}",
+    tag = "accounts",
+    summary = "Get an account",
+    params(("id" = String, Path, description = "UUID")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The account", body = dto::AccountBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND (also for other users' accounts)", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `GET /api/accounts/{id}`.
 pub(super) async fn get(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<dto::AccountBody>> {
     let account = visible_account(&state, &user, &id).await?;
-    Ok(Json(dto::account(&account)))
+    Ok(Json(dto::AccountBody::from(&account)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/accounts/{id}/balance",
+    tag = "accounts",
+    summary = "Get an account's balance",
+    params(("id" = String, Path, description = "UUID")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Derived from the latest ledger entry", body = dto::BalanceBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `GET /api/accounts/{id}/balance`: derived from the latest ledger entry.
 pub(super) async fn balance(
     State(state): State<AppState>,
@@ -61,16 +124,35 @@ pub(super) async fn balance(
 ) -> ApiResult<Json<dto::BalanceBody>> {
     let account = visible_account(&state, &user, &id).await?;
     let balance = state.store.balance(account.id).await?;
-    Ok(Json(dto::BalanceBody { account_id: account.id, currency: account.currency, balance }))
+    Ok(Json(dto::BalanceBody {
+        account_id: account.id.to_string(),
+        currency: account.currency.code().to_owned(),
+        balance: balance.minor(),
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/accounts/{id}/entries",
+    tag = "accounts",
+    summary = "List an account's ledger entries",
+    params(("id" = String, Path, description = "UUID"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Newest first", body = dto::EntryList),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `GET /api/accounts/{id}/entries?limit=&cursor=`: newest first; the cursor is a sequence.
 pub(super) async fn entries(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
     query: QueryMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<dto::EntryList>> {
     let account = visible_account(&state, &user, &id).await?;
     let limit = query.limit()?;
     let before = match query.get("cursor") {
@@ -82,23 +164,39 @@ pub(super) async fn entries(
     };
     let entries = state.store.entries_of(account.id, limit, before).await?;
     let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq.to_string())).flatten();
-    Ok(Json(json!({
-        "entries": entries.iter().map(dto::entry).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+    Ok(Json(dto::EntryList { entries: entries.iter().map(Into::into).collect(), next_cursor: next }))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/accounts/{id}/status",
+    tag = "accounts",
+    summary = "Change an account's status (SYSTEM)",
+    request_body = dto::StatusRequest,
+    params(("id" = String, Path, description = "UUID")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The account", body = dto::AccountBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `PATCH /api/accounts/{id}/status` `{status}`: SYSTEM only.
 pub(super) async fn set_status(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
     JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<dto::AccountBody>> {
     user.require_system()?;
     let id = AccountId::parse_field("accountId", &id)?;
     let status: AccountStatus = req_parse(&body, "status")?;
     let account = state.store.set_account_status(id, status).await?.ok_or_else(ApiError::account_not_found)?;
     tracing::info!(account_id = %id, status = %status, by = %user.id, "account status changed");
-    Ok(Json(dto::account(&account)))
+    Ok(Json(dto::AccountBody::from(&account)))
 }

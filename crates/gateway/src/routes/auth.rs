@@ -5,7 +5,6 @@ use axum_extra::extract::cookie::CookieJar;
 use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
 use ledgerflow_domain::{Email, Password, PersonName, Role};
 use ledgerflow_store::UserRecord;
-use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::{hash_password, session_cookie, verify_password};
@@ -13,12 +12,27 @@ use crate::dto;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonObject;
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/register",
+    tag = "auth",
+    summary = "Register a user (role USER)",
+    request_body = dto::RegisterRequest,
+    responses(
+        (status = 201, description = "Registered; the token is also set as the `token` cookie", body = dto::AuthBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 409, description = "EMAIL_TAKEN", body = dto::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `POST /api/auth/register`: always creates a USER; SYSTEM users are made by operators.
 pub(super) async fn register(
     State(state): State<AppState>,
     jar: CookieJar,
     JsonObject(body): JsonObject,
-) -> ApiResult<(StatusCode, CookieJar, Json<Value>)> {
+) -> ApiResult<(StatusCode, CookieJar, Json<dto::AuthBody>)> {
     let email: Email = req_parse(&body, "email")?;
     let password: Password = req_parse(&body, "password")?;
     let name: Option<PersonName> = opt_parse(&body, "name")?;
@@ -28,12 +42,27 @@ pub(super) async fn register(
     Ok((StatusCode::CREATED, jar, body))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    summary = "Sign in",
+    request_body = dto::LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; the token is also set as the `token` cookie", body = dto::AuthBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "INVALID_CREDENTIALS", body = dto::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `POST /api/auth/login`: the same 401 whether the email is unknown or the password wrong.
 pub(super) async fn login(
     State(state): State<AppState>,
     jar: CookieJar,
     JsonObject(body): JsonObject,
-) -> ApiResult<(CookieJar, Json<Value>)> {
+) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
     let email = req_str(&body, "email")?;
     let password = req_str(&body, "password")?.to_owned();
     let user = match email.parse::<Email>() {
@@ -47,8 +76,8 @@ pub(super) async fn login(
     signed_in(&state, jar, &user)
 }
 
-fn signed_in(state: &AppState, jar: CookieJar, user: &UserRecord) -> ApiResult<(CookieJar, Json<Value>)> {
+fn signed_in(state: &AppState, jar: CookieJar, user: &UserRecord) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
     let token = state.keys.issue(user.id, user.role)?;
     let jar = jar.add(session_cookie(token.clone(), state.keys.ttl(), state.config.cookie_secure));
-    Ok((jar, Json(json!({ "user": dto::user(user), "token": token }))))
+    Ok((jar, Json(dto::AuthBody { user: user.into(), token })))
 }

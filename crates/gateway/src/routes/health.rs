@@ -1,22 +1,43 @@
+use crate::dto;
 use axum::Json;
-use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process is up", body = dto::StatusBody),
+    )
+)]
 /// Liveness: the process is up and serving.
-pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub(super) async fn healthz() -> Json<dto::StatusBody> {
+    Json(dto::StatusBody { status: "ok".into() })
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: MongoDB and RabbitMQ reachable",
+    responses(
+        (status = 200, description = "Ready", body = dto::StatusBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// Readiness: MongoDB and RabbitMQ both answer. A load balancer stops sending traffic to a
 /// gateway that cannot record or publish.
-pub(super) async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> ApiResult<Json<Value>> {
+pub(super) async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> ApiResult<Json<dto::StatusBody>> {
     if state.store.ping().await.is_err() {
         return Err(ApiError::Unavailable("MongoDB is unreachable"));
     }
     if state.publisher.ensure_connected().await.is_err() {
         return Err(ApiError::Unavailable("RabbitMQ is unreachable"));
     }
-    Ok(Json(json!({ "status": "ready", "mongodb": "ok", "rabbitmq": "ok" })))
+    Ok(Json(dto::StatusBody { status: "ready".into() }))
 }

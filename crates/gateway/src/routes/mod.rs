@@ -15,6 +15,61 @@ use ledgerflow_messaging::{COMMAND_TYPE, MessagingError, REQUEST_ID_HEADER};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// The OpenAPI 3.1 description, generated from the handlers' annotations and the `dto`
+/// types; served at `GET /openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "LedgerFlow",
+        description = "A double-entry ledger. Money is in integer minor units. Every error is `{\"error\":{\"code\",\"message\"}}`. Paths under /transactions are also served under /api/transactions, and /transactions/system/intial-funds (the original spelling) is an alias.",
+        license(name = "ISC")
+    ),
+    paths(
+        auth::register,
+        auth::login,
+        accounts::create,
+        accounts::list,
+        accounts::get,
+        accounts::balance,
+        accounts::entries,
+        accounts::set_status,
+        transactions::create,
+        transactions::list,
+        transactions::get,
+        transactions::initial_funds,
+        transactions::reverse,
+        health::healthz,
+        health::readyz,
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "auth", description = "Registration and sign-in"),
+        (name = "accounts", description = "Accounts, balances and ledger entries"),
+        (name = "transactions", description = "Transfers: accepted with 202, decided by a worker"),
+        (name = "health", description = "Probes"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the two ways to send the JWT.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components.add_security_scheme("cookie", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("token"))));
+    }
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 pub(crate) fn routes() -> Router<AppState> {
     // The original system's paths are kept, including its `intial-funds` misspelling, and
     // each is also served under `/api`.
@@ -37,6 +92,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(crate::telemetry::render))
+        .route("/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound { code: "NOT_FOUND", what: "route" } })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }

@@ -9,7 +9,6 @@ use ledgerflow_domain::{
     TransferRequest,
 };
 use ledgerflow_store::{InsertPending, TransactionFilter, TransactionRecord};
-use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span};
 
 use super::accounts::visible_account;
@@ -20,6 +19,25 @@ use crate::dto;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonObject, QueryMap, RequestId};
 
+#[utoipa::path(
+    post,
+    path = "/transactions",
+    tag = "transactions",
+    summary = "Request a transfer",
+    request_body = dto::TransferBody,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
+        (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown)", body = dto::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
+        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+    )
+)]
 /// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,description?}`.
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -48,6 +66,26 @@ pub(super) async fn create(
     accept(&state, &user, request, key, request_id.0).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/transactions/system/initial-funds",
+    tag = "transactions",
+    summary = "Fund an account from the funding account (SYSTEM)",
+    request_body = dto::InitialFundsBody,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
+        (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
+        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+    )
+)]
 /// `POST /transactions/system/initial-funds` `{toAccount,amount,idempotencyKey,description?}`:
 /// SYSTEM only; the money comes from the currency's funding account.
 pub(super) async fn initial_funds(
@@ -67,6 +105,27 @@ pub(super) async fn initial_funds(
     accept(&state, &user, request, key, request_id.0).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/transactions/{id}/reverse",
+    tag = "transactions",
+    summary = "Reverse a completed transaction (receiver or SYSTEM)",
+    request_body = dto::ReverseBody,
+    params(("id" = String, Path, description = "UUID")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
+        (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 403, description = "FORBIDDEN: only the receiving account's owner or SYSTEM", body = dto::ErrorBody),
+        (status = 404, description = "TRANSACTION_NOT_FOUND", body = dto::ErrorBody),
+        (status = 409, description = "ALREADY_REVERSED, NOT_REVERSIBLE or IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
+        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+    )
+)]
 /// `POST /transactions/{id}/reverse` `{idempotencyKey,reason?}`: SYSTEM or the receiving
 /// account's owner moves a COMPLETED transaction's money back, as a new REVERSAL transaction
 /// through the same queue and worker. The original is never changed but for `reversedBy`.
@@ -101,7 +160,7 @@ pub(super) async fn reverse(
         if existing.request_hash != request.fingerprint() {
             return Err(ApiError::IdempotencyKeyReused);
         }
-        return Ok((StatusCode::OK, Json(json!({ "transaction": dto::transaction(&existing) }))).into_response());
+        return Ok((StatusCode::OK, Json(dto::TransactionEnvelope::from(&existing))).into_response());
     }
     if original.status != TransactionStatus::Completed {
         return Err(ApiError::NotReversible("only a COMPLETED transaction can be reversed"));
@@ -141,7 +200,7 @@ async fn accept(
                     return Err(ApiError::IdempotencyKeyReused);
                 }
                 info!(status = %existing.status, "repeated request, returning the recorded transaction");
-                Ok((StatusCode::OK, Json(json!({ "transaction": dto::transaction(&existing) }))).into_response())
+                Ok((StatusCode::OK, Json(dto::TransactionEnvelope::from(&existing))).into_response())
             }
             InsertPending::Created(record) => {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
@@ -156,8 +215,7 @@ async fn accept(
                 if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{}", record.id)) {
                     headers.insert(header::LOCATION, location);
                 }
-                Ok((StatusCode::ACCEPTED, headers, Json(json!({ "transaction": dto::transaction(&record) })))
-                    .into_response())
+                Ok((StatusCode::ACCEPTED, headers, Json(dto::TransactionEnvelope::from(&record))).into_response())
             }
         }
     }
@@ -184,6 +242,21 @@ const MAX_WAIT_SECS: u64 = 30;
 /// lost to a broker reconnect delays the answer a little instead of until the deadline.
 const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
+#[utoipa::path(
+    get,
+    path = "/transactions/{id}",
+    tag = "transactions",
+    summary = "Get a transaction, optionally waiting for its outcome",
+    params(("id" = String, Path, description = "UUID"), ("wait" = Option<u64>, Query, minimum = 0, maximum = 30, description = "seconds to hold a PENDING transaction until it is terminal")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The transaction", body = dto::TransactionEnvelope),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 404, description = "TRANSACTION_NOT_FOUND", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `GET /transactions/{id}?wait=N`: 404 for anyone who may not see it. With `wait` (seconds,
 /// at most 30) a PENDING transaction is held until it becomes terminal or the time is up,
 /// woken by the worker's result message.
@@ -192,7 +265,7 @@ pub(super) async fn get(
     user: AuthUser,
     Path(id): Path<String>,
     query: QueryMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<dto::TransactionEnvelope>> {
     let id = TransactionId::parse_field("transactionId", &id)?;
     let wait = match query.get("wait") {
         None => 0,
@@ -225,11 +298,30 @@ pub(super) async fn get(
             }
         }
     }
-    Ok(Json(json!({ "transaction": dto::transaction(&t) })))
+    Ok(Json(dto::TransactionEnvelope::from(&t)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/transactions",
+    tag = "transactions",
+    summary = "List transactions the caller may see",
+    params(("account" = Option<String>, Query, description = "only this account's"), ("status" = Option<String>, Query, description = "PENDING, COMPLETED or FAILED"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Newest first", body = dto::TransactionList),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND (account filter)", body = dto::ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+    )
+)]
 /// `GET /transactions?account=&status=&limit=&cursor=`: newest first.
-pub(super) async fn list(State(state): State<AppState>, user: AuthUser, query: QueryMap) -> ApiResult<Json<Value>> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: QueryMap,
+) -> ApiResult<Json<dto::TransactionList>> {
     let limit = query.limit()?;
     let status = query.get("status").map(str::parse::<TransactionStatus>).transpose()?;
     let before = query.get("cursor").map(|c| TransactionId::parse_field("cursor", c)).transpose()?;
@@ -245,8 +337,8 @@ pub(super) async fn list(State(state): State<AppState>, user: AuthUser, query: Q
     let filter = TransactionFilter { visible_to, account, status, before, limit };
     let found = state.store.list_transactions(&filter).await?;
     let next = (found.len() as i64 == limit).then(|| found.last().map(|t| t.id)).flatten();
-    Ok(Json(json!({
-        "transactions": found.iter().map(dto::transaction).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+    Ok(Json(dto::TransactionList {
+        transactions: found.iter().map(Into::into).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
 }
