@@ -337,8 +337,13 @@ impl TestApp {
         if let Some(g) = self.gateway.take() {
             let _ = tokio::time::timeout(DEADLINE, g).await;
         }
-        let ch = self.channel().await;
-        let _ = self.topology.delete(&ch).await;
+        // A fresh connection: the shared one may have been cut by a broker restart.
+        if let Ok(conn) = connect(&amqp_uri(), "test-teardown").await {
+            if let Ok(ch) = conn.create_channel().await {
+                let _ = self.topology.delete(&ch).await;
+            }
+            let _ = conn.close(200, "teardown".into()).await;
+        }
         let _ = self.amqp.close(200, "teardown".into()).await;
         let _ = self.store.drop_database().await;
     }

@@ -246,7 +246,7 @@ pub struct RegisterRequest {
     /// At least 8 characters.
     #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
-    #[schema(max_length = 100)]
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
 }
 
@@ -261,7 +261,7 @@ pub struct LoginRequest {
 #[derive(ToSchema)]
 pub struct CreateAccountRequest {
     /// ISO 4217, default `USD`.
-    #[schema(example = "USD")]
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
 }
 
@@ -269,7 +269,7 @@ pub struct CreateAccountRequest {
 #[derive(ToSchema)]
 pub struct StatusRequest {
     /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
-    #[schema(example = "SUSPENDED")]
+    #[schema(example = "SUSPENDED", pattern = "^(ACTIVE|SUSPENDED|CLOSED)$")]
     pub status: String,
 }
 
@@ -277,6 +277,7 @@ pub struct StatusRequest {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub struct TransferBody {
+    /// An account the caller owns.
     #[schema(format = Uuid)]
     pub from_account: String,
     #[schema(format = Uuid)]

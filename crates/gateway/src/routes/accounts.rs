@@ -51,7 +51,7 @@ pub(super) async fn create(
     path = "/api/accounts",
     tag = "accounts",
     summary = "List the caller's accounts",
-    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, min_length = 1, description = "nextCursor of the previous page")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The caller's accounts, oldest first", body = dto::AccountList),
@@ -81,7 +81,7 @@ pub(super) async fn list(
     path = "/api/accounts/{id}",
     tag = "accounts",
     summary = "Get an account",
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = Uuid, description = "UUID")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The account", body = dto::AccountBody),
@@ -106,7 +106,7 @@ pub(super) async fn get(
     path = "/api/accounts/{id}/balance",
     tag = "accounts",
     summary = "Get an account's balance",
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = Uuid, description = "UUID")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Derived from the latest ledger entry", body = dto::BalanceBody),
@@ -136,7 +136,7 @@ pub(super) async fn balance(
     path = "/api/accounts/{id}/entries",
     tag = "accounts",
     summary = "List an account's ledger entries",
-    params(("id" = String, Path, description = "UUID"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    params(("id" = String, Path, format = Uuid, description = "UUID"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, min_length = 1, description = "nextCursor of the previous page")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Newest first", body = dto::EntryList),
@@ -173,7 +173,7 @@ pub(super) async fn entries(
     tag = "accounts",
     summary = "Change an account's status (SYSTEM)",
     request_body = dto::StatusRequest,
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = Uuid, description = "UUID")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The account", body = dto::AccountBody),

@@ -111,7 +111,7 @@ pub(super) async fn initial_funds(
     tag = "transactions",
     summary = "Reverse a completed transaction (receiver or SYSTEM)",
     request_body = dto::ReverseBody,
-    params(("id" = String, Path, description = "UUID")),
+    params(("id" = String, Path, format = Uuid, description = "UUID")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
@@ -247,7 +247,7 @@ const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
     path = "/transactions/{id}",
     tag = "transactions",
     summary = "Get a transaction, optionally waiting for its outcome",
-    params(("id" = String, Path, description = "UUID"), ("wait" = Option<u64>, Query, minimum = 0, maximum = 30, description = "seconds to hold a PENDING transaction until it is terminal")),
+    params(("id" = String, Path, format = Uuid, description = "UUID"), ("wait" = Option<u64>, Query, minimum = 0, maximum = 30, description = "seconds to hold a PENDING transaction until it is terminal")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The transaction", body = dto::TransactionEnvelope),
@@ -306,7 +306,7 @@ pub(super) async fn get(
     path = "/transactions",
     tag = "transactions",
     summary = "List transactions the caller may see",
-    params(("account" = Option<String>, Query, description = "only this account's"), ("status" = Option<String>, Query, description = "PENDING, COMPLETED or FAILED"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    params(("account" = Option<String>, Query, format = Uuid, description = "only this account's"), ("status" = Option<String>, Query, pattern = "^(PENDING|COMPLETED|FAILED)$", description = "PENDING, COMPLETED or FAILED"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, min_length = 1, description = "nextCursor of the previous page")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Newest first", body = dto::TransactionList),

@@ -1,0 +1,26 @@
+//! The API honours its OpenAPI document: schemathesis generates requests for every operation
+//! from `GET /openapi.json` and checks that no response is a server error or contradicts the
+//! document (status codes, content types, bodies, headers).
+
+use ledgerflow_tests::spawn_app;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
+    let app = spawn_app().await;
+    let user = app.register().await;
+    let account = app.open_account(&user).await;
+    app.fund(&account, 1_000_000).await;
+    let script = format!("{}/../scripts/schemathesis.sh", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("bash")
+        .args([script.as_str(), app.base.as_str(), user.token.as_str()])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(600), out).await.expect("schemathesis finishes").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "schemathesis failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("15 passed"), "every operation was exercised:\n{stdout}");
+    app.teardown().await;
+}
