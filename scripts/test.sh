@@ -9,7 +9,17 @@ cd "$ROOT"
 scripts/services.sh up
 # Process-level tests run the real binary.
 cargo build --locked --bin ledgerflow
+# Two phases: everything else in parallel, then the fault tests (tests/faults.rs) one at a
+# time, since they restart RabbitMQ and mongod under everyone's feet. Both always run; the
+# script fails if either does.
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --workspace --locked --no-fail-fast "$@"
+  cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(faults)' "$@" || status=$?
+  cargo nextest run -p ledgerflow-tests --test faults --locked --no-fail-fast --test-threads 1 || status=$?
+else
+  cargo test --workspace --locked --no-fail-fast --exclude ledgerflow-tests "$@" || status=$?
+  cargo test -p ledgerflow-tests --locked --no-fail-fast --test pipeline --test api --test queue \
+    --test reversals --test ledger --test contract --test deploy "$@" || status=$?
+  cargo test -p ledgerflow-tests --locked --no-fail-fast --test faults -- --test-threads 1 || status=$?
 fi
-exec cargo test --workspace --locked --no-fail-fast "$@"
+exit "$status"

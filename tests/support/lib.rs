@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod processes;
+
 use std::time::{Duration, Instant};
 
 use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};

@@ -110,17 +110,12 @@ impl Publisher {
         Ok(Link { connection, channel })
     }
 
-    /// Drops the link so the next publish reconnects.
+    /// Drops the link so the next publish reconnects. The close happens outside the lock and
+    /// is bounded: a broker that does not answer must not wedge every other publisher.
     async fn reset(&self) {
-        if let Some(link) = self.state.lock().await.link.take() {
-            let _ = link.connection.close(200, "resetting".into()).await;
-        }
-    }
-
-    /// Closes the current channel, as a broker or network fault would. For fault tests.
-    pub async fn sever(&self) {
-        if let Some(link) = &self.state.lock().await.link {
-            let _ = link.channel.close(200, "severed".into()).await;
+        let link = self.state.lock().await.link.take();
+        if let Some(link) = link {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, link.connection.close(200, "resetting".into())).await;
         }
     }
 
@@ -134,7 +129,8 @@ impl Publisher {
     ) -> Result<(), MessagingError> {
         let channel = self.channel().await?;
         let properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
-        let result = async {
+        // One bound over sending and confirming: a half-dead connection can stall either.
+        let attempt = async {
             let confirm = channel
                 .basic_publish(
                     exchange.into(),
@@ -144,15 +140,16 @@ impl Publisher {
                     properties,
                 )
                 .await?;
-            match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-                Err(_) => Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT)),
-                Ok(Err(e)) => Err(e.into()),
-                Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-                Ok(Ok(Confirmation::Ack(Some(_)))) => Err(MessagingError::Unroutable),
-                Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(MessagingError::Nacked),
+            match confirm.await? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(MessagingError::Unroutable),
+                Confirmation::Nack(_) | Confirmation::NotRequested => Err(MessagingError::Nacked),
             }
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(CONFIRM_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT)),
+        };
         if matches!(result, Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_))) {
             self.reset().await;
         }

@@ -19,6 +19,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 /// not turn into a hot redelivery loop.
 const BROKER_PAUSE: Duration = Duration::from_secs(1);
 
+/// Longest wait for the broker to take an ack, nack or reject.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The AMQP header counting how many times a command has been tried (absent: first try).
 pub const ATTEMPT_HEADER: &str = "x-ledgerflow-attempt";
 
@@ -82,17 +85,22 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
             Settle::Retry | Settle::Requeue => "requeued",
         };
         metrics::counter!("ledgerflow_messages_total", "outcome" => outcome).increment(1);
-        let settled = match settle {
-            Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-            Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
-            Settle::Retry | Settle::Requeue => {
-                tokio::time::sleep(BROKER_PAUSE).await;
-                delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
+        let settling = async {
+            match settle {
+                Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+                Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
+                Settle::Retry | Settle::Requeue => {
+                    tokio::time::sleep(BROKER_PAUSE).await;
+                    delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
+                }
             }
         };
-        if let Err(e) = settled {
-            // The channel is gone; the broker will redeliver the message to someone.
-            warn!(error = %e, "could not settle delivery");
+        // Bounded, so a connection that dies mid-ack cannot wedge the consumer's drain; an
+        // unsettled delivery is redelivered by the broker to someone.
+        match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not settle delivery"),
+            Err(_) => warn!("settling the delivery timed out"),
         }
     }
     .instrument(span)
