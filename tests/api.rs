@@ -526,6 +526,12 @@ async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
         .await
         .unwrap()
         .expect("the command is queued");
+    // The command the gateway emits honours the published JSON Schema.
+    let command: Value = serde_json::from_slice(&msg.delivery.data).unwrap();
+    let command_schema =
+        jsonschema::validator_for(&ledgerflow_tests::schema("transfer-command.v1.schema.json")).unwrap();
+    assert!(command_schema.is_valid(&command), "{command}");
+    assert_eq!(command["transactionId"], msg.delivery.properties.message_id().as_ref().unwrap().as_str());
     let headers = msg.delivery.properties.headers().clone().unwrap();
     assert_eq!(
         headers.inner().get("x-request-id"),

@@ -86,3 +86,30 @@ fn kubernetes_manifests_validate() {
     let versions = strings(&summary["kubernetes_versions"]);
     assert!(resources > 0 && !versions.is_empty(), "deploy/validate.sh validated nothing (its output is above)");
 }
+
+/// `docker-compose.yml` is valid for Docker Compose (checked offline with Debian's
+/// `docker-compose config`, installed on first use; no Docker engine is needed).
+#[test]
+fn docker_compose_file_is_valid() {
+    let root = repo_root();
+    let have = |cmd: &str| Command::new(cmd).arg("version").output().is_ok_and(|o| o.status.success());
+    if !have("docker-compose") {
+        let installed = Command::new("bash")
+            .args(["-c", "(apt-get install -y -q docker-compose || (apt-get update -q && apt-get install -y -q docker-compose)) >/dev/null"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(installed, "could not install docker-compose with apt-get");
+    }
+    let out = Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "config"])
+        .current_dir(&root)
+        .output()
+        .expect("docker-compose runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "docker-compose config failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    for service in ["mongo:", "rabbitmq:", "gateway:", "worker:"] {
+        assert!(stdout.contains(service), "{service} in:\n{stdout}");
+    }
+    assert!(stdout.contains("transactionLifetimeLimitSeconds=10"), "{stdout}");
+}
