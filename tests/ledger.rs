@@ -143,3 +143,27 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
     assert_ne!(code, 0, "an unknown transaction is an error");
     app.teardown().await;
 }
+
+/// The bench's smoke run, so the load generator cannot rot: it must start its own gateway
+/// and worker processes, push transfers through, and report every figure it promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_smoke_run_reports_its_figures() {
+    let app = spawn_app().await;
+    let (code, out) =
+        app.run_cli(&["bench", "--accounts", "10", "--transfers", "50", "--workers", "1", "--raw", "--json"]).await;
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench printed no JSON ({e}): {out}"));
+    assert_eq!(report["accepted"], 50, "{report}");
+    assert_eq!(report["completed"].as_u64().unwrap() + report["failed"].as_u64().unwrap(), 50, "{report}");
+    assert_eq!(report["unfinished"], 0, "{report}");
+    for figure in ["completed_per_s", "accepted_per_s", "raw_per_s", "ratio"] {
+        assert!(report[figure].as_f64().is_some_and(|v| v > 0.0), "{figure} in {report}");
+    }
+    for phase in ["accept", "complete"] {
+        for p in ["p50", "p95", "p99", "max"] {
+            assert!(report["latency_ms"][phase][p].is_number(), "latency_ms.{phase}.{p} in {report}");
+        }
+    }
+    assert!(report["rss_mb"]["gateway"].as_f64().is_some_and(|mb| mb > 0.0), "{report}");
+    app.teardown().await;
+}

@@ -4,6 +4,7 @@
 //! and N workers in one process for a laptop; `admin` holds operator tasks.
 
 mod admin;
+mod bench;
 mod reconcile;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-a
     /// Operator tasks.
     #[command(subcommand)]
     Admin(Admin),
+    /// Load-test the whole pipeline (or time balance reads) and print a summary.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -361,6 +364,15 @@ async fn main() -> Result<()> {
             shutdown.cancel();
             while tasks.join_next().await.is_some() {}
             served?;
+        }
+        Command::Bench(args) => {
+            let info = bench::ConnInfo {
+                mongodb_uri: conn.mongodb_uri,
+                mongodb_db: conn.mongodb_db,
+                amqp_uri: conn.amqp_uri,
+                amqp_prefix: conn.amqp_prefix,
+            };
+            bench::run(info, args).await?;
         }
         Command::Reconcile { json, max_pending_age } => {
             let store = open_store(&conn).await?;
