@@ -98,6 +98,32 @@ pub async fn run_bounded_async(program: &str, args: &[&str], limit: Duration) ->
 pub struct Services {
     touched_rabbitmq: bool,
     touched_mongod: bool,
+    /// The command line of the mongod this test stopped, to start that very one again (it
+    /// may have been started from another checkout, with its own data directory).
+    mongod_cmdline: Option<Vec<String>>,
+}
+
+/// The running mongod on the test port, as (pid, command line), found through /proc.
+fn running_mongod() -> Option<(u32, Vec<String>)> {
+    let port = std::env::var("LEDGERFLOW_MONGO_PORT").unwrap_or_else(|_| "27017".into());
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> =
+            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_mongod = args.first().is_some_and(|a| a.ends_with("/mongod") || a == "mongod");
+        if is_mongod && args.windows(2).any(|w| w[0] == "--port" && w[1] == port) {
+            return Some((pid, args));
+        }
+    }
+    None
+}
+
+/// Starts mongod again with the command line it had (it forks into the background).
+fn restart_mongod(cmdline: &[String]) -> Result<(), String> {
+    let (program, args) = cmdline.split_first().ok_or("empty mongod command line")?;
+    let status = std::process::Command::new(program).args(args).status().map_err(|e| e.to_string())?;
+    if status.success() { Ok(()) } else { Err(format!("mongod exited with {status}")) }
 }
 
 impl Services {
@@ -113,15 +139,25 @@ impl Services {
         run_bounded_async("rabbitmqctl", &["await_startup"], PROCESS_DEADLINE).await.unwrap();
     }
 
-    /// `scripts/services.sh stop`: a clean mongod shutdown.
+    /// A clean shutdown (SIGTERM) of the running mongod, whichever checkout started it.
     pub async fn stop_mongod(&mut self) {
+        let (pid, cmdline) = running_mongod().expect("a mongod runs on the test port");
         self.touched_mongod = true;
-        let script = repo_root().join("scripts/services.sh");
-        run_bounded_async(script.to_str().unwrap(), &["stop"], PROCESS_DEADLINE).await.unwrap();
+        self.mongod_cmdline = Some(cmdline);
+        run_bounded_async("kill", &["-TERM", &pid.to_string()], PROCESS_DEADLINE).await.unwrap();
+        let start = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(start.elapsed() < PROCESS_DEADLINE, "mongod did not stop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
-    /// `scripts/services.sh up`: mongod again on the same data, waited for until PRIMARY.
+    /// The same mongod again, on the same data; `scripts/services.sh up` then waits for
+    /// PRIMARY and reapplies its settings.
     pub async fn start_mongod(&mut self) {
+        if let (None, Some(cmdline)) = (running_mongod(), &self.mongod_cmdline) {
+            restart_mongod(cmdline).unwrap();
+        }
         let script = repo_root().join("scripts/services.sh");
         run_bounded_async(script.to_str().unwrap(), &["up"], PROCESS_DEADLINE).await.unwrap();
     }
@@ -137,6 +173,13 @@ impl Drop for Services {
             }
         }
         if self.touched_mongod {
+            let restarted = match (running_mongod(), &self.mongod_cmdline) {
+                (None, Some(cmdline)) => restart_mongod(cmdline),
+                _ => Ok(()),
+            };
+            if let Err(e) = restarted {
+                eprintln!("fault test cleanup: {e}");
+            }
             let script = repo_root().join("scripts/services.sh");
             if let Err(e) = run_bounded(script.to_str().unwrap(), &["up"], PROCESS_DEADLINE) {
                 eprintln!("fault test cleanup: {e}");
