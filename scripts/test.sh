@@ -18,7 +18,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p ledgerflow-tests --test faults --locked --no-fail-fast --test-threads 1 || status=$?
 else
   cargo test --workspace --locked --no-fail-fast --exclude ledgerflow-tests "$@" || status=$?
-  cargo test -p ledgerflow-tests --locked --no-fail-fast --test pipeline --test api --test queue \
+  cargo test -p ledgerflow-tests --locked --no-fail-fast --test pipeline --test batch --test api --test queue \
     --test reversals --test ledger --test contract --test deploy "$@" || status=$?
   cargo test -p ledgerflow-tests --locked --no-fail-fast --test faults -- --test-threads 1 || status=$?
 fi

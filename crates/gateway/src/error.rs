@@ -94,8 +94,8 @@ impl From<StoreError> for ApiError {
                 error!(error = %e, "database unavailable");
                 Self::Unavailable("the database is unavailable, try again")
             }
-            StoreError::Corrupt { .. } => {
-                error!(error = %e, "corrupt stored data");
+            StoreError::Corrupt { .. } | StoreError::Write { .. } => {
+                error!(error = %e, "corrupt stored data or refused write");
                 Self::Internal
             }
         }

@@ -9,6 +9,7 @@ pub mod auth;
 mod dto;
 pub mod error;
 mod extract;
+mod published;
 mod republisher;
 mod routes;
 pub mod telemetry;
@@ -63,12 +64,15 @@ pub struct AppState {
     pub config: Arc<GatewayConfig>,
     /// Long-polling requests waiting for a transaction's result.
     pub watchers: Arc<watch::Watchers>,
+    pub published: published::PublishedMarks,
 }
 
 impl AppState {
+    /// Must be called inside a Tokio runtime (it starts the published-marks task).
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
-        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default() }
+        let published = published::PublishedMarks::spawn(store.clone());
+        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default(), published }
     }
 }
 

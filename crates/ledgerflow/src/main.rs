@@ -114,9 +114,12 @@ struct GatewayArgs {
 
 #[derive(Args, Clone)]
 struct WorkerArgs {
-    /// Commands processed concurrently by this worker (AMQP prefetch).
-    #[arg(long, env = "LEDGERFLOW_WORKER_PREFETCH", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Commands taken from the queue at once by this worker (AMQP prefetch).
+    #[arg(long, env = "LEDGERFLOW_WORKER_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     prefetch: u16,
+    /// Most commands committed together in one MongoDB transaction (1: no batching).
+    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_BATCH", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    max_batch: u16,
     /// Name shown in logs and on the broker connection.
     #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
     name: Option<String>,
@@ -297,6 +300,7 @@ fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerCon
     let name = args.name.clone().unwrap_or_else(|| format!("ledgerflow-worker-{}-{index}", std::process::id()));
     let mut config = WorkerConfig::new(&conn.amqp_uri, Topology::new(&conn.amqp_prefix), name);
     config.prefetch = args.prefetch;
+    config.max_batch = usize::from(args.max_batch);
     config.max_attempts = args.max_attempts;
     config.retry_delay = args.retry_delay;
     config

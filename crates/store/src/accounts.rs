@@ -22,6 +22,25 @@ impl Store {
         doc.try_into()
     }
 
+    /// Several accounts in one query, in the order asked.
+    pub async fn find_accounts<const N: usize>(
+        &self,
+        ids: [AccountId; N],
+    ) -> Result<[Option<AccountRecord>; N], StoreError> {
+        let wanted: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut cursor = self.accounts().find(doc! { "_id": { "$in": wanted } }).await?;
+        let mut found: [Option<AccountRecord>; N] = std::array::from_fn(|_| None);
+        while let Some(doc) = cursor.try_next().await? {
+            let record = AccountRecord::try_from(doc)?;
+            for (slot, id) in found.iter_mut().zip(ids) {
+                if id == record.id {
+                    *slot = Some(record.clone());
+                }
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn find_account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {
         let doc = self.accounts().find_one(doc! { "_id": id.to_string() }).await?;
         doc.map(TryInto::try_into).transpose()

@@ -2,7 +2,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use thiserror::Error;
 
 /// Everything that can go wrong in the store.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     /// The database could not be reached or refused the operation. Usually transient.
     #[error("database error: {0}")]
@@ -17,16 +17,19 @@ pub enum StoreError {
     /// Postings on one account kept conflicting past the retry budget.
     #[error("write contention persisted past {attempts} attempts")]
     Contention { attempts: u32 },
+    /// The server refused one statement of a multi-statement write.
+    #[error("write to {collection} refused ({code}): {message}")]
+    Write { collection: &'static str, code: i32, message: String },
 }
 
 impl StoreError {
     /// Whether trying again later may succeed (as opposed to a fault in the data).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Database(_) | StoreError::Contention { .. })
+        matches!(self, StoreError::Database(_) | StoreError::Contention { .. } | StoreError::Write { .. })
     }
 }
 
-const DUPLICATE_KEY: i32 = 11000;
+pub(crate) const DUPLICATE_KEY: i32 = 11000;
 
 /// Whether a driver error is a unique-index violation.
 pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {

@@ -1,37 +1,49 @@
-//! The double-entry commit: one command, one MongoDB multi-document transaction.
+//! The double-entry commit: a batch of commands, one MongoDB multi-document transaction.
 //!
-//! Inside a single snapshot transaction the worker finds (or, for upstream commands, creates)
-//! the transaction record, loads both accounts and their derived balances, lets the pure
-//! posting rule decide, and writes either the FAILED status or the two entries, the two
-//! account sequence bumps and the COMPLETED status. Either all of it commits or none of it.
+//! Inside a single snapshot transaction the worker reads, in three queries for the whole
+//! batch, the transaction records (finding them by id or, for upstream commands, by
+//! idempotency key), the accounts, and each account's latest entry (its balance and chain
+//! hash). It then decides every command in order, in memory, with the pure posting rule,
+//! carrying each account's balance from one command to the next, and writes the outcome in a
+//! handful of multi-statement writes: account sequence bumps first, then the entries, then the
+//! transaction statuses. Either all of it commits or none of it.
 //!
-//! Why it cannot double-spend: every posting writes the sender's (and receiver's) account
-//! document, so two transactions that read the same balance conflict on that write and one of
-//! them is aborted with a `TransientTransactionError`, retried here, and re-reads the new
-//! balance. Why it cannot double-apply: the transaction record's status is written in the same
-//! transaction and checked first, so a redelivered command finds it terminal and writes nothing.
+//! Why batch: the cost of a transfer is dominated by per-operation and per-commit work in
+//! MongoDB, so a batch of N commands costs about what one does. A command that fails on its
+//! merits (insufficient funds, unknown account, a contradicting duplicate) is decided FAILED,
+//! or answered without writing, alone: its neighbours are unaffected. An error the server
+//! raises against the batch's content, rather than a conflict or an outage, makes the batch
+//! fall back to one transaction per command, so a poisoned command fails alone too.
+//!
+//! Why it cannot double-spend: every posting writes the account documents of both sides
+//! (their `seq`, guarded by the value read), so two transactions that read the same balance
+//! conflict on that write and one is aborted with a `TransientTransactionError`, retried
+//! here, and re-reads the new balance. Why it cannot double-apply: the transaction record's
+//! status is written in the same transaction, guarded by `PENDING`, and checked first, so a
+//! redelivered command finds it terminal and writes nothing.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoffBuilder;
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use ledgerflow_domain::{
-    AccountId, AccountSnapshot, Balance, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH, Posting,
-    TransactionId, TransactionStatus, TransferCommand, TransferKind, post_transfer,
+    AccountId, AccountSnapshot, Balance, Currency, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH,
+    Posting, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, post_transfer,
 };
 use mongodb::ClientSession;
-use mongodb::bson::doc;
-use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{ReadConcern, WriteConcern};
 use tracing::debug;
 
-use crate::docs::{EntryDoc, to_bson_time};
+use crate::docs::{AccountDoc, EntryDoc, TransactionDoc, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::transactions::{key_filter, pending_doc};
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
 
-/// By default, how long one command may keep retrying write conflicts before the caller is
-/// told to try again later (the worker then sends it through its retry queue).
+/// By default, how long one batch may keep retrying write conflicts before the caller is told
+/// to try again later (the worker then sends its commands through its retry queue).
 pub(crate) const CONFLICT_RETRY_BUDGET: Duration = Duration::from_secs(20);
 /// How many times an ambiguous commit is re-sent before the whole transaction is retried.
 const COMMIT_RETRIES: u32 = 5;
@@ -51,10 +63,48 @@ pub enum Execution {
     Mismatch { existing: TransactionId },
 }
 
+/// One command's outcome within a batch.
+pub type Outcome = Result<Execution, StoreError>;
+
 impl Store {
     /// Executes a transfer command exactly once in effect, however often it is delivered and
-    /// however many workers run it concurrently.
-    pub async fn execute(&self, cmd: &TransferCommand) -> Result<Execution, StoreError> {
+    /// however many workers run it concurrently: a batch of one.
+    pub async fn execute(&self, cmd: &TransferCommand) -> Outcome {
+        metrics::histogram!("ledgerflow_batch_size").record(1.0);
+        self.execute_alone(cmd).await
+    }
+
+    async fn execute_alone(&self, cmd: &TransferCommand) -> Outcome {
+        let outcomes = self.with_conflict_retries(std::slice::from_ref(cmd)).await?;
+        outcomes.into_iter().next().unwrap_or(Err(StoreError::Contention { attempts: 0 }))
+    }
+
+    /// Executes several commands in one database transaction and returns one outcome per
+    /// command, in order. Commands are decided in the order given, so two debits of one
+    /// account in the same batch see each other.
+    pub async fn execute_batch(&self, cmds: &[TransferCommand]) -> Vec<Outcome> {
+        match cmds {
+            [] => return Vec::new(),
+            [cmd] => return vec![self.execute(cmd).await],
+            _ => {}
+        }
+        metrics::histogram!("ledgerflow_batch_size").record(cmds.len() as f64);
+        match self.with_conflict_retries(cmds).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if refuses_content(&e) => {
+                debug!(error = %e, size = cmds.len(), "batch refused by the server, running its commands one by one");
+                metrics::counter!("ledgerflow_batch_splits_total").increment(1);
+                let mut outcomes = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    outcomes.push(self.execute_alone(cmd).await);
+                }
+                outcomes
+            }
+            Err(e) => cmds.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    async fn with_conflict_retries(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
         let policy = ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(2))
             .with_max_interval(Duration::from_millis(200))
@@ -64,7 +114,7 @@ impl Store {
         let result = backoff::future::retry(policy, || {
             attempts += 1;
             async {
-                self.execute_once(cmd).await.map_err(|e| {
+                self.execute_once(cmds).await.map_err(|e| {
                     if is_retryable(&e) {
                         debug!(error = %e, "transaction conflict, retrying");
                         backoff::Error::transient(e)
@@ -80,44 +130,317 @@ impl Store {
         result.map_err(|e| if is_retryable(&e) { StoreError::Contention { attempts } } else { e })
     }
 
-    async fn execute_once(&self, cmd: &TransferCommand) -> Result<Execution, StoreError> {
+    async fn execute_once(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
         let mut session = self.client.start_session().await?;
         session
             .start_transaction()
             .read_concern(ReadConcern::snapshot())
             .write_concern(WriteConcern::majority())
             .await?;
-        let outcome = match self.decide_in(&mut session, cmd).await {
-            Ok(outcome) => outcome,
+        let result = async {
+            let mut batch = self.load(&mut session, cmds).await?;
+            let outcomes: Vec<Outcome> = cmds.iter().map(|cmd| batch.decide(cmd)).collect();
+            batch.finish();
+            Ok::<_, StoreError>((outcomes, batch.writes))
+        }
+        .await;
+        let (outcomes, writes) = match result {
+            Ok(decided) => decided,
             Err(e) => {
                 // Best effort: the server also aborts it when the session ends.
                 let _ = session.abort_transaction().await;
                 return Err(e);
             }
         };
-        if !matches!(outcome, Execution::Decided(_)) {
+        if writes.is_empty() {
             session.abort_transaction().await?;
-            return Ok(outcome);
+            return Ok(outcomes);
         }
-        let started = std::time::Instant::now();
+        if let Err(e) = self.write(&mut session, writes).await {
+            let _ = session.abort_transaction().await;
+            return Err(e);
+        }
+        let started = Instant::now();
         commit(&mut session).await?;
         metrics::histogram!("ledgerflow_mongo_commit_seconds").record(started.elapsed().as_secs_f64());
-        Ok(outcome)
+        Ok(outcomes)
     }
 
-    async fn decide_in(&self, s: &mut ClientSession, cmd: &TransferCommand) -> Result<Execution, StoreError> {
+    /// Reads everything the batch's decisions depend on, in the transaction's snapshot.
+    async fn load(&self, s: &mut ClientSession, cmds: &[TransferCommand]) -> Result<Batch, StoreError> {
+        let mut batch = Batch::default();
+
+        // Transaction records: by id, by idempotency key, and the originals of reversals.
+        let mut ids: Vec<String> = Vec::new();
+        let mut clauses: Vec<Document> = Vec::new();
+        for cmd in cmds {
+            match cmd.transaction_id {
+                Some(id) => ids.push(id.to_string()),
+                None => clauses.push(key_filter(&cmd.initiator, &cmd.idempotency_key)),
+            }
+            ids.extend(cmd.request.reverses.map(|id| id.to_string()));
+        }
+        clauses.push(doc! { "_id": { "$in": ids } });
+        let mut found = self.transactions().find(doc! { "$or": clauses }).session(&mut *s).await?;
+        while let Some(doc) = found.next(&mut *s).await.transpose()? {
+            batch.add_transaction(doc);
+        }
+
+        // Accounts, creating a currency's funding account on its first use.
+        let mut wanted: Vec<AccountId> = cmds.iter().flat_map(|c| [c.request.from, c.request.to]).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let filter = doc! { "_id": { "$in": wanted.iter().map(ToString::to_string).collect::<Vec<_>>() } };
+        let mut found = self.accounts().find(filter).session(&mut *s).await?;
+        let mut heads: Vec<Document> = Vec::new();
+        while let Some(doc) = found.next(&mut *s).await.transpose()? {
+            let id = doc.id.clone();
+            match AccountRecord::try_from(doc) {
+                Ok(account) if account.seq > 0 => {
+                    heads.push(doc! { "accountId": &id, "seq": account.seq });
+                    batch.accounts.insert(account.id, Ok(AccountState::new(account)));
+                }
+                Ok(account) => {
+                    batch.accounts.insert(account.id, Ok(AccountState::new(account)));
+                }
+                Err(e) => {
+                    if let Ok(account_id) = id.parse() {
+                        batch.accounts.insert(account_id, Err(e));
+                    }
+                }
+            }
+        }
+        for cmd in cmds.iter().filter(|c| c.request.kind == TransferKind::InitialFunds) {
+            let funding = cmd.request.from;
+            if funding == AccountId::funding(cmd.request.currency) && !batch.accounts.contains_key(&funding) {
+                let account = self.create_funding_account(s, funding, cmd.request.currency).await?;
+                batch.accounts.insert(funding, Ok(AccountState::new(account)));
+            }
+        }
+
+        // Each account's latest entry: its balance and the hash the next entry chains to.
+        if !heads.is_empty() {
+            let mut found = self.entries().find(doc! { "$or": heads }).session(&mut *s).await?;
+            while let Some(entry) = found.next(&mut *s).await.transpose()? {
+                let Ok(id) = entry.account_id.parse::<AccountId>() else { continue };
+                if let Some(Ok(state)) = batch.accounts.get_mut(&id)
+                    && state.seq == entry.seq
+                {
+                    state.balance = Balance(entry.balance_after);
+                    state.hash = entry.hash;
+                    state.head_found = true;
+                }
+            }
+            for (id, state) in &mut batch.accounts {
+                if let Ok(head) = state
+                    && head.seq > 0
+                    && !head.head_found
+                {
+                    *state = Err(StoreError::Corrupt {
+                        collection: "accounts",
+                        id: id.to_string(),
+                        reason: format!("no entry for its latest seq {}", head.seq),
+                    });
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn create_funding_account(
+        &self,
+        s: &mut ClientSession,
+        id: AccountId,
+        currency: Currency,
+    ) -> Result<AccountRecord, StoreError> {
+        let doc = AccountDoc {
+            id: id.to_string(),
+            owner_id: None,
+            status: "ACTIVE".to_owned(),
+            currency: currency.code().to_owned(),
+            seq: 0,
+            created_at: to_bson_time(Utc::now()),
+        };
+        // A concurrent first use collides on `_id`: a duplicate key, retried as a conflict.
+        self.accounts().insert_one(&doc).session(&mut *s).await?;
+        AccountRecord::try_from(doc)
+    }
+
+    /// Writes a batch's decisions. Account bumps go first: they are where concurrent batches
+    /// collide, and colliding before the other writes wastes the least work.
+    async fn write(&self, s: &mut ClientSession, w: Writes) -> Result<(), StoreError> {
+        self.update_each(s, "accounts", w.account_bumps).await?;
+        if !w.entries.is_empty() {
+            self.entries().insert_many(w.entries).session(&mut *s).await?;
+        }
+        self.update_each(s, "transactions", w.decided).await?;
+        if !w.created.is_empty() {
+            self.transactions().insert_many(w.created).session(&mut *s).await?;
+        }
+        self.update_each(s, "transactions", w.reversed).await
+    }
+
+    /// Runs several guarded update statements in one round trip (the `update` command; the
+    /// driver's bulk API needs MongoDB 8). Each must match exactly one document: a guard that
+    /// no longer holds means the snapshot is stale, and the whole transaction is retried.
+    async fn update_each(
+        &self,
+        s: &mut ClientSession,
+        collection: &'static str,
+        updates: Vec<Document>,
+    ) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let expected = updates.len() as i64;
+        let reply = self
+            .db
+            .run_command(doc! { "update": collection, "updates": updates, "ordered": true })
+            .session(&mut *s)
+            .await?;
+        if let Ok(errors) = reply.get_array("writeErrors")
+            && let Some(Bson::Document(first)) = errors.first()
+        {
+            return Err(StoreError::Write {
+                collection,
+                code: first.get_i32("code").unwrap_or_default(),
+                message: first.get_str("errmsg").unwrap_or_default().to_owned(),
+            });
+        }
+        let matched = match reply.get("n") {
+            Some(Bson::Int32(n)) => i64::from(*n),
+            Some(Bson::Int64(n)) => *n,
+            _ => -1,
+        };
+        if matched != expected {
+            return Err(StoreError::Contention { attempts: 0 });
+        }
+        Ok(())
+    }
+}
+
+/// An account as the batch sees it: as loaded, then advanced by each posting decided so far.
+struct AccountState {
+    account: AccountRecord,
+    /// The `seq` read from the database: the guard on the final bump.
+    loaded_seq: i64,
+    seq: i64,
+    balance: Balance,
+    /// The latest entry's hash, which the next entry chains to.
+    hash: String,
+    head_found: bool,
+}
+
+impl AccountState {
+    fn new(account: AccountRecord) -> Self {
+        let seq = account.seq;
+        Self { account, loaded_seq: seq, seq, balance: Balance::ZERO, hash: GENESIS_HASH.to_owned(), head_found: false }
+    }
+
+    fn snapshot(&self) -> AccountSnapshot {
+        AccountSnapshot {
+            id: self.account.id,
+            status: self.account.status,
+            currency: self.account.currency,
+            balance: self.balance,
+        }
+    }
+
+    /// Appends an entry to this account's chain and returns it.
+    fn post(
+        &mut self,
+        record: &TransactionRecord,
+        entry_type: EntryType,
+        balance_after: Balance,
+        now: DateTime<Utc>,
+    ) -> EntryDoc {
+        let fields = EntryFields {
+            id: EntryId::generate(),
+            account_id: self.account.id,
+            transaction_id: record.id,
+            entry_type,
+            amount: record.amount,
+            currency: record.currency,
+            seq: self.seq + 1,
+            balance_after,
+            created_at_ms: now.timestamp_millis(),
+            prev_hash: &self.hash,
+        };
+        let hash = fields.hash();
+        let entry = EntryDoc {
+            id: fields.id.to_string(),
+            account_id: fields.account_id.to_string(),
+            transaction_id: record.id.to_string(),
+            entry_type,
+            amount: record.amount.minor(),
+            currency: record.currency.code().to_owned(),
+            seq: fields.seq,
+            balance_after: balance_after.minor(),
+            created_at: mongodb::bson::DateTime::from_millis(fields.created_at_ms),
+            prev_hash: std::mem::replace(&mut self.hash, hash.clone()),
+            hash,
+        };
+        self.seq += 1;
+        self.balance = balance_after;
+        entry
+    }
+}
+
+/// What a batch has decided to write.
+#[derive(Default)]
+struct Writes {
+    account_bumps: Vec<Document>,
+    entries: Vec<EntryDoc>,
+    /// Status updates of records that were PENDING before the batch.
+    decided: Vec<Document>,
+    /// Records first seen in this batch (upstream commands), inserted already decided.
+    created: Vec<TransactionDoc>,
+    reversed: Vec<Document>,
+}
+
+impl Writes {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.decided.is_empty() && self.created.is_empty()
+    }
+}
+
+/// The in-memory state of one batch: what was read, and what has been decided so far.
+#[derive(Default)]
+struct Batch {
+    transactions: HashMap<TransactionId, Result<TransactionRecord, StoreError>>,
+    by_key: HashMap<(String, String), TransactionId>,
+    accounts: HashMap<AccountId, Result<AccountState, StoreError>>,
+    /// Records created by this batch, until they are written.
+    created: HashMap<TransactionId, TransactionDoc>,
+    writes: Writes,
+}
+
+impl Batch {
+    fn add_transaction(&mut self, doc: TransactionDoc) {
+        let key = (doc.idempotency_scope.clone(), doc.idempotency_key.clone());
+        let Ok(id) = doc.id.parse::<TransactionId>() else { return };
+        self.by_key.insert(key, id);
+        self.transactions.insert(id, TransactionRecord::try_from(doc));
+    }
+
+    fn record(&self, id: TransactionId) -> Option<Result<TransactionRecord, StoreError>> {
+        self.transactions.get(&id).map(|r| r.as_ref().cloned().map_err(Clone::clone))
+    }
+
+    /// Decides one command against the batch's current state and records what to write.
+    fn decide(&mut self, cmd: &TransferCommand) -> Outcome {
         let existing = match cmd.transaction_id {
-            Some(id) => match self.transactions().find_one(doc! { "_id": id.to_string() }).session(&mut *s).await? {
-                Some(doc) => Some(doc),
+            Some(id) => match self.record(id) {
+                Some(record) => Some(record?),
                 None => return Ok(Execution::UnknownTransaction(id)),
             },
             None => {
-                self.transactions().find_one(key_filter(&cmd.initiator, &cmd.idempotency_key)).session(&mut *s).await?
+                let key = (cmd.initiator.to_string(), cmd.idempotency_key.as_str().to_owned());
+                self.by_key.get(&key).copied().and_then(|id| self.record(id)).transpose()?
             }
         };
         let mut record = match existing {
-            Some(doc) => {
-                let record = TransactionRecord::try_from(doc)?;
+            Some(record) => {
                 let same = record.request_hash == cmd.request.fingerprint()
                     && record.initiator == cmd.initiator
                     && record.idempotency_key == cmd.idempotency_key;
@@ -131,68 +454,54 @@ impl Store {
             }
             None => {
                 let doc = pending_doc(TransactionId::generate(), cmd);
-                self.transactions().insert_one(&doc).session(&mut *s).await?;
-                TransactionRecord::try_from(doc)?
+                let record = TransactionRecord::try_from(doc.clone())?;
+                self.by_key.insert((doc.idempotency_scope.clone(), doc.idempotency_key.clone()), record.id);
+                self.created.insert(record.id, doc);
+                record
             }
         };
 
         let request = &cmd.request;
-        if request.kind == TransferKind::InitialFunds {
-            self.ensure_funding_account(s, request.from, request).await?;
-        }
-        let from = self.account_in(s, request.from).await?;
-        let to = self.account_in(s, request.to).await?;
-        let now = Utc::now();
-        let decision = match self.check_reversal(s, request).await? {
+        let from = self.snapshot(request.from)?;
+        let to = self.snapshot(request.to)?;
+        let decision = match self.check_reversal(request)? {
             Err(reason) => Err(reason),
-            Ok(()) => post_transfer(request, from.as_ref().map(|(_, snap)| snap), to.as_ref().map(|(_, snap)| snap)),
+            Ok(()) => post_transfer(request, from.as_ref(), to.as_ref()),
         };
-        let (status, reason) = match (decision, from, to) {
-            (Ok(posting), Some((from, _)), Some((to, _))) => {
-                self.write_entries(s, &record, &from, &to, posting, now).await?;
+        // Stored with millisecond precision; the record returned says exactly what is stored.
+        let now = Utc::now().trunc_subsecs(3);
+        let (status, reason) = match decision {
+            Ok(posting) => {
+                self.post(&record, posting, now);
                 if let Some(original) = request.reverses {
-                    self.mark_reversed(s, original, record.id).await?;
+                    self.mark_reversed(original, record.id);
                 }
                 (TransactionStatus::Completed, None)
             }
-            (Err(reason), _, _) => (TransactionStatus::Failed, Some(reason)),
-            // post_transfer refuses a missing account, so this arm is unreachable in practice.
-            (Ok(_), _, _) => (TransactionStatus::Failed, Some(FailureReason::AccountNotFound)),
+            Err(reason) => (TransactionStatus::Failed, Some(reason)),
         };
-        let updated = self
-            .transactions()
-            .update_one(
-                doc! { "_id": record.id.to_string(), "status": TransactionStatus::Pending.as_str() },
-                doc! { "$set": {
-                    "status": status.as_str(),
-                    "failureReason": reason.map(FailureReason::as_str),
-                    "completedAt": to_bson_time(now),
-                }},
-            )
-            .session(&mut *s)
-            .await?;
-        if updated.matched_count != 1 {
-            return Err(StoreError::Contention { attempts: 0 });
-        }
         record.status = status;
         record.failure_reason = reason;
         record.completed_at = Some(now);
+        self.record_decision(&record);
         Ok(Execution::Decided(record))
+    }
+
+    fn snapshot(&self, id: AccountId) -> Result<Option<AccountSnapshot>, StoreError> {
+        match self.accounts.get(&id) {
+            None => Ok(None),
+            Some(Ok(state)) => Ok(Some(state.snapshot())),
+            Some(Err(e)) => Err(e.clone()),
+        }
     }
 
     /// For a REVERSAL: the original must be a COMPLETED, not yet reversed, non-reversal
     /// transaction whose accounts and amount this one mirrors.
-    async fn check_reversal(
-        &self,
-        s: &mut ClientSession,
-        request: &ledgerflow_domain::TransferRequest,
-    ) -> Result<Result<(), FailureReason>, StoreError> {
+    fn check_reversal(&self, request: &TransferRequest) -> Result<Result<(), FailureReason>, StoreError> {
         let Some(original_id) = request.reverses else { return Ok(Ok(())) };
-        let Some(doc) = self.transactions().find_one(doc! { "_id": original_id.to_string() }).session(&mut *s).await?
-        else {
+        let Some(original) = self.record(original_id).transpose()? else {
             return Ok(Err(FailureReason::InvalidCommand));
         };
-        let original = TransactionRecord::try_from(doc)?;
         if original.reversed_by.is_some() {
             return Ok(Err(FailureReason::AlreadyReversed));
         }
@@ -205,145 +514,65 @@ impl Store {
         Ok(if mirrors { Ok(()) } else { Err(FailureReason::InvalidCommand) })
     }
 
-    /// Records on the original that it was reversed. Written in the reversal's transaction,
-    /// so two concurrent reversals conflict here and only one can complete.
-    async fn mark_reversed(
-        &self,
-        s: &mut ClientSession,
-        original: TransactionId,
-        by: TransactionId,
-    ) -> Result<(), StoreError> {
-        let marked = self
-            .transactions()
-            .update_one(
-                doc! { "_id": original.to_string(), "reversedBy": null },
-                doc! { "$set": { "reversedBy": by.to_string() } },
-            )
-            .session(&mut *s)
-            .await?;
-        if marked.matched_count == 1 { Ok(()) } else { Err(StoreError::Contention { attempts: 0 }) }
-    }
-
-    /// Creates the currency's funding account on first use.
-    async fn ensure_funding_account(
-        &self,
-        s: &mut ClientSession,
-        id: AccountId,
-        request: &ledgerflow_domain::TransferRequest,
-    ) -> Result<(), StoreError> {
-        self.accounts()
-            .update_one(
-                doc! { "_id": id.to_string() },
-                doc! { "$setOnInsert": {
-                    "ownerId": null,
-                    "status": "ACTIVE",
-                    "currency": request.currency.code(),
-                    "seq": 0_i64,
-                    "createdAt": to_bson_time(Utc::now()),
-                }},
-            )
-            .upsert(true)
-            .session(&mut *s)
-            .await?;
-        Ok(())
-    }
-
-    /// An account and its balance as of this transaction's snapshot: the balance is the
-    /// `balanceAfter` of the entry whose `seq` the account document names.
-    async fn account_in(
-        &self,
-        s: &mut ClientSession,
-        id: AccountId,
-    ) -> Result<Option<(AccountHead, AccountSnapshot)>, StoreError> {
-        let Some(doc) = self.accounts().find_one(doc! { "_id": id.to_string() }).session(&mut *s).await? else {
-            return Ok(None);
-        };
-        let account = AccountRecord::try_from(doc)?;
-        let (balance, hash) = if account.seq == 0 {
-            (Balance::ZERO, GENESIS_HASH.to_owned())
-        } else {
-            let latest = self
-                .entries()
-                .find_one(doc! { "accountId": id.to_string(), "seq": account.seq })
-                .session(&mut *s)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt {
-                    collection: "accounts",
-                    id: id.to_string(),
-                    reason: format!("no entry for its latest seq {}", account.seq),
-                })?;
-            (Balance(latest.balance_after), latest.hash)
-        };
-        let snapshot = AccountSnapshot { id, status: account.status, currency: account.currency, balance };
-        Ok(Some((AccountHead { account, hash }, snapshot)))
-    }
-
-    async fn write_entries(
-        &self,
-        s: &mut ClientSession,
-        record: &TransactionRecord,
-        from: &AccountHead,
-        to: &AccountHead,
-        posting: Posting,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        // Bumping each account's seq is the write that makes concurrent postings on the same
-        // account conflict; the filter on the old value guards against a stale snapshot.
-        for AccountHead { account, .. } in [from, to] {
-            let bumped = self
-                .accounts()
-                .update_one(
-                    doc! { "_id": account.id.to_string(), "seq": account.seq },
-                    doc! { "$inc": { "seq": 1_i64 } },
-                )
-                .session(&mut *s)
-                .await?;
-            if bumped.matched_count != 1 {
-                return Err(StoreError::Contention { attempts: 0 });
+    /// Applies an allowed posting: an entry on each side, each account's state advanced.
+    fn post(&mut self, record: &TransactionRecord, posting: Posting, now: DateTime<Utc>) {
+        let sides = [
+            (record.from_account, EntryType::Debit, posting.debit_balance_after),
+            (record.to_account, EntryType::Credit, posting.credit_balance_after),
+        ];
+        for (id, entry_type, balance_after) in sides {
+            if let Some(Ok(state)) = self.accounts.get_mut(&id) {
+                self.writes.entries.push(state.post(record, entry_type, balance_after, now));
             }
         }
-        let entry = |head: &AccountHead, entry_type, balance_after: Balance| {
-            let fields = EntryFields {
-                id: EntryId::generate(),
-                account_id: head.account.id,
-                transaction_id: record.id,
-                entry_type,
-                amount: record.amount,
-                currency: record.currency,
-                seq: head.account.seq + 1,
-                balance_after,
-                created_at_ms: now.timestamp_millis(),
-                prev_hash: &head.hash,
-            };
-            EntryDoc {
-                id: fields.id.to_string(),
-                account_id: fields.account_id.to_string(),
-                transaction_id: record.id.to_string(),
-                entry_type,
-                amount: record.amount.minor(),
-                currency: record.currency.code().to_owned(),
-                seq: fields.seq,
-                balance_after: balance_after.minor(),
-                created_at: mongodb::bson::DateTime::from_millis(fields.created_at_ms),
-                prev_hash: head.hash.clone(),
-                hash: fields.hash(),
-            }
-        };
-        self.entries()
-            .insert_many([
-                entry(from, EntryType::Debit, posting.debit_balance_after),
-                entry(to, EntryType::Credit, posting.credit_balance_after),
-            ])
-            .session(&mut *s)
-            .await?;
-        Ok(())
     }
-}
 
-/// An account as read inside the transaction, with the hash its next entry must chain to.
-struct AccountHead {
-    account: AccountRecord,
-    hash: String,
+    /// Records on the original that it was reversed, in the reversal's transaction: two
+    /// concurrent reversals conflict on this write and only one can complete.
+    fn mark_reversed(&mut self, original: TransactionId, by: TransactionId) {
+        if let Some(Ok(record)) = self.transactions.get_mut(&original) {
+            record.reversed_by = Some(by);
+        }
+        if let Some(doc) = self.created.get_mut(&original) {
+            doc.reversed_by = Some(by.to_string());
+        } else {
+            self.writes.reversed.push(doc! {
+                "q": { "_id": original.to_string(), "reversedBy": null },
+                "u": { "$set": { "reversedBy": by.to_string() } },
+            });
+        }
+    }
+
+    fn record_decision(&mut self, record: &TransactionRecord) {
+        let reason = record.failure_reason.map(FailureReason::as_str);
+        let completed_at = record.completed_at.map(to_bson_time);
+        if let Some(mut doc) = self.created.remove(&record.id) {
+            doc.status = record.status.as_str().to_owned();
+            doc.failure_reason = reason.map(str::to_owned);
+            doc.completed_at = completed_at;
+            doc.reversed_by = record.reversed_by.map(|id| id.to_string());
+            self.writes.created.push(doc);
+        } else {
+            self.writes.decided.push(doc! {
+                "q": { "_id": record.id.to_string(), "status": TransactionStatus::Pending.as_str() },
+                "u": { "$set": { "status": record.status.as_str(), "failureReason": reason, "completedAt": completed_at } },
+            });
+        }
+        self.transactions.insert(record.id, Ok(record.clone()));
+    }
+
+    /// The account bumps, guarded by the `seq` each was read at. Called once all commands
+    /// are decided.
+    fn finish(&mut self) {
+        for state in self.accounts.values().filter_map(|s| s.as_ref().ok()) {
+            if state.seq != state.loaded_seq {
+                self.writes.account_bumps.push(doc! {
+                    "q": { "_id": state.account.id.to_string(), "seq": state.loaded_seq },
+                    "u": { "$set": { "seq": state.seq } },
+                });
+            }
+        }
+    }
 }
 
 /// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).
@@ -365,11 +594,34 @@ async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
 fn is_retryable(e: &StoreError) -> bool {
     match e {
         StoreError::Contention { .. } => true,
+        StoreError::Write { code, .. } => *code == WRITE_CONFLICT || *code == crate::error::DUPLICATE_KEY,
+        StoreError::Database(e) => is_retryable_database(e),
+        _ => false,
+    }
+}
+
+fn is_retryable_database(e: &mongodb::error::Error) -> bool {
+    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+        || is_duplicate_key(e)
+        || matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
+}
+
+/// Whether the server refused something in the batch's content (as opposed to a conflict or
+/// an outage, which would hit each command alike): then each command is run alone.
+fn refuses_content(e: &StoreError) -> bool {
+    match e {
+        StoreError::Corrupt { .. } | StoreError::Write { .. } => true,
         StoreError::Database(e) => {
-            e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-                || is_duplicate_key(e)
-                || matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
+            matches!(
+                e.kind.as_ref(),
+                ErrorKind::Command(_)
+                    | ErrorKind::Write(_)
+                    | ErrorKind::InsertMany(_)
+                    | ErrorKind::BsonDeserialization(_)
+                    | ErrorKind::BsonSerialization(_)
+                    | ErrorKind::InvalidArgument { .. }
+            ) && !is_retryable_database(e)
         }
         _ => false,
     }

@@ -27,9 +27,12 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
-pub use execute::Execution;
+pub use execute::{Execution, Outcome};
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
 pub use transactions::{InsertPending, TransactionFilter};
+
+/// Connections per process to MongoDB unless the URI sets `maxPoolSize`.
+const DEFAULT_MAX_POOL_SIZE: u32 = 100;
 
 /// Largest page any listing returns, whatever the caller asks for.
 pub const MAX_PAGE: i64 = 100;
@@ -51,6 +54,9 @@ impl Store {
         options.app_name.get_or_insert_with(|| "ledgerflow".to_owned());
         options.server_selection_timeout.get_or_insert(Duration::from_secs(5));
         options.connect_timeout.get_or_insert(Duration::from_secs(5));
+        // The driver's default of 10 connections queues a busy gateway's requests behind
+        // each other's majority writes; connections are still opened only as needed.
+        options.max_pool_size.get_or_insert(DEFAULT_MAX_POOL_SIZE);
         let client = Client::with_options(options)?;
         let db = client.database(database);
         Ok(Self { client, db, conflict_retry_budget: execute::CONFLICT_RETRY_BUDGET })

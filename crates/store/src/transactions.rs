@@ -147,9 +147,15 @@ impl Store {
     }
 
     /// Notes that the broker confirmed the command, so the republisher leaves it alone.
-    pub async fn mark_published(&self, id: TransactionId) -> Result<(), StoreError> {
+    /// Records that these transactions' commands were confirmed by the broker (the gateway
+    /// marks them in batches: one write for however many publishes finished meanwhile).
+    pub async fn mark_published(&self, ids: &[TransactionId]) -> Result<(), StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         self.transactions()
-            .update_one(doc! { "_id": id.to_string() }, doc! { "$set": { "publishedAt": to_bson_time(Utc::now()) } })
+            .update_many(
+                doc! { "_id": { "$in": ids }, "publishedAt": null },
+                doc! { "$set": { "publishedAt": to_bson_time(Utc::now()) } },
+            )
             .await?;
         Ok(())
     }

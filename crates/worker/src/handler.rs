@@ -15,6 +15,8 @@ use ledgerflow_messaging::{MessagingError, Publisher, REQUEST_ID_HEADER, RESULT_
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::batcher::Batcher;
+
 /// Pause before requeueing a delivery when the broker itself is failing, so an outage does
 /// not turn into a hot redelivery loop.
 const BROKER_PAUSE: Duration = Duration::from_secs(1);
@@ -28,6 +30,8 @@ pub const ATTEMPT_HEADER: &str = "x-ledgerflow-attempt";
 /// What every handler needs.
 pub(crate) struct Ctx {
     pub store: Store,
+    /// Executes commands in batches, one database transaction each.
+    pub batcher: Batcher,
     pub results: Publisher,
     /// Tries (first delivery included) before a transiently failing command is given up.
     pub max_attempts: u32,
@@ -72,7 +76,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
                 if let Some(id) = cmd.transaction_id {
                     tracing::Span::current().record("transaction_id", tracing::field::display(id));
                 }
-                execute(store, results, cmd).await
+                execute(&ctx.batcher, results, cmd).await
             }
             Err(invalid) => refuse(store, results, invalid.clone(), message_id.as_deref()).await,
         };
@@ -107,8 +111,8 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
     .await;
 }
 
-async fn execute(store: &Store, results: &Publisher, cmd: &TransferCommand) -> Settle {
-    match store.execute(cmd).await {
+async fn execute(batcher: &Batcher, results: &Publisher, cmd: &TransferCommand) -> Settle {
+    match batcher.execute(cmd.clone()).await {
         Ok(Execution::Decided(record)) => {
             if cmd.transaction_id.is_none() {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));

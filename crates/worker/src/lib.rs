@@ -12,6 +12,7 @@
 //! database that is unreachable leaves the message unacked and requeued after a pause; a lost
 //! broker connection is re-established. Neither ends the process.
 
+mod batcher;
 mod handler;
 
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct WorkerConfig {
     pub topology: Topology,
     /// Commands in flight at once (the AMQP prefetch): bounds memory and database load.
     pub prefetch: u16,
+    /// Most commands committed in one database transaction.
+    pub max_batch: usize,
     /// Shown in logs and as the broker connection name.
     pub name: String,
     /// Tries before a command that keeps failing transiently is given up (marked FAILED with
@@ -48,7 +51,8 @@ impl WorkerConfig {
         Self {
             amqp_uri: amqp_uri.into(),
             topology,
-            prefetch: 32,
+            prefetch: 256,
+            max_batch: 128,
             name: name.into(),
             max_attempts: 5,
             retry_delay: Duration::from_secs(2),
@@ -61,6 +65,7 @@ impl WorkerConfig {
 pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken) {
     let results = Publisher::new(&config.amqp_uri, &format!("{}-results", config.name), config.topology.clone());
     let ctx = Arc::new(handler::Ctx {
+        batcher: batcher::Batcher::spawn(store.clone(), config.max_batch),
         store,
         results: results.clone(),
         max_attempts: config.max_attempts.max(1),

@@ -118,10 +118,7 @@ pub(crate) async fn publish_command(
     let topology = state.publisher.topology();
     state.publisher.publish(&topology.transfers(), &cmd.request.from.to_string(), &cmd.to_json(), props).await?;
     if let Some(id) = cmd.transaction_id {
-        // Losing this write only means a harmless republish later.
-        if let Err(e) = state.store.mark_published(id).await {
-            tracing::warn!(transaction_id = %id, error = %e, "could not mark transaction published");
-        }
+        state.published.mark(id);
     }
     Ok(())
 }

@@ -59,9 +59,9 @@ pub(super) async fn create(
     }
     // Ownership is checked here; balance, status and currency are the worker's to judge,
     // at the moment the money moves.
-    let source = state.store.find_account(from).await?.filter(|a| a.owner_id == Some(user.id));
-    let source = source.ok_or_else(ApiError::account_not_found)?;
-    state.store.find_account(to).await?.ok_or_else(ApiError::account_not_found)?;
+    let [source, target] = state.store.find_accounts([from, to]).await?;
+    let source = source.filter(|a| a.owner_id == Some(user.id)).ok_or_else(ApiError::account_not_found)?;
+    target.ok_or_else(ApiError::account_not_found)?;
     let request = TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?;
     accept(&state, &user, request, key, request_id.0).await
 }

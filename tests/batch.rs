@@ -1,0 +1,186 @@
+//! Batched commits: several commands in one MongoDB transaction, each decided on its own
+//! merits, against the real database and broker.
+
+use ledgerflow_domain::{AccountId, FailureReason, TransactionId, TransactionStatus, TransferCommand};
+use ledgerflow_store::{Execution, Outcome, StoreError, TransactionRecord};
+use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::{TestApp, spawn_app};
+use mongodb::bson::doc;
+
+fn command(v: &Value) -> TransferCommand {
+    TransferCommand::parse(&serde_json::to_vec(v).unwrap()).unwrap()
+}
+
+fn decided(outcome: &Outcome) -> &TransactionRecord {
+    match outcome {
+        Ok(Execution::Decided(record)) => record,
+        other => panic!("expected a decision, got {other:?}"),
+    }
+}
+
+fn assert_completed(outcome: &Outcome) {
+    let record = decided(outcome);
+    assert_eq!((record.status, record.failure_reason), (TransactionStatus::Completed, None), "{record:?}");
+}
+
+fn assert_failed(outcome: &Outcome, reason: FailureReason) {
+    let record = decided(outcome);
+    assert_eq!((record.status, record.failure_reason), (TransactionStatus::Failed, Some(reason)), "{record:?}");
+}
+
+async fn entry_count(app: &TestApp) -> u64 {
+    app.raw_db().await.collection::<mongodb::bson::Document>("entries").count_documents(doc! {}).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_decides_each_command_on_its_own_merits() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    let nobody = AccountId::generate().to_string();
+
+    let mut fund = app.upstream_command(&b, &a, 100, "fund-a");
+    fund["kind"] = json!("INITIAL_FUNDS");
+    fund.as_object_mut().unwrap().remove("fromAccount");
+    let t1 = app.upstream_command(&a, &b, 60, "t1");
+    let mut unknown_id = app.upstream_command(&a, &b, 1, "gateway-made");
+    let missing = TransactionId::generate();
+    unknown_id["transactionId"] = json!(missing.to_string());
+    let batch: Vec<TransferCommand> = [
+        fund,                                        // the funding account is created on first use
+        t1.clone(),                                  // a: 100 → 40
+        app.upstream_command(&a, &b, 60, "t2"),      // sees t1's debit: insufficient
+        app.upstream_command(&a, &nobody, 10, "t3"), // unknown receiver
+        app.upstream_command(&a, &b, 40, "t4"),      // a: 40 → 0
+        t1.clone(),                                  // the same command again
+        app.upstream_command(&a, &b, 5, "t1"),       // t1's key, another body
+        unknown_id,                                  // names a transaction never recorded
+    ]
+    .iter()
+    .map(command)
+    .collect();
+
+    let out = app.store.execute_batch(&batch).await;
+    assert_eq!(out.len(), batch.len());
+    assert_completed(&out[0]);
+    assert_completed(&out[1]);
+    assert_failed(&out[2], FailureReason::InsufficientFunds);
+    assert_failed(&out[3], FailureReason::AccountNotFound);
+    assert_completed(&out[4]);
+    let t1_id = decided(&out[1]).id;
+    assert!(matches!(&out[5], Ok(Execution::AlreadyTerminal(r)) if r.id == t1_id), "{:?}", out[5]);
+    assert_eq!(out[6].as_ref().unwrap(), &Execution::Mismatch { existing: t1_id });
+    assert_eq!(out[7].as_ref().unwrap(), &Execution::UnknownTransaction(missing));
+
+    // What was decided is what is stored, and the books hold.
+    for outcome in &out[..5] {
+        let record = decided(outcome);
+        assert_eq!(app.store.find_transaction(record.id).await.unwrap().as_ref(), Some(record));
+    }
+    assert_eq!(app.balance(&alice.token, &a).await, 0);
+    assert_eq!(app.balance(&bob.token, &b).await, 100);
+    let seqs: Vec<i64> = app.entries(&alice.token, &a).await.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [3, 2, 1], "a's entries are one gapless chain, newest first");
+    assert_eq!(entry_count(&app).await, 6, "three postings, two entries each");
+    let (code, report) = app.reconcile(&[]).await;
+    assert_eq!(code, 0, "reconcile passes: {report}");
+
+    // Delivered again, the whole batch writes nothing and answers as before.
+    let again = app.store.execute_batch(&batch).await;
+    for (i, outcome) in again.iter().enumerate().take(5) {
+        assert!(matches!(outcome, Ok(Execution::AlreadyTerminal(r)) if r == decided(&out[i])), "{i}: {outcome:?}");
+    }
+    assert_eq!(again[6].as_ref().unwrap(), &Execution::Mismatch { existing: t1_id });
+    assert_eq!(entry_count(&app).await, 6);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_fails_only_its_own_command() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    app.fund(&a, 1_000).await;
+
+    // A gateway-style command whose recorded transaction was since damaged by hand.
+    let mut poisoned = app.upstream_command(&a, &b, 7, "poisoned");
+    poisoned["transactionId"] = json!(TransactionId::generate().to_string());
+    let poisoned = command(&poisoned);
+    app.store.insert_pending(&poisoned).await.unwrap();
+    let transactions = app.raw_db().await.collection::<mongodb::bson::Document>("transactions");
+    let id = poisoned.transaction_id.unwrap().to_string();
+
+    // Two kinds of damage: a value the domain refuses (decided per command inside the batch)
+    // and a type the driver cannot even read (the batch falls back to one command at a time).
+    for (round, damage) in [doc! { "amount": -7_i64 }, doc! { "amount": "seven" }].into_iter().enumerate() {
+        transactions.update_one(doc! { "_id": &id }, doc! { "$set": damage }).await.unwrap();
+        let batch = [
+            command(&app.upstream_command(&a, &b, 10, &format!("before-{round}"))),
+            poisoned.clone(),
+            command(&app.upstream_command(&a, &b, 20, &format!("after-{round}"))),
+        ];
+        let out = app.store.execute_batch(&batch).await;
+        assert_completed(&out[0]);
+        match round {
+            0 => assert!(matches!(&out[1], Err(StoreError::Corrupt { .. })), "{:?}", out[1]),
+            _ => assert!(matches!(&out[1], Err(StoreError::Database(_))), "{:?}", out[1]),
+        }
+        assert_completed(&out[2]);
+    }
+    assert_eq!(app.balance(&alice.token, &a).await, 1_000 - 60);
+    assert_eq!(app.balance(&bob.token, &b).await, 60);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_commits_a_burst_in_batches_and_answers_every_command() {
+    let mut app = spawn_app().await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    app.fund(&a, 400).await;
+    // Queue the burst with no worker running, so the next worker takes it in big batches.
+    app.stop_worker(0).await;
+    let _ = app.drain_queue(&app.topology.results(), 0, 100).await;
+    let nobody = AccountId::generate().to_string();
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        sent.push(app.upstream_command(&a, &b, 10, &format!("burst-{i}")));
+    }
+    for i in 0..5 {
+        sent.push(app.upstream_command(&a, &nobody, 10, &format!("nowhere-{i}")));
+    }
+    for i in 0..5 {
+        sent.push(app.upstream_command(&a, &b, 10, &format!("burst-{i}")));
+    }
+    for cmd in &sent {
+        app.publish_raw("", &serde_json::to_vec(cmd).unwrap()).await;
+    }
+    let mut config = app.worker_config("burst-worker");
+    config.prefetch = 100;
+    config.max_batch = 64;
+    app.add_worker_with(app.store.clone(), config);
+
+    let results = app.drain_queue(&app.topology.results(), sent.len(), sent.len() + 10).await;
+    assert_eq!(results.len(), sent.len(), "one result per delivery");
+    let count = |status: &str, reason: Value| {
+        results.iter().filter(|r| r["status"] == status && r["failureReason"] == reason).count()
+    };
+    // 400 covers 40 of the 50 distinct transfers; the 5 repeats answer with their originals.
+    let completed = count("COMPLETED", Value::Null);
+    let insufficient = count("FAILED", json!("INSUFFICIENT_FUNDS"));
+    assert_eq!(completed + insufficient, 55, "{results:?}");
+    assert!((40..=45).contains(&completed), "40 completions plus up to 5 repeats of them: {completed}");
+    assert_eq!(count("FAILED", json!("ACCOUNT_NOT_FOUND")), 5);
+    assert_eq!(app.balance(&alice.token, &a).await, 0);
+    assert_eq!(app.balance(&bob.token, &b).await, 400);
+    let initiator = "service:test-upstream".parse().unwrap();
+    let mut completed_ids = 0;
+    for i in 0..50 {
+        let t = app.store.find_by_key(&initiator, &format!("burst-{i}").parse().unwrap()).await.unwrap().unwrap();
+        completed_ids += usize::from(t.status == TransactionStatus::Completed);
+    }
+    assert_eq!(completed_ids, 40);
+    let (code, report) = app.reconcile(&[]).await;
+    assert_eq!(code, 0, "reconcile passes: {report}");
+    app.teardown().await;
+}
