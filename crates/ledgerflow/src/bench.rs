@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// Requests (or publishes, or raw transactions) in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: u32,
+    /// Submit at most this many transfers per second (open loop), to measure latency below
+    /// the maximum throughput; unlimited when unset.
+    #[arg(long, value_name = "PER_S", value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Option<u32>,
     /// Worker processes to start (ignored with --target).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -1022,10 +1026,14 @@ async fn submit_http(
     bar: &ProgressBar,
 ) -> Result<Vec<Sent>> {
     let (api, accounts, plan, tag) = (api.clone(), Arc::clone(accounts), Arc::clone(plan), sandbox.tag.clone());
+    let pace = Pace::new(args.rate);
     pool(plan.len(), args.concurrency(), bar, move |i| {
         let (api, accounts, t) = (api.clone(), Arc::clone(&accounts), plan[i]);
         let key = format!("bench-{tag}-{i}");
-        async move { send_http(&api, &accounts, t, key).await }
+        async move {
+            pace.wait_turn(i).await;
+            send_http(&api, &accounts, t, key).await
+        }
     })
     .await
 }
@@ -1062,10 +1070,14 @@ async fn submit_direct(
     let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-bench-upstream", topology.clone());
     publisher.ensure_connected().await.context("cannot publish to RabbitMQ")?;
     let (p, accounts, plan, tag) = (publisher.clone(), Arc::clone(accounts), Arc::clone(plan), sandbox.tag.clone());
+    let pace = Pace::new(args.rate);
     let sent = pool(plan.len(), args.concurrency(), bar, move |i| {
         let (p, from, to, amount) = (p.clone(), accounts[plan[i].from].id, accounts[plan[i].to].id, plan[i].amount);
         let key = format!("bench-{tag}-{i}");
-        async move { publish_direct(&p, from, to, amount, key).await }
+        async move {
+            pace.wait_turn(i).await;
+            publish_direct(&p, from, to, amount, key).await
+        }
     })
     .await;
     publisher.close().await;
@@ -1590,6 +1602,7 @@ impl LoadReport {
             "accounts": args.accounts,
             "transfers": args.transfers,
             "concurrency": args.concurrency,
+            "rate": args.rate,
             "workers": args.target.is_none().then_some(args.workers),
             "target": args.target,
             "setup_s": round(self.setup.as_secs_f64(), 2),
@@ -1631,9 +1644,10 @@ impl LoadReport {
             Some(target) => format!("against {target}"),
             None => format!("{} worker process(es)", args.workers),
         };
+        let rate = args.rate.map(|r| format!(" at most {r}/s,")).unwrap_or_default();
         let _ = writeln!(
             out,
-            "ledgerflow bench: {} transfers, {} pattern, {} accounts, {} transfers, concurrency {}, {who}",
+            "ledgerflow bench: {} transfers, {} pattern, {} accounts, {} transfers,{rate} concurrency {}, {who}",
             args.mode(),
             args.pattern(),
             args.accounts,
@@ -1763,6 +1777,26 @@ impl Bars {
 /// Runs `task(0..n)` on `concurrency` tokio tasks and returns the outputs in index order.
 /// Separate tasks rather than one buffered stream, so that building requests and parsing
 /// answers spreads over every core, as many independent clients would.
+/// Open-loop pacing for `--rate`: transfer `i` is sent no earlier than `i / rate` seconds
+/// after the start, whatever happened to the ones before it.
+#[derive(Clone, Copy)]
+struct Pace {
+    start: tokio::time::Instant,
+    rate: Option<u32>,
+}
+
+impl Pace {
+    fn new(rate: Option<u32>) -> Self {
+        Self { start: tokio::time::Instant::now(), rate }
+    }
+
+    async fn wait_turn(self, i: usize) {
+        if let Some(rate) = self.rate {
+            tokio::time::sleep_until(self.start + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
+        }
+    }
+}
+
 async fn pool<T, F, Fut>(n: usize, concurrency: usize, bar: &ProgressBar, task: F) -> Result<Vec<T>>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,

@@ -21,6 +21,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// mimalloc (v2, without transparent huge pages) returns freed memory to the system; glibc's
+/// allocator kept the gateway's argon2 buffers, so its RSS only grew with each burst of
+/// sign-ups.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ledgerflow",
