@@ -181,6 +181,38 @@ async fn a_transfer_whose_publish_failed_answers_503_and_is_republished_later() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_republisher_waits_for_an_idle_queue_and_gives_up_after_five_tries() {
+    let mut app = spawn_app().await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    app.fund(&a, 1_000).await;
+    app.stop_worker(0).await;
+    let (status, t) = app.transfer(&alice, &a, &b, json!(5), "never-processed").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    let queue = app.topology.transfers();
+
+    // Its command waits in the queue, well past the republish age (500 ms): not republished,
+    // since a backlog means the command may simply not have been reached yet.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let waiting = app.drain_queue(&queue, 1, 10).await;
+    assert_eq!(waiting.len(), 1, "the original command only: {waiting:?}");
+    // With the queue empty, the still-PENDING transfer is sent again, up to five times; then
+    // it is left for reconcile and the operator.
+    let mut sent_again = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        sent_again += app.drain_queue(&queue, 0, 10).await.len();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent_again, 5, "republished five times, then left alone");
+    assert_eq!(app.stored_status(&id).await, "PENDING");
+    let (code, report) = app.reconcile(&["--max-pending-age", "1s"]).await;
+    assert_eq!(code, 1, "reconcile reports the stuck transfer: {report}");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_survives_its_broker_connection_being_closed() {
     let mut app = spawn_app().await;
     let alice = app.register().await;

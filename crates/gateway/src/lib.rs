@@ -9,7 +9,6 @@ pub mod auth;
 mod dto;
 pub mod error;
 mod extract;
-mod published;
 mod republisher;
 mod routes;
 pub mod telemetry;
@@ -37,9 +36,9 @@ pub struct GatewayConfig {
     pub token_ttl: Duration,
     /// Whether the session cookie is marked `Secure` (turn off only for plain-HTTP dev).
     pub cookie_secure: bool,
-    /// How often the republisher looks for unpublished transfers.
+    /// How often the republisher looks for stale PENDING transfers.
     pub republish_interval: Duration,
-    /// How old an unpublished PENDING transfer must be before it is republished.
+    /// How old a PENDING transfer must be, with the transfer queues empty, to be republished.
     pub republish_after: Duration,
 }
 
@@ -64,15 +63,12 @@ pub struct AppState {
     pub config: Arc<GatewayConfig>,
     /// Long-polling requests waiting for a transaction's result.
     pub watchers: Arc<watch::Watchers>,
-    pub published: published::PublishedMarks,
 }
 
 impl AppState {
-    /// Must be called inside a Tokio runtime (it starts the published-marks task).
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
-        let published = published::PublishedMarks::spawn(store.clone());
-        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default(), published }
+        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default() }
     }
 }
 

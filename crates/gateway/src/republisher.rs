@@ -1,15 +1,26 @@
-//! Sends PENDING transfers whose publish was never confirmed: the gateway that recorded them
-//! answered 503 (broker down) or died between recording and publishing. Running it in every
-//! gateway replica is safe: a duplicate command is harmless to the idempotent worker.
+//! Re-sends PENDING transfers whose command may never have reached the broker: the gateway
+//! that recorded them answered 503 (broker down), or died between recording and the
+//! publisher confirm.
+//!
+//! Nothing is written per request to tell a published transfer from an unpublished one (such
+//! a mark would race the worker's write of the same document). Instead a transfer is
+//! republished when it is older than `republish_after` *and* the transfer and retry queues
+//! have nothing waiting: a command that reached the broker is then either done or in a
+//! worker's hands, and a duplicate is harmless to the idempotent worker. While a backlog
+//! drains, nothing is republished. Each transfer is republished at most [`MAX_REPUBLISHES`]
+//! times; one that still stays PENDING is left to `ledgerflow reconcile` and the operator.
+//! Running the republisher in every gateway replica is safe for the same reason.
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::AppState;
 use crate::routes::publish_command;
 
 /// Transfers republished per sweep; the next sweep takes the rest.
 const BATCH: i64 = 200;
+/// Republishes of one transfer before it is left to the operator.
+const MAX_REPUBLISHES: u32 = 5;
 
 pub(crate) async fn run(state: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.republish_interval);
@@ -19,21 +30,54 @@ pub(crate) async fn run(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let stale = match state.store.unpublished_pending(state.config.republish_after, BATCH).await {
-            Ok(stale) => stale,
+        sweep(&state).await;
+    }
+}
+
+async fn sweep(state: &AppState) {
+    let stale = match state.store.stale_pending(state.config.republish_after, MAX_REPUBLISHES, BATCH).await {
+        Ok(stale) if stale.is_empty() => return,
+        Ok(stale) => stale,
+        Err(e) => {
+            warn!(error = %e, "republisher cannot read transactions");
+            return;
+        }
+    };
+    if !queues_are_idle(state).await {
+        debug!(candidates = stale.len(), "transfer queues busy, not republishing yet");
+        return;
+    }
+    for record in stale {
+        match state.store.count_republish(record.id).await {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(e) => {
-                warn!(error = %e, "republisher cannot read transactions");
-                continue;
+                warn!(error = %e, "republisher cannot update transactions");
+                return;
             }
-        };
-        for record in stale {
-            match publish_command(&state, &record.to_command(), None).await {
-                Ok(()) => info!(transaction_id = %record.id, "republished unconfirmed transfer"),
-                Err(e) => {
-                    warn!(transaction_id = %record.id, error = %e, "republish failed, will retry");
-                    break;
-                }
+        }
+        match publish_command(state, &record.to_command(), None).await {
+            Ok(()) => info!(transaction_id = %record.id, "republished unconfirmed transfer"),
+            Err(e) => {
+                warn!(transaction_id = %record.id, error = %e, "republish failed, will retry");
+                return;
             }
         }
     }
+}
+
+/// Whether no command waits in the transfer or retry queue.
+async fn queues_are_idle(state: &AppState) -> bool {
+    let topology = state.publisher.topology();
+    for queue in [topology.transfers(), topology.retry()] {
+        match state.publisher.ready_messages(&queue).await {
+            Ok(0) => {}
+            Ok(_) => return false,
+            Err(e) => {
+                debug!(queue, error = %e, "cannot read queue depth");
+                return false;
+            }
+        }
+    }
+    true
 }

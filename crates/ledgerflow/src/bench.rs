@@ -436,7 +436,8 @@ impl Cluster {
             ("LEDGERFLOW_MONGODB_DB", sandbox.db.clone()),
             ("LEDGERFLOW_AMQP_URI", conn.amqp_uri.clone()),
             ("LEDGERFLOW_AMQP_PREFIX", sandbox.prefix.clone()),
-            ("LEDGERFLOW_LOG", "warn".to_owned()),
+            // The processes' own filter, for diagnosis (e.g. ledgerflow_store=debug); quiet by default.
+            ("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_BENCH_PROCESS_LOG").unwrap_or_else(|_| "warn".to_owned())),
         ];
         let mut gateway = common.clone();
         gateway.extend([

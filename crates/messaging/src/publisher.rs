@@ -2,7 +2,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -67,6 +68,25 @@ impl Publisher {
     /// Connects now (declaring the topology) rather than on first publish.
     pub async fn ensure_connected(&self) -> Result<(), MessagingError> {
         self.channel().await.map(|_| ())
+    }
+
+    /// Messages ready (not yet delivered to a consumer) in an existing queue.
+    pub async fn ready_messages(&self, queue: &str) -> Result<u32, MessagingError> {
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default());
+        match tokio::time::timeout(CONFIRM_TIMEOUT, declared).await {
+            Ok(Ok(q)) => Ok(q.message_count()),
+            Ok(Err(e)) => {
+                // A failed declare closes the channel: start afresh next time.
+                self.reset().await;
+                Err(e.into())
+            }
+            Err(_) => {
+                self.reset().await;
+                Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT))
+            }
+        }
     }
 
     /// Whether the current link is up (for readiness checks; does not reconnect).

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 pub(crate) fn to_bson_time(t: DateTime<Utc>) -> BsonDateTime {
     BsonDateTime::from_millis(t.timestamp_millis())
 }
@@ -128,8 +132,9 @@ pub(crate) struct TransactionDoc {
     pub requested_at: BsonDateTime,
     pub created_at: BsonDateTime,
     pub completed_at: Option<BsonDateTime>,
-    /// When the gateway's publish was confirmed; absent until then (the republisher's cue).
-    pub published_at: Option<BsonDateTime>,
+    /// How often the gateway's republisher re-sent the command (absent: never).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub republished: i64,
     /// For a REVERSAL: the transaction it undoes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverses: Option<String>,

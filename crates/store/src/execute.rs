@@ -106,8 +106,8 @@ impl Store {
 
     async fn with_conflict_retries(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
         let policy = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(2))
-            .with_max_interval(Duration::from_millis(200))
+            .with_initial_interval(Duration::from_millis(1))
+            .with_max_interval(Duration::from_millis(25))
             .with_max_elapsed_time(Some(self.conflict_retry_budget))
             .build();
         let mut attempts = 0u32;

@@ -80,7 +80,7 @@ impl Store {
         self.transactions()
             .create_indexes([
                 index(doc! { "idempotencyScope": 1, "idempotencyKey": 1 }, Some(unique())),
-                index(doc! { "status": 1, "publishedAt": 1, "createdAt": 1 }, None),
+                index(doc! { "status": 1, "createdAt": 1 }, None),
                 index(doc! { "fromAccount": 1, "_id": -1 }, None),
                 index(doc! { "toAccount": 1, "_id": -1 }, None),
                 index(doc! { "initiator": 1, "_id": -1 }, None),

@@ -55,7 +55,7 @@ pub(crate) fn pending_doc(id: TransactionId, cmd: &TransferCommand) -> Transacti
         requested_at: to_bson_time(cmd.requested_at),
         created_at: to_bson_time(Utc::now()),
         completed_at: None,
-        published_at: None,
+        republished: 0,
         reverses: r.reverses.map(|id| id.to_string()),
         reversed_by: None,
     }
@@ -146,25 +146,13 @@ impl Store {
         doc.map(TryInto::try_into).transpose()
     }
 
-    /// Notes that the broker confirmed the command, so the republisher leaves it alone.
-    /// Records that these transactions' commands were confirmed by the broker (the gateway
-    /// marks them in batches: one write for however many publishes finished meanwhile).
-    pub async fn mark_published(&self, ids: &[TransactionId]) -> Result<(), StoreError> {
-        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        self.transactions()
-            .update_many(
-                doc! { "_id": { "$in": ids }, "publishedAt": null },
-                doc! { "$set": { "publishedAt": to_bson_time(Utc::now()) } },
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// PENDING transactions whose publish was never confirmed and which are older than
-    /// `older_than`: the gateway that recorded them failed to publish, or died first.
-    pub async fn unpublished_pending(
+    /// PENDING transactions older than `older_than` and republished fewer than `max_republishes`
+    /// times, oldest first: candidates for the republisher (their command may never have
+    /// reached the broker: the gateway answered 503, or died before the confirm).
+    pub async fn stale_pending(
         &self,
         older_than: Duration,
+        max_republishes: u32,
         limit: i64,
     ) -> Result<Vec<TransactionRecord>, StoreError> {
         let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
@@ -172,14 +160,28 @@ impl Store {
             .transactions()
             .find(doc! {
                 "status": TransactionStatus::Pending.as_str(),
-                "publishedAt": null,
                 "createdAt": { "$lt": to_bson_time(cutoff) },
+                "republished": { "$not": { "$gte": i64::from(max_republishes) } },
             })
+            .sort(doc! { "createdAt": 1 })
             .limit(limit.clamp(1, 1_000))
             .await?
             .try_collect()
             .await?;
         docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Counts a republish of a still-PENDING transaction, so that one whose command keeps
+    /// failing is not sent round forever. `false` if it is no longer PENDING.
+    pub async fn count_republish(&self, id: TransactionId) -> Result<bool, StoreError> {
+        let counted = self
+            .transactions()
+            .update_one(
+                doc! { "_id": id.to_string(), "status": TransactionStatus::Pending.as_str() },
+                doc! { "$inc": { "republished": 1_i64 } },
+            )
+            .await?;
+        Ok(counted.modified_count == 1)
     }
 
     /// Marks a still-PENDING transaction FAILED (used for commands that can never be

@@ -97,7 +97,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 
-/// Publishes a transfer command with a confirm and records that it was published.
+/// Publishes a transfer command and waits for the broker's confirm.
 pub(crate) async fn publish_command(
     state: &AppState,
     cmd: &TransferCommand,
@@ -116,9 +116,5 @@ pub(crate) async fn publish_command(
         .with_app_id("ledgerflow-gateway".into())
         .with_timestamp(cmd.requested_at.timestamp().max(0) as u64);
     let topology = state.publisher.topology();
-    state.publisher.publish(&topology.transfers(), &cmd.request.from.to_string(), &cmd.to_json(), props).await?;
-    if let Some(id) = cmd.transaction_id {
-        state.published.mark(id);
-    }
-    Ok(())
+    state.publisher.publish(&topology.transfers(), &cmd.request.from.to_string(), &cmd.to_json(), props).await
 }
