@@ -1,7 +1,7 @@
 //! HTTP API behaviour: every endpoint and error code, against real services.
 
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{assert_error, spawn_app};
+use ledgerflow_tests::{Pair, assert_error, spawn_app};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,10 +183,7 @@ async fn accounts_are_private_and_only_system_changes_their_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_requests_are_validated_before_anything_is_recorded() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
 
     let base = json!({"fromAccount": a, "toAccount": b, "amount": 100, "idempotencyKey": "k1"});
     let with = |field: &str, value: Value| {
@@ -282,10 +279,7 @@ async fn transfer_requests_are_validated_before_anything_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_scoped_to_the_caller_and_refuse_a_different_body() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     app.fund(&b, 1_000).await;
 
@@ -432,10 +426,7 @@ async fn transactions_are_visible_to_their_parties_only_and_list_with_filters() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inactive_accounts_and_mixed_currencies_fail_in_the_worker() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     let (_, eur) = app.call("POST", "/api/accounts", Some(&bob.token), Some(json!({"currency": "EUR"}))).await;
     let eur = eur["id"].as_str().unwrap();
     app.fund(&a, 1_000).await;
@@ -480,10 +471,7 @@ async fn health_fallbacks_and_methods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
     let mut app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
 
     let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
@@ -578,10 +566,7 @@ async fn a_worker_process_serves_its_own_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polling_returns_once_the_worker_reports_the_result() {
     let mut app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
     app.stop_worker(0).await;
     let (_, t) = app.transfer(&alice, &a, &b, json!(40), "long-poll").await;

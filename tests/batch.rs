@@ -4,7 +4,7 @@
 use ledgerflow_domain::{AccountId, FailureReason, TransactionId, TransactionStatus, TransferCommand};
 use ledgerflow_store::{Execution, Outcome, StoreError, TransactionRecord};
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{TestApp, spawn_app};
+use ledgerflow_tests::{Pair, TestApp, spawn_app};
 use mongodb::bson::doc;
 
 fn command(v: &Value) -> TransferCommand {
@@ -35,8 +35,7 @@ async fn entry_count(app: &TestApp) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_batch_decides_each_command_on_its_own_merits() {
     let app = spawn_app().await;
-    let (alice, bob) = (app.register().await, app.register().await);
-    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     let nobody = AccountId::generate().to_string();
 
     let mut fund = app.upstream_command(&b, &a, 100, "fund-a");
@@ -98,8 +97,7 @@ async fn one_batch_decides_each_command_on_its_own_merits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_record_fails_only_its_own_command() {
     let app = spawn_app().await;
-    let (alice, bob) = (app.register().await, app.register().await);
-    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
 
     // A gateway-style command whose recorded transaction was since damaged by hand.
@@ -135,8 +133,7 @@ async fn a_corrupt_record_fails_only_its_own_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_commits_a_burst_in_batches_and_answers_every_command() {
     let mut app = spawn_app().await;
-    let (alice, bob) = (app.register().await, app.register().await);
-    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 400).await;
     // Queue the burst with no worker running, so the next worker takes it in big batches.
     app.stop_worker(0).await;

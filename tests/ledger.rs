@@ -2,7 +2,7 @@
 //! first broken entry when one is edited behind the application's back.
 
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::spawn_app;
+use ledgerflow_tests::{Pair, spawn_app};
 use mongodb::bson::doc;
 use reqwest::StatusCode;
 
@@ -13,10 +13,7 @@ fn checks(report: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_passes_on_honest_books_and_catches_an_edited_entry() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 10_000).await;
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -69,10 +66,7 @@ async fn reconcile_passes_on_honest_books_and_catches_an_edited_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
     let mut app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     let (_, done) = app.transfer(&alice, &a, &b, json!(10), "done").await;
     let done_id = done["transaction"]["id"].as_str().unwrap().to_owned();
@@ -110,10 +104,7 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_list_suspend_reactivate_and_show() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 500).await;
 
     let (code, out) = app.run_cli(&["admin", "accounts", "list", "--owner", &alice.id]).await;
@@ -149,13 +140,29 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_smoke_run_reports_its_figures() {
     let app = spawn_app().await;
-    let (code, out) =
-        app.run_cli(&["bench", "--accounts", "10", "--transfers", "50", "--workers", "1", "--raw", "--json"]).await;
+    let (code, out) = app
+        .run_cli(&[
+            "bench",
+            "--accounts",
+            "10",
+            "--transfers",
+            "50",
+            "--workers",
+            "1",
+            "--raw",
+            "--rate",
+            "200",
+            "--json",
+        ])
+        .await;
     assert_eq!(code, 0, "{out}");
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench printed no JSON ({e}): {out}"));
     assert_eq!(report["accepted"], 50, "{report}");
     assert_eq!(report["completed"].as_u64().unwrap() + report["failed"].as_u64().unwrap(), 50, "{report}");
     assert_eq!(report["unfinished"], 0, "{report}");
+    assert_eq!(report["rate"], 200, "{report}");
+    // Paced at 200/s, 50 transfers cannot be accepted faster than that.
+    assert!(report["accepted_per_s"].as_f64().is_some_and(|r| r <= 250.0), "{report}");
     for figure in ["completed_per_s", "accepted_per_s", "raw_per_s", "ratio"] {
         assert!(report[figure].as_f64().is_some_and(|v| v > 0.0), "{figure} in {report}");
     }

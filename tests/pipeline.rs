@@ -2,16 +2,13 @@
 //! MongoDB (entries) → result queue.
 
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{spawn_app, spawn_app_with};
+use ledgerflow_tests::{Pair, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_completes_with_one_debit_one_credit_and_balanced_books() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 10_000).await;
 
     let (status, body) = app.transfer(&alice, &a, &b, json!(2_500), "rent-2026-11").await;
@@ -60,10 +57,7 @@ async fn a_transfer_completes_with_one_debit_one_credit_and_balanced_books() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncovered_transfer_fails_with_insufficient_funds_and_writes_no_entries() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
 
     let (status, body) = app.transfer(&alice, &a, &b, json!(101), "too-much").await;
@@ -82,10 +76,7 @@ async fn an_uncovered_transfer_fails_with_insufficient_funds_and_writes_no_entri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_key_sent_twenty_times_at_once_makes_one_transaction_and_one_entry_pair() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
 
     let sends = (0..20).map(|_| app.transfer(&alice, &a, &b, json!(300), "same-key"));

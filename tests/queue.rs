@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ledgerflow_domain::TransactionStatus;
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{DEADLINE, assert_error, close_broker_connections, schema, spawn_app};
+use ledgerflow_tests::{DEADLINE, Pair, assert_error, close_broker_connections, schema, spawn_app};
 use reqwest::StatusCode;
 
 fn bytes(v: &Value) -> Vec<u8> {
@@ -15,10 +15,7 @@ fn bytes(v: &Value) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_command_completes_once_however_often_it_is_published() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 5_000).await;
 
     let cmd = app.upstream_command(&a, &b, 1_250, "payroll-42");
@@ -57,10 +54,7 @@ async fn an_upstream_command_completes_once_however_often_it_is_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps_serving() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
 
     let good = app.upstream_command(&a, &b, 10, "good");
@@ -121,10 +115,7 @@ async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_or_tampered_gateway_command_never_moves_money_twice() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     let (_, t) = app.transfer(&alice, &a, &b, json!(400), "once").await;
     let id = t["transaction"]["id"].as_str().unwrap().to_owned();
@@ -153,10 +144,7 @@ async fn a_redelivered_or_tampered_gateway_command_never_moves_money_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_whose_publish_failed_answers_503_and_is_republished_later() {
     let app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
 
     // A gateway whose broker is unreachable records the transfer but cannot publish it.
@@ -183,8 +171,7 @@ async fn a_transfer_whose_publish_failed_answers_503_and_is_republished_later() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_republisher_waits_for_an_idle_queue_and_gives_up_after_five_tries() {
     let mut app = spawn_app().await;
-    let (alice, bob) = (app.register().await, app.register().await);
-    let (a, b) = (app.open_account(&alice).await, app.open_account(&bob).await);
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     app.stop_worker(0).await;
     let (status, t) = app.transfer(&alice, &a, &b, json!(5), "never-processed").await;
@@ -215,10 +202,7 @@ async fn the_republisher_waits_for_an_idle_queue_and_gives_up_after_five_tries()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_survives_its_broker_connection_being_closed() {
     let mut app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     // Replace the default worker with one whose connection name we know.
     app.stop_worker(0).await;
@@ -240,10 +224,7 @@ async fn a_worker_survives_its_broker_connection_being_closed() {
 async fn sigterm_stops_a_worker_process_cleanly_and_loses_nothing() {
     let mut app = spawn_app().await;
     app.stop_worker(0).await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     // Fund directly with an upstream INITIAL_FUNDS command, processed by the real process.
     let mut worker = app.spawn_worker_process("sigterm-test");
     let mut fund = app.upstream_command(&a, &b, 100_000, "fund");
@@ -288,10 +269,7 @@ async fn sigterm_stops_a_worker_process_cleanly_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_and_can_be_replayed() {
     let mut app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
 
     // A worker whose database is unreachable: every attempt fails transiently.
@@ -348,10 +326,7 @@ async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_failed() {
     let mut app = spawn_app().await;
-    let alice = app.register().await;
-    let bob = app.register().await;
-    let a = app.open_account(&alice).await;
-    let b = app.open_account(&bob).await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
 
     // Someone else's open MongoDB transaction holds a write on Alice's account document, so

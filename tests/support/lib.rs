@@ -55,6 +55,14 @@ pub struct Session {
 }
 
 /// A running LedgerFlow (gateway + workers) on its own database and queues.
+/// Two users and their accounts: `a` is Alice's, `b` is Bob's.
+pub struct Pair {
+    pub alice: Session,
+    pub bob: Session,
+    pub a: String,
+    pub b: String,
+}
+
 pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
@@ -196,6 +204,13 @@ impl TestApp {
             .await;
         assert_eq!(status, StatusCode::CREATED, "register failed: {body}");
         Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
+    }
+
+    /// The usual cast: two new users, Alice and Bob, with one (unfunded) account each.
+    pub async fn alice_and_bob(&self) -> Pair {
+        let (alice, bob) = (self.register().await, self.register().await);
+        let (a, b) = (self.open_account(&alice).await, self.open_account(&bob).await);
+        Pair { alice, bob, a, b }
     }
 
     pub async fn open_account(&self, user: &Session) -> String {

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ledgerflow_domain::TransactionId;
-use ledgerflow_messaging::lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::{MessagingError, Topology, connect};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -85,21 +83,7 @@ async fn consume(
 ) -> Result<(), MessagingError> {
     let connection = connect(uri, "ledgerflow-gateway-results").await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
-    let own = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    let queue = channel.queue_declare("".into(), own, FieldTable::default()).await?;
-    let results = topology.results();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            results.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut consumer = channel.basic_consume(queue.name().clone(), "".into(), no_ack, FieldTable::default()).await?;
+    let mut consumer = topology.follow_results(&channel, "ledgerflow-gateway-results").await?;
     info!("result watcher consuming");
     loop {
         tokio::select! {

@@ -37,7 +37,7 @@ use ledgerflow_domain::{
     AccountId, Amount, Balance, Currency, EntryFields, EntryId, EntryType, FailureReason, TransactionId,
     TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
 };
-use ledgerflow_messaging::lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
 use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
 use ledgerflow_messaging::{COMMAND_TYPE, Publisher, Topology, connect};
@@ -646,24 +646,7 @@ impl ResultListener {
     async fn start(amqp_uri: &str, topology: &Topology) -> Result<Self> {
         let connection = connect(amqp_uri, "ledgerflow-bench").await.context("cannot connect to RabbitMQ")?;
         let channel = connection.create_channel().await?;
-        // Idempotent, as the gateway and workers do it: the exchange exists before binding.
-        topology.declare(&channel).await?;
-        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?;
-        let results = topology.results();
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                results.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let no_ack = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
-        let mut consumer = channel
-            .basic_consume(queue.name().clone(), "ledgerflow-bench".into(), no_ack, FieldTable::default())
-            .await?;
+        let mut consumer = topology.follow_results(&channel, "ledgerflow-bench").await?;
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let failure = Arc::new(Mutex::new(None));
         let (sink, failed) = (Arc::clone(&outcomes), Arc::clone(&failure));

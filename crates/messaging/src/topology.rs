@@ -1,8 +1,9 @@
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Consumer, ExchangeKind};
 
 use crate::MessagingError;
 
@@ -84,6 +85,25 @@ impl Topology {
         retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.transfers().into()));
         ch.queue_declare(self.retry().as_str().into(), queue_opts, retry_args).await?;
         Ok(())
+    }
+
+    /// Follows every result from now on: a private queue (deleted with the channel) bound to
+    /// the results exchange, consumed without acks. For long polling and the bench, which
+    /// only care about results published while they listen.
+    pub async fn follow_results(&self, ch: &Channel, consumer_tag: &str) -> Result<Consumer, MessagingError> {
+        self.declare(ch).await?;
+        let own = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = ch.queue_declare("".into(), own, FieldTable::default()).await?;
+        ch.queue_bind(
+            queue.name().clone(),
+            self.results().as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let no_ack = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
+        Ok(ch.basic_consume(queue.name().clone(), consumer_tag.into(), no_ack, FieldTable::default()).await?)
     }
 
     /// Deletes everything (tests and throwaway environments only).

@@ -228,12 +228,8 @@ async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> Ap
     if user.is_system() || t.initiator == user.initiator() {
         return Ok(true);
     }
-    for account in [t.from_account, t.to_account] {
-        if state.store.find_account(account).await?.is_some_and(|a| a.owner_id == Some(user.id)) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let parties = state.store.find_accounts([t.from_account, t.to_account]).await?;
+    Ok(parties.iter().flatten().any(|a| a.owner_id == Some(user.id)))
 }
 
 /// Longest `?wait=` a client may ask for, in seconds.
