@@ -181,3 +181,26 @@ async fn a_worker_commits_a_burst_in_batches_and_answers_every_command() {
     assert_eq!(code, 0, "reconcile passes: {report}");
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_on_the_same_account_never_overdraw_it() {
+    let app = spawn_app().await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
+    app.fund(&a, 1_000).await;
+    // Four batches of 50 debits of 10 from one account, all at once: 2,000 asked, 1,000 there.
+    // They conflict on the account; the losers retry (or split and retry) and see the winners.
+    let batches: Vec<Vec<TransferCommand>> = (0..4)
+        .map(|k| (0..50).map(|i| command(&app.upstream_command(&a, &b, 10, &format!("c{k}-{i}")))).collect())
+        .collect();
+    let outcomes = futures::future::join_all(batches.iter().map(|batch| app.store.execute_batch(batch))).await;
+    let decided: Vec<&TransactionRecord> = outcomes.iter().flatten().map(decided).collect();
+    assert_eq!(decided.len(), 200);
+    let completed = decided.iter().filter(|r| r.status == TransactionStatus::Completed).count();
+    let refused = decided.iter().filter(|r| r.failure_reason == Some(FailureReason::InsufficientFunds)).count();
+    assert_eq!((completed, refused), (100, 100));
+    assert_eq!(app.balance(&alice.token, &a).await, 0);
+    assert_eq!(app.balance(&bob.token, &b).await, 1_000);
+    let (code, report) = app.reconcile(&[]).await;
+    assert_eq!(code, 0, "reconcile passes: {report}");
+    app.teardown().await;
+}

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoffBuilder;
 use chrono::{DateTime, SubsecRound, Utc};
+use futures::future::BoxFuture;
 use ledgerflow_domain::{
     AccountId, AccountSnapshot, Balance, Currency, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH,
     Posting, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, post_transfer,
@@ -45,6 +46,8 @@ use crate::{AccountRecord, Store, StoreError, TransactionRecord};
 /// By default, how long one batch may keep retrying write conflicts before the caller is told
 /// to try again later (the worker then sends its commands through its retry queue).
 pub(crate) const CONFLICT_RETRY_BUDGET: Duration = Duration::from_secs(20);
+/// How long a batch of several commands retries write conflicts before it is split.
+const BATCH_CONFLICT_BUDGET: Duration = Duration::from_millis(30);
 /// How many times an ambiguous commit is re-sent before the whole transaction is retried.
 const COMMIT_RETRIES: u32 = 5;
 const WRITE_CONFLICT: i32 = 112;
@@ -75,7 +78,10 @@ impl Store {
     }
 
     async fn execute_alone(&self, cmd: &TransferCommand) -> Outcome {
-        let outcomes = self.with_conflict_retries(std::slice::from_ref(cmd)).await?;
+        let outcomes = self
+            .with_retries(std::slice::from_ref(cmd), self.conflict_retry_budget)
+            .await
+            .map_err(|(e, attempts)| if is_retryable(&e) { StoreError::Contention { attempts } } else { e })?;
         outcomes.into_iter().next().unwrap_or(Err(StoreError::Contention { attempts: 0 }))
     }
 
@@ -89,26 +95,55 @@ impl Store {
             _ => {}
         }
         metrics::histogram!("ledgerflow_batch_size").record(cmds.len() as f64);
-        match self.with_conflict_retries(cmds).await {
-            Ok(outcomes) => outcomes,
-            Err(e) if refuses_content(&e) => {
-                debug!(error = %e, size = cmds.len(), "batch refused by the server, running its commands one by one");
-                metrics::counter!("ledgerflow_batch_splits_total").increment(1);
-                let mut outcomes = Vec::with_capacity(cmds.len());
-                for cmd in cmds {
-                    outcomes.push(self.execute_alone(cmd).await);
-                }
-                outcomes
-            }
-            Err(e) => cmds.iter().map(|_| Err(e.clone())).collect(),
-        }
+        self.execute_splitting(cmds).await
     }
 
-    async fn with_conflict_retries(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
+    /// A batch that keeps hitting write conflicts is split in halves, each executed on its
+    /// own (in order): a large batch would otherwise keep losing to the small ones other
+    /// workers commit meanwhile. A batch the server refuses runs one command at a time.
+    fn execute_splitting<'a>(&'a self, cmds: &'a [TransferCommand]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            if let [cmd] = cmds {
+                return vec![self.execute_alone(cmd).await];
+            }
+            match self.with_retries(cmds, BATCH_CONFLICT_BUDGET).await {
+                Ok(outcomes) => outcomes,
+                Err((e, _)) if is_conflict(&e) => {
+                    debug!(size = cmds.len(), "batch keeps conflicting, splitting it");
+                    metrics::counter!("ledgerflow_batch_splits_total", "why" => "conflict").increment(1);
+                    let (first, second) = cmds.split_at(cmds.len() / 2);
+                    let mut outcomes = self.execute_splitting(first).await;
+                    outcomes.extend(self.execute_splitting(second).await);
+                    outcomes
+                }
+                Err((e, _)) if refuses_content(&e) => {
+                    debug!(error = %e, size = cmds.len(), "batch refused by the server, running its commands one by one");
+                    metrics::counter!("ledgerflow_batch_splits_total", "why" => "refused").increment(1);
+                    let mut outcomes = Vec::with_capacity(cmds.len());
+                    for cmd in cmds {
+                        outcomes.push(self.execute_alone(cmd).await);
+                    }
+                    outcomes
+                }
+                Err((e, attempts)) => {
+                    let e = if is_retryable(&e) { StoreError::Contention { attempts } } else { e };
+                    cmds.iter().map(|_| Err(e.clone())).collect()
+                }
+            }
+        })
+    }
+
+    /// Runs the transaction, retrying what may succeed on a second try for up to `budget`.
+    /// On failure, returns the last error and the number of attempts.
+    async fn with_retries(
+        &self,
+        cmds: &[TransferCommand],
+        budget: Duration,
+    ) -> Result<Vec<Outcome>, (StoreError, u32)> {
         let policy = ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(1))
             .with_max_interval(Duration::from_millis(25))
-            .with_max_elapsed_time(Some(self.conflict_retry_budget))
+            .with_max_elapsed_time(Some(budget))
             .build();
         let mut attempts = 0u32;
         let result = backoff::future::retry(policy, || {
@@ -127,7 +162,7 @@ impl Store {
         .await;
         metrics::counter!("ledgerflow_mongo_transaction_retries_total")
             .increment(u64::from(attempts.saturating_sub(1)));
-        result.map_err(|e| if is_retryable(&e) { StoreError::Contention { attempts } } else { e })
+        result.map_err(|e| (e, attempts))
     }
 
     async fn execute_once(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
@@ -605,6 +640,19 @@ fn is_retryable_database(e: &mongodb::error::Error) -> bool {
         || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
         || is_duplicate_key(e)
         || matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
+}
+
+/// Whether the error is a write conflict with another transaction (as opposed to an
+/// outage, which splitting a batch would not help).
+fn is_conflict(e: &StoreError) -> bool {
+    match e {
+        StoreError::Contention { .. } => true,
+        StoreError::Write { code, .. } => *code == WRITE_CONFLICT || *code == crate::error::DUPLICATE_KEY,
+        StoreError::Database(e) => {
+            is_duplicate_key(e) || matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
+        }
+        _ => false,
+    }
 }
 
 /// Whether the server refused something in the batch's content (as opposed to a conflict or
