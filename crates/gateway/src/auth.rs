@@ -126,14 +126,13 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
-/// Argon2 hashes running at once. Each holds its memory and a core for tens of milliseconds,
-/// so more than one per core only adds memory: a burst of sign-ups queues here instead of
-/// growing the process with every concurrent request.
-static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
-});
+/// One argon2 hash at a time per gateway. Each holds its memory (7 MiB, kept by the allocator
+/// for reuse) and a core for tens of milliseconds: a burst of sign-ups and logins queues here
+/// instead of growing the process, and the other core keeps serving transfers. Sign-ups and
+/// logins are rare next to transfers (a token lasts hours); add gateways for more.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
-/// Runs an argon2 computation on the blocking pool, at most one per core at a time.
+/// Runs an argon2 computation on the blocking pool, one at a time.
 async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     let _permit = HASHING.acquire().await.ok()?;
     tokio::task::spawn_blocking(work).await.ok()
