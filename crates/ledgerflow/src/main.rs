@@ -110,7 +110,7 @@ struct GatewayArgs {
     /// Mark the session cookie Secure (set false only for plain-HTTP development).
     #[arg(long, env = "LEDGERFLOW_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     cookie_secure: bool,
-    /// Republish PENDING transfers whose publish was not confirmed after this long.
+    /// Republish PENDING transfers older than this, when no command waits in the queues.
     #[arg(long, env = "LEDGERFLOW_REPUBLISH_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     republish_after: Duration,
     /// How often the republisher looks for them.

@@ -1,7 +1,8 @@
-//! The worker: takes transfer commands off RabbitMQ and commits each as one double-entry
-//! MongoDB transaction, then reports the outcome on the result queue.
+//! The worker: takes transfer commands off RabbitMQ, commits the double-entry postings of the
+//! commands in flight together in one MongoDB transaction per batch (group commit, in `batcher`), then
+//! reports each command's outcome on the result queue.
 //!
-//! Delivery is at least once; the effect is exactly once, because [`Store::execute`] is
+//! Delivery is at least once; the effect is exactly once, because [`Store::execute_batch`] is
 //! idempotent (see `ledgerflow-store`). The order for each message is: commit, publish the
 //! result (with a confirm), then ack. A crash between any two steps leads to a redelivery,
 //! which finds the transaction terminal and republishes its result: results are also at least
