@@ -124,7 +124,7 @@ struct WorkerArgs {
     #[arg(long, env = "LEDGERFLOW_WORKER_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     prefetch: u16,
     /// Most commands committed together in one MongoDB transaction (1: no batching).
-    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_BATCH", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
     max_batch: u16,
     /// Name shown in logs and on the broker connection.
     #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
