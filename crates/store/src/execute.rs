@@ -627,19 +627,9 @@ async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
 
 /// Errors after which re-running the whole transaction is safe and may succeed.
 fn is_retryable(e: &StoreError) -> bool {
-    match e {
-        StoreError::Contention { .. } => true,
-        StoreError::Write { code, .. } => *code == WRITE_CONFLICT || *code == crate::error::DUPLICATE_KEY,
-        StoreError::Database(e) => is_retryable_database(e),
-        _ => false,
-    }
-}
-
-fn is_retryable_database(e: &mongodb::error::Error) -> bool {
-    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-        || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-        || is_duplicate_key(e)
-        || matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
+    is_conflict(e)
+        || matches!(e, StoreError::Database(e)
+            if e.contains_label(TRANSIENT_TRANSACTION_ERROR) || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT))
 }
 
 /// Whether the error is a write conflict with another transaction (as opposed to an
@@ -658,10 +648,10 @@ fn is_conflict(e: &StoreError) -> bool {
 /// Whether the server refused something in the batch's content (as opposed to a conflict or
 /// an outage, which would hit each command alike): then each command is run alone.
 fn refuses_content(e: &StoreError) -> bool {
-    match e {
-        StoreError::Corrupt { .. } | StoreError::Write { .. } => true,
-        StoreError::Database(e) => {
-            matches!(
+    !is_retryable(e)
+        && match e {
+            StoreError::Corrupt { .. } | StoreError::Write { .. } => true,
+            StoreError::Database(e) => matches!(
                 e.kind.as_ref(),
                 ErrorKind::Command(_)
                     | ErrorKind::Write(_)
@@ -669,8 +659,7 @@ fn refuses_content(e: &StoreError) -> bool {
                     | ErrorKind::BsonDeserialization(_)
                     | ErrorKind::BsonSerialization(_)
                     | ErrorKind::InvalidArgument { .. }
-            ) && !is_retryable_database(e)
+            ),
+            _ => false,
         }
-        _ => false,
-    }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 pub use handler::ATTEMPT_HEADER;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use ledgerflow_messaging::{MessagingError, Publisher, Topology, connect};
 use ledgerflow_store::Store;
@@ -95,11 +95,12 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
 /// How often a worker samples queue depths for the `ledgerflow_queue_depth` gauge.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn report_queue_depths(channel: &lapin::Channel, topology: &Topology) {
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+/// Asks through the results publisher's channel, with its time limit: a failed or slow
+/// passive declare must not close or stall the consuming channel.
+async fn report_queue_depths(results: &Publisher, topology: &Topology) {
     for queue in [topology.transfers(), topology.retry(), topology.dead_letters(), topology.results()] {
-        if let Ok(q) = channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
-            metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(q.message_count()));
+        if let Ok(ready) = results.ready_messages(&queue).await {
+            metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(ready));
         }
     }
 }
@@ -129,7 +130,7 @@ async fn consume(
     let mut depth_tick = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
     let outcome = loop {
         tokio::select! {
-            _ = depth_tick.tick() => report_queue_depths(&channel, &config.topology).await,
+            _ = depth_tick.tick() => report_queue_depths(&ctx.results, &config.topology).await,
             () = shutdown.cancelled() => {
                 info!(worker = %config.name, in_flight = in_flight.len(), "shutting down: no new commands, draining");
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
