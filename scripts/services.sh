@@ -9,6 +9,9 @@
 #   scripts/services.sh [up]   install what is missing, start what is down (default)
 #   scripts/services.sh status print what is running, change nothing
 #   scripts/services.sh stop   stop the mongod this script started (RabbitMQ is left alone)
+#   scripts/services.sh sweep  drop what failed test runs left behind: lf_test_/lf_fault_
+#                              databases over an hour old, and (by a RabbitMQ policy) their
+#                              queues once unused for an hour
 #
 # Idempotent: safe to run any number of times; when everything is already up it
 # only checks (well under 2 s). Needs root (or sudo) only when it must apt-get.
@@ -336,6 +339,33 @@ with_lock() {
   fi
 }
 
+# sweep: a test that fails never reaches its teardown, so its database and queues stay.
+# Test names carry their creation time (lf_test_<unix secs>_<tag>), so only databases over
+# an hour old are dropped: a test run going on beside this one keeps its own. Their queues
+# expire through a policy once unused for an hour (a queue with a consumer is in use).
+sweep() {
+  ensure_pymongo
+  PYTHONPATH="$PYTOOLS" python3 - "$MONGO_PORT" <<'PY'
+import re, sys, time
+from pymongo import MongoClient
+client = MongoClient(f"mongodb://127.0.0.1:{sys.argv[1]}/?directConnection=true", serverSelectionTimeoutMS=5000)
+cutoff = time.time() - 3600
+old = [n for n in client.list_database_names()
+       if (m := re.fullmatch(r"lf_(?:test|fault)_(\d+)_[0-9a-f]+", n)) and int(m.group(1)) < cutoff]
+for name in old:
+    client.drop_database(name)
+print(f"sweep: dropped {len(old)} leftover test database(s)")
+PY
+  local ctl=rabbitmqctl
+  command -v rabbitmqctl >/dev/null 2>&1 || ctl=/usr/sbin/rabbitmqctl
+  [[ $(id -u) -eq 0 ]] || ctl="sudo -n $ctl"
+  if $ctl set_policy --apply-to queues lf-test-queues '^lf-(test|fault)-' '{"expires":3600000}' >/dev/null 2>&1; then
+    log "sweep: unused test queues expire after an hour (policy lf-test-queues)"
+  else
+    log "sweep: could not set the RabbitMQ policy for test queues (needs rabbitmqctl as root); skipped"
+  fi
+}
+
 cmd="${1:-up}"
 case "$cmd" in
   up|start)
@@ -355,10 +385,13 @@ case "$cmd" in
     with_lock
     mongodb_stop
     ;;
+  sweep)
+    sweep
+    ;;
   -h|--help|help)
-    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     ;;
   *)
-    die "unknown command '$cmd' (use: up | status | stop)"
+    die "unknown command '$cmd' (use: up | status | stop | sweep)"
     ;;
 esac

@@ -1,4 +1,5 @@
-//! The Kubernetes manifests under deploy/k8s are valid.
+//! The Kubernetes manifests under deploy/k8s are valid, docker-compose.yml parses, and
+//! `scripts/services.sh sweep` cleans up after failed test runs.
 //!
 //! Runs `deploy/validate.sh`, the same script operators run: it installs the pinned
 //! `kubernetes-validate` from PyPI into `.local/pytools/kv` on first use (so it needs python3 with
@@ -112,4 +113,27 @@ fn docker_compose_file_is_valid() {
         assert!(stdout.contains(service), "{service} in:\n{stdout}");
     }
     assert!(stdout.contains("transactionLifetimeLimitSeconds=10"), "{stdout}");
+}
+
+/// `scripts/services.sh sweep` drops a test database a failed run left over an hour ago, and
+/// leaves a young one (a run going on now) alone.
+#[tokio::test]
+async fn sweep_drops_only_old_test_databases() {
+    use mongodb::bson::{Document, doc};
+    let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
+    let (young, _) = ledgerflow_tests::unique_names("test");
+    let two_hours_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 7200;
+    let old = format!("lf_test_{two_hours_ago}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    for name in [&old, &young] {
+        client.database(name).collection::<Document>("marker").insert_one(doc! { "left": "behind" }).await.unwrap();
+    }
+
+    let out = Command::new("bash").args(["scripts/services.sh", "sweep"]).current_dir(repo_root()).output().unwrap();
+    assert!(out.status.success(), "sweep failed:\n{}", String::from_utf8_lossy(&out.stderr));
+
+    let names = client.list_database_names().await.unwrap();
+    client.database(&young).drop().await.unwrap();
+    client.database(&old).drop().await.unwrap();
+    assert!(!names.contains(&old), "{old} survived the sweep: {names:?}");
+    assert!(names.contains(&young), "{young} was swept although it is new");
 }

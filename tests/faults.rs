@@ -130,7 +130,7 @@ impl Workload {
     async fn setup(c: &Cluster) -> Self {
         let made = futures::future::join_all((0..ACCOUNTS).map(|_| c.user_with_account())).await;
         let (users, accounts): (Vec<Session>, Vec<String>) = made.into_iter().unzip();
-        let funding = futures::future::join_all(accounts.iter().map(|a| c.fund(a, FUNDING))).await;
+        let funding = futures::future::join_all(accounts.iter().map(|a| c.request_funding(a, FUNDING))).await;
         for t in c.wait_terminal(&funding, WAIT).await {
             assert_eq!(t.status.as_str(), "COMPLETED", "funding {} did not complete: {t:?}", t.id);
         }
@@ -712,7 +712,7 @@ async fn a_flood_of_hostile_messages_is_dead_lettered_while_every_good_one_compl
         let mut w = Workload::setup(&c).await;
         // Upstream commands move money between two accounts of their own.
         let ((_, src), (_, dst)) = (c.user_with_account().await, c.user_with_account().await);
-        let src_funding = c.fund(&src, 100_000).await;
+        let src_funding = c.request_funding(&src, 100_000).await;
         c.wait_terminal(&[src_funding], WAIT).await;
 
         let upstream = |key: &str, to: &str, amount: i64| {

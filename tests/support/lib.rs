@@ -38,6 +38,16 @@ pub fn amqp_uri() -> String {
     std::env::var("LEDGERFLOW_TEST_AMQP_URI").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// A database name and a queue prefix of their own for one test (`kind`: test, fault). They
+/// carry their creation time, so `scripts/services.sh sweep` can drop those a failed test
+/// left behind without touching a run still going on.
+pub fn unique_names(kind: &str) -> (String, String) {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let tag = &tag[..12];
+    (format!("lf_{kind}_{secs}_{tag}"), format!("lf-{kind}-{secs}-{tag}"))
+}
+
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -63,12 +73,117 @@ pub struct Pair {
     pub b: String,
 }
 
-pub struct TestApp {
+/// HTTP to one gateway, with the requests most tests make. [`TestApp`] and
+/// [`processes::Cluster`] dereference to it.
+pub struct Client {
     pub base: String,
     pub http: reqwest::Client,
+    /// Signed in as SYSTEM (funding).
+    pub system: Session,
+    /// The gateway process's log, whose tail a failed request shows (none in process).
+    gateway_log: Option<std::path::PathBuf>,
+}
+
+impl Client {
+    fn new(base: String, timeout: Duration, gateway_log: Option<std::path::PathBuf>) -> Self {
+        let http = reqwest::Client::builder().timeout(timeout).build().unwrap();
+        Self { base, http, system: Session { id: String::new(), token: String::new() }, gateway_log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and body.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> reqwest::Result<(StatusCode, Value)> {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Ok((status, body))
+    }
+
+    /// [`Client::try_call`] for requests that must get an answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        match self.try_call(method, path, token, body).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let tail = self.gateway_log.as_deref().map(|log| processes::log_tail("gateway", log, 20));
+                panic!("{method} {path} failed: {e}\n{}", tail.unwrap_or_default())
+            }
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Session {
+        let (status, body) =
+            self.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": password}))).await;
+        assert_eq!(status, StatusCode::OK, "login failed: {body}");
+        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
+    }
+
+    /// Registers a fresh user with a unique email.
+    pub async fn register(&self) -> Session {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/auth/register",
+                None,
+                Some(json!({"email": email, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register failed: {body}");
+        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
+    }
+
+    /// Opens a USD account for `user`; returns its id.
+    pub async fn open_account(&self, user: &Session) -> String {
+        let (status, body) = self.call("POST", "/api/accounts", Some(&user.token), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::CREATED, "open account failed: {body}");
+        body["id"].as_str().unwrap().into()
+    }
+
+    /// Asks for initial funds through the SYSTEM endpoint; returns the funding transaction's
+    /// id without waiting for it.
+    pub async fn request_funding(&self, account: &str, amount: i64) -> String {
+        let key = format!("fund-{}", uuid::Uuid::new_v4());
+        let (status, body) = self
+            .call(
+                "POST",
+                "/transactions/system/initial-funds",
+                Some(&self.system.token),
+                Some(json!({"toAccount": account, "amount": amount, "idempotencyKey": key})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "funding failed: {body}");
+        body["transaction"]["id"].as_str().unwrap().into()
+    }
+}
+
+pub struct TestApp {
+    pub client: Client,
     pub store: Store,
     pub topology: Topology,
-    pub system: Session,
     shutdown: CancellationToken,
     gateway: Option<JoinHandle<()>>,
     workers: Vec<(CancellationToken, Option<JoinHandle<()>>)>,
@@ -82,10 +197,10 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a gateway and `workers` independent workers (each with its own connections).
 pub async fn spawn_app_with(workers: usize) -> TestApp {
     init_logs();
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let store = Store::connect(&mongodb_uri(), &format!("lf_test_{}", &tag[..16])).await.unwrap();
+    let (db, prefix) = unique_names("test");
+    let store = Store::connect(&mongodb_uri(), &db).await.unwrap();
     store.ensure_indexes().await.unwrap();
-    let topology = Topology::new(format!("lf-test-{}", &tag[..16]));
+    let topology = Topology::new(prefix);
     let hash = hash_password(SYSTEM_PASSWORD.parse().unwrap()).await.unwrap();
     store.ensure_system_user(&SYSTEM_EMAIL.parse().unwrap(), hash).await.unwrap();
 
@@ -107,11 +222,9 @@ pub async fn spawn_app_with(workers: usize) -> TestApp {
     });
     let amqp = connect(&amqp_uri(), "test-harness").await.unwrap();
     let mut app = TestApp {
-        base,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        client: Client::new(base, Duration::from_secs(30), None),
         store,
         topology,
-        system: Session { id: String::new(), token: String::new() },
         shutdown,
         gateway: Some(gateway),
         workers: Vec::new(),
@@ -120,8 +233,16 @@ pub async fn spawn_app_with(workers: usize) -> TestApp {
     for _ in 0..workers {
         app.add_worker();
     }
-    app.system = app.login(SYSTEM_EMAIL, SYSTEM_PASSWORD).await;
+    app.client.system = app.login(SYSTEM_EMAIL, SYSTEM_PASSWORD).await;
     app
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl TestApp {
@@ -157,55 +278,6 @@ impl TestApp {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// Sends a request with an optional bearer token and JSON body; returns status and body.
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let body =
-            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        (status, body)
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> Session {
-        let (status, body) =
-            self.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": password}))).await;
-        assert_eq!(status, StatusCode::OK, "login failed: {body}");
-        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
-    }
-
-    /// Registers a fresh user with a unique email.
-    pub async fn register(&self) -> Session {
-        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/auth/register",
-                None,
-                Some(json!({"email": email, "password": "correct horse battery"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "register failed: {body}");
-        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
-    }
-
     /// The usual cast: two new users, Alice and Bob, with one (unfunded) account each.
     pub async fn alice_and_bob(&self) -> Pair {
         let (alice, bob) = (self.register().await, self.register().await);
@@ -213,26 +285,10 @@ impl TestApp {
         Pair { alice, bob, a, b }
     }
 
-    pub async fn open_account(&self, user: &Session) -> String {
-        let (status, body) = self.call("POST", "/api/accounts", Some(&user.token), Some(json!({}))).await;
-        assert_eq!(status, StatusCode::CREATED, "open account failed: {body}");
-        body["id"].as_str().unwrap().into()
-    }
-
     /// Funds an account through the SYSTEM endpoint and waits until the money is there.
     pub async fn fund(&self, account: &str, amount: i64) {
-        let key = format!("fund-{}", uuid::Uuid::new_v4());
-        let (status, body) = self
-            .call(
-                "POST",
-                "/transactions/system/initial-funds",
-                Some(&self.system.token),
-                Some(json!({"toAccount": account, "amount": amount, "idempotencyKey": key})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "funding failed: {body}");
-        let id = body["transaction"]["id"].as_str().unwrap();
-        let done = self.wait_terminal(&self.system.token, id).await;
+        let id = self.request_funding(account, amount).await;
+        let done = self.wait_terminal(&self.system.token, &id).await;
         assert_eq!(done["status"], "COMPLETED", "funding did not complete: {done}");
     }
 

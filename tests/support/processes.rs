@@ -26,11 +26,10 @@ use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::lapin::{BasicProperties, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
-use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, mongodb_uri};
+use crate::{Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, mongodb_uri};
 
 /// The JWT secret of every gateway process a fault test starts.
 pub const JWT_SECRET: &str = "fault-test-secret-fault-test-secret-0123456789";
@@ -206,6 +205,17 @@ pub async fn consumer_tags(queue: &str) -> Vec<String> {
 
 // ------------------------------------------------------------------------------ processes
 
+/// The last `n` lines of a process's log, for failure messages.
+pub fn log_tail(name: &str, log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- last {n} log lines of {name} ({}):\n{}",
+        log.display(),
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
+}
+
 /// A child process with its log file; killed (SIGKILL) and reaped when dropped.
 pub struct ChildProcess {
     child: Child,
@@ -270,14 +280,7 @@ impl ChildProcess {
 
     /// The last `n` lines of its log, for failure messages.
     pub fn tail(&self, n: usize) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- last {n} log lines of {} ({}):\n{}",
-            self.name,
-            self.log.display(),
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        )
+        log_tail(&self.name, &self.log, n)
     }
 
     /// Whether its log records a panic (the process may have survived it on another task).
@@ -549,13 +552,20 @@ pub struct Cluster {
     /// The same database through the driver, for counts the store does not offer.
     pub raw: mongodb::Database,
     pub topology: Topology,
-    pub http: reqwest::Client,
+    pub client: Client,
     pub gateway: GatewayProcess,
     pub workers: Vec<WorkerProcess>,
-    pub system: Session,
     /// The proxy the gateway reaches RabbitMQ through, if started with one.
     pub proxy: Option<AmqpProxy>,
     torn_down: bool,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Cluster {
@@ -571,33 +581,19 @@ impl Cluster {
     }
 
     async fn start_with(label: &str, workers: usize, proxy: Option<AmqpProxy>) -> Self {
-        let tag = uuid::Uuid::new_v4().simple().to_string();
-        let env = ProcessEnv {
-            db: format!("lf_fault_{}", &tag[..16]),
-            prefix: format!("lf-fault-{}", &tag[..16]),
-            label: label.into(),
-        };
+        let (db, prefix) = crate::unique_names("fault");
+        let env = ProcessEnv { db, prefix, label: label.into() };
         let store = Store::connect(&mongodb_uri(), &env.db).await.unwrap();
         let raw = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(&env.db);
         let topology = Topology::new(&env.prefix);
         let gateway = GatewayProcess::spawn(&env, "gateway", proxy.as_ref().map(|p| p.uri.as_str())).await;
-        let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().unwrap();
-        let mut cluster = Self {
-            env,
-            store,
-            raw,
-            topology,
-            http,
-            gateway,
-            workers: Vec::new(),
-            system: Session { id: String::new(), token: String::new() },
-            proxy,
-            torn_down: false,
-        };
+        let client = Client::new(gateway.base.clone(), HTTP_TIMEOUT, Some(gateway.process.log.clone()));
+        let mut cluster =
+            Self { env, store, raw, topology, client, gateway, workers: Vec::new(), proxy, torn_down: false };
         for i in 0..workers {
             cluster.spawn_worker(&format!("worker-{i}"), 16);
         }
-        cluster.system = cluster.login(SYSTEM_EMAIL, SYSTEM_PASSWORD).await;
+        cluster.client.system = cluster.login(SYSTEM_EMAIL, SYSTEM_PASSWORD).await;
         cluster
     }
 
@@ -648,81 +644,11 @@ impl Cluster {
 
     // ---------------------------------------------------------------- HTTP
 
-    /// One request to the gateway process; `Err` for a transport failure or timeout.
-    pub async fn try_call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let mut req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.gateway.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        let body =
-            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Ok((status, body))
-    }
-
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        match self.try_call(method, path, token, body).await {
-            Ok(answer) => answer,
-            Err(e) => panic!("{method} {path} failed: {e}\n{}", self.gateway.process.tail(20)),
-        }
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> Session {
-        let (status, body) =
-            self.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": password}))).await;
-        assert_eq!(status, StatusCode::OK, "login failed: {body}");
-        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
-    }
-
     /// Registers a fresh user and opens one USD account for it.
     pub async fn user_with_account(&self) -> (Session, String) {
-        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/auth/register",
-                None,
-                Some(json!({"email": email, "password": "correct horse battery"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "register failed: {body}");
-        let user =
-            Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() };
-        let (status, body) = self.call("POST", "/api/accounts", Some(&user.token), Some(json!({}))).await;
-        assert_eq!(status, StatusCode::CREATED, "open account failed: {body}");
-        (user, body["id"].as_str().unwrap().into())
-    }
-
-    /// Funds an account through the SYSTEM endpoint; returns the funding transaction's id.
-    pub async fn fund(&self, account: &str, amount: i64) -> String {
-        let key = format!("fund-{}", uuid::Uuid::new_v4());
-        let (status, body) = self
-            .call(
-                "POST",
-                "/transactions/system/initial-funds",
-                Some(&self.system.token),
-                Some(json!({"toAccount": account, "amount": amount, "idempotencyKey": key})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "funding failed: {body}");
-        body["transaction"]["id"].as_str().unwrap().into()
+        let user = self.register().await;
+        let account = self.open_account(&user).await;
+        (user, account)
     }
 
     // ---------------------------------------------------------------- MongoDB

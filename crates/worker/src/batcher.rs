@@ -6,10 +6,12 @@
 //! done, so it never delays a command to fill a batch: under light load batches are of one,
 //! under heavy load they grow, and the per-transaction cost is shared.
 
+use std::time::Instant;
+
 use ledgerflow_domain::TransferCommand;
 use ledgerflow_store::{Outcome, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, Level, debug, info_span};
 
 struct Job {
     cmd: TransferCommand,
@@ -45,13 +47,18 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let (cmds, replies): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.cmd, j.reply)).unzip();
-        let ids: Vec<String> = cmds
-            .iter()
-            .map(|c| c.transaction_id.map_or_else(|| c.idempotency_key.as_str().to_owned(), |id| id.to_string()))
-            .collect();
         let span = info_span!("batch", size = cmds.len());
-        debug!(parent: &span, transactions = ?ids, "executing batch");
-        let outcomes = store.execute_batch(&cmds).instrument(span).await;
+        // One string per command: only worth building when someone reads it.
+        if tracing::enabled!(Level::DEBUG) {
+            let ids: Vec<String> = cmds
+                .iter()
+                .map(|c| c.transaction_id.map_or_else(|| c.idempotency_key.as_str().to_owned(), |id| id.to_string()))
+                .collect();
+            debug!(parent: &span, transactions = ?ids, "executing batch");
+        }
+        let started = Instant::now();
+        let outcomes = store.execute_batch(&cmds).instrument(span.clone()).await;
+        debug!(parent: &span, took_ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // The handler may be gone (shutdown); its delivery is then redelivered.
             let _ = reply.send(outcome);
