@@ -168,6 +168,26 @@ async fn a_transfer_whose_publish_failed_answers_503_and_is_republished_later() 
     app.teardown().await;
 }
 
+/// Databases made before the republisher stopped marking publishes carry an index on
+/// `(status, publishedAt, createdAt)` that nothing reads; starting up drops it.
+#[tokio::test]
+async fn ensure_indexes_drops_the_retired_pending_index() {
+    use mongodb::bson::{Document, doc};
+    let app = spawn_app().await;
+    let transactions = app.raw_db().await.collection::<Document>("transactions");
+    let retired = mongodb::IndexModel::builder().keys(doc! { "status": 1, "publishedAt": 1, "createdAt": 1 }).build();
+    transactions.create_index(retired).await.unwrap();
+    assert!(transactions.list_index_names().await.unwrap().contains(&"status_1_publishedAt_1_createdAt_1".to_owned()));
+
+    app.store.ensure_indexes().await.unwrap();
+    let names = transactions.list_index_names().await.unwrap();
+    assert!(!names.iter().any(|n| n.contains("publishedAt")), "{names:?}");
+    assert!(names.contains(&"status_1_createdAt_1".to_owned()), "{names:?}");
+    // Without it, starting up again is no error.
+    app.store.ensure_indexes().await.unwrap();
+    app.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_republisher_waits_for_an_idle_queue_and_gives_up_after_five_tries() {
     let mut app = spawn_app().await;

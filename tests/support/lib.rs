@@ -64,7 +64,6 @@ pub struct Session {
     pub token: String,
 }
 
-/// A running LedgerFlow (gateway + workers) on its own database and queues.
 /// Two users and their accounts: `a` is Alice's, `b` is Bob's.
 pub struct Pair {
     pub alice: Session,
@@ -180,6 +179,7 @@ impl Client {
     }
 }
 
+/// A running LedgerFlow (gateway + workers) on its own database and queues.
 pub struct TestApp {
     pub client: Client,
     pub store: Store,
@@ -540,19 +540,26 @@ pub fn ledgerflow_bin() -> std::path::PathBuf {
     target.join("debug/ledgerflow")
 }
 
+/// `ledgerflow` (the binary) on the test services, a database and a queue prefix: quiet,
+/// with no standard input. Callers add the subcommand and anything else.
+pub fn ledgerflow_command(db: &str, prefix: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(ledgerflow_bin());
+    cmd.env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
+        .env("LEDGERFLOW_MONGODB_DB", db)
+        .env("LEDGERFLOW_AMQP_URI", amqp_uri())
+        .env("LEDGERFLOW_AMQP_PREFIX", prefix)
+        .env("LEDGERFLOW_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
 impl TestApp {
     /// Starts `ledgerflow worker` as a real process on this app's database and queues.
     pub fn spawn_worker_process(&self, name: &str) -> std::process::Child {
-        std::process::Command::new(ledgerflow_bin())
+        ledgerflow_command(self.store.database_name(), self.topology.prefix())
             .arg("worker")
-            .env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
-            .env("LEDGERFLOW_MONGODB_DB", self.store.database_name())
-            .env("LEDGERFLOW_AMQP_URI", amqp_uri())
-            .env("LEDGERFLOW_AMQP_PREFIX", self.topology.prefix())
             .env("LEDGERFLOW_WORKER_NAME", name)
             .env("LEDGERFLOW_WORKER_PREFETCH", "8")
-            .env("LEDGERFLOW_LOG", "warn")
-            .stdin(std::process::Stdio::null())
             .spawn()
             .expect("ledgerflow binary (run scripts/test.sh, which builds it)")
     }
@@ -574,14 +581,8 @@ impl TestApp {
     /// Runs `ledgerflow <args>` against this app's database and queues; returns the exit
     /// code and standard output.
     pub async fn run_cli(&self, args: &[&str]) -> (i32, String) {
-        let out = tokio::process::Command::new(ledgerflow_bin())
+        let out = tokio::process::Command::from(ledgerflow_command(self.store.database_name(), self.topology.prefix()))
             .args(args)
-            .env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
-            .env("LEDGERFLOW_MONGODB_DB", self.store.database_name())
-            .env("LEDGERFLOW_AMQP_URI", amqp_uri())
-            .env("LEDGERFLOW_AMQP_PREFIX", self.topology.prefix())
-            .env("LEDGERFLOW_LOG", "warn")
-            .stdin(std::process::Stdio::null())
             .output();
         let out = tokio::time::timeout(DEADLINE, out).await.expect("cli finishes in time").expect("ledgerflow runs");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())

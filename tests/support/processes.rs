@@ -29,7 +29,9 @@ use ledgerflow_store::Store;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, mongodb_uri};
+use crate::{
+    Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, ledgerflow_command, mongodb_uri,
+};
 
 /// The JWT secret of every gateway process a fault test starts.
 pub const JWT_SECRET: &str = "fault-test-secret-fault-test-secret-0123456789";
@@ -314,15 +316,10 @@ impl ProcessEnv {
         );
         let log = log_dir().join(format!("{}-{}-{name}.log", self.label, &self.prefix[self.prefix.len() - 8..]));
         let file = File::create(&log).unwrap();
-        let mut cmd = Command::new(bin);
+        let mut cmd = ledgerflow_command(&self.db, &self.prefix);
         cmd.arg(subcommand)
-            .env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
-            .env("LEDGERFLOW_MONGODB_DB", &self.db)
-            .env("LEDGERFLOW_AMQP_URI", amqp_uri())
-            .env("LEDGERFLOW_AMQP_PREFIX", &self.prefix)
             .env("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_TEST_PROCESS_LOG").unwrap_or_else(|_| "info".into()))
             .env("LEDGERFLOW_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file);
         (cmd, log)
@@ -697,15 +694,8 @@ impl Cluster {
 
     /// `ledgerflow reconcile --json <extra>` on this cluster's database: exit code and report.
     pub async fn reconcile(&self, extra: &[&str]) -> (i32, Value) {
-        let mut cmd = tokio::process::Command::new(ledgerflow_bin());
-        cmd.args(["reconcile", "--json"])
-            .args(extra)
-            .env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
-            .env("LEDGERFLOW_MONGODB_DB", &self.env.db)
-            .env("LEDGERFLOW_AMQP_PREFIX", &self.env.prefix)
-            .env("LEDGERFLOW_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = tokio::process::Command::from(ledgerflow_command(&self.env.db, &self.env.prefix));
+        cmd.args(["reconcile", "--json"]).args(extra).kill_on_drop(true);
         let out = tokio::time::timeout(PROCESS_DEADLINE, cmd.output())
             .await
             .expect("reconcile finishes in time")

@@ -209,6 +209,37 @@ pub struct TransactionList {
     pub next_cursor: Option<String>,
 }
 
+// Error answers many endpoints share, for the OpenAPI document only (never constructed):
+// handlers list them by name next to their own.
+
+/// Any endpoint behind authentication.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "describes responses in the OpenAPI document")]
+pub enum AuthErrors {
+    #[response(status = 400, description = "VALIDATION_ERROR or INVALID_JSON")]
+    Invalid(ErrorBody),
+    #[response(status = 401, description = "UNAUTHENTICATED: missing or invalid token")]
+    Unauthenticated(ErrorBody),
+}
+
+/// Any endpoint that reads a JSON body.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "describes responses in the OpenAPI document")]
+pub enum BodyErrors {
+    #[response(status = 413, description = "PAYLOAD_TOO_LARGE")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "UNSUPPORTED_MEDIA_TYPE")]
+    UnsupportedMediaType(ErrorBody),
+}
+
+/// Any endpoint that needs the database.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "describes responses in the OpenAPI document")]
+pub enum Unavailable {
+    #[response(status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable")]
+    Unavailable(ErrorBody),
+}
+
 /// Every error: `{"error":{"code":"UPPER_SNAKE","message":"..."}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {

@@ -46,6 +46,11 @@ pub struct Store {
     conflict_retry_budget: Duration,
 }
 
+/// An index older versions created on transactions (`status, publishedAt, createdAt`).
+const RETIRED_PENDING_INDEX: &str = "status_1_publishedAt_1_createdAt_1";
+/// The server's code for dropping an index that does not exist.
+const INDEX_NOT_FOUND: i32 = 27;
+
 impl Store {
     /// Connects lazily: the driver reconnects by itself after outages, so this only fails on
     /// a malformed URI. Call [`Store::ensure_indexes`] before serving.
@@ -87,6 +92,13 @@ impl Store {
                 index(doc! { "reverses": 1 }, Some(IndexOptions::builder().sparse(true).build())),
             ])
             .await?;
+        // Replaced by {status, createdAt} when the republisher stopped marking publishes; on a
+        // database made before, it would only slow every write to transactions.
+        if let Err(e) = self.transactions().drop_index(RETIRED_PENDING_INDEX).await
+            && !matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND)
+        {
+            return Err(e.into());
+        }
         self.entries()
             .create_indexes([
                 index(doc! { "accountId": 1, "seq": -1 }, Some(unique())),

@@ -28,11 +28,7 @@ pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, raw_id: &
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 201, description = "Created", body = dto::AccountBody),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `POST /api/accounts` `{currency?}`: a new ACTIVE account owned by the caller.
@@ -55,9 +51,7 @@ pub(super) async fn create(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The caller's accounts, oldest first", body = dto::AccountList),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::Unavailable,
     )
 )]
 /// `GET /api/accounts?limit=&cursor=`: the caller's accounts, oldest first.
@@ -85,10 +79,8 @@ pub(super) async fn list(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The account", body = dto::AccountBody),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND (also for other users' accounts)", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::Unavailable,
     )
 )]
 /// `GET /api/accounts/{id}`.
@@ -110,10 +102,8 @@ pub(super) async fn get(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Derived from the latest ledger entry", body = dto::BalanceBody),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::Unavailable,
     )
 )]
 /// `GET /api/accounts/{id}/balance`: derived from the latest ledger entry.
@@ -140,10 +130,8 @@ pub(super) async fn balance(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Newest first", body = dto::EntryList),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::Unavailable,
     )
 )]
 /// `GET /api/accounts/{id}/entries?limit=&cursor=`: newest first; the cursor is a sequence.
@@ -177,13 +165,9 @@ pub(super) async fn entries(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The account", body = dto::AccountBody),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `PATCH /api/accounts/{id}/status` `{status}`: SYSTEM only.

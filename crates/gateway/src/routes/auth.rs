@@ -22,9 +22,7 @@ use crate::extract::JsonObject;
         (status = 201, description = "Registered; the token is also set as the `token` cookie", body = dto::AuthBody),
         (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
         (status = 409, description = "EMAIL_TAKEN", body = dto::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `POST /api/auth/register`: always creates a USER; SYSTEM users are made by operators.
@@ -52,9 +50,7 @@ pub(super) async fn register(
         (status = 200, description = "Signed in; the token is also set as the `token` cookie", body = dto::AuthBody),
         (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
         (status = 401, description = "INVALID_CREDENTIALS", body = dto::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `POST /api/auth/login`: the same 401 whether the email is unknown or the password wrong.

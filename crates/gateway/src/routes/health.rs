@@ -25,7 +25,7 @@ pub(super) async fn healthz() -> Json<dto::StatusBody> {
     summary = "Readiness: MongoDB and RabbitMQ reachable",
     responses(
         (status = 200, description = "Ready", body = dto::StatusBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::Unavailable,
     )
 )]
 /// Readiness: MongoDB and RabbitMQ both answer. A load balancer stops sending traffic to a

@@ -8,7 +8,7 @@ use ledgerflow_domain::{
     AccountId, Amount, Description, IdempotencyKey, TransactionId, TransactionStatus, TransferCommand, TransferKind,
     TransferRequest,
 };
-use ledgerflow_store::{InsertPending, TransactionFilter, TransactionRecord};
+use ledgerflow_store::{AccountRecord, InsertPending, TransactionFilter, TransactionRecord};
 use tracing::{Instrument, info, info_span};
 
 use super::accounts::visible_account;
@@ -29,13 +29,10 @@ use crate::extract::{JsonObject, QueryMap, RequestId};
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown)", body = dto::ErrorBody),
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
         (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+        dto::AuthErrors, dto::BodyErrors,
     )
 )]
 /// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,description?}`.
@@ -76,14 +73,11 @@ pub(super) async fn create(
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
         (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+        dto::AuthErrors, dto::BodyErrors,
     )
 )]
 /// `POST /transactions/system/initial-funds` `{toAccount,amount,idempotencyKey,description?}`:
@@ -116,14 +110,11 @@ pub(super) async fn initial_funds(
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 403, description = "FORBIDDEN: only the receiving account's owner or SYSTEM", body = dto::ErrorBody),
         (status = 404, description = "TRANSACTION_NOT_FOUND", body = dto::ErrorBody),
         (status = 409, description = "ALREADY_REVERSED, NOT_REVERSIBLE or IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = dto::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = dto::ErrorBody),
         (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+        dto::AuthErrors, dto::BodyErrors,
     )
 )]
 /// `POST /transactions/{id}/reverse` `{idempotencyKey,reason?}`: SYSTEM or the receiving
@@ -140,11 +131,11 @@ pub(super) async fn reverse(
     let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
     let reason: Option<Description> = opt_parse(&body, "reason")?;
     let original = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
-    if !may_see(&state, &user, &original).await? {
+    let parties = state.store.find_accounts([original.from_account, original.to_account]).await?;
+    if !sees(&user, &original, &parties) {
         return Err(ApiError::transaction_not_found());
     }
-    let receiver = state.store.find_account(original.to_account).await?;
-    if !user.is_system() && receiver.and_then(|a| a.owner_id) != Some(user.id) {
+    if !user.is_system() && !owns(&user, &parties[1]) {
         return Err(ApiError::Forbidden);
     }
     let request = TransferRequest::reversal(
@@ -223,13 +214,23 @@ async fn accept(
     .await
 }
 
-/// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of either account.
+/// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of either account. Reads
+/// the accounts only when the first two do not settle it.
 async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> ApiResult<bool> {
     if user.is_system() || t.initiator == user.initiator() {
         return Ok(true);
     }
     let parties = state.store.find_accounts([t.from_account, t.to_account]).await?;
-    Ok(parties.iter().flatten().any(|a| a.owner_id == Some(user.id)))
+    Ok(sees(user, t, &parties))
+}
+
+/// [`may_see`], given `t`'s sending and receiving accounts as found.
+fn sees(user: &AuthUser, t: &TransactionRecord, parties: &[Option<AccountRecord>; 2]) -> bool {
+    user.is_system() || t.initiator == user.initiator() || parties.iter().any(|a| owns(user, a))
+}
+
+fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
+    account.as_ref().is_some_and(|a| a.owner_id == Some(user.id))
 }
 
 /// Longest `?wait=` a client may ask for, in seconds.
@@ -247,10 +248,8 @@ const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The transaction", body = dto::TransactionEnvelope),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 404, description = "TRANSACTION_NOT_FOUND", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::Unavailable,
     )
 )]
 /// `GET /transactions/{id}?wait=N`: 404 for anyone who may not see it. With `wait` (seconds,
@@ -306,10 +305,8 @@ pub(super) async fn get(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Newest first", body = dto::TransactionList),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing or invalid token", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND (account filter)", body = dto::ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: database or broker unreachable", body = dto::ErrorBody),
+        dto::AuthErrors, dto::Unavailable,
     )
 )]
 /// `GET /transactions?account=&status=&limit=&cursor=`: newest first.
