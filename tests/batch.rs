@@ -81,8 +81,7 @@ async fn one_batch_decides_each_command_on_its_own_merits() {
     let seqs: Vec<i64> = app.entries(&alice.token, &a).await.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, [3, 2, 1], "a's entries are one gapless chain, newest first");
     assert_eq!(entry_count(&app).await, 6, "three postings, two entries each");
-    let (code, report) = app.reconcile(&[]).await;
-    assert_eq!(code, 0, "reconcile passes: {report}");
+    app.assert_reconciles().await;
 
     // Delivered again, the whole batch writes nothing and answers as before.
     let again = app.store.execute_batch(&batch).await;
@@ -177,8 +176,7 @@ async fn a_worker_commits_a_burst_in_batches_and_answers_every_command() {
         completed_ids += usize::from(t.status == TransactionStatus::Completed);
     }
     assert_eq!(completed_ids, 40);
-    let (code, report) = app.reconcile(&[]).await;
-    assert_eq!(code, 0, "reconcile passes: {report}");
+    app.assert_reconciles().await;
     app.teardown().await;
 }
 
@@ -200,7 +198,6 @@ async fn concurrent_batches_on_the_same_account_never_overdraw_it() {
     assert_eq!((completed, refused), (100, 100));
     assert_eq!(app.balance(&alice.token, &a).await, 0);
     assert_eq!(app.balance(&bob.token, &b).await, 1_000);
-    let (code, report) = app.reconcile(&[]).await;
-    assert_eq!(code, 0, "reconcile passes: {report}");
+    app.assert_reconciles().await;
     app.teardown().await;
 }

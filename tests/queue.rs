@@ -383,7 +383,6 @@ async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_fai
 
     assert!(app.store.entries_of_transaction(id.parse().unwrap()).await.unwrap().is_empty());
     assert_eq!(app.balance(&alice.token, &a).await, 1_000);
-    let (code, report) = app.reconcile(&[]).await;
-    assert_eq!(code, 0, "{report}");
+    app.assert_reconciles().await;
     app.teardown().await;
 }

@@ -63,8 +63,7 @@ async fn the_receiver_reverses_a_transfer_once_and_the_original_links_to_it() {
     assert_eq!((status, again["transaction"]["id"].as_str()), (StatusCode::OK, Some(reversal.as_str())));
     // A reversal is not itself reversible.
     assert_error(&reverse(&app, &app.system, &reversal, "sys-2").await, StatusCode::CONFLICT, "NOT_REVERSIBLE");
-    let (code, report) = app.reconcile(&[]).await;
-    assert_eq!(code, 0, "{report}");
+    app.assert_reconciles().await;
     app.teardown().await;
 }
 
@@ -143,8 +142,7 @@ async fn concurrent_reversals_move_the_money_back_once() {
     assert_eq!(completed, 1, "exactly one reversal completes");
     assert_eq!(app.balance(&alice.token, &a).await, 1_000);
     assert_eq!(app.balance(&bob.token, &b).await, 5_000);
-    let (code, report) = app.reconcile(&[]).await;
-    assert_eq!(code, 0, "{report}");
+    app.assert_reconciles().await;
     app.teardown().await;
 }
 
@@ -167,7 +165,6 @@ async fn system_reverses_initial_funds_back_into_the_funding_account() {
     assert_eq!(status, StatusCode::ACCEPTED, "{r}");
     assert_eq!(app.wait_terminal(&alice.token, r["transaction"]["id"].as_str().unwrap()).await["status"], "COMPLETED");
     assert_eq!(app.balance(&alice.token, &a).await, 0);
-    let (code, report) = app.reconcile(&[]).await;
-    assert_eq!(code, 0, "{report}");
+    app.assert_reconciles().await;
     app.teardown().await;
 }

@@ -595,6 +595,12 @@ impl TestApp {
         let (code, out) = self.run_cli(&args).await;
         (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("reconcile printed no JSON ({e}): {out}")))
     }
+
+    /// Asserts that `ledgerflow reconcile` finds the books in order (exit code 0).
+    pub async fn assert_reconciles(&self) {
+        let (code, report) = self.reconcile(&[]).await;
+        assert_eq!(code, 0, "reconcile passes: {report}");
+    }
 }
 
 impl TestApp {

@@ -1758,9 +1758,6 @@ impl Bars {
     }
 }
 
-/// Runs `task(0..n)` on `concurrency` tokio tasks and returns the outputs in index order.
-/// Separate tasks rather than one buffered stream, so that building requests and parsing
-/// answers spreads over every core, as many independent clients would.
 /// Open-loop pacing for `--rate`: transfer `i` is sent no earlier than `i / rate` seconds
 /// after the start, whatever happened to the ones before it.
 #[derive(Clone, Copy)]
@@ -1781,6 +1778,9 @@ impl Pace {
     }
 }
 
+/// Runs `task(0..n)` on `concurrency` tokio tasks and returns the outputs in index order.
+/// Separate tasks rather than one buffered stream, so that building requests and parsing
+/// answers spreads over every core, as many independent clients would.
 async fn pool<T, F, Fut>(n: usize, concurrency: usize, bar: &ProgressBar, task: F) -> Result<Vec<T>>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,

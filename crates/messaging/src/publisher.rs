@@ -84,7 +84,7 @@ impl Publisher {
             }
             Err(_) => {
                 self.reset().await;
-                Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT))
+                Err(MessagingError::Unavailable(format!("no answer about queue {queue} within {CONFIRM_TIMEOUT:?}")))
             }
         }
     }

@@ -1,23 +1,15 @@
 //! Accounts, their derived balances and their entry history.
 
-use chrono::Utc;
 use futures::TryStreamExt;
 use ledgerflow_domain::{AccountId, AccountStatus, Balance, Currency, UserId};
 use mongodb::bson::doc;
 
-use crate::docs::{AccountDoc, to_bson_time};
+use crate::docs::AccountDoc;
 use crate::{AccountRecord, EntryRecord, MAX_PAGE, Store, StoreError};
 
 impl Store {
     pub async fn insert_account(&self, owner: UserId, currency: Currency) -> Result<AccountRecord, StoreError> {
-        let doc = AccountDoc {
-            id: AccountId::generate().to_string(),
-            owner_id: Some(owner.to_string()),
-            status: AccountStatus::Active.as_str().to_owned(),
-            currency: currency.code().to_owned(),
-            seq: 0,
-            created_at: to_bson_time(Utc::now()),
-        };
+        let doc = AccountDoc::active(AccountId::generate(), Some(owner), currency);
         self.accounts().insert_one(&doc).await?;
         doc.try_into()
     }

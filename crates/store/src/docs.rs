@@ -95,6 +95,20 @@ pub struct AccountRecord {
     pub created_at: DateTime<Utc>,
 }
 
+impl AccountDoc {
+    /// A new ACTIVE account with no entries yet; `owner` is `None` for a funding account.
+    pub(crate) fn active(id: AccountId, owner: Option<UserId>, currency: Currency) -> Self {
+        Self {
+            id: id.to_string(),
+            owner_id: owner.map(|o| o.to_string()),
+            status: AccountStatus::Active.as_str().to_owned(),
+            currency: currency.code().to_owned(),
+            seq: 0,
+            created_at: to_bson_time(Utc::now()),
+        }
+    }
+}
+
 impl TryFrom<AccountDoc> for AccountRecord {
     type Error = StoreError;
     fn try_from(d: AccountDoc) -> Result<Self, StoreError> {

@@ -30,6 +30,12 @@ impl StoreError {
 }
 
 pub(crate) const DUPLICATE_KEY: i32 = 11000;
+const INDEX_NOT_FOUND: i32 = 27;
+
+/// Whether a driver error says the index to drop does not exist.
+pub(crate) fn is_index_not_found(err: &mongodb::error::Error) -> bool {
+    matches!(err.kind.as_ref(), ErrorKind::Command(e) if e.code == INDEX_NOT_FOUND)
+}
 
 /// Whether a driver error is a unique-index violation.
 pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {

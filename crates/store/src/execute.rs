@@ -288,14 +288,7 @@ impl Store {
         id: AccountId,
         currency: Currency,
     ) -> Result<AccountRecord, StoreError> {
-        let doc = AccountDoc {
-            id: id.to_string(),
-            owner_id: None,
-            status: "ACTIVE".to_owned(),
-            currency: currency.code().to_owned(),
-            seq: 0,
-            created_at: to_bson_time(Utc::now()),
-        };
+        let doc = AccountDoc::active(id, None, currency);
         // A concurrent first use collides on `_id`: a duplicate key, retried as a conflict.
         self.accounts().insert_one(&doc).session(&mut *s).await?;
         AccountRecord::try_from(doc)

@@ -48,8 +48,6 @@ pub struct Store {
 
 /// An index older versions created on transactions (`status, publishedAt, createdAt`).
 const RETIRED_PENDING_INDEX: &str = "status_1_publishedAt_1_createdAt_1";
-/// The server's code for dropping an index that does not exist.
-const INDEX_NOT_FOUND: i32 = 27;
 
 impl Store {
     /// Connects lazily: the driver reconnects by itself after outages, so this only fails on
@@ -95,7 +93,7 @@ impl Store {
         // Replaced by {status, createdAt} when the republisher stopped marking publishes; on a
         // database made before, it would only slow every write to transactions.
         if let Err(e) = self.transactions().drop_index(RETIRED_PENDING_INDEX).await
-            && !matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND)
+            && !error::is_index_not_found(&e)
         {
             return Err(e.into());
         }

@@ -217,7 +217,7 @@ async fn accept(
 /// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of either account. Reads
 /// the accounts only when the first two do not settle it.
 async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> ApiResult<bool> {
-    if user.is_system() || t.initiator == user.initiator() {
+    if sees_outright(user, t) {
         return Ok(true);
     }
     let parties = state.store.find_accounts([t.from_account, t.to_account]).await?;
@@ -226,7 +226,12 @@ async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> Ap
 
 /// [`may_see`], given `t`'s sending and receiving accounts as found.
 fn sees(user: &AuthUser, t: &TransactionRecord, parties: &[Option<AccountRecord>; 2]) -> bool {
-    user.is_system() || t.initiator == user.initiator() || parties.iter().any(|a| owns(user, a))
+    sees_outright(user, t) || parties.iter().any(|a| owns(user, a))
+}
+
+/// SYSTEM and the initiator see a transaction whoever owns its accounts.
+fn sees_outright(user: &AuthUser, t: &TransactionRecord) -> bool {
+    user.is_system() || t.initiator == user.initiator()
 }
 
 fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
