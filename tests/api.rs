@@ -505,22 +505,14 @@ async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert_eq!(resp.headers()["x-request-id"], "req-trace-42");
-    let ch = app.channel().await;
-    let msg = ch
-        .basic_get(
-            app.topology.transfers().as_str().into(),
-            ledgerflow_messaging::lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .expect("the command is queued");
+    let msg = app.drain_commands(1, 1).await.pop().expect("the command is queued");
     // The command the gateway emits honours the published JSON Schema.
-    let command: Value = serde_json::from_slice(&msg.delivery.data).unwrap();
+    let command: Value = serde_json::from_slice(&msg.data).unwrap();
     let command_schema =
         jsonschema::validator_for(&ledgerflow_tests::schema("transfer-command.v1.schema.json")).unwrap();
     assert!(command_schema.is_valid(&command), "{command}");
-    assert_eq!(command["transactionId"], msg.delivery.properties.message_id().as_ref().unwrap().as_str());
-    let headers = msg.delivery.properties.headers().clone().unwrap();
+    assert_eq!(command["transactionId"], msg.properties.message_id().as_ref().unwrap().as_str());
+    let headers = msg.properties.headers().clone().unwrap();
     assert_eq!(
         headers.inner().get("x-request-id"),
         Some(&ledgerflow_messaging::lapin::types::AMQPValue::LongString("req-trace-42".into()))
@@ -536,14 +528,9 @@ async fn a_worker_process_serves_its_own_metrics() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut worker = std::process::Command::new(ledgerflow_tests::ledgerflow_bin())
+    let mut worker = ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
         .arg("worker")
-        .env("LEDGERFLOW_MONGODB_URI", ledgerflow_tests::mongodb_uri())
-        .env("LEDGERFLOW_MONGODB_DB", app.store.database_name())
-        .env("LEDGERFLOW_AMQP_URI", ledgerflow_tests::amqp_uri())
-        .env("LEDGERFLOW_AMQP_PREFIX", app.topology.prefix())
         .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
-        .env("LEDGERFLOW_LOG", "warn")
         .spawn()
         .unwrap();
     let start = std::time::Instant::now();
@@ -557,7 +544,10 @@ async fn a_worker_process_serves_its_own_metrics() {
         assert!(start.elapsed() < ledgerflow_tests::DEADLINE, "no metrics from the worker process");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert!(text.contains(&format!("queue=\"{}\"", app.topology.transfers())), "{text}");
+    for queue in app.topology.partitions() {
+        assert!(text.contains(&format!("queue=\"{queue}\"")), "{text}");
+    }
+    assert!(text.contains("ledgerflow_partition_active{partition=\"0\"}"), "{text}");
     let _ = worker.kill();
     let _ = worker.wait();
     app.teardown().await;

@@ -366,21 +366,20 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         wait_progress(&c, ACCOUNTS as u64 + 50).await;
         // Freeze it and kill it. Nobody else consumes, so the broker's requeueing of the
         // deliveries it had not acknowledged shows as a jump in the ready count.
-        let queue = c.topology.transfers();
         c.workers[victim].process.signal("STOP");
-        let ready_before = c.ready_messages(&queue).await;
+        let ready_before = c.ready_commands().await;
         let done_at_kill = c.count_terminal().await.unwrap() - ACCOUNTS as u64;
         let status = c.workers[victim].process.sigkill();
         assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
         assert!(done_at_kill < plan.len() as u64, "the worker had finished everything before it was killed");
         let start = Instant::now();
-        let mut ready_after = c.ready_messages(&queue).await;
+        let mut ready_after = c.ready_commands().await;
         while ready_after == ready_before && start.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            ready_after = c.ready_messages(&queue).await;
+            ready_after = c.ready_commands().await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        ready_after = c.ready_messages(&queue).await;
+        ready_after = c.ready_commands().await;
         let in_flight = ready_after.saturating_sub(ready_before);
         assert!(in_flight > 0, "the killed worker held no unacknowledged deliveries ({ready_before} ready)");
         // MongoDB transactions it had open stay open on the server (nothing aborts them but
@@ -475,8 +474,11 @@ async fn gateway_and_workers_ride_out_a_rabbitmq_restart_answering_503_meanwhile
         let names: Vec<String> = (0..2).map(|i| format!("worker-{i}-{}", c.env.prefix)).collect();
         let start = Instant::now();
         loop {
-            let tags = consumer_tags(&c.topology.transfers()).await;
-            if names.iter().all(|n| tags.iter().any(|t| t.starts_with(n.as_str()))) {
+            let mut tags = Vec::new();
+            for queue in c.topology.partitions() {
+                tags.push(consumer_tags(&queue).await);
+            }
+            if tags.iter().all(|on| names.iter().all(|n| on.iter().any(|t| t.starts_with(n.as_str())))) {
                 break;
             }
             assert!(start.elapsed() < WAIT, "workers did not all reconnect: consumers {tags:?}");

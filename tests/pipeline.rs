@@ -1,8 +1,13 @@
 //! The transfer pipeline end to end: HTTP → MongoDB (PENDING) → RabbitMQ → worker →
 //! MongoDB (entries) → result queue.
 
-use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{Pair, spawn_app, spawn_app_with};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
+use ledgerflow_messaging::lapin::types::FieldTable;
+use ledgerflow_tests::serde_json::{self, Value, json};
+use ledgerflow_tests::{DEADLINE, Pair, TestApp, ledgerflow_command, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,5 +151,103 @@ async fn two_workers_draining_200_transfers_from_one_account_never_overdraw_it()
     for (currency, debits, credits) in app.store.entry_totals().await.unwrap() {
         assert_eq!(debits, credits, "{currency}");
     }
+    app.teardown().await;
+}
+
+/// The partitions a worker process reports being active on, from its metrics endpoint.
+async fn active_partitions(app: &TestApp, port: u16) -> BTreeSet<u16> {
+    let Ok(resp) = app.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await else {
+        return BTreeSet::new();
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ledgerflow_partition_active{partition=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(_, v)| v.trim() == "1")
+        .map(|(p, _)| p.parse().unwrap())
+        .collect()
+}
+
+/// Waits until `n` workers are on the roster (so each consumes every partition).
+async fn wait_for_workers(app: &TestApp, n: u32) {
+    let ch = app.channel().await;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let roster = app.topology.workers();
+    let start = Instant::now();
+    while ch.queue_declare(roster.as_str().into(), passive, FieldTable::default()).await.unwrap().consumer_count() != n
+    {
+        assert!(start.elapsed() < DEADLINE, "{roster} never had {n} consumers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
+    let mut app = spawn_app().await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
+    app.fund(&a, 1_000_000).await;
+    app.stop_worker(0).await;
+    let spawn = |name: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = ledgerflow_command(app.store.database_name(), app.topology.prefix())
+            .arg("worker")
+            .env("LEDGERFLOW_WORKER_NAME", name)
+            .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .spawn()
+            .unwrap();
+        (child, port)
+    };
+    let (mut first, first_port) = spawn("first");
+    wait_for_workers(&app, 1).await;
+    let (mut second, second_port) = spawn("second");
+    wait_for_workers(&app, 2).await;
+
+    // Rounds of 1-unit upstream transfers under 64 routing keys, which cover all four
+    // partitions; a worker learns it is active on a partition from a delivery, and hands the
+    // extras on as deliveries come.
+    let mut sent = 0;
+    let mut round = async |app: &TestApp| {
+        for k in 0..64 {
+            let cmd = app.upstream_command(&a, &b, 1, &format!("split-{sent}"));
+            app.publish_raw(&format!("key-{k}"), &serde_json::to_vec(&cmd).unwrap()).await;
+            sent += 1;
+        }
+        let start = Instant::now();
+        while app.balance(&bob.token, &b).await < sent {
+            assert!(start.elapsed() < DEADLINE, "only {} of {sent} transfers done", app.balance(&bob.token, &b).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sent
+    };
+    let start = Instant::now();
+    let (mine, theirs) = loop {
+        round(&app).await;
+        let (mine, theirs) = (active_partitions(&app, first_port).await, active_partitions(&app, second_port).await);
+        if mine.len() == 2 && theirs.len() == 2 && mine.is_disjoint(&theirs) {
+            break (mine, theirs);
+        }
+        assert!(start.elapsed() < DEADLINE, "no even split: first {mine:?}, second {theirs:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(mine.union(&theirs).count(), 4);
+
+    // The second worker dies with whatever it held: the broker makes the first one active on
+    // its partitions at once, and nothing is lost.
+    let _ = second.kill();
+    let _ = second.wait();
+    let start = Instant::now();
+    loop {
+        round(&app).await;
+        if active_partitions(&app, first_port).await.len() == 4 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the survivor did not take every partition");
+    }
+    let done = round(&app).await;
+    assert_eq!(app.balance(&alice.token, &a).await, 1_000_000 - done);
+    assert_eq!(app.balance(&bob.token, &b).await, done);
+    app.assert_reconciles().await;
+    let _ = first.kill();
+    let _ = first.wait();
     app.teardown().await;
 }

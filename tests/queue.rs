@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ledgerflow_domain::TransactionStatus;
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{DEADLINE, Pair, assert_error, close_broker_connections, schema, spawn_app};
+use ledgerflow_tests::{DEADLINE, Pair, assert_error, close_broker_connections, ready_commands, schema, spawn_app};
 use reqwest::StatusCode;
 
 fn bytes(v: &Value) -> Vec<u8> {
@@ -197,19 +197,18 @@ async fn the_republisher_waits_for_an_idle_queue_and_gives_up_after_five_tries()
     let (status, t) = app.transfer(&alice, &a, &b, json!(5), "never-processed").await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = t["transaction"]["id"].as_str().unwrap().to_owned();
-    let queue = app.topology.transfers();
 
     // Its command waits in the queue, well past the republish age (500 ms): not republished,
     // since a backlog means the command may simply not have been reached yet.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let waiting = app.drain_queue(&queue, 1, 10).await;
-    assert_eq!(waiting.len(), 1, "the original command only: {waiting:?}");
+    assert_eq!(ready_commands(&app.amqp, &app.topology).await, 1, "the original command only");
+    assert_eq!(app.drain_commands(1, 1).await.len(), 1);
     // With the queue empty, the still-PENDING transfer is sent again, up to five times; then
     // it is left for reconcile and the operator.
     let mut sent_again = 0;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(6) {
-        sent_again += app.drain_queue(&queue, 0, 10).await.len();
+        sent_again += app.drain_commands(0, 10).await.len();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(sent_again, 5, "republished five times, then left alone");

@@ -11,8 +11,13 @@ pub mod processes;
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
-use ledgerflow_messaging::lapin::options::{BasicGetOptions, BasicPublishOptions};
+use ledgerflow_messaging::lapin::message::Delivery;
+use ledgerflow_messaging::lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
 use ledgerflow_messaging::{Publisher, Topology, connect};
 use ledgerflow_store::Store;
@@ -26,6 +31,29 @@ pub use serde_json;
 
 /// Upper bound for anything a test waits for. Generous: CI machines are small.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// How long `drain_commands` waits for one more command once it has the least it wanted.
+const QUIET: Duration = Duration::from_millis(300);
+/// Partition queues per test topology: fewer than the default, to keep the shared broker
+/// light, but more than one, so that tests cross partitions.
+pub const PARTITIONS: u16 = 4;
+
+/// Commands ready in `topology`'s partition queues now (passive declares: live, unlike
+/// `rabbitmqctl list_queues`, whose counters are refreshed only every few seconds).
+pub async fn ready_commands(conn: &Connection, topology: &Topology) -> u32 {
+    let ch = conn.create_channel().await.unwrap();
+    let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let mut ready = 0;
+    for queue in topology.partitions() {
+        ready += ch.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.unwrap().message_count();
+    }
+    let _ = ch.close(200, "done".into()).await;
+    ready
+}
+
+/// A test topology under `prefix`, as the test's processes see it (`ledgerflow_command`).
+pub fn topology(prefix: &str) -> Topology {
+    Topology::new(prefix).with_partitions(PARTITIONS)
+}
 
 pub const SYSTEM_EMAIL: &str = "system@ledgerflow.test";
 pub const SYSTEM_PASSWORD: &str = "system-password-for-tests";
@@ -187,7 +215,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     gateway: Option<JoinHandle<()>>,
     workers: Vec<(CancellationToken, Option<JoinHandle<()>>)>,
-    amqp: Connection,
+    pub amqp: Connection,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -200,7 +228,7 @@ pub async fn spawn_app_with(workers: usize) -> TestApp {
     let (db, prefix) = unique_names("test");
     let store = Store::connect(&mongodb_uri(), &db).await.unwrap();
     store.ensure_indexes().await.unwrap();
-    let topology = Topology::new(prefix);
+    let topology = topology(&prefix);
     let hash = hash_password(SYSTEM_PASSWORD.parse().unwrap()).await.unwrap();
     store.ensure_system_user(&SYSTEM_EMAIL.parse().unwrap(), hash).await.unwrap();
 
@@ -378,6 +406,36 @@ impl TestApp {
         out
     }
 
+    /// Takes up to `max` transfer commands off the partition queues (acking them), waiting until
+    /// at least `min` arrived (then until none came for a moment) or the deadline passed. With
+    /// consumers, since quorum queues with a single active consumer refuse `basic.get`; only
+    /// while no worker consumes them.
+    pub async fn drain_commands(&self, min: usize, max: usize) -> Vec<Delivery> {
+        let ch = self.channel().await;
+        ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+        let mut consumers = Vec::new();
+        for queue in self.topology.partitions() {
+            let consumer = ch.basic_consume(queue.as_str().into(), "".into(), Default::default(), Default::default());
+            consumers.push(consumer.await.unwrap());
+        }
+        let mut deliveries = futures::stream::select_all(consumers);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let wait = if out.len() >= min { QUIET } else { DEADLINE.saturating_sub(start.elapsed()) };
+            match tokio::time::timeout(wait, deliveries.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    out.push(delivery);
+                }
+                _ => break,
+            }
+        }
+        // Anything delivered and not taken goes back to its queue.
+        let _ = ch.close(200, "done".into()).await;
+        out
+    }
+
     /// Raw bodies currently dead-lettered (taken off the queue).
     pub async fn dead_letters(&self, min: usize) -> Vec<Vec<u8>> {
         let ch = self.channel().await;
@@ -548,6 +606,7 @@ pub fn ledgerflow_command(db: &str, prefix: &str) -> std::process::Command {
         .env("LEDGERFLOW_MONGODB_DB", db)
         .env("LEDGERFLOW_AMQP_URI", amqp_uri())
         .env("LEDGERFLOW_AMQP_PREFIX", prefix)
+        .env("LEDGERFLOW_PARTITIONS", PARTITIONS.to_string())
         .env("LEDGERFLOW_LOG", "warn")
         .stdin(std::process::Stdio::null());
     cmd

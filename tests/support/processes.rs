@@ -19,10 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use ledgerflow_messaging::lapin::types::FieldTable;
+use ledgerflow_messaging::lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use ledgerflow_messaging::lapin::{BasicProperties, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
@@ -582,7 +579,7 @@ impl Cluster {
         let env = ProcessEnv { db, prefix, label: label.into() };
         let store = Store::connect(&mongodb_uri(), &env.db).await.unwrap();
         let raw = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(&env.db);
-        let topology = Topology::new(&env.prefix);
+        let topology = crate::topology(&env.prefix);
         let gateway = GatewayProcess::spawn(&env, "gateway", proxy.as_ref().map(|p| p.uri.as_str())).await;
         let client = Client::new(gateway.base.clone(), HTTP_TIMEOUT, Some(gateway.process.log.clone()));
         let mut cluster =
@@ -740,15 +737,13 @@ impl Cluster {
         let _ = conn.close(200, "done".into()).await;
     }
 
-    /// Messages ready on `queue` now (a passive declare: live, unlike `rabbitmqctl
+    /// Commands ready in the partition queues now (passive declares: live, unlike `rabbitmqctl
     /// list_queues`, whose counters are refreshed only every few seconds).
-    pub async fn ready_messages(&self, queue: &str) -> u32 {
+    pub async fn ready_commands(&self) -> u32 {
         let conn = self.amqp().await;
-        let ch = conn.create_channel().await.unwrap();
-        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let declared = ch.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap();
+        let ready = crate::ready_commands(&conn, &self.topology).await;
         let _ = conn.close(200, "done".into()).await;
-        declared.message_count()
+        ready
     }
 
     /// Takes every message off `queue` (acking them): keeps polling until `enough` says the

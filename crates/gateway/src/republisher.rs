@@ -66,10 +66,10 @@ async fn sweep(state: &AppState) {
     }
 }
 
-/// Whether no command waits in the transfer or retry queue.
+/// Whether no command waits in any partition or in the retry queue.
 async fn queues_are_idle(state: &AppState) -> bool {
     let topology = state.publisher.topology();
-    for queue in [topology.transfers(), topology.retry()] {
+    for queue in topology.partitions().into_iter().chain([topology.retry()]) {
         match state.publisher.ready_messages(&queue).await {
             Ok(0) => {}
             Ok(_) => return false,

@@ -85,6 +85,13 @@ pub struct ConnInfo {
     pub mongodb_db: String,
     pub amqp_uri: String,
     pub amqp_prefix: String,
+    pub partitions: u16,
+}
+
+impl ConnInfo {
+    fn topology(&self, prefix: &str) -> Topology {
+        Topology::new(prefix).with_partitions(self.partitions)
+    }
 }
 
 /// A secret from a flag or the environment that `Debug` does not print.
@@ -323,11 +330,11 @@ async fn measure(
     if let Some(cluster) = cluster {
         cluster.wait_ready(&api, ready_by).await?;
     }
-    let topology = Topology::new(sandbox.prefix.clone());
+    let topology = conn.topology(&sandbox.prefix);
     let listener = ResultListener::start(&conn.amqp_uri, &topology).await?;
     let measured = async {
         if args.target.is_none() {
-            listener.wait_for_consumers(&topology.transfers(), u32::from(args.workers), ready_by).await?;
+            listener.wait_for_consumers(&topology.workers(), u32::from(args.workers), ready_by).await?;
         }
         let bars = Bars::new();
         let setup_started = Instant::now();
@@ -436,6 +443,7 @@ impl Cluster {
             ("LEDGERFLOW_MONGODB_DB", sandbox.db.clone()),
             ("LEDGERFLOW_AMQP_URI", conn.amqp_uri.clone()),
             ("LEDGERFLOW_AMQP_PREFIX", sandbox.prefix.clone()),
+            ("LEDGERFLOW_PARTITIONS", conn.partitions.to_string()),
             // The processes' own filter, for diagnosis (e.g. ledgerflow_store=debug); quiet by default.
             ("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_BENCH_PROCESS_LOG").unwrap_or_else(|_| "warn".to_owned())),
         ];
@@ -674,8 +682,9 @@ impl ResultListener {
         lock(&self.outcomes).received
     }
 
-    /// Waits until `count` consumers read `queue`: how the bench knows its workers are up
-    /// before timing starts.
+    /// Waits until `count` consumers read `queue` (the workers' roster, which a worker joins
+    /// once it consumes every partition): how the bench knows its workers are up before timing
+    /// starts.
     async fn wait_for_consumers(&self, queue: &str, count: u32, by: Instant) -> Result<()> {
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
         loop {
@@ -1308,10 +1317,9 @@ async fn cleanup(conn: &ConnInfo, sandbox: &Sandbox, keep: bool, raw: bool) {
         return;
     }
     if sandbox.owned {
-        bounded_step(&format!("delete queues {}.*", sandbox.prefix), || {
-            delete_topology(&conn.amqp_uri, &sandbox.prefix)
-        })
-        .await;
+        let topology = conn.topology(&sandbox.prefix);
+        bounded_step(&format!("delete queues {}.*", sandbox.prefix), || delete_topology(&conn.amqp_uri, &topology))
+            .await;
     }
     for db in databases {
         bounded_step(&format!("drop database {db}"), || drop_database(&conn.mongodb_uri, db)).await;
@@ -1342,10 +1350,10 @@ where
     }
 }
 
-async fn delete_topology(amqp_uri: &str, prefix: &str) -> Result<()> {
+async fn delete_topology(amqp_uri: &str, topology: &Topology) -> Result<()> {
     let connection = connect(amqp_uri, "ledgerflow-bench-cleanup").await?;
     let channel = connection.create_channel().await?;
-    let deleted = Topology::new(prefix).delete(&channel).await;
+    let deleted = topology.delete(&channel).await;
     let _ = connection.close(200, "bench cleanup".into()).await;
     Ok(deleted?)
 }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ledgerflow_domain::{AccountStatus, Email, Password, TransferCommand};
 use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
-use ledgerflow_messaging::{Publisher, Topology};
+use ledgerflow_messaging::{DEFAULT_PARTITIONS, Publisher, Topology};
 use ledgerflow_store::Store;
 use ledgerflow_worker::WorkerConfig;
 use tokio::task::JoinSet;
@@ -91,6 +91,17 @@ struct Connections {
     /// Prefix of every exchange and queue name.
     #[arg(long, global = true, env = "LEDGERFLOW_AMQP_PREFIX", default_value = "ledgerflow")]
     amqp_prefix: String,
+    /// Partition queues the transfer commands are spread over, by sending account. Every
+    /// gateway and worker of a deployment must use the same number; workers beyond it stand by.
+    #[arg(long, global = true, env = "LEDGERFLOW_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    partitions: u16,
+}
+
+impl Connections {
+    fn topology(&self) -> Topology {
+        Topology::new(&self.amqp_prefix).with_partitions(self.partitions)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -295,7 +306,7 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     config.cookie_secure = args.cookie_secure;
     config.republish_after = args.republish_after;
     config.republish_interval = args.republish_interval;
-    let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", Topology::new(&conn.amqp_prefix));
+    let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
     if let Err(e) = publisher.ensure_connected().await {
         warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
     }
@@ -304,7 +315,7 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
 
 fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerConfig {
     let name = args.name.clone().unwrap_or_else(|| format!("ledgerflow-worker-{}-{index}", std::process::id()));
-    let mut config = WorkerConfig::new(&conn.amqp_uri, Topology::new(&conn.amqp_prefix), name);
+    let mut config = WorkerConfig::new(&conn.amqp_uri, conn.topology(), name);
     config.prefetch = args.prefetch;
     config.max_batch = usize::from(args.max_batch);
     config.max_attempts = args.max_attempts;
@@ -381,6 +392,7 @@ async fn main() -> Result<()> {
                 mongodb_db: conn.mongodb_db,
                 amqp_uri: conn.amqp_uri,
                 amqp_prefix: conn.amqp_prefix,
+                partitions: conn.partitions,
             };
             bench::run(info, args).await?;
         }
@@ -403,7 +415,7 @@ async fn main() -> Result<()> {
             admin::show_transaction(&open_store(&conn).await?, &id).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::List { limit })) => {
-            let topology = Topology::new(&conn.amqp_prefix);
+            let topology = conn.topology();
             let letters = ledgerflow_messaging::dlq::peek(&conn.amqp_uri, &topology, limit).await?;
             println!("{} dead-lettered command(s) in {}", letters.len(), topology.dead_letters());
             for (i, letter) in letters.iter().enumerate() {
@@ -429,7 +441,7 @@ async fn main() -> Result<()> {
             }
         }
         Command::Admin(Admin::Dlq(Dlq::Replay { limit })) => {
-            let topology = Topology::new(&conn.amqp_prefix);
+            let topology = conn.topology();
             let n = ledgerflow_messaging::dlq::replay(
                 &conn.amqp_uri,
                 &topology,

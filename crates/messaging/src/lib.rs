@@ -5,15 +5,19 @@
 //! and environments can share one broker):
 //!
 //! ```text
-//!  publishers ──▶ [ledgerflow.transfers] fanout ──▶ (ledgerflow.transfers) quorum queue ──▶ workers
+//!  publishers ──▶ [ledgerflow.transfers] fanout ──▶ [ledgerflow.transfers.partitioned] consistent hash
+//!        routing key = sending account ──▶ (ledgerflow.transfers.p0 … p7) quorum, single active consumer ──▶ workers
 //!                                                        │ rejected / dead-lettered
 //!                                                        ▼
 //!                 [ledgerflow.transfers.dead] fanout ──▶ (ledgerflow.transfers.dead)
+//!  workers ─────▶ [ledgerflow.transfers.retry] fanout ─▶ (ledgerflow.transfers.retry) ── TTL ──▶ [ledgerflow.transfers]
 //!  workers ─────▶ [ledgerflow.results] fanout ─────────▶ (ledgerflow.results)
 //! ```
 //!
-//! The transfers exchange is a fanout, so an upstream publisher's routing key (by convention
-//! the sending account id) never decides whether a command is delivered.
+//! The routing key (by convention the sending account id) only chooses the partition: every
+//! key, even an empty one, lands in exactly one partition queue, so it never decides whether a
+//! command is delivered. One partition has one active consumer at a time, so the commands of
+//! one sending account are committed by one worker and do not fight each other.
 
 pub mod dlq;
 mod error;
@@ -22,8 +26,8 @@ mod topology;
 
 pub use error::MessagingError;
 pub use lapin;
-pub use publisher::{Publisher, connect};
-pub use topology::Topology;
+pub use publisher::{Publisher, QueueState, connect};
+pub use topology::{DEFAULT_PARTITIONS, Topology};
 
 /// The AMQP `type` property of a transfer command.
 pub const COMMAND_TYPE: &str = "ledgerflow.transfer.command.v1";

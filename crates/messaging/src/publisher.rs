@@ -28,6 +28,15 @@ pub async fn connect(uri: &str, name: &str) -> Result<Connection, MessagingError
     }
 }
 
+/// What a passive declare tells about a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages waiting for a consumer.
+    pub ready: u32,
+    /// Consumers subscribed, including those waiting behind a single active consumer.
+    pub consumers: u32,
+}
+
 struct Link {
     connection: Connection,
     channel: Channel,
@@ -72,11 +81,16 @@ impl Publisher {
 
     /// Messages ready (not yet delivered to a consumer) in an existing queue.
     pub async fn ready_messages(&self, queue: &str) -> Result<u32, MessagingError> {
+        Ok(self.queue_state(queue).await?.ready)
+    }
+
+    /// Ready messages and consumers (active or waiting) of an existing queue.
+    pub async fn queue_state(&self, queue: &str) -> Result<QueueState, MessagingError> {
         let channel = self.channel().await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
         let declared = channel.queue_declare(queue.into(), passive, FieldTable::default());
         match tokio::time::timeout(CONFIRM_TIMEOUT, declared).await {
-            Ok(Ok(q)) => Ok(q.message_count()),
+            Ok(Ok(q)) => Ok(QueueState { ready: q.message_count(), consumers: q.consumer_count() }),
             Ok(Err(e)) => {
                 // A failed declare closes the channel: start afresh next time.
                 self.reset().await;

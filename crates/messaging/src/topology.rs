@@ -1,16 +1,23 @@
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer, ExchangeKind};
 
 use crate::MessagingError;
 
-/// The names of LedgerFlow's exchanges and queues under one prefix.
+/// Partition queues when nothing else is configured: more than the workers a deployment
+/// usually runs (each worker takes an equal share), few enough to keep the broker light.
+pub const DEFAULT_PARTITIONS: u16 = 8;
+
+/// The names of LedgerFlow's exchanges and queues under one prefix, and how many partition
+/// queues the transfer commands are spread over. Every process of a deployment must agree on
+/// both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
+    partitions: u16,
 }
 
 impl Default for Topology {
@@ -21,16 +28,41 @@ impl Default for Topology {
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self { prefix: prefix.into(), partitions: DEFAULT_PARTITIONS }
+    }
+
+    /// The same names with `n` partition queues (at least one).
+    #[must_use]
+    pub fn with_partitions(mut self, n: u16) -> Self {
+        self.partitions = n.max(1);
+        self
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// Exchange and queue of transfer commands.
+    /// The exchange publishers send transfer commands to (a fanout, forwarding to
+    /// [`Self::partitioner`]); the routing key should be the sending account id.
     pub fn transfers(&self) -> String {
         format!("{}.transfers", self.prefix)
+    }
+
+    /// Consistent-hash exchange that spreads commands over the partition queues by routing
+    /// key, so that all commands from one sending account land in one queue.
+    pub fn partitioner(&self) -> String {
+        format!("{}.transfers.partitioned", self.prefix)
+    }
+
+    /// How many partition queues there are.
+    pub fn partition_count(&self) -> u16 {
+        self.partitions
+    }
+
+    /// The partition queues, in partition order. Each has a single active consumer: one worker
+    /// at a time takes a partition's commands.
+    pub fn partitions(&self) -> Vec<String> {
+        (0..self.partitions).map(|i| format!("{}.transfers.p{i}", self.prefix)).collect()
     }
 
     /// Exchange and queue of commands that could not be processed.
@@ -38,8 +70,16 @@ impl Topology {
         format!("{}.transfers.dead", self.prefix)
     }
 
-    /// Queue (no exchange: published to by name) where commands that hit a transient fault
-    /// wait out their per-message TTL, then dead-letter back into the transfers exchange.
+    /// Queue that every worker consumes and nothing is published to: its consumer count is
+    /// the number of workers connected, from which each works out its share of the partitions.
+    /// (A queue with a single active consumer reports only the active one.)
+    pub fn workers(&self) -> String {
+        format!("{}.workers", self.prefix)
+    }
+
+    /// Exchange (fanout) and queue where commands that hit a transient fault wait out their
+    /// per-message TTL, then dead-letter back into the transfers exchange with their routing
+    /// key, and so into the same partition.
     pub fn retry(&self) -> String {
         format!("{}.transfers.retry", self.prefix)
     }
@@ -50,24 +90,56 @@ impl Topology {
     }
 
     /// Declares everything, idempotently; gateway and worker both call it at (re)connect, so
-    /// neither depends on the other having started first.
+    /// neither depends on the other having started first. Needs the broker's
+    /// `rabbitmq_consistent_hash_exchange` plugin (shipped with RabbitMQ, enabled by
+    /// `scripts/services.sh` and the deploy files).
     pub async fn declare(&self, ch: &Channel) -> Result<(), MessagingError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        for name in [self.transfers(), self.dead_letters(), self.results()] {
+        for name in [self.transfers(), self.dead_letters(), self.results(), self.retry()] {
             ch.exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
         }
+        let hashing = ExchangeKind::Custom("x-consistent-hash".into());
+        ch.exchange_declare(self.partitioner().as_str().into(), hashing, durable, FieldTable::default()).await?;
+        // Exchange-to-exchange: publishers keep one entry point whatever the partitioning.
+        ch.exchange_bind(
+            self.partitioner().as_str().into(),
+            self.transfers().as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
 
         // Quorum queues are replicated and durable; rejected messages go to the dead-letter
-        // exchange instead of vanishing.
-        let mut transfers_args = FieldTable::default();
-        transfers_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        transfers_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.dead_letters().into()));
-        let mut quorum = FieldTable::default();
-        quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        for (queue, args) in
-            [(self.transfers(), transfers_args), (self.dead_letters(), quorum.clone()), (self.results(), quorum)]
-        {
+        // exchange instead of vanishing. A single active consumer per partition means one
+        // worker at a time commits a sending account's transfers, so they do not conflict.
+        let quorum = args(&[("x-queue-type", "quorum")]);
+        let mut partition = args(&[("x-queue-type", "quorum"), ("x-dead-letter-exchange", &self.dead_letters())]);
+        partition.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        for queue in self.partitions() {
+            ch.queue_declare(queue.as_str().into(), queue_opts, partition.clone()).await?;
+            // The binding key of a consistent-hash exchange is the queue's weight.
+            let weight = "1".into();
+            let to = self.partitioner();
+            ch.queue_bind(
+                queue.as_str().into(),
+                to.as_str().into(),
+                weight,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        // The roster holds no messages; it only counts consumers. Classic and durable, so it
+        // is there for a passive declare whether or not a worker runs.
+        let mut roster = args(&[("x-queue-type", "classic")]);
+        roster.insert("x-max-length".into(), AMQPValue::LongInt(0));
+        ch.queue_declare(self.workers().as_str().into(), queue_opts, roster).await?;
+        // The retry queue is classic, not quorum: every message carries the same delay, so
+        // expiring only at the head of the queue (classic semantics) releases them in order.
+        let retry = args(&[("x-queue-type", "classic"), ("x-dead-letter-exchange", &self.transfers())]);
+        for (queue, args) in [(self.dead_letters(), quorum.clone()), (self.results(), quorum), (self.retry(), retry)] {
             ch.queue_declare(queue.as_str().into(), queue_opts, args).await?;
             ch.queue_bind(
                 queue.as_str().into(),
@@ -78,12 +150,6 @@ impl Topology {
             )
             .await?;
         }
-        // Classic, not quorum: every message carries the same delay, so expiring only at the
-        // head of the queue (classic semantics) releases them in order.
-        let mut retry_args = FieldTable::default();
-        retry_args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
-        retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.transfers().into()));
-        ch.queue_declare(self.retry().as_str().into(), queue_opts, retry_args).await?;
         Ok(())
     }
 
@@ -108,11 +174,24 @@ impl Topology {
 
     /// Deletes everything (tests and throwaway environments only).
     pub async fn delete(&self, ch: &Channel) -> Result<(), MessagingError> {
-        for name in [self.transfers(), self.dead_letters(), self.results()] {
+        for queue in self.partitions() {
+            ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+        }
+        for name in [self.dead_letters(), self.results(), self.retry(), self.workers()] {
             ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
+        }
+        for name in [self.transfers(), self.partitioner(), self.dead_letters(), self.results(), self.retry()] {
             ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
-        ch.queue_delete(self.retry().as_str().into(), QueueDeleteOptions::default()).await?;
         Ok(())
     }
+}
+
+/// Queue arguments from string pairs.
+fn args(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), AMQPValue::LongString((*value).into()));
+    }
+    table
 }

@@ -207,8 +207,9 @@ async fn retry_or_give_up(ctx: &Ctx, delivery: &Delivery, cmd: Option<&TransferC
             .clone()
             .with_headers(headers)
             .with_expiration(ctx.retry_delay.as_millis().to_string().into());
-        let retry_queue = ctx.results.topology().retry();
-        return match ctx.results.publish("", &retry_queue, &delivery.data, props).await {
+        // The routing key goes along, so the command comes back to the same partition.
+        let retry = ctx.results.topology().retry();
+        return match ctx.results.publish(&retry, delivery.routing_key.as_str(), &delivery.data, props).await {
             Ok(()) => {
                 warn!(attempt, max_attempts = ctx.max_attempts, delay = ?ctx.retry_delay, "sent to the retry queue");
                 metrics::counter!("ledgerflow_messages_retried_total").increment(1);

@@ -2,6 +2,10 @@
 //! commands in flight together in one MongoDB transaction per batch (group commit, in `batcher`), then
 //! reports each command's outcome on the result queue.
 //!
+//! Commands arrive through partition queues, one per slice of sending accounts; each worker
+//! subscribes to all of them and keeps an equal share as their single active consumer (see
+//! `share`), so one account's transfers are committed by one worker at a time.
+//!
 //! Delivery is at least once; the effect is exactly once, because [`Store::execute_batch`] is
 //! idempotent (see `ledgerflow-store`). The order for each message is: commit, publish the
 //! result (with a confirm), then ack. A crash between any two steps leads to a redelivery,
@@ -15,16 +19,21 @@
 
 mod batcher;
 mod handler;
+mod share;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 pub use handler::ATTEMPT_HEADER;
+use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
 use ledgerflow_messaging::{MessagingError, Publisher, Topology, connect};
 use ledgerflow_store::Store;
+use share::Share;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -34,7 +43,8 @@ use tracing::{info, warn};
 pub struct WorkerConfig {
     pub amqp_uri: String,
     pub topology: Topology,
-    /// Commands in flight at once (the AMQP prefetch): bounds memory and database load.
+    /// Commands in flight at once (the AMQP prefetch, shared out between the partitions):
+    /// bounds memory and database load.
     pub prefetch: u16,
     /// Most commands committed in one database transaction. Larger batches raise the top
     /// throughput a little but hold accounts longer, so concurrent workers conflict more and
@@ -92,16 +102,96 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     info!(worker = %config.name, "worker stopped");
 }
 
-/// How often a worker samples queue depths for the `ledgerflow_queue_depth` gauge.
-const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a worker samples queue depths (the `ledgerflow_queue_depth` gauge) and the number
+/// of workers sharing the partitions.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Asks through the results publisher's channel, with its time limit: a failed or slow
-/// passive declare must not close or stall the consuming channel.
-async fn report_queue_depths(results: &Publisher, topology: &Topology) {
-    for queue in [topology.transfers(), topology.retry(), topology.dead_letters(), topology.results()] {
+/// passive declare must not close or stall the consuming channel. Returns the number of
+/// workers on the roster.
+async fn sample_queues(results: &Publisher, topology: &Topology) -> Option<u32> {
+    let queues =
+        topology.partitions().into_iter().chain([topology.retry(), topology.dead_letters(), topology.results()]);
+    for queue in queues {
         if let Ok(ready) = results.ready_messages(&queue).await {
             metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(ready));
         }
+    }
+    results.queue_state(&topology.workers()).await.ok().map(|roster| roster.consumers)
+}
+
+/// A delivery and the partition subscription it came from.
+struct Fed {
+    partition: u16,
+    generation: u32,
+    delivery: Delivery,
+}
+
+/// One partition queue's subscriptions on a channel. Each hand-off cancels the current one
+/// and subscribes again (see [`share`]), which counts a generation up; deliveries already
+/// prefetched still come through, tagged with the old generation.
+struct Feed {
+    channel: Channel,
+    partition: u16,
+    queue: String,
+    tag: String,
+}
+
+impl Feed {
+    fn tag(&self, generation: u32) -> String {
+        format!("{}-p{}-{generation}", self.tag, self.partition)
+    }
+
+    async fn subscribe(&self, generation: u32) -> Result<Consumer, MessagingError> {
+        let (queue, tag) = (self.queue.as_str().into(), self.tag(generation).into());
+        Ok(self.channel.basic_consume(queue, tag, BasicConsumeOptions::default(), FieldTable::default()).await?)
+    }
+
+    /// Passes deliveries on until `stop`, starting with the `first` subscription.
+    async fn run(
+        self,
+        first: Consumer,
+        to_worker: mpsc::Sender<Fed>,
+        hand_off: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> Result<(), MessagingError> {
+        let mut consumer = first;
+        for generation in 0.. {
+            if generation > 0 {
+                consumer = self.subscribe(generation).await?;
+            }
+            let tag = self.tag(generation);
+            let mut cancelled = false;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled(), if !cancelled => {
+                        let _ = self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        return Ok(());
+                    }
+                    () = hand_off.notified(), if !cancelled => {
+                        self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+                        cancelled = true;
+                    }
+                    delivery = consumer.next() => match delivery {
+                        Some(Ok(delivery)) => {
+                            let fed = Fed { partition: self.partition, generation, delivery };
+                            if to_worker.send(fed).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Some(Err(e)) => return Err(e.into()),
+                        None if cancelled => break,
+                        None => {
+                            let why = format!("consumer of {} cancelled by the broker", self.queue);
+                            return Err(MessagingError::Unavailable(why));
+                        }
+                    },
+                }
+            }
+            info!(partition = self.partition, "handed the partition on");
+            metrics::counter!("ledgerflow_partition_handoffs_total").increment(1);
+        }
+        Ok(())
     }
 }
 
@@ -113,43 +203,92 @@ async fn consume(
 ) -> Result<(), MessagingError> {
     let connection = connect(&config.amqp_uri, &config.name).await?;
     let channel = connection.create_channel().await?;
-    config.topology.declare(&channel).await?;
-    channel.basic_qos(config.prefetch, BasicQosOptions::default()).await?;
-    let tag = format!("{}-{}", config.name, std::process::id());
-    let mut consumer = channel
-        .basic_consume(
-            config.topology.transfers().as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    info!(worker = %config.name, queue = %config.topology.transfers(), prefetch = config.prefetch, "consuming");
+    let topology = &config.topology;
+    topology.declare(&channel).await?;
+    // Per consumer: the prefetch is shared out between the partitions.
+    let per_partition = config.prefetch.div_ceil(topology.partition_count()).max(MIN_PREFETCH);
+    channel.basic_qos(per_partition, BasicQosOptions::default()).await?;
 
+    let tag = format!("{}-{}", config.name, std::process::id());
+    let stop_feeds = shutdown.child_token();
+    let (to_worker, mut fed) = mpsc::channel(usize::from(per_partition));
+    let mut feeds = JoinSet::new();
+    let mut hand_offs = Vec::new();
+    for (partition, queue) in (0..).zip(topology.partitions()) {
+        let feed = Feed { channel: channel.clone(), partition, queue, tag: tag.clone() };
+        let first = feed.subscribe(0).await?;
+        let hand_off = Arc::new(Notify::new());
+        hand_offs.push(Arc::clone(&hand_off));
+        feeds.spawn(feed.run(first, to_worker.clone(), hand_off, stop_feeds.clone()));
+    }
+    drop(to_worker);
+    // Joining the roster last: once every worker counts there, each consumes every partition.
+    let roster = channel.basic_consume(
+        topology.workers().as_str().into(),
+        format!("{tag}-roster").as_str().into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let _roster = roster.await?;
+    info!(worker = %config.name, partitions = topology.partition_count(), prefetch = per_partition, "consuming");
+
+    let mut share = Share::new(topology.partition_count());
     let mut in_flight = JoinSet::new();
-    let mut depth_tick = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
+    let mut sample_tick = tokio::time::interval(SAMPLE_INTERVAL);
     let outcome = loop {
         tokio::select! {
-            _ = depth_tick.tick() => report_queue_depths(&ctx.results, &config.topology).await,
+            _ = sample_tick.tick() => {
+                if let Some(workers) = sample_queues(&ctx.results, topology).await {
+                    share.set_workers(workers);
+                }
+                report_partitions(&share, topology.partition_count());
+            }
             () = shutdown.cancelled() => {
                 info!(worker = %config.name, in_flight = in_flight.len(), "shutting down: no new commands, draining");
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                 break Ok(());
             }
-            delivery = consumer.next() => match delivery {
-                Some(Ok(delivery)) => {
+            fed = fed.recv() => match fed {
+                Some(Fed { partition, generation, delivery }) => {
+                    if share.delivered(partition, generation, Instant::now()) {
+                        hand_offs[usize::from(partition)].notify_one();
+                    }
                     in_flight.spawn(handler::handle(Arc::clone(ctx), delivery));
                 }
-                Some(Err(e)) => break Err(e.into()),
-                None => break Err(MessagingError::Unavailable("consumer cancelled by the broker".into())),
+                None => break Err(MessagingError::Unavailable("every partition feed ended".into())),
             },
+            Some(ended) = feeds.join_next() => {
+                let error = match ended {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => MessagingError::Unavailable("a partition feed ended".into()),
+                    Err(e) => MessagingError::Unavailable(format!("a partition feed failed: {e}")),
+                };
+                break Err(error);
+            }
             // Reap finished handlers so the set stays as small as the prefetch.
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     };
-    // Finish (and ack) what was already taken, whether stopping or reconnecting: the acks
-    // fail harmlessly if the channel is gone, and the broker then redelivers.
+    // No new deliveries; finish (and ack) what was already taken, whether stopping or
+    // reconnecting: the acks fail harmlessly if the channel is gone, and the broker then
+    // redelivers. Prefetched deliveries never handed to a handler are requeued when the
+    // connection closes.
+    stop_feeds.cancel();
+    while feeds.join_next().await.is_some() {}
     while in_flight.join_next().await.is_some() {}
+    report_partitions(&Share::new(topology.partition_count()), topology.partition_count());
     let _ = connection.close(200, "worker stopping".into()).await;
     outcome
+}
+
+/// Fewest commands in flight per partition, whatever the prefetch is shared out into.
+const MIN_PREFETCH: u16 = 16;
+
+/// The `ledgerflow_partition_active` gauges: 1 for each partition this worker is active on
+/// (as of its last delivery from it).
+fn report_partitions(share: &Share, partitions: u16) {
+    let mut active = share.active().peekable();
+    for p in 0..partitions {
+        let on = active.next_if_eq(&p).is_some();
+        metrics::gauge!("ledgerflow_partition_active", "partition" => p.to_string()).set(if on { 1.0 } else { 0.0 });
+    }
 }
