@@ -8,7 +8,8 @@ For every directory with a kustomization.yaml (the base and each overlay):
      version in LEDGERFLOW_KUBE_VERSIONS; KEDA resources (a CRD no schema here knows) get
      a structural check instead;
   3. check what the schemas cannot: cross-references (image, selectors, ports, ConfigMap and
-     Secret keys, the ScaledObject's target and queue) and the deployment rules in
+     Secret keys, the ScaledObject's target and partition queues, one LEDGERFLOW_PARTITIONS
+     for all) and the deployment rules in
      deploy/README.md (labels, securityContext, resources, probes, the reconcile CronJob).
 If kubectl is on PATH, the output of the real `kubectl kustomize` goes through 2 and 3 as well.
 Last line: `SUMMARY {json}` (read by tests/deploy.rs). Exit status 1 when anything is wrong.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,14 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityCla
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "patches", "images", "secretGenerator"}
 SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
                       "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+# The rabbitmq trigger's metadata keys KEDA 2.x knows (https://keda.sh/docs/latest/scalers/rabbitmq-queue/),
+# less `host` (credentials belong in a Secret, read with hostFromEnv) and the deprecated `queueLength`.
+# Anything else is reported: a misspelt key (`userRegex`) would leave KEDA on the default.
+RABBITMQ_TRIGGER_METADATA = {"protocol", "mode", "value", "activationValue", "queueName", "vhostName", "hostFromEnv",
+                             "usernameFromEnv", "passwordFromEnv", "unsafeSsl", "timeout", "useRegex", "pageSize",
+                             "operation", "excludeUnacknowledged"}
+# LedgerFlow's own defaults and limits (crates/ledgerflow/src/main.rs, crates/messaging/src/topology.rs).
+DEFAULT_PREFIX, DEFAULT_PARTITIONS, MAX_PARTITIONS = "ledgerflow", "8", 1024
 
 problems: dict[str, dict[str, None]] = {}  # message -> where it was seen (an ordered set)
 files_read: set[Path] = set()
@@ -297,6 +307,49 @@ class Rules:
             problem(self.name, "workloads", f"Deployments/CronJobs must all run one image, not {images}")
         for w in self.workloads:
             self.workload(w)
+        self.partitions_agree()
+
+    def env_value(self, w: Resource, name: str, default: str | None = None):
+        """What env var `name` is in the first container of w: env (value or configMapKeyRef) over envFrom
+        ConfigMaps (the last one naming it wins), else default. A secretKeyRef reads as the Secret's value
+        where the build has the Secret, else as None."""
+        c = get(containers(w.doc), 0, default={})
+        for env in c.get("env", []):
+            if env.get("name") == name:
+                if "value" in env:
+                    return env["value"]
+                if ref := get(env, "valueFrom", "configMapKeyRef"):
+                    return self.configmaps.get(ref.get("name"), {}).get(ref.get("key"))
+                if ref := get(env, "valueFrom", "secretKeyRef"):
+                    return self.secrets.get(ref.get("name"), {}).get(ref.get("key"))
+                return None
+        value = default
+        for source in c.get("envFrom", []):
+            value = self.configmaps.get(get(source, "configMapRef", "name"), {}).get(name, value)
+        return value
+
+    def partition_count(self) -> int | None:
+        """LEDGERFLOW_PARTITIONS of the worker Deployment (partitions_agree checks the others match)."""
+        workers = [w for w in self.workloads if get(containers(w.doc), 0, "args", 0) == "worker"]
+        value = self.env_value(workers[0], "LEDGERFLOW_PARTITIONS", DEFAULT_PARTITIONS) if workers else None
+        valid = isinstance(value, str) and value.isdigit() and 1 <= int(value) <= MAX_PARTITIONS
+        return int(value) if valid else None
+
+    def partitions_agree(self) -> None:
+        """Gateways and workers must spread commands over the same partitions: a gateway with another count
+        hashes accounts to other queues, and a worker with fewer never consumes the rest. Set explicitly, so
+        that a new release with another built-in default cannot split a rolling update."""
+        counts = {w.id: self.env_value(w, "LEDGERFLOW_PARTITIONS") for w in self.workloads}
+        for w in self.workloads:
+            value = counts[w.id]
+            if value is None:
+                self.fail(w, "LEDGERFLOW_PARTITIONS is not set (put it in the ConfigMap: gateways and workers must agree)")
+                continue
+            if not (isinstance(value, str) and value.isdigit() and 1 <= int(value) <= MAX_PARTITIONS):
+                self.fail(w, f"LEDGERFLOW_PARTITIONS must be a whole number in 1..{MAX_PARTITIONS}, got {value!r}")
+        if len(set(counts.values())) > 1:
+            problem(self.name, "workloads", "all workloads must use the same LEDGERFLOW_PARTITIONS (set it once, in "
+                    f"the ConfigMap), not {counts}")
 
     def selected(self, selector: dict, r: Resource):
         """The one workload whose pods carry all of selector's labels (else None, and a problem)."""
@@ -394,21 +447,65 @@ class Rules:
         if not 1 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100):
             self.fail(r, "needs 1 <= minReplicaCount <= maxReplicaCount (workers must never scale to zero)")
         worker = containers(target.doc)[0]
-        env = {e.get("name"): e.get("value") for e in worker.get("env", [])}
-        from_configmaps = [self.configmaps.get(get(s, "configMapRef", "name"), {}) for s in worker.get("envFrom", [])]
-        prefix = env.get("LEDGERFLOW_AMQP_PREFIX") or next(
-            (cm["LEDGERFLOW_AMQP_PREFIX"] for cm in from_configmaps if "LEDGERFLOW_AMQP_PREFIX" in cm), "ledgerflow")
+        env = {e.get("name"): e for e in worker.get("env", [])}
+        prefix = self.env_value(target, "LEDGERFLOW_AMQP_PREFIX", DEFAULT_PREFIX)
+        partitions = self.partition_count()
+        if partitions is None:
+            return  # partitions_agree reports it
+        if spec.get("maxReplicaCount", 100) > partitions:
+            self.fail(r, f"maxReplicaCount {spec.get('maxReplicaCount', 100)} exceeds LEDGERFLOW_PARTITIONS "
+                      f"{partitions}: a partition has one active consumer, so the extra workers only stand by")
         rabbit = [t["metadata"] for t in spec["triggers"] if t["type"] == "rabbitmq"]
         if not rabbit:
             self.fail(r, "needs a trigger of type rabbitmq")
         for meta in rabbit:
-            if meta.get("queueName") != f"{prefix}.transfers":
-                self.fail(r, f"rabbitmq queueName {meta.get('queueName')!r} is not the workers' {prefix}.transfers")
-            if meta.get("mode") != "QueueLength" or not meta.get("value", "").isdigit():
-                self.fail(r, "rabbitmq trigger needs mode QueueLength and a whole-number value")
-            if meta.get("protocol") != "amqp" or meta.get("hostFromEnv") not in env:
-                self.fail(r, "rabbitmq trigger needs protocol amqp and hostFromEnv naming a worker env var, "
-                          f"got {meta.get('protocol')!r}, {meta.get('hostFromEnv')!r}")
+            if unknown := sorted(set(meta) - RABBITMQ_TRIGGER_METADATA):
+                self.fail(r, f"rabbitmq trigger metadata KEDA does not know or we do not allow: {unknown} "
+                          "(a typo? credentials go in a Secret, read with hostFromEnv)")
+            # The workers consume the partition queues, so the trigger sums them: only the management API can.
+            if (meta.get("protocol"), meta.get("useRegex"), meta.get("operation")) != ("http", "true", "sum"):
+                self.fail(r, "rabbitmq trigger needs protocol http, useRegex \"true\" and operation sum to add up the "
+                          f"partition queues, got {meta.get('protocol')!r}, {meta.get('useRegex')!r}, "
+                          f"{meta.get('operation')!r}")
+            if meta.get("mode") != "QueueLength" or not meta.get("value", "").isdigit() or meta["value"] == "0":
+                self.fail(r, "rabbitmq trigger needs mode QueueLength and a positive whole-number value")
+            if meta.get("excludeUnacknowledged") != "true":
+                self.fail(r, "rabbitmq trigger needs excludeUnacknowledged \"true\": unacknowledged messages are "
+                          "already prefetched by workers, counting them lets the prefetch alone scale out")
+            if not meta.get("pageSize", "100").isdigit() or int(meta.get("pageSize", "100")) < partitions:
+                self.fail(r, f"rabbitmq pageSize {meta.get('pageSize', '100 (default)')} is below "
+                          f"LEDGERFLOW_PARTITIONS {partitions}: KEDA would sum only the first page of queues")
+            self.partition_regex(r, meta.get("queueName"), prefix, partitions)
+            host_env = env.get(meta.get("hostFromEnv"))
+            if host_env is None:
+                self.fail(r, f"rabbitmq hostFromEnv {meta.get('hostFromEnv')!r} must name an env var of the worker "
+                          "container (KEDA reads it from there)")
+            elif get(host_env, "valueFrom", "secretKeyRef", "optional"):
+                self.fail(r, f"rabbitmq hostFromEnv {meta['hostFromEnv']}: the Secret key must not be optional")
+            else:
+                url = self.env_value(target, meta["hostFromEnv"])
+                if url is not None and not re.match(r"https?://[^/]+/", str(url)):
+                    self.fail(r, f"rabbitmq hostFromEnv {meta['hostFromEnv']} must hold the management API URL, "
+                              "http(s)://user:password@host:15672/<vhost>, not an amqp:// URI")
+
+    def partition_regex(self, r: Resource, regex, prefix: str, partitions: int) -> None:
+        """queueName, searched (unanchored) the way RabbitMQ's management API does, must match every partition
+        queue and nothing else LedgerFlow or a neighbour declares."""
+        try:
+            pattern = re.compile(regex)
+        except (re.error, TypeError) as e:
+            self.fail(r, f"rabbitmq queueName {regex!r} is not a regex: {e}")
+            return
+        names = [f"{prefix}.transfers.p{i}" for i in range(partitions)]
+        if missed := [name for name in names if not pattern.search(name)]:
+            self.fail(r, f"rabbitmq queueName {regex!r} misses the partition queue(s) {missed[:5]} "
+                      f"(prefix {prefix!r}, LEDGERFLOW_PARTITIONS {partitions})")
+        others = [f"{prefix}.{suffix}" for suffix in ("transfers", "transfers.partitioned", "transfers.retry",
+                                                      "transfers.dead", "results", "workers")]
+        others += [f"{prefix}.transfers.p0.old", f"{prefix}.transfers.p0x", f"{prefix}.transfers.px",
+                   f"other.{names[0]}", f"other-{names[0]}", names[0].replace(".", "x")]
+        if matched := [name for name in others if pattern.search(name)]:
+            self.fail(r, f"rabbitmq queueName {regex!r} also matches {matched}: anchor it (^...$) and escape the dots")
 
     def secret(self, r: Resource) -> None:
         jwt = self.secrets[get(r.doc, "metadata", "name")].get("LEDGERFLOW_JWT_SECRET")
