@@ -528,11 +528,13 @@ async fn a_worker_process_serves_its_own_metrics() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut worker = ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
-        .arg("worker")
-        .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
-        .spawn()
-        .unwrap();
+    let worker = ledgerflow_tests::Reaped(
+        ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
+            .arg("worker")
+            .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .spawn()
+            .unwrap(),
+    );
     let start = std::time::Instant::now();
     let text = loop {
         if let Ok(resp) = app.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await {
@@ -548,8 +550,7 @@ async fn a_worker_process_serves_its_own_metrics() {
         assert!(text.contains(&format!("queue=\"{queue}\"")), "{text}");
     }
     assert!(text.contains("ledgerflow_partition_active{partition=\"0\"}"), "{text}");
-    let _ = worker.kill();
-    let _ = worker.wait();
+    drop(worker);
     app.teardown().await;
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
 use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_tests::serde_json::{self, Value, json};
-use ledgerflow_tests::{DEADLINE, Pair, TestApp, ledgerflow_command, spawn_app, spawn_app_with};
+use ledgerflow_tests::{DEADLINE, Pair, Reaped, TestApp, ledgerflow_command, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,11 +195,11 @@ async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
             .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .spawn()
             .unwrap();
-        (child, port)
+        (Reaped(child), port)
     };
-    let (mut first, first_port) = spawn("first");
+    let (first, first_port) = spawn("first");
     wait_for_workers(&app, 1).await;
-    let (mut second, second_port) = spawn("second");
+    let (second, second_port) = spawn("second");
     wait_for_workers(&app, 2).await;
 
     // Rounds of 1-unit upstream transfers under 64 routing keys, which cover all four
@@ -233,8 +233,7 @@ async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
 
     // The second worker dies with whatever it held: the broker makes the first one active on
     // its partitions at once, and nothing is lost.
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(second);
     let start = Instant::now();
     loop {
         round(&app).await;
@@ -247,7 +246,6 @@ async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
     assert_eq!(app.balance(&alice.token, &a).await, 1_000_000 - done);
     assert_eq!(app.balance(&bob.token, &b).await, done);
     app.assert_reconciles().await;
-    let _ = first.kill();
-    let _ = first.wait();
+    drop(first);
     app.teardown().await;
 }

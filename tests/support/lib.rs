@@ -37,6 +37,17 @@ const QUIET: Duration = Duration::from_millis(300);
 /// light, but more than one, so that tests cross partitions.
 pub const PARTITIONS: u16 = 4;
 
+/// A child process that is killed (and reaped) when dropped, so a failing test leaves no
+/// process behind to consume its queues.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Commands ready in `topology`'s partition queues now (passive declares: live, unlike
 /// `rabbitmqctl list_queues`, whose counters are refreshed only every few seconds).
 pub async fn ready_commands(conn: &Connection, topology: &Topology) -> u32 {

@@ -15,6 +15,8 @@ use crate::{MessagingError, Topology};
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a channel and declaring the topology may take once connected.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed connection attempt, publishes fail at once for this long instead of each
 /// request waiting on a broker that is down.
 const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
@@ -136,12 +138,24 @@ impl Publisher {
         }
     }
 
+    /// Connects, opens a confirming channel and declares the topology, all within
+    /// `OPEN_TIMEOUT`: a broker still starting up may accept connections and not answer.
     async fn open(&self) -> Result<Link, MessagingError> {
         let connection = connect(&self.uri, &self.name).await?;
-        let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.topology.declare(&channel).await?;
-        Ok(Link { connection, channel })
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            self.topology.declare(&channel).await?;
+            Ok::<_, MessagingError>(channel)
+        };
+        match tokio::time::timeout(OPEN_TIMEOUT, setup).await {
+            Ok(Ok(channel)) => Ok(Link { connection, channel }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, connection.close(200, "setup timed out".into())).await;
+                Err(MessagingError::Unavailable(format!("no channel and topology within {OPEN_TIMEOUT:?}")))
+            }
+        }
     }
 
     /// Drops the link so the next publish reconnects. The close happens outside the lock and

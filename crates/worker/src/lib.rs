@@ -22,6 +22,7 @@ mod handler;
 mod share;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -36,7 +37,7 @@ use share::Share;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -84,9 +85,13 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
         max_attempts: config.max_attempts.max(1),
         retry_delay: config.retry_delay,
     });
+    // Sampled apart from the consuming loop, so a broker slow to answer a passive declare
+    // never holds up deliveries or shutdown.
+    let workers = Arc::new(AtomicU32::new(0));
+    let sampler = tokio::spawn(sample_queues(results.clone(), config.topology.clone(), Arc::clone(&workers)));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match consume(&ctx, &config, &shutdown).await {
+        match consume(&ctx, &config, &workers, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 warn!(worker = %config.name, error = %e, retry_in = ?backoff, "consumer lost, reconnecting");
@@ -98,6 +103,7 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
             }
         }
     }
+    sampler.abort();
     results.close().await;
     info!(worker = %config.name, "worker stopped");
 }
@@ -106,18 +112,36 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
 /// of workers sharing the partitions.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Asks through the results publisher's channel, with its time limit: a failed or slow
-/// passive declare must not close or stall the consuming channel. Returns the number of
-/// workers on the roster.
-async fn sample_queues(results: &Publisher, topology: &Topology) -> Option<u32> {
-    let queues =
-        topology.partitions().into_iter().chain([topology.retry(), topology.dead_letters(), topology.results()]);
-    for queue in queues {
-        if let Ok(ready) = results.ready_messages(&queue).await {
-            metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(ready));
+/// Longest wait for one round of queue samples.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every `SAMPLE_INTERVAL`, sets the `ledgerflow_queue_depth` gauges and stores the number of
+/// workers on the roster in `workers` (0 until known). Asks through the results publisher's
+/// channel, with time limits: a failed passive declare must not close the consuming channel.
+async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<AtomicU32>) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let round = async {
+            let queues = topology.partitions().into_iter().chain([
+                topology.retry(),
+                topology.dead_letters(),
+                topology.results(),
+            ]);
+            for queue in queues {
+                if let Ok(ready) = results.ready_messages(&queue).await {
+                    metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(ready));
+                }
+            }
+            if let Ok(roster) = results.queue_state(&topology.workers()).await {
+                workers.store(roster.consumers, Ordering::Relaxed);
+            }
+        };
+        if tokio::time::timeout(SAMPLE_TIMEOUT, round).await.is_err() {
+            debug!("queue sampling timed out");
         }
     }
-    results.queue_state(&topology.workers()).await.ok().map(|roster| roster.consumers)
 }
 
 /// A delivery and the partition subscription it came from.
@@ -199,56 +223,69 @@ impl Feed {
 async fn consume(
     ctx: &Arc<handler::Ctx>,
     config: &WorkerConfig,
+    workers: &AtomicU32,
     shutdown: &CancellationToken,
 ) -> Result<(), MessagingError> {
     let connection = connect(&config.amqp_uri, &config.name).await?;
-    let channel = connection.create_channel().await?;
     let topology = &config.topology;
-    topology.declare(&channel).await?;
     // Per consumer: the prefetch is shared out between the partitions.
     let per_partition = config.prefetch.div_ceil(topology.partition_count()).max(MIN_PREFETCH);
-    channel.basic_qos(per_partition, BasicQosOptions::default()).await?;
-
     let tag = format!("{}-{}", config.name, std::process::id());
+    // Bounded, like every step on a connection: a broker still starting up may accept the
+    // connection and not answer.
+    let setup = async {
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        channel.basic_qos(per_partition, BasicQosOptions::default()).await?;
+        let mut subscribed = Vec::new();
+        for (partition, queue) in (0..).zip(topology.partitions()) {
+            let feed = Feed { channel: channel.clone(), partition, queue, tag: tag.clone() };
+            let first = feed.subscribe(0).await?;
+            subscribed.push((feed, first));
+        }
+        // Joining the roster last: once every worker counts there, each consumes every partition.
+        let roster = (topology.workers(), format!("{tag}-roster"));
+        let options = BasicConsumeOptions::default();
+        let roster = channel
+            .basic_consume(roster.0.as_str().into(), roster.1.as_str().into(), options, FieldTable::default())
+            .await?;
+        Ok::<_, MessagingError>((subscribed, roster))
+    };
+    // The roster consumer is kept (dropping it would cancel it); it never yields anything.
+    let (subscribed, _roster) = match tokio::time::timeout(SETUP_LIMIT, setup).await {
+        Ok(Ok(subscribed)) => subscribed,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            let _ = tokio::time::timeout(TEARDOWN_LIMIT, connection.close(200, "setup timed out".into())).await;
+            return Err(MessagingError::Unavailable(format!("no subscriptions within {SETUP_LIMIT:?}")));
+        }
+    };
+
     let stop_feeds = shutdown.child_token();
     let (to_worker, mut fed) = mpsc::channel(usize::from(per_partition));
     let mut feeds = JoinSet::new();
     let mut hand_offs = Vec::new();
-    for (partition, queue) in (0..).zip(topology.partitions()) {
-        let feed = Feed { channel: channel.clone(), partition, queue, tag: tag.clone() };
-        let first = feed.subscribe(0).await?;
+    for (feed, first) in subscribed {
         let hand_off = Arc::new(Notify::new());
         hand_offs.push(Arc::clone(&hand_off));
         feeds.spawn(feed.run(first, to_worker.clone(), hand_off, stop_feeds.clone()));
     }
     drop(to_worker);
-    // Joining the roster last: once every worker counts there, each consumes every partition.
-    let roster = channel.basic_consume(
-        topology.workers().as_str().into(),
-        format!("{tag}-roster").as_str().into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    );
-    let _roster = roster.await?;
     info!(worker = %config.name, partitions = topology.partition_count(), prefetch = per_partition, "consuming");
 
     let mut share = Share::new(topology.partition_count());
     let mut in_flight = JoinSet::new();
-    let mut sample_tick = tokio::time::interval(SAMPLE_INTERVAL);
+    let mut report_tick = tokio::time::interval(SAMPLE_INTERVAL);
     let outcome = loop {
         tokio::select! {
-            _ = sample_tick.tick() => {
-                if let Some(workers) = sample_queues(&ctx.results, topology).await {
-                    share.set_workers(workers);
-                }
-                report_partitions(&share, topology.partition_count());
-            }
+            _ = report_tick.tick() => report_partitions(&share, topology.partition_count()),
             () = shutdown.cancelled() => {
                 info!(worker = %config.name, in_flight = in_flight.len(), "shutting down: no new commands, draining");
                 break Ok(());
             }
             fed = fed.recv() => match fed {
                 Some(Fed { partition, generation, delivery }) => {
+                    share.set_workers(workers.load(Ordering::Relaxed));
                     if share.delivered(partition, generation, Instant::now()) {
                         hand_offs[usize::from(partition)].notify_one();
                     }
@@ -270,15 +307,24 @@ async fn consume(
     };
     // No new deliveries; finish (and ack) what was already taken, whether stopping or
     // reconnecting: the acks fail harmlessly if the channel is gone, and the broker then
-    // redelivers. Prefetched deliveries never handed to a handler are requeued when the
-    // connection closes.
+    // redelivers. Prefetched deliveries never handed to a handler are dropped here and
+    // requeued by the broker when the connection closes. Each step is bounded: a dead
+    // connection must not hold the worker (handlers bound their own publishes and acks).
+    drop(fed);
     stop_feeds.cancel();
-    while feeds.join_next().await.is_some() {}
+    if tokio::time::timeout(TEARDOWN_LIMIT, async { while feeds.join_next().await.is_some() {} }).await.is_err() {
+        feeds.abort_all();
+    }
     while in_flight.join_next().await.is_some() {}
     report_partitions(&Share::new(topology.partition_count()), topology.partition_count());
-    let _ = connection.close(200, "worker stopping".into()).await;
+    let _ = tokio::time::timeout(TEARDOWN_LIMIT, connection.close(200, "worker stopping".into())).await;
     outcome
 }
+
+/// Longest wait for a consuming connection's channel, topology and subscriptions.
+const SETUP_LIMIT: Duration = Duration::from_secs(10);
+/// Longest wait for one teardown step of a consuming connection.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(3);
 
 /// Fewest commands in flight per partition, whatever the prefetch is shared out into.
 const MIN_PREFETCH: u16 = 16;
