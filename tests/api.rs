@@ -524,24 +524,13 @@ async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
 async fn a_worker_process_serves_its_own_metrics() {
     let mut app = spawn_app().await;
     app.stop_worker(0).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let worker = ledgerflow_tests::Reaped(
-        ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
-            .arg("worker")
-            .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .spawn()
-            .unwrap(),
-    );
+    let (worker, port) = app.spawn_worker_with_metrics("metrics-test");
     let start = std::time::Instant::now();
     let text = loop {
-        if let Ok(resp) = app.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await {
-            let text = resp.text().await.unwrap();
-            if text.contains("ledgerflow_queue_depth") {
-                break text;
-            }
+        if let Some(text) = app.worker_metrics(port).await
+            && text.contains("ledgerflow_queue_depth")
+        {
+            break text;
         }
         assert!(start.elapsed() < ledgerflow_tests::DEADLINE, "no metrics from the worker process");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
 use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_tests::serde_json::{self, Value, json};
-use ledgerflow_tests::{DEADLINE, Pair, Reaped, TestApp, ledgerflow_command, spawn_app, spawn_app_with};
+use ledgerflow_tests::{DEADLINE, Pair, TestApp, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,10 +156,7 @@ async fn two_workers_draining_200_transfers_from_one_account_never_overdraw_it()
 
 /// The partitions a worker process reports being active on, from its metrics endpoint.
 async fn active_partitions(app: &TestApp, port: u16) -> BTreeSet<u16> {
-    let Ok(resp) = app.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await else {
-        return BTreeSet::new();
-    };
-    let text = resp.text().await.unwrap_or_default();
+    let text = app.worker_metrics(port).await.unwrap_or_default();
     text.lines()
         .filter_map(|l| l.strip_prefix("ledgerflow_partition_active{partition=\""))
         .filter_map(|l| l.split_once("\"} "))
@@ -187,19 +184,9 @@ async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
     let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000_000).await;
     app.stop_worker(0).await;
-    let spawn = |name: &str| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = ledgerflow_command(app.store.database_name(), app.topology.prefix())
-            .arg("worker")
-            .env("LEDGERFLOW_WORKER_NAME", name)
-            .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .spawn()
-            .unwrap();
-        (Reaped(child), port)
-    };
-    let (first, first_port) = spawn("first");
+    let (first, first_port) = app.spawn_worker_with_metrics("first");
     wait_for_workers(&app, 1).await;
-    let (second, second_port) = spawn("second");
+    let (second, second_port) = app.spawn_worker_with_metrics("second");
     wait_for_workers(&app, 2).await;
 
     // Rounds of 1-unit upstream transfers under 64 routing keys, which cover all four

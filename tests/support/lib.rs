@@ -633,6 +633,25 @@ impl TestApp {
             .spawn()
             .expect("ledgerflow binary (run scripts/test.sh, which builds it)")
     }
+
+    /// Starts `ledgerflow worker` as a real process serving its metrics on a free port;
+    /// returns it (killed when dropped) and the port.
+    pub fn spawn_worker_with_metrics(&self, name: &str) -> (Reaped, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = ledgerflow_command(self.store.database_name(), self.topology.prefix())
+            .arg("worker")
+            .env("LEDGERFLOW_WORKER_NAME", name)
+            .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .spawn()
+            .expect("ledgerflow binary (run scripts/test.sh, which builds it)");
+        (Reaped(child), port)
+    }
+
+    /// The Prometheus text a worker process serves on `port`, if it answers yet.
+    pub async fn worker_metrics(&self, port: u16) -> Option<String> {
+        let resp = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.ok()?;
+        resp.text().await.ok()
+    }
 }
 
 impl TestApp {

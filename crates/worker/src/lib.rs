@@ -182,6 +182,10 @@ impl Feed {
         let mut consumer = first;
         for generation in 0.. {
             if generation > 0 {
+                // Stopping while a hand-off completed: no new subscription to cancel again.
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
                 consumer = self.subscribe(generation).await?;
             }
             let tag = self.tag(generation);
