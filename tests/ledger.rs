@@ -140,9 +140,12 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_smoke_run_reports_its_figures() {
     let app = spawn_app().await;
+    let samples = std::env::temp_dir().join(format!("ledgerflow-bench-samples-{}.csv", uuid::Uuid::new_v4()));
     let (code, out) = app
         .run_cli(&[
             "bench",
+            "--samples",
+            samples.to_str().expect("a UTF-8 temporary path"),
             "--accounts",
             "10",
             "--transfers",
@@ -172,5 +175,19 @@ async fn the_bench_smoke_run_reports_its_figures() {
         }
     }
     assert!(report["rss_mb"]["gateway"].as_f64().is_some_and(|mb| mb > 0.0), "{report}");
+    // One line per transfer, each with its timings and outcome.
+    let csv = std::fs::read_to_string(&samples).expect("the samples file");
+    let _ = std::fs::remove_file(&samples);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("sent_ms,accept_ms,decided_ms,result_ms,status"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 50, "{csv}");
+    for row in &rows {
+        assert!(matches!(row[4], "COMPLETED" | "FAILED"), "{csv}");
+        let timed: &[usize] = if row[4] == "COMPLETED" { &[0, 1, 2, 3] } else { &[0, 1, 3] };
+        for &cell in timed {
+            assert!(row[cell].parse::<f64>().is_ok_and(|ms| ms >= 0.0), "{csv}");
+        }
+    }
     app.teardown().await;
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::future::Future;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use chrono::{DateTime, TimeDelta, Utc};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
 use futures::StreamExt;
@@ -157,6 +158,10 @@ pub struct BenchArgs {
     /// Keep the database, queues and process logs the run made.
     #[arg(long)]
     keep: bool,
+    /// Also write one CSV line per transfer to this file (when it was sent, its accept and
+    /// completion latencies, and when the worker committed it): where a latency tail comes from.
+    #[arg(long, value_name = "FILE", conflicts_with = "balance_reads")]
+    samples: Option<PathBuf>,
     /// Drive a running gateway at this base URL instead of starting processes.
     #[arg(long, value_name = "URL")]
     target: Option<String>,
@@ -603,6 +608,8 @@ enum MatchOn {
 struct Outcome {
     /// When the bench received the result: the end of the end-to-end latency.
     at: Instant,
+    /// When the worker decided it (the result's `completedAt`, worker's clock).
+    decided_at: Option<DateTime<Utc>>,
     status: TransactionStatus,
     reason: Option<FailureReason>,
 }
@@ -621,7 +628,8 @@ impl Outcomes {
         let Ok(v) = serde_json::from_slice::<Value>(body) else { return };
         let Some(status) = v["status"].as_str().and_then(|s| s.parse().ok()) else { return };
         let reason = v["failureReason"].as_str().and_then(|s| s.parse().ok());
-        let outcome = Outcome { at, status, reason };
+        let decided_at = v["completedAt"].as_str().and_then(|s| s.parse().ok());
+        let outcome = Outcome { at, decided_at, status, reason };
         self.received += 1;
         if let Some(id) = v["transactionId"].as_str() {
             self.by_id.entry(id.to_owned()).or_insert(outcome);
@@ -980,6 +988,7 @@ async fn run_transfers(
     let submitted = bars.bar(plan.len(), "submitted");
     let finished = bars.bar(plan.len(), "finished");
     let ticker = follow_results(listener, finished.clone());
+    let anchor = (Instant::now(), Utc::now());
     let (sent, on) = if args.direct {
         let sent = submit_direct(conn, topology, accounts, plan, args, sandbox, &submitted).await;
         (sent, MatchOn::IdempotencyKey)
@@ -994,7 +1003,43 @@ async fn run_transfers(
     // measured (with the rest counted as unfinished) instead of only timing out.
     let wait_until = deadline.checked_sub(REPORT_MARGIN).unwrap_or(deadline);
     listener.await_all(on, &keys, wait_until, &finished).await?;
-    Ok(LoadFigures::tally(&sent, &lock(&listener.outcomes), on))
+    let outcomes = lock(&listener.outcomes);
+    if let Some(path) = &args.samples {
+        write_samples(path, anchor, &sent, &outcomes, on)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(LoadFigures::tally(&sent, &outcomes, on))
+}
+
+/// One CSV line per transfer: milliseconds from the first submit to this one's, to its 202 (or
+/// confirm), to the worker's decision (`completedAt`, on the worker's clock, truncated to the
+/// millisecond) and to the bench hearing the result; empty where there is none.
+fn write_samples(
+    path: &Path,
+    anchor: (Instant, DateTime<Utc>),
+    sent: &[Sent],
+    outcomes: &Outcomes,
+    on: MatchOn,
+) -> std::io::Result<()> {
+    let ms = |from: Instant, to: Instant| format!("{:.2}", to.saturating_duration_since(from).as_secs_f64() * 1e3);
+    let mut out = std::io::BufWriter::new(File::create(path)?);
+    writeln!(out, "sent_ms,accept_ms,decided_ms,result_ms,status")?;
+    for s in sent {
+        let outcome = outcomes.get(on, &s.key);
+        let sent_wall = anchor.1 + TimeDelta::from_std(s.sent - anchor.0).unwrap_or_default();
+        let decided = outcome.and_then(|o| o.decided_at).and_then(|at| (at - sent_wall).num_microseconds());
+        let decided = decided.map(|us| format!("{:.2}", us as f64 / 1e3));
+        writeln!(
+            out,
+            "{},{},{},{},{}",
+            ms(anchor.0, s.sent),
+            s.accepted.map(|a| ms(s.sent, a)).unwrap_or_default(),
+            decided.unwrap_or_default(),
+            outcome.map(|o| ms(s.sent, o.at)).unwrap_or_default(),
+            outcome.map_or("", |o| o.status.as_str()),
+        )?;
+    }
+    out.flush()
 }
 
 /// Moves the `finished` bar with the results heard while submitting (all results on the
