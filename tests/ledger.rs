@@ -191,3 +191,59 @@ async fn the_bench_smoke_run_reports_its_figures() {
     }
     app.teardown().await;
 }
+
+/// The processes whose parent is `pid`, read from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            ppid.and_then(|s| s.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie or a vanished process does not).
+fn running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
+}
+
+/// A bench stopped with SIGTERM (a CI job's timeout, a supervisor) stops the gateway and
+/// workers it started on its way out instead of leaving them running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_bench_stops_the_processes_it_started() {
+    let app = spawn_app().await;
+    let mut bench = ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
+        .args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ledgerflow binary (run scripts/test.sh, which builds it)");
+    let pid = bench.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The gateway and one worker.
+    let started = loop {
+        let children = children_of(pid);
+        if children.len() >= 2 {
+            break children;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bench started no processes");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let term = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
+    assert!(term.success());
+    let exited = loop {
+        if let Some(status) = bench.try_wait().expect("wait for the bench") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bench did not exit after SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!exited.success(), "an interrupted bench reports failure: {exited}");
+    let left: Vec<u32> = started.into_iter().filter(|&p| running(p)).collect();
+    assert!(left.is_empty(), "processes left running after the bench: {left:?}");
+    app.teardown().await;
+}

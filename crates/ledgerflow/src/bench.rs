@@ -308,15 +308,16 @@ async fn load(conn: &ConnInfo, args: &BenchArgs, sandbox: &Sandbox, deadline: In
     Ok(report)
 }
 
-/// Runs `work` until it finishes, the deadline passes or Ctrl-C. The latter two are errors, so
-/// the caller goes on to stop processes and clean up either way.
+/// Runs `work` until it finishes, the deadline passes, or Ctrl-C or SIGTERM arrives. The latter
+/// are errors, so the caller goes on to stop processes and clean up either way.
 async fn guarded<T>(deadline: Instant, work: impl Future<Output = Result<T>>) -> Result<T> {
     let limit = deadline.saturating_duration_since(Instant::now());
+    let stop = crate::shutdown_on_signal();
     tokio::select! {
         done = tokio::time::timeout(limit, work) => {
             done.map_err(|_| anyhow!("the benchmark did not finish within --timeout; stopped it"))?
         }
-        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        () = stop.cancelled() => bail!("interrupted"),
     }
 }
 
