@@ -9,6 +9,7 @@ pub mod auth;
 mod dto;
 pub mod error;
 mod extract;
+mod facts;
 mod republisher;
 mod routes;
 pub mod telemetry;
@@ -63,12 +64,14 @@ pub struct AppState {
     pub config: Arc<GatewayConfig>,
     /// Long-polling requests waiting for a transaction's result.
     pub watchers: Arc<watch::Watchers>,
+    /// Owners and currencies of accounts already seen.
+    accounts: Arc<facts::AccountFacts>,
 }
 
 impl AppState {
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
-        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default() }
+        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default(), accounts: Arc::default() }
     }
 }
 

@@ -56,8 +56,8 @@ pub(super) async fn create(
     }
     // Ownership is checked here; balance, status and currency are the worker's to judge,
     // at the moment the money moves.
-    let [source, target] = state.store.find_accounts([from, to]).await?;
-    let source = source.filter(|a| a.owner_id == Some(user.id)).ok_or_else(ApiError::account_not_found)?;
+    let [source, target] = state.accounts.get(&state.store, [from, to]).await?;
+    let source = source.filter(|a| a.owner == Some(user.id)).ok_or_else(ApiError::account_not_found)?;
     target.ok_or_else(ApiError::account_not_found)?;
     let request = TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?;
     accept(&state, &user, request, key, request_id.0).await
@@ -93,7 +93,8 @@ pub(super) async fn initial_funds(
     let amount = Amount::from_json("amount", body.get("amount"))?;
     let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
     let description: Option<Description> = opt_parse(&body, "description")?;
-    let target = state.store.find_account(to).await?.ok_or_else(ApiError::account_not_found)?;
+    let [target] = state.accounts.get(&state.store, [to]).await?;
+    let target = target.ok_or_else(ApiError::account_not_found)?;
     let from = AccountId::funding(target.currency);
     let request = TransferRequest::new(TransferKind::InitialFunds, from, to, amount, target.currency, description)?;
     accept(&state, &user, request, key, request_id.0).await
