@@ -216,13 +216,16 @@ fn running(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_bench_stops_the_processes_it_started() {
     let app = spawn_app().await;
-    let mut bench = ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
-        .args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ledgerflow binary (run scripts/test.sh, which builds it)");
-    let pid = bench.id();
+    // Killed when dropped, should an assertion below fail first.
+    let mut bench = ledgerflow_tests::Reaped(
+        ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
+            .args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ledgerflow binary (run scripts/test.sh, which builds it)"),
+    );
+    let pid = bench.0.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // The gateway and one worker.
     let started = loop {
@@ -236,7 +239,7 @@ async fn a_terminated_bench_stops_the_processes_it_started() {
     let term = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
     assert!(term.success());
     let exited = loop {
-        if let Some(status) = bench.try_wait().expect("wait for the bench") {
+        if let Some(status) = bench.0.try_wait().expect("wait for the bench") {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "the bench did not exit after SIGTERM");

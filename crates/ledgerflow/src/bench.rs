@@ -159,7 +159,7 @@ pub struct BenchArgs {
     #[arg(long)]
     keep: bool,
     /// Also write one CSV line per transfer to this file (when it was sent, its accept and
-    /// completion latencies, and when the worker committed it): where a latency tail comes from.
+    /// completion latencies, and when the worker decided it): where a latency tail comes from.
     #[arg(long, value_name = "FILE", conflicts_with = "balance_reads")]
     samples: Option<PathBuf>,
     /// Drive a running gateway at this base URL instead of starting processes.
@@ -1281,10 +1281,10 @@ impl RawFigures {
     }
 }
 
-/// Opens and funds the raw phase's accounts straight through the Store.
 /// Raw accounts funded in one database transaction.
 const RAW_FUNDING_BATCH: usize = 64;
 
+/// Opens and funds the raw phase's accounts straight through the Store.
 async fn raw_accounts(store: &Store, args: &BenchArgs, sandbox: &Sandbox, bars: &Bars) -> Result<Arc<Vec<AccountId>>> {
     let (n, owner) = (args.accounts(), UserId::generate());
     let bar = bars.bar(n, "raw accounts");
