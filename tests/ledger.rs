@@ -1,6 +1,7 @@
 //! The ledger proves itself: `ledgerflow reconcile` passes on honest books and names the
 //! first broken entry when one is edited behind the application's back.
 
+use ledgerflow_tests::processes::PROCESS_DEADLINE;
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{Pair, spawn_app};
 use mongodb::bson::doc;
@@ -192,23 +193,26 @@ async fn the_bench_smoke_run_reports_its_figures() {
     app.teardown().await;
 }
 
-/// The processes whose parent is `pid`, read from /proc.
+/// A process's state letter and parent pid, from `/proc/<pid>/stat` (`pid (comm) state ppid …`;
+/// comm may hold spaces, so the fields are read after its `)`). `None` once it is gone.
+fn proc_stat(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.to_owned();
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
-            ppid.and_then(|s| s.parse::<u32>().ok()) == Some(pid)
-        })
+        .filter(|&p| proc_stat(p).is_some_and(|(_, ppid)| ppid == pid))
         .collect()
 }
 
 /// Whether `pid` still runs (a zombie or a vanished process does not).
 fn running(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
+    proc_stat(pid).is_some_and(|(state, _)| state != "Z")
 }
 
 /// A bench stopped with SIGTERM (a CI job's timeout, a supervisor) stops the gateway and
@@ -226,7 +230,7 @@ async fn a_terminated_bench_stops_the_processes_it_started() {
             .expect("ledgerflow binary (run scripts/test.sh, which builds it)"),
     );
     let pid = bench.0.id();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + PROCESS_DEADLINE;
     // The gateway and one worker.
     let started = loop {
         let children = children_of(pid);
@@ -236,8 +240,9 @@ async fn a_terminated_bench_stops_the_processes_it_started() {
         assert!(std::time::Instant::now() < deadline, "the bench started no processes");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    let term = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill runs");
-    assert!(term.success());
+    ledgerflow_tests::processes::run_bounded_async("kill", &["-TERM", &pid.to_string()], PROCESS_DEADLINE)
+        .await
+        .expect("kill -TERM the bench");
     let exited = loop {
         if let Some(status) = bench.0.try_wait().expect("wait for the bench") {
             break status;
