@@ -176,6 +176,11 @@ async fn the_bench_smoke_run_reports_its_figures() {
         }
     }
     assert!(report["rss_mb"]["gateway"].as_f64().is_some_and(|mb| mb > 0.0), "{report}");
+    // The worker's own counters cover the load: every transfer went through some batch.
+    let batching = &report["batching"];
+    assert!(batching["batches"].as_u64().is_some_and(|b| b >= 1), "{report}");
+    assert!(batching["commands"].as_u64().is_some_and(|c| c >= 50), "{report}");
+    assert!(batching["conflict_retries"].is_u64() && batching["splits"].is_u64(), "{report}");
     // One line per transfer, each with its timings and outcome.
     let csv = std::fs::read_to_string(&samples).expect("the samples file");
     let _ = std::fs::remove_file(&samples);

@@ -326,16 +326,17 @@ async fn measure(
     conn: &ConnInfo,
     args: &BenchArgs,
     sandbox: &Sandbox,
-    cluster: Option<&mut Cluster>,
+    mut cluster: Option<&mut Cluster>,
     base: &str,
     system: &Credentials,
     deadline: Instant,
 ) -> Result<LoadReport> {
     let api = Api::new(base, args.concurrency())?;
     let ready_by = deadline.min(Instant::now() + READY_TIMEOUT);
-    if let Some(cluster) = cluster {
+    if let Some(cluster) = cluster.as_deref_mut() {
         cluster.wait_ready(&api, ready_by).await?;
     }
+    let cluster = cluster.as_deref();
     let topology = conn.topology(&sandbox.prefix);
     let listener = ResultListener::start(&conn.amqp_uri, &topology).await?;
     let measured = async {
@@ -347,10 +348,19 @@ async fn measure(
         let accounts = setup(&api, &listener, args, sandbox, system, deadline, &bars).await?;
         let setup = setup_started.elapsed();
         let plan = Arc::new(plan(args.accounts(), args.transfers(), args.hot.then_some(args.hot_percent)));
+        let before = match cluster {
+            Some(cluster) => cluster.batching(&api.http).await,
+            None => None,
+        };
         let load =
             run_transfers(&api, &listener, &topology, conn, args, sandbox, &accounts, &plan, deadline, &bars).await?;
+        let after = match cluster {
+            Some(cluster) => cluster.batching(&api.http).await,
+            None => None,
+        };
+        let batching = before.zip(after).map(|(before, after)| after - before);
         let raw = if args.raw { Some(raw_phase(conn, args, sandbox, &plan, &bars).await?) } else { None };
-        Ok(LoadReport { setup, load, raw, ..LoadReport::default() })
+        Ok(LoadReport { setup, load, raw, batching, ..LoadReport::default() })
     }
     .await;
     listener.close().await;
@@ -367,6 +377,8 @@ struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Where a worker serves its Prometheus metrics.
+    metrics: Option<String>,
 }
 
 impl Proc {
@@ -377,16 +389,19 @@ impl Proc {
         let stderr = stdout.try_clone().context("cannot share the log file")?;
         let child = Command::new(exe)
             .arg(subcommand)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            // One metrics port for several workers would clash; plain text logs are counted below.
+            // One inherited metrics port for several workers would clash (each worker is given
+            // its own below); plain text logs are counted below.
             .env_remove("LEDGERFLOW_METRICS_ADDR")
             .env_remove("LEDGERFLOW_LOG_FORMAT")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot start the {name} process"))?;
-        Ok(Self { name: name.to_owned(), child, log })
+        let metrics =
+            env.iter().find(|(k, _)| *k == "LEDGERFLOW_METRICS_ADDR").map(|(_, v)| format!("http://{v}/metrics"));
+        Ok(Self { name: name.to_owned(), child, log, metrics })
     }
 
     fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
@@ -466,6 +481,7 @@ impl Cluster {
         for i in 1..=workers {
             let mut env = common.clone();
             env.push(("LEDGERFLOW_WORKER_NAME", format!("{}-worker-{i}", sandbox.prefix)));
+            env.push(("LEDGERFLOW_METRICS_ADDR", free_local_addr()?));
             procs.push(Proc::spawn(&format!("worker-{i}"), "worker", &env, &sandbox.logs)?);
         }
         Ok(Self { procs, base: format!("http://{addr}") })
@@ -498,6 +514,23 @@ impl Cluster {
 
     fn log_counts(&self) -> BTreeMap<String, LogCounts> {
         self.procs.iter().map(|p| (p.name.clone(), p.log_counts())).collect()
+    }
+
+    /// The workers' batching counters, summed over the workers; `None` (and a warning) if a
+    /// worker's metrics cannot be read, as they only explain the figures.
+    async fn batching(&self, http: &reqwest::Client) -> Option<Batching> {
+        let mut total = Batching::default();
+        for (name, url) in self.procs.iter().filter_map(|p| Some((&p.name, p.metrics.as_ref()?))) {
+            let text = async { http.get(url).send().await?.error_for_status()?.text().await };
+            match text.await {
+                Ok(text) => total = total + Batching::parse(&text),
+                Err(e) => {
+                    warn!(error = %e, worker = %name, "cannot read the worker's metrics");
+                    return None;
+                }
+            }
+        }
+        Some(total)
     }
 
     /// SIGTERM to all, up to `STOP_GRACE` for them to drain and exit, SIGKILL for the rest
@@ -1621,6 +1654,86 @@ fn render_reads(rows: &[ReadFigures], reads: u32) -> String {
 // Report
 // ---------------------------------------------------------------------------------------------
 
+/// The workers' own account of a load, from their Prometheus counters: how many transactions
+/// their batches took and how often batches of two workers collided, which is where a latency
+/// tail under load usually comes from.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Batching {
+    /// Batches executed (each one MongoDB transaction unless it was retried or split).
+    batches: u64,
+    /// Commands in those batches.
+    commands: u64,
+    /// Transactions re-run after a write conflict with another worker's.
+    conflict_retries: u64,
+    /// Batches split in halves after conflicting for too long, or refused by the server.
+    splits: u64,
+}
+
+impl Batching {
+    /// Reads the counters from a Prometheus text exposition (absent ones are zero: the
+    /// exporter only shows what has been recorded).
+    fn parse(text: &str) -> Self {
+        let sum = |name: &str| -> u64 {
+            let total: f64 = text
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    let metric = series.split('{').next()?;
+                    if metric == name { value.parse::<f64>().ok() } else { None }
+                })
+                .sum();
+            // Counts, exported as floats: rounding recovers them exactly.
+            total.round() as u64
+        };
+        Self {
+            batches: sum("ledgerflow_batch_size_count"),
+            commands: sum("ledgerflow_batch_size_sum"),
+            conflict_retries: sum("ledgerflow_mongo_transaction_retries_total"),
+            splits: sum("ledgerflow_batch_splits_total"),
+        }
+    }
+
+    fn mean_size(self) -> f64 {
+        if self.batches == 0 { 0.0 } else { self.commands as f64 / self.batches as f64 }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "batches": self.batches,
+            "commands": self.commands,
+            "mean_size": round(self.mean_size(), 2),
+            "conflict_retries": self.conflict_retries,
+            "splits": self.splits,
+        })
+    }
+}
+
+impl std::ops::Add for Batching {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            batches: self.batches + o.batches,
+            commands: self.commands + o.commands,
+            conflict_retries: self.conflict_retries + o.conflict_retries,
+            splits: self.splits + o.splits,
+        }
+    }
+}
+
+impl std::ops::Sub for Batching {
+    type Output = Self;
+    /// Counters only grow, but a restarted worker's start again from zero: never below zero.
+    fn sub(self, o: Self) -> Self {
+        Self {
+            batches: self.batches.saturating_sub(o.batches),
+            commands: self.commands.saturating_sub(o.commands),
+            conflict_retries: self.conflict_retries.saturating_sub(o.conflict_retries),
+            splits: self.splits.saturating_sub(o.splits),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct LoadReport {
     setup: Duration,
@@ -1629,6 +1742,8 @@ struct LoadReport {
     rss_mb: BTreeMap<String, f64>,
     exits: BTreeMap<String, String>,
     logs: BTreeMap<String, LogCounts>,
+    /// What the workers did during the load (not the setup), when the bench started them.
+    batching: Option<Batching>,
 }
 
 impl LoadReport {
@@ -1669,6 +1784,7 @@ impl LoadReport {
             "rss_mb": self.rss_mb,
             "exits": self.exits,
             "log_lines": logs,
+            "batching": self.batching.map(Batching::to_json),
         });
         if let Some(raw) = &self.raw {
             v["raw_per_s"] = json!(raw.per_s);
@@ -1718,6 +1834,16 @@ impl LoadReport {
             let _ = writeln!(out, "raw failed: {}, errors: {}", breakdown(&raw.failed), raw.errors);
             let ratio = self.ratio().map_or("-".to_owned(), |r| format!("{r:.3}"));
             let _ = writeln!(out, "ratio completed/s ÷ raw/s: {ratio}");
+        }
+        if let Some(b) = self.batching {
+            let _ = writeln!(
+                out,
+                "workers:    {} batches, mean size {:.1}; {} write-conflict retries, {} batches split",
+                b.batches,
+                b.mean_size(),
+                b.conflict_retries,
+                b.splits
+            );
         }
         if !self.rss_mb.is_empty() {
             let peaks: Vec<String> = self.rss_mb.iter().map(|(name, mb)| format!("{name} {mb:.1}")).collect();
@@ -1908,6 +2034,27 @@ fn round(x: f64, decimals: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batching_counters_are_read_from_the_prometheus_text_and_summed_over_labels() {
+        let text = "# TYPE ledgerflow_batch_size summary\n\
+            ledgerflow_batch_size{quantile=\"0.5\"} 3\n\
+            ledgerflow_batch_size_sum 120\n\
+            ledgerflow_batch_size_count 40\n\
+            # TYPE ledgerflow_batch_splits_total counter\n\
+            ledgerflow_batch_splits_total{why=\"conflict\"} 3\n\
+            ledgerflow_batch_splits_total{why=\"refused\"} 1\n\
+            ledgerflow_mongo_transaction_retries_total 7\n\
+            ledgerflow_mongo_transaction_retries_total_other 99\n";
+        let read = Batching::parse(text);
+        assert_eq!(read, Batching { batches: 40, commands: 120, conflict_retries: 7, splits: 4 });
+        assert!((read.mean_size() - 3.0).abs() < 1e-9);
+        // What a load added: the difference of two readings, never below zero.
+        let later = Batching { batches: 50, commands: 150, conflict_retries: 7, splits: 4 };
+        assert_eq!(later - read, Batching { batches: 10, commands: 30, conflict_retries: 0, splits: 0 });
+        assert_eq!(read - later, Batching::default());
+        assert_eq!(Batching::parse(""), Batching::default());
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
