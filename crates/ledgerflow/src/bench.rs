@@ -1663,7 +1663,8 @@ struct Batching {
     batches: u64,
     /// Commands in those batches.
     commands: u64,
-    /// Transactions re-run after a write conflict with another worker's.
+    /// Transactions re-run after a write conflict (another worker's batch wrote one of the
+    /// same accounts first) or, rarely, another transient error.
     conflict_retries: u64,
     /// Batches split in halves after conflicting for too long, or refused by the server.
     splits: u64,
