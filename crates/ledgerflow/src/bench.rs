@@ -1268,6 +1268,7 @@ async fn raw_phase(
     let accounts = raw_accounts(&store, args, sandbox, bars).await?;
     let bar = bars.bar(plan.len(), "raw");
     let (plan, tag) = (Arc::clone(plan), sandbox.tag.clone());
+    let closing = store.clone();
     let started = Instant::now();
     let timed = pool(plan.len(), args.concurrency(), &bar, move |i| {
         let (store, t) = (store.clone(), plan[i]);
@@ -1290,6 +1291,7 @@ async fn raw_phase(
     .await?;
     let elapsed = started.elapsed();
     bar.finish();
+    closing.shutdown().await;
     Ok(RawFigures::tally(timed, elapsed))
 }
 
@@ -1446,7 +1448,10 @@ async fn delete_topology(amqp_uri: &str, topology: &Topology) -> Result<()> {
 }
 
 async fn drop_database(mongodb_uri: &str, db: &str) -> Result<()> {
-    Store::connect(mongodb_uri, db).await?.drop_database().await?;
+    let store = Store::connect(mongodb_uri, db).await?;
+    let dropped = store.drop_database().await;
+    store.shutdown().await;
+    dropped?;
     Ok(())
 }
 
@@ -1509,6 +1514,8 @@ async fn measure_reads(conn: &ConnInfo, db: &str, sizes: &[u64], reads: usize) -
         let (keys_examined, docs_examined) = explain_balance_read(&database, account.id).await?;
         rows.push(ReadFigures { entries, insert, latency, keys_examined, docs_examined });
     }
+    store.shutdown().await;
+    client.shutdown().immediate(true).await;
     Ok(rows)
 }
 

@@ -286,6 +286,15 @@ async fn open_store(conn: &Connections) -> Result<Store> {
     }
 }
 
+/// Runs a one-shot command against the store, then shuts its client down before the process
+/// exits (see [`Store::shutdown`]), whether the command succeeded or not.
+async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> Result<T>) -> Result<T> {
+    let store = open_store(conn).await?;
+    let result = command(&store).await;
+    store.shutdown().await;
+    result
+}
+
 async fn ensure_system_user(store: &Store, email: &str, password: &str) -> Result<()> {
     let email: Email = email.parse().context("LEDGERFLOW_SYSTEM_EMAIL")?;
     let password: Password = password.parse().context("LEDGERFLOW_SYSTEM_PASSWORD")?;
@@ -332,9 +341,11 @@ async fn main() -> Result<()> {
         Command::Gateway(args) => {
             let secret = args.jwt_secret.clone().context("LEDGERFLOW_JWT_SECRET (or --jwt-secret) is required")?;
             let store = open_store(&conn).await?;
-            let state = gateway_state(&conn, &args, secret, store).await?;
+            let state = gateway_state(&conn, &args, secret, store.clone()).await?;
             let listener = tokio::net::TcpListener::bind(args.http_addr).await.context("cannot listen")?;
-            ledgerflow_gateway::serve(listener, state, shutdown_on_signal()).await?;
+            let served = ledgerflow_gateway::serve(listener, state, shutdown_on_signal()).await;
+            store.shutdown().await;
+            served?;
         }
         Command::Worker(args) => {
             let store = open_store(&conn).await?;
@@ -349,7 +360,8 @@ async fn main() -> Result<()> {
                     axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
                 });
             }
-            ledgerflow_worker::run(store, worker_config(&conn, &args, 0), shutdown).await;
+            ledgerflow_worker::run(store.clone(), worker_config(&conn, &args, 0), shutdown).await;
+            store.shutdown().await;
         }
         Command::Up(mut up) => {
             let secret = match (up.gateway.jwt_secret.clone(), up.dev) {
@@ -384,6 +396,7 @@ async fn main() -> Result<()> {
             let served = ledgerflow_gateway::serve(listener, state, shutdown.clone()).await;
             shutdown.cancel();
             while tasks.join_next().await.is_some() {}
+            store.shutdown().await;
             served?;
         }
         Command::Bench(args) => {
@@ -397,22 +410,21 @@ async fn main() -> Result<()> {
             bench::run(info, args).await?;
         }
         Command::Reconcile { json, max_pending_age } => {
-            let store = open_store(&conn).await?;
-            if !reconcile::run(&store, max_pending_age, json).await? {
+            if !with_store(&conn, async |store| reconcile::run(store, max_pending_age, json).await).await? {
                 std::process::exit(1);
             }
         }
         Command::Admin(Admin::Accounts(Accounts::List { owner, limit })) => {
-            admin::list_accounts(&open_store(&conn).await?, owner.as_deref(), limit).await?;
+            with_store(&conn, async |store| admin::list_accounts(store, owner.as_deref(), limit).await).await?;
         }
         Command::Admin(Admin::Accounts(Accounts::Suspend { account })) => {
-            admin::set_status(&open_store(&conn).await?, &account, AccountStatus::Suspended).await?;
+            with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Suspended).await).await?;
         }
         Command::Admin(Admin::Accounts(Accounts::Reactivate { account })) => {
-            admin::set_status(&open_store(&conn).await?, &account, AccountStatus::Active).await?;
+            with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Active).await).await?;
         }
         Command::Admin(Admin::Transaction { id }) => {
-            admin::show_transaction(&open_store(&conn).await?, &id).await?;
+            with_store(&conn, async |store| admin::show_transaction(store, &id).await).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::List { limit })) => {
             let topology = conn.topology();
@@ -452,8 +464,7 @@ async fn main() -> Result<()> {
             println!("replayed {n} command(s) to {}", topology.transfers());
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {
-            let store = open_store(&conn).await?;
-            ensure_system_user(&store, &email, &password).await?;
+            with_store(&conn, async |store| ensure_system_user(store, &email, &password).await).await?;
             println!("SYSTEM user {email} is ready");
         }
     }

@@ -36,6 +36,8 @@ const DEFAULT_MAX_POOL_SIZE: u32 = 100;
 
 /// Largest page any listing returns, whatever the caller asks for.
 pub const MAX_PAGE: i64 = 100;
+/// Longest a [`Store::shutdown`] waits for the server.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
 
 /// A handle on the LedgerFlow database; cheap to clone (the driver pools connections).
 #[derive(Clone)]
@@ -121,6 +123,17 @@ impl Store {
     pub async fn drop_database(&self) -> Result<(), StoreError> {
         self.db.drop().await?;
         Ok(())
+    }
+
+    /// Ends the client's server sessions and closes its connections now, for a process about
+    /// to exit: left to `Drop`, the driver cleans up in tasks of its own, which may still ask
+    /// for a connection while the runtime stops, and that panics inside the driver. Clones of
+    /// this store are shut down with it. Bounded, as ending sessions needs the server, and an
+    /// unreachable server may be why the process stops.
+    pub async fn shutdown(self) {
+        if tokio::time::timeout(SHUTDOWN_LIMIT, self.client.shutdown().immediate(true)).await.is_err() {
+            tracing::warn!(limit = ?SHUTDOWN_LIMIT, "MongoDB client shutdown took too long; leaving the rest to exit");
+        }
     }
 
     fn users(&self) -> Collection<docs::UserDoc> {
