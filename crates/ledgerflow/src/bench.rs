@@ -348,16 +348,14 @@ async fn measure(
         let accounts = setup(&api, &listener, args, sandbox, system, deadline, &bars).await?;
         let setup = setup_started.elapsed();
         let plan = Arc::new(plan(args.accounts(), args.transfers(), args.hot.then_some(args.hot_percent)));
-        let before = match cluster {
+        let batching_now = async || match cluster {
             Some(cluster) => cluster.batching(&api.http).await,
             None => None,
         };
+        let before = batching_now().await;
         let load =
             run_transfers(&api, &listener, &topology, conn, args, sandbox, &accounts, &plan, deadline, &bars).await?;
-        let after = match cluster {
-            Some(cluster) => cluster.batching(&api.http).await,
-            None => None,
-        };
+        let after = batching_now().await;
         let batching = before.zip(after).map(|(before, after)| after - before);
         let raw = if args.raw { Some(raw_phase(conn, args, sandbox, &plan, &bars).await?) } else { None };
         Ok(LoadReport { setup, load, raw, batching, ..LoadReport::default() })
@@ -1515,7 +1513,7 @@ async fn measure_reads(conn: &ConnInfo, db: &str, sizes: &[u64], reads: usize) -
         rows.push(ReadFigures { entries, insert, latency, keys_examined, docs_examined });
     }
     store.shutdown().await;
-    client.shutdown().immediate(true).await;
+    ledgerflow_store::shutdown_client(client).await;
     Ok(rows)
 }
 

@@ -39,6 +39,13 @@ pub const MAX_PAGE: i64 = 100;
 /// Longest a [`Store::shutdown`] waits for the server.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
 
+/// [`Store::shutdown`] for a client opened outside a [`Store`] (the bench's raw one).
+pub async fn shutdown_client(client: Client) {
+    if tokio::time::timeout(SHUTDOWN_LIMIT, client.shutdown().immediate(true)).await.is_err() {
+        tracing::warn!(limit = ?SHUTDOWN_LIMIT, "MongoDB client shutdown took too long; leaving the rest to exit");
+    }
+}
+
 /// A handle on the LedgerFlow database; cheap to clone (the driver pools connections).
 #[derive(Clone)]
 pub struct Store {
@@ -131,9 +138,7 @@ impl Store {
     /// this store are shut down with it. Bounded, as ending sessions needs the server, and an
     /// unreachable server may be why the process stops.
     pub async fn shutdown(self) {
-        if tokio::time::timeout(SHUTDOWN_LIMIT, self.client.shutdown().immediate(true)).await.is_err() {
-            tracing::warn!(limit = ?SHUTDOWN_LIMIT, "MongoDB client shutdown took too long; leaving the rest to exit");
-        }
+        shutdown_client(self.client).await;
     }
 
     fn users(&self) -> Collection<docs::UserDoc> {
