@@ -116,15 +116,19 @@ fn docker_compose_file_is_valid() {
 }
 
 /// `scripts/services.sh sweep` drops a test database a failed run left over an hour ago, and
-/// leaves a young one (a run going on now) alone.
+/// leaves a young one (a run going on now) alone; a benchmark's kept database goes after a day.
 #[tokio::test]
 async fn sweep_drops_only_old_test_databases() {
     use mongodb::bson::{Document, doc};
     let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
     let (young, _) = ledgerflow_tests::unique_names("test");
-    let two_hours_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 7200;
-    let old = format!("lf_test_{two_hours_ago}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    for name in [&old, &young] {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let tag = || uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let old = format!("lf_test_{}_{}", now - 7200, tag());
+    // Named as `ledgerflow bench` names its sandboxes.
+    let old_bench = format!("ledgerflow_bench_{}_{}", now - 2 * 86400, tag());
+    let kept_bench = format!("ledgerflow_bench_{}_{}_raw", now - 7200, tag());
+    for name in [&old, &young, &old_bench, &kept_bench] {
         client.database(name).collection::<Document>("marker").insert_one(doc! { "left": "behind" }).await.unwrap();
     }
 
@@ -132,8 +136,11 @@ async fn sweep_drops_only_old_test_databases() {
     assert!(out.status.success(), "sweep failed:\n{}", String::from_utf8_lossy(&out.stderr));
 
     let names = client.list_database_names().await.unwrap();
-    client.database(&young).drop().await.unwrap();
-    client.database(&old).drop().await.unwrap();
+    for name in [&young, &old, &old_bench, &kept_bench] {
+        client.database(name).drop().await.unwrap();
+    }
     assert!(!names.contains(&old), "{old} survived the sweep: {names:?}");
     assert!(names.contains(&young), "{young} was swept although it is new");
+    assert!(!names.contains(&old_bench), "{old_bench} survived the sweep: {names:?}");
+    assert!(names.contains(&kept_bench), "{kept_bench} was swept although under a day old");
 }

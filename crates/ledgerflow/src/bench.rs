@@ -155,7 +155,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-    /// Keep the database, queues and process logs the run made.
+    /// Keep the database, queues and process logs the run made (`scripts/services.sh sweep`
+    /// drops the database and queues once they are a day old).
     #[arg(long)]
     keep: bool,
     /// Also write one CSV line per transfer to this file (when it was sent, its accept and
@@ -246,7 +247,7 @@ struct Sandbox {
 impl Sandbox {
     fn new(conn: &ConnInfo, target: bool) -> Self {
         let tag = random_hex(4);
-        let name = format!("ledgerflow_bench_{tag}");
+        let name = sandbox_name(&tag);
         let (db, prefix) =
             if target { (conn.mongodb_db.clone(), conn.amqp_prefix.clone()) } else { (name.clone(), name.clone()) };
         Self { raw_db: format!("{name}_raw"), logs: std::env::temp_dir().join(&name), tag, db, prefix, owned: !target }
@@ -1472,7 +1473,7 @@ async fn run_balance_reads(conn: &ConnInfo, args: &BenchArgs) -> Result<()> {
     let mut sizes = args.entries.clone();
     sizes.sort_unstable();
     sizes.dedup();
-    let db = format!("ledgerflow_bench_{}", random_hex(4));
+    let db = sandbox_name(&random_hex(4));
     let deadline = Instant::now() + args.timeout;
     let measured = guarded(deadline, measure_reads(conn, &db, &sizes, args.reads as usize)).await;
     if args.keep {
@@ -2018,6 +2019,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// `ledgerflow_bench_<unix seconds>_<tag>`: the creation time lets `scripts/services.sh sweep`
+/// drop what a killed or `--keep` run left behind once it is a day old.
+fn sandbox_name(tag: &str) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("ledgerflow_bench_{secs}_{tag}")
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::fill(&mut buf[..]);
@@ -2111,6 +2119,16 @@ mod tests {
         );
         assert!(outcomes.get(MatchOn::IdempotencyKey, "k1").is_some());
         assert_eq!(outcomes.received, 2);
+    }
+
+    #[test]
+    fn sandbox_names_carry_their_creation_time_for_the_sweep() {
+        // scripts/services.sh sweep matches ledgerflow_bench_(\d+)_[0-9a-f]+ and ages it by the number.
+        let name = sandbox_name("0a1b2c3d");
+        let secs = name.strip_prefix("ledgerflow_bench_").and_then(|rest| rest.strip_suffix("_0a1b2c3d"));
+        let secs: u64 = secs.and_then(|s| s.parse().ok()).expect("ledgerflow_bench_<secs>_<tag>");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        assert!(now.abs_diff(secs) < 60, "{name}");
     }
 
     #[test]

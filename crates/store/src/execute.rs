@@ -172,6 +172,7 @@ impl Store {
             .read_concern(ReadConcern::snapshot())
             .write_concern(WriteConcern::majority())
             .await?;
+        let began = Instant::now();
         let result = async {
             let mut batch = self.load(&mut session, cmds).await?;
             let outcomes: Vec<Outcome> = cmds.iter().map(|cmd| batch.decide(cmd)).collect();
@@ -191,13 +192,23 @@ impl Store {
             session.abort_transaction().await?;
             return Ok(outcomes);
         }
+        let loaded = began.elapsed();
         if let Err(e) = self.write(&mut session, writes).await {
             let _ = session.abort_transaction().await;
             return Err(e);
         }
         let started = Instant::now();
+        let written = (started - began).saturating_sub(loaded);
         commit(&mut session).await?;
-        metrics::histogram!("ledgerflow_mongo_commit_seconds").record(started.elapsed().as_secs_f64());
+        let committed = started.elapsed();
+        metrics::histogram!("ledgerflow_mongo_commit_seconds").record(committed.as_secs_f64());
+        // Where a slow batch spent its time: reads, writes, or the commit's journal wait.
+        debug!(
+            load_ms = loaded.as_secs_f64() * 1e3,
+            write_ms = written.as_secs_f64() * 1e3,
+            commit_ms = committed.as_secs_f64() * 1e3,
+            "transaction committed"
+        );
         Ok(outcomes)
     }
 
