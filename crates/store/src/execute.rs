@@ -172,7 +172,7 @@ impl Store {
             .read_concern(ReadConcern::snapshot())
             .write_concern(WriteConcern::majority())
             .await?;
-        let began = Instant::now();
+        let phase = Instant::now();
         let result = async {
             let mut batch = self.load(&mut session, cmds).await?;
             let outcomes: Vec<Outcome> = cmds.iter().map(|cmd| batch.decide(cmd)).collect();
@@ -192,15 +192,16 @@ impl Store {
             session.abort_transaction().await?;
             return Ok(outcomes);
         }
-        let loaded = began.elapsed();
+        let loaded = phase.elapsed();
+        let phase = Instant::now();
         if let Err(e) = self.write(&mut session, writes).await {
             let _ = session.abort_transaction().await;
             return Err(e);
         }
-        let started = Instant::now();
-        let written = (started - began).saturating_sub(loaded);
+        let written = phase.elapsed();
+        let phase = Instant::now();
         commit(&mut session).await?;
-        let committed = started.elapsed();
+        let committed = phase.elapsed();
         metrics::histogram!("ledgerflow_mongo_commit_seconds").record(committed.as_secs_f64());
         // Where a slow batch spent its time: reads, writes, or the commit's journal wait.
         debug!(
