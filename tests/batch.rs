@@ -2,7 +2,7 @@
 //! merits, against the real database and broker.
 
 use ledgerflow_domain::{AccountId, FailureReason, TransactionId, TransactionStatus, TransferCommand};
-use ledgerflow_store::{Execution, Outcome, StoreError, TransactionRecord};
+use ledgerflow_store::{Execution, InsertPending, Outcome, StoreError, TransactionRecord};
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{Pair, TestApp, spawn_app};
 use mongodb::bson::doc;
@@ -199,5 +199,72 @@ async fn concurrent_batches_on_the_same_account_never_overdraw_it() {
     assert_eq!(app.balance(&alice.token, &a).await, 0);
     assert_eq!(app.balance(&bob.token, &b).await, 1_000);
     app.assert_reconciles().await;
+    app.teardown().await;
+}
+
+/// The gateway records concurrent transfers as PENDING in one unordered insert; a reused
+/// idempotency key, against the database or within the same insert, fails only its own
+/// document and is answered with the record that holds the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_records_inserted_together_each_get_their_own_answer() {
+    let app = spawn_app().await;
+    let Pair { a, b, .. } = app.alice_and_bob().await;
+    let gateway_style = |amount: i64, key: &str| {
+        let mut v = app.upstream_command(&a, &b, amount, key);
+        v["transactionId"] = json!(TransactionId::generate().to_string());
+        command(&v)
+    };
+    let earlier = gateway_style(5, "earlier");
+    let Ok(InsertPending::Created(recorded)) = app.store.insert_pending(&earlier).await else {
+        panic!("the first insert of a key must create its record")
+    };
+
+    let fresh = gateway_style(7, "fresh");
+    let group = [fresh.clone(), gateway_style(5, "earlier"), gateway_style(9, "fresh"), gateway_style(11, "other")];
+    let out = app.store.insert_pending_many(&group).await;
+    let created = |i: usize| match &out[i] {
+        Ok(InsertPending::Created(r)) => r.clone(),
+        other => panic!("command {i}: expected Created, got {other:?}"),
+    };
+    let existing = |i: usize| match &out[i] {
+        Ok(InsertPending::Existing(r)) => r.clone(),
+        other => panic!("command {i}: expected Existing, got {other:?}"),
+    };
+    assert_eq!(created(0).id, fresh.transaction_id.unwrap());
+    assert_eq!(existing(1).id, recorded.id);
+    assert_eq!((existing(2).id, existing(2).amount.minor()), (fresh.transaction_id.unwrap(), 7));
+    assert_eq!((created(3).amount.minor(), created(3).status), (11, TransactionStatus::Pending));
+
+    let transactions = app.raw_db().await.collection::<mongodb::bson::Document>("transactions");
+    let keys = ["earlier", "fresh", "other"];
+    let stored = transactions.count_documents(doc! { "idempotencyKey": { "$in": keys.to_vec() } }).await.unwrap();
+    assert_eq!(stored, 3, "one record per key, nothing else written");
+    app.teardown().await;
+}
+
+/// Concurrent callers of one PENDING writer share inserts and each gets its own record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_writer_answers_each_concurrent_caller() {
+    let app = spawn_app().await;
+    let Pair { a, b, .. } = app.alice_and_bob().await;
+    let writer = app.store.pending_writer(8);
+    let calls = (0..40).map(|i| {
+        let mut v = app.upstream_command(&a, &b, i + 1, &format!("k{}", i % 30));
+        v["transactionId"] = json!(TransactionId::generate().to_string());
+        let (writer, cmd) = (writer.clone(), command(&v));
+        tokio::spawn(async move { (cmd.clone(), writer.insert(cmd).await) })
+    });
+    let mut created = 0;
+    for call in futures::future::join_all(calls).await {
+        let (cmd, result) = call.unwrap();
+        match result.unwrap() {
+            InsertPending::Created(r) => {
+                assert_eq!((r.id, r.idempotency_key), (cmd.transaction_id.unwrap(), cmd.idempotency_key));
+                created += 1;
+            }
+            InsertPending::Existing(r) => assert_eq!(r.idempotency_key, cmd.idempotency_key),
+        }
+    }
+    assert_eq!(created, 30, "one record per distinct key");
     app.teardown().await;
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use ledgerflow_messaging::Publisher;
-use ledgerflow_store::Store;
+use ledgerflow_store::{PendingWriter, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -55,10 +55,16 @@ impl GatewayConfig {
     }
 }
 
+/// Most PENDING records written in one insert. Concurrent transfers share an insert (one
+/// mongod command and journal wait instead of one each); past this, a burst takes several.
+const PENDING_GROUP_MAX: usize = 64;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Records new transfers as PENDING, concurrent ones in shared inserts.
+    pending: PendingWriter,
     pub publisher: Publisher,
     pub keys: Arc<JwtKeys>,
     pub config: Arc<GatewayConfig>,
@@ -69,9 +75,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Spawns the PENDING writer's task, so call it inside the Tokio runtime that serves.
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
-        Self { store, publisher, keys, config: Arc::new(config), watchers: Arc::default(), accounts: Arc::default() }
+        let pending = store.pending_writer(PENDING_GROUP_MAX);
+        Self {
+            store,
+            pending,
+            publisher,
+            keys,
+            config: Arc::new(config),
+            watchers: Arc::default(),
+            accounts: Arc::default(),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod audit;
 mod docs;
 mod error;
 mod execute;
+mod group;
 mod reconcile;
 mod transactions;
 mod users;
@@ -28,8 +29,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
 pub use execute::{Execution, Outcome};
+pub use group::GroupCommit;
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
-pub use transactions::{InsertPending, TransactionFilter};
+pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
 
 /// Connections per process to MongoDB unless the URI sets `maxPoolSize`.
 const DEFAULT_MAX_POOL_SIZE: u32 = 100;

@@ -3,16 +3,19 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use chrono::Utc;
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 use ledgerflow_domain::{
     AccountId, FailureReason, IdempotencyKey, Initiator, TransactionId, TransactionStatus, TransferCommand,
 };
 use mongodb::bson::{Document, doc};
+use mongodb::error::{ErrorKind, IndexedWriteError, InsertManyError};
 
 use crate::docs::{TransactionDoc, to_bson_time};
-use crate::error::is_duplicate_key;
-use crate::{MAX_PAGE, Store, StoreError, TransactionRecord};
+use crate::error::DUPLICATE_KEY;
+use crate::{GroupCommit, MAX_PAGE, Store, StoreError, TransactionRecord};
 
 /// What recording a new PENDING transaction did.
 #[derive(Debug)]
@@ -21,6 +24,18 @@ pub enum InsertPending {
     /// The initiator already used this idempotency key; here is what it recorded then.
     /// Whether it was the same request is the caller's question (compare `request_hash`).
     Existing(TransactionRecord),
+}
+
+/// Records PENDING transactions, several callers' to an insert: see [`Store::pending_writer`].
+#[derive(Clone)]
+pub struct PendingWriter(GroupCommit<TransferCommand, Result<InsertPending, StoreError>>);
+
+impl PendingWriter {
+    /// [`Store::insert_pending`], sharing the insert with whoever else is waiting.
+    pub async fn insert(&self, cmd: TransferCommand) -> Result<InsertPending, StoreError> {
+        // `None` only if the group's task panicked: a transient failure to the caller.
+        self.0.call(cmd).await.unwrap_or(Err(StoreError::Contention { attempts: 0 }))
+    }
 }
 
 /// Which transactions a listing returns.
@@ -69,17 +84,58 @@ impl Store {
     /// Records a PENDING transaction for a command that carries its id. A unique index on
     /// (scope, key) makes concurrent duplicates collapse into one record.
     pub async fn insert_pending(&self, cmd: &TransferCommand) -> Result<InsertPending, StoreError> {
-        let id = cmd.transaction_id.unwrap_or_else(TransactionId::generate);
-        let doc = pending_doc(id, cmd);
-        match self.transactions().insert_one(&doc).await {
-            Ok(_) => Ok(InsertPending::Created(doc.try_into()?)),
-            Err(e) if is_duplicate_key(&e) => match self.find_by_key(&cmd.initiator, &cmd.idempotency_key).await? {
-                Some(existing) => Ok(InsertPending::Existing(existing)),
-                // The only unique index besides _id is the key; a vanished row means a retry.
-                None => Err(e.into()),
-            },
-            Err(e) => Err(e.into()),
+        let mut results = self.insert_pending_many(std::slice::from_ref(cmd)).await;
+        results.pop().unwrap_or(Err(StoreError::Contention { attempts: 0 }))
+    }
+
+    /// [`Store::insert_pending`] for several commands in one unordered insert: one result
+    /// per command, in order, each what inserting it alone would have given (a duplicate key
+    /// fails its own document, not its neighbours).
+    pub async fn insert_pending_many(&self, cmds: &[TransferCommand]) -> Vec<Result<InsertPending, StoreError>> {
+        let docs: Vec<TransactionDoc> = cmds
+            .iter()
+            .map(|cmd| pending_doc(cmd.transaction_id.unwrap_or_else(TransactionId::generate), cmd))
+            .collect();
+        let refused: HashMap<usize, IndexedWriteError> =
+            match self.transactions().insert_many(&docs).ordered(false).await {
+                Ok(_) => HashMap::new(),
+                Err(e) => match e.kind.as_ref() {
+                    // Without a write concern error, every document not listed was written.
+                    ErrorKind::InsertMany(InsertManyError { write_errors, write_concern_error: None, .. }) => {
+                        write_errors.iter().flatten().map(|w| (w.index, w.clone())).collect()
+                    }
+                    _ => return cmds.iter().map(|_| Err(StoreError::from(e.clone()))).collect(),
+                },
+            };
+        let mut results = Vec::with_capacity(cmds.len());
+        for (i, (cmd, doc)) in cmds.iter().zip(docs).enumerate() {
+            results.push(match refused.get(&i) {
+                None => doc.try_into().map(InsertPending::Created),
+                Some(w) if w.code == DUPLICATE_KEY => {
+                    match self.find_by_key(&cmd.initiator, &cmd.idempotency_key).await {
+                        Ok(Some(existing)) => Ok(InsertPending::Existing(existing)),
+                        // The only unique index besides _id is the key; a vanished row means a retry.
+                        Ok(None) => Err(StoreError::Contention { attempts: 1 }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(w) => {
+                    Err(StoreError::Write { collection: "transactions", code: w.code, message: w.message.clone() })
+                }
+            });
         }
+        results
+    }
+
+    /// A writer that records the PENDING transactions of concurrent callers in shared inserts
+    /// (see [`GroupCommit`]), at most `max_group` per insert. Spawns a task on the current
+    /// Tokio runtime.
+    pub fn pending_writer(&self, max_group: usize) -> PendingWriter {
+        let store = self.clone();
+        PendingWriter(GroupCommit::spawn(max_group, move |cmds: Vec<TransferCommand>| {
+            let store = store.clone();
+            async move { store.insert_pending_many(&cmds).await }.boxed()
+        }))
     }
 
     pub async fn find_transaction(&self, id: TransactionId) -> Result<Option<TransactionRecord>, StoreError> {

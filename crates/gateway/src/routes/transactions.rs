@@ -185,7 +185,7 @@ async fn accept(
     };
     let span = info_span!("transfer", transaction_id = tracing::field::Empty, idempotency_key = %cmd.idempotency_key);
     async {
-        match state.store.insert_pending(&cmd).await? {
+        match state.pending.insert(cmd.clone()).await? {
             InsertPending::Existing(existing) => {
                 tracing::Span::current().record("transaction_id", tracing::field::display(existing.id));
                 if existing.request_hash != cmd.request.fingerprint() {
