@@ -485,6 +485,7 @@ async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
         "ledgerflow_transfers_total{status=\"COMPLETED\"",
         "ledgerflow_messages_consumed_total",
         "ledgerflow_mongo_commit_seconds_bucket",
+        "ledgerflow_pending_insert_size_count",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }

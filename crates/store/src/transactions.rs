@@ -1,9 +1,8 @@
 //! Transaction records: created PENDING (by the gateway, or by a worker for upstream
 //! commands) and made terminal only by the posting in `execute`.
 
-use std::time::Duration;
-
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::{FutureExt, TryStreamExt};
@@ -133,6 +132,7 @@ impl Store {
     pub fn pending_writer(&self, max_group: usize) -> PendingWriter {
         let store = self.clone();
         PendingWriter(GroupCommit::spawn(max_group, move |cmds: Vec<TransferCommand>| {
+            metrics::histogram!("ledgerflow_pending_insert_size").record(cmds.len() as f64);
             let store = store.clone();
             async move { store.insert_pending_many(&cmds).await }.boxed()
         }))
