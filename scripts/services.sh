@@ -11,9 +11,9 @@
 #   scripts/services.sh status print what is running, change nothing
 #   scripts/services.sh stop   stop the mongod this script started (RabbitMQ is left alone)
 #   scripts/services.sh sweep  drop what failed test runs left behind: lf_test_/lf_fault_
-#                              databases over an hour old, and (by a RabbitMQ policy) their
-#                              queues once unused for an hour; benchmark leftovers after a
-#                              day; rotate mongod's log past 64 MB
+#                              databases and exchanges over an hour old, and (by a RabbitMQ
+#                              policy) their queues once unused for an hour; benchmark
+#                              leftovers after a day; rotate mongod's log past 64 MB
 #
 # Idempotent: safe to run any number of times; when everything is already up it
 # only checks (a few seconds). Needs root (or sudo) only when it must apt-get.
@@ -421,6 +421,27 @@ PY
     log "sweep: unused test queues expire after an hour, benchmark queues after a day (policies lf-test-queues, lf-bench-queues)"
   else
     log "sweep: could not set the RabbitMQ policies for test queues (needs rabbitmqctl as root); skipped"
+    return 0
+  fi
+  # Exchanges cannot expire, so those of sandboxes past the same ages are deleted by name
+  # (a sandbox's name carries its creation time). rabbitmqctl 3.10 has no delete_exchange:
+  # one `eval` deletes them all (names are [a-z0-9._-], safe to quote).
+  local now name old=()
+  now=$(date +%s)
+  while read -r name; do
+    if [[ $name =~ ^lf-(test|fault)-([0-9]+)-[0-9a-f]+\. ]]; then
+      ((now - BASH_REMATCH[2] > 3600)) && old+=("<<\"$name\">>")
+    elif [[ $name =~ ^ledgerflow_bench_([0-9]+)_[0-9a-f]+ ]]; then
+      ((now - BASH_REMATCH[1] > 86400)) && old+=("<<\"$name\">>")
+    fi
+  done < <($ctl list_exchanges -q name 2>/dev/null)
+  ((${#old[@]})) || return 0
+  local names
+  names=$(IFS=,; echo "${old[*]}")
+  if $ctl eval "[rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, N), false, <<\"sweep\">>) || N <- [$names]]." >/dev/null 2>&1; then
+    log "sweep: deleted ${#old[@]} leftover test or benchmark exchange(s)"
+  else
+    log "sweep: could not delete ${#old[@]} leftover exchange(s) (rabbitmqctl eval failed); skipped"
   fi
 }
 

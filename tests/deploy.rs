@@ -117,8 +117,12 @@ fn docker_compose_file_is_valid() {
 
 /// `scripts/services.sh sweep` drops a test database a failed run left over an hour ago, and
 /// leaves a young one (a run going on now) alone; a benchmark's kept database goes after a day.
+/// The same goes for exchanges, which RabbitMQ cannot expire by policy.
 #[tokio::test]
-async fn sweep_drops_only_old_test_databases() {
+async fn sweep_drops_only_old_test_databases_and_exchanges() {
+    use ledgerflow_messaging::lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+    use ledgerflow_messaging::lapin::types::FieldTable;
+    use ledgerflow_messaging::lapin::{Channel, ExchangeKind};
     use mongodb::bson::{Document, doc};
     let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
     let (young, _) = ledgerflow_tests::unique_names("test");
@@ -130,6 +134,21 @@ async fn sweep_drops_only_old_test_databases() {
     let kept_bench = format!("ledgerflow_bench_{}_{}_raw", now - 7200, tag());
     for name in [&old, &young, &old_bench, &kept_bench] {
         client.database(name).collection::<Document>("marker").insert_one(doc! { "left": "behind" }).await.unwrap();
+    }
+    // Exchanges as a test's topology (`lf-test-<secs>-<tag>.<name>`) and the bench's name them.
+    let amqp = ledgerflow_messaging::connect(&ledgerflow_tests::amqp_uri(), "sweep-test").await.unwrap();
+    let channel = amqp.create_channel().await.unwrap();
+    let old_exchange = format!("lf-test-{}-{}.transfers", now - 7200, tag());
+    let young_exchange = format!("lf-test-{}-{}.transfers", now, tag());
+    let old_bench_exchange = format!("ledgerflow_bench_{}_{}.results", now - 2 * 86400, tag());
+    let kept_bench_exchange = format!("ledgerflow_bench_{}_{}.results", now - 7200, tag());
+    let exchanges = [&old_exchange, &young_exchange, &old_bench_exchange, &kept_bench_exchange];
+    for name in exchanges {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .await
+            .unwrap();
     }
 
     let out = Command::new("bash").args(["scripts/services.sh", "sweep"]).current_dir(repo_root()).output().unwrap();
@@ -143,4 +162,17 @@ async fn sweep_drops_only_old_test_databases() {
     assert!(names.contains(&young), "{young} was swept although it is new");
     assert!(!names.contains(&old_bench), "{old_bench} survived the sweep: {names:?}");
     assert!(names.contains(&kept_bench), "{kept_bench} was swept although under a day old");
+
+    // A passive declare fails (and closes the channel) when the exchange is gone.
+    async fn exists(amqp: &ledgerflow_messaging::lapin::Connection, name: &str) -> bool {
+        let channel: Channel = amqp.create_channel().await.unwrap();
+        let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+        channel.exchange_declare(name.into(), ExchangeKind::Fanout, passive, FieldTable::default()).await.is_ok()
+    }
+    let mut present = Vec::new();
+    for name in exchanges {
+        present.push(exists(&amqp, name).await);
+        let _ = channel.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
+    assert_eq!(present, [false, true, false, true], "which of {exchanges:?} survived the sweep");
 }
