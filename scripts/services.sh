@@ -393,13 +393,16 @@ with_lock() {
 # Benchmarks (ledgerflow_bench_<unix secs>_<tag>, kept by --keep or a killed run) get a day.
 # mongod's log is rotated once it passes 64 MB; the previous one is kept, older ones deleted.
 sweep() {
+  # How old a sandbox must be before it goes: tests' and benchmarks', in seconds.
+  local test_age=3600 bench_age=86400
   ensure_pymongo
-  PYTHONPATH="$PYTOOLS" python3 - "$MONGO_PORT" "$MONGO_LOG" <<'PY'
+  PYTHONPATH="$PYTOOLS" python3 - "$MONGO_PORT" "$MONGO_LOG" "$test_age" "$bench_age" <<'PY'
 import glob, os, re, sys, time
 from pymongo import MongoClient
 client = MongoClient(f"mongodb://127.0.0.1:{sys.argv[1]}/?directConnection=true", serverSelectionTimeoutMS=5000)
 now = time.time()
-max_age = {"lf_test": 3600, "lf_fault": 3600, "ledgerflow_bench": 86400}
+test_age, bench_age = int(sys.argv[3]), int(sys.argv[4])
+max_age = {"lf_test": test_age, "lf_fault": test_age, "ledgerflow_bench": bench_age}
 old = [n for n in client.list_database_names()
        if (m := re.fullmatch(r"(lf_test|lf_fault|ledgerflow_bench)_(\d+)_[0-9a-f]+(?:_raw)?", n))
        and int(m.group(2)) < now - max_age[m.group(1)]]
@@ -416,8 +419,8 @@ PY
   local ctl=rabbitmqctl
   command -v rabbitmqctl >/dev/null 2>&1 || ctl=/usr/sbin/rabbitmqctl
   [[ $(id -u) -eq 0 ]] || ctl="sudo -n $ctl"
-  if $ctl set_policy --apply-to queues lf-test-queues '^lf-(test|fault)-' '{"expires":3600000}' >/dev/null 2>&1 \
-    && $ctl set_policy --apply-to queues lf-bench-queues '^ledgerflow_bench_' '{"expires":86400000}' >/dev/null 2>&1; then
+  if $ctl set_policy --apply-to queues lf-test-queues '^lf-(test|fault)-' "{\"expires\":$((test_age * 1000))}" >/dev/null 2>&1 \
+    && $ctl set_policy --apply-to queues lf-bench-queues '^ledgerflow_bench_' "{\"expires\":$((bench_age * 1000))}" >/dev/null 2>&1; then
     log "sweep: unused test queues expire after an hour, benchmark queues after a day (policies lf-test-queues, lf-bench-queues)"
   else
     log "sweep: could not set the RabbitMQ policies for test queues (needs rabbitmqctl as root); skipped"
@@ -430,9 +433,9 @@ PY
   now=$(date +%s)
   while read -r name; do
     if [[ $name =~ ^lf-(test|fault)-([0-9]+)-[0-9a-f]+\. ]]; then
-      ((now - BASH_REMATCH[2] > 3600)) && old+=("<<\"$name\">>")
+      ((now - BASH_REMATCH[2] > test_age)) && old+=("<<\"$name\">>")
     elif [[ $name =~ ^ledgerflow_bench_([0-9]+)_[0-9a-f]+ ]]; then
-      ((now - BASH_REMATCH[1] > 86400)) && old+=("<<\"$name\">>")
+      ((now - BASH_REMATCH[1] > bench_age)) && old+=("<<\"$name\">>")
     fi
   done < <($ctl list_exchanges -q name 2>/dev/null)
   ((${#old[@]})) || return 0
