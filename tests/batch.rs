@@ -1,8 +1,10 @@
 //! Batched commits: several commands in one MongoDB transaction, each decided on its own
 //! merits, against the real database and broker.
 
+use std::time::Duration;
+
 use ledgerflow_domain::{AccountId, FailureReason, TransactionId, TransactionStatus, TransferCommand};
-use ledgerflow_store::{Execution, InsertPending, Outcome, StoreError, TransactionRecord};
+use ledgerflow_store::{Execution, Grouping, InsertPending, Outcome, StoreError, TransactionRecord};
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{Pair, TestApp, spawn_app};
 use mongodb::bson::doc;
@@ -242,12 +244,13 @@ async fn pending_records_inserted_together_each_get_their_own_answer() {
     app.teardown().await;
 }
 
-/// Concurrent callers of one PENDING writer share inserts and each gets its own record.
+/// Concurrent callers of one PENDING writer share inserts (lingering to fill them, as the
+/// gateway's does) and each gets its own record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pending_writer_answers_each_concurrent_caller() {
     let app = spawn_app().await;
     let Pair { a, b, .. } = app.alice_and_bob().await;
-    let writer = app.store.pending_writer(8);
+    let writer = app.store.pending_writer(Grouping { max: 8, linger: Duration::from_millis(5) });
     let calls = (0..40).map(|i| {
         let mut v = app.upstream_command(&a, &b, i + 1, &format!("k{}", i % 30));
         v["transactionId"] = json!(TransactionId::generate().to_string());

@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use ledgerflow_messaging::Publisher;
-use ledgerflow_store::{PendingWriter, Store};
+use ledgerflow_store::{Grouping, PendingWriter, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -41,6 +41,9 @@ pub struct GatewayConfig {
     pub republish_interval: Duration,
     /// How old a PENDING transfer must be, with the transfer queues empty, to be republished.
     pub republish_after: Duration,
+    /// How long a PENDING insert may wait for those of other transfers while they arrive
+    /// faster than one per this interval (zero: never; see [`ledgerflow_store::GroupCommit`]).
+    pub insert_linger: Duration,
 }
 
 impl GatewayConfig {
@@ -51,9 +54,14 @@ impl GatewayConfig {
             cookie_secure: true,
             republish_interval: Duration::from_secs(5),
             republish_after: Duration::from_secs(10),
+            insert_linger: DEFAULT_INSERT_LINGER,
         }
     }
 }
+
+/// How long a PENDING insert lingers to share by default (see
+/// [`GatewayConfig::insert_linger`]).
+pub const DEFAULT_INSERT_LINGER: Duration = Duration::from_millis(4);
 
 /// Most PENDING records written in one insert. Concurrent transfers share an insert (one
 /// mongod command and journal wait instead of one each); past this, a burst takes several.
@@ -78,7 +86,7 @@ impl AppState {
     /// Spawns the PENDING writer's task, so call it inside the Tokio runtime that serves.
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
-        let pending = store.pending_writer(PENDING_GROUP_MAX);
+        let pending = store.pending_writer(Grouping { max: PENDING_GROUP_MAX, linger: config.insert_linger });
         Self {
             store,
             pending,

@@ -127,6 +127,10 @@ struct GatewayArgs {
     /// How often the republisher looks for them.
     #[arg(long, env = "LEDGERFLOW_REPUBLISH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     republish_interval: Duration,
+    /// Longest wait of a transfer's PENDING insert for those of others, under steady load
+    /// (0s: never wait).
+    #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value = "4ms", value_parser = humantime::parse_duration)]
+    insert_linger: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -137,6 +141,9 @@ struct WorkerArgs {
     /// Most commands committed together in one MongoDB transaction (1: no batching).
     #[arg(long, env = "LEDGERFLOW_WORKER_MAX_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
     max_batch: u16,
+    /// Longest wait of a batch for more commands, under steady load (0s: never wait).
+    #[arg(long, env = "LEDGERFLOW_WORKER_BATCH_LINGER", default_value = "8ms", value_parser = humantime::parse_duration)]
+    batch_linger: Duration,
     /// Name shown in logs and on the broker connection.
     #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
     name: Option<String>,
@@ -315,6 +322,7 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     config.cookie_secure = args.cookie_secure;
     config.republish_after = args.republish_after;
     config.republish_interval = args.republish_interval;
+    config.insert_linger = args.insert_linger;
     let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
     if let Err(e) = publisher.ensure_connected().await {
         warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
@@ -327,6 +335,7 @@ fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerCon
     let mut config = WorkerConfig::new(&conn.amqp_uri, conn.topology(), name);
     config.prefetch = args.prefetch;
     config.max_batch = usize::from(args.max_batch);
+    config.batch_linger = args.batch_linger;
     config.max_attempts = args.max_attempts;
     config.retry_delay = args.retry_delay;
     config

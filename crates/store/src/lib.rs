@@ -29,7 +29,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
 pub use execute::{Execution, Outcome};
-pub use group::GroupCommit;
+pub use group::{GroupCommit, Grouping};
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
 

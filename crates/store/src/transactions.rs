@@ -14,7 +14,7 @@ use mongodb::error::{ErrorKind, IndexedWriteError, InsertManyError};
 
 use crate::docs::{TransactionDoc, to_bson_time};
 use crate::error::DUPLICATE_KEY;
-use crate::{GroupCommit, MAX_PAGE, Store, StoreError, TransactionRecord};
+use crate::{GroupCommit, Grouping, MAX_PAGE, Store, StoreError, TransactionRecord};
 
 /// What recording a new PENDING transaction did.
 #[derive(Debug)]
@@ -127,11 +127,10 @@ impl Store {
     }
 
     /// A writer that records the PENDING transactions of concurrent callers in shared inserts
-    /// (see [`GroupCommit`]), at most `max_group` per insert. Spawns a task on the current
-    /// Tokio runtime.
-    pub fn pending_writer(&self, max_group: usize) -> PendingWriter {
+    /// (see [`GroupCommit`]). Spawns a task on the current Tokio runtime.
+    pub fn pending_writer(&self, grouping: Grouping) -> PendingWriter {
         let store = self.clone();
-        PendingWriter(GroupCommit::spawn(max_group, move |cmds: Vec<TransferCommand>| {
+        PendingWriter(GroupCommit::spawn(grouping, move |cmds: Vec<TransferCommand>| {
             metrics::histogram!("ledgerflow_pending_insert_size").record(cmds.len() as f64);
             let store = store.clone();
             async move { store.insert_pending_many(&cmds).await }.boxed()

@@ -2,14 +2,14 @@
 //! transaction per batch.
 //!
 //! Each delivery's handler hands its command to the batcher and waits for its own outcome;
-//! the batcher runs whatever is waiting (up to `max_batch`) as one batch the moment the
-//! previous batch is done ([`GroupCommit`]).
+//! the batcher runs whatever is waiting (up to `max_batch`) as one batch once the previous
+//! batch is done, lingering up to `batch_linger` for more under steady load ([`GroupCommit`]).
 
 use std::time::Instant;
 
 use futures::FutureExt;
 use ledgerflow_domain::TransferCommand;
-use ledgerflow_store::{GroupCommit, Outcome, Store, StoreError};
+use ledgerflow_store::{GroupCommit, Grouping, Outcome, Store, StoreError};
 use tracing::{Instrument, Level, debug, info_span};
 
 /// A handle to a worker's batching task; the task ends when the last handle is dropped.
@@ -17,8 +17,8 @@ use tracing::{Instrument, Level, debug, info_span};
 pub(crate) struct Batcher(GroupCommit<TransferCommand, Outcome>);
 
 impl Batcher {
-    pub(crate) fn spawn(store: Store, max_batch: usize) -> Self {
-        Self(GroupCommit::spawn(max_batch, move |cmds| {
+    pub(crate) fn spawn(store: Store, grouping: Grouping) -> Self {
+        Self(GroupCommit::spawn(grouping, move |cmds| {
             let store = store.clone();
             async move { execute(&store, cmds).await }.boxed()
         }))
