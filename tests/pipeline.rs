@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
 use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_tests::serde_json::{self, Value, json};
-use ledgerflow_tests::{DEADLINE, Pair, TestApp, spawn_app, spawn_app_with};
+use ledgerflow_tests::{DEADLINE, Pair, TestApp, spawn_app, spawn_app_configured, spawn_app_with};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,5 +234,26 @@ async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
     assert_eq!(app.balance(&bob.token, &b).await, done);
     app.assert_reconciles().await;
     drop(first);
+    app.teardown().await;
+}
+
+/// Lingering never holds a transfer that arrives alone: with both lingers set to an hour,
+/// sparse transfers still complete (a held one would miss `wait_terminal`'s deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_transfers_are_not_held_by_lingering() {
+    let hour = Duration::from_secs(3600);
+    let mut app = spawn_app_configured(0, |gateway| gateway.insert_linger = hour).await;
+    let mut config = app.worker_config("lingering-worker");
+    config.batch_linger = hour;
+    app.add_worker_with(app.store.clone(), config);
+    let Pair { alice, a, b, .. } = app.alice_and_bob().await;
+    app.fund(&a, 1_000).await;
+    for i in 0..3 {
+        let (status, body) = app.transfer(&alice, &a, &b, json!(100), &format!("sparse-{i}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let id = body["transaction"]["id"].as_str().unwrap();
+        assert_eq!(app.wait_terminal(&alice.token, id).await["status"], "COMPLETED");
+    }
+    assert_eq!(app.balance(&alice.token, &a).await, 700);
     app.teardown().await;
 }

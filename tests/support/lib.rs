@@ -235,6 +235,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a gateway and `workers` independent workers (each with its own connections).
 pub async fn spawn_app_with(workers: usize) -> TestApp {
+    spawn_app_configured(workers, |_| {}).await
+}
+
+/// Like [`spawn_app_with`], with the gateway's configuration adjusted by `configure`.
+pub async fn spawn_app_configured(workers: usize, configure: impl FnOnce(&mut GatewayConfig)) -> TestApp {
     init_logs();
     let (db, prefix) = unique_names("test");
     let store = Store::connect(&mongodb_uri(), &db).await.unwrap();
@@ -247,6 +252,7 @@ pub async fn spawn_app_with(workers: usize) -> TestApp {
     config.cookie_secure = false;
     config.republish_interval = Duration::from_millis(200);
     config.republish_after = Duration::from_millis(500);
+    configure(&mut config);
     let publisher = Publisher::new(&amqp_uri(), "test-gateway", topology.clone());
     publisher.ensure_connected().await.unwrap();
     let state = AppState::new(store.clone(), publisher, config);
