@@ -61,7 +61,7 @@ impl GatewayConfig {
 
 /// How long a PENDING insert lingers to share by default (see
 /// [`GatewayConfig::insert_linger`]).
-pub const DEFAULT_INSERT_LINGER: Duration = Duration::from_millis(4);
+pub const DEFAULT_INSERT_LINGER: Duration = Duration::from_millis(8);
 
 /// Most PENDING records written in one insert. Concurrent transfers share an insert (one
 /// mongod command and journal wait instead of one each); past this, a burst takes several.

@@ -129,7 +129,7 @@ struct GatewayArgs {
     republish_interval: Duration,
     /// Longest wait of a transfer's PENDING insert for those of others, under steady load
     /// (0s: never wait).
-    #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value = "4ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value = "8ms", value_parser = humantime::parse_duration)]
     insert_linger: Duration,
 }
 
