@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ledgerflow_domain::{AccountStatus, Email, Password, TransferCommand};
-use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
+use ledgerflow_gateway::{AppState, DEFAULT_INSERT_LINGER, GatewayConfig, hash_password};
 use ledgerflow_messaging::{DEFAULT_PARTITIONS, Publisher, Topology};
 use ledgerflow_store::Store;
-use ledgerflow_worker::WorkerConfig;
+use ledgerflow_worker::{DEFAULT_BATCH_LINGER, WorkerConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -129,8 +129,8 @@ struct GatewayArgs {
     republish_interval: Duration,
     /// Longest wait of a transfer's PENDING insert for those of others, under steady load
     /// (0s: never wait).
-    #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value = "8ms", value_parser = humantime::parse_duration)]
-    insert_linger: Duration,
+    #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value_t = DEFAULT_INSERT_LINGER.into())]
+    insert_linger: humantime::Duration,
 }
 
 #[derive(Args, Clone)]
@@ -142,8 +142,8 @@ struct WorkerArgs {
     #[arg(long, env = "LEDGERFLOW_WORKER_MAX_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
     max_batch: u16,
     /// Longest wait of a batch for more commands, under steady load (0s: never wait).
-    #[arg(long, env = "LEDGERFLOW_WORKER_BATCH_LINGER", default_value = "8ms", value_parser = humantime::parse_duration)]
-    batch_linger: Duration,
+    #[arg(long, env = "LEDGERFLOW_WORKER_BATCH_LINGER", default_value_t = DEFAULT_BATCH_LINGER.into())]
+    batch_linger: humantime::Duration,
     /// Name shown in logs and on the broker connection.
     #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
     name: Option<String>,
@@ -322,7 +322,7 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     config.cookie_secure = args.cookie_secure;
     config.republish_after = args.republish_after;
     config.republish_interval = args.republish_interval;
-    config.insert_linger = args.insert_linger;
+    config.insert_linger = args.insert_linger.into();
     let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
     if let Err(e) = publisher.ensure_connected().await {
         warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
@@ -335,7 +335,7 @@ fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerCon
     let mut config = WorkerConfig::new(&conn.amqp_uri, conn.topology(), name);
     config.prefetch = args.prefetch;
     config.max_batch = usize::from(args.max_batch);
-    config.batch_linger = args.batch_linger;
+    config.batch_linger = args.batch_linger.into();
     config.max_attempts = args.max_attempts;
     config.retry_delay = args.retry_delay;
     config

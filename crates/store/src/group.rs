@@ -22,6 +22,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::StoreError;
+
 /// A call: its input, where its output goes, and when it was made.
 type Job<I, O> = (I, oneshot::Sender<O>, Instant);
 
@@ -43,6 +45,7 @@ impl Grouping {
 /// A moving average of the interval between calls, to tell whether holding a group is
 /// likely to gain another call.
 struct Arrivals {
+    linger: Duration,
     last: Option<Instant>,
     /// Seconds; each new interval counts for an eighth.
     mean: f64,
@@ -54,7 +57,7 @@ struct Arrivals {
 impl Arrivals {
     fn new(linger: Duration) -> Self {
         let cap = linger.as_secs_f64() * 4.0;
-        Self { last: None, mean: cap, cap }
+        Self { linger, last: None, mean: cap, cap }
     }
 
     fn record(&mut self, at: Instant) {
@@ -64,9 +67,10 @@ impl Arrivals {
         }
     }
 
-    /// Whether another call is expected within `linger`.
-    fn brisk(&self, linger: Duration) -> bool {
-        self.mean < linger.as_secs_f64()
+    /// Whether holding a group is worth it: there is a linger, and another call is expected
+    /// within it.
+    fn brisk(&self) -> bool {
+        !self.linger.is_zero() && self.mean < self.linger.as_secs_f64()
     }
 }
 
@@ -96,7 +100,7 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
             let mut arrivals = Arrivals::new(linger);
             while rx.recv_many(&mut waiting, max).await > 0 {
                 waiting.iter().for_each(|job| arrivals.record(job.2));
-                if !linger.is_zero() && arrivals.brisk(linger) {
+                if arrivals.brisk() {
                     let until = waiting[0].2 + linger;
                     while waiting.len() < max {
                         let seen = waiting.len();
@@ -128,6 +132,14 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
         let (reply, output) = oneshot::channel();
         self.jobs.send((input, reply, Instant::now())).await.ok()?;
         output.await.ok()
+    }
+}
+
+impl<I: Send + 'static, T: Send + 'static> GroupCommit<I, Result<T, StoreError>> {
+    /// [`Self::call`] for fallible work: a call whose group was lost (it panicked) fails with
+    /// [`StoreError::Contention`], a transient error its caller retries.
+    pub async fn try_call(&self, input: I) -> Result<T, StoreError> {
+        self.call(input).await.unwrap_or(Err(StoreError::Contention { attempts: 0 }))
     }
 }
 

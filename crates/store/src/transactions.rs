@@ -32,8 +32,7 @@ pub struct PendingWriter(GroupCommit<TransferCommand, Result<InsertPending, Stor
 impl PendingWriter {
     /// [`Store::insert_pending`], sharing the insert with whoever else is waiting.
     pub async fn insert(&self, cmd: TransferCommand) -> Result<InsertPending, StoreError> {
-        // `None` only if the group's task panicked: a transient failure to the caller.
-        self.0.call(cmd).await.unwrap_or(Err(StoreError::Contention { attempts: 0 }))
+        self.0.try_call(cmd).await
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use ledgerflow_domain::TransferCommand;
-use ledgerflow_store::{GroupCommit, Grouping, Outcome, Store, StoreError};
+use ledgerflow_store::{GroupCommit, Grouping, Outcome, Store};
 use tracing::{Instrument, Level, debug, info_span};
 
 /// A handle to a worker's batching task; the task ends when the last handle is dropped.
@@ -24,11 +24,10 @@ impl Batcher {
         }))
     }
 
-    /// Executes `cmd` in the next batch and returns its own outcome.
+    /// Executes `cmd` in the next batch and returns its own outcome (a batch that panicked
+    /// is a transient failure, which sends the command round the retry queue).
     pub(crate) async fn execute(&self, cmd: TransferCommand) -> Outcome {
-        // `None` only if the batch panicked: report that as a transient failure, which
-        // sends the command round the retry queue.
-        self.0.call(cmd).await.unwrap_or(Err(StoreError::Contention { attempts: 0 }))
+        self.0.try_call(cmd).await
     }
 }
 
