@@ -87,6 +87,8 @@ pub struct ConnInfo {
     pub amqp_uri: String,
     pub amqp_prefix: String,
     pub partitions: u16,
+    /// Threads of the gateway and workers it starts (`--threads`).
+    pub threads: usize,
 }
 
 impl ConnInfo {
@@ -464,6 +466,7 @@ impl Cluster {
             ("LEDGERFLOW_AMQP_URI", conn.amqp_uri.clone()),
             ("LEDGERFLOW_AMQP_PREFIX", sandbox.prefix.clone()),
             ("LEDGERFLOW_PARTITIONS", conn.partitions.to_string()),
+            ("LEDGERFLOW_THREADS", conn.threads.to_string()),
             // The processes' own filter, for diagnosis (e.g. ledgerflow_store=debug); quiet by default.
             ("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_BENCH_PROCESS_LOG").unwrap_or_else(|_| "warn".to_owned())),
         ];

@@ -39,6 +39,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     conn: Connections,
+    /// Threads the process runs its tasks on; 0 means one per CPU core. One (the default)
+    /// spends the least CPU per transfer: a gateway or worker waits on the database and the
+    /// broker far more than it computes, and one thread avoids waking others for every message
+    /// (README "Benchmarks"). Scale out with processes; raise it for a gateway alone on a
+    /// large machine.
+    #[arg(long, global = true, env = "LEDGERFLOW_THREADS", default_value_t = 1)]
+    threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -341,10 +348,27 @@ fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerCon
     config
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
+    runtime(cli.threads)?.block_on(run(cli))
+}
+
+/// A single-threaded runtime for one thread, else a multi-threaded one (0: one per core).
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder
+    };
+    builder.enable_all().build().context("cannot start the async runtime")
+}
+
+async fn run(cli: Cli) -> Result<()> {
     let conn = cli.conn;
     match cli.command {
         Command::Gateway(args) => {
@@ -415,6 +439,7 @@ async fn main() -> Result<()> {
                 amqp_uri: conn.amqp_uri,
                 amqp_prefix: conn.amqp_prefix,
                 partitions: conn.partitions,
+                threads: cli.threads,
             };
             bench::run(info, args).await?;
         }
@@ -478,4 +503,23 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::runtime;
+
+    #[test]
+    fn threads_choose_the_runtime() {
+        let one = runtime(1).expect("a runtime");
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let three = runtime(3).expect("a runtime");
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+        let per_core = runtime(0).expect("a runtime");
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(per_core.metrics().num_workers(), cores);
+    }
 }
