@@ -326,6 +326,23 @@ mongodb_up() {
   prioritize_mongod
 }
 
+# The pid of the mongod started with --port $MONGO_PORT, whichever checkout started it (empty
+# if none).
+mongod_on_port() {
+  local pid i
+  local -a args
+  for pid in $(pgrep -x mongod 2>/dev/null); do
+    mapfile -d '' args <"/proc/$pid/cmdline" 2>/dev/null || continue
+    for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+      if [[ "${args[i]}" == --port && "${args[i + 1]}" == "$MONGO_PORT" ]]; then
+        echo "$pid"
+        return 0
+      fi
+    done
+  done
+  return 0
+}
+
 # Every transfer waits on mongod (the gateway's insert, the worker's commit), so when it shares
 # a few cores with RabbitMQ, the gateway, the workers and a load generator, an equal CPU share
 # lets their bursts hold up its commits, and every transfer behind a commit waits too
@@ -337,6 +354,9 @@ prioritize_mongod() {
   [[ "$MONGO_NICE" == 0 ]] && return 0
   local pid
   pid="$(cat "$MONGO_PID" 2>/dev/null || true)"
+  # Another checkout's mongod (a clean clone's CI restarts the one it found) has its pid file
+  # elsewhere: the one serving the port is the one every test and process uses.
+  [[ -n "$pid" && -d "/proc/$pid" ]] || pid="$(mongod_on_port || true)"
   [[ -n "$pid" && -d "/proc/$pid" ]] || return 0
   if [[ $(id -u) -ne 0 ]]; then
     log "mongodb: not root, so mongod keeps an equal CPU share (see prioritize_mongod)"

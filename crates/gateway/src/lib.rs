@@ -52,12 +52,19 @@ impl GatewayConfig {
             jwt_secret,
             token_ttl: Duration::from_secs(12 * 3600),
             cookie_secure: true,
-            republish_interval: Duration::from_secs(5),
-            republish_after: Duration::from_secs(10),
+            republish_interval: DEFAULT_REPUBLISH_INTERVAL,
+            republish_after: DEFAULT_REPUBLISH_AFTER,
             insert_linger: DEFAULT_INSERT_LINGER,
         }
     }
 }
+
+/// How often the republisher looks by default (see [`GatewayConfig::republish_interval`]).
+pub const DEFAULT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How old a PENDING transfer must be by default to be republished (see
+/// [`GatewayConfig::republish_after`]).
+pub const DEFAULT_REPUBLISH_AFTER: Duration = Duration::from_secs(10);
 
 /// How long a PENDING insert lingers to share by default (see
 /// [`GatewayConfig::insert_linger`]).

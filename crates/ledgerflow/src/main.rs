@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ledgerflow_domain::{AccountStatus, Email, Password, TransferCommand};
-use ledgerflow_gateway::{AppState, DEFAULT_INSERT_LINGER, GatewayConfig, hash_password};
+use ledgerflow_gateway::{
+    AppState, DEFAULT_INSERT_LINGER, DEFAULT_REPUBLISH_AFTER, DEFAULT_REPUBLISH_INTERVAL, GatewayConfig, hash_password,
+};
 use ledgerflow_messaging::{DEFAULT_PARTITIONS, Publisher, Topology};
 use ledgerflow_store::Store;
 use ledgerflow_worker::{DEFAULT_BATCH_LINGER, WorkerConfig};
@@ -129,11 +131,11 @@ struct GatewayArgs {
     #[arg(long, env = "LEDGERFLOW_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     cookie_secure: bool,
     /// Republish PENDING transfers older than this, when no command waits in the queues.
-    #[arg(long, env = "LEDGERFLOW_REPUBLISH_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
-    republish_after: Duration,
+    #[arg(long, env = "LEDGERFLOW_REPUBLISH_AFTER", default_value_t = DEFAULT_REPUBLISH_AFTER.into())]
+    republish_after: humantime::Duration,
     /// How often the republisher looks for them.
-    #[arg(long, env = "LEDGERFLOW_REPUBLISH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    republish_interval: Duration,
+    #[arg(long, env = "LEDGERFLOW_REPUBLISH_INTERVAL", default_value_t = DEFAULT_REPUBLISH_INTERVAL.into())]
+    republish_interval: humantime::Duration,
     /// Longest wait of a transfer's PENDING insert for those of others, under steady load
     /// (0s: never wait).
     #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value_t = DEFAULT_INSERT_LINGER.into())]
@@ -327,8 +329,8 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     }
     let mut config = GatewayConfig::new(secret);
     config.cookie_secure = args.cookie_secure;
-    config.republish_after = args.republish_after;
-    config.republish_interval = args.republish_interval;
+    config.republish_after = args.republish_after.into();
+    config.republish_interval = args.republish_interval.into();
     config.insert_linger = args.insert_linger.into();
     let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
     if let Err(e) = publisher.ensure_connected().await {
