@@ -527,9 +527,11 @@ async fn a_worker_process_serves_its_own_metrics() {
     app.stop_worker(0).await;
     let (worker, port) = app.spawn_worker_with_metrics("metrics-test");
     let start = std::time::Instant::now();
+    // Queue depths are sampled from the start, partitions reported once consuming.
     let text = loop {
         if let Some(text) = app.worker_metrics(port).await
             && text.contains("ledgerflow_queue_depth")
+            && text.contains("ledgerflow_partition_active")
         {
             break text;
         }

@@ -31,6 +31,9 @@ pub use serde_json;
 
 /// Upper bound for anything a test waits for. Generous: CI machines are small.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Longest wait for one step of a test's teardown.
+const TEARDOWN_STEP: Duration = Duration::from_secs(15);
 /// How long `drain_commands` waits for one more command once it has the least it wanted.
 const QUIET: Duration = Duration::from_millis(300);
 /// Partition queues per test topology: fewer than the default, to keep the shared broker
@@ -485,15 +488,20 @@ impl TestApp {
         if let Some(g) = self.gateway.take() {
             let _ = tokio::time::timeout(DEADLINE, g).await;
         }
-        // A fresh connection: the shared one may have been cut by a broker restart.
-        if let Ok(conn) = connect(&amqp_uri(), "test-teardown").await {
-            if let Ok(ch) = conn.create_channel().await {
-                let _ = self.topology.delete(&ch).await;
+        // A fresh connection: the shared one may have been cut by a broker restart. Each step
+        // is bounded: a connection's close once waited forever for the broker's close-ok
+        // (seen once in CI), and a test must end either way.
+        let fresh = async {
+            if let Ok(conn) = connect(&amqp_uri(), "test-teardown").await {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = self.topology.delete(&ch).await;
+                }
+                ledgerflow_messaging::close(&conn, "teardown").await;
             }
-            let _ = conn.close(200, "teardown".into()).await;
-        }
-        let _ = self.amqp.close(200, "teardown".into()).await;
-        let _ = self.store.drop_database().await;
+        };
+        let _ = tokio::time::timeout(TEARDOWN_STEP, fresh).await;
+        ledgerflow_messaging::close(&self.amqp, "teardown").await;
+        let _ = tokio::time::timeout(TEARDOWN_STEP, self.store.drop_database()).await;
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ledgerflow_domain::TransactionId;
-use ledgerflow_messaging::{MessagingError, Topology, connect};
+use ledgerflow_messaging::{MessagingError, Topology, close, connect};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -88,7 +88,7 @@ async fn consume(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = connection.close(200, "gateway stopping".into()).await;
+                close(&connection, "gateway stopping").await;
                 return Ok(());
             }
             next = consumer.next() => match next {

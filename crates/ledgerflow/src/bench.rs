@@ -767,7 +767,7 @@ impl ResultListener {
 
     async fn close(self) {
         self.task.abort();
-        let _ = self.connection.close(200, "bench done".into()).await;
+        ledgerflow_messaging::close(&self.connection, "bench done").await;
     }
 }
 
@@ -1445,7 +1445,7 @@ async fn delete_topology(amqp_uri: &str, topology: &Topology) -> Result<()> {
     let connection = connect(amqp_uri, "ledgerflow-bench-cleanup").await?;
     let channel = connection.create_channel().await?;
     let deleted = topology.delete(&channel).await;
-    let _ = connection.close(200, "bench cleanup".into()).await;
+    ledgerflow_messaging::close(&connection, "bench cleanup").await;
     Ok(deleted?)
 }
 

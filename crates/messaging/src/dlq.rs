@@ -5,7 +5,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::{MessagingError, Publisher, Topology, connect};
+use crate::{MessagingError, Publisher, Topology, close, connect};
 
 /// One dead-lettered message, as found (left in the queue by [`peek`]).
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub async fn peek(uri: &str, topology: &Topology, limit: usize) -> Result<Vec<De
             death_count,
         });
     }
-    let _ = connection.close(200, "peeked".into()).await;
+    close(&connection, "peeked").await;
     Ok(found)
 }
 
@@ -111,6 +111,6 @@ pub async fn replay(
         replayed += 1;
     }
     publisher.close().await;
-    let _ = connection.close(200, "replayed".into()).await;
+    close(&connection, "replayed").await;
     Ok(replayed)
 }

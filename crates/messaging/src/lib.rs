@@ -26,7 +26,7 @@ mod topology;
 
 pub use error::MessagingError;
 pub use lapin;
-pub use publisher::{Publisher, QueueState, connect};
+pub use publisher::{Publisher, QueueState, close, connect};
 pub use topology::{DEFAULT_PARTITIONS, Topology};
 
 /// The AMQP `type` property of a transfer command.

@@ -30,6 +30,12 @@ pub async fn connect(uri: &str, name: &str) -> Result<Connection, MessagingError
     }
 }
 
+/// Closes a connection gracefully, giving up after [`CONNECT_TIMEOUT`]: a close whose close-ok
+/// never came once held a test's teardown forever, and nothing that stops may wait on it.
+pub async fn close(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, connection.close(200, reason.into())).await;
+}
+
 /// What a passive declare tells about a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueState {
@@ -152,7 +158,7 @@ impl Publisher {
             Ok(Ok(channel)) => Ok(Link { connection, channel }),
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                let _ = tokio::time::timeout(CONNECT_TIMEOUT, connection.close(200, "setup timed out".into())).await;
+                close(&connection, "setup timed out").await;
                 Err(MessagingError::Unavailable(format!("no channel and topology within {OPEN_TIMEOUT:?}")))
             }
         }
@@ -163,7 +169,7 @@ impl Publisher {
     async fn reset(&self) {
         let link = self.state.lock().await.link.take();
         if let Some(link) = link {
-            let _ = tokio::time::timeout(CONNECT_TIMEOUT, link.connection.close(200, "resetting".into())).await;
+            close(&link.connection, "resetting").await;
         }
     }
 
