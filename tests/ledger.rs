@@ -176,6 +176,11 @@ async fn the_bench_smoke_run_reports_its_figures() {
         }
     }
     assert!(report["rss_mb"]["gateway"].as_f64().is_some_and(|mb| mb > 0.0), "{report}");
+    // CPU during the load: the machine's (every process) and each started process's own.
+    assert!(report["cpu_s"]["machine"].as_f64().is_some_and(|s| s > 0.0), "{report}");
+    for process in ["gateway", "worker-1", "bench"] {
+        assert!(report["cpu_s"][process].as_f64().is_some_and(|s| s >= 0.0), "{process} in {report}");
+    }
     // The worker's own counters cover the load: every transfer went through some batch.
     let batching = &report["batching"];
     assert!(batching["batches"].as_u64().is_some_and(|b| b >= 1), "{report}");

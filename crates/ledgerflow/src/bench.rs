@@ -356,12 +356,15 @@ async fn measure(
             None => None,
         };
         let before = batching_now().await;
+        let pids = cluster.map(Cluster::pids).unwrap_or_default();
+        let cpu_before = CpuTimes::read(&pids);
         let load =
             run_transfers(&api, &listener, &topology, conn, args, sandbox, &accounts, &plan, deadline, &bars).await?;
+        let cpu_s = CpuTimes::read(&pids).since(&cpu_before);
         let after = batching_now().await;
         let batching = before.zip(after).map(|(before, after)| after - before);
         let raw = if args.raw { Some(raw_phase(conn, args, sandbox, &plan, &bars).await?) } else { None };
-        Ok(LoadReport { setup, load, raw, batching, ..LoadReport::default() })
+        Ok(LoadReport { setup, load, raw, batching, cpu_s, ..LoadReport::default() })
     }
     .await;
     listener.close().await;
@@ -621,6 +624,57 @@ impl RssSampler {
         let _ = self.task.await;
         lock(&self.peaks_kib).iter().map(|(name, kib)| (name.clone(), round(*kib as f64 / 1024.0, 1))).collect()
     }
+}
+
+/// CPU time spent so far, in seconds: by the whole machine (`/proc/stat`: every process, the
+/// database and the broker included) and by each process the bench started and itself
+/// (`/proc/<pid>/stat`, user and system). Taken around the load, it shows what a run cost; the
+/// latency tail follows the machine's share, and the machine's speed drifts between runs.
+/// Empty where `/proc` cannot be read.
+#[derive(Debug, Default)]
+struct CpuTimes(BTreeMap<String, f64>);
+
+/// Clock ticks per second in `/proc` (`USER_HZ`, 100 on Linux's common architectures).
+const USER_HZ: f64 = 100.0;
+
+impl CpuTimes {
+    fn read(pids: &[(String, u32)]) -> Self {
+        let mut times = BTreeMap::new();
+        if let Some(ticks) = machine_busy_ticks() {
+            times.insert("machine".to_owned(), ticks as f64 / USER_HZ);
+        }
+        let own = ("bench".to_owned(), std::process::id());
+        for (name, pid) in pids.iter().chain(std::iter::once(&own)) {
+            if let Some(ticks) = process_ticks(*pid) {
+                times.insert(name.clone(), ticks as f64 / USER_HZ);
+            }
+        }
+        Self(times)
+    }
+
+    /// Seconds spent since `earlier`, for what both readings have.
+    fn since(&self, earlier: &Self) -> BTreeMap<String, f64> {
+        let spent = |(name, now): (&String, &f64)| Some((name.clone(), round(now - earlier.0.get(name)?, 2)));
+        self.0.iter().filter_map(spent).collect()
+    }
+}
+
+/// Busy ticks of all CPUs together: everything but idle and I/O wait.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().map_while(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    (fields.len() >= 8).then_some(busy)
+}
+
+/// User and system ticks of one process, its threads included.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {
@@ -1754,6 +1808,8 @@ struct LoadReport {
     logs: BTreeMap<String, LogCounts>,
     /// What the workers did during the load (not the setup), when the bench started them.
     batching: Option<Batching>,
+    /// CPU seconds spent during the load, by the machine and by each process (see [`CpuTimes`]).
+    cpu_s: BTreeMap<String, f64>,
 }
 
 impl LoadReport {
@@ -1792,6 +1848,7 @@ impl LoadReport {
                 "complete": l.complete.map(Percentiles::to_json),
             },
             "rss_mb": self.rss_mb,
+            "cpu_s": self.cpu_s,
             "exits": self.exits,
             "log_lines": logs,
             "batching": self.batching.map(Batching::to_json),
@@ -1858,6 +1915,10 @@ impl LoadReport {
         if !self.rss_mb.is_empty() {
             let peaks: Vec<String> = self.rss_mb.iter().map(|(name, mb)| format!("{name} {mb:.1}")).collect();
             let _ = writeln!(out, "peak RSS MB: {}", peaks.join(", "));
+        }
+        if !self.cpu_s.is_empty() {
+            let spent: Vec<String> = self.cpu_s.iter().map(|(name, s)| format!("{name} {s:.1}")).collect();
+            let _ = writeln!(out, "CPU s, load: {}", spent.join(", "));
         }
         if !self.exits.is_empty() {
             let exits: Vec<String> = self.exits.iter().map(|(name, how)| format!("{name}: {how}")).collect();
@@ -2140,5 +2201,23 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.iter().any(|l| l.contains("│ accepted ┆    5 │")), "{text}");
         assert!(lines.iter().any(|l| l.contains("│ raw      ┆ 1234 │")), "{text}");
+    }
+
+    #[test]
+    fn cpu_times_count_this_process_and_the_machine() {
+        let before = CpuTimes::read(&[("me".to_owned(), std::process::id())]);
+        let started = Instant::now();
+        let mut x = 0u64;
+        // Busy until this process has used ten ticks more (bounded).
+        let enough = (before.0["me"] * USER_HZ).round() as u64 + 10;
+        while process_ticks(std::process::id()).is_some_and(|t| t < enough)
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let spent = CpuTimes::read(&[("me".to_owned(), std::process::id())]).since(&before);
+        assert!(spent["me"] > 0.0 && spent["bench"] > 0.0, "{spent:?}");
+        assert!(spent["machine"] >= spent["me"] - 0.1, "{spent:?}");
+        assert_eq!(process_ticks(u32::MAX), None, "no such process");
     }
 }
