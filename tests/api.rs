@@ -474,11 +474,7 @@ async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
     let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
 
-    let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    let text = resp.text().await.unwrap();
-    for series in [
+    let series = [
         "ledgerflow_http_requests_total{",
         "ledgerflow_http_request_duration_seconds_bucket{",
         "ledgerflow_transfers_accepted_total{kind=\"INITIAL_FUNDS\"}",
@@ -486,9 +482,22 @@ async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
         "ledgerflow_messages_consumed_total",
         "ledgerflow_mongo_commit_seconds_bucket",
         "ledgerflow_pending_insert_size_count",
-    ] {
-        assert!(text.contains(series), "{series} missing from:\n{text}");
-    }
+    ];
+    // The worker counts a transfer just after its commit, which the funding's poll may see
+    // first: scrape until every series is there (or the deadline).
+    let start = std::time::Instant::now();
+    let text = loop {
+        let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text = resp.text().await.unwrap();
+        let missing = series.iter().find(|s| !text.contains(*s));
+        match missing {
+            None => break text,
+            Some(s) => assert!(start.elapsed() < ledgerflow_tests::DEADLINE, "{s} missing from:\n{text}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     // Routes are labelled by template, never by raw path (one series per id would explode).
     assert!(text.contains("route=\"/transactions/{id}\""), "{text}");
     assert!(!text.contains(&format!("/accounts/{a}")), "{text}");
