@@ -31,7 +31,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
-use ledgerflow_messaging::{MessagingError, Publisher, Topology, connect};
+use ledgerflow_messaging::{MessagingError, Publisher, Topology, close, connect};
 use ledgerflow_store::{Grouping, Store};
 use share::Share;
 use tokio::sync::{Notify, mpsc};
@@ -271,7 +271,7 @@ async fn consume(
         Ok(Ok(subscribed)) => subscribed,
         Ok(Err(e)) => return Err(e),
         Err(_) => {
-            let _ = tokio::time::timeout(TEARDOWN_LIMIT, connection.close(200, "setup timed out".into())).await;
+            close(&connection, "setup timed out").await;
             return Err(MessagingError::Unavailable(format!("no subscriptions within {SETUP_LIMIT:?}")));
         }
     };
@@ -332,7 +332,7 @@ async fn consume(
     }
     while in_flight.join_next().await.is_some() {}
     report_partitions(&Share::new(topology.partition_count()), topology.partition_count());
-    let _ = tokio::time::timeout(TEARDOWN_LIMIT, connection.close(200, "worker stopping".into())).await;
+    close(&connection, "worker stopping").await;
     outcome
 }
 
