@@ -203,6 +203,31 @@ async fn the_bench_smoke_run_reports_its_figures() {
     app.teardown().await;
 }
 
+/// `--rate 50%` measures the maximum with an unpaced load first, then paces the timed load
+/// at half of it, in one run: the "p99 at half the maximum" is one command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_paces_at_a_share_of_the_maximum_it_measured_first() {
+    let app = spawn_app().await;
+    let args = ["bench", "--accounts", "10", "--transfers", "40", "--workers", "1", "--rate", "50%", "--json"];
+    let (code, out) = app.run_cli(&args).await;
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench printed no JSON ({e}): {out}"));
+    let maximum = report["maximum"]["completed_per_s"].as_f64().expect("the measured maximum");
+    assert!(maximum > 0.0, "{report}");
+    assert_eq!(report["maximum"]["percent"], 50, "{report}");
+    let rate = report["rate"].as_u64().expect("the pace it chose");
+    assert_eq!(rate, ((maximum / 2.0).round() as u64).max(1), "{report}");
+    // Both loads' transfers went through (the keys of one do not replay the other's), and the
+    // timed one kept to its pace.
+    assert_eq!(report["accepted"], 40, "{report}");
+    assert_eq!(report["completed"].as_u64().unwrap() + report["failed"].as_u64().unwrap(), 40, "{report}");
+    assert_eq!(report["unfinished"], 0, "{report}");
+    assert!(report["accepted_per_s"].as_f64().is_some_and(|r| r <= rate as f64 * 1.25 + 1.0), "{report}");
+    let (code, out) = app.run_cli(&["bench", "--rate", "0%", "--transfers", "1"]).await;
+    assert_ne!(code, 0, "0% is no pace: {out}");
+    app.teardown().await;
+}
+
 /// A process's state letter and parent pid, from `/proc/<pid>/stat` (`pid (comm) state ppid …`;
 /// comm may hold spaces, so the fields are read after its `)`). `None` once it is gone.
 fn proc_stat(pid: u32) -> Option<(String, u32)> {

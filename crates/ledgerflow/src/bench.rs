@@ -7,7 +7,9 @@
 //! 1. setup: register users, open accounts and fund them, all through the HTTP API;
 //! 2. load: submit transfers over HTTP (or, with `--direct`, publish them to the exchange as
 //!    an upstream system would), timing submit → 202 (or → publisher confirm) and submit →
-//!    outcome, the outcome taken from the result exchange as the worker publishes it;
+//!    outcome, the outcome taken from the result exchange as the worker publishes it; with
+//!    `--rate N%`, an unpaced load first measures the maximum and the timed load is paced at
+//!    N% of it, on the same processes, seconds apart;
 //! 3. `--raw`: the same transfers as a tight loop of `Store::execute` calls on a separate
 //!    database, no HTTP and no queue: the floor the pipeline is compared with.
 //!
@@ -56,6 +58,8 @@ use tracing::warn;
 const FUNDING_CENTS: i64 = 10_000_000;
 /// Transfers move 1 to this many cents.
 const MAX_TRANSFER_CENTS: i64 = 100;
+/// With `--rate N%`, the pause between the unpaced load and the timed one.
+const SETTLE: Duration = Duration::from_secs(5);
 /// The initiator of `--direct` and `--raw` commands: an upstream system named `bench`.
 const SERVICE_INITIATOR: &str = "service:bench";
 /// Registrations run argon2 on the gateway; more at once than its cores only queue up.
@@ -119,7 +123,7 @@ impl std::fmt::Debug for Secret {
 queue prefix (deleted afterwards unless --keep), against the configured MongoDB and RabbitMQ.\n\
 With --target the bench drives a running gateway instead; its users, accounts and transfers stay \
 in that ledger, and outcomes are read from the configured --amqp-prefix's results exchange.\n\n\
-Examples:\n  ledgerflow bench --raw\n  ledgerflow bench --hot --transfers 5000\n  ledgerflow bench --direct\n  \
+Examples:\n  ledgerflow bench --raw\n  ledgerflow bench --rate 50%\n  ledgerflow bench --hot --transfers 5000\n  ledgerflow bench --direct\n  \
 ledgerflow bench --balance-reads --entries 1000,1000000\n  \
 LEDGERFLOW_SYSTEM_PASSWORD=… ledgerflow bench --target http://127.0.0.1:8080 --system-email ops@example.com")]
 pub struct BenchArgs {
@@ -136,9 +140,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: u32,
     /// Submit at most this many transfers per second (open loop), to measure latency below
-    /// the maximum throughput; unlimited when unset.
-    #[arg(long, value_name = "PER_S", value_parser = clap::value_parser!(u32).range(1..))]
-    rate: Option<u32>,
+    /// the maximum throughput; or `N%`: first measure the maximum with an unpaced load of the
+    /// same size, then pace the measured load at N% of it. Unlimited when unset.
+    #[arg(long, value_name = "PER_S|N%")]
+    rate: Option<Rate>,
     /// Worker processes to start (ignored with --target).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -186,6 +191,50 @@ pub struct BenchArgs {
     /// Balance reads timed at each history length.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     reads: u32,
+}
+
+/// How `--rate` paces the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rate {
+    PerSecond(u32),
+    /// A percentage of the maximum completed/s, measured first in the same run: measuring it
+    /// minutes before, in a separate run, let the machine's drift between the two decide.
+    OfMaximum(u8),
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(percent) = s.strip_suffix('%') {
+            return match percent.trim().parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(Self::OfMaximum(p)),
+                _ => Err(format!("{s}: a percentage of the maximum is 1% to 100%")),
+            };
+        }
+        match s.parse::<u32>() {
+            Ok(n @ 1..) => Ok(Self::PerSecond(n)),
+            _ => Err(format!("{s}: expected transfers per second (at least 1) or a percentage such as 50%")),
+        }
+    }
+}
+
+impl Rate {
+    /// Transfers per second: as given, or the share of a measured maximum (at least 1).
+    fn per_second(self, maximum: f64) -> u32 {
+        match self {
+            Self::PerSecond(n) => n,
+            Self::OfMaximum(p) => (maximum * f64::from(p) / 100.0).round().clamp(1.0, f64::from(u32::MAX)) as u32,
+        }
+    }
+}
+
+/// The unpaced load that measured the maximum for `--rate N%`.
+#[derive(Debug, Clone, Copy)]
+struct Maximum {
+    completed_per_s: f64,
+    accepted_per_s: f64,
+    percent: u8,
 }
 
 impl BenchArgs {
@@ -350,7 +399,36 @@ async fn measure(
         let setup_started = Instant::now();
         let accounts = setup(&api, &listener, args, sandbox, system, deadline, &bars).await?;
         let setup = setup_started.elapsed();
-        let plan = Arc::new(plan(args.accounts(), args.transfers(), args.hot.then_some(args.hot_percent)));
+        let new_plan = || Arc::new(plan(args.accounts(), args.transfers(), args.hot.then_some(args.hot_percent)));
+        let maximum = match args.rate {
+            Some(Rate::OfMaximum(percent)) => {
+                let unpaced = Phase::new(sandbox, "max-", None, None);
+                let figures = run_transfers(
+                    &api,
+                    &listener,
+                    &topology,
+                    conn,
+                    args,
+                    &accounts,
+                    &new_plan(),
+                    &unpaced,
+                    deadline,
+                    &bars,
+                )
+                .await?;
+                // The timed load measures a steady state, not the write-out of what the
+                // unpaced one left in MongoDB's cache.
+                tokio::time::sleep(SETTLE).await;
+                Some(Maximum {
+                    completed_per_s: figures.completed_per_s,
+                    accepted_per_s: figures.accepted_per_s,
+                    percent,
+                })
+            }
+            _ => None,
+        };
+        let rate = args.rate.map(|r| r.per_second(maximum.map_or(0.0, |m| m.completed_per_s)));
+        let plan = new_plan();
         let batching_now = async || match cluster {
             Some(cluster) => cluster.batching(&api.http).await,
             None => None,
@@ -358,13 +436,14 @@ async fn measure(
         let before = batching_now().await;
         let pids = cluster.map(Cluster::pids).unwrap_or_default();
         let cpu_before = CpuTimes::read(&pids);
+        let timed = Phase::new(sandbox, "", rate, args.samples.as_deref());
         let load =
-            run_transfers(&api, &listener, &topology, conn, args, sandbox, &accounts, &plan, deadline, &bars).await?;
+            run_transfers(&api, &listener, &topology, conn, args, &accounts, &plan, &timed, deadline, &bars).await?;
         let cpu_s = CpuTimes::read(&pids).since(&cpu_before);
         let after = batching_now().await;
         let batching = before.zip(after).map(|(before, after)| after - before);
         let raw = if args.raw { Some(raw_phase(conn, args, sandbox, &plan, &bars).await?) } else { None };
-        Ok(LoadReport { setup, load, raw, batching, cpu_s, ..LoadReport::default() })
+        Ok(LoadReport { setup, load, maximum, rate, raw, batching, cpu_s, ..LoadReport::default() })
     }
     .await;
     listener.close().await;
@@ -1061,6 +1140,22 @@ impl Sent {
     }
 }
 
+/// One load over a plan: how its idempotency keys begin (apart from any other load's), its
+/// pace, and where its samples go.
+struct Phase<'a> {
+    /// Empty for the timed load, the one the report is about.
+    name: &'static str,
+    keys: String,
+    rate: Option<u32>,
+    samples: Option<&'a Path>,
+}
+
+impl<'a> Phase<'a> {
+    fn new(sandbox: &Sandbox, name: &'static str, rate: Option<u32>, samples: Option<&'a Path>) -> Self {
+        Self { name, keys: format!("bench-{}-{name}", sandbox.tag), rate, samples }
+    }
+}
+
 /// Submits the plan at `--concurrency`, then waits for the outcome of every accepted transfer.
 #[allow(clippy::too_many_arguments)]
 async fn run_transfers(
@@ -1069,21 +1164,23 @@ async fn run_transfers(
     topology: &Topology,
     conn: &ConnInfo,
     args: &BenchArgs,
-    sandbox: &Sandbox,
     accounts: &Arc<Vec<Funded>>,
     plan: &Arc<Vec<Planned>>,
+    phase: &Phase<'_>,
     deadline: Instant,
     bars: &Bars,
 ) -> Result<LoadFigures> {
-    let submitted = bars.bar(plan.len(), "submitted");
-    let finished = bars.bar(plan.len(), "finished");
+    let (submitted, finished) =
+        if phase.name.is_empty() { ("submitted", "finished") } else { ("max: submitted", "max: finished") };
+    let submitted = bars.bar(plan.len(), submitted);
+    let finished = bars.bar(plan.len(), finished);
     let ticker = follow_results(listener, finished.clone());
     let anchor = (Instant::now(), Utc::now());
     let (sent, on) = if args.direct {
-        let sent = submit_direct(conn, topology, accounts, plan, args, sandbox, &submitted).await;
+        let sent = submit_direct(conn, topology, accounts, plan, args, phase, &submitted).await;
         (sent, MatchOn::IdempotencyKey)
     } else {
-        (submit_http(api, accounts, plan, args, sandbox, &submitted).await, MatchOn::TransactionId)
+        (submit_http(api, accounts, plan, args, phase, &submitted).await, MatchOn::TransactionId)
     };
     ticker.abort();
     let sent = sent?;
@@ -1094,7 +1191,7 @@ async fn run_transfers(
     let wait_until = deadline.checked_sub(REPORT_MARGIN).unwrap_or(deadline);
     listener.await_all(on, &keys, wait_until, &finished).await?;
     let outcomes = lock(&listener.outcomes);
-    if let Some(path) = &args.samples {
+    if let Some(path) = phase.samples {
         write_samples(path, anchor, &sent, &outcomes, on)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -1150,14 +1247,14 @@ async fn submit_http(
     accounts: &Arc<Vec<Funded>>,
     plan: &Arc<Vec<Planned>>,
     args: &BenchArgs,
-    sandbox: &Sandbox,
+    phase: &Phase<'_>,
     bar: &ProgressBar,
 ) -> Result<Vec<Sent>> {
-    let (api, accounts, plan, tag) = (api.clone(), Arc::clone(accounts), Arc::clone(plan), sandbox.tag.clone());
-    let pace = Pace::new(args.rate);
+    let (api, accounts, plan, keys) = (api.clone(), Arc::clone(accounts), Arc::clone(plan), phase.keys.clone());
+    let pace = Pace::new(phase.rate);
     pool(plan.len(), args.concurrency(), bar, move |i| {
         let (api, accounts, t) = (api.clone(), Arc::clone(&accounts), plan[i]);
-        let key = format!("bench-{tag}-{i}");
+        let key = format!("{keys}{i}");
         async move {
             pace.wait_turn(i).await;
             send_http(&api, &accounts, t, key).await
@@ -1192,16 +1289,16 @@ async fn submit_direct(
     accounts: &Arc<Vec<Funded>>,
     plan: &Arc<Vec<Planned>>,
     args: &BenchArgs,
-    sandbox: &Sandbox,
+    phase: &Phase<'_>,
     bar: &ProgressBar,
 ) -> Result<Vec<Sent>> {
     let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-bench-upstream", topology.clone());
     publisher.ensure_connected().await.context("cannot publish to RabbitMQ")?;
-    let (p, accounts, plan, tag) = (publisher.clone(), Arc::clone(accounts), Arc::clone(plan), sandbox.tag.clone());
-    let pace = Pace::new(args.rate);
+    let (p, accounts, plan, keys) = (publisher.clone(), Arc::clone(accounts), Arc::clone(plan), phase.keys.clone());
+    let pace = Pace::new(phase.rate);
     let sent = pool(plan.len(), args.concurrency(), bar, move |i| {
         let (p, from, to, amount) = (p.clone(), accounts[plan[i].from].id, accounts[plan[i].to].id, plan[i].amount);
-        let key = format!("bench-{tag}-{i}");
+        let key = format!("{keys}{i}");
         async move {
             pace.wait_turn(i).await;
             publish_direct(&p, from, to, amount, key).await
@@ -1802,6 +1899,10 @@ impl std::ops::Sub for Batching {
 struct LoadReport {
     setup: Duration,
     load: LoadFigures,
+    /// With `--rate N%`: the unpaced load that measured the maximum.
+    maximum: Option<Maximum>,
+    /// The pace of the timed load, transfers per second (from `--rate`).
+    rate: Option<u32>,
     raw: Option<RawFigures>,
     rss_mb: BTreeMap<String, f64>,
     exits: BTreeMap<String, String>,
@@ -1829,7 +1930,7 @@ impl LoadReport {
             "accounts": args.accounts,
             "transfers": args.transfers,
             "concurrency": args.concurrency,
-            "rate": args.rate,
+            "rate": self.rate,
             "workers": args.target.is_none().then_some(args.workers),
             "target": args.target,
             "setup_s": round(self.setup.as_secs_f64(), 2),
@@ -1853,6 +1954,13 @@ impl LoadReport {
             "log_lines": logs,
             "batching": self.batching.map(Batching::to_json),
         });
+        if let Some(m) = self.maximum {
+            v["maximum"] = json!({
+                "completed_per_s": m.completed_per_s,
+                "accepted_per_s": m.accepted_per_s,
+                "percent": m.percent,
+            });
+        }
         if let Some(raw) = &self.raw {
             v["raw_per_s"] = json!(raw.per_s);
             v["raw"] = json!({
@@ -1873,7 +1981,7 @@ impl LoadReport {
             Some(target) => format!("against {target}"),
             None => format!("{} worker process(es)", args.workers),
         };
-        let rate = args.rate.map(|r| format!(" at most {r}/s,")).unwrap_or_default();
+        let rate = self.rate.map(|r| format!(" at most {r}/s,")).unwrap_or_default();
         let _ = writeln!(
             out,
             "ledgerflow bench: {} transfers, {} pattern, {} accounts, {} transfers,{rate} concurrency {}, {who}",
@@ -1883,7 +1991,15 @@ impl LoadReport {
             args.transfers,
             args.concurrency
         );
-        let _ = writeln!(out, "setup (users, accounts, funding): {:.1} s\n", self.setup.as_secs_f64());
+        let _ = writeln!(out, "setup (users, accounts, funding): {:.1} s", self.setup.as_secs_f64());
+        if let (Some(m), Some(rate)) = (self.maximum, self.rate) {
+            let _ = writeln!(
+                out,
+                "maximum, measured first (unpaced, same size): {:.1} completed/s ({:.1} accepted/s); paced at {}% = {rate}/s",
+                m.completed_per_s, m.accepted_per_s, m.percent
+            );
+        }
+        let _ = writeln!(out);
         let accepted = if args.direct { "accepted (confirm)" } else { "accepted (202)" };
         let mut rows = vec![
             row(accepted, l.accepted, l.accepted_per_s, l.accept),
@@ -2132,6 +2248,19 @@ mod tests {
         assert_eq!(later - read, Batching { batches: 10, commands: 30, conflict_retries: 0, splits: 0 });
         assert_eq!(read - later, Batching::default());
         assert_eq!(Batching::parse(""), Batching::default());
+    }
+
+    #[test]
+    fn a_rate_is_per_second_or_a_share_of_the_maximum() {
+        assert_eq!("700".parse::<Rate>(), Ok(Rate::PerSecond(700)));
+        assert_eq!(" 50% ".parse::<Rate>(), Ok(Rate::OfMaximum(50)));
+        for bad in ["0", "0%", "101%", "-5", "1.5", "half", "%", ""] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(Rate::PerSecond(700).per_second(1_234.0), 700);
+        assert_eq!(Rate::OfMaximum(50).per_second(1_401.0), 701);
+        // A load that completed nothing still paces the next at one per second, never zero.
+        assert_eq!(Rate::OfMaximum(50).per_second(0.0), 1);
     }
 
     #[test]
