@@ -482,6 +482,8 @@ async fn metrics_are_exposed_and_the_request_id_travels_with_the_command() {
         "ledgerflow_messages_consumed_total",
         "ledgerflow_mongo_commit_seconds_bucket",
         "ledgerflow_pending_insert_size_count",
+        "ledgerflow_pending_insert_seconds_bucket",
+        "ledgerflow_publish_confirm_seconds_bucket",
     ];
     // The worker counts a transfer just after its commit, which the funding's poll may see
     // first: scrape until every series is there (or the deadline).

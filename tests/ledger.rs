@@ -170,11 +170,15 @@ async fn the_bench_smoke_run_reports_its_figures() {
     for figure in ["completed_per_s", "accepted_per_s", "raw_per_s", "ratio"] {
         assert!(report[figure].as_f64().is_some_and(|v| v > 0.0), "{figure} in {report}");
     }
-    for phase in ["accept", "complete"] {
+    for phase in ["accept", "complete", "decide", "report"] {
         for p in ["p50", "p95", "p99", "max"] {
             assert!(report["latency_ms"][phase][p].is_number(), "latency_ms.{phase}.{p} in {report}");
         }
     }
+    // The two stages split each completed transfer's way at the worker's decision, which is
+    // read to the millisecond: neither can take longer than the whole way.
+    let max = |phase: &str| report["latency_ms"][phase]["max"].as_f64().expect("a max");
+    assert!(max("decide") <= max("complete") && max("report") <= max("complete") + 1.0, "{report}");
     assert!(report["rss_mb"]["gateway"].as_f64().is_some_and(|mb| mb > 0.0), "{report}");
     // CPU during the load: the machine's (every process) and each started process's own.
     assert!(report["cpu_s"]["machine"].as_f64().is_some_and(|s| s > 0.0), "{report}");

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
 use futures::StreamExt;
@@ -1195,7 +1195,7 @@ async fn run_transfers(
         write_samples(path, anchor, &sent, &outcomes, on)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(LoadFigures::tally(&sent, &outcomes, on))
+    Ok(LoadFigures::tally(&sent, &outcomes, on, anchor))
 }
 
 /// One CSV line per transfer: milliseconds from the first submit to this one's, to its 202 (or
@@ -1213,15 +1213,13 @@ fn write_samples(
     writeln!(out, "sent_ms,accept_ms,decided_ms,result_ms,status")?;
     for s in sent {
         let outcome = outcomes.get(on, &s.key);
-        let sent_wall = anchor.1 + TimeDelta::from_std(s.sent - anchor.0).unwrap_or_default();
-        let decided = outcome.and_then(|o| o.decided_at).and_then(|at| (at - sent_wall).num_microseconds());
-        let decided = decided.map(|us| format!("{:.2}", us as f64 / 1e3));
+        let decided = outcome.and_then(|o| o.decided_at).and_then(|at| on_monotonic(anchor, at));
         writeln!(
             out,
             "{},{},{},{},{}",
             ms(anchor.0, s.sent),
             s.accepted.map(|a| ms(s.sent, a)).unwrap_or_default(),
-            decided.unwrap_or_default(),
+            decided.map(|d| ms(s.sent, d)).unwrap_or_default(),
             outcome.map(|o| ms(s.sent, o.at)).unwrap_or_default(),
             outcome.map_or("", |o| o.status.as_str()),
         )?;
@@ -1352,6 +1350,11 @@ struct LoadFigures {
     completed: usize,
     completed_per_s: f64,
     complete: Option<Percentiles>,
+    /// The completed transfers' way split in two at the worker's decision (`completedAt`, to
+    /// the millisecond): 202 (or confirm) → decision, and decision → result heard. Says which
+    /// stage a latency tail comes from.
+    decide: Option<Percentiles>,
+    report: Option<Percentiles>,
     failed: BTreeMap<String, usize>,
     /// Accepted but without an outcome when waiting ended: stuck PENDING.
     unfinished: usize,
@@ -1360,10 +1363,11 @@ struct LoadFigures {
 impl LoadFigures {
     /// Joins what was sent with the outcomes heard. Rates are over the time from the first
     /// submit to the last 202 (accepted) and to the last COMPLETED result (completed).
-    fn tally(sent: &[Sent], outcomes: &Outcomes, on: MatchOn) -> Self {
+    fn tally(sent: &[Sent], outcomes: &Outcomes, on: MatchOn, anchor: (Instant, DateTime<Utc>)) -> Self {
         let Some(start) = sent.iter().map(|s| s.sent).min() else { return Self::default() };
         let mut figures = Self::default();
         let (mut accept, mut complete) = (Vec::new(), Vec::new());
+        let (mut decide, mut report) = (Vec::new(), Vec::new());
         let (mut last_accept, mut last_complete) = (start, start);
         for s in sent {
             let Some(accepted) = s.accepted else {
@@ -1376,6 +1380,10 @@ impl LoadFigures {
                 Some(o) if o.status == TransactionStatus::Completed => {
                     complete.push(o.at.saturating_duration_since(s.sent));
                     last_complete = last_complete.max(o.at);
+                    if let Some(decided) = o.decided_at.and_then(|at| on_monotonic(anchor, at)) {
+                        decide.push(decided.saturating_duration_since(accepted));
+                        report.push(o.at.saturating_duration_since(decided));
+                    }
                 }
                 Some(o) => bump(&mut figures.failed, reason_name(o.reason)),
                 None => figures.unfinished += 1,
@@ -1387,8 +1395,16 @@ impl LoadFigures {
         figures.completed_per_s = per_second(figures.completed, last_complete - start);
         figures.accept = Percentiles::of(accept);
         figures.complete = Percentiles::of(complete);
+        figures.decide = Percentiles::of(decide);
+        figures.report = Percentiles::of(report);
         figures
     }
+}
+
+/// Where an instant on this machine's wall clock (a worker's `completedAt`) falls on the
+/// bench's monotonic clock, given one moment read on both.
+fn on_monotonic(anchor: (Instant, DateTime<Utc>), at: DateTime<Utc>) -> Option<Instant> {
+    anchor.0.checked_add((at - anchor.1).to_std().ok()?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1947,6 +1963,8 @@ impl LoadReport {
             "latency_ms": {
                 "accept": l.accept.map(Percentiles::to_json),
                 "complete": l.complete.map(Percentiles::to_json),
+                "decide": l.decide.map(Percentiles::to_json),
+                "report": l.report.map(Percentiles::to_json),
             },
             "rss_mb": self.rss_mb,
             "cpu_s": self.cpu_s,
@@ -2005,6 +2023,12 @@ impl LoadReport {
             row(accepted, l.accepted, l.accepted_per_s, l.accept),
             row("completed", l.completed, l.completed_per_s, l.complete),
         ];
+        let decide = if args.direct { "  confirm → decision" } else { "  202 → decision" };
+        for (label, stage) in [(decide, l.decide), ("  decision → heard", l.report)] {
+            let mut cells = vec![label.to_owned(), String::new(), String::new()];
+            cells.extend(Percentiles::cells(stage));
+            rows.push(cells);
+        }
         if let Some(raw) = &self.raw {
             rows.push(row("raw Store::execute", raw.completed, raw.per_s, raw.latency));
         }

@@ -1,3 +1,5 @@
+use std::time::Instant;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -185,7 +187,12 @@ async fn accept(
     };
     let span = info_span!("transfer", transaction_id = tracing::field::Empty, idempotency_key = %cmd.idempotency_key);
     async {
-        match state.pending.insert(cmd.clone()).await? {
+        // Both waits are on every transfer's path to its 202: the grouped, journaled insert
+        // (lingering included) and the broker's confirm. Timed so an operator can tell which.
+        let started = Instant::now();
+        let inserted = state.pending.insert(cmd.clone()).await?;
+        metrics::histogram!("ledgerflow_pending_insert_seconds").record(started.elapsed().as_secs_f64());
+        match inserted {
             InsertPending::Existing(existing) => {
                 tracing::Span::current().record("transaction_id", tracing::field::display(existing.id));
                 if existing.request_hash != cmd.request.fingerprint() {
@@ -196,7 +203,10 @@ async fn accept(
             }
             InsertPending::Created(record) => {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
-                if let Err(e) = publish_command(state, &cmd, request_id.as_deref()).await {
+                let started = Instant::now();
+                let published = publish_command(state, &cmd, request_id.as_deref()).await;
+                metrics::histogram!("ledgerflow_publish_confirm_seconds").record(started.elapsed().as_secs_f64());
+                if let Err(e) = published {
                     tracing::warn!(error = %e, "publish failed; the republisher will send it");
                     metrics::counter!("ledgerflow_publish_failures_total").increment(1);
                     return Err(ApiError::PublishDeferred(record.id));
