@@ -23,6 +23,8 @@
 #   LEDGERFLOW_MONGO_DIR       mongod home: pkg/, data/, logs   (default <repo>/.local/mongodb)
 #   LEDGERFLOW_MONGO_CACHE_GB  WiredTiger cache size in GB      (default 1)
 #   LEDGERFLOW_MONGO_NICE      mongod's CPU priority, as a nice value; 0 leaves it  (default -10)
+#   LEDGERFLOW_MONGO_EVICTION_THREADS  WiredTiger eviction threads, when mongod starts  (default:
+#                              mongod's own, 4; README "Benchmarks" has 1 against 4 on 2 cores)
 #   LEDGERFLOW_SERVICES_TIMEOUT  seconds to wait for a service  (default 60)
 # The replica set config records host 127.0.0.1:<port>, so if you change the port
 # use a different LEDGERFLOW_MONGO_DIR as well (or delete the old data/).
@@ -36,6 +38,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MONGO_PORT="${LEDGERFLOW_MONGO_PORT:-27017}"
 MONGO_DIR="${LEDGERFLOW_MONGO_DIR:-$ROOT/.local/mongodb}"
 MONGO_CACHE_GB="${LEDGERFLOW_MONGO_CACHE_GB:-1}"
+MONGO_EVICTION_THREADS="${LEDGERFLOW_MONGO_EVICTION_THREADS:-}"
 MONGO_NICE="${LEDGERFLOW_MONGO_NICE:--10}"
 WAIT_SECS="${LEDGERFLOW_SERVICES_TIMEOUT:-60}"
 RABBIT_PORT=5672
@@ -213,6 +216,7 @@ start_mongod() {
   if ! "$MONGOD" --replSet rs0 --bind_ip 127.0.0.1 --port "$MONGO_PORT" \
       --dbpath "$MONGO_DATA" --logpath "$MONGO_LOG" --logappend \
       --pidfilepath "$MONGO_PID" --wiredTigerCacheSizeGB "$MONGO_CACHE_GB" \
+      ${MONGO_EVICTION_THREADS:+--wiredTigerEngineConfigString "eviction=(threads_min=$MONGO_EVICTION_THREADS,threads_max=$MONGO_EVICTION_THREADS)"} \
       --fork >"$out" 2>&1 9>&-; then
     cat "$out" >&2
     log "--- last lines of $MONGO_LOG:" >&2
@@ -492,7 +496,7 @@ case "$cmd" in
     sweep
     ;;
   -h|--help|help)
-    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     ;;
   *)
     die "unknown command '$cmd' (use: up | status | stop | sweep)"

@@ -271,3 +271,12 @@ async fn the_pending_writer_answers_each_concurrent_caller() {
     assert_eq!(created, 30, "one record per distinct key");
     app.teardown().await;
 }
+
+/// `ledgerflow bench --rate N%` asks MongoDB for a checkpoint between its two loads, so that the
+/// timed one does not pay for writing out the first: the test server must take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_takes_the_benchs_checkpoint() {
+    let app = spawn_app().await;
+    app.store.checkpoint().await.expect("a checkpoint (the fsync command)");
+    app.teardown().await;
+}

@@ -58,7 +58,7 @@ use tracing::warn;
 const FUNDING_CENTS: i64 = 10_000_000;
 /// Transfers move 1 to this many cents.
 const MAX_TRANSFER_CENTS: i64 = 100;
-/// With `--rate N%`, the pause between the unpaced load and the timed one.
+/// With `--rate N%`, the pause after the checkpoint between the unpaced load and the timed one.
 const SETTLE: Duration = Duration::from_secs(5);
 /// The initiator of `--direct` and `--raw` commands: an upstream system named `bench`.
 const SERVICE_INITIATOR: &str = "service:bench";
@@ -417,7 +417,9 @@ async fn measure(
                 )
                 .await?;
                 // The timed load measures a steady state, not the write-out of what the
-                // unpaced one left in MongoDB's cache.
+                // unpaced one left in MongoDB's cache: write it out now, then let the
+                // processes settle.
+                checkpoint(conn).await;
                 tokio::time::sleep(SETTLE).await;
                 Some(Maximum {
                     completed_per_s: figures.completed_per_s,
@@ -1405,6 +1407,24 @@ impl LoadFigures {
 /// bench's monotonic clock, given one moment read on both.
 fn on_monotonic(anchor: (Instant, DateTime<Utc>), at: DateTime<Utc>) -> Option<Instant> {
     anchor.0.checked_add((at - anchor.1).to_std().ok()?)
+}
+
+/// Asks MongoDB for a checkpoint; a server that refuses (no privilege for `fsync`) only
+/// leaves the pause after it to do the work.
+async fn checkpoint(conn: &ConnInfo) {
+    let started = Instant::now();
+    let done = match Store::connect(&conn.mongodb_uri, &conn.mongodb_db).await {
+        Ok(store) => {
+            let done = store.checkpoint().await;
+            store.shutdown().await;
+            done
+        }
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => tracing::debug!(took_ms = started.elapsed().as_millis(), "MongoDB checkpoint"),
+        Err(e) => warn!(error = %e, "MongoDB refused a checkpoint; only pausing"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -123,6 +123,14 @@ impl Store {
         Ok(())
     }
 
+    /// Makes the server write every change it holds in its cache to its data files now (a
+    /// WiredTiger checkpoint, the `fsync` command). For the bench, between a load and the
+    /// next: otherwise the second pays for writing out what the first left.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.client.database("admin").run_command(doc! { "fsync": 1 }).await?;
+        Ok(())
+    }
+
     /// The database this store uses.
     pub fn database_name(&self) -> &str {
         self.db.name()
