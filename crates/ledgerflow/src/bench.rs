@@ -1413,15 +1413,13 @@ fn on_monotonic(anchor: (Instant, DateTime<Utc>), at: DateTime<Utc>) -> Option<I
 /// leaves the pause after it to do the work.
 async fn checkpoint(conn: &ConnInfo) {
     let started = Instant::now();
-    let done = match Store::connect(&conn.mongodb_uri, &conn.mongodb_db).await {
-        Ok(store) => {
-            let done = store.checkpoint().await;
-            store.shutdown().await;
-            done
-        }
-        Err(e) => Err(e),
+    let done = async {
+        let store = Store::connect(&conn.mongodb_uri, &conn.mongodb_db).await?;
+        let done = store.checkpoint().await;
+        store.shutdown().await;
+        done
     };
-    match done {
+    match done.await {
         Ok(()) => tracing::debug!(took_ms = started.elapsed().as_millis(), "MongoDB checkpoint"),
         Err(e) => warn!(error = %e, "MongoDB refused a checkpoint; only pausing"),
     }
