@@ -24,7 +24,7 @@
 #   LEDGERFLOW_MONGO_CACHE_GB  WiredTiger cache size in GB      (default 1)
 #   LEDGERFLOW_MONGO_NICE      mongod's CPU priority, as a nice value; 0 leaves it  (default -10)
 #   LEDGERFLOW_MONGO_EVICTION_THREADS  WiredTiger eviction threads, when mongod starts  (default:
-#                              mongod's own, 4; README "Benchmarks" has 1 against 4 on 2 cores)
+#                              mongod's own, 4; crates/ledgerflow/BENCHMARKS.md has 1 vs 4)
 #   LEDGERFLOW_SERVICES_TIMEOUT  seconds to wait for a service  (default 60)
 # The replica set config records host 127.0.0.1:<port>, so if you change the port
 # use a different LEDGERFLOW_MONGO_DIR as well (or delete the old data/).
@@ -351,9 +351,10 @@ mongod_on_port() {
 # a few cores with RabbitMQ, the gateway, the workers and a load generator, an equal CPU share
 # lets their bursts hold up its commits, and every transfer behind a commit waits too
 # (`ledgerflow bench`: p99 at half the maximum 83-216 ms with this, 131-568 ms without, in
-# alternating runs; README "Benchmarks"). The scheduler shares CPU between sessions when
-# kernel.sched_autogroup_enabled is 1 (mongod --fork starts one) and between threads when it
-# is 0, so both nice values are set. Idempotent; needs root (or CAP_SYS_NICE), else skipped.
+# alternating runs; crates/ledgerflow/BENCHMARKS.md). The scheduler shares CPU between
+# sessions when kernel.sched_autogroup_enabled is 1 (mongod --fork starts one) and between
+# threads when it is 0, so both nice values are set. Idempotent; needs root (or
+# CAP_SYS_NICE), else skipped.
 prioritize_mongod() {
   [[ "$MONGO_NICE" == 0 ]] && return 0
   local pid

@@ -190,6 +190,14 @@ async fn the_bench_smoke_run_reports_its_figures() {
     assert!(batching["batches"].as_u64().is_some_and(|b| b >= 1), "{report}");
     assert!(batching["commands"].as_u64().is_some_and(|c| c >= 50), "{report}");
     assert!(batching["conflict_retries"].is_u64() && batching["splits"].is_u64(), "{report}");
+    // The run's own ledger, checked after the load: setup fundings and the 50 transfers, each
+    // completed one with its two entries, and every invariant holding.
+    let ledger = &report["ledger"];
+    assert_eq!(ledger["ok"], true, "{report}");
+    assert_eq!(ledger["discrepancies"], 0, "{report}");
+    assert!(ledger["transactions"].as_u64().is_some_and(|t| t >= 50), "{report}");
+    let completed = report["completed"].as_u64().expect("a count");
+    assert!(ledger["entries"].as_u64().is_some_and(|e| e >= 2 * completed), "{report}");
     // One line per transfer, each with its timings and outcome.
     let csv = std::fs::read_to_string(&samples).expect("the samples file");
     let _ = std::fs::remove_file(&samples);

@@ -44,7 +44,7 @@ use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
 use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
 use ledgerflow_messaging::{COMMAND_TYPE, Publisher, Topology, connect};
-use ledgerflow_store::{Execution, Store};
+use ledgerflow_store::{Execution, NoProgress, ReconcileOptions, ReconcileReport, Store};
 use mongodb::bson::{Bson, Document, doc};
 use rand::Rng;
 use reqwest::StatusCode;
@@ -279,7 +279,10 @@ async fn run_load(conn: &ConnInfo, args: &BenchArgs) -> Result<()> {
     } else {
         print!("{}", report.render(args));
     }
-    Ok(())
+    match &report.ledger {
+        Some(ledger) if !ledger.ok => bail!("the ledger does not reconcile after the load: {}", ledger_summary(ledger)),
+        _ => Ok(()),
+    }
 }
 
 /// The names one run works under. Without `--target` the run owns a fresh database and queue
@@ -445,7 +448,8 @@ async fn measure(
         let after = batching_now().await;
         let batching = before.zip(after).map(|(before, after)| after - before);
         let raw = if args.raw { Some(raw_phase(conn, args, sandbox, &plan, &bars).await?) } else { None };
-        Ok(LoadReport { setup, load, maximum, rate, raw, batching, cpu_s, ..LoadReport::default() })
+        let ledger = if sandbox.owned { Some(check_ledger(conn, &sandbox.db).await?) } else { None };
+        Ok(LoadReport { setup, load, maximum, rate, raw, batching, cpu_s, ledger, ..LoadReport::default() })
     }
     .await;
     listener.close().await;
@@ -1411,6 +1415,18 @@ fn on_monotonic(anchor: (Instant, DateTime<Utc>), at: DateTime<Utc>) -> Option<I
 
 /// Asks MongoDB for a checkpoint; a server that refuses (no privilege for `fsync`) only
 /// leaves the pause after it to do the work.
+/// Checks every ledger invariant of the run's own database once its load is over (debits equal
+/// credits, no balance below zero, every completed transfer with exactly its two entries, the
+/// hash chains intact, nothing left PENDING): a rate that broke the books would be no figure.
+/// Not with `--target`, whose database may hold far more than the run made.
+async fn check_ledger(conn: &ConnInfo, db: &str) -> Result<ReconcileReport> {
+    let store = Store::connect(&conn.mongodb_uri, db).await.context("ledger check: MongoDB")?;
+    // Every transfer has its result by now, so anything still PENDING is stuck.
+    let report = store.reconcile(&ReconcileOptions { max_pending_age: Duration::ZERO }, &NoProgress).await;
+    store.shutdown().await;
+    report.context("ledger check")
+}
+
 async fn checkpoint(conn: &ConnInfo) {
     let started = Instant::now();
     let done = async {
@@ -1945,6 +1961,8 @@ struct LoadReport {
     batching: Option<Batching>,
     /// CPU seconds spent during the load, by the machine and by each process (see [`CpuTimes`]).
     cpu_s: BTreeMap<String, f64>,
+    /// The run's own ledger checked after the load (see [`check_ledger`]).
+    ledger: Option<ReconcileReport>,
 }
 
 impl LoadReport {
@@ -1990,6 +2008,16 @@ impl LoadReport {
             "log_lines": logs,
             "batching": self.batching.map(Batching::to_json),
         });
+        if let Some(ledger) = &self.ledger {
+            v["ledger"] = json!({
+                "ok": ledger.ok,
+                "transactions": ledger.transactions,
+                "entries": ledger.entries,
+                "accounts": ledger.accounts,
+                "discrepancies": ledger.discrepancy_count,
+                "first_discrepancies": ledger.discrepancies.iter().take(10).collect::<Vec<_>>(),
+            });
+        }
         if let Some(m) = self.maximum {
             v["maximum"] = json!({
                 "completed_per_s": m.completed_per_s,
@@ -2070,6 +2098,9 @@ impl LoadReport {
                 b.splits
             );
         }
+        if let Some(ledger) = &self.ledger {
+            let _ = writeln!(out, "ledger:     {}", ledger_summary(ledger));
+        }
         if !self.rss_mb.is_empty() {
             let peaks: Vec<String> = self.rss_mb.iter().map(|(name, mb)| format!("{name} {mb:.1}")).collect();
             let _ = writeln!(out, "peak RSS MB: {}", peaks.join(", "));
@@ -2088,6 +2119,19 @@ impl LoadReport {
             let _ = writeln!(out, "log lines warn/error: {}", logs.join(", "));
         }
         out
+    }
+}
+
+/// One line on the ledger check: what it covered, or what failed first.
+fn ledger_summary(ledger: &ReconcileReport) -> String {
+    let covered =
+        format!("{} transactions, {} entries, {} accounts", ledger.transactions, ledger.entries, ledger.accounts);
+    match ledger.discrepancies.first() {
+        None => format!("every invariant holds ({covered})"),
+        Some(d) => format!(
+            "{} DISCREPANCIES ({covered}); first: [{}] {}: {}",
+            ledger.discrepancy_count, d.check, d.subject, d.detail
+        ),
     }
 }
 

@@ -44,8 +44,8 @@ struct Cli {
     /// Threads the process runs its tasks on; 0 means one per CPU core. One (the default)
     /// spends the least CPU per transfer: a gateway or worker waits on the database and the
     /// broker far more than it computes, and one thread avoids waking others for every message
-    /// (README "Benchmarks"). Scale out with processes; raise it for a gateway alone on a
-    /// large machine.
+    /// (crates/ledgerflow/BENCHMARKS.md, "One thread per process"). Scale out with processes;
+    /// raise it for a gateway alone on a large machine.
     #[arg(long, global = true, env = "LEDGERFLOW_THREADS", default_value_t = 1)]
     threads: usize,
     #[command(subcommand)]
