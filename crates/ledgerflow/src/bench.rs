@@ -11,7 +11,9 @@
 //!    `--rate N%`, an unpaced load first measures the maximum and the timed load is paced at
 //!    N% of it, on the same processes, seconds apart;
 //! 3. `--raw`: the same transfers as a tight loop of `Store::execute` calls on a separate
-//!    database, no HTTP and no queue: the floor the pipeline is compared with.
+//!    database, no HTTP and no queue: the floor the pipeline is compared with;
+//! 4. the ledger check: the run's own database must hold every `ledgerflow reconcile`
+//!    invariant after the load, or the run fails.
 //!
 //! `--balance-reads` instead shows that reading a balance costs the same at any history length.
 //!
@@ -120,7 +122,8 @@ impl std::fmt::Debug for Secret {
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "By default a gateway and --workers worker processes are started on a fresh database and \
-queue prefix (deleted afterwards unless --keep), against the configured MongoDB and RabbitMQ.\n\
+queue prefix (deleted afterwards unless --keep), against the configured MongoDB and RabbitMQ, \
+and their ledger is reconciled after the load: the run fails if any invariant does not hold.\n\
 With --target the bench drives a running gateway instead; its users, accounts and transfers stay \
 in that ledger, and outcomes are read from the configured --amqp-prefix's results exchange.\n\n\
 Examples:\n  ledgerflow bench --raw\n  ledgerflow bench --rate 50%\n  ledgerflow bench --hot --transfers 5000\n  ledgerflow bench --direct\n  \
@@ -1413,8 +1416,6 @@ fn on_monotonic(anchor: (Instant, DateTime<Utc>), at: DateTime<Utc>) -> Option<I
     anchor.0.checked_add((at - anchor.1).to_std().ok()?)
 }
 
-/// Asks MongoDB for a checkpoint; a server that refuses (no privilege for `fsync`) only
-/// leaves the pause after it to do the work.
 /// Checks every ledger invariant of the run's own database once its load is over (debits equal
 /// credits, no balance below zero, every completed transfer with exactly its two entries, the
 /// hash chains intact, nothing left PENDING): a rate that broke the books would be no figure.
@@ -1427,6 +1428,8 @@ async fn check_ledger(conn: &ConnInfo, db: &str) -> Result<ReconcileReport> {
     report.context("ledger check")
 }
 
+/// Asks MongoDB for a checkpoint; a server that refuses (no privilege for `fsync`) only
+/// leaves the pause after it to do the work.
 async fn checkpoint(conn: &ConnInfo) {
     let started = Instant::now();
     let done = async {
