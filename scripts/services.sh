@@ -23,8 +23,8 @@
 #   LEDGERFLOW_MONGO_DIR       mongod home: pkg/, data/, logs   (default <repo>/.local/mongodb)
 #   LEDGERFLOW_MONGO_CACHE_GB  WiredTiger cache size in GB      (default 1)
 #   LEDGERFLOW_MONGO_NICE      mongod's CPU priority, as a nice value; 0 leaves it  (default -10)
-#   LEDGERFLOW_MONGO_EVICTION_THREADS  WiredTiger eviction threads, when mongod starts  (default:
-#                              mongod's own, 4; crates/ledgerflow/BENCHMARKS.md has 1 vs 4)
+#   LEDGERFLOW_MONGO_EVICTION_THREADS  WiredTiger eviction threads, 1 to 20  (default 1; mongod's
+#                              own default is 4: see "Eviction threads" below)
 #   LEDGERFLOW_SERVICES_TIMEOUT  seconds to wait for a service  (default 60)
 # The replica set config records host 127.0.0.1:<port>, so if you change the port
 # use a different LEDGERFLOW_MONGO_DIR as well (or delete the old data/).
@@ -38,7 +38,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MONGO_PORT="${LEDGERFLOW_MONGO_PORT:-27017}"
 MONGO_DIR="${LEDGERFLOW_MONGO_DIR:-$ROOT/.local/mongodb}"
 MONGO_CACHE_GB="${LEDGERFLOW_MONGO_CACHE_GB:-1}"
-MONGO_EVICTION_THREADS="${LEDGERFLOW_MONGO_EVICTION_THREADS:-}"
+MONGO_EVICTION_THREADS="${LEDGERFLOW_MONGO_EVICTION_THREADS:-1}"
 MONGO_NICE="${LEDGERFLOW_MONGO_NICE:--10}"
 WAIT_SECS="${LEDGERFLOW_SERVICES_TIMEOUT:-60}"
 RABBIT_PORT=5672
@@ -56,6 +56,8 @@ DNSPYTHON_PIN="dnspython==2.7.0"
 
 log() { printf '%s\n' "$*"; }
 die() { printf 'services.sh: error: %s\n' "$*" >&2; exit 1; }
+[[ "$MONGO_EVICTION_THREADS" =~ ^[0-9]+$ ]] && ((MONGO_EVICTION_THREADS >= 1 && MONGO_EVICTION_THREADS <= 20)) \
+  || die "LEDGERFLOW_MONGO_EVICTION_THREADS must be 1 to 20, not '$MONGO_EVICTION_THREADS'"
 
 # port_open PORT: true if 127.0.0.1:PORT accepts a TCP connection.
 port_open() {
@@ -208,6 +210,16 @@ ensure_mongod_binary() {
   fi
 }
 
+# Eviction threads: WiredTiger's write out the cache's pages in bursts that, at mongod's raised
+# priority (below), take both of a small host's cores at once, and every transfer waits behind
+# them. One thread bounds a burst to one core: on 2 cores, in 14 alternating pairs at half the
+# maximum (`ledgerflow bench`), the p99 fell in 12 (median 75 against 86 ms at `--rate 50%`),
+# with the same maximum and no eviction by mongod's own connection threads
+# (crates/ledgerflow/BENCHMARKS.md). A larger host that writes faster may want mongod's 4.
+eviction_config() {
+  echo "eviction=(threads_min=$MONGO_EVICTION_THREADS,threads_max=$MONGO_EVICTION_THREADS)"
+}
+
 start_mongod() {
   ensure_mongod_binary
   mkdir -p "$MONGO_DATA"
@@ -216,7 +228,7 @@ start_mongod() {
   if ! "$MONGOD" --replSet rs0 --bind_ip 127.0.0.1 --port "$MONGO_PORT" \
       --dbpath "$MONGO_DATA" --logpath "$MONGO_LOG" --logappend \
       --pidfilepath "$MONGO_PID" --wiredTigerCacheSizeGB "$MONGO_CACHE_GB" \
-      ${MONGO_EVICTION_THREADS:+--wiredTigerEngineConfigString "eviction=(threads_min=$MONGO_EVICTION_THREADS,threads_max=$MONGO_EVICTION_THREADS)"} \
+      --wiredTigerEngineConfigString "$(eviction_config)" \
       --fork >"$out" 2>&1 9>&-; then
     cat "$out" >&2
     log "--- last lines of $MONGO_LOG:" >&2
@@ -235,12 +247,12 @@ start_mongod() {
 # MODE=status only reports. Prints one line; exit status 0 iff PRIMARY.
 mongo_rs() {
   ensure_pymongo
-  PYTHONPATH="$PYTOOLS" python3 - "$1" "$MONGO_PORT" "$WAIT_SECS" <<'PY'
+  PYTHONPATH="$PYTOOLS" python3 - "$1" "$MONGO_PORT" "$WAIT_SECS" "$(eviction_config)" <<'PY'
 import os, sys, time
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-mode, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+mode, port, wait, eviction = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 host = f"127.0.0.1:{port}"
 client = MongoClient(f"mongodb://{host}/?directConnection=true",
                      serverSelectionTimeoutMS=5000, connectTimeoutMS=3000)
@@ -263,6 +275,8 @@ def tune():
     # on every run, since a restart resets it.
     if mode != "status":
         admin.command("setParameter", 1, transactionLifetimeLimitSeconds=10)
+        # The same as the start option, for a mongod started before it changed.
+        admin.command("setParameter", 1, wiredTigerEngineRuntimeConfig=eviction)
 
 try:
     hello = admin.command("hello")
