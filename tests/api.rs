@@ -252,6 +252,11 @@ async fn transfer_requests_are_validated_before_anything_is_recorded() {
         StatusCode::BAD_REQUEST,
         "INVALID_JSON",
     );
+    // A key given twice is refused, not read as whichever copy a parser happens to keep.
+    let twice = format!(r#"{{"fromAccount":"{a}","toAccount":"{b}","amount":100,"amount":5,"idempotencyKey":"k4"}}"#);
+    let got = app.call_raw("POST", "/transactions", Some(&alice.token), Some("application/json"), twice.into()).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "INVALID_JSON");
+    assert!(got.1["error"]["message"].as_str().unwrap().contains("`amount` appears twice"), "{}", got.1);
     assert_error(
         &app.call_raw("POST", "/transactions", Some(&alice.token), Some("text/plain"), b"amount=5".to_vec()).await,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,

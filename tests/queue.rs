@@ -81,6 +81,8 @@ async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps
         with("fromAccount", json!(null)),
         with("currency", json!("DOGE")),
         bytes(&impersonating),
+        // The amount twice: 1 to one parser, 10 to another, so neither.
+        String::from_utf8(with("amount", json!(10))).unwrap().replacen('{', r#"{"amount":1,"#, 1).into_bytes(),
         format!("{{\"version\":1,\"pad\":\"{}\"}}", "x".repeat(1_000_000)).into_bytes(),
     ];
     for body in &hostile {

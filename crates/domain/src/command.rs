@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::fields::{opt_str, req_str};
+use crate::fields::{opt_str, parse_object, req_str};
 use crate::{
     AccountId, Amount, Currency, Description, DomainError, FailureReason, IdempotencyKey, Initiator, TransactionId,
     TransactionStatus, TransferKind, TransferRequest,
@@ -90,10 +90,7 @@ impl TransferCommand {
         if body.len() > MAX_COMMAND_BYTES {
             return Err(CommandError::bare(format!("body of {} bytes exceeds {MAX_COMMAND_BYTES}", body.len())));
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| CommandError::bare(format!("not JSON: {e}")))?;
-        let Value::Object(obj) = value else {
-            return Err(CommandError::bare("not a JSON object"));
-        };
+        let obj = parse_object(body).map_err(|e| CommandError::bare(e.to_string()))?;
         // Salvage the identifying fields first, so every later failure can still be reported
         // against the right transaction.
         let transaction_id = opt_str(&obj, "transactionId").ok().flatten().and_then(|s| s.parse().ok());

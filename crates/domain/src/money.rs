@@ -38,12 +38,24 @@ impl Amount {
         match value {
             None | Some(Value::Null) => Err(DomainError::Missing { field }),
             Some(Value::Number(n)) => {
-                if let Some(i) = n.as_i64() {
-                    Self::new(i).map_err(rename)
-                } else if n.is_u64() {
-                    Err(DomainError::invalid(field, format!("must not exceed {MAX_AMOUNT_MINOR} minor units")))
-                } else {
-                    Err(DomainError::invalid(field, "must be an integer number of minor units, not a fraction"))
+                // serde_json keeps a number as i64 or u64 only when it is written as an integer
+                // that fits; everything else arrives as an f64, said here for what it is.
+                let too_large =
+                    || DomainError::invalid(field, format!("must not exceed {MAX_AMOUNT_MINOR} minor units"));
+                match (n.as_i64(), n.as_f64()) {
+                    (Some(i), _) => Self::new(i).map_err(rename),
+                    (None, _) if n.is_u64() => Err(too_large()),
+                    (None, Some(f)) if f.fract() != 0.0 => {
+                        Err(DomainError::invalid(field, "must be an integer number of minor units, not a fraction"))
+                    }
+                    (None, Some(f)) if f <= 0.0 => {
+                        Err(DomainError::invalid(field, "must be a positive integer of minor units"))
+                    }
+                    (None, Some(f)) if f > MAX_AMOUNT_MINOR as f64 => Err(too_large()),
+                    (None, _) => Err(DomainError::invalid(
+                        field,
+                        "must be written as a JSON integer such as 1500, without a decimal point or exponent",
+                    )),
                 }
             }
             Some(_) => Err(DomainError::invalid(field, "must be a JSON integer of minor units")),
@@ -149,6 +161,26 @@ mod tests {
         {
             let err = Amount::from_json("amount", Some(&bad)).expect_err("must be refused");
             assert_eq!(err.field(), "amount", "{bad}");
+        }
+        // Each refusal says what is wrong with the number as written.
+        let reason = |v: Value| match Amount::from_json("amount", Some(&v)) {
+            Err(DomainError::Invalid { reason, .. }) => reason,
+            other => panic!("{v} gave {other:?}"),
+        };
+        for (written, says) in [
+            ("1.5", "not a fraction"),
+            ("-0.5", "not a fraction"),
+            ("100.0", "without a decimal point or exponent"),
+            ("1e3", "without a decimal point or exponent"),
+            ("-0", "positive"),
+            ("-1e30", "positive"),
+            ("-9223372036854775809", "positive"),
+            ("99999999999999999999999", "must not exceed"),
+            ("18446744073709551615", "must not exceed"),
+            ("1e300", "must not exceed"),
+        ] {
+            let value: Value = serde_json::from_str(written).expect("a JSON number");
+            assert!(reason(value).contains(says), "{written} must be refused as {says:?}");
         }
         assert_eq!(Amount::from_json("amount", None), Err(DomainError::Missing { field: "amount" }));
         assert_eq!(Amount::from_json("amount", Some(&Value::Null)), Err(DomainError::Missing { field: "amount" }));

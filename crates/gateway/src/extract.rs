@@ -7,6 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use ledgerflow_domain::DomainError;
+use ledgerflow_domain::fields::{ObjectError, parse_object};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -43,10 +44,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         if has_content_type && !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(Self(map)),
-            Ok(_) => Err(ApiError::InvalidJson("request body must be a JSON object".into())),
-            Err(e) => Err(ApiError::InvalidJson(format!("request body is not valid JSON: {e}"))),
+        match parse_object(&bytes) {
+            Ok(map) => Ok(Self(map)),
+            Err(ObjectError::NotAnObject) => Err(ApiError::InvalidJson("request body must be a JSON object".into())),
+            Err(e) => Err(ApiError::InvalidJson(format!("request body is {e}"))),
         }
     }
 }
