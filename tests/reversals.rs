@@ -32,7 +32,9 @@ async fn the_receiver_reverses_a_transfer_once_and_the_original_links_to_it() {
     let original = completed_transfer(&app, &alice, &a, &b, 300, "pay").await;
 
     // Only the receiver (or SYSTEM) may reverse; strangers do not even see it.
-    assert_error(&reverse(&app, &alice, &original, "r0").await, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let by_sender = reverse(&app, &alice, &original, "r0").await;
+    assert_error(&by_sender, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(by_sender.1["error"]["message"].as_str().unwrap().contains("receiving account's owner"), "{}", by_sender.1);
     assert_error(&reverse(&app, &eve, &original, "r0").await, StatusCode::NOT_FOUND, "TRANSACTION_NOT_FOUND");
     let missing =
         app.call("POST", &format!("/transactions/{original}/reverse"), Some(&bob.token), Some(json!({}))).await;

@@ -112,11 +112,11 @@ impl FromStr for Description {
     type Err = DomainError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.chars().count() > Self::MAX_CHARS || s.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(DomainError::invalid(
-                "description",
-                format!("must be at most {} printable characters", Self::MAX_CHARS),
-            ));
+        if s.chars().count() > Self::MAX_CHARS {
+            return Err(DomainError::invalid("description", format!("must be at most {} characters", Self::MAX_CHARS)));
+        }
+        if s.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(DomainError::invalid("description", "must not contain control characters other than newline"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -246,6 +246,20 @@ mod tests {
         assert!(ok.is_ok());
         let bad = TransferRequest::new(TransferKind::InitialFunds, AccountId::generate(), to, one, Currency::USD, None);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn a_description_is_refused_for_what_is_wrong_with_it() {
+        let reason = |s: &str| match s.parse::<Description>() {
+            Err(DomainError::Invalid { field: "description", reason }) => reason,
+            other => panic!("{s:?} gave {other:?}"),
+        };
+        assert!(reason(&"é".repeat(501)).contains("at most 500 characters"));
+        assert!(reason("a\u{7}b").contains("control characters"));
+        assert!(reason("tab\there").contains("control characters"));
+        for fine in ["", "rent\nNovember", &"é".repeat(500), "café 😀"] {
+            assert!(fine.parse::<Description>().is_ok(), "{fine:?}");
+        }
     }
 
     #[test]

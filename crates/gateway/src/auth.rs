@@ -77,7 +77,7 @@ impl AuthUser {
     }
 
     pub fn require_system(&self) -> Result<(), ApiError> {
-        if self.is_system() { Ok(()) } else { Err(ApiError::Forbidden) }
+        if self.is_system() { Ok(()) } else { Err(ApiError::Forbidden("this operation requires the SYSTEM role")) }
     }
 
     pub fn initiator(&self) -> Initiator {

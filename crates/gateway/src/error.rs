@@ -28,8 +28,9 @@ pub enum ApiError {
     Unauthenticated,
     #[error("email or password is incorrect")]
     InvalidCredentials,
-    #[error("this operation requires the SYSTEM role")]
-    Forbidden,
+    /// Authenticated, but not allowed this; the message says who is.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// `code` is e.g. `ACCOUNT_NOT_FOUND`; `what` names the thing for the message.
     #[error("{what} not found")]
     NotFound { code: &'static str, what: &'static str },
@@ -72,7 +73,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"),
-            Self::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::EmailTaken => (StatusCode::CONFLICT, "EMAIL_TAKEN"),

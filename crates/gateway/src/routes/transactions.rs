@@ -139,7 +139,7 @@ pub(super) async fn reverse(
         return Err(ApiError::transaction_not_found());
     }
     if !user.is_system() && !owns(&user, &parties[1]) {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::Forbidden("only the receiving account's owner or SYSTEM may reverse a transaction"));
     }
     let request = TransferRequest::reversal(
         original.id,
