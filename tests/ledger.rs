@@ -133,6 +133,26 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
     );
     let (code, _) = app.run_cli(&["admin", "transaction", &uuid::Uuid::now_v7().to_string()]).await;
     assert_ne!(code, 0, "an unknown transaction is an error");
+    // An operator's mistake is one line on stderr, causes included, even with RUST_BACKTRACE
+    // set (which asks for backtraces of panics, not of errors).
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let cases = [
+        ("not-an-id".to_owned(), "Error: not a transaction id: transactionId must be a UUID".to_owned()),
+        (unknown.clone(), format!("Error: no transaction {unknown}")),
+    ];
+    for (arg, says) in &cases {
+        let out = tokio::process::Command::from(ledgerflow_tests::ledgerflow_command(
+            app.store.database_name(),
+            app.topology.prefix(),
+        ))
+        .args(["admin", "transaction", arg.as_str()])
+        .env("RUST_BACKTRACE", "1")
+        .output();
+        let out = tokio::time::timeout(PROCESS_DEADLINE, out).await.expect("cli finishes in time").expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.trim_end(), says);
+    }
     app.teardown().await;
 }
 

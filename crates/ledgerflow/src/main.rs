@@ -8,6 +8,7 @@ mod bench;
 mod reconcile;
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -350,10 +351,18 @@ fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerCon
     config
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    runtime(cli.threads)?.block_on(run(cli))
+    match runtime(cli.threads).and_then(|rt| rt.block_on(run(cli))) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The message and its causes on one line. Not `Debug`: with RUST_BACKTRACE set (as it
+        // often is, for panics) that appends a stack trace to an operator's mistyped id.
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A single-threaded runtime for one thread, else a multi-threaded one (0: one per core).
