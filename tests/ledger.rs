@@ -156,6 +156,23 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
     app.teardown().await;
 }
 
+/// A scheduled `reconcile` must report an outage, not wait for MongoDB forever as a service
+/// does: it gives up after its patience (30 s) with exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_command_gives_up_on_an_unreachable_mongodb() {
+    let out = tokio::process::Command::from(ledgerflow_tests::ledgerflow_command("lf_test_unreachable", "lf_test_x"))
+        .env("LEDGERFLOW_MONGODB_URI", "mongodb://127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=500")
+        .args(["reconcile"])
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), out)
+        .await
+        .expect("reconcile gives up within its patience")
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Error: MongoDB unreachable for "), "{stderr}");
+}
+
 /// The bench's smoke run, so the load generator cannot rot: it must start its own gateway
 /// and worker processes, push transfers through, and report every figure it promises.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -287,13 +287,22 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-async fn open_store(conn: &Connections) -> Result<Store> {
+/// How long a one-shot command (`reconcile`, `admin`) waits for MongoDB before it fails: long
+/// enough for a replica-set election, short enough that a scheduled reconcile reports an
+/// outage instead of hanging. Services (`gateway`, `worker`, `up`) wait as long as it takes.
+const ONE_SHOT_PATIENCE: Duration = Duration::from_secs(30);
+
+async fn open_store(conn: &Connections, patience: Option<Duration>) -> Result<Store> {
     let store = Store::connect(&conn.mongodb_uri, &conn.mongodb_db).await.context("invalid MongoDB URI")?;
     // Indexes are the invariants' backstop: retry until MongoDB is reachable.
+    let started = std::time::Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
         match store.ensure_indexes().await {
             Ok(()) => return Ok(store),
+            Err(e) if patience.is_some_and(|p| started.elapsed() >= p) => {
+                return Err(e).with_context(|| format!("MongoDB unreachable for {:.1?}", started.elapsed()));
+            }
             Err(e) => {
                 warn!(error = %e, retry_in = ?wait, "MongoDB not ready");
                 tokio::time::sleep(wait).await;
@@ -306,7 +315,7 @@ async fn open_store(conn: &Connections) -> Result<Store> {
 /// Runs a one-shot command against the store, then shuts its client down before the process
 /// exits (see [`Store::shutdown`]), whether the command succeeded or not.
 async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> Result<T>) -> Result<T> {
-    let store = open_store(conn).await?;
+    let store = open_store(conn, Some(ONE_SHOT_PATIENCE)).await?;
     let result = command(&store).await;
     store.shutdown().await;
     result
@@ -384,7 +393,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Gateway(args) => {
             let secret = args.jwt_secret.clone().context("LEDGERFLOW_JWT_SECRET (or --jwt-secret) is required")?;
-            let store = open_store(&conn).await?;
+            let store = open_store(&conn, None).await?;
             let state = gateway_state(&conn, &args, secret, store.clone()).await?;
             let listener = tokio::net::TcpListener::bind(args.http_addr).await.context("cannot listen")?;
             let served = ledgerflow_gateway::serve(listener, state, shutdown_on_signal()).await;
@@ -392,7 +401,7 @@ async fn run(cli: Cli) -> Result<()> {
             served?;
         }
         Command::Worker(args) => {
-            let store = open_store(&conn).await?;
+            let store = open_store(&conn, None).await?;
             let shutdown = shutdown_on_signal();
             if let Some(addr) = args.metrics_addr {
                 ledgerflow_gateway::telemetry::prometheus();
@@ -424,7 +433,7 @@ async fn run(cli: Cli) -> Result<()> {
             if up.dev {
                 up.gateway.cookie_secure = false;
             }
-            let store = open_store(&conn).await?;
+            let store = open_store(&conn, None).await?;
             let state = gateway_state(&conn, &up.gateway, secret, store.clone()).await?;
             let listener = tokio::net::TcpListener::bind(up.gateway.http_addr).await.context("cannot listen")?;
             let shutdown = shutdown_on_signal();
