@@ -141,14 +141,9 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
         (unknown.clone(), format!("Error: no transaction {unknown}")),
     ];
     for (arg, says) in &cases {
-        let out = tokio::process::Command::from(ledgerflow_tests::ledgerflow_command(
-            app.store.database_name(),
-            app.topology.prefix(),
-        ))
-        .args(["admin", "transaction", arg.as_str()])
-        .env("RUST_BACKTRACE", "1")
-        .output();
-        let out = tokio::time::timeout(PROCESS_DEADLINE, out).await.expect("cli finishes in time").expect("runs");
+        let mut cmd = app.cli();
+        cmd.args(["admin", "transaction", arg.as_str()]).env("RUST_BACKTRACE", "1");
+        let out = ledgerflow_tests::cli_output(cmd, PROCESS_DEADLINE).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert_eq!(stderr.trim_end(), says);
@@ -160,14 +155,11 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
 /// does: it gives up after its patience (30 s) with exit code 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_shot_command_gives_up_on_an_unreachable_mongodb() {
-    let out = tokio::process::Command::from(ledgerflow_tests::ledgerflow_command("lf_test_unreachable", "lf_test_x"))
-        .env("LEDGERFLOW_MONGODB_URI", "mongodb://127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=500")
-        .args(["reconcile"])
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(90), out)
-        .await
-        .expect("reconcile gives up within its patience")
-        .expect("runs");
+    let mut cmd = ledgerflow_tests::ledgerflow_command("lf_test_unreachable", "lf_test_x");
+    cmd.env("LEDGERFLOW_MONGODB_URI", "mongodb://127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=500")
+        .arg("reconcile");
+    // The patience and one last server-selection timeout, with room to spare.
+    let out = ledgerflow_tests::cli_output(cmd, std::time::Duration::from_secs(90)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Error: MongoDB unreachable for "), "{stderr}");

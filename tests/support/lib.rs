@@ -637,7 +637,18 @@ pub fn ledgerflow_command(db: &str, prefix: &str) -> std::process::Command {
     cmd
 }
 
+/// Runs a `ledgerflow` command to its end, within `deadline`.
+pub async fn cli_output(cmd: std::process::Command, deadline: Duration) -> std::process::Output {
+    let out = tokio::process::Command::from(cmd).output();
+    tokio::time::timeout(deadline, out).await.expect("cli finishes in time").expect("ledgerflow runs")
+}
+
 impl TestApp {
+    /// `ledgerflow` on this app's database and queues ([`ledgerflow_command`]).
+    pub fn cli(&self) -> std::process::Command {
+        ledgerflow_command(self.store.database_name(), self.topology.prefix())
+    }
+
     /// Starts `ledgerflow worker` as a real process on this app's database and queues.
     pub fn spawn_worker_process(&self, name: &str) -> std::process::Child {
         ledgerflow_command(self.store.database_name(), self.topology.prefix())
@@ -684,10 +695,9 @@ impl TestApp {
     /// Runs `ledgerflow <args>` against this app's database and queues; returns the exit
     /// code and standard output.
     pub async fn run_cli(&self, args: &[&str]) -> (i32, String) {
-        let out = tokio::process::Command::from(ledgerflow_command(self.store.database_name(), self.topology.prefix()))
-            .args(args)
-            .output();
-        let out = tokio::time::timeout(DEADLINE, out).await.expect("cli finishes in time").expect("ledgerflow runs");
+        let mut cmd = self.cli();
+        cmd.args(args);
+        let out = cli_output(cmd, DEADLINE).await;
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 

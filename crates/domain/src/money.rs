@@ -37,27 +37,28 @@ impl Amount {
         };
         match value {
             None | Some(Value::Null) => Err(DomainError::Missing { field }),
-            Some(Value::Number(n)) => {
-                // serde_json keeps a number as i64 or u64 only when it is written as an integer
-                // that fits; everything else arrives as an f64, said here for what it is.
-                let too_large =
-                    || DomainError::invalid(field, format!("must not exceed {MAX_AMOUNT_MINOR} minor units"));
-                match (n.as_i64(), n.as_f64()) {
-                    (Some(i), _) => Self::new(i).map_err(rename),
-                    (None, _) if n.is_u64() => Err(too_large()),
-                    (None, Some(f)) if f.fract() != 0.0 => {
-                        Err(DomainError::invalid(field, "must be an integer number of minor units, not a fraction"))
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Self::new(i).map_err(rename),
+                // Not an i64 as written: a fraction, a whole number written with a point or an
+                // exponent (100.0, 1e3), or one beyond i64, which `as` saturates so that `new`
+                // names the bound it breaks.
+                None => {
+                    let f = n.as_f64().unwrap_or(f64::NAN);
+                    if f.fract() != 0.0 {
+                        return Err(DomainError::invalid(
+                            field,
+                            "must be an integer number of minor units, not a fraction",
+                        ));
                     }
-                    (None, Some(f)) if f <= 0.0 => {
-                        Err(DomainError::invalid(field, "must be a positive integer of minor units"))
+                    match Self::new(f as i64) {
+                        Ok(_) => Err(DomainError::invalid(
+                            field,
+                            "must be written as a JSON integer such as 1500, without a decimal point or exponent",
+                        )),
+                        Err(e) => Err(rename(e)),
                     }
-                    (None, Some(f)) if f > MAX_AMOUNT_MINOR as f64 => Err(too_large()),
-                    (None, _) => Err(DomainError::invalid(
-                        field,
-                        "must be written as a JSON integer such as 1500, without a decimal point or exponent",
-                    )),
                 }
-            }
+            },
             Some(_) => Err(DomainError::invalid(field, "must be a JSON integer of minor units")),
         }
     }

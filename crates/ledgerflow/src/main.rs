@@ -294,7 +294,8 @@ const ONE_SHOT_PATIENCE: Duration = Duration::from_secs(30);
 
 async fn open_store(conn: &Connections, patience: Option<Duration>) -> Result<Store> {
     let store = Store::connect(&conn.mongodb_uri, &conn.mongodb_db).await.context("invalid MongoDB URI")?;
-    // Indexes are the invariants' backstop: retry until MongoDB is reachable.
+    // Indexes are the invariants' backstop: retry until MongoDB is reachable, or until the
+    // patience of a one-shot command runs out.
     let started = std::time::Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
