@@ -180,6 +180,99 @@ async fn accounts_are_private_and_only_system_changes_their_status() {
     app.teardown().await;
 }
 
+/// A user owns at most 100 accounts, however many openings race: each counts inside a
+/// transaction that conflicts with the user's other openings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_owns_at_most_100_accounts_even_when_opening_them_at_once() {
+    use futures::StreamExt;
+    let app = spawn_app().await;
+    let Pair { alice, bob, .. } = app.alice_and_bob().await;
+    let body = json!({"currency": "USD"});
+    let statuses: Vec<StatusCode> = futures::stream::iter(0..110)
+        .map(|_| async { app.call("POST", "/api/accounts", Some(&alice.token), Some(body.clone())).await.0 })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(created, 99, "alice_and_bob opened one already: {statuses:?}");
+    let refused = app.call("POST", "/api/accounts", Some(&alice.token), Some(body.clone())).await;
+    assert_error(&refused, StatusCode::CONFLICT, "ACCOUNT_LIMIT_REACHED");
+    assert_eq!(refused.1["error"]["message"], "a user may own at most 100 accounts");
+    let mut listed = 0;
+    let mut next = String::from("/api/accounts?limit=100");
+    loop {
+        let (_, page) = app.call("GET", &next, Some(&alice.token), None).await;
+        listed += page["accounts"].as_array().unwrap().len();
+        let Some(cursor) = page["nextCursor"].as_str() else { break };
+        next = format!("/api/accounts?limit=100&cursor={cursor}");
+    }
+    assert_eq!(listed, 100);
+    // The cap is per user.
+    let (status, _) = app.call("POST", "/api/accounts", Some(&bob.token), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    app.teardown().await;
+}
+
+/// Money is never stranded in a CLOSED account: only an empty account closes, even while
+/// transfers into it are in flight, and CLOSED is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_empty_account_closes_even_under_incoming_transfers_and_closed_is_final() {
+    let app = spawn_app().await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
+    let app_ref = &app;
+    let set_status = move |id: String, status: &'static str| async move {
+        let body = json!({"status": status});
+        app_ref.call("PATCH", &format!("/api/accounts/{id}/status"), Some(&app_ref.system.token), Some(body)).await
+    };
+    app.fund(&a, 1_000).await;
+    app.fund(&b, 500).await;
+
+    let full = set_status(b.clone(), "CLOSED").await;
+    assert_error(&full, StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY");
+    assert!(full.1["error"]["message"].as_str().unwrap().contains("holds 500 (minor units of USD)"), "{full:?}");
+    assert_eq!(app.call("GET", &format!("/api/accounts/{b}"), Some(&bob.token), None).await.1["status"], "ACTIVE");
+
+    // Emptied, it closes; asking again gets the same answer; it never reopens.
+    let (_, out) = app.transfer(&bob, &b, &a, json!(500), "empty-it").await;
+    app.wait_terminal(&bob.token, out["transaction"]["id"].as_str().unwrap()).await;
+    for _ in 0..2 {
+        let (status, closed) = set_status(b.clone(), "CLOSED").await;
+        assert_eq!((status, closed["status"].clone()), (StatusCode::OK, json!("CLOSED")), "{closed}");
+    }
+    for back in ["ACTIVE", "SUSPENDED"] {
+        assert_error(&set_status(b.clone(), back).await, StatusCode::CONFLICT, "ACCOUNT_CLOSED");
+    }
+    let (_, t) = app.transfer(&alice, &a, &b, json!(10), "into-closed").await;
+    let done = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["failureReason"], "ACCOUNT_NOT_ACTIVE");
+
+    // Closing races a transfer into an empty account, the close sent a little later each
+    // round so that it lands before, during and after the worker's commit: either the
+    // account closes and the transfer fails, or the transfer completes and the close is
+    // refused. Never a CLOSED account holding money.
+    let mut outcomes = std::collections::BTreeSet::new();
+    for round in 0..16_u64 {
+        let c = app.open_account(&bob).await;
+        let key = format!("race-{round}");
+        let (sent, closed) = tokio::join!(app.transfer(&alice, &a, &c, json!(1), &key), async {
+            tokio::time::sleep(std::time::Duration::from_millis(round * 2)).await;
+            set_status(c.clone(), "CLOSED").await
+        });
+        assert_eq!(sent.0, StatusCode::ACCEPTED, "{sent:?}");
+        let t = app.wait_terminal(&alice.token, sent.1["transaction"]["id"].as_str().unwrap()).await;
+        let balance = app.balance(&bob.token, &c).await;
+        if closed.0 == StatusCode::OK {
+            assert_eq!((balance, t["failureReason"].clone()), (0, json!("ACCOUNT_NOT_ACTIVE")), "round {round}: {t}");
+        } else {
+            assert_error(&closed, StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY");
+            assert_eq!((balance, t["status"].clone()), (1, json!("COMPLETED")), "round {round}: {t}");
+        }
+        outcomes.insert(closed.0.as_u16());
+    }
+    eprintln!("close outcomes seen: {outcomes:?}");
+    app.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_requests_are_validated_before_anything_is_recorded() {
     let app = spawn_app().await;
@@ -429,16 +522,23 @@ async fn transactions_are_visible_to_their_parties_only_and_list_with_filters() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inactive_accounts_and_mixed_currencies_fail_in_the_worker() {
+async fn mixed_currencies_are_refused_at_once_and_inactive_accounts_fail_in_the_worker() {
     let app = spawn_app().await;
     let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     let (_, eur) = app.call("POST", "/api/accounts", Some(&bob.token), Some(json!({"currency": "EUR"}))).await;
     let eur = eur["id"].as_str().unwrap();
     app.fund(&a, 1_000).await;
 
-    let (_, t) = app.transfer(&alice, &a, eur, json!(10), "fx").await;
-    let done = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
-    assert_eq!((done["status"].clone(), done["failureReason"].clone()), (json!("FAILED"), json!("CURRENCY_MISMATCH")));
+    // Currencies never change, so the gateway refuses the pair before recording anything
+    // (the worker's own check is in tests/queue.rs, for upstream commands).
+    let refused = app.transfer(&alice, &a, eur, json!(10), "fx").await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH");
+    assert_eq!(
+        refused.1["error"]["message"],
+        "fromAccount holds USD and toAccount holds EUR; a transfer moves one currency"
+    );
+    let (_, listed) = app.call("GET", "/transactions", Some(&alice.token), None).await;
+    assert!(listed["transactions"].as_array().unwrap().iter().all(|t| t["idempotencyKey"] != "fx"), "{listed}");
 
     let suspend = app
         .call(

@@ -163,6 +163,9 @@ async fn a_one_shot_command_gives_up_on_an_unreachable_mongodb() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Error: MongoDB unreachable for "), "{stderr}");
+    // The driver's reason once, not once per link of the error chain.
+    let error = stderr.lines().find(|l| l.starts_with("Error: ")).unwrap_or_default();
+    assert_eq!(error.matches("Server selection timeout").count(), 1, "{error}");
 }
 
 /// The bench's smoke run, so the load generator cannot rot: it must start its own gateway

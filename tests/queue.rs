@@ -54,8 +54,10 @@ async fn an_upstream_command_completes_once_however_often_it_is_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps_serving() {
     let app = spawn_app().await;
-    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
+    let (_, eur) = app.call("POST", "/api/accounts", Some(&bob.token), Some(json!({"currency": "EUR"}))).await;
+    let eur = eur["id"].as_str().unwrap();
 
     let good = app.upstream_command(&a, &b, 10, "good");
     let with = |field: &str, value: Value| {
@@ -90,14 +92,18 @@ async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps
     }
     // A well-formed command naming an unknown account is not malformed: it FAILs normally.
     app.publish_raw(&a, &bytes(&app.upstream_command(&a, &uuid::Uuid::now_v7().to_string(), 10, "ghost"))).await;
+    // Nor is one between accounts of different currencies (the gateway refuses those at once).
+    app.publish_raw(&a, &bytes(&app.upstream_command(&a, eur, 10, "fx"))).await;
     app.publish_raw(&a, &bytes(&good)).await;
 
     assert_eq!(app.wait_upstream("good").await.status, TransactionStatus::Completed);
     let ghost = app.wait_upstream("ghost").await;
     assert_eq!(ghost.failure_reason, Some(ledgerflow_domain::FailureReason::AccountNotFound));
+    let fx = app.wait_upstream("fx").await;
+    assert_eq!(fx.failure_reason, Some(ledgerflow_domain::FailureReason::CurrencyMismatch));
     let dead = app.dead_letters(hostile.len()).await;
     assert_eq!(dead.len(), hostile.len(), "every hostile message, and only those, is dead-lettered");
-    let results = app.drain_queue(&app.topology.results(), hostile.len() + 3, 100).await;
+    let results = app.drain_queue(&app.topology.results(), hostile.len() + 4, 100).await;
     let invalid = results.iter().filter(|r| r["failureReason"] == "INVALID_COMMAND").count();
     assert_eq!(invalid, hostile.len(), "each one got a FAILED INVALID_COMMAND result");
     // The impersonation did not create a transaction in Alice's name.

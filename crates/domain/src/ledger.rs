@@ -42,6 +42,38 @@ impl AccountSnapshot {
     }
 }
 
+/// How many accounts one user may own: enough for any person or business unit, and a bound
+/// on what one sign-up can make the ledger hold (and on the account list that scopes a user's
+/// transaction listing).
+pub const MAX_ACCOUNTS_PER_USER: u64 = 100;
+
+/// Why an account may not take the status asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StatusRefusal {
+    /// CLOSED is final: an account number, once closed, is never reused for new money.
+    #[error("the account is CLOSED, which is final")]
+    Closed,
+    /// Closing would strand the money: no transfer could move it out afterwards.
+    #[error("the account holds {balance} (minor units of {currency}); move it out before closing the account")]
+    NotEmpty { balance: Balance, currency: Currency },
+}
+
+impl AccountSnapshot {
+    /// Whether the account may take `status`. Asking for the status it has is allowed (a
+    /// repeated request), SUSPENDED and ACTIVE may alternate, and CLOSED is only for an empty
+    /// account and never left.
+    pub fn may_become(&self, status: AccountStatus) -> Result<(), StatusRefusal> {
+        match (self.status, status) {
+            (current, wanted) if current == wanted => Ok(()),
+            (AccountStatus::Closed, _) => Err(StatusRefusal::Closed),
+            (_, AccountStatus::Closed) if self.balance != Balance::ZERO => {
+                Err(StatusRefusal::NotEmpty { balance: self.balance, currency: self.currency })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The balances after a transfer that was allowed to happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Posting {
@@ -118,6 +150,25 @@ mod tests {
         let (a, b) = (account(100), account(7));
         let p = post_transfer(&transfer(&a, &b, 100), Some(&a), Some(&b)).expect("covered");
         assert_eq!(p, Posting { debit_balance_after: Balance(0), credit_balance_after: Balance(107) });
+    }
+
+    #[test]
+    fn only_an_empty_account_closes_and_closed_is_final() {
+        use AccountStatus::{Active, Closed, Suspended};
+        let with = |status, balance| AccountSnapshot { status, ..account(balance) };
+        for (from, to) in
+            [(Active, Suspended), (Suspended, Active), (Active, Closed), (Suspended, Closed), (Closed, Closed)]
+        {
+            assert_eq!(with(from, 0).may_become(to), Ok(()), "{from} -> {to}");
+        }
+        assert_eq!(with(Active, 5).may_become(Suspended), Ok(()));
+        assert_eq!(
+            with(Suspended, 5).may_become(Closed),
+            Err(StatusRefusal::NotEmpty { balance: Balance(5), currency: Currency::USD })
+        );
+        assert!(matches!(with(Active, -1).may_become(Closed), Err(StatusRefusal::NotEmpty { .. })));
+        assert_eq!(with(Closed, 0).may_become(Active), Err(StatusRefusal::Closed));
+        assert_eq!(with(Closed, 0).may_become(Suspended), Err(StatusRefusal::Closed));
     }
 
     #[test]

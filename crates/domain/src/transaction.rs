@@ -49,7 +49,8 @@ macro_rules! wire_enum {
 
 wire_enum!(
     /// Whether an account may send and receive money. Only ACTIVE accounts take part in
-    /// transfers; SUSPENDED and CLOSED ones keep their history and balance.
+    /// transfers; SUSPENDED ones keep their history and balance; CLOSED ones are empty and
+    /// stay closed ([`crate::AccountSnapshot::may_become`]).
     AccountStatus, "status" {
         Active => "ACTIVE",
         Suspended => "SUSPENDED",

@@ -7,7 +7,7 @@
 use crate::dto::{ErrorBody, ErrorDetail};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ledgerflow_domain::DomainError;
+use ledgerflow_domain::{Currency, DomainError, MAX_ACCOUNTS_PER_USER, StatusRefusal};
 use ledgerflow_messaging::MessagingError;
 use ledgerflow_store::StoreError;
 use tracing::error;
@@ -38,6 +38,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// The two accounts hold different currencies; a transfer moves one currency.
+    #[error("fromAccount holds {from} and toAccount holds {to}; a transfer moves one currency")]
+    CurrencyMismatch { from: Currency, to: Currency },
+    #[error("a user may own at most {MAX_ACCOUNTS_PER_USER} accounts")]
+    AccountLimitReached,
+    /// The account may not take the status asked for.
+    #[error("{0}")]
+    StatusRefused(#[from] StatusRefusal),
     #[error("idempotencyKey was already used with a different request")]
     IdempotencyKeyReused,
     #[error("the transaction is already reversed, or a reversal of it is in progress")]
@@ -77,6 +85,10 @@ impl ApiError {
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::EmailTaken => (StatusCode::CONFLICT, "EMAIL_TAKEN"),
+            Self::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH"),
+            Self::AccountLimitReached => (StatusCode::CONFLICT, "ACCOUNT_LIMIT_REACHED"),
+            Self::StatusRefused(StatusRefusal::NotEmpty { .. }) => (StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY"),
+            Self::StatusRefused(StatusRefusal::Closed) => (StatusCode::CONFLICT, "ACCOUNT_CLOSED"),
             Self::IdempotencyKeyReused => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED"),
             Self::AlreadyReversed => (StatusCode::CONFLICT, "ALREADY_REVERSED"),
             Self::NotReversible(_) => (StatusCode::CONFLICT, "NOT_REVERSIBLE"),

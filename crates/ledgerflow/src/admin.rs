@@ -52,9 +52,10 @@ pub async fn list_accounts(store: &Store, owner: Option<&str>, limit: i64) -> Re
 /// Sets an account's status and shows it.
 pub async fn set_status(store: &Store, account: &str, status: AccountStatus) -> Result<()> {
     let id: AccountId = account.parse().context("not an account id")?;
-    let Some(a) = store.set_account_status(id, status).await? else {
+    let Some(changed) = store.set_account_status(id, status).await? else {
         bail!("no client account {id}");
     };
+    let a = changed.with_context(|| format!("account {id} cannot become {status}"))?;
     println!("account {} is now {}", a.id, a.status);
     Ok(())
 }

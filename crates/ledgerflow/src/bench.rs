@@ -133,8 +133,9 @@ pub struct BenchArgs {
     /// Accounts to create and fund before the load.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(2..))]
     accounts: u32,
-    /// Accounts per registered user (registration is deliberately slow: argon2).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Accounts per registered user (registration is deliberately slow: argon2); at most
+    /// the per-user cap, 100.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=ledgerflow_domain::MAX_ACCOUNTS_PER_USER as i64))]
     accounts_per_user: u32,
     /// Transfers to submit.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]

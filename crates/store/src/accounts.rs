@@ -1,13 +1,49 @@
 //! Accounts, their derived balances and their entry history.
 
-use futures::TryStreamExt;
-use ledgerflow_domain::{AccountId, AccountStatus, Balance, Currency, UserId};
+use futures::{FutureExt, TryStreamExt};
+use ledgerflow_domain::{
+    AccountId, AccountSnapshot, AccountStatus, Balance, Currency, MAX_ACCOUNTS_PER_USER, StatusRefusal, UserId,
+};
 use mongodb::bson::doc;
+use mongodb::options::{ReadConcern, WriteConcern};
 
 use crate::docs::AccountDoc;
 use crate::{AccountRecord, EntryRecord, MAX_PAGE, Store, StoreError};
 
 impl Store {
+    /// Opens an account for `owner` unless they already own [`MAX_ACCOUNTS_PER_USER`] (`None`
+    /// then). The count is taken inside a transaction that also bumps the owner's
+    /// `accountsOpened`, so two openings by one user at once conflict and the later one
+    /// counts again: the cap holds exactly.
+    pub async fn open_account(&self, owner: UserId, currency: Currency) -> Result<Option<AccountRecord>, StoreError> {
+        let doc = AccountDoc::active(AccountId::generate(), Some(owner), currency);
+        let mut session = self.client.start_session().await?;
+        // Owned context, not captures: the driver retries the closure on conflicts, and
+        // borrowed captures trip a compiler bug (rust-lang/rust#96865) in axum handlers.
+        let context = (self.users(), self.accounts(), owner.to_string(), doc.clone());
+        let opened = session
+            .start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::majority())
+            .and_run(context, |s, (users, accounts, owner, doc)| {
+                async move {
+                    let owned = accounts.count_documents(doc! { "ownerId": &*owner }).session(&mut *s).await?;
+                    if owned >= MAX_ACCOUNTS_PER_USER {
+                        return Ok(false);
+                    }
+                    let bump = doc! { "$inc": { "accountsOpened": 1 } };
+                    users.update_one(doc! { "_id": &*owner }, bump).session(&mut *s).await?;
+                    accounts.insert_one(&*doc).session(&mut *s).await?;
+                    Ok(true)
+                }
+                .boxed()
+            })
+            .await?;
+        opened.then(|| doc.try_into()).transpose()
+    }
+
+    /// An account without the per-user cap: for the bench's raw phase, whose accounts belong
+    /// to no user.
     pub async fn insert_account(&self, owner: UserId, currency: Currency) -> Result<AccountRecord, StoreError> {
         let doc = AccountDoc::active(AccountId::generate(), Some(owner), currency);
         self.accounts().insert_one(&doc).await?;
@@ -63,7 +99,8 @@ impl Store {
         docs.into_iter().map(TryInto::try_into).collect()
     }
 
-    /// All account ids one user owns (bounded: used to scope transaction listings).
+    /// All account ids one user owns, to scope transaction listings (bounded; `open_account`
+    /// keeps every user far below the bound).
     pub async fn account_ids_of(&self, owner: UserId) -> Result<Vec<AccountId>, StoreError> {
         const MAX_ACCOUNTS_PER_USER: i64 = 1_000;
         let docs: Vec<AccountDoc> = self
@@ -76,22 +113,47 @@ impl Store {
         docs.into_iter().map(|d| AccountRecord::try_from(d).map(|a| a.id)).collect()
     }
 
-    /// Sets an account's status; `None` if there is no such account. Funding accounts are
-    /// not client accounts and cannot be changed here.
+    /// Sets an account's status if the domain allows it ([`AccountSnapshot::may_become`]);
+    /// `None` if there is no such account. Funding accounts are not client accounts and
+    /// cannot be changed here.
+    ///
+    /// The write is guarded by the `seq` and status read, and every posting bumps the `seq`
+    /// of both its accounts, so a transfer that commits between the balance check and the
+    /// write makes the write miss (it is judged again), and one still in flight conflicts with
+    /// it and re-reads the new status. An account is never closed with money in it.
     pub async fn set_account_status(
         &self,
         id: AccountId,
         status: AccountStatus,
-    ) -> Result<Option<AccountRecord>, StoreError> {
-        let doc = self
-            .accounts()
-            .find_one_and_update(
-                doc! { "_id": id.to_string(), "ownerId": { "$ne": null } },
-                doc! { "$set": { "status": status.as_str() } },
-            )
-            .return_document(mongodb::options::ReturnDocument::After)
-            .await?;
-        doc.map(TryInto::try_into).transpose()
+    ) -> Result<Option<Result<AccountRecord, StatusRefusal>>, StoreError> {
+        const ATTEMPTS: u32 = 10;
+        let client_account = doc! { "_id": id.to_string(), "ownerId": { "$ne": null } };
+        for _ in 0..ATTEMPTS {
+            let Some(doc) = self.accounts().find_one(client_account.clone()).await? else {
+                return Ok(None);
+            };
+            let account = AccountRecord::try_from(doc)?;
+            // Only closing depends on the balance; read after the account, so it holds at
+            // least every posting up to the `seq` the write is guarded by.
+            let balance = if status == AccountStatus::Closed { self.balance(id).await? } else { Balance::ZERO };
+            let snapshot = AccountSnapshot { id, status: account.status, currency: account.currency, balance };
+            if let Err(refusal) = snapshot.may_become(status) {
+                return Ok(Some(Err(refusal)));
+            }
+            if account.status == status {
+                return Ok(Some(Ok(account)));
+            }
+            let guarded = doc! { "_id": id.to_string(), "seq": account.seq, "status": account.status.as_str() };
+            let updated = self
+                .accounts()
+                .find_one_and_update(guarded, doc! { "$set": { "status": status.as_str() } })
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await?;
+            if let Some(doc) = updated {
+                return Ok(Some(Ok(doc.try_into()?)));
+            }
+        }
+        Err(StoreError::Contention { attempts: ATTEMPTS })
     }
 
     /// The balance derived from the ledger: the `balanceAfter` of the latest entry, found by

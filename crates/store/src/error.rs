@@ -5,8 +5,10 @@ use thiserror::Error;
 #[derive(Debug, Clone, Error)]
 pub enum StoreError {
     /// The database could not be reached or refused the operation. Usually transient.
+    /// The driver's message is part of this one and so not also a `source`: an error chain
+    /// (`{:#}`) would print it twice.
     #[error("database error: {0}")]
-    Database(#[from] mongodb::error::Error),
+    Database(mongodb::error::Error),
     /// A user with this email already exists.
     #[error("email already registered")]
     EmailTaken,
@@ -20,6 +22,12 @@ pub enum StoreError {
     /// The server refused one statement of a multi-statement write.
     #[error("write to {collection} refused ({code}): {message}")]
     Write { collection: &'static str, code: i32, message: String },
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(e: mongodb::error::Error) -> Self {
+        Self::Database(e)
+    }
 }
 
 impl StoreError {

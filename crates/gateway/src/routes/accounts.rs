@@ -28,6 +28,7 @@ pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, raw_id: &
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 201, description = "Created", body = dto::AccountBody),
+        (status = 409, description = "ACCOUNT_LIMIT_REACHED: the caller owns 100 accounts already", body = dto::ErrorBody),
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -38,7 +39,7 @@ pub(super) async fn create(
     JsonObject(body): JsonObject,
 ) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
     let currency: Currency = opt_parse(&body, "currency")?.unwrap_or(Currency::USD);
-    let account = state.store.insert_account(user.id, currency).await?;
+    let account = state.store.open_account(user.id, currency).await?.ok_or(ApiError::AccountLimitReached)?;
     Ok((StatusCode::CREATED, Json(dto::AccountBody::from(&account))))
 }
 
@@ -167,6 +168,7 @@ pub(super) async fn entries(
         (status = 200, description = "The account", body = dto::AccountBody),
         (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
+        (status = 409, description = "ACCOUNT_NOT_EMPTY (closing an account that holds money) or ACCOUNT_CLOSED (CLOSED is final)", body = dto::ErrorBody),
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -180,7 +182,7 @@ pub(super) async fn set_status(
     user.require_system()?;
     let id = AccountId::parse_field("accountId", &id)?;
     let status: AccountStatus = req_parse(&body, "status")?;
-    let account = state.store.set_account_status(id, status).await?.ok_or_else(ApiError::account_not_found)?;
+    let account = state.store.set_account_status(id, status).await?.ok_or_else(ApiError::account_not_found)??;
     tracing::info!(account_id = %id, status = %status, by = %user.id, "account status changed");
     Ok(Json(dto::AccountBody::from(&account)))
 }

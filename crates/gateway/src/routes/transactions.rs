@@ -33,6 +33,7 @@ use crate::extract::{JsonObject, QueryMap, RequestId};
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
         (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown)", body = dto::ErrorBody),
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
+        (status = 422, description = "CURRENCY_MISMATCH: the accounts hold different currencies", body = dto::ErrorBody),
         (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
         dto::AuthErrors, dto::BodyErrors,
     )
@@ -56,11 +57,15 @@ pub(super) async fn create(
         }
         .into());
     }
-    // Ownership is checked here; balance, status and currency are the worker's to judge,
-    // at the moment the money moves.
+    // Ownership and currency never change, so they are judged here, at once; balance and
+    // status are the worker's to judge, at the moment the money moves (it checks the
+    // currency again: upstream commands never pass through here).
     let [source, target] = state.accounts.get(&state.store, [from, to]).await?;
     let source = source.filter(|a| a.owner == Some(user.id)).ok_or_else(ApiError::account_not_found)?;
-    target.ok_or_else(ApiError::account_not_found)?;
+    let target = target.ok_or_else(ApiError::account_not_found)?;
+    if source.currency != target.currency {
+        return Err(ApiError::CurrencyMismatch { from: source.currency, to: target.currency });
+    }
     let request = TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?;
     accept(&state, &user, request, key, request_id.0).await
 }
