@@ -70,6 +70,56 @@ async fn register_and_login() {
     app.teardown().await;
 }
 
+/// Password guessing is bounded per email: after `login_max_failures` failed sign-ins within
+/// the window, the email is refused (429, even with the right password) until the window ends;
+/// unknown emails alike, and a success clears the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_sign_ins_lock_the_email_until_the_window_ends() {
+    let app = ledgerflow_tests::spawn_app_configured(1, |c| {
+        c.login_max_failures = 3;
+        c.login_window = std::time::Duration::from_secs(3);
+    })
+    .await;
+    let login = |email: String, password: &'static str| {
+        let request = app.http.post(app.url("/api/auth/login")).json(&json!({"email": email, "password": password}));
+        async move {
+            let response = request.send().await.unwrap();
+            let after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (response.status(), after, response.json::<Value>().await.unwrap())
+        }
+    };
+    let email = |name: &str| format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (ann, bea, ghost) = (email("ann"), email("bea"), email("ghost"));
+    for who in [&ann, &bea] {
+        let body = json!({"email": who, "password": "correct horse battery"});
+        assert_eq!(app.call("POST", "/api/auth/register", None, Some(body)).await.0, StatusCode::CREATED);
+    }
+
+    // Two failures, then a success, clears the count: two more are still plain 401s.
+    for password in ["wrong", "wrong", "correct horse battery", "wrong", "wrong"] {
+        let (status, _, body) = login(ann.clone(), password).await;
+        let expected = if password == "wrong" { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+        assert_eq!(status, expected, "{body}");
+    }
+    // The third failure in the window locks Ann out, the right password included.
+    assert_eq!(login(ann.clone(), "wrong").await.0, StatusCode::UNAUTHORIZED);
+    let (status, retry_after, body) = login(ann.clone(), "correct horse battery").await;
+    assert_error(&(status, body), StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS");
+    assert!(retry_after.is_some_and(|s| (1..=4).contains(&s)), "Retry-After {retry_after:?}");
+    // An unknown email is counted alike (a lockout says nothing about who exists) and Bea
+    // is not affected.
+    for _ in 0..3 {
+        assert_eq!(login(ghost.clone(), "wrong").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login(ghost.clone(), "wrong").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(login(bea.clone(), "correct horse battery").await.0, StatusCode::OK);
+
+    // When the window ends, Ann signs in again.
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after.unwrap_or(4))).await;
+    assert_eq!(login(ann.clone(), "correct horse battery").await.0, StatusCode::OK);
+    app.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_cookie_authenticates_and_bad_tokens_do_not() {
     let app = spawn_app().await;

@@ -28,6 +28,9 @@ pub enum ApiError {
     Unauthenticated,
     #[error("email or password is incorrect")]
     InvalidCredentials,
+    /// Too many failed sign-ins for this email; it may try again after this many seconds.
+    #[error("too many failed sign-ins for this email; try again in {0} s")]
+    TooManyAttempts(u64),
     /// Authenticated, but not allowed this; the message says who is.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -81,6 +84,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"),
+            Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
@@ -139,9 +143,14 @@ impl IntoResponse for ApiError {
                 },
             },
         };
+        let retry_after = match self {
+            Self::TooManyAttempts(secs) => Some(HeaderValue::from(secs)),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(HeaderValue::from_static("1")),
+            _ => None,
+        };
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(after) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, after);
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

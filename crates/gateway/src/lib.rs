@@ -44,6 +44,10 @@ pub struct GatewayConfig {
     /// How long a PENDING insert may wait for those of other transfers while they arrive
     /// faster than one per this interval (zero: never; see [`ledgerflow_store::GroupCommit`]).
     pub insert_linger: Duration,
+    /// Failed sign-ins for one email after which it is locked out until its window ends.
+    pub login_max_failures: u32,
+    /// The window failed sign-ins are counted in, from the first of them.
+    pub login_window: Duration,
 }
 
 impl GatewayConfig {
@@ -55,6 +59,8 @@ impl GatewayConfig {
             republish_interval: DEFAULT_REPUBLISH_INTERVAL,
             republish_after: DEFAULT_REPUBLISH_AFTER,
             insert_linger: DEFAULT_INSERT_LINGER,
+            login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,
+            login_window: DEFAULT_LOGIN_WINDOW,
         }
     }
 }
@@ -69,6 +75,14 @@ pub const DEFAULT_REPUBLISH_AFTER: Duration = Duration::from_secs(10);
 /// How long a PENDING insert lingers to share by default (see
 /// [`GatewayConfig::insert_linger`]).
 pub const DEFAULT_INSERT_LINGER: Duration = Duration::from_millis(8);
+
+/// Failed sign-ins per email before a lockout, by default (see
+/// [`GatewayConfig::login_max_failures`]): far more than a person mistypes, far fewer than a
+/// password guesser needs.
+pub const DEFAULT_LOGIN_MAX_FAILURES: u32 = 10;
+
+/// The window of failed sign-ins by default (see [`GatewayConfig::login_window`]).
+pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// Most PENDING records written in one insert. Concurrent transfers share an insert (one
 /// mongod command and journal wait instead of one each); past this, a burst takes several.

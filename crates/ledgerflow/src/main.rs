@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ledgerflow_domain::{AccountStatus, Email, Password, TransferCommand};
 use ledgerflow_gateway::{
-    AppState, DEFAULT_INSERT_LINGER, DEFAULT_REPUBLISH_AFTER, DEFAULT_REPUBLISH_INTERVAL, GatewayConfig, hash_password,
+    AppState, DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
+    DEFAULT_REPUBLISH_INTERVAL, GatewayConfig, hash_password,
 };
 use ledgerflow_messaging::{DEFAULT_PARTITIONS, Publisher, Topology};
 use ledgerflow_store::Store;
@@ -141,6 +142,13 @@ struct GatewayArgs {
     /// (0s: never wait).
     #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value_t = DEFAULT_INSERT_LINGER.into())]
     insert_linger: humantime::Duration,
+    /// Failed sign-ins for one email within --login-window after which it is refused (429)
+    /// until that window ends.
+    #[arg(long, env = "LEDGERFLOW_LOGIN_MAX_FAILURES", default_value_t = DEFAULT_LOGIN_MAX_FAILURES, value_parser = clap::value_parser!(u32).range(1..))]
+    login_max_failures: u32,
+    /// The window failed sign-ins are counted in, from the first of them.
+    #[arg(long, env = "LEDGERFLOW_LOGIN_WINDOW", default_value_t = DEFAULT_LOGIN_WINDOW.into())]
+    login_window: humantime::Duration,
 }
 
 #[derive(Args, Clone)]
@@ -343,6 +351,8 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     config.republish_after = args.republish_after.into();
     config.republish_interval = args.republish_interval.into();
     config.insert_linger = args.insert_linger.into();
+    config.login_max_failures = args.login_max_failures;
+    config.login_window = args.login_window.into();
     let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
     if let Err(e) = publisher.ensure_connected().await {
         warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");

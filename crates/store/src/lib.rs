@@ -91,6 +91,8 @@ impl Store {
         let index = |keys, options: Option<IndexOptions>| IndexModel::builder().keys(keys).options(options).build();
         self.users().create_index(index(doc! { "email": 1 }, Some(unique()))).await?;
         self.accounts().create_index(index(doc! { "ownerId": 1, "_id": 1 }, None)).await?;
+        let expire_at_until = IndexOptions::builder().expire_after(Duration::ZERO).build();
+        self.login_failures().create_index(index(doc! { "until": 1 }, Some(expire_at_until))).await?;
         self.transactions()
             .create_indexes([
                 index(doc! { "idempotencyScope": 1, "idempotencyKey": 1 }, Some(unique())),
@@ -165,5 +167,11 @@ impl Store {
 
     fn entries(&self) -> Collection<docs::EntryDoc> {
         self.db.collection("entries")
+    }
+
+    /// Failed sign-ins per email: `{_id: email, failures, until}`, removed by a TTL index once
+    /// `until` has passed (reads check `until` themselves: the TTL monitor runs each minute).
+    fn login_failures(&self) -> Collection<mongodb::bson::Document> {
+        self.db.collection("loginFailures")
     }
 }

@@ -1,10 +1,12 @@
 //! Users.
 
+use std::time::Duration;
+
 use chrono::Utc;
 use ledgerflow_domain::{Email, PersonName, Role, UserId};
 use mongodb::bson::doc;
 
-use crate::docs::{UserDoc, to_bson_time};
+use crate::docs::{UserDoc, from_bson_time, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::{Store, StoreError, UserRecord};
 
@@ -61,5 +63,42 @@ impl Store {
                 other => other,
             },
         }
+    }
+
+    /// When sign-ins for `email` may be tried again, if `max` have failed within the current
+    /// window (which began at the first of them).
+    pub async fn login_locked_until(
+        &self,
+        email: &Email,
+        max: u32,
+    ) -> Result<Option<chrono::DateTime<Utc>>, StoreError> {
+        let now = to_bson_time(Utc::now());
+        let filter = doc! { "_id": email.as_str(), "until": { "$gt": now }, "failures": { "$gte": i64::from(max) } };
+        let Some(found) = self.login_failures().find_one(filter).await? else {
+            return Ok(None);
+        };
+        Ok(found.get_datetime("until").ok().map(|until| from_bson_time(*until)))
+    }
+
+    /// Counts a failed sign-in for `email` in its window, starting a new window of `window`
+    /// if none is open. One atomic update, so every gateway counts into the same window.
+    pub async fn record_login_failure(&self, email: &Email, window: Duration) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let window = chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
+        let fresh_until = now.checked_add_signed(window).unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        let (now, fresh_until) = (to_bson_time(now), to_bson_time(fresh_until));
+        let open = doc! { "$gt": ["$until", now] };
+        let update = vec![doc! { "$set": {
+            "failures": { "$cond": [&open, { "$add": ["$failures", 1] }, 1] },
+            "until": { "$cond": [&open, "$until", fresh_until] },
+        }}];
+        self.login_failures().update_one(doc! { "_id": email.as_str() }, update).upsert(true).await?;
+        Ok(())
+    }
+
+    /// Forgets the failed sign-ins of `email` (after a successful one).
+    pub async fn clear_login_failures(&self, email: &Email) -> Result<(), StoreError> {
+        self.login_failures().delete_one(doc! { "_id": email.as_str() }).await?;
+        Ok(())
     }
 }

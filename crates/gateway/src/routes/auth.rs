@@ -50,10 +50,16 @@ pub(super) async fn register(
         (status = 200, description = "Signed in; the token is also set as the `token` cookie", body = dto::AuthBody),
         (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
         (status = 401, description = "INVALID_CREDENTIALS", body = dto::ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: this email had too many failed sign-ins lately; `Retry-After` says when to try again", body = dto::ErrorBody),
         dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `POST /api/auth/login`: the same 401 whether the email is unknown or the password wrong.
+///
+/// Failed sign-ins are counted per email in MongoDB, so every gateway sees them: after
+/// `login_max_failures` within `login_window`, the email is refused (429, without checking the
+/// password) until the window ends. Unknown emails are counted alike, so a lockout tells
+/// nothing about which emails exist.
 pub(super) async fn login(
     State(state): State<AppState>,
     jar: CookieJar,
@@ -61,14 +67,22 @@ pub(super) async fn login(
 ) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
     let email = req_str(&body, "email")?;
     let password = req_str(&body, "password")?.to_owned();
-    let user = match email.parse::<Email>() {
-        Ok(email) => state.store.find_user_by_email(&email).await?,
-        Err(_) => None,
+    // An email that does not parse cannot sign in; it is not worth a counter.
+    let Ok(email) = email.parse::<Email>() else {
+        verify_password(password, None).await;
+        return Err(ApiError::InvalidCredentials);
     };
+    if let Some(until) = state.store.login_locked_until(&email, state.config.login_max_failures).await? {
+        let secs = (until - chrono::Utc::now()).num_seconds().max(0).unsigned_abs() + 1;
+        return Err(ApiError::TooManyAttempts(secs));
+    }
+    let user = state.store.find_user_by_email(&email).await?;
     if !verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await {
+        state.store.record_login_failure(&email, state.config.login_window).await?;
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.ok_or(ApiError::InvalidCredentials)?;
+    state.store.clear_login_failures(&email).await?;
     signed_in(&state, jar, &user)
 }
 
