@@ -103,9 +103,9 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_commands_list_suspend_reactivate_and_show() {
+async fn admin_commands_list_suspend_reactivate_close_and_show() {
     let app = spawn_app().await;
-    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 500).await;
 
     let (code, out) = app.run_cli(&["admin", "accounts", "list", "--owner", &alice.id]).await;
@@ -124,6 +124,24 @@ async fn admin_commands_list_suspend_reactivate_and_show() {
     let (_, t) = app.transfer(&alice, &a, &b, json!(50), "after-reactivation").await;
     let id = t["transaction"]["id"].as_str().unwrap().to_owned();
     assert_eq!(app.wait_terminal(&alice.token, &id).await["status"], "COMPLETED");
+
+    // b holds the 50 now: it cannot be closed, and a closed account is never reactivated.
+    let refused = async |verb: &str| {
+        let mut cmd = app.cli();
+        cmd.args(["admin", "accounts", verb, b.as_str()]);
+        let out = ledgerflow_tests::cli_output(cmd, PROCESS_DEADLINE).await;
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).trim_end().to_owned())
+    };
+    let held = format!(
+        "Error: account {b} cannot become CLOSED: the account holds 50 (minor units of USD); move it out before closing the account"
+    );
+    assert_eq!(refused("close").await, (Some(1), held));
+    let (_, t) = app.transfer(&bob, &b, &a, json!(50), "empty-b").await;
+    app.wait_terminal(&bob.token, t["transaction"]["id"].as_str().unwrap()).await;
+    let (code, out) = app.run_cli(&["admin", "accounts", "close", &b]).await;
+    assert_eq!((code, out.trim().to_owned()), (0, format!("account {b} is now CLOSED")));
+    let final_ = format!("Error: account {b} cannot become ACTIVE: the account is CLOSED, which is final");
+    assert_eq!(refused("reactivate").await, (Some(1), final_));
 
     let (code, out) = app.run_cli(&["admin", "transaction", &id]).await;
     assert_eq!(code, 0, "{out}");

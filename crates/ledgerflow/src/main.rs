@@ -222,8 +222,10 @@ enum Accounts {
     },
     /// Suspend an account: it can neither send nor receive until reactivated.
     Suspend { account: String },
-    /// Make a suspended or closed account ACTIVE again.
+    /// Make a suspended account ACTIVE again (a closed one stays closed).
     Reactivate { account: String },
+    /// Close an empty account for good: refused while it holds money.
+    Close { account: String },
 }
 
 #[derive(Subcommand)]
@@ -231,7 +233,7 @@ enum Admin {
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(Dlq),
-    /// List, suspend and reactivate accounts.
+    /// List, suspend, reactivate and close accounts.
     #[command(subcommand)]
     Accounts(Accounts),
     /// Show a transaction with its ledger entries.
@@ -487,6 +489,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Admin(Admin::Accounts(Accounts::Reactivate { account })) => {
             with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Active).await).await?;
+        }
+        Command::Admin(Admin::Accounts(Accounts::Close { account })) => {
+            with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Closed).await).await?;
         }
         Command::Admin(Admin::Transaction { id }) => {
             with_store(&conn, async |store| admin::show_transaction(store, &id).await).await?;
