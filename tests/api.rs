@@ -120,6 +120,40 @@ async fn repeated_failed_sign_ins_lock_the_email_until_the_window_ends() {
     app.teardown().await;
 }
 
+/// A flood of sign-ups is shed with 503 once the hashing queue is full, rather than queued
+/// without bound, and transfers are accepted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_sign_ups_is_shed_with_503_while_transfers_flow() {
+    const FLOOD: usize = 150;
+    let app = spawn_app().await;
+    let Pair { alice, a, b, .. } = app.alice_and_bob().await;
+    app.fund(&a, 100).await;
+    let sign_up = |i: usize| {
+        let email = format!("flood-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
+        let request =
+            app.http.post(app.url("/api/auth/register")).json(&json!({"email": email, "password": "long enough"}));
+        async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response.headers().contains_key("retry-after");
+            (response.status(), retry_after, response.json::<Value>().await.unwrap())
+        }
+    };
+    let flood = futures::future::join_all((0..FLOOD).map(sign_up));
+    let (answers, during) = tokio::join!(flood, app.transfer(&alice, &a, &b, json!(5), "during-the-flood"));
+    assert_eq!(during.0, StatusCode::ACCEPTED, "{during:?}");
+    let created = answers.iter().filter(|(status, ..)| *status == StatusCode::CREATED).count();
+    let shed: Vec<_> = answers.iter().filter(|(status, ..)| *status == StatusCode::SERVICE_UNAVAILABLE).collect();
+    assert_eq!(created + shed.len(), FLOOD, "only 201 or 503: {answers:?}");
+    assert!(created >= 32 && !shed.is_empty(), "{created} created, {} shed", shed.len());
+    for (_, retry_after, body) in shed {
+        assert!(*retry_after, "{body}");
+        assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE", "{body}");
+    }
+    // Once it has passed, sign-ups are served again.
+    app.register().await;
+    app.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_cookie_authenticates_and_bad_tokens_do_not() {
     let app = spawn_app().await;

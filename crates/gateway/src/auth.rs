@@ -129,15 +129,21 @@ fn argon2() -> Argon2<'static> {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Most argon2 computations waiting for the hashing thread. Past it a sign-up or login is
+/// answered 503 at once (shed) instead of queueing behind a flood: each would hold its request
+/// for ever longer and, when its turn came, a core for tens of milliseconds.
+const HASH_QUEUE: usize = 32;
+
 /// One thread per gateway runs every argon2 computation, one at a time. Each holds 7 MiB and a
-/// core for tens of milliseconds: a burst of sign-ups and logins queues here instead of growing
-/// the process, and the other core keeps serving transfers. Sign-ups and logins are rare next
-/// to transfers (a token lasts hours); add gateways for more. A thread of its own rather than
-/// tokio's blocking pool because the allocator keeps a thread's freed 7 MiB for that thread's
-/// reuse: on the pool, each thread that ever hashed kept a copy until it idled out (measured:
-/// RSS 59 MB for the first 10 s of a benchmark, 45 MB after).
-static HASHER: LazyLock<Option<mpsc::Sender<Job>>> = LazyLock::new(|| {
-    let (jobs, queue) = mpsc::channel::<Job>();
+/// core for tens of milliseconds: a burst of sign-ups and logins queues here (up to
+/// [`HASH_QUEUE`]) instead of growing the process, and the other core keeps serving transfers.
+/// Sign-ups and logins are rare next to transfers (a token lasts hours); add gateways for
+/// more. A thread of its own rather than tokio's blocking pool because the allocator keeps a
+/// thread's freed 7 MiB for that thread's reuse: on the pool, each thread that ever hashed kept
+/// a copy until it idled out (measured: RSS 59 MB for the first 10 s of a benchmark, 45 MB
+/// after).
+static HASHER: LazyLock<Option<mpsc::SyncSender<Job>>> = LazyLock::new(|| {
+    let (jobs, queue) = mpsc::sync_channel::<Job>(HASH_QUEUE);
     let spawned = std::thread::Builder::new().name("argon2".into()).spawn(move || {
         for job in queue {
             // A panicking job must not take the thread, and with it every later sign-in.
@@ -148,14 +154,24 @@ static HASHER: LazyLock<Option<mpsc::Sender<Job>>> = LazyLock::new(|| {
     Some(jobs)
 });
 
-/// Runs an argon2 computation on the hashing thread and waits for it; `None` if it is gone.
-async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+/// Runs an argon2 computation on the hashing thread and waits for it: 503 when the queue is
+/// full. A request that is gone by its turn (the client gave up) costs no computation.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     let (done, result) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = done.send(work());
+        if !done.is_closed() {
+            let _ = done.send(work());
+        }
     });
-    HASHER.as_ref()?.send(job).ok()?;
-    result.await.ok()
+    let Some(hasher) = HASHER.as_ref() else { return Err(ApiError::Internal) };
+    match hasher.try_send(job) {
+        Ok(()) => result.await.map_err(|_| ApiError::Internal),
+        Err(mpsc::TrySendError::Full(_)) => {
+            metrics::counter!("ledgerflow_password_hashes_shed_total").increment(1);
+            Err(ApiError::Unavailable("too many sign-ins at once, try again"))
+        }
+        Err(mpsc::TrySendError::Disconnected(_)) => Err(ApiError::Internal),
+    }
 }
 
 /// Hashes a password with argon2id on the hashing thread (it is deliberately slow).
@@ -164,8 +180,7 @@ pub async fn hash_password(password: Password) -> Result<String, ApiError> {
         let salt = SaltString::generate(&mut OsRng);
         argon2().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
     })
-    .await
-    .ok_or(ApiError::Internal)?
+    .await?
     .map_err(|e| {
         tracing::error!(error = %e, "could not hash password");
         ApiError::Internal
@@ -180,8 +195,9 @@ static DECOY_HASH: LazyLock<Option<String>> = LazyLock::new(|| {
     argon2().hash_password(secret.as_str().as_bytes(), &salt).map(|h| h.to_string()).ok()
 });
 
-/// Checks a password against a stored hash (or the decoy), on the hashing thread.
-pub async fn verify_password(password: String, hash: Option<String>) -> bool {
+/// Checks a password against a stored hash (or the decoy), on the hashing thread; an error
+/// only when it could not be checked (shed, or the thread is gone).
+pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
     hashing(move || {
         let real = hash.is_some();
         let Some(hash) = hash.or_else(|| DECOY_HASH.clone()) else { return false };
@@ -189,5 +205,4 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
         argon2().verify_password(password.as_bytes(), &parsed).is_ok() && real
     })
     .await
-    .unwrap_or(false)
 }

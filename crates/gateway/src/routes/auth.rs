@@ -69,7 +69,7 @@ pub(super) async fn login(
     let password = req_str(&body, "password")?.to_owned();
     // An email that does not parse cannot sign in; it is not worth a counter.
     let Ok(email) = email.parse::<Email>() else {
-        verify_password(password, None).await;
+        verify_password(password, None).await?;
         return Err(ApiError::InvalidCredentials);
     };
     if let Some(until) = state.store.login_locked_until(&email, state.config.login_max_failures).await? {
@@ -77,7 +77,7 @@ pub(super) async fn login(
         return Err(ApiError::TooManyAttempts(secs));
     }
     let user = state.store.find_user_by_email(&email).await?;
-    if !verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await {
+    if !verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await? {
         state.store.record_login_failure(&email, state.config.login_window).await?;
         return Err(ApiError::InvalidCredentials);
     }
