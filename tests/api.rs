@@ -1,7 +1,7 @@
 //! HTTP API behaviour: every endpoint and error code, against real services.
 
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{Pair, assert_error, spawn_app};
+use ledgerflow_tests::{DEADLINE, Pair, assert_error, spawn_app};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,6 +151,73 @@ async fn a_flood_of_sign_ups_is_shed_with_503_while_transfers_flow() {
     }
     // Once it has passed, sign-ups are served again.
     app.register().await;
+    app.teardown().await;
+}
+
+/// Sends a request's head and then its body one byte at a time, never finishing; returns
+/// whatever the server answers (empty if it only closes).
+async fn trickle(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        while write.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = read.read_to_end(&mut answer).await;
+    writer.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A slow client holds neither a request nor a stopping gateway: a body must arrive whole
+/// within the deadline (408 after it, however steadily it trickles), a stop answers long polls
+/// at once, and it waits for open requests no longer than the drain limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_get_408_and_cannot_hold_up_a_stopping_gateway() {
+    use std::time::{Duration, Instant};
+    let mut app = spawn_app().await;
+    let Pair { alice, a, b, .. } = app.alice_and_bob().await;
+    app.fund(&a, 100).await;
+
+    let quick = app.gateway_with(&ledgerflow_tests::amqp_uri(), |c| c.body_deadline = Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(DEADLINE, trickle(quick.addr, "/transactions", &alice.token)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+
+    // A gateway with a long body deadline, a pending long poll and a trickling client.
+    let patient = app
+        .gateway_with(&ledgerflow_tests::amqp_uri(), |c| {
+            c.body_deadline = Duration::from_secs(600);
+            c.drain_limit = Duration::from_secs(2);
+        })
+        .await;
+    app.stop_worker(0).await;
+    let (_, t) = app.transfer(&alice, &a, &b, json!(5), "stays-pending").await;
+    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    let long_poll =
+        app.http.get(format!("{}/transactions/{id}?wait=30", patient.base)).bearer_auth(&alice.token).send();
+    let long_poll = tokio::spawn(async move { long_poll.await.unwrap().json::<Value>().await.unwrap() });
+    let (addr, token) = (patient.addr, alice.token.clone());
+    let slow = tokio::spawn(async move { trickle(addr, "/transactions", &token).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stopping = Instant::now();
+    patient.stop.cancel();
+    let polled = tokio::time::timeout(Duration::from_secs(5), long_poll).await.expect("the long poll answers").unwrap();
+    assert_eq!(polled["transaction"]["status"], "PENDING", "{polled}");
+    assert!(stopping.elapsed() < Duration::from_secs(1), "long poll took {:?}", stopping.elapsed());
+    let served = tokio::time::timeout(Duration::from_secs(10), patient.served).await.expect("the gateway stops");
+    assert!(served.unwrap().is_ok());
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stop took {:?}", stopping.elapsed());
+    slow.abort();
     app.teardown().await;
 }
 

@@ -538,20 +538,36 @@ pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message of {body}");
 }
 
+/// A gateway of a test's own: where it listens, how to stop it, and its `serve` task.
+pub struct OwnGateway {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub stop: CancellationToken,
+    pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
 impl TestApp {
     /// Starts another gateway on the same database and queues but with its own broker URI
     /// (e.g. an unreachable one); returns its base URL. It stops with the app.
     pub async fn extra_gateway(&self, amqp_uri: &str) -> String {
+        self.gateway_with(amqp_uri, |_| {}).await.base
+    }
+
+    /// Starts another gateway like [`Self::extra_gateway`], configured, that can also be
+    /// stopped on its own.
+    pub async fn gateway_with(&self, amqp_uri: &str, configure: impl FnOnce(&mut GatewayConfig)) -> OwnGateway {
         let mut config = GatewayConfig::new("test-secret-test-secret-test-secret-0123456789".into());
         config.cookie_secure = false;
         config.republish_interval = Duration::from_millis(200);
         config.republish_after = Duration::from_millis(500);
+        configure(&mut config);
         let publisher = Publisher::new(amqp_uri, "test-extra-gateway", self.topology.clone());
         let state = AppState::new(self.store.clone(), publisher, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(ledgerflow_gateway::serve(listener, state, self.shutdown.clone()));
-        base
+        let addr = listener.local_addr().unwrap();
+        let stop = self.shutdown.child_token();
+        let served = tokio::spawn(ledgerflow_gateway::serve(listener, state, stop.clone()));
+        OwnGateway { base: format!("http://{addr}"), addr, stop, served }
     }
 
     /// The commands a test publishes as an upstream system.

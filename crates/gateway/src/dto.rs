@@ -226,6 +226,8 @@ pub enum AuthErrors {
 #[derive(utoipa::IntoResponses)]
 #[expect(dead_code, reason = "describes responses in the OpenAPI document")]
 pub enum BodyErrors {
+    #[response(status = 408, description = "REQUEST_TIMEOUT: the body did not arrive whole within the deadline")]
+    TooSlow(ErrorBody),
     #[response(status = 413, description = "PAYLOAD_TOO_LARGE")]
     TooLarge(ErrorBody),
     #[response(status = 415, description = "UNSUPPORTED_MEDIA_TYPE")]

@@ -24,6 +24,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive in time (seconds).
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(f64),
     #[error("authentication required")]
     Unauthenticated,
     #[error("email or password is incorrect")]
@@ -82,6 +85,7 @@ impl ApiError {
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"),
             Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS"),

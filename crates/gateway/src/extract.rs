@@ -2,7 +2,7 @@
 //! standard error body.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -10,6 +10,7 @@ use ledgerflow_domain::DomainError;
 use ledgerflow_domain::fields::{ObjectError, parse_object};
 use serde_json::{Map, Value};
 
+use crate::AppState;
 use crate::error::ApiError;
 
 /// Largest request body accepted.
@@ -20,10 +21,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// gives a precise error for each bad field instead of a generic deserialisation failure.
 pub struct JsonObject(pub Map<String, Value>);
 
-impl<S: Send + Sync> FromRequest<S> for JsonObject {
+impl FromRequest<AppState> for JsonObject {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -34,8 +35,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         let has_content_type = req.headers().contains_key(header::CONTENT_TYPE);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge(MAX_BODY_BYTES),
+        // The whole body within the deadline, not merely some bytes now and then: a client
+        // trickling one byte at a time would otherwise hold its request, and a graceful
+        // shutdown waiting for it, for as long as it liked.
+        let deadline = state.config.body_deadline;
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
+        let bytes = read.map_err(|_| ApiError::RequestTimeout(deadline.as_secs_f64()))?.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+            }
             other => ApiError::InvalidJson(other.body_text()),
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -15,6 +15,7 @@ mod routes;
 pub mod telemetry;
 mod watch;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use auth::{JwtKeys, hash_password};
 
@@ -48,6 +49,11 @@ pub struct GatewayConfig {
     pub login_max_failures: u32,
     /// The window failed sign-ins are counted in, from the first of them.
     pub login_window: Duration,
+    /// Longest time a request body may take to arrive, whole (408 after it).
+    pub body_deadline: Duration,
+    /// Longest wait, once a shutdown is asked for, for open requests to finish; past it the
+    /// gateway stops anyway (a client that never reads its response cannot hold it up).
+    pub drain_limit: Duration,
 }
 
 impl GatewayConfig {
@@ -61,6 +67,8 @@ impl GatewayConfig {
             insert_linger: DEFAULT_INSERT_LINGER,
             login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,
             login_window: DEFAULT_LOGIN_WINDOW,
+            body_deadline: Duration::from_secs(10),
+            drain_limit: Duration::from_secs(10),
         }
     }
 }
@@ -101,6 +109,8 @@ pub struct AppState {
     pub watchers: Arc<watch::Watchers>,
     /// Owners and currencies of accounts already seen.
     accounts: Arc<facts::AccountFacts>,
+    /// Cancelled when the gateway is asked to stop, so that long polls answer at once.
+    stopping: CancellationToken,
 }
 
 impl AppState {
@@ -116,6 +126,7 @@ impl AppState {
             config: Arc::new(config),
             watchers: Arc::default(),
             accounts: Arc::default(),
+            stopping: CancellationToken::new(),
         }
     }
 }
@@ -141,9 +152,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled, then stops accepting, finishes open requests and
-/// stops the republisher.
+/// Serves until `shutdown` is cancelled, then stops accepting, finishes open requests (for
+/// up to [`GatewayConfig::drain_limit`]; long polls answer at once) and stops the republisher.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let state = AppState { stopping: shutdown.clone(), ..state };
     telemetry::prometheus();
     info!(addr = %listener.local_addr()?, "gateway listening");
     let republisher = tokio::spawn(republisher::run(state.clone(), shutdown.clone()));
@@ -153,8 +165,15 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         Arc::clone(&state.watchers),
         shutdown.clone(),
     ));
-    let publisher = state.publisher.clone();
-    let result = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    let (publisher, drain_limit) = (state.publisher.clone(), state.config.drain_limit);
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let result = tokio::select! {
+        result = served.into_future() => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(drain_limit).await } => {
+            warn!(limit = ?drain_limit, "open requests outlasted the drain limit; stopping without them");
+            Ok(())
+        }
+    };
     shutdown.cancel();
     let _ = republisher.await;
     let _ = watcher.await;

@@ -311,6 +311,8 @@ pub(super) async fn get(
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep_until(recheck) => {}
+                // A stopping gateway answers with what it has rather than hold up the stop.
+                () = state.stopping.cancelled() => break,
             }
         }
     }
