@@ -102,6 +102,24 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
     app.teardown().await;
 }
 
+/// The API never closes an account that holds money; one closed around it is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_a_closed_account_that_holds_money() {
+    let app = spawn_app().await;
+    let Pair { a, b, .. } = app.alice_and_bob().await;
+    app.fund(&a, 300).await;
+    let raw = app.raw_db().await;
+    let accounts = raw.collection::<mongodb::bson::Document>("accounts");
+    for id in [&a, &b] {
+        accounts.update_one(doc! { "_id": id }, doc! { "$set": { "status": "CLOSED" } }).await.unwrap();
+    }
+    let (code, report) = app.reconcile(&[]).await;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(checks(&report), vec!["closed_with_balance"], "only a, which holds 300: {report}");
+    assert_eq!(report["discrepancies"][0]["subject"], format!("account {a}"));
+    app.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_list_suspend_reactivate_close_and_show() {
     let app = spawn_app().await;

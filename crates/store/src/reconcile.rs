@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
-use ledgerflow_domain::{AccountId, EntryType, GENESIS_HASH, TransactionStatus};
+use ledgerflow_domain::{AccountId, AccountStatus, EntryType, GENESIS_HASH, TransactionStatus};
 use mongodb::bson::{Document, doc, from_document};
 use serde::Serialize;
 
@@ -362,6 +362,17 @@ impl<'a> AccountWalk<'a> {
                 "account_seq",
                 format!("account {}", self.account.id),
                 format!("seq {} but last entry is {last}", self.account.seq),
+            );
+        }
+        // Closing is refused while an account holds money, and nothing moves money into a
+        // closed one: money there was put there around the API.
+        if self.account.status == AccountStatus::Closed
+            && let Some(balance) = self.balance.filter(|b| *b != 0)
+        {
+            report.flag(
+                "closed_with_balance",
+                format!("account {}", self.account.id),
+                format!("CLOSED with balance {balance}"),
             );
         }
     }
