@@ -154,16 +154,13 @@ async fn a_flood_of_sign_ups_is_shed_with_503_while_transfers_flow() {
     app.teardown().await;
 }
 
-/// Sends a request's head and then its body one byte at a time, never finishing; returns
-/// whatever the server answers (empty if it only closes).
-async fn trickle(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+/// Sends `start`, then one space every 100 ms, never finishing; returns whatever the server
+/// answers (empty if it only closes).
+async fn trickle(addr: std::net::SocketAddr, start: String) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut read, mut write) = stream.into_split();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
-    );
-    write.write_all(head.as_bytes()).await.unwrap();
+    write.write_all(start.as_bytes()).await.unwrap();
     let writer = tokio::spawn(async move {
         while write.write_all(b" ").await.is_ok() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -173,6 +170,13 @@ async fn trickle(addr: std::net::SocketAddr, path: &str, token: &str) -> String 
     let _ = read.read_to_end(&mut answer).await;
     writer.abort();
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A transfer request's whole head and the first byte of its body, to be trickled.
+fn body_start(token: &str) -> String {
+    format!(
+        "POST /transactions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    )
 }
 
 /// A slow client holds neither a request nor a stopping gateway: a body must arrive whole
@@ -185,11 +189,22 @@ async fn slow_clients_get_408_and_cannot_hold_up_a_stopping_gateway() {
     let Pair { alice, a, b, .. } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
 
-    let quick = app.gateway_with(&ledgerflow_tests::amqp_uri(), |c| c.body_deadline = Duration::from_secs(1)).await;
+    let quick = app
+        .gateway_with(&ledgerflow_tests::amqp_uri(), |c| {
+            c.body_deadline = Duration::from_secs(1);
+            c.head_deadline = Duration::from_secs(1);
+        })
+        .await;
     let started = Instant::now();
-    let answer = tokio::time::timeout(DEADLINE, trickle(quick.addr, "/transactions", &alice.token)).await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, trickle(quick.addr, body_start(&alice.token))).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"REQUEST_TIMEOUT""#), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    // A head that never ends: the connection is closed after the head deadline.
+    let started = Instant::now();
+    let head = "GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ".to_owned();
+    let answer = tokio::time::timeout(DEADLINE, trickle(quick.addr, head)).await.unwrap();
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 
     // A gateway with a long body deadline, a pending long poll and a trickling client.
@@ -205,8 +220,7 @@ async fn slow_clients_get_408_and_cannot_hold_up_a_stopping_gateway() {
     let long_poll =
         app.http.get(format!("{}/transactions/{id}?wait=30", patient.base)).bearer_auth(&alice.token).send();
     let long_poll = tokio::spawn(async move { long_poll.await.unwrap().json::<Value>().await.unwrap() });
-    let (addr, token) = (patient.addr, alice.token.clone());
-    let slow = tokio::spawn(async move { trickle(addr, "/transactions", &token).await });
+    let slow = tokio::spawn(trickle(patient.addr, body_start(&alice.token)));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let stopping = Instant::now();

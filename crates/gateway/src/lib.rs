@@ -15,19 +15,23 @@ mod routes;
 pub mod telemetry;
 mod watch;
 
-use std::future::IntoFuture;
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use ledgerflow_messaging::Publisher;
 use ledgerflow_store::{Grouping, PendingWriter, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use auth::{JwtKeys, hash_password};
 
@@ -51,6 +55,9 @@ pub struct GatewayConfig {
     pub login_window: Duration,
     /// Longest time a request body may take to arrive, whole (408 after it).
     pub body_deadline: Duration,
+    /// Longest time a request head (line and headers) may take to arrive; the connection is
+    /// closed after it.
+    pub head_deadline: Duration,
     /// Longest wait, once a shutdown is asked for, for open requests to finish; past it the
     /// gateway stops anyway (a client that never reads its response cannot hold it up).
     pub drain_limit: Duration,
@@ -68,6 +75,7 @@ impl GatewayConfig {
             login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,
             login_window: DEFAULT_LOGIN_WINDOW,
             body_deadline: Duration::from_secs(10),
+            head_deadline: Duration::from_secs(10),
             drain_limit: Duration::from_secs(10),
         }
     }
@@ -165,19 +173,43 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         Arc::clone(&state.watchers),
         shutdown.clone(),
     ));
-    let (publisher, drain_limit) = (state.publisher.clone(), state.config.drain_limit);
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = tokio::select! {
-        result = served.into_future() => result,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(drain_limit).await } => {
-            warn!(limit = ?drain_limit, "open requests outlasted the drain limit; stopping without them");
-            Ok(())
-        }
-    };
+    let (publisher, config) = (state.publisher.clone(), Arc::clone(&state.config));
+    accept(listener, router(state), &shutdown, &config).await;
     shutdown.cancel();
     let _ = republisher.await;
     let _ = watcher.await;
     publisher.close().await;
     info!("gateway stopped");
-    result
+    Ok(())
+}
+
+/// Serves connections until `shutdown`, then waits for open ones up to the drain limit. What
+/// `axum::serve` does, plus a deadline for each request head: it sets no timer, so a client
+/// that never finished a head kept its connection for as long as it liked.
+async fn accept(listener: TcpListener, app: Router, shutdown: &CancellationToken, config: &GatewayConfig) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(config.head_deadline);
+    let open = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // The peer gave up before we took it: nothing to serve.
+                Err(e) if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset) => continue,
+                // Out of file descriptors, say: give connections time to close.
+                Err(e) => {
+                    error!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        tokio::spawn(open.watch(connection));
+    }
+    drop(listener);
+    if tokio::time::timeout(config.drain_limit, open.shutdown()).await.is_err() {
+        warn!(limit = ?config.drain_limit, "open requests outlasted the drain limit; stopping without them");
+    }
 }
