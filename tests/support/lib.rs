@@ -241,6 +241,17 @@ pub async fn spawn_app_with(workers: usize) -> TestApp {
     spawn_app_configured(workers, |_| {}).await
 }
 
+/// The gateway settings every test gateway starts from (one JWT secret, so a token works on
+/// each), then `configure`d.
+fn gateway_config(configure: impl FnOnce(&mut GatewayConfig)) -> GatewayConfig {
+    let mut config = GatewayConfig::new("test-secret-test-secret-test-secret-0123456789".into());
+    config.cookie_secure = false;
+    config.republish_interval = Duration::from_millis(200);
+    config.republish_after = Duration::from_millis(500);
+    configure(&mut config);
+    config
+}
+
 /// Like [`spawn_app_with`], with the gateway's configuration adjusted by `configure`.
 pub async fn spawn_app_configured(workers: usize, configure: impl FnOnce(&mut GatewayConfig)) -> TestApp {
     init_logs();
@@ -251,11 +262,7 @@ pub async fn spawn_app_configured(workers: usize, configure: impl FnOnce(&mut Ga
     let hash = hash_password(SYSTEM_PASSWORD.parse().unwrap()).await.unwrap();
     store.ensure_system_user(&SYSTEM_EMAIL.parse().unwrap(), hash).await.unwrap();
 
-    let mut config = GatewayConfig::new("test-secret-test-secret-test-secret-0123456789".into());
-    config.cookie_secure = false;
-    config.republish_interval = Duration::from_millis(200);
-    config.republish_after = Duration::from_millis(500);
-    configure(&mut config);
+    let config = gateway_config(configure);
     let publisher = Publisher::new(&amqp_uri(), "test-gateway", topology.clone());
     publisher.ensure_connected().await.unwrap();
     let state = AppState::new(store.clone(), publisher, config);
@@ -556,11 +563,7 @@ impl TestApp {
     /// Starts another gateway like [`Self::extra_gateway`], configured, that can also be
     /// stopped on its own.
     pub async fn gateway_with(&self, amqp_uri: &str, configure: impl FnOnce(&mut GatewayConfig)) -> OwnGateway {
-        let mut config = GatewayConfig::new("test-secret-test-secret-test-secret-0123456789".into());
-        config.cookie_secure = false;
-        config.republish_interval = Duration::from_millis(200);
-        config.republish_after = Duration::from_millis(500);
-        configure(&mut config);
+        let config = gateway_config(configure);
         let publisher = Publisher::new(amqp_uri, "test-extra-gateway", self.topology.clone());
         let state = AppState::new(self.store.clone(), publisher, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -667,7 +670,7 @@ impl TestApp {
 
     /// Starts `ledgerflow worker` as a real process on this app's database and queues.
     pub fn spawn_worker_process(&self, name: &str) -> std::process::Child {
-        ledgerflow_command(self.store.database_name(), self.topology.prefix())
+        self.cli()
             .arg("worker")
             .env("LEDGERFLOW_WORKER_NAME", name)
             .env("LEDGERFLOW_WORKER_PREFETCH", "8")
@@ -679,7 +682,8 @@ impl TestApp {
     /// returns it (killed when dropped) and the port.
     pub fn spawn_worker_with_metrics(&self, name: &str) -> (Reaped, u16) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = ledgerflow_command(self.store.database_name(), self.topology.prefix())
+        let child = self
+            .cli()
             .arg("worker")
             .env("LEDGERFLOW_WORKER_NAME", name)
             .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))

@@ -102,11 +102,12 @@ impl Store {
     /// All account ids one user owns, to scope transaction listings (bounded; `open_account`
     /// keeps every user far below the bound).
     pub async fn account_ids_of(&self, owner: UserId) -> Result<Vec<AccountId>, StoreError> {
-        const MAX_ACCOUNTS_PER_USER: i64 = 1_000;
+        // Not the domain's cap of MAX_ACCOUNTS_PER_USER: a backstop ten times above it.
+        const LISTED_AT_MOST: i64 = 1_000;
         let docs: Vec<AccountDoc> = self
             .accounts()
             .find(doc! { "ownerId": owner.to_string() })
-            .limit(MAX_ACCOUNTS_PER_USER)
+            .limit(LISTED_AT_MOST)
             .await?
             .try_collect()
             .await?;
