@@ -22,8 +22,8 @@ async fn register_and_login() {
     assert_eq!(body["user"]["name"], "Ann");
     assert!(body["token"].as_str().is_some_and(|t| t.split('.').count() == 3));
 
-    // Role is always USER, whatever the body says.
-    let (_, other) = app
+    // Registration makes a USER; a body asking for a role is refused, not half-obeyed.
+    let asked = app
         .call(
             "POST",
             "/api/auth/register",
@@ -31,7 +31,8 @@ async fn register_and_login() {
             Some(json!({"email": format!("x{}@example.com", uuid::Uuid::new_v4().simple()), "password": "long enough", "role": "SYSTEM"})),
         )
         .await;
-    assert_eq!(other["user"]["role"], "USER");
+    assert_error(&asked, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(asked.1["error"]["field"], "role", "{}", asked.1);
 
     // The same email in another case is taken.
     let dup = app
@@ -473,6 +474,11 @@ async fn transfer_requests_are_validated_before_anything_is_recorded() {
         ("idempotencyKey", json!("x".repeat(129))),
         ("idempotencyKey", json!("has spaces")),
         ("description", json!("d".repeat(501))),
+        ("currency", json!("usd")),
+        // A name the endpoint does not take is refused, not ignored: a misspelt field would
+        // otherwise be silently dropped.
+        ("descripton", json!("rent")),
+        ("fee", json!(5)),
     ];
     for (field, value) in cases {
         let got = app.call("POST", "/transactions", Some(&alice.token), Some(with(field, value.clone()))).await;
@@ -672,6 +678,20 @@ async fn transactions_are_visible_to_their_parties_only_and_list_with_filters() 
         let got = app.call("GET", &format!("/transactions{bad}"), Some(&alice.token), None).await;
         assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
+    // A misspelt filter would otherwise list every transaction instead of one account's, and
+    // a parameter given twice has no one meaning.
+    for (path, field) in [
+        (format!("/transactions?acount={a}"), "acount"),
+        ("/transactions?limit=1&limit=2".to_owned(), "limit"),
+        (format!("/transactions/{ok_id}?wait=1&wait=30"), "wait"),
+        (format!("/transactions/{ok_id}?timeout=5"), "timeout"),
+        ("/api/accounts?page=2".to_owned(), "page"),
+        (format!("/api/accounts/{a}/entries?before=3"), "before"),
+    ] {
+        let got = app.call("GET", &path, Some(&alice.token), None).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(got.1["error"]["field"], field, "{path}: {}", got.1);
+    }
 
     // Entries: newest first, paginated by sequence.
     let (_, page) = app.call("GET", &format!("/api/accounts/{a}/entries?limit=1"), Some(&alice.token), None).await;
@@ -702,8 +722,33 @@ async fn mixed_currencies_are_refused_at_once_and_inactive_accounts_fail_in_the_
         refused.1["error"]["message"],
         "fromAccount holds USD and toAccount holds EUR; a transfer moves one currency"
     );
+    // A request may name the currency it means; the accounts' must be that one.
+    let body = |currency: &str, key: &str| json!({"fromAccount": a, "toAccount": b, "amount": 10, "currency": currency, "idempotencyKey": key});
+    let asked = app.call("POST", "/transactions", Some(&alice.token), Some(body("EUR", "fx-eur"))).await;
+    assert_error(&asked, StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH");
+    assert_eq!(asked.1["error"]["message"], "the request names EUR but the accounts hold USD");
+    let funding = app
+        .call(
+            "POST",
+            "/transactions/system/initial-funds",
+            Some(&app.system.token),
+            Some(json!({"toAccount": eur, "amount": 5, "currency": "USD", "idempotencyKey": "fx-fund"})),
+        )
+        .await;
+    assert_error(&funding, StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH");
     let (_, listed) = app.call("GET", "/transactions", Some(&alice.token), None).await;
-    assert!(listed["transactions"].as_array().unwrap().iter().all(|t| t["idempotencyKey"] != "fx"), "{listed}");
+    assert!(
+        listed["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| !t["idempotencyKey"].as_str().unwrap().starts_with("fx")),
+        "{listed}"
+    );
+    let named = app.call("POST", "/transactions", Some(&alice.token), Some(body("USD", "usd-named"))).await;
+    assert_eq!(named.0, StatusCode::ACCEPTED, "{}", named.1);
+    let done = app.wait_terminal(&alice.token, named.1["transaction"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "COMPLETED");
 
     let suspend = app
         .call(
@@ -717,7 +762,7 @@ async fn mixed_currencies_are_refused_at_once_and_inactive_accounts_fail_in_the_
     let (_, t) = app.transfer(&alice, &a, &b, json!(10), "to-suspended").await;
     let done = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
     assert_eq!((done["status"].clone(), done["failureReason"].clone()), (json!("FAILED"), json!("ACCOUNT_NOT_ACTIVE")));
-    assert_eq!(app.balance(&alice.token, &a).await, 1_000);
+    assert_eq!(app.balance(&alice.token, &a).await, 990, "only the USD-named transfer moved money");
     app.teardown().await;
 }
 

@@ -1,12 +1,15 @@
 //! Request and response bodies of the HTTP API, as documented in the OpenAPI description
 //! (`GET /openapi.json`). Responses are built from these types, so the document cannot drift
-//! from what is sent. Request types only document the bodies: handlers read bodies field by
-//! field into domain types (see `extract::JsonObject`) to report each bad field precisely.
+//! from what is sent. Request types document the bodies and name the fields each accepts
+//! (`extract::Names`): handlers read bodies field by field into domain types (see
+//! `extract::JsonObject`) to report each bad field precisely.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledgerflow_store::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::extract::Names;
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -269,10 +272,13 @@ pub struct StatusBody {
     pub status: String,
 }
 
-// Request bodies (documentation; see the module comment).
+// Request bodies and query strings (documentation, and the names each request may use; see
+// the module comment). `Deserialize` is derived only so that serde's `deny_unknown_fields`
+// reaches the document as `additionalProperties: false`; bodies are read by `JsonObject`.
 
 #[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     #[schema(example = "alice@example.com")]
     pub email: String,
@@ -283,32 +289,51 @@ pub struct RegisterRequest {
     pub name: Option<String>,
 }
 
+impl Names for RegisterRequest {
+    const NAMES: &'static [&'static str] = &["email", "password", "name"];
+}
+
 #[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
+impl Names for LoginRequest {
+    const NAMES: &'static [&'static str] = &["email", "password"];
+}
+
 #[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
     /// ISO 4217, default `USD`.
     #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
 }
 
+impl Names for CreateAccountRequest {
+    const NAMES: &'static [&'static str] = &["currency"];
+}
+
 #[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StatusRequest {
     /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
     #[schema(example = "SUSPENDED", pattern = "^(ACTIVE|SUSPENDED|CLOSED)$")]
     pub status: String,
 }
 
+impl Names for StatusRequest {
+    const NAMES: &'static [&'static str] = &["status"];
+}
+
 #[allow(dead_code)]
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TransferBody {
     /// An account the caller owns.
     #[schema(format = Uuid)]
@@ -318,6 +343,11 @@ pub struct TransferBody {
     /// Integer minor units.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
+    /// Optional: the currency the caller means to move. If given, it must be the accounts'
+    /// (422 `CURRENCY_MISMATCH` otherwise), so that an amount meant in one currency is never
+    /// moved in another.
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
+    pub currency: Option<String>,
     /// 1–128 visible ASCII characters; unique per caller.
     #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub idempotency_key: String,
@@ -325,26 +355,63 @@ pub struct TransferBody {
     pub description: Option<String>,
 }
 
+impl Names for TransferBody {
+    const NAMES: &'static [&'static str] =
+        &["fromAccount", "toAccount", "amount", "currency", "idempotencyKey", "description"];
+}
+
 #[allow(dead_code)]
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InitialFundsBody {
     #[schema(format = Uuid)]
     pub to_account: String,
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
+    /// Optional: if given, it must be the account's currency (422 `CURRENCY_MISMATCH`).
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
+    pub currency: Option<String>,
     #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub idempotency_key: String,
     #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
+impl Names for InitialFundsBody {
+    const NAMES: &'static [&'static str] = &["toAccount", "amount", "currency", "idempotencyKey", "description"];
+}
+
 #[allow(dead_code)]
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReverseBody {
     #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub idempotency_key: String,
     #[schema(max_length = 500)]
     pub reason: Option<String>,
+}
+
+impl Names for ReverseBody {
+    const NAMES: &'static [&'static str] = &["idempotencyKey", "reason"];
+}
+
+/// `?limit=&cursor=`: one page of a list.
+pub struct PageQuery;
+
+impl Names for PageQuery {
+    const NAMES: &'static [&'static str] = &["limit", "cursor"];
+}
+
+/// `?account=&status=&limit=&cursor=`: `GET /transactions`.
+pub struct TransactionQuery;
+
+impl Names for TransactionQuery {
+    const NAMES: &'static [&'static str] = &["account", "status", "limit", "cursor"];
+}
+
+/// `?wait=`: `GET /transactions/{id}`.
+pub struct WaitQuery;
+
+impl Names for WaitQuery {
+    const NAMES: &'static [&'static str] = &["wait"];
 }

@@ -20,6 +20,11 @@ pub enum ApiError {
     /// The body is not JSON, or not a JSON object.
     #[error("{0}")]
     InvalidJson(String),
+    /// A body field or query parameter the endpoint does not take; `takes` lists those it does.
+    #[error("{place} `{name}` is not one this endpoint takes ({})", .takes.join(", "))]
+    Unexpected { place: &'static str, name: String, takes: &'static [&'static str] },
+    #[error("query parameter `{0}` is given more than once")]
+    Repeated(String),
     #[error("request body must be application/json")]
     UnsupportedMediaType,
     #[error("request body exceeds {0} bytes")]
@@ -47,6 +52,9 @@ pub enum ApiError {
     /// The two accounts hold different currencies; a transfer moves one currency.
     #[error("fromAccount holds {from} and toAccount holds {to}; a transfer moves one currency")]
     CurrencyMismatch { from: Currency, to: Currency },
+    /// The request names a currency the accounts do not hold.
+    #[error("the request names {asked} but the accounts hold {held}")]
+    CurrencyNotHeld { asked: Currency, held: Currency },
     #[error("a user may own at most {MAX_ACCOUNTS_PER_USER} accounts")]
     AccountLimitReached,
     /// The account may not take the status asked for.
@@ -81,7 +89,9 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Validation(_) => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
+            Self::Validation(_) | Self::Unexpected { .. } | Self::Repeated(_) => {
+                (StatusCode::BAD_REQUEST, "VALIDATION_ERROR")
+            }
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
@@ -93,7 +103,9 @@ impl ApiError {
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::EmailTaken => (StatusCode::CONFLICT, "EMAIL_TAKEN"),
-            Self::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH"),
+            Self::CurrencyMismatch { .. } | Self::CurrencyNotHeld { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH")
+            }
             Self::AccountLimitReached => (StatusCode::CONFLICT, "ACCOUNT_LIMIT_REACHED"),
             Self::StatusRefused(StatusRefusal::NotEmpty { .. }) => (StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY"),
             Self::StatusRefused(StatusRefusal::Closed) => (StatusCode::CONFLICT, "ACCOUNT_CLOSED"),
@@ -139,6 +151,7 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
                 field: match &self {
                     Self::Validation(e) => Some(e.field().to_owned()),
+                    Self::Unexpected { name, .. } | Self::Repeated(name) => Some(name.clone()),
                     _ => None,
                 },
                 transaction_id: match &self {

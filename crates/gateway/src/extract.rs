@@ -1,6 +1,9 @@
 //! Request extractors whose failures are [`ApiError`]s, so even a malformed request gets the
 //! standard error body.
 
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -16,12 +19,23 @@ use crate::error::ApiError;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A JSON object body. An empty body counts as `{}` so that endpoints whose fields are all
-/// optional accept a bare POST. Fields are then read one by one into domain types, which
-/// gives a precise error for each bad field instead of a generic deserialisation failure.
-pub struct JsonObject(pub Map<String, Value>);
+/// The names a request may use: the fields of its JSON body, or the parameters of its query
+/// string. Any other name is refused (400 `VALIDATION_ERROR` naming it): a misspelt
+/// `descripton` would otherwise be dropped, a misspelt `acount` filter would list every
+/// transaction instead of one account's, and a field meant for another endpoint would look
+/// honoured. Implemented by the request types the OpenAPI document describes, and checked
+/// against it by a test.
+pub trait Names {
+    const NAMES: &'static [&'static str];
+}
 
-impl FromRequest<AppState> for JsonObject {
+/// A JSON object body whose field names are all in `N::NAMES`. An empty body counts as `{}`
+/// so that endpoints whose fields are all optional accept a bare POST. Fields are then read
+/// one by one into domain types, which gives a precise error for each bad field instead of a
+/// generic deserialisation failure.
+pub struct JsonObject<N>(pub Map<String, Value>, pub PhantomData<N>);
+
+impl<N: Names> FromRequest<AppState> for JsonObject<N> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
@@ -47,34 +61,58 @@ impl FromRequest<AppState> for JsonObject {
             other => ApiError::InvalidJson(other.body_text()),
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(Map::new()));
+            return Ok(Self(Map::new(), PhantomData));
         }
         if has_content_type && !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        match parse_object(&bytes) {
-            Ok(map) => Ok(Self(map)),
-            Err(ObjectError::NotAnObject) => Err(ApiError::InvalidJson("request body must be a JSON object".into())),
-            Err(e) => Err(ApiError::InvalidJson(format!("request body is {e}"))),
-        }
+        let map = match parse_object(&bytes) {
+            Ok(map) => map,
+            Err(ObjectError::NotAnObject) => {
+                return Err(ApiError::InvalidJson("request body must be a JSON object".into()));
+            }
+            Err(e) => return Err(ApiError::InvalidJson(format!("request body is {e}"))),
+        };
+        refuse_unknown::<N>("field", map.keys())?;
+        Ok(Self(map, PhantomData))
     }
 }
 
-/// Query-string parameters as plain strings; handlers parse each into a domain type.
-pub struct QueryMap(pub std::collections::HashMap<String, String>);
+fn refuse_unknown<'a, N: Names>(
+    place: &'static str,
+    mut names: impl Iterator<Item = &'a String>,
+) -> Result<(), ApiError> {
+    match names.find(|name| !N::NAMES.contains(&name.as_str())) {
+        Some(name) => Err(ApiError::Unexpected { place, name: name.clone(), takes: N::NAMES }),
+        None => Ok(()),
+    }
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+/// Query-string parameters as plain strings, each named in `N::NAMES` and given at most once
+/// (`?wait=1&wait=30` has no one meaning); handlers parse each into a domain type.
+pub struct QueryMap<N>(HashMap<String, String>, PhantomData<N>);
+
+impl<S: Send + Sync, N: Names> FromRequestParts<S> for QueryMap<N> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Query(map)| Self(map))
-            .map_err(|e| ApiError::Validation(DomainError::Invalid { field: "query", reason: e.body_text() }))
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::Validation(DomainError::Invalid { field: "query", reason: e.body_text() }))?;
+        refuse_unknown::<N>("query parameter", pairs.iter().map(|(name, _)| name))?;
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if map.contains_key(&name) {
+                return Err(ApiError::Repeated(name));
+            }
+            map.insert(name, value);
+        }
+        Ok(Self(map, PhantomData))
     }
 }
 
-impl QueryMap {
+impl<N> QueryMap<N> {
     /// `limit`: 1..=100, default 20.
     pub fn limit(&self) -> Result<i64, ApiError> {
         match self.0.get("limit") {

@@ -36,7 +36,7 @@ pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, raw_id: &
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    JsonObject(body): JsonObject,
+    JsonObject(body, ..): JsonObject<dto::CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
     let currency: Currency = opt_parse(&body, "currency")?.unwrap_or(Currency::USD);
     let account = state.store.open_account(user.id, currency).await?.ok_or(ApiError::AccountLimitReached)?;
@@ -59,7 +59,7 @@ pub(super) async fn create(
 pub(super) async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    query: QueryMap,
+    query: QueryMap<dto::PageQuery>,
 ) -> ApiResult<Json<dto::AccountList>> {
     let limit = query.limit()?;
     let after = query.get("cursor").map(|c| AccountId::parse_field("cursor", c)).transpose()?;
@@ -140,7 +140,7 @@ pub(super) async fn entries(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-    query: QueryMap,
+    query: QueryMap<dto::PageQuery>,
 ) -> ApiResult<Json<dto::EntryList>> {
     let account = visible_account(&state, &user, &id).await?;
     let limit = query.limit()?;
@@ -177,7 +177,7 @@ pub(super) async fn set_status(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-    JsonObject(body): JsonObject,
+    JsonObject(body, ..): JsonObject<dto::StatusRequest>,
 ) -> ApiResult<Json<dto::AccountBody>> {
     user.require_system()?;
     let id = AccountId::parse_field("accountId", &id)?;

@@ -29,7 +29,7 @@ use crate::extract::JsonObject;
 pub(super) async fn register(
     State(state): State<AppState>,
     jar: CookieJar,
-    JsonObject(body): JsonObject,
+    JsonObject(body, ..): JsonObject<dto::RegisterRequest>,
 ) -> ApiResult<(StatusCode, CookieJar, Json<dto::AuthBody>)> {
     let email: Email = req_parse(&body, "email")?;
     let password: Password = req_parse(&body, "password")?;
@@ -63,7 +63,7 @@ pub(super) async fn register(
 pub(super) async fn login(
     State(state): State<AppState>,
     jar: CookieJar,
-    JsonObject(body): JsonObject,
+    JsonObject(body, ..): JsonObject<dto::LoginRequest>,
 ) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
     let email = req_str(&body, "email")?;
     let password = req_str(&body, "password")?.to_owned();

@@ -118,3 +118,54 @@ pub(crate) async fn publish_command(
     let topology = state.publisher.topology();
     state.publisher.publish(&topology.transfers(), &cmd.request.from.to_string(), &cmd.to_json(), props).await
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use utoipa::OpenApi;
+
+    use super::ApiDoc;
+    use crate::dto;
+    use crate::extract::Names;
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// The names each extractor accepts are exactly the ones the OpenAPI document gives, and
+    /// the document says no others are accepted.
+    #[test]
+    fn every_request_takes_exactly_the_names_its_document_gives() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+        let bodies: [(&str, &[&str]); 7] = [
+            ("RegisterRequest", dto::RegisterRequest::NAMES),
+            ("LoginRequest", dto::LoginRequest::NAMES),
+            ("CreateAccountRequest", dto::CreateAccountRequest::NAMES),
+            ("StatusRequest", dto::StatusRequest::NAMES),
+            ("TransferBody", dto::TransferBody::NAMES),
+            ("InitialFundsBody", dto::InitialFundsBody::NAMES),
+            ("ReverseBody", dto::ReverseBody::NAMES),
+        ];
+        for (name, names) in bodies {
+            let schema = &doc["components"]["schemas"][name];
+            let documented: Vec<&str> =
+                schema["properties"].as_object().expect(name).keys().map(String::as_str).collect();
+            assert_eq!(sorted(&documented), sorted(names), "{name}");
+            assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
+        }
+        let queries: [(&str, &[&str]); 4] = [
+            ("/api/accounts", dto::PageQuery::NAMES),
+            ("/api/accounts/{id}/entries", dto::PageQuery::NAMES),
+            ("/transactions", dto::TransactionQuery::NAMES),
+            ("/transactions/{id}", dto::WaitQuery::NAMES),
+        ];
+        for (path, names) in queries {
+            let params = doc["paths"][path]["get"]["parameters"].as_array().expect(path);
+            let documented: Vec<&str> =
+                params.iter().filter(|p| p["in"] == "query").filter_map(|p| p["name"].as_str()).collect();
+            assert_eq!(sorted(&documented), sorted(names), "GET {path}");
+        }
+    }
+}

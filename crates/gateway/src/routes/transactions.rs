@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
 use ledgerflow_domain::{
-    AccountId, Amount, Description, IdempotencyKey, TransactionId, TransactionStatus, TransferCommand, TransferKind,
-    TransferRequest,
+    AccountId, Amount, Currency, Description, IdempotencyKey, TransactionId, TransactionStatus, TransferCommand,
+    TransferKind, TransferRequest,
 };
 use ledgerflow_store::{AccountRecord, InsertPending, TransactionFilter, TransactionRecord};
 use tracing::{Instrument, info, info_span};
@@ -43,12 +43,13 @@ pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
-    JsonObject(body): JsonObject,
+    JsonObject(body, ..): JsonObject<dto::TransferBody>,
 ) -> ApiResult<Response> {
     let from = AccountId::parse_field("fromAccount", req_str(&body, "fromAccount")?)?;
     let to = AccountId::parse_field("toAccount", req_str(&body, "toAccount")?)?;
     let amount = Amount::from_json("amount", body.get("amount"))?;
     let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
+    let asked: Option<Currency> = opt_parse(&body, "currency")?;
     let description: Option<Description> = opt_parse(&body, "description")?;
     if from == to {
         return Err(ledgerflow_domain::DomainError::Invalid {
@@ -66,6 +67,7 @@ pub(super) async fn create(
     if source.currency != target.currency {
         return Err(ApiError::CurrencyMismatch { from: source.currency, to: target.currency });
     }
+    held_as_asked(asked, source.currency)?;
     let request = TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?;
     accept(&state, &user, request, key, request_id.0).await
 }
@@ -93,15 +95,17 @@ pub(super) async fn initial_funds(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
-    JsonObject(body): JsonObject,
+    JsonObject(body, ..): JsonObject<dto::InitialFundsBody>,
 ) -> ApiResult<Response> {
     user.require_system()?;
     let to = AccountId::parse_field("toAccount", req_str(&body, "toAccount")?)?;
     let amount = Amount::from_json("amount", body.get("amount"))?;
     let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
+    let asked: Option<Currency> = opt_parse(&body, "currency")?;
     let description: Option<Description> = opt_parse(&body, "description")?;
     let [target] = state.accounts.get(&state.store, [to]).await?;
     let target = target.ok_or_else(ApiError::account_not_found)?;
+    held_as_asked(asked, target.currency)?;
     let from = AccountId::funding(target.currency);
     let request = TransferRequest::new(TransferKind::InitialFunds, from, to, amount, target.currency, description)?;
     accept(&state, &user, request, key, request_id.0).await
@@ -133,7 +137,7 @@ pub(super) async fn reverse(
     user: AuthUser,
     request_id: RequestId,
     Path(id): Path<String>,
-    JsonObject(body): JsonObject,
+    JsonObject(body, ..): JsonObject<dto::ReverseBody>,
 ) -> ApiResult<Response> {
     let id = TransactionId::parse_field("transactionId", &id)?;
     let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
@@ -171,6 +175,15 @@ pub(super) async fn reverse(
         return Err(ApiError::AlreadyReversed);
     }
     accept(&state, &user, request, key, request_id.0).await
+}
+
+/// A request that names its currency must name the accounts' own: an amount meant in one
+/// currency is never moved in another.
+fn held_as_asked(asked: Option<Currency>, held: Currency) -> ApiResult<()> {
+    match asked {
+        Some(asked) if asked != held => Err(ApiError::CurrencyNotHeld { asked, held }),
+        _ => Ok(()),
+    }
 }
 
 /// Records the transfer PENDING (or finds the one recorded under the same key) and hands it
@@ -280,7 +293,7 @@ pub(super) async fn get(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-    query: QueryMap,
+    query: QueryMap<dto::WaitQuery>,
 ) -> ApiResult<Json<dto::TransactionEnvelope>> {
     let id = TransactionId::parse_field("transactionId", &id)?;
     let wait = match query.get("wait") {
@@ -336,7 +349,7 @@ pub(super) async fn get(
 pub(super) async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    query: QueryMap,
+    query: QueryMap<dto::TransactionQuery>,
 ) -> ApiResult<Json<dto::TransactionList>> {
     let limit = query.limit()?;
     let status = query.get("status").map(str::parse::<TransactionStatus>).transpose()?;
