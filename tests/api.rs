@@ -264,13 +264,80 @@ async fn the_session_cookie_authenticates_and_bad_tokens_do_not() {
     // A token signed with another secret is refused.
     let forged =
         ledgerflow_gateway::JwtKeys::new(b"another-secret-another-secret-another", std::time::Duration::from_secs(60))
-            .issue(ledgerflow_domain::UserId::generate(), ledgerflow_domain::Role::System)
+            .issue(ledgerflow_domain::UserId::generate(), ledgerflow_domain::Role::System, 0)
             .unwrap();
     assert_error(
         &app.call("GET", "/api/accounts", Some(&forged), None).await,
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
     );
+    app.teardown().await;
+}
+
+/// Polls until `token` is refused, for at most `within`.
+async fn refused_within(app: &ledgerflow_tests::TestApp, token: &str, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (status, body) = app.call("GET", "/api/accounts", Some(token), None).await;
+        if status == StatusCode::UNAUTHORIZED {
+            return;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(std::time::Instant::now() < deadline, "the token is still honoured after {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_every_session_and_so_do_an_operator_and_a_new_system_password() {
+    let recheck = std::time::Duration::from_secs(1);
+    let app = ledgerflow_tests::spawn_app_configured(1, |c| c.session_recheck = recheck).await;
+    let email = format!("s{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, _) =
+        app.call("POST", "/api/auth/register", None, Some(json!({"email": email, "password": "long enough"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (laptop, phone) = (app.login(&email, "long enough").await, app.login(&email, "long enough").await);
+    assert_eq!(app.call("GET", "/api/accounts", Some(&phone.token), None).await.0, StatusCode::OK);
+
+    // Signing out on one device ends every session, at once on this gateway, and clears the cookie.
+    let out = app.http.post(app.url("/api/auth/logout")).bearer_auth(&laptop.token).send().await.unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let cleared = out.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(cleared.starts_with("token=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    for token in [&laptop.token, &phone.token] {
+        assert_error(
+            &app.call("GET", "/api/accounts", Some(token), None).await,
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+        );
+    }
+    assert_error(&app.call("POST", "/api/auth/logout", None, None).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+
+    // An operator ends them from outside any gateway: honoured at most `recheck` longer.
+    let again = app.login(&email, "long enough").await;
+    assert_eq!(app.call("GET", "/api/accounts", Some(&again.token), None).await.0, StatusCode::OK);
+    let mut sign_out = app.cli();
+    sign_out.args(["admin", "sign-out", "--email", &email]);
+    let out = ledgerflow_tests::cli_output(sign_out, DEADLINE).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    refused_within(&app, &again.token, recheck * 3).await;
+
+    // Re-applying the SYSTEM password it has (as every gateway does at start) ends nothing;
+    // a new one ends its sessions, say after a leaked token minted money.
+    let system = |password: &str| {
+        let mut cmd = app.cli();
+        cmd.args(["admin", "create-system-user", "--email", ledgerflow_tests::SYSTEM_EMAIL])
+            .env("LEDGERFLOW_SYSTEM_PASSWORD", password);
+        ledgerflow_tests::cli_output(cmd, DEADLINE)
+    };
+    let out = system(ledgerflow_tests::SYSTEM_PASSWORD).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(recheck * 2).await;
+    assert_eq!(app.call("GET", "/api/accounts", Some(&app.system.token), None).await.0, StatusCode::OK);
+    let out = system("a brand new system password").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    refused_within(&app, &app.system.token, recheck * 3).await;
+    app.login(ledgerflow_tests::SYSTEM_EMAIL, "a brand new system password").await;
     app.teardown().await;
 }
 
@@ -918,6 +985,7 @@ async fn the_openapi_document_describes_every_operation() {
     for (path, methods) in [
         ("/api/auth/register", &["post"][..]),
         ("/api/auth/login", &["post"]),
+        ("/api/auth/logout", &["post"]),
         ("/api/accounts", &["get", "post"]),
         ("/api/accounts/{id}", &["get"]),
         ("/api/accounts/{id}/balance", &["get"]),

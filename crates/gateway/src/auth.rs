@@ -33,6 +33,10 @@ struct Claims {
     role: Role,
     exp: u64,
     iat: u64,
+    /// The user's session version when the token was issued (see `sessions`); tokens from
+    /// before there were versions carry none, which is version 0.
+    #[serde(default)]
+    sv: i64,
 }
 
 impl JwtKeys {
@@ -44,27 +48,30 @@ impl JwtKeys {
         self.ttl
     }
 
-    pub fn issue(&self, user: UserId, role: Role) -> Result<String, ApiError> {
+    /// A token for the user's current session version.
+    pub fn issue(&self, user: UserId, role: Role, session_version: i64) -> Result<String, ApiError> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
-        let claims = Claims { sub: user.to_string(), role, iat: now, exp: now + self.ttl.as_secs() };
+        let claims =
+            Claims { sub: user.to_string(), role, iat: now, exp: now + self.ttl.as_secs(), sv: session_version };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| {
             tracing::error!(error = %e, "could not sign token");
             ApiError::Internal
         })
     }
 
-    fn verify(&self, token: &str) -> Result<AuthUser, ApiError> {
+    /// The caller a token was signed for, and the session version it carries.
+    fn verify(&self, token: &str) -> Result<(AuthUser, i64), ApiError> {
         // Only HS256: a token that names another algorithm (or `none`) is refused.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|_| ApiError::Unauthenticated)?;
         let id = data.claims.sub.parse().map_err(|_| ApiError::Unauthenticated)?;
-        Ok(AuthUser { id, role: data.claims.role })
+        Ok((AuthUser { id, role: data.claims.role }, data.claims.sv))
     }
 }
 
-/// The caller, as proven by a valid token.
+/// The caller, as proven by a valid token of a session that has not been ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthUser {
     pub id: UserId,
@@ -102,7 +109,12 @@ impl FromRequestParts<AppState> for AuthUser {
                 .map(|c| c.value().to_owned())
                 .ok_or(ApiError::Unauthenticated)?,
         };
-        state.keys.verify(&token)
+        let (user, version) = state.keys.verify(&token)?;
+        match state.sessions.current(&state.store, user.id).await? {
+            Some(current) if current == version => Ok(user),
+            // Signed out since (or the user is gone): the signature alone is not enough.
+            _ => Err(ApiError::Unauthenticated),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod extract;
 mod facts;
 mod republisher;
 mod routes;
+mod sessions;
 pub mod telemetry;
 mod watch;
 
@@ -40,6 +41,9 @@ pub use auth::{JwtKeys, hash_password};
 pub struct GatewayConfig {
     pub jwt_secret: String,
     pub token_ttl: Duration,
+    /// How long a user's session version is remembered: a session ended through another
+    /// gateway, or by an operator, is still honoured here for at most this long.
+    pub session_recheck: Duration,
     /// Whether the session cookie is marked `Secure` (turn off only for plain-HTTP dev).
     pub cookie_secure: bool,
     /// How often the republisher looks for stale PENDING transfers.
@@ -68,6 +72,7 @@ impl GatewayConfig {
         Self {
             jwt_secret,
             token_ttl: Duration::from_secs(12 * 3600),
+            session_recheck: Duration::from_secs(5),
             cookie_secure: true,
             republish_interval: DEFAULT_REPUBLISH_INTERVAL,
             republish_after: DEFAULT_REPUBLISH_AFTER,
@@ -117,6 +122,8 @@ pub struct AppState {
     pub watchers: Arc<watch::Watchers>,
     /// Owners and currencies of accounts already seen.
     accounts: Arc<facts::AccountFacts>,
+    /// Users' session versions, recently read.
+    sessions: Arc<sessions::SessionVersions>,
     /// Cancelled when the gateway is asked to stop, so that long polls answer at once.
     stopping: CancellationToken,
 }
@@ -126,6 +133,7 @@ impl AppState {
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
         let pending = store.pending_writer(Grouping { max: PENDING_GROUP_MAX, linger: config.insert_linger });
+        let sessions = Arc::new(sessions::SessionVersions::new(config.session_recheck));
         Self {
             store,
             pending,
@@ -134,6 +142,7 @@ impl AppState {
             config: Arc::new(config),
             watchers: Arc::default(),
             accounts: Arc::default(),
+            sessions,
             stopping: CancellationToken::new(),
         }
     }

@@ -60,6 +60,17 @@ pub async fn set_status(store: &Store, account: &str, status: AccountStatus) -> 
     Ok(())
 }
 
+/// Ends every session of the user with this email.
+pub async fn sign_out(store: &Store, email: &str) -> Result<()> {
+    let email: Email = email.parse().context("not an email")?;
+    let Some(user) = store.find_user_by_email(&email).await? else {
+        bail!("no user {email}");
+    };
+    store.end_sessions(user.id).await?.with_context(|| format!("no user {email}"))?;
+    println!("every session of {email} is ended; its tokens are refused from now on");
+    Ok(())
+}
+
 /// Shows a transaction and its ledger entries.
 pub async fn show_transaction(store: &Store, id: &str) -> Result<()> {
     let id: TransactionId = id.parse().context("not a transaction id")?;

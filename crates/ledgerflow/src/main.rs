@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ledgerflow_domain::{AccountStatus, Email, Password, TransferCommand};
+use ledgerflow_domain::{AccountStatus, Email, Password, Role, TransferCommand};
+use ledgerflow_gateway::auth::verify_password;
 use ledgerflow_gateway::{
     AppState, DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
     DEFAULT_REPUBLISH_INTERVAL, GatewayConfig, hash_password,
@@ -241,7 +242,16 @@ enum Admin {
         /// The transaction id.
         id: String,
     },
-    /// Create the SYSTEM user, or promote and re-password an existing one.
+    /// End every session of a user: its tokens are refused from now on (by every gateway
+    /// within seconds), say after one leaked. It signs in again for a new one.
+    #[command(after_help = "Example:\n  ledgerflow admin sign-out --email ops@example.com")]
+    SignOut {
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+    },
+    /// Create the SYSTEM user, or promote and re-password an existing one (which ends its
+    /// sessions); with the password it already has, nothing changes.
     #[command(
         after_help = "Example:\n  LEDGERFLOW_SYSTEM_PASSWORD='a long secret' ledgerflow admin create-system-user --email ops@example.com"
     )]
@@ -332,8 +342,17 @@ async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> 
     result
 }
 
+/// Every gateway runs this at start, so a SYSTEM user that already has this password is left
+/// alone: re-keying it would end its sessions at every restart.
 async fn ensure_system_user(store: &Store, email: &str, password: &str) -> Result<()> {
     let email: Email = email.parse().context("LEDGERFLOW_SYSTEM_EMAIL")?;
+    if let Some(user) = store.find_user_by_email(&email).await?
+        && user.role == Role::System
+        && verify_password(password.to_owned(), Some(user.password_hash)).await.map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        info!(user_id = %user.id, email = %user.email, "SYSTEM user ready (unchanged)");
+        return Ok(());
+    }
     let password: Password = password.parse().context("LEDGERFLOW_SYSTEM_PASSWORD")?;
     let hash = hash_password(password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let user = store.ensure_system_user(&email, hash).await?;
@@ -492,6 +511,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Admin(Admin::Accounts(Accounts::Close { account })) => {
             with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Closed).await).await?;
+        }
+        Command::Admin(Admin::SignOut { email }) => {
+            with_store(&conn, async |store| admin::sign_out(store, &email).await).await?;
         }
         Command::Admin(Admin::Transaction { id }) => {
             with_store(&conn, async |store| admin::show_transaction(store, &id).await).await?;

@@ -43,6 +43,10 @@ pub(crate) struct UserDoc {
     pub role: Role,
     pub password_hash: String,
     pub created_at: BsonDateTime,
+    /// Bumped to end every session (see [`UserRecord::session_version`]); absent on users
+    /// stored before there were sessions to end, which is version 0.
+    #[serde(default)]
+    pub session_version: i64,
 }
 
 /// A user as stored, including the password hash (which never leaves the gateway).
@@ -54,6 +58,9 @@ pub struct UserRecord {
     pub role: Role,
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
+    /// Every token carries the version current when it was issued and is honoured only while
+    /// it still is: bumping it (sign-out, a new SYSTEM password) ends every session at once.
+    pub session_version: i64,
 }
 
 impl TryFrom<UserDoc> for UserRecord {
@@ -67,6 +74,7 @@ impl TryFrom<UserDoc> for UserRecord {
             role: d.role,
             password_hash: d.password_hash,
             created_at: from_bson_time(d.created_at),
+            session_version: d.session_version,
         })
     }
 }

@@ -26,6 +26,7 @@ impl Store {
             role,
             password_hash,
             created_at: to_bson_time(Utc::now()),
+            session_version: 0,
         };
         match self.users().insert_one(&doc).await {
             Ok(_) => doc.try_into(),
@@ -44,14 +45,19 @@ impl Store {
         doc.map(TryInto::try_into).transpose()
     }
 
-    /// Makes sure a SYSTEM user with this email exists and has this password: creates it, or
-    /// promotes and re-keys an existing user. Idempotent, so every gateway may run it at start.
+    /// Makes sure a SYSTEM user with this email exists and has this password hash: creates
+    /// it, or promotes and re-keys an existing user, ending its sessions (a new password is
+    /// what an operator sets after a leak). Callers skip it when the user is SYSTEM with this
+    /// password already, so that restarting a gateway ends no session.
     pub async fn ensure_system_user(&self, email: &Email, password_hash: String) -> Result<UserRecord, StoreError> {
         let updated = self
             .users()
             .find_one_and_update(
                 doc! { "email": email.as_str() },
-                doc! { "$set": { "role": Role::System.as_str(), "passwordHash": &password_hash } },
+                doc! {
+                    "$set": { "role": Role::System.as_str(), "passwordHash": &password_hash },
+                    "$inc": { "sessionVersion": 1_i64 },
+                },
             )
             .return_document(mongodb::options::ReturnDocument::After)
             .await?;
@@ -63,6 +69,29 @@ impl Store {
                 other => other,
             },
         }
+    }
+
+    /// The user's current session version (see [`UserRecord::session_version`]); `None` if
+    /// there is no such user.
+    pub async fn session_version(&self, id: UserId) -> Result<Option<i64>, StoreError> {
+        let found = self
+            .users()
+            .clone_with_type::<mongodb::bson::Document>()
+            .find_one(doc! { "_id": id.to_string() })
+            .projection(doc! { "sessionVersion": 1 })
+            .await?;
+        Ok(found.map(|d| d.get_i64("sessionVersion").unwrap_or(0)))
+    }
+
+    /// Ends every session of the user: tokens issued until now are refused from now on.
+    /// Returns the user as it now is, `None` if there is no such user.
+    pub async fn end_sessions(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let updated = self
+            .users()
+            .find_one_and_update(doc! { "_id": id.to_string() }, doc! { "$inc": { "sessionVersion": 1_i64 } })
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?;
+        updated.map(TryInto::try_into).transpose()
     }
 
     /// When sign-ins for `email` may be tried again, if `max` have failed within the current

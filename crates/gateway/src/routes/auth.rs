@@ -7,7 +7,7 @@ use ledgerflow_domain::{Email, Password, PersonName, Role};
 use ledgerflow_store::UserRecord;
 
 use crate::AppState;
-use crate::auth::{hash_password, session_cookie, verify_password};
+use crate::auth::{AuthUser, hash_password, session_cookie, verify_password};
 use crate::dto;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonObject;
@@ -86,8 +86,35 @@ pub(super) async fn login(
     signed_in(&state, jar, &user)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "auth",
+    summary = "Sign out everywhere",
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 204, description = "Every token issued to the caller until now is refused from now on (by other gateways within seconds); the `token` cookie is cleared"),
+        dto::AuthErrors, dto::Unavailable,
+    )
+)]
+/// `POST /api/auth/logout`: ends every session of the caller, not only this token's: a token
+/// cannot be taken back one by one without a list of them, and a user who signs out because a
+/// device was lost wants them all gone.
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    jar: CookieJar,
+) -> ApiResult<(StatusCode, CookieJar)> {
+    let ended = state.store.end_sessions(user.id).await?.ok_or(ApiError::Unauthenticated)?;
+    state.sessions.set(user.id, ended.session_version);
+    tracing::info!(user_id = %user.id, "signed out everywhere");
+    // An expired, empty cookie, sent whether or not this request came with one.
+    let cleared = session_cookie(String::new(), std::time::Duration::ZERO, state.config.cookie_secure);
+    Ok((StatusCode::NO_CONTENT, jar.add(cleared)))
+}
+
 fn signed_in(state: &AppState, jar: CookieJar, user: &UserRecord) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
-    let token = state.keys.issue(user.id, user.role)?;
+    let token = state.keys.issue(user.id, user.role, user.session_version)?;
     let jar = jar.add(session_cookie(token.clone(), state.keys.ttl(), state.config.cookie_secure));
     Ok((jar, Json(dto::AuthBody { user: user.into(), token })))
 }

@@ -27,6 +27,7 @@ use crate::error::ApiError;
     paths(
         auth::register,
         auth::login,
+        auth::logout,
         accounts::create,
         accounts::list,
         accounts::get,
@@ -82,6 +83,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/auth/register", post(auth::register))
         .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/logout", post(auth::logout))
         .route("/api/accounts", post(accounts::create).get(accounts::list))
         .route("/api/accounts/{id}", get(accounts::get))
         .route("/api/accounts/{id}/balance", get(accounts::balance))
