@@ -754,11 +754,17 @@ async fn transactions_are_visible_to_their_parties_only_and_list_with_filters() 
         (format!("/transactions/{ok_id}?timeout=5"), "timeout"),
         ("/api/accounts?page=2".to_owned(), "page"),
         (format!("/api/accounts/{a}/entries?before=3"), "before"),
+        // An endpoint that reads no query refuses one: this is not a balance as of that date.
+        (format!("/api/accounts/{a}/balance?asOf=2026-01-01"), "asOf"),
     ] {
         let got = app.call("GET", &path, Some(&alice.token), None).await;
         assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
         assert_eq!(got.1["error"]["field"], field, "{path}: {}", got.1);
     }
+    let dry = json!({"fromAccount": a, "toAccount": b, "amount": 1, "idempotencyKey": "dry"});
+    let got = app.call("POST", "/transactions?dryRun=true", Some(&alice.token), Some(dry)).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(got.1["error"]["message"], "query parameter `dryRun` is not one this endpoint takes (it takes none)");
 
     // Entries: newest first, paginated by sequence.
     let (_, page) = app.call("GET", &format!("/api/accounts/{a}/entries?limit=1"), Some(&alice.token), None).await;

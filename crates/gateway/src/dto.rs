@@ -395,6 +395,14 @@ impl Names for ReverseBody {
     const NAMES: &'static [&'static str] = &["idempotencyKey", "reason"];
 }
 
+/// No query string: an endpoint that reads none refuses any (`?asOf=` on a balance would
+/// otherwise answer today's balance as if it were the one asked for).
+pub struct NoQuery;
+
+impl Names for NoQuery {
+    const NAMES: &'static [&'static str] = &[];
+}
+
 /// `?limit=&cursor=`: one page of a list.
 pub struct PageQuery;
 

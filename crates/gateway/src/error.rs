@@ -21,7 +21,7 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidJson(String),
     /// A body field or query parameter the endpoint does not take; `takes` lists those it does.
-    #[error("{place} `{name}` is not one this endpoint takes ({})", .takes.join(", "))]
+    #[error("{place} `{name}` is not one this endpoint takes ({})", listed(.takes))]
     Unexpected { place: &'static str, name: String, takes: &'static [&'static str] },
     #[error("query parameter `{0}` is given more than once")]
     Repeated(String),
@@ -76,6 +76,11 @@ pub enum ApiError {
     Unavailable(&'static str),
     #[error("internal error")]
     Internal,
+}
+
+/// The names an endpoint takes, for a message.
+fn listed(names: &[&str]) -> String {
+    if names.is_empty() { "it takes none".to_owned() } else { names.join(", ") }
 }
 
 impl ApiError {

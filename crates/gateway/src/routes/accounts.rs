@@ -36,6 +36,7 @@ pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, raw_id: &
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     JsonObject(body, ..): JsonObject<dto::CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
     let currency: Currency = opt_parse(&body, "currency")?.unwrap_or(Currency::USD);
@@ -88,6 +89,7 @@ pub(super) async fn list(
 pub(super) async fn get(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::AccountBody>> {
     let account = visible_account(&state, &user, &id).await?;
@@ -111,6 +113,7 @@ pub(super) async fn get(
 pub(super) async fn balance(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::BalanceBody>> {
     let account = visible_account(&state, &user, &id).await?;
@@ -176,6 +179,7 @@ pub(super) async fn entries(
 pub(super) async fn set_status(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     Path(id): Path<String>,
     JsonObject(body, ..): JsonObject<dto::StatusRequest>,
 ) -> ApiResult<Json<dto::AccountBody>> {

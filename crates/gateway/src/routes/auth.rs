@@ -10,7 +10,7 @@ use crate::AppState;
 use crate::auth::{AuthUser, hash_password, session_cookie, verify_password};
 use crate::dto;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::JsonObject;
+use crate::extract::{JsonObject, QueryMap};
 
 #[utoipa::path(
     post,
@@ -28,6 +28,7 @@ use crate::extract::JsonObject;
 /// `POST /api/auth/register`: always creates a USER; SYSTEM users are made by operators.
 pub(super) async fn register(
     State(state): State<AppState>,
+    _: QueryMap<dto::NoQuery>,
     jar: CookieJar,
     JsonObject(body, ..): JsonObject<dto::RegisterRequest>,
 ) -> ApiResult<(StatusCode, CookieJar, Json<dto::AuthBody>)> {
@@ -62,6 +63,7 @@ pub(super) async fn register(
 /// nothing about which emails exist.
 pub(super) async fn login(
     State(state): State<AppState>,
+    _: QueryMap<dto::NoQuery>,
     jar: CookieJar,
     JsonObject(body, ..): JsonObject<dto::LoginRequest>,
 ) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
@@ -103,6 +105,7 @@ pub(super) async fn login(
 pub(super) async fn logout(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     jar: CookieJar,
 ) -> ApiResult<(StatusCode, CookieJar)> {
     let ended = state.store.end_sessions(user.id).await?.ok_or(ApiError::Unauthenticated)?;

@@ -157,17 +157,33 @@ mod tests {
             assert_eq!(sorted(&documented), sorted(names), "{name}");
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
-        let queries: [(&str, &[&str]); 4] = [
-            ("/api/accounts", dto::PageQuery::NAMES),
-            ("/api/accounts/{id}/entries", dto::PageQuery::NAMES),
-            ("/transactions", dto::TransactionQuery::NAMES),
-            ("/transactions/{id}", dto::WaitQuery::NAMES),
+        let none = dto::NoQuery::NAMES;
+        let queries: [(&str, &str, &[&str]); 14] = [
+            ("post", "/api/auth/register", none),
+            ("post", "/api/auth/login", none),
+            ("post", "/api/auth/logout", none),
+            ("post", "/api/accounts", none),
+            ("get", "/api/accounts", dto::PageQuery::NAMES),
+            ("get", "/api/accounts/{id}", none),
+            ("get", "/api/accounts/{id}/balance", none),
+            ("get", "/api/accounts/{id}/entries", dto::PageQuery::NAMES),
+            ("patch", "/api/accounts/{id}/status", none),
+            ("post", "/transactions", none),
+            ("get", "/transactions", dto::TransactionQuery::NAMES),
+            ("get", "/transactions/{id}", dto::WaitQuery::NAMES),
+            ("post", "/transactions/{id}/reverse", none),
+            ("post", "/transactions/system/initial-funds", none),
         ];
-        for (path, names) in queries {
-            let params = doc["paths"][path]["get"]["parameters"].as_array().expect(path);
+        for (method, path, names) in queries {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path} is documented");
+            let params = op["parameters"].as_array().map(Vec::as_slice).unwrap_or_default();
             let documented: Vec<&str> =
                 params.iter().filter(|p| p["in"] == "query").filter_map(|p| p["name"].as_str()).collect();
-            assert_eq!(sorted(&documented), sorted(names), "GET {path}");
+            assert_eq!(sorted(&documented), sorted(names), "{method} {path}");
         }
+        // Every operation but the probes is in the table above.
+        let operations: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(operations, queries.len() + 2, "healthz and readyz take what they are given");
     }
 }

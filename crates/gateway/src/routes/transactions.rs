@@ -42,6 +42,7 @@ use crate::extract::{JsonObject, QueryMap, RequestId};
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     request_id: RequestId,
     JsonObject(body, ..): JsonObject<dto::TransferBody>,
 ) -> ApiResult<Response> {
@@ -94,6 +95,7 @@ pub(super) async fn create(
 pub(super) async fn initial_funds(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     request_id: RequestId,
     JsonObject(body, ..): JsonObject<dto::InitialFundsBody>,
 ) -> ApiResult<Response> {
@@ -135,6 +137,7 @@ pub(super) async fn initial_funds(
 pub(super) async fn reverse(
     State(state): State<AppState>,
     user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
     request_id: RequestId,
     Path(id): Path<String>,
     JsonObject(body, ..): JsonObject<dto::ReverseBody>,
