@@ -33,12 +33,12 @@ use crate::extract::{JsonObject, QueryMap, RequestId};
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
         (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown)", body = dto::ErrorBody),
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
-        (status = 422, description = "CURRENCY_MISMATCH: the accounts hold different currencies", body = dto::ErrorBody),
+        (status = 422, description = "CURRENCY_MISMATCH: the accounts hold different currencies, or not the `currency` named", body = dto::ErrorBody),
         (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
         dto::AuthErrors, dto::BodyErrors,
     )
 )]
-/// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,description?}`.
+/// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,currency?,description?}`.
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -86,11 +86,12 @@ pub(super) async fn create(
         (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
+        (status = 422, description = "CURRENCY_MISMATCH: the account does not hold the `currency` named", body = dto::ErrorBody),
         (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
         dto::AuthErrors, dto::BodyErrors,
     )
 )]
-/// `POST /transactions/system/initial-funds` `{toAccount,amount,idempotencyKey,description?}`:
+/// `POST /transactions/system/initial-funds` `{toAccount,amount,idempotencyKey,currency?,description?}`:
 /// SYSTEM only; the money comes from the currency's funding account.
 pub(super) async fn initial_funds(
     State(state): State<AppState>,
