@@ -342,6 +342,62 @@ async fn signing_out_ends_every_session_and_so_do_an_operator_and_a_new_system_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_needs_the_current_one_and_ends_every_other_session() {
+    let app = ledgerflow_tests::spawn_app_configured(1, |c| c.login_max_failures = 3).await;
+    let email = format!("p{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, _) =
+        app.call("POST", "/api/auth/register", None, Some(json!({"email": email, "password": "first password"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (laptop, phone) = (app.login(&email, "first password").await, app.login(&email, "first password").await);
+    let change = |token: String, current: &str, new: &str| {
+        let body = json!({"currentPassword": current, "newPassword": new});
+        let app = &app;
+        async move { app.call("POST", "/api/auth/password", Some(&token), Some(body)).await }
+    };
+
+    // A stolen token is not enough: the current password is asked for, and checked.
+    let wrong = change(phone.token.clone(), "a guess", "second password").await;
+    assert_error(&wrong, StatusCode::FORBIDDEN, "WRONG_PASSWORD");
+    let short = change(phone.token.clone(), "first password", "short").await;
+    assert_error(&short, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(short.1["error"]["field"], "newPassword");
+    assert_eq!(app.call("GET", "/api/accounts", Some(&laptop.token), None).await.0, StatusCode::OK, "nothing changed");
+
+    let (status, changed) = change(phone.token.clone(), "first password", "second password").await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let fresh = changed["token"].as_str().unwrap();
+    assert_eq!(app.call("GET", "/api/accounts", Some(fresh), None).await.0, StatusCode::OK);
+    for old in [&laptop.token, &phone.token] {
+        assert_error(
+            &app.call("GET", "/api/accounts", Some(old), None).await,
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+        );
+    }
+    let old_password =
+        app.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": "first password"}))).await;
+    assert_error(&old_password, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    app.login(&email, "second password").await;
+
+    // Wrong current passwords count with failed sign-ins (the successes above cleared the
+    // count): after three, this test's limit, both are locked out.
+    let session = app.login(&email, "second password").await;
+    for _ in 0..3 {
+        assert_error(
+            &change(session.token.clone(), "a guess", "third password").await,
+            StatusCode::FORBIDDEN,
+            "WRONG_PASSWORD",
+        );
+    }
+    let locked = change(session.token.clone(), "second password", "third password").await;
+    assert_error(&locked, StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS");
+    let login =
+        app.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": "second password"}))).await;
+    assert_error(&login, StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_are_private_and_only_system_changes_their_status() {
     let app = spawn_app().await;
     let alice = app.register().await;
@@ -992,6 +1048,7 @@ async fn the_openapi_document_describes_every_operation() {
         ("/api/auth/register", &["post"][..]),
         ("/api/auth/login", &["post"]),
         ("/api/auth/logout", &["post"]),
+        ("/api/auth/password", &["post"]),
         ("/api/accounts", &["get", "post"]),
         ("/api/accounts/{id}", &["get"]),
         ("/api/accounts/{id}/balance", &["get"]),

@@ -19,6 +19,15 @@ impl DomainError {
         Self::Invalid { field, reason: reason.into() }
     }
 
+    /// The same complaint about a field of another name, for a value parsed under one name
+    /// (`password`) but sent under another (`newPassword`).
+    pub fn for_field(self, field: &'static str) -> Self {
+        match self {
+            Self::Missing { .. } => Self::Missing { field },
+            Self::Invalid { reason, .. } => Self::Invalid { field, reason },
+        }
+    }
+
     /// The name of the offending field, as it is spelled on the wire.
     pub fn field(&self) -> &'static str {
         match self {

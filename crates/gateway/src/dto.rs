@@ -307,6 +307,20 @@ impl Names for LoginRequest {
 
 #[allow(dead_code)]
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PasswordChangeRequest {
+    pub current_password: String,
+    /// At least 8 characters.
+    #[schema(min_length = 8, max_length = 1024)]
+    pub new_password: String,
+}
+
+impl Names for PasswordChangeRequest {
+    const NAMES: &'static [&'static str] = &["currentPassword", "newPassword"];
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
     /// ISO 4217, default `USD`.

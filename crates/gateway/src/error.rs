@@ -37,6 +37,9 @@ pub enum ApiError {
     #[error("email or password is incorrect")]
     InvalidCredentials,
     /// Too many failed sign-ins for this email; it may try again after this many seconds.
+    /// A signed-in user gave the wrong current password (to change it).
+    #[error("currentPassword is incorrect")]
+    WrongPassword,
     #[error("too many failed sign-ins for this email; try again in {0} s")]
     TooManyAttempts(u64),
     /// Authenticated, but not allowed this; the message says who is.
@@ -103,6 +106,7 @@ impl ApiError {
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"),
+            Self::WrongPassword => (StatusCode::FORBIDDEN, "WRONG_PASSWORD"),
             Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),

@@ -71,6 +71,20 @@ impl Store {
         }
     }
 
+    /// Sets a new password hash and ends every session of the user (whoever changes a
+    /// password wants the old one's sessions gone). The user as it now is, `None` if none.
+    pub async fn set_password(&self, id: UserId, password_hash: String) -> Result<Option<UserRecord>, StoreError> {
+        let updated = self
+            .users()
+            .find_one_and_update(
+                doc! { "_id": id.to_string() },
+                doc! { "$set": { "passwordHash": password_hash }, "$inc": { "sessionVersion": 1_i64 } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?;
+        updated.map(TryInto::try_into).transpose()
+    }
+
     /// The user's current session version (see [`UserRecord::session_version`]); `None` if
     /// there is no such user.
     pub async fn session_version(&self, id: UserId) -> Result<Option<i64>, StoreError> {

@@ -3,7 +3,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum_extra::extract::cookie::CookieJar;
 use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
-use ledgerflow_domain::{Email, Password, PersonName, Role};
+use ledgerflow_domain::{DomainError, Email, Password, PersonName, Role};
 use ledgerflow_store::UserRecord;
 
 use crate::AppState;
@@ -74,10 +74,7 @@ pub(super) async fn login(
         verify_password(password, None).await?;
         return Err(ApiError::InvalidCredentials);
     };
-    if let Some(until) = state.store.login_locked_until(&email, state.config.login_max_failures).await? {
-        let secs = (until - chrono::Utc::now()).num_seconds().max(0).unsigned_abs() + 1;
-        return Err(ApiError::TooManyAttempts(secs));
-    }
+    refuse_if_locked(&state, &email).await?;
     let user = state.store.find_user_by_email(&email).await?;
     if !verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await? {
         state.store.record_login_failure(&email, state.config.login_window).await?;
@@ -114,6 +111,57 @@ pub(super) async fn logout(
     // An expired, empty cookie, sent whether or not this request came with one.
     let cleared = session_cookie(String::new(), std::time::Duration::ZERO, state.config.cookie_secure);
     Ok((StatusCode::NO_CONTENT, jar.add(cleared)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/auth/password",
+    tag = "auth",
+    summary = "Change the caller's password",
+    request_body = dto::PasswordChangeRequest,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Changed; every earlier session is ended and the answer carries a new token (also set as the `token` cookie)", body = dto::AuthBody),
+        (status = 403, description = "WRONG_PASSWORD: currentPassword is incorrect (counted with failed sign-ins)", body = dto::ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: too many failed sign-ins or password checks for this email lately", body = dto::ErrorBody),
+        dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
+    )
+)]
+/// `POST /api/auth/password` `{currentPassword,newPassword}`: the current password is asked
+/// for even with a valid token, so that a stolen token cannot take the account over; wrong
+/// guesses count towards the same lockout as failed sign-ins. Every earlier session ends.
+pub(super) async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    _: QueryMap<dto::NoQuery>,
+    jar: CookieJar,
+    JsonObject(body, ..): JsonObject<dto::PasswordChangeRequest>,
+) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
+    let current = req_str(&body, "currentPassword")?.to_owned();
+    let new: Password = req_str(&body, "newPassword")?.parse().map_err(|e: DomainError| e.for_field("newPassword"))?;
+    let record = state.store.find_user(user.id).await?.ok_or(ApiError::Unauthenticated)?;
+    refuse_if_locked(&state, &record.email).await?;
+    if !verify_password(current, Some(record.password_hash)).await? {
+        state.store.record_login_failure(&record.email, state.config.login_window).await?;
+        return Err(ApiError::WrongPassword);
+    }
+    let hash = hash_password(new).await?;
+    let changed = state.store.set_password(user.id, hash).await?.ok_or(ApiError::Unauthenticated)?;
+    state.sessions.set(user.id, changed.session_version);
+    state.store.clear_login_failures(&changed.email).await?;
+    tracing::info!(user_id = %user.id, "password changed; earlier sessions ended");
+    signed_in(&state, jar, &changed)
+}
+
+/// 429 while `email` is locked out after failed sign-ins (or password checks).
+async fn refuse_if_locked(state: &AppState, email: &Email) -> ApiResult<()> {
+    match state.store.login_locked_until(email, state.config.login_max_failures).await? {
+        Some(until) => {
+            let secs = (until - chrono::Utc::now()).num_seconds().max(0).unsigned_abs() + 1;
+            Err(ApiError::TooManyAttempts(secs))
+        }
+        None => Ok(()),
+    }
 }
 
 fn signed_in(state: &AppState, jar: CookieJar, user: &UserRecord) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {

@@ -28,6 +28,7 @@ use crate::error::ApiError;
         auth::register,
         auth::login,
         auth::logout,
+        auth::change_password,
         accounts::create,
         accounts::list,
         accounts::get,
@@ -84,6 +85,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/auth/register", post(auth::register))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
+        .route("/api/auth/password", post(auth::change_password))
         .route("/api/accounts", post(accounts::create).get(accounts::list))
         .route("/api/accounts/{id}", get(accounts::get))
         .route("/api/accounts/{id}/balance", get(accounts::balance))
@@ -141,9 +143,10 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 7] = [
+        let bodies: [(&str, &[&str]); 8] = [
             ("RegisterRequest", dto::RegisterRequest::NAMES),
             ("LoginRequest", dto::LoginRequest::NAMES),
+            ("PasswordChangeRequest", dto::PasswordChangeRequest::NAMES),
             ("CreateAccountRequest", dto::CreateAccountRequest::NAMES),
             ("StatusRequest", dto::StatusRequest::NAMES),
             ("TransferBody", dto::TransferBody::NAMES),
@@ -158,10 +161,11 @@ mod tests {
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
         let none = dto::NoQuery::NAMES;
-        let queries: [(&str, &str, &[&str]); 14] = [
+        let queries: [(&str, &str, &[&str]); 15] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
+            ("post", "/api/auth/password", none),
             ("post", "/api/accounts", none),
             ("get", "/api/accounts", dto::PageQuery::NAMES),
             ("get", "/api/accounts/{id}", none),
