@@ -842,6 +842,13 @@ async fn mixed_currencies_are_refused_at_once_and_inactive_accounts_fail_in_the_
     let (_, eur) = app.call("POST", "/api/accounts", Some(&bob.token), Some(json!({"currency": "EUR"}))).await;
     let eur = eur["id"].as_str().unwrap();
     app.fund(&a, 1_000).await;
+    // ISO 4217 also lists codes that are no money to hold: "no currency", testing, metals,
+    // fund codes, superseded currencies.
+    for code in ["XXX", "XTS", "XAU", "USN", "HRK"] {
+        let got = app.call("POST", "/api/accounts", Some(&bob.token), Some(json!({"currency": code}))).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(got.1["error"]["field"], "currency", "{code}");
+    }
 
     // Currencies never change, so the gateway refuses the pair before recording anything
     // (the worker's own check is in tests/queue.rs, for upstream commands).

@@ -109,6 +109,24 @@ impl Currency {
     pub fn code(self) -> &'static str {
         self.0.code()
     }
+
+    /// This currency, if a new account may hold it: one in circulation, not a special code
+    /// (XXX "no currency", XTS "for testing", metals, units of account), a fund code (USN,
+    /// CLF…) or a superseded one (HRK, BGN…), as the ISO 4217 data marks them. Accounts already
+    /// stored in any ISO code still read and still move money.
+    pub fn for_new_account(self) -> Result<Self, DomainError> {
+        if self.0.flags().is_empty() {
+            Ok(self)
+        } else {
+            Err(DomainError::invalid(
+                "currency",
+                format!(
+                    "{} is not a circulating currency: special, fund and superseded codes hold no new accounts",
+                    self.code()
+                ),
+            ))
+        }
+    }
 }
 
 impl FromStr for Currency {
@@ -144,6 +162,20 @@ impl<'de> Deserialize<'de> for Currency {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_circulating_currencies_hold_new_accounts() {
+        for code in ["USD", "EUR", "JPY", "BHD", "CHF"] {
+            let currency: Currency = code.parse().unwrap();
+            assert_eq!(currency.for_new_account(), Ok(currency), "{code}");
+        }
+        for code in ["XXX", "XTS", "XAU", "XDR", "USN", "CLF", "HRK", "BGN"] {
+            let currency: Currency = code.parse().unwrap();
+            let refused = currency.for_new_account().expect_err(code);
+            assert_eq!(refused.field(), "currency");
+            assert!(refused.to_string().contains(code), "{refused}");
+        }
+    }
 
     #[test]
     fn amount_accepts_only_positive_bounded_integers() {

@@ -323,7 +323,7 @@ impl Names for PasswordChangeRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
-    /// ISO 4217, default `USD`.
+    /// A circulating ISO 4217 code (not XXX, XTS, metals, fund or superseded codes); default `USD`.
     #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
 }

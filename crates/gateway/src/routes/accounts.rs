@@ -39,7 +39,7 @@ pub(super) async fn create(
     _: QueryMap<dto::NoQuery>,
     JsonObject(body, ..): JsonObject<dto::CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
-    let currency: Currency = opt_parse(&body, "currency")?.unwrap_or(Currency::USD);
+    let currency = opt_parse::<Currency>(&body, "currency")?.unwrap_or(Currency::USD).for_new_account()?;
     let account = state.store.open_account(user.id, currency).await?.ok_or(ApiError::AccountLimitReached)?;
     Ok((StatusCode::CREATED, Json(dto::AccountBody::from(&account))))
 }
