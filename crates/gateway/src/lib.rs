@@ -72,7 +72,7 @@ impl GatewayConfig {
         Self {
             jwt_secret,
             token_ttl: Duration::from_secs(12 * 3600),
-            session_recheck: Duration::from_secs(5),
+            session_recheck: DEFAULT_SESSION_RECHECK,
             cookie_secure: true,
             republish_interval: DEFAULT_REPUBLISH_INTERVAL,
             republish_after: DEFAULT_REPUBLISH_AFTER,
@@ -101,6 +101,10 @@ pub const DEFAULT_INSERT_LINGER: Duration = Duration::from_millis(8);
 /// [`GatewayConfig::login_max_failures`]): far more than a person mistypes, far fewer than a
 /// password guesser needs.
 pub const DEFAULT_LOGIN_MAX_FAILURES: u32 = 10;
+
+/// How long a session version is remembered by default (see
+/// [`GatewayConfig::session_recheck`]).
+pub const DEFAULT_SESSION_RECHECK: Duration = Duration::from_secs(5);
 
 /// The window of failed sign-ins by default (see [`GatewayConfig::login_window`]).
 pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);

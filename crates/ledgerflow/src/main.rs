@@ -17,7 +17,7 @@ use ledgerflow_domain::{AccountStatus, Email, Password, Role, TransferCommand};
 use ledgerflow_gateway::auth::verify_password;
 use ledgerflow_gateway::{
     AppState, DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
-    DEFAULT_REPUBLISH_INTERVAL, GatewayConfig, hash_password,
+    DEFAULT_REPUBLISH_INTERVAL, DEFAULT_SESSION_RECHECK, GatewayConfig, hash_password,
 };
 use ledgerflow_messaging::{DEFAULT_PARTITIONS, Publisher, Topology};
 use ledgerflow_store::Store;
@@ -150,6 +150,11 @@ struct GatewayArgs {
     /// The window failed sign-ins are counted in, from the first of them.
     #[arg(long, env = "LEDGERFLOW_LOGIN_WINDOW", default_value_t = DEFAULT_LOGIN_WINDOW.into())]
     login_window: humantime::Duration,
+    /// How long a user's session version is remembered: a session ended through another
+    /// gateway (sign-out, password change) or by `admin sign-out` is honoured here at most
+    /// this much longer. Each expiry costs one read per active user.
+    #[arg(long, env = "LEDGERFLOW_SESSION_RECHECK", default_value_t = DEFAULT_SESSION_RECHECK.into())]
+    session_recheck: humantime::Duration,
 }
 
 #[derive(Args, Clone)]
@@ -367,6 +372,16 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     if let (Some(email), Some(password)) = (&args.system_email, &args.system_password) {
         ensure_system_user(&store, email, password).await?;
     }
+    let config = gateway_config(args, secret);
+    let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
+    if let Err(e) = publisher.ensure_connected().await {
+        warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
+    }
+    Ok(AppState::new(store, publisher, config))
+}
+
+/// The gateway's settings from its command line and environment.
+fn gateway_config(args: &GatewayArgs, secret: String) -> GatewayConfig {
     let mut config = GatewayConfig::new(secret);
     config.cookie_secure = args.cookie_secure;
     config.republish_after = args.republish_after.into();
@@ -374,11 +389,8 @@ async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, s
     config.insert_linger = args.insert_linger.into();
     config.login_max_failures = args.login_max_failures;
     config.login_window = args.login_window.into();
-    let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
-    if let Err(e) = publisher.ensure_connected().await {
-        warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
-    }
-    Ok(AppState::new(store, publisher, config))
+    config.session_recheck = args.session_recheck.into();
+    config
 }
 
 fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerConfig {
@@ -565,9 +577,25 @@ async fn run(cli: Cli) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
     use tokio::runtime::RuntimeFlavor;
 
-    use super::runtime;
+    use super::{Cli, Command, DEFAULT_SESSION_RECHECK, gateway_config, runtime};
+
+    #[test]
+    fn the_gateway_takes_its_settings_from_the_command_line() {
+        let config = |extra: &[&str]| {
+            let cli = Cli::try_parse_from([&["ledgerflow", "gateway"], extra].concat()).expect("arguments parse");
+            let Command::Gateway(args) = cli.command else { panic!("a gateway command") };
+            gateway_config(&args, "s".repeat(32))
+        };
+        assert_eq!(config(&[]).session_recheck, DEFAULT_SESSION_RECHECK);
+        let set = config(&["--session-recheck", "1s", "--login-max-failures", "3", "--login-window", "2m"]);
+        assert_eq!(set.session_recheck, Duration::from_secs(1));
+        assert_eq!((set.login_max_failures, set.login_window), (3, Duration::from_secs(120)));
+    }
 
     #[test]
     fn threads_choose_the_runtime() {
