@@ -356,6 +356,8 @@ async fn a_password_change_needs_the_current_one_and_ends_every_other_session() 
     };
 
     // A stolen token is not enough: the current password is asked for, and checked.
+    let system = change(app.system.token.clone(), ledgerflow_tests::SYSTEM_PASSWORD, "second password").await;
+    assert_error(&system, StatusCode::FORBIDDEN, "FORBIDDEN");
     let wrong = change(phone.token.clone(), "a guess", "second password").await;
     assert_error(&wrong, StatusCode::FORBIDDEN, "WRONG_PASSWORD");
     let short = change(phone.token.clone(), "first password", "short").await;

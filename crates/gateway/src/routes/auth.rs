@@ -122,7 +122,7 @@ pub(super) async fn logout(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Changed; every earlier session is ended and the answer carries a new token (also set as the `token` cookie)", body = dto::AuthBody),
-        (status = 403, description = "WRONG_PASSWORD: currentPassword is incorrect (counted with failed sign-ins)", body = dto::ErrorBody),
+        (status = 403, description = "WRONG_PASSWORD: currentPassword is incorrect (counted with failed sign-ins); FORBIDDEN for a SYSTEM user, whose password operators set", body = dto::ErrorBody),
         (status = 429, description = "TOO_MANY_ATTEMPTS: too many failed sign-ins or password checks for this email lately", body = dto::ErrorBody),
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
@@ -130,6 +130,8 @@ pub(super) async fn logout(
 /// `POST /api/auth/password` `{currentPassword,newPassword}`: the current password is asked
 /// for even with a valid token, so that a stolen token cannot take the account over; wrong
 /// guesses count towards the same lockout as failed sign-ins. Every earlier session ends.
+/// Not for SYSTEM users: operators set their passwords (`LEDGERFLOW_SYSTEM_PASSWORD`, which
+/// every gateway re-applies at start, would silently undo one changed here).
 pub(super) async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
@@ -137,6 +139,11 @@ pub(super) async fn change_password(
     jar: CookieJar,
     JsonObject(body, ..): JsonObject<dto::PasswordChangeRequest>,
 ) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
+    if user.is_system() {
+        return Err(ApiError::Forbidden(
+            "a SYSTEM user's password is set by operators (ledgerflow admin create-system-user)",
+        ));
+    }
     let current = req_str(&body, "currentPassword")?.to_owned();
     let new: Password = req_str(&body, "newPassword")?.parse().map_err(|e: DomainError| e.for_field("newPassword"))?;
     let record = state.store.find_user(user.id).await?.ok_or(ApiError::Unauthenticated)?;
