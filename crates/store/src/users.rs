@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ledgerflow_domain::{Email, PersonName, Role, UserId};
-use mongodb::bson::doc;
+use mongodb::bson::{Document, doc};
 
 use crate::docs::{UserDoc, from_bson_time, to_bson_time};
 use crate::error::is_duplicate_key;
@@ -74,15 +74,7 @@ impl Store {
     /// Sets a new password hash and ends every session of the user (whoever changes a
     /// password wants the old one's sessions gone). The user as it now is, `None` if none.
     pub async fn set_password(&self, id: UserId, password_hash: String) -> Result<Option<UserRecord>, StoreError> {
-        let updated = self
-            .users()
-            .find_one_and_update(
-                doc! { "_id": id.to_string() },
-                doc! { "$set": { "passwordHash": password_hash }, "$inc": { "sessionVersion": 1_i64 } },
-            )
-            .return_document(mongodb::options::ReturnDocument::After)
-            .await?;
-        updated.map(TryInto::try_into).transpose()
+        self.ending_sessions(id, doc! { "passwordHash": password_hash }).await
     }
 
     /// The user's current session version (see [`UserRecord::session_version`]); `None` if
@@ -90,7 +82,7 @@ impl Store {
     pub async fn session_version(&self, id: UserId) -> Result<Option<i64>, StoreError> {
         let found = self
             .users()
-            .clone_with_type::<mongodb::bson::Document>()
+            .clone_with_type::<Document>()
             .find_one(doc! { "_id": id.to_string() })
             .projection(doc! { "sessionVersion": 1 })
             .await?;
@@ -100,9 +92,19 @@ impl Store {
     /// Ends every session of the user: tokens issued until now are refused from now on.
     /// Returns the user as it now is, `None` if there is no such user.
     pub async fn end_sessions(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.ending_sessions(id, doc! {}).await
+    }
+
+    /// Applies `set` to the user and bumps its session version in the same write, so no
+    /// token survives the change; the user as it now is.
+    async fn ending_sessions(&self, id: UserId, set: Document) -> Result<Option<UserRecord>, StoreError> {
+        let mut update = doc! { "$inc": { "sessionVersion": 1_i64 } };
+        if !set.is_empty() {
+            update.insert("$set", set);
+        }
         let updated = self
             .users()
-            .find_one_and_update(doc! { "_id": id.to_string() }, doc! { "$inc": { "sessionVersion": 1_i64 } })
+            .find_one_and_update(doc! { "_id": id.to_string() }, update)
             .return_document(mongodb::options::ReturnDocument::After)
             .await?;
         updated.map(TryInto::try_into).transpose()
