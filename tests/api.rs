@@ -114,6 +114,12 @@ async fn repeated_failed_sign_ins_lock_the_email_until_the_window_ends() {
     }
     assert_eq!(login(ghost.clone(), "wrong").await.0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(login(bea.clone(), "correct horse battery").await.0, StatusCode::OK);
+    // Guesses sent all at once are counted before any is checked: exactly three are tried.
+    let cat = email("cat");
+    let burst = futures::future::join_all((0..12).map(|_| login(cat.clone(), "wrong"))).await;
+    let statuses: Vec<_> = burst.iter().map(|(status, ..)| status.as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 9, "{statuses:?}");
 
     // When the window ends, Ann signs in again.
     tokio::time::sleep(std::time::Duration::from_secs(retry_after.unwrap_or(4))).await;
@@ -249,12 +255,21 @@ async fn the_session_cookie_authenticates_and_bad_tokens_do_not() {
         .await
         .unwrap();
     let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    let token = resp.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
     assert!(cookie.starts_with("token="), "{cookie}");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     // The cookie alone is enough.
     let resp = client.post(app.url("/api/accounts")).json(&json!({})).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
 
+    // The scheme's case does not matter (RFC 9110); the scheme does.
+    for (scheme, expected) in
+        [("BEARER", StatusCode::OK), ("bearer", StatusCode::OK), ("Basic", StatusCode::UNAUTHORIZED)]
+    {
+        let header = format!("{scheme} {token}");
+        let resp = app.http.get(app.url("/api/accounts")).header("authorization", header).send().await.unwrap();
+        assert_eq!(resp.status(), expected, "{scheme}");
+    }
     assert_error(&app.call("GET", "/api/accounts", None, None).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     assert_error(
         &app.call("GET", "/api/accounts", Some("not.a.jwt"), None).await,
@@ -591,6 +606,9 @@ async fn transfer_requests_are_validated_before_anything_is_recorded() {
         ("amount", Value::Null),
         ("toAccount", json!(a)),
         ("toAccount", json!("nope")),
+        // One spelling per id: not braced, not without hyphens.
+        ("toAccount", json!(format!("{{{b}}}"))),
+        ("toAccount", json!(b.replace('-', ""))),
         ("toAccount", Value::Null),
         ("fromAccount", json!(42)),
         ("fromAccount", Value::Null),
@@ -628,6 +646,11 @@ async fn transfer_requests_are_validated_before_anything_is_recorded() {
         )
         .await;
     assert_error(&nowhere, StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
+    // A funding account only sends (initial funds): as a receiver it does not exist.
+    let funding = ledgerflow_domain::AccountId::funding(ledgerflow_domain::Currency::USD);
+    let to_funding = json!({"fromAccount": a, "toAccount": funding, "amount": 1, "idempotencyKey": "k5"});
+    let got = app.call("POST", "/transactions", Some(&alice.token), Some(to_funding)).await;
+    assert_error(&got, StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
 
     // Malformed bodies.
     assert_error(
@@ -646,11 +669,16 @@ async fn transfer_requests_are_validated_before_anything_is_recorded() {
     let got = app.call_raw("POST", "/transactions", Some(&alice.token), Some("application/json"), twice.into()).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "INVALID_JSON");
     assert!(got.1["error"]["message"].as_str().unwrap().contains("`amount` appears twice"), "{}", got.1);
-    assert_error(
-        &app.call_raw("POST", "/transactions", Some(&alice.token), Some("text/plain"), b"amount=5".to_vec()).await,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "UNSUPPORTED_MEDIA_TYPE",
-    );
+    // JSON must say so, in UTF-8: a body of another type, of none, or in another charset
+    // (which would be read as UTF-8 regardless) is refused.
+    let valid = serde_json::to_vec(&with("idempotencyKey", json!("k6"))).unwrap();
+    for content_type in [Some("text/plain"), None, Some("application/json; charset=latin1")] {
+        assert_error(
+            &app.call_raw("POST", "/transactions", Some(&alice.token), content_type, valid.clone()).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        );
+    }
     let huge = format!("{{\"description\":\"{}\"}}", "x".repeat(100_000)).into_bytes();
     assert_error(
         &app.call_raw("POST", "/transactions", Some(&alice.token), Some("application/json"), huge).await,
@@ -814,6 +842,9 @@ async fn transactions_are_visible_to_their_parties_only_and_list_with_filters() 
         (format!("/api/accounts/{a}/entries?before=3"), "before"),
         // An endpoint that reads no query refuses one: this is not a balance as of that date.
         (format!("/api/accounts/{a}/balance?asOf=2026-01-01"), "asOf"),
+        // A bad value is named by the parameter that carried it.
+        ("/transactions?account=zz".to_owned(), "account"),
+        (format!("/api/accounts/{}", a.replace('-', "")), "accountId"),
     ] {
         let got = app.call("GET", &path, Some(&alice.token), None).await;
         assert_error(&got, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
@@ -918,6 +949,23 @@ async fn health_fallbacks_and_methods() {
     );
     let resp = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert!(resp.headers().contains_key("x-request-id"));
+    // No answer is for a cache to keep (balances, tokens).
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    // A client's request id is echoed if it is a sane one, replaced if not.
+    for (sent, echoed) in [("trace-7", true), (&*"x".repeat(129), false), ("has space", false)] {
+        let resp = app.http.get(app.url("/healthz")).header("x-request-id", sent).send().await.unwrap();
+        let got = resp.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(got == sent, echoed, "sent {sent:?}, got {got:?}");
+        assert!(!got.is_empty() && got.len() <= 128, "{got}");
+    }
+    // A made-up method is answered, and counted under one label: a series per method name
+    // would let anyone grow the metrics without bound.
+    let made_up = reqwest::Method::from_bytes(b"FOOBAR1").unwrap();
+    let resp = app.http.request(made_up, app.url("/transactions")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"route="/transactions",method="OTHER",status="405""#), "{metrics}");
+    assert!(!metrics.contains("FOOBAR1"), "{metrics}");
     app.teardown().await;
 }
 

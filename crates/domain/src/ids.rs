@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 use crate::{Currency, DomainError};
 
+/// Length of a UUID's hyphenated form, `8-4-4-4-12` hex digits.
+const HYPHENATED_LEN: usize = 36;
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
@@ -26,11 +29,14 @@ macro_rules! uuid_id {
                 self.0
             }
 
-            /// Parses an id; `field` names it in the error.
+            /// Parses an id in the hyphenated form only (any case), so that each id has one
+            /// spelling in URLs and requests; `field` names it in the error.
             pub fn parse_field(field: &'static str, s: &str) -> Result<Self, DomainError> {
-                Uuid::try_parse(s)
+                Some(s)
+                    .filter(|s| s.len() == HYPHENATED_LEN)
+                    .and_then(|s| Uuid::try_parse(s).ok())
                     .map(Self)
-                    .map_err(|_| DomainError::invalid(field, "must be a UUID"))
+                    .ok_or_else(|| DomainError::invalid(field, "must be a UUID"))
             }
         }
 
@@ -197,6 +203,21 @@ mod tests {
         let usd = AccountId::funding(Currency::USD);
         assert_eq!(usd, AccountId::funding(Currency::USD));
         assert_ne!(usd, AccountId::funding("EUR".parse().expect("EUR")));
+    }
+
+    #[test]
+    fn ids_have_one_spelling_whatever_the_case() {
+        let id: AccountId = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().expect("hyphenated");
+        assert_eq!("67E55044-10B1-426F-9247-BB680E5FE0C8".parse(), Ok(id));
+        for other in [
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb680e5fe0c",
+            "",
+        ] {
+            assert!(other.parse::<AccountId>().is_err(), "{other}");
+        }
     }
 
     #[test]

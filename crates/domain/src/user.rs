@@ -4,10 +4,16 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use crate::DomainError;
 
-/// An email address, normalised to lower case: emails identify users case-insensitively.
+/// An email address, normalised so that one mailbox has one spelling: Unicode NFKC (composed
+/// and decomposed accents, fullwidth letters and the like fold together), then lower case
+/// (emails identify users case-insensitively). Invisible characters (format, control,
+/// private-use, unassigned) are refused: two addresses differing only by a zero-width space
+/// would look the same to everyone who reads them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -22,15 +28,12 @@ impl FromStr for Email {
     type Err = DomainError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
+        let s = s.trim().nfkc().collect::<String>().to_lowercase();
         let valid = s.len() <= 254
-            && email_address::EmailAddress::is_valid(s)
+            && s.chars().all(|c| c.general_category_group() != GeneralCategoryGroup::Other)
+            && email_address::EmailAddress::is_valid(&s)
             && s.rsplit_once('@').is_some_and(|(_, domain)| domain.contains('.'));
-        if valid {
-            Ok(Self(s.to_lowercase()))
-        } else {
-            Err(DomainError::invalid("email", "must be a valid email address"))
-        }
+        if valid { Ok(Self(s)) } else { Err(DomainError::invalid("email", "must be a valid email address")) }
     }
 }
 
@@ -123,6 +126,20 @@ mod tests {
         assert_eq!("Alice@Example.COM".parse::<Email>().map(|e| e.0), Ok("alice@example.com".into()));
         for bad in ["", "alice", "alice@", "@example.com", "alice@localhost", "a b@example.com"] {
             assert!(bad.parse::<Email>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_mailbox_has_one_spelling_and_no_invisible_characters() {
+        let composed: Email = "jos\u{e9}@example.com".parse().expect("NFC");
+        assert_eq!("jose\u{301}@example.com".parse(), Ok(composed.clone()), "NFD folds into NFC");
+        assert_eq!("JOS\u{c9}@EXAMPLE.COM".parse(), Ok(composed), "and case with it");
+        let fullwidth: Email = "\u{ff21}\u{ff22}c@example.com".parse().expect("fullwidth");
+        assert_eq!(fullwidth.as_str(), "abc@example.com");
+        for invisible in
+            ["a\u{200b}b@example.com", "ab\u{ad}@example.com", "a\u{202e}b@example.com", "a\u{e000}@example.com"]
+        {
+            assert!(invisible.parse::<Email>().is_err(), "{invisible:?}");
         }
     }
 

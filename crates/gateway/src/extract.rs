@@ -29,8 +29,9 @@ pub trait Names {
     const NAMES: &'static [&'static str];
 }
 
-/// A JSON object body whose field names are all in `N::NAMES`. An empty body counts as `{}`
-/// so that endpoints whose fields are all optional accept a bare POST. Fields are then read
+/// A JSON object body whose field names are all in `N::NAMES`, sent as JSON (415 otherwise,
+/// a missing `Content-Type` included). An empty body counts as `{}` so that endpoints whose
+/// fields are all optional accept a bare POST. Fields are then read
 /// one by one into domain types, which gives a precise error for each bad field instead of a
 /// generic deserialisation failure.
 pub struct JsonObject<N>(pub Map<String, Value>, pub PhantomData<N>);
@@ -39,16 +40,7 @@ impl<N: Names> FromRequest<AppState> for JsonObject<N> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-            });
-        let has_content_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let is_json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
         // The whole body within the deadline, not merely some bytes now and then: a client
         // trickling one byte at a time would otherwise hold its request, and a graceful
         // shutdown waiting for it, for as long as it liked.
@@ -63,7 +55,7 @@ impl<N: Names> FromRequest<AppState> for JsonObject<N> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(Map::new(), PhantomData));
         }
-        if has_content_type && !is_json {
+        if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
         let map = match parse_object(&bytes) {
@@ -76,6 +68,21 @@ impl<N: Names> FromRequest<AppState> for JsonObject<N> {
         refuse_unknown::<N>("field", map.keys())?;
         Ok(Self(map, PhantomData))
     }
+}
+
+/// Whether a `Content-Type` says JSON in UTF-8: `application/json` or `application/*+json`,
+/// with no `charset` or `charset=utf-8` (a body declared in another charset would otherwise be
+/// read as UTF-8 regardless).
+fn is_json(content_type: &str) -> bool {
+    let mut parts = content_type.split(';').map(str::trim);
+    let mime = parts.next().unwrap_or_default().to_ascii_lowercase();
+    let json = mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    json && parts.all(|param| match param.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    })
 }
 
 fn refuse_unknown<'a, N: Names>(
@@ -133,6 +140,25 @@ impl<N> QueryMap<N> {
     }
 }
 
+/// Longest `x-request-id` taken from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Middleware, before the request-id layer: drops a client's `x-request-id` that is empty,
+/// longer than [`MAX_REQUEST_ID`] or not printable ASCII, so that a fresh one replaces it.
+/// The id is echoed, logged with every line of the request and carried into the command:
+/// a client's 60 KB of it would be written out again each time.
+pub async fn drop_unfit_request_id(mut req: Request) -> Request {
+    let fit = |v: &header::HeaderValue| {
+        (1..=MAX_REQUEST_ID).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    };
+    if req.headers().get(REQUEST_ID).is_some_and(|v| !fit(v)) {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    req
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
 /// The request's `x-request-id` (set by the request-id layer when the client sent none).
 pub struct RequestId(pub Option<String>);
 
@@ -140,7 +166,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(|v| v.chars().take(128).collect());
+        let id = parts.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok(Self(id))
     }
 }

@@ -110,24 +110,20 @@ impl Store {
         updated.map(TryInto::try_into).transpose()
     }
 
-    /// When sign-ins for `email` may be tried again, if `max` have failed within the current
-    /// window (which began at the first of them).
-    pub async fn login_locked_until(
+    /// Claims one password check for `email` in its failure window, starting a new window of
+    /// `window` if none is open: `Ok(None)` if the check may go ahead, `Ok(Some(until))` if
+    /// `max` checks have already been claimed in the window, which then holds until `until`.
+    ///
+    /// Every check is counted as a failure *before* the password is verified (a success clears
+    /// the count): checking first and counting after let parallel guesses all pass the check
+    /// before any was counted. One atomic update, so every gateway counts into the same window,
+    /// and at most `max` wrong passwords are ever tried per window.
+    pub async fn claim_password_check(
         &self,
         email: &Email,
         max: u32,
+        window: Duration,
     ) -> Result<Option<chrono::DateTime<Utc>>, StoreError> {
-        let now = to_bson_time(Utc::now());
-        let filter = doc! { "_id": email.as_str(), "until": { "$gt": now }, "failures": { "$gte": i64::from(max) } };
-        let Some(found) = self.login_failures().find_one(filter).await? else {
-            return Ok(None);
-        };
-        Ok(found.get_datetime("until").ok().map(|until| from_bson_time(*until)))
-    }
-
-    /// Counts a failed sign-in for `email` in its window, starting a new window of `window`
-    /// if none is open. One atomic update, so every gateway counts into the same window.
-    pub async fn record_login_failure(&self, email: &Email, window: Duration) -> Result<(), StoreError> {
         let now = Utc::now();
         let window = chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
         let fresh_until = now.checked_add_signed(window).unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
@@ -137,8 +133,24 @@ impl Store {
             "failures": { "$cond": [&open, { "$add": ["$failures", 1] }, 1] },
             "until": { "$cond": [&open, "$until", fresh_until] },
         }}];
-        self.login_failures().update_one(doc! { "_id": email.as_str() }, update).upsert(true).await?;
-        Ok(())
+        let counted = self
+            .login_failures()
+            .find_one_and_update(doc! { "_id": email.as_str() }, update)
+            .upsert(true)
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?
+            .unwrap_or_default();
+        let claimed = counted.get_i64("failures").or_else(|_| counted.get_i32("failures").map(i64::from));
+        let until = counted.get_datetime("until").map(|until| from_bson_time(*until));
+        match (claimed, until) {
+            (Ok(n), Ok(until)) if n > i64::from(max) => Ok(Some(until)),
+            (Ok(_), Ok(_)) => Ok(None),
+            _ => Err(StoreError::Corrupt {
+                collection: "loginFailures",
+                id: email.as_str().to_owned(),
+                reason: format!("no failure count and window end in {counted}"),
+            }),
+        }
     }
 
     /// Forgets the failed sign-ins of `email` (after a successful one).

@@ -12,9 +12,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonObject, QueryMap};
 
 /// Loads an account the caller may see: its own, or any for SYSTEM. Anything else is 404,
-/// so nobody can probe which account ids exist.
-pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, raw_id: &str) -> ApiResult<AccountRecord> {
-    let id = AccountId::parse_field("accountId", raw_id)?;
+/// so nobody can probe which account ids exist. `field` names the id in a 400.
+pub(crate) async fn visible_account(
+    state: &AppState,
+    user: &AuthUser,
+    field: &'static str,
+    raw_id: &str,
+) -> ApiResult<AccountRecord> {
+    let id = AccountId::parse_field(field, raw_id)?;
     let account = state.store.find_account(id).await?.ok_or_else(ApiError::account_not_found)?;
     if user.is_system() || account.owner_id == Some(user.id) { Ok(account) } else { Err(ApiError::account_not_found()) }
 }
@@ -92,7 +97,7 @@ pub(super) async fn get(
     _: QueryMap<dto::NoQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::AccountBody>> {
-    let account = visible_account(&state, &user, &id).await?;
+    let account = visible_account(&state, &user, "accountId", &id).await?;
     Ok(Json(dto::AccountBody::from(&account)))
 }
 
@@ -116,7 +121,7 @@ pub(super) async fn balance(
     _: QueryMap<dto::NoQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::BalanceBody>> {
-    let account = visible_account(&state, &user, &id).await?;
+    let account = visible_account(&state, &user, "accountId", &id).await?;
     let balance = state.store.balance(account.id).await?;
     Ok(Json(dto::BalanceBody {
         account_id: account.id.to_string(),
@@ -145,7 +150,7 @@ pub(super) async fn entries(
     Path(id): Path<String>,
     query: QueryMap<dto::PageQuery>,
 ) -> ApiResult<Json<dto::EntryList>> {
-    let account = visible_account(&state, &user, &id).await?;
+    let account = visible_account(&state, &user, "accountId", &id).await?;
     let limit = query.limit()?;
     let before = match query.get("cursor") {
         None => None,

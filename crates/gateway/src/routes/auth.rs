@@ -59,8 +59,9 @@ pub(super) async fn register(
 ///
 /// Failed sign-ins are counted per email in MongoDB, so every gateway sees them: after
 /// `login_max_failures` within `login_window`, the email is refused (429, without checking the
-/// password) until the window ends. Unknown emails are counted alike, so a lockout tells
-/// nothing about which emails exist.
+/// password) until the window ends. Each check is counted before it is made (and the count
+/// cleared when it succeeds), so parallel guesses cannot all slip past the limit. Unknown
+/// emails are counted alike, so a lockout tells nothing about which emails exist.
 pub(super) async fn login(
     State(state): State<AppState>,
     _: QueryMap<dto::NoQuery>,
@@ -74,10 +75,9 @@ pub(super) async fn login(
         verify_password(password, None).await?;
         return Err(ApiError::InvalidCredentials);
     };
-    refuse_if_locked(&state, &email).await?;
+    claim_password_check(&state, &email).await?;
     let user = state.store.find_user_by_email(&email).await?;
     if !verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await? {
-        state.store.record_login_failure(&email, state.config.login_window).await?;
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.ok_or(ApiError::InvalidCredentials)?;
@@ -147,9 +147,8 @@ pub(super) async fn change_password(
     let current = req_str(&body, "currentPassword")?.to_owned();
     let new: Password = req_str(&body, "newPassword")?.parse().map_err(|e: DomainError| e.for_field("newPassword"))?;
     let record = state.store.find_user(user.id).await?.ok_or(ApiError::Unauthenticated)?;
-    refuse_if_locked(&state, &record.email).await?;
+    claim_password_check(&state, &record.email).await?;
     if !verify_password(current, Some(record.password_hash)).await? {
-        state.store.record_login_failure(&record.email, state.config.login_window).await?;
         return Err(ApiError::WrongPassword);
     }
     let hash = hash_password(new).await?;
@@ -160,9 +159,11 @@ pub(super) async fn change_password(
     signed_in(&state, jar, &changed)
 }
 
-/// 429 while `email` is locked out after failed sign-ins (or password checks).
-async fn refuse_if_locked(state: &AppState, email: &Email) -> ApiResult<()> {
-    match state.store.login_locked_until(email, state.config.login_max_failures).await? {
+/// Counts a password check for `email` as failed until it succeeds (then the caller clears
+/// the count); 429 if the email is locked out after failed sign-ins (or password checks).
+async fn claim_password_check(state: &AppState, email: &Email) -> ApiResult<()> {
+    let (max, window) = (state.config.login_max_failures, state.config.login_window);
+    match state.store.claim_password_check(email, max, window).await? {
         Some(until) => {
             let secs = (until - chrono::Utc::now()).num_seconds().max(0).unsigned_abs() + 1;
             Err(ApiError::TooManyAttempts(secs))

@@ -31,7 +31,7 @@ use crate::extract::{JsonObject, QueryMap, RequestId};
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
-        (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown)", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown or a funding account)", body = dto::ErrorBody),
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
         (status = 422, description = "CURRENCY_MISMATCH: the accounts hold different currencies, or not the `currency` named", body = dto::ErrorBody),
         (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
@@ -64,7 +64,8 @@ pub(super) async fn create(
     // currency again: upstream commands never pass through here).
     let [source, target] = state.accounts.get(&state.store, [from, to]).await?;
     let source = source.filter(|a| a.owner == Some(user.id)).ok_or_else(ApiError::account_not_found)?;
-    let target = target.ok_or_else(ApiError::account_not_found)?;
+    // A funding account only ever sends (initial funds); as a receiver it does not exist.
+    let target = target.filter(|a| a.owner.is_some()).ok_or_else(ApiError::account_not_found)?;
     if source.currency != target.currency {
         return Err(ApiError::CurrencyMismatch { from: source.currency, to: target.currency });
     }
@@ -107,7 +108,7 @@ pub(super) async fn initial_funds(
     let asked: Option<Currency> = opt_parse(&body, "currency")?;
     let description: Option<Description> = opt_parse(&body, "description")?;
     let [target] = state.accounts.get(&state.store, [to]).await?;
-    let target = target.ok_or_else(ApiError::account_not_found)?;
+    let target = target.filter(|a| a.owner.is_some()).ok_or_else(ApiError::account_not_found)?;
     held_as_asked(asked, target.currency)?;
     let from = AccountId::funding(target.currency);
     let request = TransferRequest::new(TransferKind::InitialFunds, from, to, amount, target.currency, description)?;
@@ -359,7 +360,7 @@ pub(super) async fn list(
     let status = query.get("status").map(str::parse::<TransactionStatus>).transpose()?;
     let before = query.get("cursor").map(|c| TransactionId::parse_field("cursor", c)).transpose()?;
     let account = match query.get("account") {
-        Some(raw) => Some(visible_account(&state, &user, raw).await?.id),
+        Some(raw) => Some(visible_account(&state, &user, "account", raw).await?.id),
         None => None,
     };
     let visible_to = if user.is_system() || account.is_some() {
