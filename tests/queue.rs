@@ -393,3 +393,51 @@ async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_fai
     app.assert_reconciles().await;
     app.teardown().await;
 }
+
+/// A message whose AMQP headers nest deeply once overflowed the stack of lapin's I/O thread,
+/// which parses them, and aborted the worker process, again at every restart while the
+/// message stayed queued. The real process now takes it like any other message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
+    use ledgerflow_messaging::lapin::BasicProperties;
+    use ledgerflow_messaging::lapin::options::BasicPublishOptions;
+    use ledgerflow_messaging::lapin::types::{AMQPValue, FieldArray, FieldTable};
+
+    let mut app = spawn_app().await;
+    let Pair { alice, a, b, .. } = app.alice_and_bob().await;
+    app.fund(&a, 100).await;
+    app.stop_worker(0).await;
+    // RUST_MIN_STACK unset, as in production: the binary sets its own.
+    let mut worker = ledgerflow_tests::Reaped(
+        app.cli()
+            .arg("worker")
+            .env("LEDGERFLOW_WORKER_NAME", "deep-headers")
+            .env_remove("RUST_MIN_STACK")
+            .spawn()
+            .unwrap(),
+    );
+    // 1,000 levels (5 KB) overflowed the default 2 MiB stack of the debug build tested here
+    // (the release build's at about 1,800). The publisher (this test) needs no more stack
+    // to write them than the worker to read them.
+    let mut deep = AMQPValue::Void;
+    for _ in 0..1_000 {
+        deep = AMQPValue::FieldArray(FieldArray::from(vec![deep]));
+    }
+    let mut headers = FieldTable::default();
+    headers.insert("deep".into(), deep);
+    let ch = app.channel().await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let body = bytes(&app.upstream_command(&a, &b, 30, "deep-headers"));
+    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let exchange = app.topology.transfers();
+    ch.basic_publish(exchange.as_str().into(), a.as_str().into(), BasicPublishOptions::default(), &body, props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    assert_eq!(app.wait_upstream("deep-headers").await.status, TransactionStatus::Completed);
+    assert_eq!(app.balance(&alice.token, &a).await, 70);
+    assert!(worker.0.try_wait().unwrap().is_none(), "the worker process is still running");
+    app.teardown().await;
+}

@@ -106,10 +106,40 @@ impl FromStr for IdempotencyKey {
         if s.is_empty() || s.len() > Self::MAX_LEN {
             return Err(DomainError::invalid("idempotencyKey", format!("must be 1 to {} characters", Self::MAX_LEN)));
         }
-        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        if !visible_ascii(s) {
             return Err(DomainError::invalid("idempotencyKey", "must contain only visible ASCII characters"));
         }
         Ok(Self(s.to_owned()))
+    }
+}
+
+fn visible_ascii(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A correlation id a client (`x-request-id`) or a publisher (the command's header) chose:
+/// 1 to 128 visible ASCII characters. It is echoed and written with every log line of the
+/// request, so anything else is dropped for a fresh one rather than written out each time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RequestId {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if (1..=Self::MAX_LEN).contains(&s.len()) && visible_ascii(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(DomainError::invalid("x-request-id", "must be 1 to 128 visible ASCII characters"))
+        }
     }
 }
 
@@ -217,6 +247,14 @@ mod tests {
             "",
         ] {
             assert!(other.parse::<AccountId>().is_err(), "{other}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_bounded_visible_ascii() {
+        assert!("req-42".parse::<RequestId>().is_ok());
+        for unfit in ["", "has space", "x".repeat(129).as_str(), "ключ"] {
+            assert!(unfit.parse::<RequestId>().is_err(), "{unfit}");
         }
     }
 

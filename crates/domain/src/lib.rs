@@ -20,7 +20,7 @@ mod user;
 pub use chain::{EntryFields, GENESIS_HASH};
 pub use command::{COMMAND_VERSION, CommandError, MAX_COMMAND_BYTES, TransferCommand, TransferResult};
 pub use error::DomainError;
-pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, ServiceName, TransactionId, UserId};
+pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, RequestId, ServiceName, TransactionId, UserId};
 pub use ledger::{AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_transfer};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use transaction::{AccountStatus, Description, FailureReason, TransactionStatus, TransferKind, TransferRequest};

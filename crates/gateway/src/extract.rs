@@ -140,17 +140,12 @@ impl<N> QueryMap<N> {
     }
 }
 
-/// Longest `x-request-id` taken from a client.
-const MAX_REQUEST_ID: usize = 128;
-
-/// Middleware, before the request-id layer: drops a client's `x-request-id` that is empty,
-/// longer than [`MAX_REQUEST_ID`] or not printable ASCII, so that a fresh one replaces it.
-/// The id is echoed, logged with every line of the request and carried into the command:
-/// a client's 60 KB of it would be written out again each time.
+/// Middleware, before the request-id layer: drops a client's `x-request-id` that is not a
+/// [`ledgerflow_domain::RequestId`], so that a fresh one replaces it. The id is echoed,
+/// logged with every line of the request and carried into the command: a client's 60 KB of
+/// it would be written out again each time.
 pub async fn drop_unfit_request_id(mut req: Request) -> Request {
-    let fit = |v: &header::HeaderValue| {
-        (1..=MAX_REQUEST_ID).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic)
-    };
+    let fit = |v: &header::HeaderValue| v.to_str().is_ok_and(|s| s.parse::<ledgerflow_domain::RequestId>().is_ok());
     if req.headers().get(REQUEST_ID).is_some_and(|v| !fit(v)) {
         req.headers_mut().remove(REQUEST_ID);
     }

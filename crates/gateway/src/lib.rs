@@ -223,6 +223,11 @@ async fn accept(listener: TcpListener, app: Router, shutdown: &CancellationToken
             },
             () = shutdown.cancelled() => break,
         };
+        // Answers are small and whole: send each at once rather than wait for the client to
+        // acknowledge the last (Nagle's algorithm).
+        if let Err(e) = stream.set_nodelay(true) {
+            warn!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         tokio::spawn(open.watch(connection));
     }

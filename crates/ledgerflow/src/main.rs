@@ -405,6 +405,7 @@ fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerCon
 }
 
 fn main() -> ExitCode {
+    enlarge_thread_stacks();
     init_tracing();
     let cli = Cli::parse();
     match runtime(cli.threads).and_then(|rt| rt.block_on(run(cli))) {
@@ -415,6 +416,28 @@ fn main() -> ExitCode {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Stack size of the threads this process starts, unless `RUST_MIN_STACK` says otherwise.
+const THREAD_STACK: &str = "67108864";
+
+/// Gives every thread the process starts, lapin's I/O threads included, a 64 MiB stack
+/// (reserved address space; only what is used becomes memory).
+///
+/// lapin parses a message's AMQP headers on its I/O thread, recursively: a header of arrays
+/// nested 1,800 deep (9 KB) overflowed the default 2 MiB and aborted the whole process, and
+/// as the message stayed queued, every restart after. An AMQP frame (at most 128 KiB, the
+/// broker's default `frame_max`) holds at most about 26,000 levels, which parse in about
+/// 30 MiB; with room to spare, the message reaches the worker like any other, whose own
+/// checks then judge it. lapin spawns its threads itself, so the only handle is std's default
+/// for threads spawned without a size, read once from `RUST_MIN_STACK` at the first spawn.
+#[allow(unsafe_code)]
+fn enlarge_thread_stacks() {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: called first thing in `main`, before this process has started any thread,
+        // so nothing can read the environment while it changes.
+        unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK) };
     }
 }
 

@@ -8,8 +8,8 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use ledgerflow_domain::{
-    CommandError, FailureReason, IdempotencyKey, Initiator, TransactionId, TransactionStatus, TransferCommand,
-    TransferResult,
+    CommandError, FailureReason, IdempotencyKey, Initiator, RequestId, TransactionId, TransactionStatus,
+    TransferCommand, TransferResult,
 };
 use ledgerflow_messaging::{MessagingError, Publisher, REQUEST_ID_HEADER, RESULT_TYPE};
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
@@ -58,8 +58,9 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
         metrics::counter!("ledgerflow_messages_redelivered_total").increment(1);
     }
     let message_id = delivery.properties.message_id().as_ref().map(ToString::to_string);
+    // A publisher's id that is not a sane one is not written with every log line.
     let request_id = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get(REQUEST_ID_HEADER) {
-        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::LongString(s)) => s.to_string().parse::<RequestId>().ok().map(|id| id.as_str().to_owned()),
         _ => None,
     });
     let span = info_span!(
