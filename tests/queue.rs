@@ -43,10 +43,18 @@ async fn an_upstream_command_completes_once_however_often_it_is_published() {
     let seen = app.wait_terminal(&bob.token, &t.id.to_string()).await;
     assert_eq!(seen["status"], "COMPLETED");
 
-    // Same key, different body: refused and dead-lettered, the original untouched.
+    // Same key, different body: refused as a reused key (not reported as if the transfer
+    // under it had failed) and dead-lettered, the original untouched.
     app.publish_raw(&a, &bytes(&app.upstream_command(&a, &b, 9, "payroll-42"))).await;
     let dead = app.dead_letters(1).await;
     assert_eq!(dead.len(), 1);
+    let results = app.drain_queue(&app.topology.results(), 1, 10).await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    let refused = &results[0];
+    assert!(result_schema.is_valid(refused), "{refused}");
+    assert_eq!((&refused["status"], &refused["failureReason"]), (&json!("FAILED"), &json!("IDEMPOTENCY_KEY_REUSED")));
+    assert_eq!((&refused["idempotencyKey"], &refused["transactionId"]), (&json!("payroll-42"), &Value::Null));
+    assert_eq!(app.balance(&alice.token, &a).await, 3_750);
     assert_eq!(app.store.entries_of_transaction(t.id).await.unwrap().len(), 2);
     app.teardown().await;
 }

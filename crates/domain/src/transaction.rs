@@ -78,6 +78,9 @@ wire_enum!(
         BalanceLimitExceeded => "BALANCE_LIMIT_EXCEEDED",
         ProcessingFailed => "PROCESSING_FAILED",
         AlreadyReversed => "ALREADY_REVERSED",
+        // Only in results, never on a transaction: a command whose initiator and key (or
+        // transaction id) name a recorded transaction of a different request.
+        IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
     }
 );
 

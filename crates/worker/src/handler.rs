@@ -135,7 +135,10 @@ async fn execute(batcher: &Batcher, results: &Publisher, cmd: &TransferCommand) 
         }
         Ok(Execution::Mismatch { existing }) => {
             warn!(existing = %existing, "command contradicts the recorded transaction, dead-lettering");
-            let result = failed(None, Some(cmd.idempotency_key.clone()), Some(cmd.initiator.clone()));
+            // Said as what it is: a bare INVALID_COMMAND under the key read as "the
+            // transfer under this key failed", when that one may well have completed.
+            let mut result = failed(None, Some(cmd.idempotency_key.clone()), Some(cmd.initiator.clone()));
+            result.failure_reason = Some(FailureReason::IdempotencyKeyReused);
             dead_letter_after(report(results, &result).await)
         }
         Err(e) if e.is_transient() => {
