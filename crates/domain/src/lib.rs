@@ -14,6 +14,7 @@ pub mod fields;
 mod ids;
 mod ledger;
 mod money;
+mod reversal;
 mod transaction;
 mod user;
 
@@ -23,5 +24,6 @@ pub use error::DomainError;
 pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, RequestId, ServiceName, TransactionId, UserId};
 pub use ledger::{AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_transfer};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
+pub use reversal::{NotReversible, ReversalCandidate};
 pub use transaction::{AccountStatus, Description, FailureReason, TransactionStatus, TransferKind, TransferRequest};
 pub use user::{Email, Password, PersonName, Role};

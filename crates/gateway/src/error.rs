@@ -7,7 +7,7 @@
 use crate::dto::{ErrorBody, ErrorDetail};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ledgerflow_domain::{Currency, DomainError, MAX_ACCOUNTS_PER_USER, StatusRefusal};
+use ledgerflow_domain::{Currency, DomainError, MAX_ACCOUNTS_PER_USER, NotReversible, StatusRefusal};
 use ledgerflow_messaging::MessagingError;
 use ledgerflow_store::StoreError;
 use tracing::error;
@@ -69,7 +69,7 @@ pub enum ApiError {
     AlreadyReversed,
     /// The transaction cannot be reversed (not COMPLETED, or itself a reversal).
     #[error("{0}")]
-    NotReversible(&'static str),
+    NotReversible(NotReversible),
     /// The transfer is recorded but could not be handed to the broker yet; it will be.
     #[error(
         "transaction {0} is recorded but the message broker is unavailable; it will be sent automatically, and retrying with the same idempotencyKey is safe"

@@ -6,10 +6,11 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use ledgerflow_domain::{
     AccountId, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId, EntryType,
-    FailureReason, IdempotencyKey, Initiator, PersonName, Role, TransactionId, TransactionStatus, TransferKind, UserId,
+    FailureReason, IdempotencyKey, Initiator, PersonName, ReversalCandidate, Role, TransactionId, TransactionStatus,
+    TransferCommand, TransferKind, TransferRequest, UserId,
 };
 use mongodb::bson::DateTime as BsonDateTime;
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,19 @@ impl AccountDoc {
             currency: currency.code().to_owned(),
             seq: 0,
             created_at: to_bson_time(Utc::now()),
+        }
+    }
+}
+
+impl From<&AccountRecord> for AccountDoc {
+    fn from(a: &AccountRecord) -> Self {
+        Self {
+            id: a.id.to_string(),
+            owner_id: a.owner_id.map(|o| o.to_string()),
+            status: a.status.as_str().to_owned(),
+            currency: a.currency.code().to_owned(),
+            seq: a.seq,
+            created_at: to_bson_time(a.created_at),
         }
     }
 }
@@ -290,23 +304,102 @@ impl TryFrom<EntryDoc> for EntryRecord {
 }
 
 impl TransactionRecord {
+    /// A new PENDING record for a command, created at `created_at`. Times are kept to the
+    /// millisecond, as stored, so the record says exactly what its document holds.
+    pub(crate) fn pending(id: TransactionId, cmd: &TransferCommand, created_at: DateTime<Utc>) -> Self {
+        let r = &cmd.request;
+        Self {
+            id,
+            kind: r.kind,
+            from_account: r.from,
+            to_account: r.to,
+            amount: r.amount,
+            currency: r.currency,
+            status: TransactionStatus::Pending,
+            failure_reason: None,
+            idempotency_key: cmd.idempotency_key.clone(),
+            request_hash: r.fingerprint(),
+            initiator: cmd.initiator.clone(),
+            description: r.description.clone(),
+            requested_at: cmd.requested_at.trunc_subsecs(3),
+            created_at: created_at.trunc_subsecs(3),
+            completed_at: None,
+            reverses: r.reverses,
+            reversed_by: None,
+        }
+    }
+
+    /// The request this transaction carries out.
+    pub fn request(&self) -> TransferRequest {
+        TransferRequest {
+            kind: self.kind,
+            from: self.from_account,
+            to: self.to_account,
+            amount: self.amount,
+            currency: self.currency,
+            description: self.description.clone(),
+            reverses: self.reverses,
+        }
+    }
+
+    /// What the reversal rule needs to know of this transaction.
+    pub fn reversal_candidate(&self) -> ReversalCandidate {
+        ReversalCandidate { kind: self.kind, status: self.status, reversed_by: self.reversed_by }
+    }
+
     /// The command that carries this transaction to a worker (used to publish, and to
     /// republish after a lost publish).
-    pub fn to_command(&self) -> ledgerflow_domain::TransferCommand {
-        ledgerflow_domain::TransferCommand {
+    pub fn to_command(&self) -> TransferCommand {
+        TransferCommand {
             transaction_id: Some(self.id),
-            request: ledgerflow_domain::TransferRequest {
-                kind: self.kind,
-                from: self.from_account,
-                to: self.to_account,
-                amount: self.amount,
-                currency: self.currency,
-                description: self.description.clone(),
-                reverses: self.reverses,
-            },
+            request: self.request(),
             idempotency_key: self.idempotency_key.clone(),
             initiator: self.initiator.clone(),
             requested_at: self.requested_at,
+        }
+    }
+}
+
+impl From<&TransactionRecord> for TransactionDoc {
+    fn from(r: &TransactionRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            kind: r.kind.as_str().to_owned(),
+            from_account: r.from_account.to_string(),
+            to_account: r.to_account.to_string(),
+            amount: r.amount.minor(),
+            currency: r.currency.code().to_owned(),
+            status: r.status.as_str().to_owned(),
+            failure_reason: r.failure_reason.map(|reason| reason.as_str().to_owned()),
+            idempotency_scope: r.initiator.to_string(),
+            idempotency_key: r.idempotency_key.as_str().to_owned(),
+            request_hash: r.request_hash.clone(),
+            initiator: r.initiator.to_string(),
+            description: r.description.as_ref().map(|d| d.as_str().to_owned()),
+            requested_at: to_bson_time(r.requested_at),
+            created_at: to_bson_time(r.created_at),
+            completed_at: r.completed_at.map(to_bson_time),
+            republished: 0,
+            reverses: r.reverses.map(|id| id.to_string()),
+            reversed_by: r.reversed_by.map(|id| id.to_string()),
+        }
+    }
+}
+
+impl From<&EntryRecord> for EntryDoc {
+    fn from(e: &EntryRecord) -> Self {
+        Self {
+            id: e.id.to_string(),
+            account_id: e.account_id.to_string(),
+            transaction_id: e.transaction_id.to_string(),
+            entry_type: e.entry_type,
+            amount: e.amount.minor(),
+            currency: e.currency.code().to_owned(),
+            seq: e.seq,
+            balance_after: e.balance_after.minor(),
+            created_at: to_bson_time(e.created_at),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
         }
     }
 }

@@ -1,12 +1,13 @@
-//! The double-entry commit: a batch of commands, one MongoDB multi-document transaction.
+//! The double-entry commit: a batch of commands, one MongoDB multi-document transaction, in
+//! three steps: load, decide, write.
 //!
 //! Inside a single snapshot transaction the worker reads, in three queries for the whole
 //! batch, the transaction records (finding them by id or, for upstream commands, by
 //! idempotency key), the accounts, and each account's latest entry (its balance and chain
-//! hash). It then decides every command in order, in memory, with the pure posting rule,
-//! carrying each account's balance from one command to the next, and writes the outcome in a
-//! handful of multi-statement writes: account sequence bumps first, then the entries, then the
-//! transaction statuses. Either all of it commits or none of it.
+//! hash). The pure [`decide`](crate::decide) then judges every command in order and returns a
+//! plan, which is written in a handful of multi-statement writes: account sequence bumps
+//! first, then the entries, then the transaction statuses. Either all of it commits or none
+//! of it.
 //!
 //! Why batch: the cost of a transfer is dominated by per-operation and per-commit work in
 //! MongoDB, so a batch of N commands costs about what one does. A command that fails on its
@@ -22,25 +23,23 @@
 //! status is written in the same transaction, guarded by `PENDING`, and checked first, so a
 //! redelivered command finds it terminal and writes nothing.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoffBuilder;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::Utc;
 use futures::future::BoxFuture;
-use ledgerflow_domain::{
-    AccountId, AccountSnapshot, Balance, Currency, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH,
-    Posting, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, post_transfer,
-};
+use ledgerflow_domain::{AccountId, Balance, FailureReason, TransactionId, TransactionStatus, TransferCommand};
 use mongodb::ClientSession;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{ReadConcern, WriteConcern};
 use tracing::debug;
 
+use crate::decide::{AccountHead, Loaded, Plan, decide};
 use crate::docs::{AccountDoc, EntryDoc, TransactionDoc, to_bson_time};
 use crate::error::is_duplicate_key;
-use crate::transactions::{key_filter, pending_doc};
+use crate::transactions::key_filter;
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
 
 /// By default, how long one batch may keep retrying write conflicts before the caller is told
@@ -173,28 +172,22 @@ impl Store {
             .write_concern(WriteConcern::majority())
             .await?;
         let phase = Instant::now();
-        let result = async {
-            let mut batch = self.load(&mut session, cmds).await?;
-            let outcomes: Vec<Outcome> = cmds.iter().map(|cmd| batch.decide(cmd)).collect();
-            batch.finish();
-            Ok::<_, StoreError>((outcomes, batch.writes))
-        }
-        .await;
-        let (outcomes, writes) = match result {
-            Ok(decided) => decided,
+        let loaded = match self.load(&mut session, cmds).await {
+            Ok(loaded) => loaded,
             Err(e) => {
                 // Best effort: the server also aborts it when the session ends.
                 let _ = session.abort_transaction().await;
                 return Err(e);
             }
         };
-        if writes.is_empty() {
+        let (outcomes, plan) = decide(loaded, cmds, Utc::now());
+        if plan.is_empty() {
             session.abort_transaction().await?;
             return Ok(outcomes);
         }
         let loaded = phase.elapsed();
         let phase = Instant::now();
-        if let Err(e) = self.write(&mut session, writes).await {
+        if let Err(e) = self.write(&mut session, plan).await {
             let _ = session.abort_transaction().await;
             return Err(e);
         }
@@ -213,9 +206,10 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Reads everything the batch's decisions depend on, in the transaction's snapshot.
-    async fn load(&self, s: &mut ClientSession, cmds: &[TransferCommand]) -> Result<Batch, StoreError> {
-        let mut batch = Batch::default();
+    /// Reads everything the batch's decisions depend on, in the transaction's snapshot: three
+    /// queries however many commands.
+    async fn load(&self, s: &mut ClientSession, cmds: &[TransferCommand]) -> Result<Loaded, StoreError> {
+        let mut loaded = Loaded::default();
 
         // Transaction records: by id, by idempotency key, and the originals of reversals.
         let mut ids: Vec<String> = Vec::new();
@@ -230,10 +224,12 @@ impl Store {
         clauses.push(doc! { "_id": { "$in": ids } });
         let mut found = self.transactions().find(doc! { "$or": clauses }).session(&mut *s).await?;
         while let Some(doc) = found.next(&mut *s).await.transpose()? {
-            batch.add_transaction(doc);
+            let Ok(id) = doc.id.parse::<TransactionId>() else { continue };
+            let key = (doc.idempotency_scope.clone(), doc.idempotency_key.clone());
+            loaded.add_transaction(id, key, TransactionRecord::try_from(doc));
         }
 
-        // Accounts, creating a currency's funding account on its first use.
+        // Accounts.
         let mut wanted: Vec<AccountId> = cmds.iter().flat_map(|c| [c.request.from, c.request.to]).collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -243,81 +239,87 @@ impl Store {
         while let Some(doc) = found.next(&mut *s).await.transpose()? {
             let id = doc.id.clone();
             match AccountRecord::try_from(doc) {
-                Ok(account) if account.seq > 0 => {
-                    heads.push(doc! { "accountId": &id, "seq": account.seq });
-                    batch.accounts.insert(account.id, Ok(AccountState::new(account)));
-                }
                 Ok(account) => {
-                    batch.accounts.insert(account.id, Ok(AccountState::new(account)));
+                    if account.seq > 0 {
+                        heads.push(doc! { "accountId": &id, "seq": account.seq });
+                    }
+                    loaded.accounts.insert(account.id, Ok(AccountHead::empty(account)));
                 }
                 Err(e) => {
                     if let Ok(account_id) = id.parse() {
-                        batch.accounts.insert(account_id, Err(e));
+                        loaded.accounts.insert(account_id, Err(e));
                     }
                 }
-            }
-        }
-        for cmd in cmds.iter().filter(|c| c.request.kind == TransferKind::InitialFunds) {
-            let funding = cmd.request.from;
-            if funding == AccountId::funding(cmd.request.currency) && !batch.accounts.contains_key(&funding) {
-                let account = self.create_funding_account(s, funding, cmd.request.currency).await?;
-                batch.accounts.insert(funding, Ok(AccountState::new(account)));
             }
         }
 
         // Each account's latest entry: its balance and the hash the next entry chains to.
         if !heads.is_empty() {
+            let mut found_heads = HashSet::new();
             let mut found = self.entries().find(doc! { "$or": heads }).session(&mut *s).await?;
             while let Some(entry) = found.next(&mut *s).await.transpose()? {
                 let Ok(id) = entry.account_id.parse::<AccountId>() else { continue };
-                if let Some(Ok(state)) = batch.accounts.get_mut(&id)
-                    && state.seq == entry.seq
+                if let Some(Ok(head)) = loaded.accounts.get_mut(&id)
+                    && head.account.seq == entry.seq
                 {
-                    state.balance = Balance(entry.balance_after);
-                    state.hash = entry.hash;
-                    state.head_found = true;
+                    head.balance = Balance(entry.balance_after);
+                    head.hash = entry.hash;
+                    found_heads.insert(id);
                 }
             }
-            for (id, state) in &mut batch.accounts {
-                if let Ok(head) = state
-                    && head.seq > 0
-                    && !head.head_found
+            for (id, head) in &mut loaded.accounts {
+                if let Ok(h) = head
+                    && h.account.seq > 0
+                    && !found_heads.contains(id)
                 {
-                    *state = Err(StoreError::Corrupt {
+                    *head = Err(StoreError::Corrupt {
                         collection: "accounts",
                         id: id.to_string(),
-                        reason: format!("no entry for its latest seq {}", head.seq),
+                        reason: format!("no entry for its latest seq {}", h.account.seq),
                     });
                 }
             }
         }
-        Ok(batch)
+        Ok(loaded)
     }
 
-    async fn create_funding_account(
-        &self,
-        s: &mut ClientSession,
-        id: AccountId,
-        currency: Currency,
-    ) -> Result<AccountRecord, StoreError> {
-        let doc = AccountDoc::active(id, None, currency);
-        // A concurrent first use collides on `_id`: a duplicate key, retried as a conflict.
-        self.accounts().insert_one(&doc).session(&mut *s).await?;
-        AccountRecord::try_from(doc)
-    }
-
-    /// Writes a batch's decisions. Account bumps go first: they are where concurrent batches
-    /// collide, and colliding before the other writes wastes the least work.
-    async fn write(&self, s: &mut ClientSession, w: Writes) -> Result<(), StoreError> {
-        self.update_each(s, "accounts", w.account_bumps).await?;
-        if !w.entries.is_empty() {
-            self.entries().insert_many(w.entries).session(&mut *s).await?;
+    /// Writes a batch's plan. Account writes go first: they are where concurrent batches
+    /// collide, and colliding before the other writes wastes the least work. A funding
+    /// account used for the first time by two batches at once collides on `_id`: a duplicate
+    /// key, retried as a conflict.
+    async fn write(&self, s: &mut ClientSession, plan: Plan) -> Result<(), StoreError> {
+        if !plan.new_accounts.is_empty() {
+            let docs: Vec<AccountDoc> = plan.new_accounts.iter().map(AccountDoc::from).collect();
+            self.accounts().insert_many(docs).session(&mut *s).await?;
         }
-        self.update_each(s, "transactions", w.decided).await?;
-        if !w.created.is_empty() {
-            self.transactions().insert_many(w.created).session(&mut *s).await?;
+        let bumps = plan.seq_bumps.iter().map(|b| {
+            doc! { "q": { "_id": b.account.to_string(), "seq": b.from }, "u": { "$set": { "seq": b.to } } }
+        });
+        self.update_each(s, "accounts", bumps.collect()).await?;
+        if !plan.entries.is_empty() {
+            let entries: Vec<EntryDoc> = plan.entries.iter().map(EntryDoc::from).collect();
+            self.entries().insert_many(entries).session(&mut *s).await?;
         }
-        self.update_each(s, "transactions", w.reversed).await
+        let decided = plan.decided.iter().map(|record| {
+            let reason = record.failure_reason.map(FailureReason::as_str);
+            let completed_at = record.completed_at.map(to_bson_time);
+            doc! {
+                "q": { "_id": record.id.to_string(), "status": TransactionStatus::Pending.as_str() },
+                "u": { "$set": { "status": record.status.as_str(), "failureReason": reason, "completedAt": completed_at } },
+            }
+        });
+        self.update_each(s, "transactions", decided.collect()).await?;
+        if !plan.created.is_empty() {
+            let created: Vec<TransactionDoc> = plan.created.iter().map(TransactionDoc::from).collect();
+            self.transactions().insert_many(created).session(&mut *s).await?;
+        }
+        let reversed = plan.reversed.iter().map(|(original, by)| {
+            doc! {
+                "q": { "_id": original.to_string(), "reversedBy": null },
+                "u": { "$set": { "reversedBy": by.to_string() } },
+            }
+        });
+        self.update_each(s, "transactions", reversed.collect()).await
     }
 
     /// Runs several guarded update statements in one round trip (the `update` command; the
@@ -356,262 +358,6 @@ impl Store {
             return Err(StoreError::Contention { attempts: 0 });
         }
         Ok(())
-    }
-}
-
-/// An account as the batch sees it: as loaded, then advanced by each posting decided so far.
-struct AccountState {
-    account: AccountRecord,
-    /// The `seq` read from the database: the guard on the final bump.
-    loaded_seq: i64,
-    seq: i64,
-    balance: Balance,
-    /// The latest entry's hash, which the next entry chains to.
-    hash: String,
-    head_found: bool,
-}
-
-impl AccountState {
-    fn new(account: AccountRecord) -> Self {
-        let seq = account.seq;
-        Self { account, loaded_seq: seq, seq, balance: Balance::ZERO, hash: GENESIS_HASH.to_owned(), head_found: false }
-    }
-
-    fn snapshot(&self) -> AccountSnapshot {
-        AccountSnapshot {
-            id: self.account.id,
-            status: self.account.status,
-            currency: self.account.currency,
-            balance: self.balance,
-        }
-    }
-
-    /// Appends an entry to this account's chain and returns it.
-    fn post(
-        &mut self,
-        record: &TransactionRecord,
-        entry_type: EntryType,
-        balance_after: Balance,
-        now: DateTime<Utc>,
-    ) -> EntryDoc {
-        let fields = EntryFields {
-            id: EntryId::generate(),
-            account_id: self.account.id,
-            transaction_id: record.id,
-            entry_type,
-            amount: record.amount,
-            currency: record.currency,
-            seq: self.seq + 1,
-            balance_after,
-            created_at_ms: now.timestamp_millis(),
-            prev_hash: &self.hash,
-        };
-        let hash = fields.hash();
-        let entry = EntryDoc {
-            id: fields.id.to_string(),
-            account_id: fields.account_id.to_string(),
-            transaction_id: record.id.to_string(),
-            entry_type,
-            amount: record.amount.minor(),
-            currency: record.currency.code().to_owned(),
-            seq: fields.seq,
-            balance_after: balance_after.minor(),
-            created_at: mongodb::bson::DateTime::from_millis(fields.created_at_ms),
-            prev_hash: std::mem::replace(&mut self.hash, hash.clone()),
-            hash,
-        };
-        self.seq += 1;
-        self.balance = balance_after;
-        entry
-    }
-}
-
-/// What a batch has decided to write.
-#[derive(Default)]
-struct Writes {
-    account_bumps: Vec<Document>,
-    entries: Vec<EntryDoc>,
-    /// Status updates of records that were PENDING before the batch.
-    decided: Vec<Document>,
-    /// Records first seen in this batch (upstream commands), inserted already decided.
-    created: Vec<TransactionDoc>,
-    reversed: Vec<Document>,
-}
-
-impl Writes {
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.decided.is_empty() && self.created.is_empty()
-    }
-}
-
-/// The in-memory state of one batch: what was read, and what has been decided so far.
-#[derive(Default)]
-struct Batch {
-    transactions: HashMap<TransactionId, Result<TransactionRecord, StoreError>>,
-    by_key: HashMap<(String, String), TransactionId>,
-    accounts: HashMap<AccountId, Result<AccountState, StoreError>>,
-    /// Records created by this batch, until they are written.
-    created: HashMap<TransactionId, TransactionDoc>,
-    writes: Writes,
-}
-
-impl Batch {
-    fn add_transaction(&mut self, doc: TransactionDoc) {
-        let key = (doc.idempotency_scope.clone(), doc.idempotency_key.clone());
-        let Ok(id) = doc.id.parse::<TransactionId>() else { return };
-        self.by_key.insert(key, id);
-        self.transactions.insert(id, TransactionRecord::try_from(doc));
-    }
-
-    fn record(&self, id: TransactionId) -> Option<Result<TransactionRecord, StoreError>> {
-        self.transactions.get(&id).map(|r| r.as_ref().cloned().map_err(Clone::clone))
-    }
-
-    /// Decides one command against the batch's current state and records what to write.
-    fn decide(&mut self, cmd: &TransferCommand) -> Outcome {
-        let existing = match cmd.transaction_id {
-            Some(id) => match self.record(id) {
-                Some(record) => Some(record?),
-                None => return Ok(Execution::UnknownTransaction(id)),
-            },
-            None => {
-                let key = (cmd.initiator.to_string(), cmd.idempotency_key.as_str().to_owned());
-                self.by_key.get(&key).copied().and_then(|id| self.record(id)).transpose()?
-            }
-        };
-        let mut record = match existing {
-            Some(record) => {
-                let same = record.request_hash == cmd.request.fingerprint()
-                    && record.initiator == cmd.initiator
-                    && record.idempotency_key == cmd.idempotency_key;
-                if !same {
-                    return Ok(Execution::Mismatch { existing: record.id });
-                }
-                if record.status.is_terminal() {
-                    return Ok(Execution::AlreadyTerminal(record));
-                }
-                record
-            }
-            None => {
-                let doc = pending_doc(TransactionId::generate(), cmd);
-                let record = TransactionRecord::try_from(doc.clone())?;
-                self.by_key.insert((doc.idempotency_scope.clone(), doc.idempotency_key.clone()), record.id);
-                self.created.insert(record.id, doc);
-                record
-            }
-        };
-
-        let request = &cmd.request;
-        let from = self.snapshot(request.from)?;
-        let to = self.snapshot(request.to)?;
-        let decision = match self.check_reversal(request)? {
-            Err(reason) => Err(reason),
-            Ok(()) => post_transfer(request, from.as_ref(), to.as_ref()),
-        };
-        // Stored with millisecond precision; the record returned says exactly what is stored.
-        let now = Utc::now().trunc_subsecs(3);
-        let (status, reason) = match decision {
-            Ok(posting) => {
-                self.post(&record, posting, now);
-                if let Some(original) = request.reverses {
-                    self.mark_reversed(original, record.id);
-                }
-                (TransactionStatus::Completed, None)
-            }
-            Err(reason) => (TransactionStatus::Failed, Some(reason)),
-        };
-        record.status = status;
-        record.failure_reason = reason;
-        record.completed_at = Some(now);
-        self.record_decision(&record);
-        Ok(Execution::Decided(record))
-    }
-
-    fn snapshot(&self, id: AccountId) -> Result<Option<AccountSnapshot>, StoreError> {
-        match self.accounts.get(&id) {
-            None => Ok(None),
-            Some(Ok(state)) => Ok(Some(state.snapshot())),
-            Some(Err(e)) => Err(e.clone()),
-        }
-    }
-
-    /// For a REVERSAL: the original must be a COMPLETED, not yet reversed, non-reversal
-    /// transaction whose accounts and amount this one mirrors.
-    fn check_reversal(&self, request: &TransferRequest) -> Result<Result<(), FailureReason>, StoreError> {
-        let Some(original_id) = request.reverses else { return Ok(Ok(())) };
-        let Some(original) = self.record(original_id).transpose()? else {
-            return Ok(Err(FailureReason::InvalidCommand));
-        };
-        if original.reversed_by.is_some() {
-            return Ok(Err(FailureReason::AlreadyReversed));
-        }
-        let mirrors = original.status == TransactionStatus::Completed
-            && original.kind != TransferKind::Reversal
-            && original.from_account == request.to
-            && original.to_account == request.from
-            && original.amount == request.amount
-            && original.currency == request.currency;
-        Ok(if mirrors { Ok(()) } else { Err(FailureReason::InvalidCommand) })
-    }
-
-    /// Applies an allowed posting: an entry on each side, each account's state advanced.
-    fn post(&mut self, record: &TransactionRecord, posting: Posting, now: DateTime<Utc>) {
-        let sides = [
-            (record.from_account, EntryType::Debit, posting.debit_balance_after),
-            (record.to_account, EntryType::Credit, posting.credit_balance_after),
-        ];
-        for (id, entry_type, balance_after) in sides {
-            if let Some(Ok(state)) = self.accounts.get_mut(&id) {
-                self.writes.entries.push(state.post(record, entry_type, balance_after, now));
-            }
-        }
-    }
-
-    /// Records on the original that it was reversed, in the reversal's transaction: two
-    /// concurrent reversals conflict on this write and only one can complete.
-    fn mark_reversed(&mut self, original: TransactionId, by: TransactionId) {
-        if let Some(Ok(record)) = self.transactions.get_mut(&original) {
-            record.reversed_by = Some(by);
-        }
-        if let Some(doc) = self.created.get_mut(&original) {
-            doc.reversed_by = Some(by.to_string());
-        } else {
-            self.writes.reversed.push(doc! {
-                "q": { "_id": original.to_string(), "reversedBy": null },
-                "u": { "$set": { "reversedBy": by.to_string() } },
-            });
-        }
-    }
-
-    fn record_decision(&mut self, record: &TransactionRecord) {
-        let reason = record.failure_reason.map(FailureReason::as_str);
-        let completed_at = record.completed_at.map(to_bson_time);
-        if let Some(mut doc) = self.created.remove(&record.id) {
-            doc.status = record.status.as_str().to_owned();
-            doc.failure_reason = reason.map(str::to_owned);
-            doc.completed_at = completed_at;
-            doc.reversed_by = record.reversed_by.map(|id| id.to_string());
-            self.writes.created.push(doc);
-        } else {
-            self.writes.decided.push(doc! {
-                "q": { "_id": record.id.to_string(), "status": TransactionStatus::Pending.as_str() },
-                "u": { "$set": { "status": record.status.as_str(), "failureReason": reason, "completedAt": completed_at } },
-            });
-        }
-        self.transactions.insert(record.id, Ok(record.clone()));
-    }
-
-    /// The account bumps, guarded by the `seq` each was read at. Called once all commands
-    /// are decided.
-    fn finish(&mut self) {
-        for state in self.accounts.values().filter_map(|s| s.as_ref().ok()) {
-            if state.seq != state.loaded_seq {
-                self.writes.account_bumps.push(doc! {
-                    "q": { "_id": state.account.id.to_string(), "seq": state.loaded_seq },
-                    "u": { "$set": { "seq": state.seq } },
-                });
-            }
-        }
     }
 }
 

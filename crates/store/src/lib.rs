@@ -12,6 +12,7 @@
 
 mod accounts;
 mod audit;
+mod decide;
 mod docs;
 mod error;
 mod execute;

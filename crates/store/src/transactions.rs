@@ -50,28 +50,7 @@ pub struct TransactionFilter {
 
 /// The document for a new PENDING transaction.
 pub(crate) fn pending_doc(id: TransactionId, cmd: &TransferCommand) -> TransactionDoc {
-    let r = &cmd.request;
-    TransactionDoc {
-        id: id.to_string(),
-        kind: r.kind.as_str().to_owned(),
-        from_account: r.from.to_string(),
-        to_account: r.to.to_string(),
-        amount: r.amount.minor(),
-        currency: r.currency.code().to_owned(),
-        status: TransactionStatus::Pending.as_str().to_owned(),
-        failure_reason: None,
-        idempotency_scope: cmd.initiator.to_string(),
-        idempotency_key: cmd.idempotency_key.as_str().to_owned(),
-        request_hash: r.fingerprint(),
-        initiator: cmd.initiator.to_string(),
-        description: r.description.as_ref().map(|d| d.as_str().to_owned()),
-        requested_at: to_bson_time(cmd.requested_at),
-        created_at: to_bson_time(Utc::now()),
-        completed_at: None,
-        republished: 0,
-        reverses: r.reverses.map(|id| id.to_string()),
-        reversed_by: None,
-    }
+    TransactionDoc::from(&TransactionRecord::pending(id, cmd, Utc::now()))
 }
 
 pub(crate) fn key_filter(initiator: &Initiator, key: &IdempotencyKey) -> Document {

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
 use ledgerflow_domain::{
-    AccountId, Amount, Currency, Description, IdempotencyKey, TransactionId, TransactionStatus, TransferCommand,
-    TransferKind, TransferRequest,
+    AccountId, Amount, Currency, Description, IdempotencyKey, NotReversible, TransactionId, TransactionStatus,
+    TransferCommand, TransferKind, TransferRequest,
 };
 use ledgerflow_store::{AccountRecord, InsertPending, TransactionFilter, TransactionRecord};
 use tracing::{Instrument, info, info_span};
@@ -170,13 +170,13 @@ pub(super) async fn reverse(
         }
         return Ok((StatusCode::OK, Json(dto::TransactionEnvelope::from(&existing))).into_response());
     }
-    if original.status != TransactionStatus::Completed {
-        return Err(ApiError::NotReversible("only a COMPLETED transaction can be reversed"));
+    match original.reversal_candidate().may_be_reversed() {
+        Ok(()) => {}
+        Err(NotReversible::AlreadyReversed) => return Err(ApiError::AlreadyReversed),
+        Err(refusal) => return Err(ApiError::NotReversible(refusal)),
     }
-    if original.kind == TransferKind::Reversal {
-        return Err(ApiError::NotReversible("a reversal cannot itself be reversed"));
-    }
-    if original.reversed_by.is_some() || state.store.active_reversal_of(original.id).await?.is_some() {
+    // A reversal already on its way would lose in the worker; say so now.
+    if state.store.active_reversal_of(original.id).await?.is_some() {
         return Err(ApiError::AlreadyReversed);
     }
     accept(&state, &user, request, key, request_id.0).await

@@ -1,0 +1,104 @@
+//! The reversal rule: which transactions may be reversed, and what their reversal must be.
+//!
+//! The gateway applies it to refuse a reversal at once (409), the worker again inside the
+//! database transaction that would write it (the gateway's read may be stale by then). One
+//! definition, so the two can never disagree about what is reversible.
+
+use crate::{TransactionId, TransactionStatus, TransferKind, TransferRequest};
+
+/// Why a transaction may not be reversed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReversible {
+    /// PENDING money has not moved, and FAILED money never will.
+    #[error("only a COMPLETED transaction can be reversed")]
+    NotCompleted,
+    /// Undoing a reversal is a new transfer, not a reversal of a reversal: otherwise a chain
+    /// of them could move the same money back and forth without end.
+    #[error("a reversal cannot itself be reversed")]
+    IsAReversal,
+    /// Each transaction is reversed at most once.
+    #[error("the transaction is already reversed")]
+    AlreadyReversed,
+}
+
+/// What the rule needs to know of the transaction to reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReversalCandidate {
+    pub kind: TransferKind,
+    pub status: TransactionStatus,
+    /// The REVERSAL that already undid it, if any.
+    pub reversed_by: Option<TransactionId>,
+}
+
+impl ReversalCandidate {
+    /// Whether the transaction may be reversed now.
+    pub fn may_be_reversed(&self) -> Result<(), NotReversible> {
+        if self.status != TransactionStatus::Completed {
+            return Err(NotReversible::NotCompleted);
+        }
+        if self.kind == TransferKind::Reversal {
+            return Err(NotReversible::IsAReversal);
+        }
+        if self.reversed_by.is_some() {
+            return Err(NotReversible::AlreadyReversed);
+        }
+        Ok(())
+    }
+}
+
+impl TransferRequest {
+    /// Whether this request is exactly the reversal of `original`: the same amount in the
+    /// same currency, between the same accounts the other way. A queue message may claim to
+    /// reverse anything; only the exact mirror is honoured.
+    pub fn mirrors(&self, original: &TransferRequest) -> bool {
+        self.kind == TransferKind::Reversal
+            && self.from == original.to
+            && self.to == original.from
+            && self.amount == original.amount
+            && self.currency == original.currency
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AccountId, Amount, Currency};
+
+    fn completed(kind: TransferKind) -> ReversalCandidate {
+        ReversalCandidate { kind, status: TransactionStatus::Completed, reversed_by: None }
+    }
+
+    #[test]
+    fn only_a_completed_unreversed_non_reversal_may_be_reversed() {
+        assert_eq!(completed(TransferKind::Transfer).may_be_reversed(), Ok(()));
+        assert_eq!(completed(TransferKind::InitialFunds).may_be_reversed(), Ok(()));
+        assert_eq!(completed(TransferKind::Reversal).may_be_reversed(), Err(NotReversible::IsAReversal));
+        for status in [TransactionStatus::Pending, TransactionStatus::Failed] {
+            let candidate = ReversalCandidate { status, ..completed(TransferKind::Transfer) };
+            assert_eq!(candidate.may_be_reversed(), Err(NotReversible::NotCompleted), "{status}");
+        }
+        let reversed =
+            ReversalCandidate { reversed_by: Some(TransactionId::generate()), ..completed(TransferKind::Transfer) };
+        assert_eq!(reversed.may_be_reversed(), Err(NotReversible::AlreadyReversed));
+    }
+
+    #[test]
+    fn only_the_exact_mirror_reverses_a_transfer() {
+        let (a, b) = (AccountId::generate(), AccountId::generate());
+        let amount = Amount::new(250).expect("amount");
+        let original =
+            TransferRequest::new(TransferKind::Transfer, a, b, amount, Currency::USD, None).expect("valid request");
+        let id = TransactionId::generate();
+        let reversal = TransferRequest::reversal(id, a, b, amount, Currency::USD, None);
+        assert!(reversal.mirrors(&original));
+        assert!(!TransferRequest::reversal(id, b, a, amount, Currency::USD, None).mirrors(&original));
+        let less = Amount::new(249).expect("amount");
+        assert!(!TransferRequest::reversal(id, a, b, less, Currency::USD, None).mirrors(&original));
+        let euros = "EUR".parse().expect("EUR");
+        assert!(!TransferRequest::reversal(id, a, b, amount, euros, None).mirrors(&original));
+        // A transfer the other way is not a reversal, however much it looks like one.
+        let back =
+            TransferRequest::new(TransferKind::Transfer, b, a, amount, Currency::USD, None).expect("valid request");
+        assert!(!back.mirrors(&original));
+    }
+}
