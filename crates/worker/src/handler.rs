@@ -60,13 +60,13 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
     let message_id = delivery.properties.message_id().as_ref().map(ToString::to_string);
     // A publisher's id that is not a sane one is not written with every log line.
     let request_id = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get(REQUEST_ID_HEADER) {
-        Some(AMQPValue::LongString(s)) => s.to_string().parse::<RequestId>().ok().map(|id| id.as_str().to_owned()),
+        Some(AMQPValue::LongString(s)) => s.to_string().parse::<RequestId>().ok(),
         _ => None,
     });
     let span = info_span!(
         "command",
         message_id = message_id.as_deref().unwrap_or(""),
-        request_id = request_id.as_deref().unwrap_or(""),
+        request_id = request_id.as_ref().map_or("", RequestId::as_str),
         transaction_id = tracing::field::Empty,
         redelivered = delivery.redelivered,
     );
@@ -130,15 +130,14 @@ async fn execute(batcher: &Batcher, results: &Publisher, cmd: &TransferCommand) 
         }
         Ok(Execution::UnknownTransaction(id)) => {
             warn!(transaction_id = %id, "command names an unknown transaction, dead-lettering");
-            let result = failed(Some(id), Some(cmd.idempotency_key.clone()), Some(cmd.initiator.clone()));
+            let result = failed_command(cmd, Some(id), FailureReason::InvalidCommand);
             dead_letter_after(report(results, &result).await)
         }
         Ok(Execution::Mismatch { existing }) => {
             warn!(existing = %existing, "command contradicts the recorded transaction, dead-lettering");
             // Said as what it is: a bare INVALID_COMMAND under the key read as "the
             // transfer under this key failed", when that one may well have completed.
-            let mut result = failed(None, Some(cmd.idempotency_key.clone()), Some(cmd.initiator.clone()));
-            result.failure_reason = Some(FailureReason::IdempotencyKeyReused);
+            let result = failed_command(cmd, None, FailureReason::IdempotencyKeyReused);
             dead_letter_after(report(results, &result).await)
         }
         Err(e) if e.is_transient() => {
@@ -157,7 +156,8 @@ async fn execute(batcher: &Batcher, results: &Publisher, cmd: &TransferCommand) 
 async fn refuse(store: &Store, results: &Publisher, invalid: CommandError, message_id: Option<&str>) -> Settle {
     warn!(reason = %invalid.reason, "invalid command, dead-lettering");
     let claimed = invalid.transaction_id.or_else(|| message_id.and_then(|m| m.parse().ok()));
-    let mut result = failed(None, invalid.idempotency_key.clone(), invalid.initiator.clone());
+    let mut result =
+        failed(FailureReason::InvalidCommand, None, invalid.idempotency_key.clone(), invalid.initiator.clone());
     if let Some(id) = claimed {
         match identify(store, id, invalid.initiator.as_ref(), invalid.idempotency_key.as_ref()).await {
             Ok(Some(record)) => result = result_of(&record),
@@ -241,11 +241,7 @@ async fn retry_or_give_up(ctx: &Ctx, delivery: &Delivery, cmd: Option<&TransferC
             }
         },
         // Never recorded (an upstream command): nothing to mark, but its publisher still hears.
-        Ok(None) => {
-            let mut result = failed(None, Some(cmd.idempotency_key.clone()), Some(cmd.initiator.clone()));
-            result.failure_reason = Some(FailureReason::ProcessingFailed);
-            result
-        }
+        Ok(None) => failed_command(cmd, None, FailureReason::ProcessingFailed),
         Err(e) => {
             error!(error = %e, "database still unreachable; dead-lettering without a result");
             return Settle::DeadLetter;
@@ -261,13 +257,18 @@ fn result_of(record: &TransactionRecord) -> TransferResult {
     result
 }
 
-fn failed(id: Option<TransactionId>, key: Option<IdempotencyKey>, initiator: Option<Initiator>) -> TransferResult {
-    let mut result = TransferResult::new(
-        id,
-        TransactionStatus::Failed,
-        Some(FailureReason::InvalidCommand),
-        Some(chrono::Utc::now()),
-    );
+/// A FAILED result for a command, naming it by its key and initiator.
+fn failed_command(cmd: &TransferCommand, id: Option<TransactionId>, reason: FailureReason) -> TransferResult {
+    failed(reason, id, Some(cmd.idempotency_key.clone()), Some(cmd.initiator.clone()))
+}
+
+fn failed(
+    reason: FailureReason,
+    id: Option<TransactionId>,
+    key: Option<IdempotencyKey>,
+    initiator: Option<Initiator>,
+) -> TransferResult {
+    let mut result = TransferResult::new(id, TransactionStatus::Failed, Some(reason), Some(chrono::Utc::now()));
     result.idempotency_key = key;
     result.initiator = initiator;
     result
