@@ -340,7 +340,11 @@ impl Batch {
         states.sort_by_key(|state| state.head.account.id);
         for state in states {
             if state.new {
-                self.plan.new_accounts.push(state.head.account.clone());
+                // Only once money moved through it: a failed first INITIAL_FUNDS (say, into an
+                // unknown account) leaves no funding account behind.
+                if state.head.account.seq > 0 {
+                    self.plan.new_accounts.push(state.head.account.clone());
+                }
             } else if state.head.account.seq != state.loaded_seq {
                 let (account, from, to) = (state.head.account.id, state.loaded_seq, state.head.account.seq);
                 self.plan.seq_bumps.push(SeqBump { account, from, to });
@@ -509,6 +513,17 @@ mod tests {
         assert!(plan.seq_bumps.iter().all(|b| b.account != funding));
         let last = plan.entries.iter().rfind(|e| e.account_id == funding).expect("a funding entry");
         assert_eq!(last.balance_after, Balance(-501));
+    }
+
+    #[test]
+    fn a_failed_first_initial_funds_opens_no_funding_account() {
+        let funding = AccountId::funding(Currency::USD);
+        let nowhere = AccountId::generate();
+        let cmd = command(TransferKind::InitialFunds, funding, nowhere, 500, "fund");
+        let (outcomes, plan) = decide(loaded(&[]), &[cmd], Utc::now());
+        assert_eq!(status(&outcomes[0]), (TransactionStatus::Failed, Some(FailureReason::AccountNotFound)));
+        assert!(plan.new_accounts.is_empty() && plan.entries.is_empty());
+        assert_eq!(plan.created.len(), 1);
     }
 
     #[test]
