@@ -182,7 +182,7 @@ pub fn router(state: AppState) -> Router {
 /// up to [`GatewayConfig::drain_limit`]; long polls answer at once) and stops the republisher.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     let state = AppState { stopping: shutdown.clone(), ..state };
-    telemetry::prometheus();
+    ledgerflow_telemetry::prometheus();
     info!(addr = %listener.local_addr()?, "gateway listening");
     let republisher = tokio::spawn(republisher::run(state.clone(), shutdown.clone()));
     let watcher = tokio::spawn(watch::run(

@@ -1,52 +1,12 @@
-//! Prometheus metrics: one recorder per process, rendered at `GET /metrics` by the gateway
-//! and by a worker's own metrics listener. Counters and histograms are recorded where things
-//! happen (`metrics::counter!` in every crate); this module only installs and exposes them.
+//! The gateway's HTTP metrics: every request counted and timed. The recorder they go to, and
+//! `GET /metrics`, are `ledgerflow_telemetry`'s, shared with the worker.
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, header};
+use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-/// Latency buckets in seconds: from sub-millisecond reads to multi-second outages.
-const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// The process's Prometheus recorder, installed on first use. `None` if another recorder
-/// was installed first (metrics then go there).
-pub fn prometheus() -> Option<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-                .ok()?
-                .install_recorder()
-                .ok()
-        })
-        .clone()
-}
-
-/// `GET /metrics` in the Prometheus text format.
-pub async fn render() -> Response {
-    match prometheus() {
-        Some(handle) => {
-            handle.run_upkeep();
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
-        }
-        None => crate::error::ApiError::Unavailable("metrics recorder not installed").into_response(),
-    }
-}
-
-/// A router serving only `/metrics`, for processes without the gateway (workers).
-pub fn metrics_router() -> Router {
-    Router::new().route("/metrics", get(render))
-}
+use axum::response::Response;
 
 /// Middleware: counts requests and times them by route template (never by raw path, which
 /// would make one time series per account id), method (standard ones only) and status.

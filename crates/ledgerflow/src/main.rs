@@ -270,18 +270,6 @@ enum Admin {
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LEDGERFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if std::env::var("LEDGERFLOW_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Cancelled on SIGTERM or Ctrl-C: stop taking work, finish what is in flight, exit.
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -406,7 +394,7 @@ fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerCon
 
 fn main() -> ExitCode {
     enlarge_thread_stacks();
-    init_tracing();
+    ledgerflow_telemetry::init_tracing();
     let cli = Cli::parse();
     match runtime(cli.threads).and_then(|rt| rt.block_on(run(cli))) {
         Ok(()) => ExitCode::SUCCESS,
@@ -471,14 +459,9 @@ async fn run(cli: Cli) -> Result<()> {
             let store = open_store(&conn, None).await?;
             let shutdown = shutdown_on_signal();
             if let Some(addr) = args.metrics_addr {
-                ledgerflow_gateway::telemetry::prometheus();
                 let listener = tokio::net::TcpListener::bind(addr).await.context("cannot listen for metrics")?;
                 info!(%addr, "serving metrics");
-                let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    let app = ledgerflow_gateway::telemetry::metrics_router();
-                    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
-                });
+                tokio::spawn(ledgerflow_telemetry::serve_metrics(listener, shutdown.clone().cancelled_owned()));
             }
             ledgerflow_worker::run(store.clone(), worker_config(&conn, &args, 0), shutdown).await;
             store.shutdown().await;

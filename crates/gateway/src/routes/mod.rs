@@ -95,7 +95,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .nest("/api/transactions", transactions)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::telemetry::render))
+        .route("/metrics", get(ledgerflow_telemetry::render))
         .route("/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::NotFound { code: "NOT_FOUND", what: "route" } })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
