@@ -29,6 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use ledgerflow_messaging::Publisher;
 use ledgerflow_store::{Grouping, PendingWriter, Store};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -41,7 +42,8 @@ pub use auth::{JwtKeys, hash_password};
 /// Gateway settings that are not connections.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    pub jwt_secret: String,
+    /// Signs and checks tokens; shown as `[REDACTED]` by `Debug`, so never logged.
+    pub jwt_secret: SecretString,
     pub token_ttl: Duration,
     /// How long a user's session version is remembered: a session ended through another
     /// gateway, or by an operator, is still honoured here for at most this long.
@@ -72,7 +74,7 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     pub fn new(jwt_secret: String) -> Self {
         Self {
-            jwt_secret,
+            jwt_secret: jwt_secret.into(),
             token_ttl: Duration::from_secs(12 * 3600),
             session_recheck: DEFAULT_SESSION_RECHECK,
             cookie_secure: true,
@@ -137,7 +139,7 @@ pub struct AppState {
 impl AppState {
     /// Spawns the PENDING writer's task, so call it inside the Tokio runtime that serves.
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
-        let keys = Arc::new(JwtKeys::new(config.jwt_secret.as_bytes(), config.token_ttl));
+        let keys = Arc::new(JwtKeys::new(config.jwt_secret.expose_secret().as_bytes(), config.token_ttl));
         let pending = store.pending_writer(Grouping { max: PENDING_GROUP_MAX, linger: config.insert_linger });
         let sessions = Arc::new(sessions::SessionVersions::new(config.session_recheck));
         Self {
@@ -234,5 +236,19 @@ async fn accept(listener: TcpListener, app: Router, shutdown: &CancellationToken
     drop(listener);
     if tokio::time::timeout(config.drain_limit, open.shutdown()).await.is_err() {
         warn!(limit = ?config.drain_limit, "open requests outlasted the drain limit; stopping without them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GatewayConfig;
+
+    #[test]
+    fn the_jwt_secret_never_prints() {
+        let secret = "a-secret-of-at-least-thirty-two-bytes!";
+        let config = GatewayConfig::new(secret.to_owned());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 }
