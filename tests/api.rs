@@ -78,7 +78,7 @@ async fn register_and_login() {
 async fn repeated_failed_sign_ins_lock_the_email_until_the_window_ends() {
     let app = ledgerflow_tests::spawn_app_configured(1, |c| {
         c.login_max_failures = 3;
-        c.login_window = std::time::Duration::from_secs(3);
+        c.login_window = std::time::Duration::from_secs(3).into();
     })
     .await;
     let login = |email: String, password: &'static str| {
@@ -198,8 +198,8 @@ async fn slow_clients_get_408_and_cannot_hold_up_a_stopping_gateway() {
 
     let quick = app
         .gateway_with(&ledgerflow_tests::amqp_uri(), |c| {
-            c.body_deadline = Duration::from_secs(1);
-            c.head_deadline = Duration::from_secs(1);
+            c.body_deadline = Some(Duration::from_secs(1));
+            c.head_deadline = Some(Duration::from_secs(1));
         })
         .await;
     let started = Instant::now();
@@ -217,8 +217,8 @@ async fn slow_clients_get_408_and_cannot_hold_up_a_stopping_gateway() {
     // A gateway with a long body deadline, a pending long poll and a trickling client.
     let patient = app
         .gateway_with(&ledgerflow_tests::amqp_uri(), |c| {
-            c.body_deadline = Duration::from_secs(600);
-            c.drain_limit = Duration::from_secs(2);
+            c.body_deadline = Some(Duration::from_secs(600));
+            c.drain_limit = Some(Duration::from_secs(2));
         })
         .await;
     app.stop_worker(0).await;
@@ -306,7 +306,7 @@ async fn refused_within(app: &ledgerflow_tests::TestApp, token: &str, within: st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_out_ends_every_session_and_so_do_an_operator_and_a_new_system_password() {
     let recheck = std::time::Duration::from_secs(1);
-    let app = ledgerflow_tests::spawn_app_configured(1, |c| c.session_recheck = recheck).await;
+    let app = ledgerflow_tests::spawn_app_configured(1, |c| c.session_recheck = recheck.into()).await;
     let email = format!("s{}@example.com", uuid::Uuid::new_v4().simple());
     let (status, _) =
         app.call("POST", "/api/auth/register", None, Some(json!({"email": email, "password": "long enough"}))).await;

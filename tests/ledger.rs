@@ -191,9 +191,10 @@ async fn admin_commands_list_suspend_reactivate_close_and_show() {
 /// does: it gives up after its patience (30 s) with exit code 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_shot_command_gives_up_on_an_unreachable_mongodb() {
-    let mut cmd = ledgerflow_tests::ledgerflow_command("lf_test_unreachable", "lf_test_x");
-    cmd.env("LEDGERFLOW_MONGODB_URI", "mongodb://127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=500")
-        .arg("reconcile");
+    let mut settings = ledgerflow_tests::test_settings("test").one_shot();
+    settings.connections.mongodb_uri = "mongodb://127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=500".into();
+    let mut cmd = ledgerflow_tests::ledgerflow_command(&settings);
+    cmd.arg("reconcile");
     // The patience and one last server-selection timeout, with room to spare.
     let out = ledgerflow_tests::cli_output(cmd, std::time::Duration::from_secs(90)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -337,7 +338,7 @@ async fn a_terminated_bench_stops_the_processes_it_started() {
     let app = spawn_app().await;
     // Killed when dropped, should an assertion below fail first.
     let mut bench = ledgerflow_tests::Reaped(
-        ledgerflow_tests::ledgerflow_command(app.store.database_name(), app.topology.prefix())
+        app.cli()
             .args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -242,7 +242,7 @@ async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sparse_transfers_are_not_held_by_lingering() {
     let hour = Duration::from_secs(3600);
-    let mut app = spawn_app_configured(0, |gateway| gateway.insert_linger = hour).await;
+    let mut app = spawn_app_configured(0, |gateway| gateway.insert_linger = hour.into()).await;
     let mut config = app.worker_config("lingering-worker");
     config.batch_linger = hour;
     app.add_worker_with(app.store.clone(), config);

@@ -12,17 +12,19 @@ pub mod processes;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ledgerflow_gateway::{AppState, GatewayConfig, hash_password};
+use ledgerflow::settings::{Connections, GatewaySettings, WorkerSettings, from_env};
+use ledgerflow::{App, Settings};
 use ledgerflow_messaging::lapin::message::Delivery;
 use ledgerflow_messaging::lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
-use ledgerflow_messaging::{Publisher, Topology, connect};
+use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
 use ledgerflow_worker::WorkerConfig;
 use reqwest::StatusCode;
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +73,34 @@ pub fn topology(prefix: &str) -> Topology {
 
 pub const SYSTEM_EMAIL: &str = "system@ledgerflow.test";
 pub const SYSTEM_PASSWORD: &str = "system-password-for-tests";
+/// One JWT secret for every test gateway, so a token works on each.
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+/// The settings every test system starts from: the real ones (the flags' defaults, then the
+/// environment), changed to the test services, a database and a queue prefix of its own
+/// (`kind`: test, fault), port 0, a SYSTEM user and quick retries.
+pub fn test_settings(kind: &str) -> Settings {
+    let (db, prefix) = unique_names(kind);
+    let mut connections: Connections = from_env().unwrap();
+    connections.mongodb_uri = mongodb_uri();
+    connections.mongodb_db = db;
+    connections.amqp_uri = amqp_uri();
+    connections.amqp_prefix = prefix;
+    connections.partitions = PARTITIONS;
+    let mut gateway: GatewaySettings = from_env().unwrap();
+    gateway.http_addr = "127.0.0.1:0".parse().unwrap();
+    gateway.jwt_secret = Some(SecretString::from(JWT_SECRET.to_owned()));
+    gateway.system_email = Some(SYSTEM_EMAIL.to_owned());
+    gateway.system_password = Some(SecretString::from(SYSTEM_PASSWORD.to_owned()));
+    gateway.cookie_secure = false;
+    gateway.republish_interval = Duration::from_millis(200).into();
+    gateway.republish_after = Duration::from_millis(500).into();
+    let mut worker: WorkerSettings = from_env().unwrap();
+    worker.prefetch = 16;
+    worker.max_attempts = 3;
+    worker.retry_delay = Duration::from_millis(100).into();
+    Settings { connections, gateway: Some(gateway), worker, workers: 0, threads: 1 }
+}
 
 pub fn mongodb_uri() -> String {
     std::env::var("LEDGERFLOW_TEST_MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=rs0".into())
@@ -224,6 +254,8 @@ impl Client {
 /// A running LedgerFlow (gateway + workers) on its own database and queues.
 pub struct TestApp {
     pub client: Client,
+    /// What this app was built from; [`TestApp::cli`] hands it to child processes.
+    pub settings: Settings,
     pub store: Store,
     pub topology: Topology,
     shutdown: CancellationToken,
@@ -241,43 +273,29 @@ pub async fn spawn_app_with(workers: usize) -> TestApp {
     spawn_app_configured(workers, |_| {}).await
 }
 
-/// The gateway settings every test gateway starts from (one JWT secret, so a token works on
-/// each), then `configure`d.
-fn gateway_config(configure: impl FnOnce(&mut GatewayConfig)) -> GatewayConfig {
-    let mut config = GatewayConfig::new("test-secret-test-secret-test-secret-0123456789".into());
-    config.cookie_secure = false;
-    config.republish_interval = Duration::from_millis(200);
-    config.republish_after = Duration::from_millis(500);
-    configure(&mut config);
-    config
-}
-
-/// Like [`spawn_app_with`], with the gateway's configuration adjusted by `configure`.
-pub async fn spawn_app_configured(workers: usize, configure: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+/// Like [`spawn_app_with`], with the gateway's settings changed by `configure`. The gateway
+/// is built by [`App::build`], as `ledgerflow gateway` builds it; the workers are started
+/// one by one, so that a test can stop each.
+pub async fn spawn_app_configured(workers: usize, configure: impl FnOnce(&mut GatewaySettings)) -> TestApp {
     init_logs();
-    let (db, prefix) = unique_names("test");
-    let store = Store::connect(&mongodb_uri(), &db).await.unwrap();
-    store.ensure_indexes().await.unwrap();
-    let topology = topology(&prefix);
-    let hash = hash_password(SYSTEM_PASSWORD.parse().unwrap()).await.unwrap();
-    store.ensure_system_user(&SYSTEM_EMAIL.parse().unwrap(), hash).await.unwrap();
-
-    let config = gateway_config(configure);
-    let publisher = Publisher::new(&amqp_uri(), "test-gateway", topology.clone());
-    publisher.ensure_connected().await.unwrap();
-    let state = AppState::new(store.clone(), publisher, config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut settings = test_settings("test");
+    configure(settings.gateway.as_mut().unwrap());
+    // The harness's own client: the app's is shut down with it, before the teardown is done.
+    let store = Store::connect(&settings.connections.mongodb_uri, &settings.connections.mongodb_db).await.unwrap();
+    let topology = settings.connections.topology();
+    let app = App::build(&settings).await.unwrap();
+    let base = format!("http://{}", app.http_addr().unwrap());
     let shutdown = CancellationToken::new();
     let gateway = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            ledgerflow_gateway::serve(listener, state, shutdown).await.unwrap();
+            app.run_until_stopped(shutdown).await.unwrap();
         }
     });
     let amqp = connect(&amqp_uri(), "test-harness").await.unwrap();
     let mut app = TestApp {
         client: Client::new(base, Duration::from_secs(30), None),
+        settings,
         store,
         topology,
         shutdown,
@@ -307,12 +325,11 @@ impl TestApp {
         self.add_worker_with(self.store.clone(), self.worker_config(&name))
     }
 
-    /// The configuration test workers use: small prefetch, quick retries.
+    /// The configuration test workers use: the app's worker settings (small prefetch, quick
+    /// retries), named `name`.
     pub fn worker_config(&self, name: &str) -> WorkerConfig {
-        let mut config = WorkerConfig::new(amqp_uri(), self.topology.clone(), name);
-        config.prefetch = 16;
-        config.max_attempts = 3;
-        config.retry_delay = Duration::from_millis(100);
+        let mut config = self.settings.worker.config(&self.settings.connections, 0);
+        config.name = name.to_owned();
         config
     }
 
@@ -545,12 +562,12 @@ pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message of {body}");
 }
 
-/// A gateway of a test's own: where it listens, how to stop it, and its `serve` task.
+/// A gateway of a test's own: where it listens, how to stop it, and its task.
 pub struct OwnGateway {
     pub base: String,
     pub addr: std::net::SocketAddr,
     pub stop: CancellationToken,
-    pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub served: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestApp {
@@ -562,14 +579,14 @@ impl TestApp {
 
     /// Starts another gateway like [`Self::extra_gateway`], configured, that can also be
     /// stopped on its own.
-    pub async fn gateway_with(&self, amqp_uri: &str, configure: impl FnOnce(&mut GatewayConfig)) -> OwnGateway {
-        let config = gateway_config(configure);
-        let publisher = Publisher::new(amqp_uri, "test-extra-gateway", self.topology.clone());
-        let state = AppState::new(self.store.clone(), publisher, config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    pub async fn gateway_with(&self, amqp_uri: &str, configure: impl FnOnce(&mut GatewaySettings)) -> OwnGateway {
+        let mut settings = self.settings.clone();
+        settings.connections.amqp_uri = amqp_uri.to_owned();
+        configure(settings.gateway.as_mut().unwrap());
+        let app = App::build(&settings).await.unwrap();
+        let addr = app.http_addr().unwrap();
         let stop = self.shutdown.child_token();
-        let served = tokio::spawn(ledgerflow_gateway::serve(listener, state, stop.clone()));
+        let served = tokio::spawn(app.run_until_stopped(stop.clone()));
         OwnGateway { base: format!("http://{addr}"), addr, stop, served }
     }
 
@@ -642,17 +659,11 @@ pub fn ledgerflow_bin() -> std::path::PathBuf {
     target.join("debug/ledgerflow")
 }
 
-/// `ledgerflow` (the binary) on the test services, a database and a queue prefix: quiet,
-/// with no standard input. Callers add the subcommand and anything else.
-pub fn ledgerflow_command(db: &str, prefix: &str) -> std::process::Command {
+/// `ledgerflow` (the binary) with `settings` as its environment ([`Settings::child_env`]):
+/// quiet, with no standard input. Callers add the subcommand and anything else.
+pub fn ledgerflow_command(settings: &Settings) -> std::process::Command {
     let mut cmd = std::process::Command::new(ledgerflow_bin());
-    cmd.env("LEDGERFLOW_MONGODB_URI", mongodb_uri())
-        .env("LEDGERFLOW_MONGODB_DB", db)
-        .env("LEDGERFLOW_AMQP_URI", amqp_uri())
-        .env("LEDGERFLOW_AMQP_PREFIX", prefix)
-        .env("LEDGERFLOW_PARTITIONS", PARTITIONS.to_string())
-        .env("LEDGERFLOW_LOG", "warn")
-        .stdin(std::process::Stdio::null());
+    cmd.envs(settings.child_env()).env("LEDGERFLOW_LOG", "warn").stdin(std::process::Stdio::null());
     cmd
 }
 
@@ -663,17 +674,25 @@ pub async fn cli_output(cmd: std::process::Command, deadline: Duration) -> std::
 }
 
 impl TestApp {
-    /// `ledgerflow` on this app's database and queues ([`ledgerflow_command`]).
+    /// `ledgerflow` on this app's services, database and queues ([`ledgerflow_command`]);
+    /// the caller adds the subcommand.
     pub fn cli(&self) -> std::process::Command {
-        ledgerflow_command(self.store.database_name(), self.topology.prefix())
+        ledgerflow_command(&self.settings.one_shot())
+    }
+
+    /// `ledgerflow worker` with this app's worker settings, named `name`, then `configure`d.
+    fn worker_command(&self, name: &str, configure: impl FnOnce(&mut WorkerSettings)) -> std::process::Command {
+        let mut settings = self.settings.worker_only();
+        settings.worker.name = Some(name.to_owned());
+        configure(&mut settings.worker);
+        let mut cmd = ledgerflow_command(&settings);
+        cmd.arg("worker");
+        cmd
     }
 
     /// Starts `ledgerflow worker` as a real process on this app's database and queues.
     pub fn spawn_worker_process(&self, name: &str) -> std::process::Child {
-        self.cli()
-            .arg("worker")
-            .env("LEDGERFLOW_WORKER_NAME", name)
-            .env("LEDGERFLOW_WORKER_PREFETCH", "8")
+        self.worker_command(name, |worker| worker.prefetch = 8)
             .spawn()
             .expect("ledgerflow binary (run scripts/test.sh, which builds it)")
     }
@@ -682,11 +701,9 @@ impl TestApp {
     /// returns it (killed when dropped) and the port.
     pub fn spawn_worker_with_metrics(&self, name: &str) -> (Reaped, u16) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let child = self
-            .cli()
-            .arg("worker")
-            .env("LEDGERFLOW_WORKER_NAME", name)
-            .env("LEDGERFLOW_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .worker_command(name, |worker| worker.metrics_addr = Some(addr))
             .spawn()
             .expect("ledgerflow binary (run scripts/test.sh, which builds it)");
         (Reaped(child), port)

@@ -26,16 +26,16 @@ use ledgerflow_store::Store;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use ledgerflow::Settings;
+
 use crate::{
     Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, ledgerflow_command, mongodb_uri,
 };
 
-/// The JWT secret of every gateway process a fault test starts.
-pub const JWT_SECRET: &str = "fault-test-secret-fault-test-secret-0123456789";
 /// How long a gateway process waits before republishing a transfer whose publish was not
-/// confirmed, and how often it looks (`LEDGERFLOW_REPUBLISH_AFTER` / `_INTERVAL`).
-pub const REPUBLISH_AFTER: &str = "3s";
-pub const REPUBLISH_INTERVAL: &str = "500ms";
+/// confirmed, and how often it looks.
+pub const REPUBLISH_AFTER: Duration = Duration::from_secs(3);
+pub const REPUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// Upper bound for a process to start, stop, or for a service command to finish.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
 /// The HTTP client's timeout: a request that takes longer is a hang, not a slow answer.
@@ -295,16 +295,34 @@ impl Drop for ChildProcess {
     }
 }
 
-/// What every process of one cluster shares: its database, queue prefix and log names.
+/// What every process of one cluster shares: its settings (database, queue prefix…) and log
+/// names.
 #[derive(Clone)]
 pub struct ProcessEnv {
+    pub settings: Settings,
     pub db: String,
     pub prefix: String,
     pub label: String,
 }
 
 impl ProcessEnv {
-    fn command(&self, subcommand: &str, name: &str) -> (Command, PathBuf) {
+    /// A fault test's settings: [`crate::test_settings`], with retries 1 s apart and enough
+    /// of them that the outages these tests cause (a few seconds) never exhaust them (a
+    /// transfer must complete, not fail PROCESSING_FAILED), and a republisher that waits 3 s.
+    fn new(label: &str) -> Self {
+        let mut settings = crate::test_settings("fault");
+        let gateway = settings.gateway.as_mut().unwrap();
+        gateway.republish_after = REPUBLISH_AFTER.into();
+        gateway.republish_interval = REPUBLISH_INTERVAL.into();
+        settings.worker.retry_delay = Duration::from_secs(1).into();
+        settings.worker.max_attempts = 10;
+        let (db, prefix) = (settings.connections.mongodb_db.clone(), settings.connections.amqp_prefix.clone());
+        Self { settings, db, prefix, label: label.into() }
+    }
+
+    /// `ledgerflow <subcommand>` with `settings` as its environment, logging JSON to a file
+    /// of its own.
+    fn command(&self, settings: &Settings, subcommand: &str, name: &str) -> (Command, PathBuf) {
         let bin = ledgerflow_bin();
         assert!(
             bin.exists(),
@@ -313,7 +331,7 @@ impl ProcessEnv {
         );
         let log = log_dir().join(format!("{}-{}-{name}.log", self.label, &self.prefix[self.prefix.len() - 8..]));
         let file = File::create(&log).unwrap();
-        let mut cmd = ledgerflow_command(&self.db, &self.prefix);
+        let mut cmd = ledgerflow_command(settings);
         cmd.arg(subcommand)
             .env("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_TEST_PROCESS_LOG").unwrap_or_else(|_| "info".into()))
             .env("LEDGERFLOW_LOG_FORMAT", "json")
@@ -332,13 +350,10 @@ impl WorkerProcess {
     /// Starts a worker; `name` is also its broker connection name (suffixed by the prefix so
     /// it is unique across tests).
     pub fn spawn(env: &ProcessEnv, name: &str, prefetch: u16) -> Self {
-        let (mut cmd, log) = env.command("worker", name);
-        // Retries 1 s apart, enough of them that the outages these tests cause (a few
-        // seconds) never exhaust them: a transfer must complete, not fail PROCESSING_FAILED.
-        cmd.env("LEDGERFLOW_WORKER_NAME", format!("{name}-{}", env.prefix))
-            .env("LEDGERFLOW_WORKER_PREFETCH", prefetch.to_string())
-            .env("LEDGERFLOW_WORKER_RETRY_DELAY", "1s")
-            .env("LEDGERFLOW_WORKER_MAX_ATTEMPTS", "10");
+        let mut settings = env.settings.worker_only();
+        settings.worker.name = Some(format!("{name}-{}", env.prefix));
+        settings.worker.prefetch = prefetch;
+        let (mut cmd, log) = env.command(&settings, "worker", name);
         let child = cmd.spawn().unwrap();
         Self { process: ChildProcess { child, name: name.into(), log, stopped: false } }
     }
@@ -378,17 +393,12 @@ impl GatewayProcess {
         let mut last_failure = String::new();
         for _ in 0..3 {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let (mut cmd, log) = env.command("gateway", name);
-            cmd.env("LEDGERFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
-                .env("LEDGERFLOW_JWT_SECRET", JWT_SECRET)
-                .env("LEDGERFLOW_SYSTEM_EMAIL", SYSTEM_EMAIL)
-                .env("LEDGERFLOW_SYSTEM_PASSWORD", SYSTEM_PASSWORD)
-                .env("LEDGERFLOW_COOKIE_SECURE", "false")
-                .env("LEDGERFLOW_REPUBLISH_AFTER", REPUBLISH_AFTER)
-                .env("LEDGERFLOW_REPUBLISH_INTERVAL", REPUBLISH_INTERVAL);
+            let mut settings = env.settings.gateway_only();
+            settings.gateway.as_mut().unwrap().http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             if let Some(uri) = amqp_uri {
-                cmd.env("LEDGERFLOW_AMQP_URI", uri);
+                settings.connections.amqp_uri = uri.to_owned();
             }
+            let (mut cmd, log) = env.command(&settings, "gateway", name);
             let mut gateway = Self {
                 process: ChildProcess { child: cmd.spawn().unwrap(), name: name.into(), log, stopped: false },
                 base: format!("http://127.0.0.1:{port}"),
@@ -575,8 +585,7 @@ impl Cluster {
     }
 
     async fn start_with(label: &str, workers: usize, proxy: Option<AmqpProxy>) -> Self {
-        let (db, prefix) = crate::unique_names("fault");
-        let env = ProcessEnv { db, prefix, label: label.into() };
+        let env = ProcessEnv::new(label);
         let store = Store::connect(&mongodb_uri(), &env.db).await.unwrap();
         let raw = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(&env.db);
         let topology = crate::topology(&env.prefix);
@@ -691,7 +700,7 @@ impl Cluster {
 
     /// `ledgerflow reconcile --json <extra>` on this cluster's database: exit code and report.
     pub async fn reconcile(&self, extra: &[&str]) -> (i32, Value) {
-        let mut cmd = tokio::process::Command::from(ledgerflow_command(&self.env.db, &self.env.prefix));
+        let mut cmd = tokio::process::Command::from(ledgerflow_command(&self.env.settings.one_shot()));
         cmd.args(["reconcile", "--json"]).args(extra).kill_on_drop(true);
         let out = tokio::time::timeout(PROCESS_DEADLINE, cmd.output())
             .await

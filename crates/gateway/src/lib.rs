@@ -72,7 +72,7 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    pub fn new(jwt_secret: String) -> Self {
+    pub fn new(jwt_secret: impl Into<SecretString>) -> Self {
         Self {
             jwt_secret: jwt_secret.into(),
             token_ttl: Duration::from_secs(12 * 3600),

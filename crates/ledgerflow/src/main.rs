@@ -7,22 +7,17 @@ mod admin;
 mod bench;
 mod reconcile;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ledgerflow_domain::{AccountStatus, Email, Password, Role, TransferCommand};
-use ledgerflow_gateway::auth::verify_password;
-use ledgerflow_gateway::{
-    AppState, DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
-    DEFAULT_REPUBLISH_INTERVAL, DEFAULT_SESSION_RECHECK, GatewayConfig, hash_password,
-};
-use ledgerflow_messaging::{DEFAULT_PARTITIONS, Publisher, Topology};
+use ledgerflow::app::{ensure_system_user, open_store};
+use ledgerflow::settings::{Connections, GatewaySettings, ONE_SHOT_PATIENCE, WorkerSettings};
+use ledgerflow::{App, Settings};
+use ledgerflow_domain::{AccountStatus, TransferCommand};
 use ledgerflow_store::Store;
-use ledgerflow_worker::{DEFAULT_BATCH_LINGER, WorkerConfig};
-use tokio::task::JoinSet;
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -58,9 +53,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP gateway.
-    Gateway(GatewayArgs),
+    Gateway(GatewaySettings),
     /// Run a worker that consumes transfer commands.
-    Worker(WorkerArgs),
+    Worker(WorkerSettings),
     /// Run a gateway and N workers in one process (for a laptop).
     Up(UpArgs),
     /// Check every ledger invariant; exit 1 on any discrepancy.
@@ -84,111 +79,12 @@ Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-a
     Bench(bench::BenchArgs),
 }
 
-#[derive(Args, Clone)]
-struct Connections {
-    /// MongoDB connection string (a replica set: transactions need one).
-    #[arg(
-        long,
-        global = true,
-        env = "LEDGERFLOW_MONGODB_URI",
-        default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
-    )]
-    mongodb_uri: String,
-    /// MongoDB database name.
-    #[arg(long, global = true, env = "LEDGERFLOW_MONGODB_DB", default_value = "ledgerflow")]
-    mongodb_db: String,
-    /// RabbitMQ connection string.
-    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_URI", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    amqp_uri: String,
-    /// Prefix of every exchange and queue name.
-    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_PREFIX", default_value = "ledgerflow")]
-    amqp_prefix: String,
-    /// Partition queues the transfer commands are spread over, by sending account. Every
-    /// gateway and worker of a deployment must use the same number; workers beyond it stand by.
-    #[arg(long, global = true, env = "LEDGERFLOW_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    partitions: u16,
-}
-
-impl Connections {
-    fn topology(&self) -> Topology {
-        Topology::new(&self.amqp_prefix).with_partitions(self.partitions)
-    }
-}
-
-#[derive(Args, Clone)]
-struct GatewayArgs {
-    /// Address to listen on.
-    #[arg(long, env = "LEDGERFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: SocketAddr,
-    /// HMAC secret for JWTs (at least 32 bytes).
-    #[arg(long, env = "LEDGERFLOW_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
-    /// Email of the SYSTEM user to create (or update) at start.
-    #[arg(long, env = "LEDGERFLOW_SYSTEM_EMAIL")]
-    system_email: Option<String>,
-    /// Password of that SYSTEM user.
-    #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true)]
-    system_password: Option<String>,
-    /// Mark the session cookie Secure (set false only for plain-HTTP development).
-    #[arg(long, env = "LEDGERFLOW_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
-    cookie_secure: bool,
-    /// Republish PENDING transfers older than this, when no command waits in the queues.
-    #[arg(long, env = "LEDGERFLOW_REPUBLISH_AFTER", default_value_t = DEFAULT_REPUBLISH_AFTER.into())]
-    republish_after: humantime::Duration,
-    /// How often the republisher looks for them.
-    #[arg(long, env = "LEDGERFLOW_REPUBLISH_INTERVAL", default_value_t = DEFAULT_REPUBLISH_INTERVAL.into())]
-    republish_interval: humantime::Duration,
-    /// Longest wait of a transfer's PENDING insert for those of others, under steady load
-    /// (0s: never wait).
-    #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value_t = DEFAULT_INSERT_LINGER.into())]
-    insert_linger: humantime::Duration,
-    /// Failed sign-ins for one email within --login-window after which it is refused (429)
-    /// until that window ends.
-    #[arg(long, env = "LEDGERFLOW_LOGIN_MAX_FAILURES", default_value_t = DEFAULT_LOGIN_MAX_FAILURES, value_parser = clap::value_parser!(u32).range(1..))]
-    login_max_failures: u32,
-    /// The window failed sign-ins are counted in, from the first of them.
-    #[arg(long, env = "LEDGERFLOW_LOGIN_WINDOW", default_value_t = DEFAULT_LOGIN_WINDOW.into())]
-    login_window: humantime::Duration,
-    /// How long a user's session version is remembered: a session ended through another
-    /// gateway (sign-out, password change) or by `admin sign-out` is honoured here at most
-    /// this much longer. Each expiry costs one read per active user.
-    #[arg(long, env = "LEDGERFLOW_SESSION_RECHECK", default_value_t = DEFAULT_SESSION_RECHECK.into())]
-    session_recheck: humantime::Duration,
-}
-
-#[derive(Args, Clone)]
-struct WorkerArgs {
-    /// Commands taken from the queue at once by this worker (AMQP prefetch).
-    #[arg(long, env = "LEDGERFLOW_WORKER_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
-    prefetch: u16,
-    /// Most commands committed together in one MongoDB transaction (1: no batching).
-    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    max_batch: u16,
-    /// Longest wait of a batch for more commands, under steady load (0s: never wait).
-    #[arg(long, env = "LEDGERFLOW_WORKER_BATCH_LINGER", default_value_t = DEFAULT_BATCH_LINGER.into())]
-    batch_linger: humantime::Duration,
-    /// Name shown in logs and on the broker connection.
-    #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
-    name: Option<String>,
-    /// Tries before a command that keeps failing transiently (database down) is marked FAILED
-    /// with PROCESSING_FAILED and dead-lettered.
-    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
-    max_attempts: u32,
-    /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 0.0.0.0:9090); off when unset.
-    #[arg(long, env = "LEDGERFLOW_METRICS_ADDR")]
-    metrics_addr: Option<SocketAddr>,
-    /// Wait between those tries, spent in the retry queue (e.g. 500ms, 2s).
-    #[arg(long, env = "LEDGERFLOW_WORKER_RETRY_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
-    retry_delay: Duration,
-}
-
 #[derive(Args)]
 struct UpArgs {
     #[command(flatten)]
-    gateway: GatewayArgs,
+    gateway: GatewaySettings,
     #[command(flatten)]
-    worker: WorkerArgs,
+    worker: WorkerSettings,
     /// Number of workers to run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -265,8 +161,8 @@ enum Admin {
         #[arg(long, env = "LEDGERFLOW_SYSTEM_EMAIL")]
         email: String,
         /// Its password (at least 8 characters); prefer the environment variable to the flag.
-        #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true)]
-        password: String,
+        #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true, value_parser = ledgerflow::settings::secret)]
+        password: SecretString,
     },
 }
 
@@ -300,32 +196,6 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// How long a one-shot command (`reconcile`, `admin`) waits for MongoDB before it fails: long
-/// enough for a replica-set election, short enough that a scheduled reconcile reports an
-/// outage instead of hanging. Services (`gateway`, `worker`, `up`) wait as long as it takes.
-const ONE_SHOT_PATIENCE: Duration = Duration::from_secs(30);
-
-async fn open_store(conn: &Connections, patience: Option<Duration>) -> Result<Store> {
-    let store = Store::connect(&conn.mongodb_uri, &conn.mongodb_db).await.context("invalid MongoDB URI")?;
-    // Indexes are the invariants' backstop: retry until MongoDB is reachable, or until the
-    // patience of a one-shot command runs out.
-    let started = std::time::Instant::now();
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match store.ensure_indexes().await {
-            Ok(()) => return Ok(store),
-            Err(e) if patience.is_some_and(|p| started.elapsed() >= p) => {
-                return Err(e).with_context(|| format!("MongoDB unreachable for {:.1?}", started.elapsed()));
-            }
-            Err(e) => {
-                warn!(error = %e, retry_in = ?wait, "MongoDB not ready");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
 /// Runs a one-shot command against the store, then shuts its client down before the process
 /// exits (see [`Store::shutdown`]), whether the command succeeded or not.
 async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> Result<T>) -> Result<T> {
@@ -335,61 +205,10 @@ async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> 
     result
 }
 
-/// Every gateway runs this at start, so a SYSTEM user that already has this password is left
-/// alone: re-keying it would end its sessions at every restart.
-async fn ensure_system_user(store: &Store, email: &str, password: &str) -> Result<()> {
-    let email: Email = email.parse().context("LEDGERFLOW_SYSTEM_EMAIL")?;
-    if let Some(user) = store.find_user_by_email(&email).await?
-        && user.role == Role::System
-        && verify_password(password.to_owned(), Some(user.password_hash)).await.map_err(|e| anyhow::anyhow!("{e}"))?
-    {
-        info!(user_id = %user.id, email = %user.email, "SYSTEM user ready (unchanged)");
-        return Ok(());
-    }
-    let password: Password = password.parse().context("LEDGERFLOW_SYSTEM_PASSWORD")?;
-    let hash = hash_password(password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let user = store.ensure_system_user(&email, hash).await?;
-    info!(user_id = %user.id, email = %user.email, "SYSTEM user ready");
-    Ok(())
-}
-
-async fn gateway_state(conn: &Connections, args: &GatewayArgs, secret: String, store: Store) -> Result<AppState> {
-    if secret.len() < 32 {
-        bail!("LEDGERFLOW_JWT_SECRET must be at least 32 bytes");
-    }
-    if let (Some(email), Some(password)) = (&args.system_email, &args.system_password) {
-        ensure_system_user(&store, email, password).await?;
-    }
-    let config = gateway_config(args, secret);
-    let publisher = Publisher::new(&conn.amqp_uri, "ledgerflow-gateway", conn.topology());
-    if let Err(e) = publisher.ensure_connected().await {
-        warn!(error = %e, "RabbitMQ not reachable yet; transfers answer 503 until it is");
-    }
-    Ok(AppState::new(store, publisher, config))
-}
-
-/// The gateway's settings from its command line and environment.
-fn gateway_config(args: &GatewayArgs, secret: String) -> GatewayConfig {
-    let mut config = GatewayConfig::new(secret);
-    config.cookie_secure = args.cookie_secure;
-    config.republish_after = args.republish_after.into();
-    config.republish_interval = args.republish_interval.into();
-    config.insert_linger = args.insert_linger.into();
-    config.login_max_failures = args.login_max_failures;
-    config.login_window = args.login_window.into();
-    config.session_recheck = args.session_recheck.into();
-    config
-}
-
-fn worker_config(conn: &Connections, args: &WorkerArgs, index: u16) -> WorkerConfig {
-    let name = args.name.clone().unwrap_or_else(|| format!("ledgerflow-worker-{}-{index}", std::process::id()));
-    let mut config = WorkerConfig::new(&conn.amqp_uri, conn.topology(), name);
-    config.prefetch = args.prefetch;
-    config.max_batch = usize::from(args.max_batch);
-    config.batch_linger = args.batch_linger.into();
-    config.max_attempts = args.max_attempts;
-    config.retry_delay = args.retry_delay;
-    config
+/// A section of settings as the environment alone gives it (for a subcommand without its
+/// flags, such as the worker settings of a gateway that runs none).
+fn from_env<T: Args>() -> Result<T> {
+    ledgerflow::settings::from_env().context("invalid settings in the environment")
 }
 
 fn main() -> ExitCode {
@@ -444,97 +263,70 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let conn = cli.conn;
+    let (connections, threads) = (cli.conn, cli.threads);
+    let conn = &connections;
     match cli.command {
-        Command::Gateway(args) => {
-            let secret = args.jwt_secret.clone().context("LEDGERFLOW_JWT_SECRET (or --jwt-secret) is required")?;
-            let store = open_store(&conn, None).await?;
-            let state = gateway_state(&conn, &args, secret, store.clone()).await?;
-            let listener = tokio::net::TcpListener::bind(args.http_addr).await.context("cannot listen")?;
-            let served = ledgerflow_gateway::serve(listener, state, shutdown_on_signal()).await;
-            store.shutdown().await;
-            served?;
+        Command::Gateway(gateway) => {
+            let settings = Settings { connections, gateway: Some(gateway), worker: from_env()?, workers: 0, threads };
+            App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
         }
-        Command::Worker(args) => {
-            let store = open_store(&conn, None).await?;
-            let shutdown = shutdown_on_signal();
-            if let Some(addr) = args.metrics_addr {
-                let listener = tokio::net::TcpListener::bind(addr).await.context("cannot listen for metrics")?;
-                info!(%addr, "serving metrics");
-                tokio::spawn(ledgerflow_telemetry::serve_metrics(listener, shutdown.clone().cancelled_owned()));
-            }
-            ledgerflow_worker::run(store.clone(), worker_config(&conn, &args, 0), shutdown).await;
-            store.shutdown().await;
+        Command::Worker(worker) => {
+            let settings = Settings { connections, gateway: None, worker, workers: 1, threads };
+            App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
         }
         Command::Up(mut up) => {
-            let secret = match (up.gateway.jwt_secret.clone(), up.dev) {
-                (Some(s), _) => s,
-                (None, true) => {
-                    let mut bytes = [0u8; 32];
-                    rand::fill(&mut bytes);
-                    warn!("==================================================================");
-                    warn!("DEV MODE: no LEDGERFLOW_JWT_SECRET set, so a random one was made up.");
-                    warn!("Tokens will stop working when this process exits. Never do this in production.");
-                    warn!("==================================================================");
-                    hex::encode(bytes)
+            if up.gateway.jwt_secret.is_none() {
+                if !up.dev {
+                    bail!("LEDGERFLOW_JWT_SECRET is required (or pass --dev)");
                 }
-                (None, false) => bail!("LEDGERFLOW_JWT_SECRET is required (or pass --dev)"),
-            };
+                let mut bytes = [0u8; 32];
+                rand::fill(&mut bytes);
+                warn!("==================================================================");
+                warn!("DEV MODE: no LEDGERFLOW_JWT_SECRET set, so a random one was made up.");
+                warn!("Tokens will stop working when this process exits. Never do this in production.");
+                warn!("==================================================================");
+                up.gateway.jwt_secret = Some(SecretString::from(hex::encode(bytes)));
+            }
             if up.dev {
                 up.gateway.cookie_secure = false;
             }
-            let store = open_store(&conn, None).await?;
-            let state = gateway_state(&conn, &up.gateway, secret, store.clone()).await?;
-            let listener = tokio::net::TcpListener::bind(up.gateway.http_addr).await.context("cannot listen")?;
-            let shutdown = shutdown_on_signal();
-            let mut tasks = JoinSet::new();
-            for i in 0..up.workers {
-                tasks.spawn(ledgerflow_worker::run(
-                    store.clone(),
-                    worker_config(&conn, &up.worker, i),
-                    shutdown.clone(),
-                ));
-            }
-            info!(workers = up.workers, addr = %up.gateway.http_addr, "LedgerFlow is up");
-            let served = ledgerflow_gateway::serve(listener, state, shutdown.clone()).await;
-            shutdown.cancel();
-            while tasks.join_next().await.is_some() {}
-            store.shutdown().await;
-            served?;
+            let settings =
+                Settings { connections, gateway: Some(up.gateway), worker: up.worker, workers: up.workers, threads };
+            App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
         }
         Command::Bench(args) => {
             let info = bench::ConnInfo {
-                mongodb_uri: conn.mongodb_uri,
-                mongodb_db: conn.mongodb_db,
-                amqp_uri: conn.amqp_uri,
-                amqp_prefix: conn.amqp_prefix,
-                partitions: conn.partitions,
+                mongodb_uri: connections.mongodb_uri,
+                mongodb_db: connections.mongodb_db,
+                amqp_uri: connections.amqp_uri,
+                amqp_prefix: connections.amqp_prefix,
+                partitions: connections.partitions,
                 threads: cli.threads,
             };
             bench::run(info, args).await?;
         }
         Command::Reconcile { json, max_pending_age } => {
-            if !with_store(&conn, async |store| reconcile::run(store, max_pending_age, json).await).await? {
+            if !with_store(conn, async |store| reconcile::run(store, max_pending_age, json).await).await? {
                 std::process::exit(1);
             }
         }
         Command::Admin(Admin::Accounts(Accounts::List { owner, limit })) => {
-            with_store(&conn, async |store| admin::list_accounts(store, owner.as_deref(), limit).await).await?;
+            with_store(conn, async |store| admin::list_accounts(store, owner.as_deref(), limit).await).await?;
         }
         Command::Admin(Admin::Accounts(Accounts::Suspend { account })) => {
-            with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Suspended).await).await?;
+            with_store(conn, async |store| admin::set_status(store, &account, AccountStatus::Suspended).await).await?;
         }
         Command::Admin(Admin::Accounts(Accounts::Reactivate { account })) => {
-            with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Active).await).await?;
+            with_store(conn, async |store| admin::set_status(store, &account, AccountStatus::Active).await).await?;
         }
         Command::Admin(Admin::Accounts(Accounts::Close { account })) => {
-            with_store(&conn, async |store| admin::set_status(store, &account, AccountStatus::Closed).await).await?;
+            with_store(conn, async |store| admin::set_status(store, &account, AccountStatus::Closed).await).await?;
         }
         Command::Admin(Admin::SignOut { email }) => {
-            with_store(&conn, async |store| admin::sign_out(store, &email).await).await?;
+            with_store(conn, async |store| admin::sign_out(store, &email).await).await?;
         }
         Command::Admin(Admin::Transaction { id }) => {
-            with_store(&conn, async |store| admin::show_transaction(store, &id).await).await?;
+            with_store(conn, async |store| admin::show_transaction(store, &id).await).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::List { limit })) => {
             let topology = conn.topology();
@@ -574,7 +366,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("replayed {n} command(s) to {}", topology.transfers());
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {
-            with_store(&conn, async |store| ensure_system_user(store, &email, &password).await).await?;
+            with_store(conn, async |store| ensure_system_user(store, &email, &password).await).await?;
             println!("SYSTEM user {email} is ready");
         }
     }
@@ -588,14 +380,17 @@ mod tests {
     use clap::Parser;
     use tokio::runtime::RuntimeFlavor;
 
-    use super::{Cli, Command, DEFAULT_SESSION_RECHECK, gateway_config, runtime};
+    use ledgerflow_gateway::DEFAULT_SESSION_RECHECK;
+    use secrecy::SecretString;
+
+    use super::{Cli, Command, runtime};
 
     #[test]
     fn the_gateway_takes_its_settings_from_the_command_line() {
         let config = |extra: &[&str]| {
             let cli = Cli::try_parse_from([&["ledgerflow", "gateway"], extra].concat()).expect("arguments parse");
             let Command::Gateway(args) = cli.command else { panic!("a gateway command") };
-            gateway_config(&args, "s".repeat(32))
+            args.config(SecretString::from("s".repeat(32)))
         };
         assert_eq!(config(&[]).session_recheck, DEFAULT_SESSION_RECHECK);
         let set = config(&["--session-recheck", "1s", "--login-max-failures", "3", "--login-window", "2m"]);

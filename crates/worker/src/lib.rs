@@ -41,6 +41,14 @@ use tracing::{debug, info, warn};
 
 /// How long a batch lingers to fill by default (see [`WorkerConfig::batch_linger`]).
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(8);
+/// Commands in flight by default (see [`WorkerConfig::prefetch`]).
+pub const DEFAULT_PREFETCH: u16 = 256;
+/// Most commands in one database transaction by default (see [`WorkerConfig::max_batch`]).
+pub const DEFAULT_MAX_BATCH: u16 = 64;
+/// Tries of a command by default (see [`WorkerConfig::max_attempts`]).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Wait between tries by default (see [`WorkerConfig::retry_delay`]).
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -72,12 +80,12 @@ impl WorkerConfig {
         Self {
             amqp_uri: amqp_uri.into(),
             topology,
-            prefetch: 256,
-            max_batch: 64,
+            prefetch: DEFAULT_PREFETCH,
+            max_batch: usize::from(DEFAULT_MAX_BATCH),
             batch_linger: DEFAULT_BATCH_LINGER,
             name: name.into(),
-            max_attempts: 5,
-            retry_delay: Duration::from_secs(2),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_delay: DEFAULT_RETRY_DELAY,
         }
     }
 }

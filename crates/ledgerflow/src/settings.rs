@@ -1,0 +1,282 @@
+//! Typed settings, read once from flags and the environment (`LEDGERFLOW_*`).
+//!
+//! Defaults are the owning crate's constants (`ledgerflow_gateway::DEFAULT_*`,
+//! `ledgerflow_worker::DEFAULT_*`), so a default is written once. Secrets are
+//! [`SecretString`]s: `Debug` shows them as `[REDACTED]`. Each section renders itself as the
+//! environment of a child `ledgerflow` process ([`Settings::child_env`]), which is how the
+//! tests and the bench start real processes with the settings they mean.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use ledgerflow_gateway::{
+    DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
+    DEFAULT_REPUBLISH_INTERVAL, DEFAULT_SESSION_RECHECK, GatewayConfig,
+};
+use ledgerflow_messaging::{DEFAULT_PARTITIONS, Topology};
+use ledgerflow_worker::{
+    DEFAULT_BATCH_LINGER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BATCH, DEFAULT_PREFETCH, DEFAULT_RETRY_DELAY, WorkerConfig,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+/// One environment variable of a child process: its name and value.
+pub type EnvVar = (&'static str, String);
+
+/// Where the services are, shared by every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct Connections {
+    /// MongoDB connection string (a replica set: transactions need one).
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGERFLOW_MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+    )]
+    pub mongodb_uri: String,
+    /// MongoDB database name.
+    #[arg(long, global = true, env = "LEDGERFLOW_MONGODB_DB", default_value = "ledgerflow")]
+    pub mongodb_db: String,
+    /// RabbitMQ connection string.
+    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_URI", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_uri: String,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_PREFIX", default_value = "ledgerflow")]
+    pub amqp_prefix: String,
+    /// Partition queues the transfer commands are spread over, by sending account. Every
+    /// gateway and worker of a deployment must use the same number; workers beyond it stand by.
+    #[arg(long, global = true, env = "LEDGERFLOW_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub partitions: u16,
+}
+
+impl Connections {
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.amqp_prefix).with_partitions(self.partitions)
+    }
+
+    pub fn env(&self) -> Vec<EnvVar> {
+        vec![
+            ("LEDGERFLOW_MONGODB_URI", self.mongodb_uri.clone()),
+            ("LEDGERFLOW_MONGODB_DB", self.mongodb_db.clone()),
+            ("LEDGERFLOW_AMQP_URI", self.amqp_uri.clone()),
+            ("LEDGERFLOW_AMQP_PREFIX", self.amqp_prefix.clone()),
+            ("LEDGERFLOW_PARTITIONS", self.partitions.to_string()),
+        ]
+    }
+}
+
+/// Parses a secret flag or variable, so that it is never held as a plain `String`.
+pub fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+/// The HTTP gateway's settings.
+#[derive(Args, Debug, Clone)]
+pub struct GatewaySettings {
+    /// Address to listen on.
+    #[arg(long, env = "LEDGERFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// HMAC secret for JWTs (at least 32 bytes).
+    #[arg(long, env = "LEDGERFLOW_JWT_SECRET", hide_env_values = true, value_parser = secret)]
+    pub jwt_secret: Option<SecretString>,
+    /// Email of the SYSTEM user to create (or update) at start.
+    #[arg(long, env = "LEDGERFLOW_SYSTEM_EMAIL")]
+    pub system_email: Option<String>,
+    /// Password of that SYSTEM user.
+    #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true, value_parser = secret)]
+    pub system_password: Option<SecretString>,
+    /// Mark the session cookie Secure (set false only for plain-HTTP development).
+    #[arg(long, env = "LEDGERFLOW_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+    /// Republish PENDING transfers older than this, when no command waits in the queues.
+    #[arg(long, env = "LEDGERFLOW_REPUBLISH_AFTER", default_value_t = DEFAULT_REPUBLISH_AFTER.into())]
+    pub republish_after: humantime::Duration,
+    /// How often the republisher looks for them.
+    #[arg(long, env = "LEDGERFLOW_REPUBLISH_INTERVAL", default_value_t = DEFAULT_REPUBLISH_INTERVAL.into())]
+    pub republish_interval: humantime::Duration,
+    /// Longest wait of a transfer's PENDING insert for those of others, under steady load
+    /// (0s: never wait).
+    #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value_t = DEFAULT_INSERT_LINGER.into())]
+    pub insert_linger: humantime::Duration,
+    /// Failed sign-ins for one email within --login-window after which it is refused (429)
+    /// until that window ends.
+    #[arg(long, env = "LEDGERFLOW_LOGIN_MAX_FAILURES", default_value_t = DEFAULT_LOGIN_MAX_FAILURES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures: u32,
+    /// The window failed sign-ins are counted in, from the first of them.
+    #[arg(long, env = "LEDGERFLOW_LOGIN_WINDOW", default_value_t = DEFAULT_LOGIN_WINDOW.into())]
+    pub login_window: humantime::Duration,
+    /// How long a user's session version is remembered: a session ended through another
+    /// gateway (sign-out, password change) or by `admin sign-out` is honoured here at most
+    /// this much longer. Each expiry costs one read per active user.
+    #[arg(long, env = "LEDGERFLOW_SESSION_RECHECK", default_value_t = DEFAULT_SESSION_RECHECK.into())]
+    pub session_recheck: humantime::Duration,
+    /// Not flags: the gateway's own deadlines (`None`: [`GatewayConfig`]'s), which tests
+    /// shorten or lengthen.
+    #[arg(skip)]
+    pub body_deadline: Option<Duration>,
+    #[arg(skip)]
+    pub head_deadline: Option<Duration>,
+    #[arg(skip)]
+    pub drain_limit: Option<Duration>,
+}
+
+impl GatewaySettings {
+    /// The gateway's configuration, signing tokens with `secret`.
+    pub fn config(&self, secret: SecretString) -> GatewayConfig {
+        let mut config = GatewayConfig::new(secret);
+        config.cookie_secure = self.cookie_secure;
+        config.republish_after = self.republish_after.into();
+        config.republish_interval = self.republish_interval.into();
+        config.insert_linger = self.insert_linger.into();
+        config.login_max_failures = self.login_max_failures;
+        config.login_window = self.login_window.into();
+        config.session_recheck = self.session_recheck.into();
+        config.body_deadline = self.body_deadline.unwrap_or(config.body_deadline);
+        config.head_deadline = self.head_deadline.unwrap_or(config.head_deadline);
+        config.drain_limit = self.drain_limit.unwrap_or(config.drain_limit);
+        config
+    }
+
+    pub fn env(&self) -> Vec<EnvVar> {
+        let mut env = vec![
+            ("LEDGERFLOW_HTTP_ADDR", self.http_addr.to_string()),
+            ("LEDGERFLOW_COOKIE_SECURE", self.cookie_secure.to_string()),
+            ("LEDGERFLOW_REPUBLISH_AFTER", self.republish_after.to_string()),
+            ("LEDGERFLOW_REPUBLISH_INTERVAL", self.republish_interval.to_string()),
+            ("LEDGERFLOW_INSERT_LINGER", self.insert_linger.to_string()),
+            ("LEDGERFLOW_LOGIN_MAX_FAILURES", self.login_max_failures.to_string()),
+            ("LEDGERFLOW_LOGIN_WINDOW", self.login_window.to_string()),
+            ("LEDGERFLOW_SESSION_RECHECK", self.session_recheck.to_string()),
+        ];
+        if let Some(secret) = &self.jwt_secret {
+            env.push(("LEDGERFLOW_JWT_SECRET", secret.expose_secret().to_owned()));
+        }
+        if let Some(email) = &self.system_email {
+            env.push(("LEDGERFLOW_SYSTEM_EMAIL", email.clone()));
+        }
+        if let Some(password) = &self.system_password {
+            env.push(("LEDGERFLOW_SYSTEM_PASSWORD", password.expose_secret().to_owned()));
+        }
+        env
+    }
+}
+
+/// A worker's settings.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerSettings {
+    /// Commands taken from the queue at once by this worker (AMQP prefetch).
+    #[arg(long, env = "LEDGERFLOW_WORKER_PREFETCH", default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub prefetch: u16,
+    /// Most commands committed together in one MongoDB transaction (1: no batching).
+    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_batch: u16,
+    /// Longest wait of a batch for more commands, under steady load (0s: never wait).
+    #[arg(long, env = "LEDGERFLOW_WORKER_BATCH_LINGER", default_value_t = DEFAULT_BATCH_LINGER.into())]
+    pub batch_linger: humantime::Duration,
+    /// Name shown in logs and on the broker connection.
+    #[arg(long, env = "LEDGERFLOW_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Tries before a command that keeps failing transiently (database down) is marked FAILED
+    /// with PROCESSING_FAILED and dead-lettered.
+    #[arg(long, env = "LEDGERFLOW_WORKER_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 0.0.0.0:9090); off when unset.
+    #[arg(long, env = "LEDGERFLOW_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Wait between those tries, spent in the retry queue (e.g. 500ms, 2s).
+    #[arg(long, env = "LEDGERFLOW_WORKER_RETRY_DELAY", default_value_t = DEFAULT_RETRY_DELAY.into())]
+    pub retry_delay: humantime::Duration,
+}
+
+impl WorkerSettings {
+    /// The configuration of this process's worker number `index`.
+    pub fn config(&self, connections: &Connections, index: u16) -> WorkerConfig {
+        let name = self.name.clone().unwrap_or_else(|| format!("ledgerflow-worker-{}-{index}", std::process::id()));
+        let mut config = WorkerConfig::new(&connections.amqp_uri, connections.topology(), name);
+        config.prefetch = self.prefetch;
+        config.max_batch = usize::from(self.max_batch);
+        config.batch_linger = self.batch_linger.into();
+        config.max_attempts = self.max_attempts;
+        config.retry_delay = self.retry_delay.into();
+        config
+    }
+
+    pub fn env(&self) -> Vec<EnvVar> {
+        let mut env = vec![
+            ("LEDGERFLOW_WORKER_PREFETCH", self.prefetch.to_string()),
+            ("LEDGERFLOW_WORKER_MAX_BATCH", self.max_batch.to_string()),
+            ("LEDGERFLOW_WORKER_BATCH_LINGER", self.batch_linger.to_string()),
+            ("LEDGERFLOW_WORKER_MAX_ATTEMPTS", self.max_attempts.to_string()),
+            ("LEDGERFLOW_WORKER_RETRY_DELAY", self.retry_delay.to_string()),
+        ];
+        if let Some(name) = &self.name {
+            env.push(("LEDGERFLOW_WORKER_NAME", name.clone()));
+        }
+        if let Some(addr) = self.metrics_addr {
+            env.push(("LEDGERFLOW_METRICS_ADDR", addr.to_string()));
+        }
+        env
+    }
+}
+
+/// What one process runs: an HTTP gateway, in-process workers, or both (`up`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connections: Connections,
+    /// `None`: this process serves no HTTP.
+    pub gateway: Option<GatewaySettings>,
+    pub worker: WorkerSettings,
+    /// Workers this process runs (0 for a gateway alone).
+    pub workers: u16,
+    /// Threads the process runs its tasks on (0: one per core).
+    pub threads: usize,
+}
+
+impl Settings {
+    /// These settings as the environment of a child `ledgerflow` process, which reads them
+    /// back through the same flags: the connections always, the gateway's and the workers'
+    /// only when this process runs them (a one-shot command takes neither).
+    pub fn child_env(&self) -> Vec<EnvVar> {
+        let mut env = self.connections.env();
+        env.push(("LEDGERFLOW_THREADS", self.threads.to_string()));
+        if let Some(gateway) = &self.gateway {
+            env.extend(gateway.env());
+        }
+        if self.workers > 0 {
+            env.extend(self.worker.env());
+        }
+        env
+    }
+
+    /// The settings of a one-shot command (`reconcile`, `admin`) on the same services.
+    pub fn one_shot(&self) -> Settings {
+        Settings { gateway: None, workers: 0, ..self.clone() }
+    }
+
+    /// The settings of a process running one worker and nothing else.
+    pub fn worker_only(&self) -> Settings {
+        Settings { gateway: None, workers: 1, ..self.clone() }
+    }
+
+    /// The settings of a process running the gateway alone.
+    pub fn gateway_only(&self) -> Settings {
+        Settings { workers: 0, ..self.clone() }
+    }
+}
+
+/// The defaults of a section as flags and the environment give them, for a caller that
+/// builds [`Settings`] by hand (tests, the bench) and then changes what it needs.
+pub fn from_env<T: Args>() -> Result<T, clap::Error> {
+    #[derive(clap::Parser)]
+    struct Only<T: Args> {
+        #[command(flatten)]
+        section: T,
+    }
+    <Only<T> as clap::Parser>::try_parse_from(["ledgerflow"]).map(|only| only.section)
+}
+
+/// How long a one-shot command (`reconcile`, `admin`) waits for MongoDB before it fails: long
+/// enough for a replica-set election, short enough that a scheduled reconcile reports an
+/// outage instead of hanging. Services (`gateway`, `worker`, `up`) wait as long as it takes.
+pub const ONE_SHOT_PATIENCE: Duration = Duration::from_secs(30);
