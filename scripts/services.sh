@@ -215,7 +215,8 @@ ensure_mongod_binary() {
 # them. One thread bounds a burst to one core: on 2 cores, in 14 alternating pairs at half the
 # maximum (`ledgerflow bench`), the p99 fell in 12 (median 75 against 86 ms at `--rate 50%`),
 # with the same maximum and no eviction by mongod's own connection threads
-# (crates/ledgerflow/BENCHMARKS.md). A larger host that writes faster may want mongod's 4.
+# (docs/benchmarks.md, "What the defaults rest on"). A larger host that writes faster may want
+# mongod's 4.
 eviction_config() {
   echo "eviction=(threads_min=$MONGO_EVICTION_THREADS,threads_max=$MONGO_EVICTION_THREADS)"
 }
@@ -365,7 +366,7 @@ mongod_on_port() {
 # a few cores with RabbitMQ, the gateway, the workers and a load generator, an equal CPU share
 # lets their bursts hold up its commits, and every transfer behind a commit waits too
 # (`ledgerflow bench`: p99 at half the maximum 83-216 ms with this, 131-568 ms without, in
-# alternating runs; crates/ledgerflow/BENCHMARKS.md). The scheduler shares CPU between
+# alternating runs; docs/benchmarks.md). The scheduler shares CPU between
 # sessions when kernel.sched_autogroup_enabled is 1 (mongod --fork starts one) and between
 # threads when it is 0, so both nice values are set. Idempotent; needs root (or
 # CAP_SYS_NICE), else skipped.
