@@ -42,7 +42,7 @@ struct Cli {
     /// Threads the process runs its tasks on; 0 means one per CPU core. One (the default)
     /// spends the least CPU per transfer: a gateway or worker waits on the database and the
     /// broker far more than it computes, and one thread avoids waking others for every message
-    /// (crates/ledgerflow/BENCHMARKS.md, "One thread per process"). Scale out with processes;
+    /// (docs/benchmarks.md, "What the defaults rest on"). Scale out with processes;
     /// raise it for a gateway alone on a large machine.
     #[arg(long, global = true, env = "LEDGERFLOW_THREADS", default_value_t = 1)]
     threads: usize,
@@ -380,10 +380,91 @@ mod tests {
     use clap::Parser;
     use tokio::runtime::RuntimeFlavor;
 
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
     use ledgerflow_gateway::DEFAULT_SESSION_RECHECK;
     use secrecy::SecretString;
 
     use super::{Cli, Command, runtime};
+
+    /// The settings read from the environment by the telemetry crate, not through flags.
+    const LOG_SETTINGS: [&str; 2] = ["LEDGERFLOW_LOG", "LEDGERFLOW_LOG_FORMAT"];
+
+    /// The `code spans` of a Markdown table cell, in order.
+    fn code_spans(cell: &str) -> Vec<&str> {
+        cell.split('`').skip(1).step_by(2).collect()
+    }
+
+    /// Every variable the configuration document's table lists, with the cell of defaults of
+    /// its row split like the variables (one default per variable, where the row has them).
+    fn documented() -> BTreeMap<String, Option<String>> {
+        let doc = include_str!("../../../docs/configuration.md");
+        let mut documented = BTreeMap::new();
+        for row in doc.lines().filter(|line| line.starts_with("| `LEDGERFLOW_")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let names = code_spans(cells[0]);
+            let defaults = code_spans(cells[1]);
+            let has_defaults = cells[1].trim_start().starts_with('`') && defaults.len() == names.len();
+            for (i, name) in names.into_iter().enumerate() {
+                documented.insert(name.to_owned(), has_defaults.then(|| defaults[i].to_owned()));
+            }
+        }
+        documented
+    }
+
+    /// Every variable the services' flags read (`gateway`, `worker`, `up`, and the global
+    /// ones), with its default.
+    fn declared() -> BTreeMap<String, Option<String>> {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut declared = BTreeMap::new();
+        for sub in ["gateway", "worker", "up"] {
+            let sub = cli.find_subcommand(sub).expect("a service subcommand");
+            for arg in sub.get_arguments().chain(cli.get_arguments()) {
+                let Some(env) = arg.get_env() else { continue };
+                let default = arg.get_default_values().first().map(|d| d.to_string_lossy().into_owned());
+                declared.insert(env.to_string_lossy().into_owned(), default);
+            }
+        }
+        declared
+    }
+
+    /// A child process started with a process's settings gets every one of them: a flag
+    /// added without its place in `child_env` would silently take its default in children.
+    #[test]
+    fn child_processes_get_every_setting() {
+        let cli = Cli::try_parse_from(["ledgerflow", "up", "--jwt-secret", "j", "--system-email", "e", "--name", "n"])
+            .expect("arguments parse");
+        let Command::Up(up) = cli.command else { panic!("an up command") };
+        let mut worker = up.worker;
+        worker.metrics_addr = Some("127.0.0.1:9090".parse().expect("an address"));
+        let mut gateway = up.gateway;
+        gateway.system_password = Some(SecretString::from("p".to_owned()));
+        let settings =
+            ledgerflow::Settings { connections: cli.conn, gateway: Some(gateway), worker, workers: 1, threads: 1 };
+        let mut rendered: Vec<&str> = settings.child_env().iter().map(|(name, _)| *name).collect();
+        rendered.sort_unstable();
+        assert_eq!(rendered, declared().keys().map(String::as_str).collect::<Vec<_>>());
+        // Secrets reach the child, and only there.
+        let env: BTreeMap<_, _> = settings.child_env().into_iter().collect();
+        assert_eq!(env["LEDGERFLOW_JWT_SECRET"], "j");
+        assert!(!format!("{settings:?}").contains("\"j\""), "{settings:?}");
+    }
+
+    #[test]
+    fn the_configuration_document_lists_every_setting_with_its_default() {
+        let mut documented = documented();
+        for name in LOG_SETTINGS {
+            assert!(documented.remove(name).is_some(), "docs/configuration.md does not list {name}");
+        }
+        let declared = declared();
+        let names = |map: &BTreeMap<String, Option<String>>| map.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&documented), names(&declared), "docs/configuration.md against the flags");
+        for (name, default) in &declared {
+            assert_eq!(&documented[name], default, "the default of {name} in docs/configuration.md");
+        }
+    }
 
     #[test]
     fn the_gateway_takes_its_settings_from_the_command_line() {
