@@ -356,13 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Admin(Admin::Dlq(Dlq::Replay { limit })) => {
             let topology = conn.topology();
-            let n = ledgerflow_messaging::dlq::replay(
-                &conn.amqp_uri,
-                &topology,
-                limit,
-                &[ledgerflow_worker::ATTEMPT_HEADER],
-            )
-            .await?;
+            let n = ledgerflow_messaging::dlq::replay(&conn.amqp_uri, &topology, limit).await?;
             println!("replayed {n} command(s) to {}", topology.transfers());
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {

@@ -5,7 +5,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::{MessagingError, Publisher, Topology, close, connect};
+use crate::{ATTEMPT_HEADER, MessagingError, Publisher, Topology, close, connect};
 
 /// One dead-lettered message, as found (left in the queue by [`peek`]).
 #[derive(Debug, Clone)]
@@ -72,12 +72,7 @@ pub async fn peek(uri: &str, topology: &Topology, limit: usize) -> Result<Vec<De
 /// Moves up to `limit` dead letters back to the transfers exchange, each acked only after
 /// its republish is confirmed. Broker bookkeeping headers (`x-death`, the attempt counter)
 /// are dropped, so a replayed command gets a fresh set of attempts.
-pub async fn replay(
-    uri: &str,
-    topology: &Topology,
-    limit: usize,
-    drop_headers: &[&str],
-) -> Result<usize, MessagingError> {
+pub async fn replay(uri: &str, topology: &Topology, limit: usize) -> Result<usize, MessagingError> {
     let connection = connect(uri, "ledgerflow-admin-dlq").await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
@@ -92,10 +87,7 @@ pub async fn replay(
         let props = &msg.delivery.properties;
         let mut headers = FieldTable::default();
         for (k, v) in props.headers().as_ref().map(|h| h.inner().clone()).unwrap_or_default() {
-            if k.as_str() != "x-death"
-                && !k.as_str().starts_with("x-first-death")
-                && !drop_headers.contains(&k.as_str())
-            {
+            if k.as_str() != "x-death" && !k.as_str().starts_with("x-first-death") && k.as_str() != ATTEMPT_HEADER {
                 headers.insert(k, v);
             }
         }

@@ -19,20 +19,20 @@
 //! command is delivered. One partition has one active consumer at a time, so the commands of
 //! one sending account are committed by one worker and do not fight each other.
 
+mod delivery;
 pub mod dlq;
+mod envelope;
 mod error;
+mod partitions;
 mod publisher;
 mod topology;
 
+pub use delivery::{ATTEMPT_HEADER, CommandDelivery, Settlement};
+pub use envelope::{COMMAND_TYPE, REQUEST_ID_HEADER, RESULT_TYPE};
 pub use error::MessagingError;
+/// For tests and tools that speak raw AMQP (hostile messages, queue inspection); LedgerFlow's
+/// own crates go through the typed API above.
 pub use lapin;
+pub use partitions::{Fed, Partitions};
 pub use publisher::{Publisher, QueueState, close, connect};
 pub use topology::{DEFAULT_PARTITIONS, Topology};
-
-/// The AMQP `type` property of a transfer command.
-pub const COMMAND_TYPE: &str = "ledgerflow.transfer.command.v1";
-/// The AMQP `type` property of a transfer result.
-pub const RESULT_TYPE: &str = "ledgerflow.transfer.result.v1";
-
-/// The AMQP header carrying the HTTP request id from the gateway to the worker's logs.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -73,6 +73,11 @@ impl Publisher {
         Self { uri: uri.into(), name: name.into(), topology, state: Arc::default() }
     }
 
+    /// The name its connection shows on the broker, and its messages' `app_id`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The broker URI this publisher connects to.
     pub fn uri(&self) -> &str {
         &self.uri

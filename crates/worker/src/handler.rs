@@ -3,15 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
 use ledgerflow_domain::{
     CommandError, FailureReason, IdempotencyKey, Initiator, RequestId, TransactionId, TransactionStatus,
     TransferCommand, TransferResult,
 };
-use ledgerflow_messaging::{MessagingError, Publisher, REQUEST_ID_HEADER, RESULT_TYPE};
+use ledgerflow_messaging::{CommandDelivery, Publisher, Settlement};
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -23,9 +19,6 @@ const BROKER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Longest wait for the broker to take an ack, nack or reject.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The AMQP header counting how many times a command has been tried (absent: first try).
-pub const ATTEMPT_HEADER: &str = "x-ledgerflow-attempt";
 
 /// What every handler needs.
 pub(crate) struct Ctx {
@@ -51,27 +44,23 @@ enum Settle {
     Requeue,
 }
 
-pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
+pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
     let (store, results) = (&ctx.store, &ctx.results);
     metrics::counter!("ledgerflow_messages_consumed_total").increment(1);
-    if delivery.redelivered {
+    if delivery.redelivered() {
         metrics::counter!("ledgerflow_messages_redelivered_total").increment(1);
     }
-    let message_id = delivery.properties.message_id().as_ref().map(ToString::to_string);
-    // A publisher's id that is not a sane one is not written with every log line.
-    let request_id = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get(REQUEST_ID_HEADER) {
-        Some(AMQPValue::LongString(s)) => s.to_string().parse::<RequestId>().ok(),
-        _ => None,
-    });
+    let message_id = delivery.message_id();
+    let request_id = delivery.request_id();
     let span = info_span!(
         "command",
         message_id = message_id.as_deref().unwrap_or(""),
         request_id = request_id.as_ref().map_or("", RequestId::as_str),
         transaction_id = tracing::field::Empty,
-        redelivered = delivery.redelivered,
+        redelivered = delivery.redelivered(),
     );
     async {
-        let parsed = TransferCommand::parse(&delivery.data);
+        let parsed = TransferCommand::parse(delivery.body());
         let mut settle = match &parsed {
             Ok(cmd) => {
                 if let Some(id) = cmd.transaction_id {
@@ -92,18 +81,18 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: Delivery) {
         metrics::counter!("ledgerflow_messages_total", "outcome" => outcome).increment(1);
         let settling = async {
             match settle {
-                Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-                Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
+                Settle::Ack => delivery.settle(Settlement::Ack).await,
+                Settle::DeadLetter => delivery.settle(Settlement::DeadLetter).await,
                 Settle::Retry | Settle::Requeue => {
                     tokio::time::sleep(BROKER_PAUSE).await;
-                    delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
+                    delivery.settle(Settlement::Requeue).await
                 }
             }
         };
         // Bounded, so a connection that dies mid-ack cannot wedge the consumer's drain; an
         // unsettled delivery is redelivered by the broker to someone.
         match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "could not settle delivery"),
             Err(_) => warn!("settling the delivery timed out"),
         }
@@ -189,31 +178,13 @@ async fn identify(
     store.fail_pending(id, FailureReason::InvalidCommand).await
 }
 
-fn attempt_of(props: &BasicProperties) -> u32 {
-    let value = props.headers().as_ref().and_then(|h| h.inner().get(ATTEMPT_HEADER).cloned());
-    match value {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
-        _ => 1,
-    }
-}
-
 /// Sends a transiently failed command to the retry queue, from which it returns after the
 /// delay; once `max_attempts` are spent, marks its transaction FAILED with
 /// `PROCESSING_FAILED`, reports that, and dead-letters the command.
-async fn retry_or_give_up(ctx: &Ctx, delivery: &Delivery, cmd: Option<&TransferCommand>) -> Settle {
-    let attempt = attempt_of(&delivery.properties);
+async fn retry_or_give_up(ctx: &Ctx, delivery: &CommandDelivery, cmd: Option<&TransferCommand>) -> Settle {
+    let attempt = delivery.attempt();
     if attempt < ctx.max_attempts {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt) + 1));
-        let props = delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_expiration(ctx.retry_delay.as_millis().to_string().into());
-        // The routing key goes along, so the command comes back to the same partition.
-        let retry = ctx.results.topology().retry();
-        return match ctx.results.publish(&retry, delivery.routing_key.as_str(), &delivery.data, props).await {
+        return match delivery.send_to_retry(&ctx.results, ctx.retry_delay).await {
             Ok(()) => {
                 warn!(attempt, max_attempts = ctx.max_attempts, delay = ?ctx.retry_delay, "sent to the retry queue");
                 metrics::counter!("ledgerflow_messages_retried_total").increment(1);
@@ -276,7 +247,7 @@ fn failed(
 
 /// Publishes a result; the delivery is acked only if that worked, so a result is never lost.
 async fn report(results: &Publisher, result: &TransferResult) -> Settle {
-    match publish_result(results, result).await {
+    match results.publish_result(result).await {
         Ok(()) => Settle::Ack,
         Err(e) => {
             warn!(error = %e, "could not publish result, requeueing the command");
@@ -290,13 +261,4 @@ fn dead_letter_after(reported: Settle) -> Settle {
         Settle::Ack => Settle::DeadLetter,
         other => other,
     }
-}
-
-async fn publish_result(results: &Publisher, result: &TransferResult) -> Result<(), MessagingError> {
-    let id = result.transaction_id.map(|id| id.to_string()).unwrap_or_default();
-    let props = BasicProperties::default()
-        .with_type(RESULT_TYPE.into())
-        .with_correlation_id(id.as_str().into())
-        .with_message_id(TransactionId::generate().to_string().into());
-    results.publish(&results.topology().results(), &id, &result.to_json(), props).await
 }

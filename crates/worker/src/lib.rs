@@ -25,16 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-pub use handler::ATTEMPT_HEADER;
-use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Consumer};
-use ledgerflow_messaging::{MessagingError, Publisher, Topology, close, connect};
+use ledgerflow_messaging::{Fed, MessagingError, Partitions, Publisher, Topology};
 use ledgerflow_store::{Grouping, Store};
 use share::Share;
-use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -163,85 +156,6 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
     }
 }
 
-/// A delivery and the partition subscription it came from.
-struct Fed {
-    partition: u16,
-    generation: u32,
-    delivery: Delivery,
-}
-
-/// One partition queue's subscriptions on a channel. Each hand-off cancels the current one
-/// and subscribes again (see [`share`]), which counts a generation up; deliveries already
-/// prefetched still come through, tagged with the old generation.
-struct Feed {
-    channel: Channel,
-    partition: u16,
-    queue: String,
-    tag: String,
-}
-
-impl Feed {
-    fn tag(&self, generation: u32) -> String {
-        format!("{}-p{}-{generation}", self.tag, self.partition)
-    }
-
-    async fn subscribe(&self, generation: u32) -> Result<Consumer, MessagingError> {
-        let (queue, tag) = (self.queue.as_str().into(), self.tag(generation).into());
-        Ok(self.channel.basic_consume(queue, tag, BasicConsumeOptions::default(), FieldTable::default()).await?)
-    }
-
-    /// Passes deliveries on until `stop`, starting with the `first` subscription.
-    async fn run(
-        self,
-        first: Consumer,
-        to_worker: mpsc::Sender<Fed>,
-        hand_off: Arc<Notify>,
-        stop: CancellationToken,
-    ) -> Result<(), MessagingError> {
-        let mut consumer = first;
-        for generation in 0.. {
-            if generation > 0 {
-                // Stopping while a hand-off completed: no new subscription to cancel again.
-                if stop.is_cancelled() {
-                    return Ok(());
-                }
-                consumer = self.subscribe(generation).await?;
-            }
-            let tag = self.tag(generation);
-            let mut cancelled = false;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled(), if !cancelled => {
-                        let _ = self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                        return Ok(());
-                    }
-                    () = hand_off.notified(), if !cancelled => {
-                        self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
-                        cancelled = true;
-                    }
-                    delivery = consumer.next() => match delivery {
-                        Some(Ok(delivery)) => {
-                            let fed = Fed { partition: self.partition, generation, delivery };
-                            if to_worker.send(fed).await.is_err() {
-                                return Ok(());
-                            }
-                        }
-                        Some(Err(e)) => return Err(e.into()),
-                        None if cancelled => break,
-                        None => {
-                            let why = format!("consumer of {} cancelled by the broker", self.queue);
-                            return Err(MessagingError::Unavailable(why));
-                        }
-                    },
-                }
-            }
-            info!(partition = self.partition, "handed the partition on");
-            metrics::counter!("ledgerflow_partition_handoffs_total").increment(1);
-        }
-        Ok(())
-    }
-}
-
 /// One connection's worth of consuming. Returns `Ok` only on shutdown.
 async fn consume(
     ctx: &Arc<handler::Ctx>,
@@ -249,51 +163,11 @@ async fn consume(
     workers: &AtomicU32,
     shutdown: &CancellationToken,
 ) -> Result<(), MessagingError> {
-    let connection = connect(&config.amqp_uri, &config.name).await?;
     let topology = &config.topology;
     // Per consumer: the prefetch is shared out between the partitions.
     let per_partition = config.prefetch.div_ceil(topology.partition_count()).max(MIN_PREFETCH);
     let tag = format!("{}-{}", config.name, std::process::id());
-    // Bounded, like every step on a connection: a broker still starting up may accept the
-    // connection and not answer.
-    let setup = async {
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        channel.basic_qos(per_partition, BasicQosOptions::default()).await?;
-        let mut subscribed = Vec::new();
-        for (partition, queue) in (0..).zip(topology.partitions()) {
-            let feed = Feed { channel: channel.clone(), partition, queue, tag: tag.clone() };
-            let first = feed.subscribe(0).await?;
-            subscribed.push((feed, first));
-        }
-        // Joining the roster last: once every worker counts there, each consumes every partition.
-        let roster = (topology.workers(), format!("{tag}-roster"));
-        let options = BasicConsumeOptions::default();
-        let roster = channel
-            .basic_consume(roster.0.as_str().into(), roster.1.as_str().into(), options, FieldTable::default())
-            .await?;
-        Ok::<_, MessagingError>((subscribed, roster))
-    };
-    // The roster consumer is kept (dropping it would cancel it); it never yields anything.
-    let (subscribed, _roster) = match tokio::time::timeout(SETUP_LIMIT, setup).await {
-        Ok(Ok(subscribed)) => subscribed,
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            close(&connection, "setup timed out").await;
-            return Err(MessagingError::Unavailable(format!("no subscriptions within {SETUP_LIMIT:?}")));
-        }
-    };
-
-    let stop_feeds = shutdown.child_token();
-    let (to_worker, mut fed) = mpsc::channel(usize::from(per_partition));
-    let mut feeds = JoinSet::new();
-    let mut hand_offs = Vec::new();
-    for (feed, first) in subscribed {
-        let hand_off = Arc::new(Notify::new());
-        hand_offs.push(Arc::clone(&hand_off));
-        feeds.spawn(feed.run(first, to_worker.clone(), hand_off, stop_feeds.clone()));
-    }
-    drop(to_worker);
+    let mut partitions = Partitions::subscribe(&config.amqp_uri, &config.name, &tag, topology, per_partition).await?;
     info!(worker = %config.name, partitions = topology.partition_count(), prefetch = per_partition, "consuming");
 
     let mut share = Share::new(topology.partition_count());
@@ -306,48 +180,30 @@ async fn consume(
                 info!(worker = %config.name, in_flight = in_flight.len(), "shutting down: no new commands, draining");
                 break Ok(());
             }
-            fed = fed.recv() => match fed {
-                Some(Fed { partition, generation, delivery }) => {
+            fed = partitions.next() => match fed {
+                Ok(Fed { partition, generation, delivery }) => {
                     share.set_workers(workers.load(Ordering::Relaxed));
                     if share.delivered(partition, generation, Instant::now()) {
-                        hand_offs[usize::from(partition)].notify_one();
+                        partitions.hand_off(partition);
                     }
                     in_flight.spawn(handler::handle(Arc::clone(ctx), delivery));
                 }
-                None => break Err(MessagingError::Unavailable("every partition feed ended".into())),
+                Err(e) => break Err(e),
             },
-            Some(ended) = feeds.join_next() => {
-                let error = match ended {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => MessagingError::Unavailable("a partition feed ended".into()),
-                    Err(e) => MessagingError::Unavailable(format!("a partition feed failed: {e}")),
-                };
-                break Err(error);
-            }
             // Reap finished handlers so the set stays as small as the prefetch.
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     };
     // No new deliveries; finish (and ack) what was already taken, whether stopping or
     // reconnecting: the acks fail harmlessly if the channel is gone, and the broker then
-    // redelivers. Prefetched deliveries never handed to a handler are dropped here and
-    // requeued by the broker when the connection closes. Each step is bounded: a dead
-    // connection must not hold the worker (handlers bound their own publishes and acks).
-    drop(fed);
-    stop_feeds.cancel();
-    if tokio::time::timeout(TEARDOWN_LIMIT, async { while feeds.join_next().await.is_some() {} }).await.is_err() {
-        feeds.abort_all();
-    }
+    // redelivers. Handlers bound their own publishes and acks, so a dead connection cannot
+    // hold the worker here.
+    partitions.stop().await;
     while in_flight.join_next().await.is_some() {}
     report_partitions(&Share::new(topology.partition_count()), topology.partition_count());
-    close(&connection, "worker stopping").await;
+    partitions.close("worker stopping").await;
     outcome
 }
-
-/// Longest wait for a consuming connection's channel, topology and subscriptions.
-const SETUP_LIMIT: Duration = Duration::from_secs(10);
-/// Longest wait for one teardown step of a consuming connection.
-const TEARDOWN_LIMIT: Duration = Duration::from_secs(3);
 
 /// Fewest commands in flight per partition, whatever the prefetch is shared out into.
 const MIN_PREFETCH: u16 = 16;

@@ -8,9 +8,7 @@ mod transactions;
 use axum::Router;
 use axum::routing::{get, patch, post};
 use ledgerflow_domain::TransferCommand;
-use ledgerflow_messaging::lapin::BasicProperties;
-use ledgerflow_messaging::lapin::types::{AMQPValue, FieldTable};
-use ledgerflow_messaging::{COMMAND_TYPE, MessagingError, REQUEST_ID_HEADER};
+use ledgerflow_messaging::MessagingError;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -107,20 +105,7 @@ pub(crate) async fn publish_command(
     cmd: &TransferCommand,
     request_id: Option<&str>,
 ) -> Result<(), MessagingError> {
-    let id = cmd.transaction_id.map(|id| id.to_string()).unwrap_or_default();
-    let mut headers = FieldTable::default();
-    if let Some(request_id) = request_id {
-        // Carried to the worker so one request id follows the transfer through every log line.
-        headers.insert(REQUEST_ID_HEADER.into(), AMQPValue::LongString(request_id.into()));
-    }
-    let props = BasicProperties::default()
-        .with_headers(headers)
-        .with_message_id(id.as_str().into())
-        .with_type(COMMAND_TYPE.into())
-        .with_app_id("ledgerflow-gateway".into())
-        .with_timestamp(cmd.requested_at.timestamp().max(0) as u64);
-    let topology = state.publisher.topology();
-    state.publisher.publish(&topology.transfers(), &cmd.request.from.to_string(), &cmd.to_json(), props).await
+    state.publisher.publish_command(cmd, request_id).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,49 @@
+//! LedgerFlow's two messages as the broker carries them: a transfer command on the way to a
+//! worker, and a transfer result on the way back. Their AMQP properties (type, message id,
+//! correlation id, headers) are set here and nowhere else.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use ledgerflow_domain::{TransactionId, TransferCommand, TransferResult};
+
+use crate::{MessagingError, Publisher};
+
+/// The AMQP `type` property of a transfer command.
+pub const COMMAND_TYPE: &str = "ledgerflow.transfer.command.v1";
+/// The AMQP `type` property of a transfer result.
+pub const RESULT_TYPE: &str = "ledgerflow.transfer.result.v1";
+
+/// The AMQP header carrying the HTTP request id from the gateway to the worker's logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+impl Publisher {
+    /// Publishes a command to the transfers exchange, routed by its sending account (so every
+    /// command of one account reaches the same partition), and waits for the confirm. The
+    /// message id is the transaction id; `request_id` follows the transfer into the worker's
+    /// logs.
+    pub async fn publish_command(&self, cmd: &TransferCommand, request_id: Option<&str>) -> Result<(), MessagingError> {
+        let id = cmd.transaction_id.map(|id| id.to_string()).unwrap_or_default();
+        let mut headers = FieldTable::default();
+        if let Some(request_id) = request_id {
+            headers.insert(REQUEST_ID_HEADER.into(), AMQPValue::LongString(request_id.into()));
+        }
+        let props = BasicProperties::default()
+            .with_headers(headers)
+            .with_message_id(id.as_str().into())
+            .with_type(COMMAND_TYPE.into())
+            .with_app_id(self.name().into())
+            .with_timestamp(cmd.requested_at.timestamp().max(0).unsigned_abs());
+        let exchange = self.topology().transfers();
+        self.publish(&exchange, &cmd.request.from.to_string(), &cmd.to_json(), props).await
+    }
+
+    /// Publishes a result to the results exchange, correlated with its transaction.
+    pub async fn publish_result(&self, result: &TransferResult) -> Result<(), MessagingError> {
+        let id = result.transaction_id.map(|id| id.to_string()).unwrap_or_default();
+        let props = BasicProperties::default()
+            .with_type(RESULT_TYPE.into())
+            .with_correlation_id(id.as_str().into())
+            .with_message_id(TransactionId::generate().to_string().into());
+        self.publish(&self.topology().results(), &id, &result.to_json(), props).await
+    }
+}
