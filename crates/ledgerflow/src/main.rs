@@ -60,9 +60,11 @@ enum Command {
     Up(UpArgs),
     /// Check every ledger invariant; exit 1 on any discrepancy.
     #[command(after_help = "Checks: debits equal credits per currency; every COMPLETED transaction has exactly\n\
-one DEBIT and one CREDIT of its amount, others none; each account's entries are numbered\n\
-1, 2, 3… with running balances that add up and an intact hash chain; no account but the\n\
-funding account is negative; nothing is PENDING longer than --max-pending-age.\n\n\
+one DEBIT and one CREDIT of its amount, others none, and no entry lacks its transaction; each\n\
+account's entries are numbered 1, 2, 3… with running balances that add up and an intact hash\n\
+chain, and the account's seq is its latest entry's; no account but the funding account is\n\
+negative, and no CLOSED account holds money; nothing is PENDING longer than --max-pending-age;\n\
+every document parses.\n\n\
 Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-age 15m")]
     Reconcile {
         /// Print the report as JSON.

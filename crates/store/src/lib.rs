@@ -1,11 +1,12 @@
 //! MongoDB persistence for LedgerFlow.
 //!
-//! Four collections: `users`, `accounts`, `transactions` and `entries`. Entries are the only
-//! source of money truth and are never updated or deleted. Each account document carries a
-//! `seq`, the sequence number of its latest entry; every posting bumps it inside the same
-//! multi-document transaction, which makes two concurrent postings on one account conflict
-//! (one retries) instead of both reading the same balance. The balance itself is the
-//! `balanceAfter` of the account's latest entry: one indexed read, however long the history.
+//! Collections: `users`, `accounts`, `transactions`, `entries`, and `loginFailures` (failed
+//! sign-ins, expiring by a TTL index). Entries are the only source of money truth and are
+//! never updated or deleted. Each account document carries a `seq`, the sequence number of
+//! its latest entry; every posting bumps it inside the same multi-document transaction, which
+//! makes two concurrent postings on one account conflict (one retries) instead of both
+//! reading the same balance. The balance itself is the `balanceAfter` of the account's latest
+//! entry: one indexed read, however long the history.
 //!
 //! Stored documents are parsed back into domain types here ([`docs`]); nothing above this
 //! crate sees BSON.
