@@ -2,7 +2,7 @@
 # Runs LedgerFlow's whole test suite against real services: starts (installing if needed)
 # RabbitMQ and a MongoDB replica set on loopback, then runs every test in the workspace.
 # Uses cargo-nextest when installed (one process per test, one summary line), else cargo test.
-# Extra arguments go to the runner (e.g. scripts/test.sh -p ledgerflow-tests --test pipeline).
+# Extra arguments go to the runner (e.g. scripts/test.sh -p ledgerflow-tests --test e2e).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,8 +22,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast -E 'binary(faults)' --test-threads 1 || status=$?
 else
   cargo test --workspace --locked --no-fail-fast --exclude ledgerflow-tests "$@" || status=$?
-  cargo test -p ledgerflow-tests --locked --no-fail-fast --test pipeline --test batch --test api --test queue \
-    --test reversals --test ledger --test contract --test deploy "$@" || status=$?
+  cargo test -p ledgerflow-tests --locked --no-fail-fast --test e2e --test deploy "$@" || status=$?
   cargo test -p ledgerflow-tests --locked --no-fail-fast --test faults -- --test-threads 1 || status=$?
 fi
 exit "$status"

@@ -526,14 +526,20 @@ mod tests {
         assert_eq!(plan.created.len(), 1);
     }
 
-    #[test]
-    fn a_reversal_completes_once_and_a_second_in_the_batch_fails() {
+    /// A batch's reads holding a COMPLETED transfer of 100 from `a` (now 0) to `b` (now 100).
+    fn a_completed_transfer_of_100() -> (Loaded, AccountHead, AccountHead, TransactionRecord) {
         let (a, b) = (account(0, 1), account(100, 1));
         let mut l = loaded(&[&a, &b]);
         let original = command(TransferKind::Transfer, a.account.id, b.account.id, 100, "orig");
         let mut record = TransactionRecord::pending(TransactionId::generate(), &original, Utc::now());
         record.status = TransactionStatus::Completed;
         l.add_transaction(record.id, ("x".into(), "orig".into()), Ok(record.clone()));
+        (l, a, b, record)
+    }
+
+    #[test]
+    fn a_reversal_completes_once_and_a_second_in_the_batch_fails() {
+        let (l, a, b, record) = a_completed_transfer_of_100();
         let reversal = |key| {
             let r =
                 TransferRequest::reversal(record.id, a.account.id, b.account.id, record.amount, Currency::USD, None);
@@ -550,12 +556,7 @@ mod tests {
 
     #[test]
     fn a_reversal_that_is_not_the_exact_mirror_fails() {
-        let (a, b) = (account(0, 1), account(100, 1));
-        let mut l = loaded(&[&a, &b]);
-        let original = command(TransferKind::Transfer, a.account.id, b.account.id, 100, "orig");
-        let mut record = TransactionRecord::pending(TransactionId::generate(), &original, Utc::now());
-        record.status = TransactionStatus::Completed;
-        l.add_transaction(record.id, ("x".into(), "orig".into()), Ok(record.clone()));
+        let (l, a, b, record) = a_completed_transfer_of_100();
         let short = Amount::new(99).expect("amount");
         let partial = TransferRequest::reversal(record.id, a.account.id, b.account.id, short, Currency::USD, None);
         let of_nothing = TransferRequest::reversal(

@@ -884,7 +884,7 @@ async fn mixed_currencies_are_refused_at_once_and_inactive_accounts_fail_in_the_
     }
 
     // Currencies never change, so the gateway refuses the pair before recording anything
-    // (the worker's own check is in tests/queue.rs, for upstream commands).
+    // (the worker's own check is in tests/e2e/queue.rs, for upstream commands).
     let refused = app.transfer(&alice, &a, eur, json!(10), "fx").await;
     assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH");
     assert_eq!(
