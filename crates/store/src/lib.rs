@@ -17,6 +17,7 @@ mod error;
 mod execute;
 mod group;
 mod reconcile;
+pub mod synthetic;
 mod transactions;
 mod users;
 
