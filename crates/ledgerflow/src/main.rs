@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ledgerflow_domain::{AccountStatus, Email, Password, Role, TransferCommand};
+use ledgerflow_domain::{AccountStatus, Email, Password, Role};
 use ledgerflow_gateway::auth::verify_password;
 use ledgerflow_gateway::{
     AppState, DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
@@ -554,41 +554,10 @@ async fn run(cli: Cli) -> Result<()> {
             with_store(&conn, async |store| admin::show_transaction(store, &id).await).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::List { limit })) => {
-            let topology = conn.topology();
-            let letters = ledgerflow_messaging::dlq::peek(&conn.amqp_uri, &topology, limit).await?;
-            println!("{} dead-lettered command(s) in {}", letters.len(), topology.dead_letters());
-            for (i, letter) in letters.iter().enumerate() {
-                let what = match TransferCommand::parse(&letter.body) {
-                    Ok(cmd) => format!(
-                        "{} {} {} -> {} key={} initiator={}",
-                        cmd.request.kind,
-                        cmd.request.amount,
-                        cmd.request.currency,
-                        cmd.request.to,
-                        cmd.idempotency_key,
-                        cmd.initiator
-                    ),
-                    Err(e) => format!("invalid: {}", e.reason),
-                };
-                let death = letter.death_reason.as_deref().unwrap_or("-");
-                println!(
-                    "{:>4}  {:<36}  {death}×{}  {what}",
-                    i + 1,
-                    letter.message_id.as_deref().unwrap_or("-"),
-                    letter.death_count
-                );
-            }
+            admin::list_dead_letters(&conn.amqp_uri, &conn.topology(), limit).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::Replay { limit })) => {
-            let topology = conn.topology();
-            let n = ledgerflow_messaging::dlq::replay(
-                &conn.amqp_uri,
-                &topology,
-                limit,
-                &[ledgerflow_worker::ATTEMPT_HEADER],
-            )
-            .await?;
-            println!("replayed {n} command(s) to {}", topology.transfers());
+            admin::replay_dead_letters(&conn.amqp_uri, &conn.topology(), limit).await?;
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {
             with_store(&conn, async |store| ensure_system_user(store, &email, &password).await).await?;
