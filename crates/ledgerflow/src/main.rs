@@ -80,7 +80,8 @@ Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-a
     /// Operator tasks.
     #[command(subcommand)]
     Admin(Admin),
-    /// Load-test the whole pipeline (or time balance reads) and print a summary.
+    /// Load-test the whole pipeline (or time balance reads) and print a summary (runs
+    /// `ledgerflow-bench`; `ledgerflow bench --help` lists its options).
     Bench(bench::BenchArgs),
 }
 
@@ -408,6 +409,9 @@ fn main() -> ExitCode {
     enlarge_thread_stacks();
     init_tracing();
     let cli = Cli::parse();
+    if let Command::Bench(args) = &cli.command {
+        return bench::forward(&cli.conn, cli.threads, args);
+    }
     match runtime(cli.threads).and_then(|rt| rt.block_on(run(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         // The message and its causes on one line. Not `Debug`: with RUST_BACKTRACE set (as it
@@ -519,17 +523,8 @@ async fn run(cli: Cli) -> Result<()> {
             store.shutdown().await;
             served?;
         }
-        Command::Bench(args) => {
-            let info = bench::ConnInfo {
-                mongodb_uri: conn.mongodb_uri,
-                mongodb_db: conn.mongodb_db,
-                amqp_uri: conn.amqp_uri,
-                amqp_prefix: conn.amqp_prefix,
-                partitions: conn.partitions,
-                threads: cli.threads,
-            };
-            bench::run(info, args).await?;
-        }
+        // Forwarded in `main`, before any runtime starts.
+        Command::Bench(_) => unreachable!("ledgerflow bench is forwarded before the runtime starts"),
         Command::Reconcile { json, max_pending_age } => {
             if !with_store(&conn, async |store| reconcile::run(store, max_pending_age, json).await).await? {
                 std::process::exit(1);
