@@ -1,8 +1,10 @@
-//! `ledgerflow admin`: operator tasks that go straight to the store, printed as tables.
+//! `ledgerflow admin`: operator tasks that go straight to the store (printed as tables) or to
+//! the dead-letter queue.
 
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use ledgerflow_domain::{AccountId, AccountStatus, Email, TransactionId, UserId};
+use ledgerflow_domain::{AccountId, AccountStatus, Email, TransactionId, TransferCommand, UserId};
+use ledgerflow_messaging::Topology;
 use ledgerflow_store::Store;
 
 fn table(header: &[&str]) -> Table {
@@ -113,5 +115,41 @@ pub async fn show_transaction(store: &Store, id: &str) -> Result<()> {
     }
     println!("{e}");
     println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+    Ok(())
+}
+
+/// Shows up to `limit` dead-lettered commands, one line each (they stay in the queue).
+pub async fn list_dead_letters(amqp_uri: &str, topology: &Topology, limit: usize) -> Result<()> {
+    let letters = ledgerflow_messaging::dlq::peek(amqp_uri, topology, limit).await?;
+    println!("{} dead-lettered command(s) in {}", letters.len(), topology.dead_letters());
+    for (i, letter) in letters.iter().enumerate() {
+        let what = match TransferCommand::parse(&letter.body) {
+            Ok(cmd) => format!(
+                "{} {} {} -> {} key={} initiator={}",
+                cmd.request.kind,
+                cmd.request.amount,
+                cmd.request.currency,
+                cmd.request.to,
+                cmd.idempotency_key,
+                cmd.initiator
+            ),
+            Err(e) => format!("invalid: {}", e.reason),
+        };
+        let death = letter.death_reason.as_deref().unwrap_or("-");
+        println!(
+            "{:>4}  {:<36}  {death}×{}  {what}",
+            i + 1,
+            letter.message_id.as_deref().unwrap_or("-"),
+            letter.death_count
+        );
+    }
+    Ok(())
+}
+
+/// Sends up to `limit` dead-lettered commands back to the transfers exchange, with fresh
+/// attempts.
+pub async fn replay_dead_letters(amqp_uri: &str, topology: &Topology, limit: usize) -> Result<()> {
+    let n = ledgerflow_messaging::dlq::replay(amqp_uri, topology, limit).await?;
+    println!("replayed {n} command(s) to {}", topology.transfers());
     Ok(())
 }

@@ -157,3 +157,17 @@ pub async fn open_store(connections: &Connections, patience: Option<Duration>) -
         }
     }
 }
+
+/// A single-threaded runtime for one thread, else a multi-threaded one (0: one per core).
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder
+    };
+    builder.enable_all().build().context("cannot start the async runtime")
+}

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ledgerflow::app::{ensure_system_user, open_store};
+use ledgerflow::app::{ensure_system_user, open_store, runtime};
 use ledgerflow::settings::{Connections, GatewaySettings, ONE_SHOT_PATIENCE, WorkerSettings};
 use ledgerflow::{App, Settings};
-use ledgerflow_domain::{AccountStatus, TransferCommand};
+use ledgerflow_domain::AccountStatus;
 use ledgerflow_store::Store;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +77,8 @@ Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-a
     /// Operator tasks.
     #[command(subcommand)]
     Admin(Admin),
-    /// Load-test the whole pipeline (or time balance reads) and print a summary.
+    /// Load-test the whole pipeline (or time balance reads) and print a summary (runs
+    /// `ledgerflow-bench`; `ledgerflow bench --help` lists its options).
     Bench(bench::BenchArgs),
 }
 
@@ -217,6 +218,9 @@ fn main() -> ExitCode {
     enlarge_thread_stacks();
     ledgerflow_telemetry::init_tracing();
     let cli = Cli::parse();
+    if let Command::Bench(args) = &cli.command {
+        return bench::forward(&cli.conn, cli.threads, args);
+    }
     match runtime(cli.threads).and_then(|rt| rt.block_on(run(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         // The message and its causes on one line. Not `Debug`: with RUST_BACKTRACE set (as it
@@ -248,20 +252,6 @@ fn enlarge_thread_stacks() {
         // so nothing can read the environment while it changes.
         unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK) };
     }
-}
-
-/// A single-threaded runtime for one thread, else a multi-threaded one (0: one per core).
-fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if threads > 1 {
-            builder.worker_threads(threads);
-        }
-        builder
-    };
-    builder.enable_all().build().context("cannot start the async runtime")
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -296,17 +286,8 @@ async fn run(cli: Cli) -> Result<()> {
                 Settings { connections, gateway: Some(up.gateway), worker: up.worker, workers: up.workers, threads };
             App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
         }
-        Command::Bench(args) => {
-            let info = bench::ConnInfo {
-                mongodb_uri: connections.mongodb_uri,
-                mongodb_db: connections.mongodb_db,
-                amqp_uri: connections.amqp_uri,
-                amqp_prefix: connections.amqp_prefix,
-                partitions: connections.partitions,
-                threads: cli.threads,
-            };
-            bench::run(info, args).await?;
-        }
+        // Forwarded in `main`, before any runtime starts.
+        Command::Bench(_) => unreachable!("ledgerflow bench is forwarded before the runtime starts"),
         Command::Reconcile { json, max_pending_age } => {
             if !with_store(conn, async |store| reconcile::run(store, max_pending_age, json).await).await? {
                 std::process::exit(1);
@@ -331,35 +312,10 @@ async fn run(cli: Cli) -> Result<()> {
             with_store(conn, async |store| admin::show_transaction(store, &id).await).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::List { limit })) => {
-            let topology = conn.topology();
-            let letters = ledgerflow_messaging::dlq::peek(&conn.amqp_uri, &topology, limit).await?;
-            println!("{} dead-lettered command(s) in {}", letters.len(), topology.dead_letters());
-            for (i, letter) in letters.iter().enumerate() {
-                let what = match TransferCommand::parse(&letter.body) {
-                    Ok(cmd) => format!(
-                        "{} {} {} -> {} key={} initiator={}",
-                        cmd.request.kind,
-                        cmd.request.amount,
-                        cmd.request.currency,
-                        cmd.request.to,
-                        cmd.idempotency_key,
-                        cmd.initiator
-                    ),
-                    Err(e) => format!("invalid: {}", e.reason),
-                };
-                let death = letter.death_reason.as_deref().unwrap_or("-");
-                println!(
-                    "{:>4}  {:<36}  {death}×{}  {what}",
-                    i + 1,
-                    letter.message_id.as_deref().unwrap_or("-"),
-                    letter.death_count
-                );
-            }
+            admin::list_dead_letters(&conn.amqp_uri, &conn.topology(), limit).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::Replay { limit })) => {
-            let topology = conn.topology();
-            let n = ledgerflow_messaging::dlq::replay(&conn.amqp_uri, &topology, limit).await?;
-            println!("replayed {n} command(s) to {}", topology.transfers());
+            admin::replay_dead_letters(&conn.amqp_uri, &conn.topology(), limit).await?;
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {
             with_store(conn, async |store| ensure_system_user(store, &email, &password).await).await?;

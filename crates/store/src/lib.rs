@@ -19,6 +19,7 @@ mod error;
 mod execute;
 mod group;
 mod reconcile;
+pub mod synthetic;
 mod transactions;
 mod users;
 
@@ -42,13 +43,6 @@ const DEFAULT_MAX_POOL_SIZE: u32 = 100;
 pub const MAX_PAGE: i64 = 100;
 /// Longest a [`Store::shutdown`] waits for the server.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
-
-/// [`Store::shutdown`] for a client opened outside a [`Store`] (the bench's raw one).
-pub async fn shutdown_client(client: Client) {
-    if tokio::time::timeout(SHUTDOWN_LIMIT, client.shutdown().immediate(true)).await.is_err() {
-        tracing::warn!(limit = ?SHUTDOWN_LIMIT, "MongoDB client shutdown took too long; leaving the rest to exit");
-    }
-}
 
 /// A handle on the LedgerFlow database; cheap to clone (the driver pools connections).
 #[derive(Clone)]
@@ -152,7 +146,9 @@ impl Store {
     /// this store are shut down with it. Bounded, as ending sessions needs the server, and an
     /// unreachable server may be why the process stops.
     pub async fn shutdown(self) {
-        shutdown_client(self.client).await;
+        if tokio::time::timeout(SHUTDOWN_LIMIT, self.client.shutdown().immediate(true)).await.is_err() {
+            tracing::warn!(limit = ?SHUTDOWN_LIMIT, "MongoDB client shutdown took too long; leaving the rest to exit");
+        }
     }
 
     fn users(&self) -> Collection<docs::UserDoc> {

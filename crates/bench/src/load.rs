@@ -1,0 +1,182 @@
+//! The load: a plan of transfers submitted at `--concurrency` (and `--rate`), over HTTP as a
+//! client would or, with `--direct`, published to the transfers exchange as an upstream
+//! system would; then every accepted transfer's outcome awaited, and the two joined into the
+//! figures.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use indicatif::ProgressBar;
+use ledgerflow_domain::{AccountId, TransferKind};
+use ledgerflow_messaging::lapin::BasicProperties;
+use ledgerflow_messaging::{COMMAND_TYPE, Publisher};
+
+use crate::api::Api;
+use crate::figures::LoadFigures;
+use crate::listener::MatchOn;
+use crate::plan::{Pace, Planned, upstream_command};
+use crate::pool::pool;
+use crate::run::Session;
+use crate::samples::write_samples;
+use crate::sandbox::Sandbox;
+use crate::setup::Funded;
+
+/// Time kept back from `--timeout` when waiting for outcomes, so that the report still gets made.
+const REPORT_MARGIN: Duration = Duration::from_secs(5);
+
+/// One transfer as sent, and what came back at once.
+pub struct Sent {
+    /// What its result is matched on: the transaction id (HTTP) or idempotency key (direct).
+    pub key: String,
+    pub sent: Instant,
+    /// When the 202 (HTTP) or the publisher confirm (direct) arrived.
+    pub accepted: Option<Instant>,
+    /// Why it was not accepted: HTTP status and error code, or a transport or broker error.
+    pub rejected: Option<String>,
+}
+
+impl Sent {
+    fn accepted(key: String, sent: Instant) -> Self {
+        Self { key, sent, accepted: Some(Instant::now()), rejected: None }
+    }
+
+    fn rejected(key: String, sent: Instant, why: String) -> Self {
+        Self { key, sent, accepted: None, rejected: Some(why) }
+    }
+}
+
+/// One load over a plan: how its idempotency keys begin (apart from any other load's), its
+/// pace, where its samples go, and how its progress bars are labelled.
+pub struct Phase<'a> {
+    keys: String,
+    rate: Option<u32>,
+    samples: Option<&'a Path>,
+    labels: [&'static str; 2],
+}
+
+impl<'a> Phase<'a> {
+    /// The load the report is about.
+    pub fn timed(sandbox: &Sandbox, rate: Option<u32>, samples: Option<&'a Path>) -> Self {
+        Self { keys: format!("bench-{}-", sandbox.tag), rate, samples, labels: ["submitted", "finished"] }
+    }
+
+    /// The unpaced load that measures the maximum for `--rate N%`.
+    pub fn maximum(sandbox: &Sandbox) -> Self {
+        Self {
+            keys: format!("bench-{}-max-", sandbox.tag),
+            rate: None,
+            samples: None,
+            labels: ["max: submitted", "max: finished"],
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Submits the plan at `--concurrency`, then waits for the outcome of every accepted transfer.
+    pub async fn run_transfers(
+        &self,
+        accounts: &Arc<Vec<Funded>>,
+        plan: &Arc<Vec<Planned>>,
+        phase: &Phase<'_>,
+    ) -> Result<LoadFigures> {
+        let bars = &self.bench.bars;
+        let submitted = bars.bar(plan.len(), phase.labels[0]);
+        let finished = bars.bar(plan.len(), phase.labels[1]);
+        let ticker = self.listener.follow(finished.clone());
+        let anchor = (Instant::now(), Utc::now());
+        let (sent, on) = if self.bench.args.direct {
+            (self.submit_direct(accounts, plan, phase, &submitted).await, MatchOn::IdempotencyKey)
+        } else {
+            (self.submit_http(accounts, plan, phase, &submitted).await, MatchOn::TransactionId)
+        };
+        ticker.abort();
+        let sent = sent?;
+        submitted.finish();
+        let keys: Vec<String> = sent.iter().filter(|s| s.accepted.is_some()).map(|s| s.key.clone()).collect();
+        // Stop waiting a little before the overall deadline, so a slow run still reports what
+        // it measured (with the rest counted as unfinished) instead of only timing out.
+        let deadline = self.bench.deadline;
+        let wait_until = deadline.checked_sub(REPORT_MARGIN).unwrap_or(deadline);
+        self.listener.await_all(on, &keys, wait_until, &finished).await?;
+        let outcomes = self.listener.outcomes();
+        if let Some(path) = phase.samples {
+            write_samples(path, anchor, &sent, &outcomes, on)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(LoadFigures::tally(&sent, &outcomes, on, anchor))
+    }
+
+    async fn submit_http(
+        &self,
+        accounts: &Arc<Vec<Funded>>,
+        plan: &Arc<Vec<Planned>>,
+        phase: &Phase<'_>,
+        bar: &ProgressBar,
+    ) -> Result<Vec<Sent>> {
+        let (api, accounts, plan, keys) =
+            (self.api.clone(), Arc::clone(accounts), Arc::clone(plan), phase.keys.clone());
+        let pace = Pace::new(phase.rate);
+        pool(plan.len(), self.bench.args.concurrency(), bar, move |i| {
+            let (api, accounts, t) = (api.clone(), Arc::clone(&accounts), plan[i]);
+            let key = format!("{keys}{i}");
+            async move {
+                pace.wait_turn(i).await;
+                send_http(&api, &accounts, t, key).await
+            }
+        })
+        .await
+    }
+
+    /// Publishes the plan as an upstream system would: confirmed, persistent JSON commands
+    /// with initiator `service:bench` and no transaction id.
+    async fn submit_direct(
+        &self,
+        accounts: &Arc<Vec<Funded>>,
+        plan: &Arc<Vec<Planned>>,
+        phase: &Phase<'_>,
+        bar: &ProgressBar,
+    ) -> Result<Vec<Sent>> {
+        let publisher =
+            Publisher::new(&self.bench.conn.services.amqp_uri, "ledgerflow-bench-upstream", self.topology.clone());
+        publisher.ensure_connected().await.context("cannot publish to RabbitMQ")?;
+        let (p, accounts, plan, keys) = (publisher.clone(), Arc::clone(accounts), Arc::clone(plan), phase.keys.clone());
+        let pace = Pace::new(phase.rate);
+        let sent = pool(plan.len(), self.bench.args.concurrency(), bar, move |i| {
+            let (p, from, to, amount) = (p.clone(), accounts[plan[i].from].id, accounts[plan[i].to].id, plan[i].amount);
+            let key = format!("{keys}{i}");
+            async move {
+                pace.wait_turn(i).await;
+                publish_direct(&p, from, to, amount, key).await
+            }
+        })
+        .await;
+        publisher.close().await;
+        sent
+    }
+}
+
+async fn send_http(api: &Api, accounts: &[Funded], t: Planned, key: String) -> Sent {
+    let (from, to) = (&accounts[t.from], &accounts[t.to]);
+    let sent = Instant::now();
+    match api.transfer(&from.token, from.id, to.id, t.amount, &key).await {
+        Ok(id) => Sent::accepted(id, sent),
+        Err(why) => Sent::rejected(key, sent, why),
+    }
+}
+
+async fn publish_direct(publisher: &Publisher, from: AccountId, to: AccountId, amount: i64, key: String) -> Sent {
+    let sent = Instant::now();
+    let cmd = match upstream_command(TransferKind::Transfer, from, to, amount, &key) {
+        Ok(cmd) => cmd,
+        Err(e) => return Sent::rejected(key, sent, format!("invalid command: {e}")),
+    };
+    let props = BasicProperties::default().with_type(COMMAND_TYPE.into()).with_app_id("ledgerflow-bench".into());
+    let exchange = publisher.topology().transfers();
+    match publisher.publish(&exchange, &from.to_string(), &cmd.to_json(), props).await {
+        Ok(()) => Sent::accepted(key, sent),
+        Err(e) => Sent::rejected(key, sent, e.to_string()),
+    }
+}

@@ -1,0 +1,171 @@
+//! The report as text, for a person: a summary line, a table of counts, rates and latency
+//! percentiles in the style of `ledgerflow admin`'s tables, and one line per other figure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{CellAlignment, Table};
+
+use crate::args::BenchArgs;
+use crate::figures::Percentiles;
+use crate::ledger::ledger_summary;
+use crate::reads::ReadFigures;
+use crate::report::LoadReport;
+
+impl LoadReport {
+    pub fn render(&self, args: &BenchArgs) -> String {
+        let l = &self.load;
+        let mut out = String::new();
+        let who = match &args.target {
+            Some(target) => format!("against {target}"),
+            None => format!("{} worker process(es)", args.workers),
+        };
+        let rate = self.rate.map(|r| format!(" at most {r}/s,")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "ledgerflow bench: {} transfers, {} pattern, {} accounts, {} transfers,{rate} concurrency {}, {who}",
+            args.mode(),
+            args.pattern(),
+            args.accounts,
+            args.transfers,
+            args.concurrency
+        );
+        let _ = writeln!(out, "setup (users, accounts, funding): {:.1} s", self.setup.as_secs_f64());
+        if let (Some(m), Some(rate)) = (self.maximum, self.rate) {
+            let _ = writeln!(
+                out,
+                "maximum, measured first (unpaced, same size): {:.1} completed/s ({:.1} accepted/s); paced at {}% = {rate}/s",
+                m.completed_per_s, m.accepted_per_s, m.percent
+            );
+        }
+        let _ = writeln!(out);
+        let accepted = if args.direct { "accepted (confirm)" } else { "accepted (202)" };
+        let mut rows = vec![
+            row(accepted, l.accepted, l.accepted_per_s, l.accept),
+            row("completed", l.completed, l.completed_per_s, l.complete),
+        ];
+        let decide = if args.direct { "  confirm → decision" } else { "  202 → decision" };
+        for (label, stage) in [(decide, l.decide), ("  decision → heard", l.report)] {
+            let mut cells = vec![label.to_owned(), String::new(), String::new()];
+            cells.extend(Percentiles::cells(stage));
+            rows.push(cells);
+        }
+        if let Some(raw) = &self.raw {
+            rows.push(row("raw Store::execute", raw.completed, raw.per_s, raw.latency));
+        }
+        out.push_str(&labelled_table(&["", "count", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"], &rows));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "failed:     {}", breakdown(&l.failed));
+        let _ = writeln!(out, "rejected:   {}", breakdown(&l.rejected));
+        let _ = writeln!(out, "unfinished: {} (accepted, no result)", l.unfinished);
+        if let Some(raw) = &self.raw {
+            let _ = writeln!(out, "raw failed: {}, errors: {}", breakdown(&raw.failed), raw.errors);
+            let ratio = self.ratio().map_or("-".to_owned(), |r| format!("{r:.3}"));
+            let _ = writeln!(out, "ratio completed/s ÷ raw/s: {ratio}");
+        }
+        if let Some(b) = self.batching {
+            let _ = writeln!(
+                out,
+                "workers:    {} batches, mean size {:.1}; {} write-conflict retries, {} batches split",
+                b.batches,
+                b.mean_size(),
+                b.conflict_retries,
+                b.splits
+            );
+        }
+        if let Some(ledger) = &self.ledger {
+            let _ = writeln!(out, "ledger:     {}", ledger_summary(ledger));
+        }
+        if !self.rss_mb.is_empty() {
+            let peaks: Vec<String> = self.rss_mb.iter().map(|(name, mb)| format!("{name} {mb:.1}")).collect();
+            let _ = writeln!(out, "peak RSS MB: {}", peaks.join(", "));
+        }
+        if !self.cpu_s.is_empty() {
+            let spent: Vec<String> = self.cpu_s.iter().map(|(name, s)| format!("{name} {s:.1}")).collect();
+            let _ = writeln!(out, "CPU s, load: {}", spent.join(", "));
+        }
+        if !self.exits.is_empty() {
+            let exits: Vec<String> = self.exits.iter().map(|(name, how)| format!("{name}: {how}")).collect();
+            let _ = writeln!(out, "stopped:     {}", exits.join(", "));
+        }
+        if !self.logs.is_empty() {
+            let logs: Vec<String> =
+                self.logs.iter().map(|(name, c)| format!("{name} {}/{}", c.warn, c.error)).collect();
+            let _ = writeln!(out, "log lines warn/error: {}", logs.join(", "));
+        }
+        out
+    }
+}
+
+/// The `--balance-reads` report: one table row per history length.
+pub fn render_reads(rows: &[ReadFigures], reads: u32) -> String {
+    let header = ["entries", "insert s", "p50 ms", "p95 ms", "p99 ms", "max ms", "keys examined", "docs examined"];
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.entries.to_string(), format!("{:.1}", r.insert.as_secs_f64())];
+            row.extend(Percentiles::cells(Some(r.latency)));
+            row.extend([r.plan.keys_examined.to_string(), r.plan.docs_examined.to_string()]);
+            row
+        })
+        .collect();
+    format!(
+        "ledgerflow bench --balance-reads: {reads} sequential Store::balance reads per history length, one account\n\n{}",
+        table(&header, &body)
+    )
+}
+
+/// A table row: label, count, rate and latency percentiles.
+fn row(label: &str, count: usize, per_s: f64, latency: Option<Percentiles>) -> Vec<String> {
+    let mut cells = vec![label.to_owned(), count.to_string(), format!("{per_s:.1}")];
+    cells.extend(Percentiles::cells(latency));
+    cells
+}
+
+/// `3 (INSUFFICIENT_FUNDS 2, PROCESSING_FAILED 1)`, or `0`.
+fn breakdown(counts: &BTreeMap<String, usize>) -> String {
+    let total: usize = counts.values().sum();
+    if total == 0 {
+        return "0".to_owned();
+    }
+    let parts: Vec<String> = counts.iter().map(|(what, n)| format!("{what} {n}")).collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+/// A table of numbers, right-aligned.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    aligned_table(header, rows, 0)
+}
+
+/// A table whose first column holds row labels, left-aligned, and the others numbers.
+fn labelled_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    aligned_table(header, rows, 1)
+}
+
+/// A table in the style of `ledgerflow admin`'s, right-aligned from column `first_number` on.
+fn aligned_table(header: &[&str], rows: &[Vec<String>], first_number: usize) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.iter().copied());
+    for row in rows {
+        t.add_row(row.iter().map(String::as_str));
+    }
+    for column in t.column_iter_mut().skip(first_number) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+    format!("{t}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::labelled_table;
+
+    #[test]
+    fn tables_align_labels_left_and_numbers_right() {
+        let text =
+            labelled_table(&["", "n"], &[vec!["accepted".into(), "5".into()], vec!["raw".into(), "1234".into()]]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().any(|l| l.contains("│ accepted ┆    5 │")), "{text}");
+        assert!(lines.iter().any(|l| l.contains("│ raw      ┆ 1234 │")), "{text}");
+    }
+}

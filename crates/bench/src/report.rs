@@ -1,0 +1,312 @@
+//! What a run found, and its `--json` form: one object per run, with the keys and shape
+//! `jq` one-liners, the smoke test and the README's figures rely on. Keys are in the order of
+//! the fields below; those marked as skipped are absent, not null, when there is nothing to say.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ledgerflow_store::{Discrepancy, ReconcileReport};
+use serde::Serialize;
+
+use crate::args::BenchArgs;
+use crate::cluster::LogCounts;
+use crate::figures::{LoadFigures, Maximum, Percentiles, round};
+use crate::metrics::Batching;
+use crate::raw::RawFigures;
+use crate::reads::ReadFigures;
+
+/// Everything a load run measured.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub setup: Duration,
+    pub load: LoadFigures,
+    /// With `--rate N%`: the unpaced load that measured the maximum.
+    pub maximum: Option<Maximum>,
+    /// The pace of the timed load, transfers per second (from `--rate`).
+    pub rate: Option<u32>,
+    pub raw: Option<RawFigures>,
+    pub rss_mb: BTreeMap<String, f64>,
+    pub exits: BTreeMap<String, String>,
+    pub logs: BTreeMap<String, LogCounts>,
+    /// What the workers did during the load (not the setup), when the bench started them.
+    pub batching: Option<Batching>,
+    /// CPU seconds spent during the load, by the machine and by each process.
+    pub cpu_s: BTreeMap<String, f64>,
+    /// The run's own ledger checked after the load.
+    pub ledger: Option<ReconcileReport>,
+}
+
+impl LoadReport {
+    /// End-to-end completions per second as a share of the raw floor's.
+    pub fn ratio(&self) -> Option<f64> {
+        let raw = self.raw.as_ref()?;
+        (raw.per_s > 0.0).then(|| round(self.load.completed_per_s / raw.per_s, 3))
+    }
+
+    pub fn to_json<'a>(&'a self, args: &'a BenchArgs) -> LoadJson<'a> {
+        let l = &self.load;
+        LoadJson {
+            mode: args.mode(),
+            pattern: args.pattern(),
+            accounts: args.accounts,
+            transfers: args.transfers,
+            concurrency: args.concurrency,
+            rate: self.rate,
+            workers: args.target.is_none().then_some(args.workers),
+            target: args.target.as_deref(),
+            setup_s: round(self.setup.as_secs_f64(), 2),
+            accepted: l.accepted,
+            accepted_per_s: l.accepted_per_s,
+            completed: l.completed,
+            completed_per_s: l.completed_per_s,
+            failed: l.failed.values().sum(),
+            failure_reasons: &l.failed,
+            rejected: l.rejected.values().sum(),
+            rejections: &l.rejected,
+            unfinished: l.unfinished,
+            ratio: self.ratio(),
+            latency_ms: Stages { accept: l.accept, complete: l.complete, decide: l.decide, report: l.report },
+            rss_mb: &self.rss_mb,
+            cpu_s: &self.cpu_s,
+            exits: &self.exits,
+            log_lines: &self.logs,
+            batching: self.batching,
+            ledger: self.ledger.as_ref().map(LedgerJson::from),
+            maximum: self.maximum,
+            raw_per_s: self.raw.as_ref().map(|raw| raw.per_s),
+            raw: self.raw.as_ref().map(RawJson::from),
+        }
+    }
+}
+
+/// A load run's `--json` report.
+#[derive(Serialize)]
+pub struct LoadJson<'a> {
+    /// `http` or `direct`.
+    mode: &'static str,
+    /// `random` or `hot`.
+    pattern: &'static str,
+    accounts: u32,
+    transfers: u32,
+    concurrency: u32,
+    rate: Option<u32>,
+    /// Null with `--target`.
+    workers: Option<u16>,
+    target: Option<&'a str>,
+    setup_s: f64,
+    accepted: usize,
+    accepted_per_s: f64,
+    completed: usize,
+    completed_per_s: f64,
+    failed: usize,
+    failure_reasons: &'a BTreeMap<String, usize>,
+    rejected: usize,
+    rejections: &'a BTreeMap<String, usize>,
+    unfinished: usize,
+    /// completed/s ÷ raw/s, with `--raw`.
+    ratio: Option<f64>,
+    latency_ms: Stages,
+    rss_mb: &'a BTreeMap<String, f64>,
+    cpu_s: &'a BTreeMap<String, f64>,
+    exits: &'a BTreeMap<String, String>,
+    log_lines: &'a BTreeMap<String, LogCounts>,
+    batching: Option<Batching>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger: Option<LedgerJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maximum: Option<Maximum>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<RawJson<'a>>,
+}
+
+/// Latency of each stage of a transfer's way.
+#[derive(Serialize)]
+struct Stages {
+    /// Submit → 202 (or publisher confirm).
+    accept: Option<Percentiles>,
+    /// Submit → result heard.
+    complete: Option<Percentiles>,
+    /// 202 (or confirm) → the worker's decision.
+    decide: Option<Percentiles>,
+    /// The worker's decision → result heard.
+    report: Option<Percentiles>,
+}
+
+#[derive(Serialize)]
+struct LedgerJson<'a> {
+    ok: bool,
+    transactions: u64,
+    entries: u64,
+    accounts: u64,
+    discrepancies: u64,
+    first_discrepancies: &'a [Discrepancy],
+}
+
+impl<'a> From<&'a ReconcileReport> for LedgerJson<'a> {
+    fn from(ledger: &'a ReconcileReport) -> Self {
+        Self {
+            ok: ledger.ok,
+            transactions: ledger.transactions,
+            entries: ledger.entries,
+            accounts: ledger.accounts,
+            discrepancies: ledger.discrepancy_count,
+            first_discrepancies: &ledger.discrepancies[..ledger.discrepancies.len().min(10)],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RawJson<'a> {
+    completed: usize,
+    failed: usize,
+    failure_reasons: &'a BTreeMap<String, usize>,
+    errors: usize,
+    latency_ms: Option<Percentiles>,
+}
+
+impl<'a> From<&'a RawFigures> for RawJson<'a> {
+    fn from(raw: &'a RawFigures) -> Self {
+        Self {
+            completed: raw.completed,
+            failed: raw.failed.values().sum(),
+            failure_reasons: &raw.failed,
+            errors: raw.errors,
+            latency_ms: raw.latency,
+        }
+    }
+}
+
+/// A `--balance-reads` run's `--json` report.
+#[derive(Serialize)]
+pub struct ReadsJson {
+    mode: &'static str,
+    reads: u32,
+    sizes: Vec<SizeJson>,
+}
+
+/// One history length's figures.
+#[derive(Serialize)]
+struct SizeJson {
+    entries: u64,
+    insert_s: f64,
+    latency_ms: Percentiles,
+    keys_examined: i64,
+    docs_examined: i64,
+}
+
+pub fn reads_json(rows: &[ReadFigures], reads: u32) -> ReadsJson {
+    let sizes = rows
+        .iter()
+        .map(|r| SizeJson {
+            entries: r.entries,
+            insert_s: round(r.insert.as_secs_f64(), 2),
+            latency_ms: r.latency,
+            keys_examined: r.plan.keys_examined,
+            docs_examined: r.plan.docs_examined,
+        })
+        .collect();
+    ReadsJson { mode: "balance-reads", reads, sizes }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use clap::Parser;
+    use ledgerflow_store::ReconcileReport;
+    use serde_json::Value;
+
+    use super::LoadReport;
+    use crate::args::Cli;
+    use crate::cluster::LogCounts;
+    use crate::figures::{LoadFigures, Maximum, Percentiles};
+    use crate::metrics::Batching;
+    use crate::raw::RawFigures;
+
+    /// The keys of an object, in order.
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().expect("an object").keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn the_json_report_keeps_its_keys_order_and_shape() {
+        let cli = Cli::try_parse_from(["ledgerflow-bench", "--raw", "--accounts", "10"]).expect("arguments");
+        let p = Percentiles::of(vec![Duration::from_millis(3)]);
+        let report = LoadReport {
+            setup: Duration::from_millis(1_234),
+            load: LoadFigures {
+                accepted: 5,
+                completed: 4,
+                accept: p,
+                complete: p,
+                unfinished: 1,
+                ..Default::default()
+            },
+            maximum: Some(Maximum { completed_per_s: 10.0, accepted_per_s: 12.0, percent: 50 }),
+            rate: Some(5),
+            raw: Some(RawFigures { completed: 5, per_s: 2.0, latency: p, ..Default::default() }),
+            logs: BTreeMap::from([("gateway".to_owned(), LogCounts { warn: 1, error: 0 })]),
+            batching: Some(Batching { batches: 2, commands: 5, conflict_retries: 0, splits: 0 }),
+            ledger: Some(ReconcileReport { ok: true, transactions: 15, ..Default::default() }),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(report.to_json(&cli.bench)).expect("json");
+        assert_eq!(
+            keys(&v),
+            [
+                "mode",
+                "pattern",
+                "accounts",
+                "transfers",
+                "concurrency",
+                "rate",
+                "workers",
+                "target",
+                "setup_s",
+                "accepted",
+                "accepted_per_s",
+                "completed",
+                "completed_per_s",
+                "failed",
+                "failure_reasons",
+                "rejected",
+                "rejections",
+                "unfinished",
+                "ratio",
+                "latency_ms",
+                "rss_mb",
+                "cpu_s",
+                "exits",
+                "log_lines",
+                "batching",
+                "ledger",
+                "maximum",
+                "raw_per_s",
+                "raw"
+            ]
+        );
+        assert_eq!((v["accounts"].as_u64(), v["workers"].as_u64(), v["target"].is_null()), (Some(10), Some(2), true));
+        assert_eq!((v["setup_s"].as_f64(), v["ratio"].as_f64()), (Some(1.23), Some(0.0)));
+        assert_eq!(keys(&v["latency_ms"]), ["accept", "complete", "decide", "report"]);
+        assert_eq!(keys(&v["latency_ms"]["accept"]), ["p50", "p95", "p99", "max"]);
+        assert!(v["latency_ms"]["decide"].is_null());
+        assert_eq!(v["log_lines"]["gateway"], serde_json::json!({ "warn": 1, "error": 0 }));
+        assert_eq!(
+            keys(&v["ledger"]),
+            ["ok", "transactions", "entries", "accounts", "discrepancies", "first_discrepancies"]
+        );
+        assert_eq!(keys(&v["maximum"]), ["completed_per_s", "accepted_per_s", "percent"]);
+        assert_eq!(keys(&v["raw"]), ["completed", "failed", "failure_reasons", "errors", "latency_ms"]);
+        assert_eq!(keys(&v["batching"]), ["batches", "commands", "mean_size", "conflict_retries", "splits"]);
+        // Without the optional parts, their keys are absent rather than null.
+        let bare = LoadReport::default();
+        let v = serde_json::to_value(bare.to_json(&cli.bench)).expect("json");
+        for absent in ["ledger", "maximum", "raw_per_s", "raw"] {
+            assert!(v.get(absent).is_none(), "{absent} in {v}");
+        }
+        assert!(v["rate"].is_null() && v["batching"].is_null() && v["ratio"].is_null());
+    }
+}

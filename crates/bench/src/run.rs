@@ -1,0 +1,235 @@
+//! The context a run works in ([`Bench`]: its settings, names, deadline and progress bars, and
+//! [`Session`]: what the phases of a load share once the processes are up) and the order of a
+//! load run: start the processes, set up, load (after measuring the maximum for `--rate N%`),
+//! the raw floor, the ledger check, stop the processes, clean up, report.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use ledgerflow_messaging::Topology;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::Api;
+use crate::args::{BenchArgs, ConnInfo, Rate};
+use crate::cluster::Cluster;
+use crate::figures::Maximum;
+use crate::ledger::ledger_summary;
+use crate::listener::ResultListener;
+use crate::load::Phase;
+use crate::metrics::Batching;
+use crate::plan::{Planned, plan};
+use crate::progress::Bars;
+use crate::report::LoadReport;
+use crate::sampling::{CpuTimes, RssSampler};
+use crate::sandbox::{Credentials, Sandbox};
+use crate::setup::Funded;
+
+/// With `--rate N%`, the pause after the checkpoint between the unpaced load and the timed one.
+const SETTLE: Duration = Duration::from_secs(5);
+/// How long the started processes get to become ready (gateway answering, workers consuming).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One run: what it was asked, where it works, and until when.
+pub struct Bench {
+    pub conn: ConnInfo,
+    pub args: BenchArgs,
+    pub sandbox: Sandbox,
+    /// When the run gives up: `--timeout` from its start.
+    pub deadline: Instant,
+    pub bars: Bars,
+}
+
+/// What the phases of a load share once the processes are up: the API client, the result
+/// listener and the topology it listens on, and the processes (unless `--target`).
+pub struct Session<'a> {
+    pub bench: &'a Bench,
+    pub api: Api,
+    pub listener: ResultListener,
+    pub topology: Topology,
+    pub cluster: Option<&'a Cluster>,
+}
+
+impl Bench {
+    pub fn new(conn: ConnInfo, args: BenchArgs) -> Self {
+        let sandbox = Sandbox::new(&conn, &args);
+        let deadline = Instant::now() + args.timeout;
+        Self { conn, args, sandbox, deadline, bars: Bars::new() }
+    }
+
+    /// Runs the benchmark the arguments ask for and prints its report on stdout.
+    pub async fn run(&self) -> Result<()> {
+        if self.args.balance_reads { self.run_balance_reads().await } else { self.run_load().await }
+    }
+
+    async fn run_load(&self) -> Result<()> {
+        let outcome = self.load().await;
+        self.cleanup().await;
+        let report = outcome?;
+        if self.args.json {
+            println!("{}", serde_json::to_string_pretty(&report.to_json(&self.args))?);
+        } else {
+            print!("{}", report.render(&self.args));
+        }
+        match &report.ledger {
+            Some(ledger) if !ledger.ok => {
+                bail!("the ledger does not reconcile after the load: {}", ledger_summary(ledger))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the processes (unless `--target`), measures, and always stops them gracefully:
+    /// the measurement alone is under the `--timeout`, so a timeout still ends in a clean stop.
+    async fn load(&self) -> Result<LoadReport> {
+        let system = Credentials::for_run(&self.args, &self.sandbox)?;
+        let mut cluster = match &self.args.target {
+            None => Some(Cluster::start(&self.conn, &self.sandbox, self.args.workers, &system)?),
+            Some(_) => None,
+        };
+        let base = match (&cluster, &self.args.target) {
+            (Some(cluster), _) => cluster.base.clone(),
+            (None, Some(target)) => target.trim_end_matches('/').to_owned(),
+            (None, None) => bail!("neither a target nor started processes"),
+        };
+        let sampler = cluster.as_ref().map(|c| RssSampler::start(c.pids()));
+        let measured = guarded(self.deadline, self.measure(cluster.as_mut(), &base, &system)).await;
+        let rss_mb = match sampler {
+            Some(sampler) => sampler.finish().await,
+            None => BTreeMap::new(),
+        };
+        let (exits, logs) = match cluster {
+            Some(cluster) => {
+                let logs = cluster.log_counts();
+                (cluster.stop().await, logs)
+            }
+            None => (BTreeMap::new(), BTreeMap::new()),
+        };
+        if self.args.keep || measured.is_err() || logs.values().any(|c| c.warn + c.error > 0) {
+            self.sandbox.keep_logs();
+        } else {
+            self.sandbox.remove_logs();
+        }
+        let mut report = measured?;
+        report.rss_mb = rss_mb;
+        report.exits = exits;
+        report.logs = logs;
+        Ok(report)
+    }
+
+    /// Waits for the processes, then runs the load's phases with the result listener up.
+    async fn measure(&self, mut cluster: Option<&mut Cluster>, base: &str, system: &Credentials) -> Result<LoadReport> {
+        let api = Api::new(base, self.args.concurrency())?;
+        let ready_by = self.deadline.min(Instant::now() + READY_TIMEOUT);
+        if let Some(cluster) = cluster.as_deref_mut() {
+            cluster.wait_ready(&api, ready_by).await?;
+        }
+        let topology = self.conn.topology(&self.sandbox.prefix);
+        let listener = ResultListener::start(&self.conn.services.amqp_uri, &topology).await?;
+        let session = Session { bench: self, api, listener, topology, cluster: cluster.map(|c| &*c) };
+        let measured = session.measure(system, ready_by).await;
+        session.listener.close().await;
+        measured
+    }
+
+    /// A fresh plan of `--transfers` over the accounts, in the `--hot` pattern if asked.
+    fn new_plan(&self) -> Arc<Vec<Planned>> {
+        Arc::new(plan(self.args.accounts(), self.args.transfers(), self.args.hot_share()))
+    }
+}
+
+impl Session<'_> {
+    /// Setup, the load (after the unpaced one for `--rate N%`), the raw floor and the ledger
+    /// check.
+    async fn measure(&self, system: &Credentials, ready_by: Instant) -> Result<LoadReport> {
+        let (bench, args) = (self.bench, &self.bench.args);
+        if args.target.is_none() {
+            self.listener.wait_for_consumers(&self.topology.workers(), u32::from(args.workers), ready_by).await?;
+        }
+        let setup_started = Instant::now();
+        let accounts = self.setup(system).await?;
+        let setup = setup_started.elapsed();
+        let maximum = match args.rate {
+            Some(Rate::OfMaximum(percent)) => Some(self.measure_maximum(&accounts, percent).await?),
+            _ => None,
+        };
+        let rate = args.rate.map(|r| r.per_second(maximum.map_or(0.0, |m| m.completed_per_s)));
+        let plan = bench.new_plan();
+        let before = self.batching().await;
+        let pids = self.cluster.map(Cluster::pids).unwrap_or_default();
+        let cpu_before = CpuTimes::read(&pids);
+        let timed = Phase::timed(&bench.sandbox, rate, args.samples.as_deref());
+        let load = self.run_transfers(&accounts, &plan, &timed).await?;
+        let cpu_s = CpuTimes::read(&pids).since(&cpu_before);
+        let after = self.batching().await;
+        let batching = before.zip(after).map(|(before, after)| after - before);
+        let raw = if args.raw { Some(bench.raw_phase(&plan).await?) } else { None };
+        let ledger = if bench.sandbox.owned { Some(bench.check_ledger().await?) } else { None };
+        Ok(LoadReport { setup, load, maximum, rate, raw, batching, cpu_s, ledger, ..LoadReport::default() })
+    }
+
+    /// For `--rate N%`: an unpaced load of the same size measures the maximum. The timed load
+    /// measures a steady state, not the write-out of what this one left in MongoDB's cache:
+    /// it is written out now, then the processes settle.
+    async fn measure_maximum(&self, accounts: &Arc<Vec<Funded>>, percent: u8) -> Result<Maximum> {
+        let unpaced = Phase::maximum(&self.bench.sandbox);
+        let figures = self.run_transfers(accounts, &self.bench.new_plan(), &unpaced).await?;
+        self.bench.checkpoint().await;
+        tokio::time::sleep(SETTLE).await;
+        Ok(Maximum { completed_per_s: figures.completed_per_s, accepted_per_s: figures.accepted_per_s, percent })
+    }
+
+    /// The started workers' batching counters now; `None` with `--target`.
+    async fn batching(&self) -> Option<Batching> {
+        match self.cluster {
+            Some(cluster) => cluster.batching(&self.api).await,
+            None => None,
+        }
+    }
+}
+
+/// Runs `work` until it finishes, the deadline passes, or Ctrl-C or SIGTERM arrives. The latter
+/// are errors, so the caller goes on to stop processes and clean up either way.
+pub async fn guarded<T>(deadline: Instant, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let limit = deadline.saturating_duration_since(Instant::now());
+    let stop = shutdown_on_signal();
+    tokio::select! {
+        done = tokio::time::timeout(limit, work) => {
+            done.map_err(|_| anyhow!("the benchmark did not finish within --timeout; stopped it"))?
+        }
+        () = stop.cancelled() => bail!("interrupted"),
+    }
+}
+
+/// Cancelled on SIGTERM or Ctrl-C.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
