@@ -28,6 +28,14 @@ impl DomainError {
         }
     }
 
+    /// What is wrong with the field, without its name: `is required`, or the reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Missing { .. } => "is required",
+            Self::Invalid { reason, .. } => reason,
+        }
+    }
+
     /// The name of the offending field, as it is spelled on the wire.
     pub fn field(&self) -> &'static str {
         match self {

@@ -1,9 +1,11 @@
-//! Reading fields out of an untrusted JSON object with errors that name the field. Shared by
-//! the HTTP edge and the queue edge so both report bad input the same way.
+//! Reading untrusted JSON: one object without repeated keys, read field by field (the queue
+//! edge), or deserialised into domain types whose refusals are the domain's own (the HTTP
+//! edge: every string-borne domain type's `Deserialize` goes through its `FromStr`, here).
 
 use std::fmt;
+use std::str::FromStr;
 
-use serde::Deserializer as _;
+use serde::Deserializer;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -84,40 +86,152 @@ impl<'de> Visitor<'de> for UniqueKeys {
 }
 
 /// A string field that may be absent or `null`; any other type is an error.
-pub fn opt_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, DomainError> {
+pub(crate) fn opt_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, DomainError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(DomainError::invalid(field, "must be a string")),
+        Some(_) => Err(DomainError::invalid(field, NOT_A_STRING)),
     }
 }
 
 /// A string field that must be present.
-pub fn req_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, DomainError> {
+pub(crate) fn req_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, DomainError> {
     opt_str(obj, field)?.ok_or(DomainError::Missing { field })
 }
 
-/// An optional string field parsed into a domain type.
-pub fn opt_parse<T>(obj: &Map<String, Value>, field: &'static str) -> Result<Option<T>, DomainError>
+/// Deserialises a value written as a string through `T`'s `FromStr`: for `deserialize_with`,
+/// and for the `Deserialize` of every string-borne domain type (below). Anything but a string
+/// is refused as "must be a string".
+///
+/// A refusal says what is wrong with the value, not which field held it (the domain's
+/// [`DomainError::reason`]), as serde's own errors do: the field is named by whoever knows it,
+/// e.g. the gateway's request reader, which reports `fromAccount must be a UUID` where
+/// `AccountId` alone would say `accountId`.
+pub fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
 where
-    T: std::str::FromStr<Err = DomainError>,
+    D: Deserializer<'de>,
+    T: FromStr<Err = DomainError>,
 {
-    opt_str(obj, field)?.map(str::parse).transpose()
+    d.deserialize_any(StrVisitor(|s: &str| s.parse::<T>()))
 }
 
-/// A required string field parsed into a domain type.
-pub fn req_parse<T>(obj: &Map<String, Value>, field: &'static str) -> Result<T, DomainError>
-where
-    T: std::str::FromStr<Err = DomainError>,
-{
-    req_str(obj, field)?.parse()
+/// Deserialises any JSON string as it is, refusing other values as "must be a string" (not
+/// serde's "invalid type: …, expected a string"): for fields that are not domain values yet,
+/// such as the password a sign-in is checked with.
+pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    d.deserialize_any(StrVisitor(|s: &str| Ok::<_, DomainError>(s.to_owned())))
 }
+
+/// A serde error carrying a domain refusal: its reason only (see [`from_str`]).
+pub(crate) fn refusal<E: de::Error>(e: &DomainError) -> E {
+    E::custom(e.reason())
+}
+
+/// The visitor of [`from_str`] and [`string`]: a string through `parse`, anything else refused.
+struct StrVisitor<F>(F);
+
+const NOT_A_STRING: &str = "must be a string";
+
+impl<'de, T, F: FnOnce(&str) -> Result<T, DomainError>> Visitor<'de> for StrVisitor<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.0)(s).map_err(|e| refusal(&e))
+    }
+
+    // Anything else is refused. Deserialised through `deserialize_any`: serde_json's `Value`
+    // answers `deserialize_str` of a number with its own "invalid type" error, without
+    // asking the visitor.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<T, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<T, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<T, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<T, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, _: D) -> Result<T, D::Error> {
+        Err(de::Error::custom(NOT_A_STRING))
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, _: D) -> Result<T, D::Error> {
+        Err(de::Error::custom(NOT_A_STRING))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        Err(de::Error::custom(NOT_A_STRING))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        Err(de::Error::custom(NOT_A_STRING))
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        Err(de::Error::custom(NOT_A_STRING))
+    }
+}
+
+/// `Deserialize` through `FromStr` (see [`from_str`]) for domain types written as strings.
+macro_rules! deserialize_from_str {
+    ($($name:ty),+ $(,)?) => {
+        $(
+            impl<'de> serde::Deserialize<'de> for $name {
+                fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    from_str(d)
+                }
+            }
+        )+
+    };
+}
+
+deserialize_from_str!(
+    crate::AccountId,
+    crate::UserId,
+    crate::TransactionId,
+    crate::EntryId,
+    crate::IdempotencyKey,
+    crate::Initiator,
+    crate::Currency,
+    crate::Description,
+    crate::AccountStatus,
+    crate::TransactionStatus,
+    crate::FailureReason,
+    crate::TransferKind,
+    crate::Email,
+    crate::Password,
+    crate::PersonName,
+);
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::{AccountId, AccountStatus, Amount, Currency, Password};
 
     #[test]
     fn parse_object_takes_one_object_and_refuses_a_repeated_key() {
@@ -130,6 +244,58 @@ mod tests {
         }
         for broken in [&b""[..], b"{", b"{\"a\":1} x", b"{\"a\":1}{}", b"{'a':1}"] {
             assert!(matches!(parse_object(broken), Err(ObjectError::Syntax(_))), "{}", String::from_utf8_lossy(broken));
+        }
+    }
+
+    /// The refusal serde_json reports for `json` read as `T`.
+    fn refusal<T: serde::de::DeserializeOwned>(json: &str) -> String {
+        match serde_json::from_str::<T>(json) {
+            Ok(_) => panic!("{json} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn string_borne_domain_types_deserialise_through_from_str_with_its_reason_only() {
+        let id: AccountId = serde_json::from_value(json!("67E55044-10B1-426F-9247-BB680E5FE0C8")).unwrap();
+        assert_eq!(id.to_string(), "67e55044-10b1-426f-9247-bb680e5fe0c8");
+        let status: AccountStatus = serde_json::from_value(json!("CLOSED")).unwrap();
+        assert_eq!(status, AccountStatus::Closed);
+        // Value by value, so that whoever knows the field names it.
+        let from_value = |value: Value| serde_json::from_value::<AccountId>(value).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(from_value(json!("67e5504410b1426f9247bb680e5fe0c8")), "must be a UUID");
+        for not_a_string in [json!(7), json!(1.5), json!(true), json!(null), json!([]), json!({})] {
+            assert_eq!(from_value(not_a_string), "must be a string");
+        }
+        assert_eq!(
+            serde_json::from_value::<Currency>(json!("usd")).map(|_| ()).unwrap_err().to_string(),
+            "must be an ISO 4217 code such as USD or EUR"
+        );
+        assert!(refusal::<Password>(r#""short""#).starts_with("must be at least 8 characters at line 1"));
+        assert!(refusal::<AccountStatus>(r#""FROZEN""#).starts_with("must be one of ACTIVE, SUSPENDED, CLOSED"));
+    }
+
+    #[test]
+    fn string_takes_any_string_and_nothing_else() {
+        #[derive(serde::Deserialize)]
+        struct Login {
+            #[serde(deserialize_with = "string")]
+            password: String,
+        }
+        let read: Login = serde_json::from_value(json!({"password": "short"})).unwrap();
+        assert_eq!(read.password, "short");
+        let refused = serde_json::from_value::<Login>(json!({"password": 12345678})).map(|_| ()).unwrap_err();
+        assert_eq!(refused.to_string(), "must be a string");
+    }
+
+    #[test]
+    fn amounts_deserialise_by_the_rules_of_from_json() {
+        assert_eq!(serde_json::from_str::<Amount>("1500").map(Amount::minor).unwrap(), 1500);
+        for written in ["1e3", "100.0", "1.5", "-0", "0", "-5", "\"100\"", "true", "99999999999999999999999"] {
+            let value: Value = serde_json::from_str(written).unwrap();
+            let expected = Amount::from_json_value(&value).map(|_| ()).unwrap_err();
+            let got = serde_json::from_value::<Amount>(value).map(|_| ()).unwrap_err().to_string();
+            assert_eq!(got, expected.reason(), "{written}");
         }
     }
 }

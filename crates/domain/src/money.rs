@@ -28,38 +28,41 @@ impl Amount {
         }
     }
 
-    /// Parses a JSON value. Only a JSON integer is money: `1.5`, `100.0`, `"100"` and `1e3` are
-    /// all refused, because a client that sends them has misunderstood the unit.
+    /// Parses a JSON value of the field `field` (absent or `null`: missing). See
+    /// [`Amount::from_json_value`].
     pub fn from_json(field: &'static str, value: Option<&Value>) -> Result<Self, DomainError> {
-        let rename = |e: DomainError| match e {
-            DomainError::Invalid { reason, .. } => DomainError::Invalid { field, reason },
-            DomainError::Missing { .. } => DomainError::Missing { field },
-        };
         match value {
             None | Some(Value::Null) => Err(DomainError::Missing { field }),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(i) => Self::new(i).map_err(rename),
-                // Not an i64 as written: a fraction, a whole number written with a point or an
-                // exponent (100.0, 1e3), or one beyond i64, which `as` saturates so that `new`
-                // names the bound it breaks.
-                None => {
-                    let f = n.as_f64().unwrap_or(f64::NAN);
-                    if f.fract() != 0.0 {
-                        return Err(DomainError::invalid(
-                            field,
-                            "must be an integer number of minor units, not a fraction",
-                        ));
-                    }
-                    match Self::new(f as i64) {
-                        Ok(_) => Err(DomainError::invalid(
-                            field,
-                            "must be written as a JSON integer such as 1500, without a decimal point or exponent",
-                        )),
-                        Err(e) => Err(rename(e)),
-                    }
+            Some(value) => Self::from_json_value(value).map_err(|e| e.for_field(field)),
+        }
+    }
+
+    /// Parses a JSON value; the error names `amount`. Only a JSON integer is money: `1.5`,
+    /// `100.0`, `"100"` and `1e3` are all refused, because a client that sends them has
+    /// misunderstood the unit. Also what `Deserialize` does.
+    pub fn from_json_value(value: &Value) -> Result<Self, DomainError> {
+        let Value::Number(n) = value else {
+            return Err(DomainError::invalid("amount", "must be a JSON integer of minor units"));
+        };
+        match n.as_i64() {
+            Some(i) => Self::new(i),
+            // Not an i64 as written: a fraction, a whole number written with a point or an
+            // exponent (100.0, 1e3), or one beyond i64, which `as` saturates so that `new`
+            // names the bound it breaks.
+            None => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() != 0.0 {
+                    return Err(DomainError::invalid(
+                        "amount",
+                        "must be an integer number of minor units, not a fraction",
+                    ));
                 }
-            },
-            Some(_) => Err(DomainError::invalid(field, "must be a JSON integer of minor units")),
+                Self::new(f as i64)?;
+                Err(DomainError::invalid(
+                    "amount",
+                    "must be written as a JSON integer such as 1500, without a decimal point or exponent",
+                ))
+            }
         }
     }
 
@@ -68,9 +71,11 @@ impl Amount {
     }
 }
 
+/// As [`Amount::from_json_value`]: a JSON integer, with the same refusals (their reason only,
+/// see `crate::fields`).
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+        Self::from_json_value(&Value::deserialize(d)?).map_err(|e| crate::fields::refusal(&e))
     }
 }
 
@@ -148,13 +153,6 @@ impl fmt::Display for Currency {
 impl Serialize for Currency {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.code())
-    }
-}
-
-impl<'de> Deserialize<'de> for Currency {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::{AccountId, Amount, Currency, DomainError, TransactionId};
@@ -11,7 +11,8 @@ use crate::{AccountId, Amount, Currency, DomainError, TransactionId};
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $field:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        // Deserialised through `FromStr` (`crate::fields`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
         pub enum $name {
             $(#[serde(rename = $text)] $variant),+
         }

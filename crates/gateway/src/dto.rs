@@ -1,15 +1,13 @@
-//! Request and response bodies of the HTTP API, as documented in the OpenAPI description
+//! Response bodies of the HTTP API, as documented in the OpenAPI description
 //! (`GET /openapi.json`). Responses are built from these types, so the document cannot drift
-//! from what is sent. Request types document the bodies and name the fields each accepts
-//! (`extract::Names`): handlers read bodies field by field into domain types (see
-//! `extract::JsonObject`) to report each bad field precisely.
+//! from what is sent. What requests carry is in `requests`; the error body in `error`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledgerflow_store::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::extract::Names;
+use crate::error::ErrorBody;
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -245,195 +243,8 @@ pub enum Unavailable {
     Unavailable(ErrorBody),
 }
 
-/// Every error: `{"error":{"code":"UPPER_SNAKE","message":"..."}}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorDetail {
-    /// A stable code, e.g. `VALIDATION_ERROR`, `ACCOUNT_NOT_FOUND`, `IDEMPOTENCY_KEY_REUSED`.
-    pub code: String,
-    /// For people; may change.
-    pub message: String,
-    /// With `VALIDATION_ERROR`: the offending field.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// With `BROKER_UNAVAILABLE`: the transaction that was recorded and will be sent later.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusBody {
     #[schema(example = "ok")]
     pub status: String,
-}
-
-// Request bodies and query strings (documentation, and the names each request may use; see
-// the module comment). `Deserialize` is derived only so that serde's `deny_unknown_fields`
-// reaches the document as `additionalProperties: false`; bodies are read by `JsonObject`.
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    #[schema(example = "alice@example.com")]
-    pub email: String,
-    /// At least 8 characters.
-    #[schema(min_length = 8, max_length = 1024)]
-    pub password: String,
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: Option<String>,
-}
-
-impl Names for RegisterRequest {
-    const NAMES: &'static [&'static str] = &["email", "password", "name"];
-}
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    pub email: String,
-    pub password: String,
-}
-
-impl Names for LoginRequest {
-    const NAMES: &'static [&'static str] = &["email", "password"];
-}
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PasswordChangeRequest {
-    pub current_password: String,
-    /// At least 8 characters.
-    #[schema(min_length = 8, max_length = 1024)]
-    pub new_password: String,
-}
-
-impl Names for PasswordChangeRequest {
-    const NAMES: &'static [&'static str] = &["currentPassword", "newPassword"];
-}
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAccountRequest {
-    /// A circulating ISO 4217 code (not XXX, XTS, metals, fund or superseded codes); default `USD`.
-    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
-    pub currency: Option<String>,
-}
-
-impl Names for CreateAccountRequest {
-    const NAMES: &'static [&'static str] = &["currency"];
-}
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StatusRequest {
-    /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
-    #[schema(example = "SUSPENDED", pattern = "^(ACTIVE|SUSPENDED|CLOSED)$")]
-    pub status: String,
-}
-
-impl Names for StatusRequest {
-    const NAMES: &'static [&'static str] = &["status"];
-}
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TransferBody {
-    /// An account the caller owns.
-    #[schema(format = Uuid)]
-    pub from_account: String,
-    #[schema(format = Uuid)]
-    pub to_account: String,
-    /// Integer minor units.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
-    pub amount: i64,
-    /// Optional: the currency the caller means to move. If given, it must be the accounts'
-    /// (422 `CURRENCY_MISMATCH` otherwise), so that an amount meant in one currency is never
-    /// moved in another.
-    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
-    pub currency: Option<String>,
-    /// 1–128 visible ASCII characters; unique per caller.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
-    pub idempotency_key: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-}
-
-impl Names for TransferBody {
-    const NAMES: &'static [&'static str] =
-        &["fromAccount", "toAccount", "amount", "currency", "idempotencyKey", "description"];
-}
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct InitialFundsBody {
-    #[schema(format = Uuid)]
-    pub to_account: String,
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
-    pub amount: i64,
-    /// Optional: if given, it must be the account's currency (422 `CURRENCY_MISMATCH`).
-    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
-    pub currency: Option<String>,
-    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
-    pub idempotency_key: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-}
-
-impl Names for InitialFundsBody {
-    const NAMES: &'static [&'static str] = &["toAccount", "amount", "currency", "idempotencyKey", "description"];
-}
-
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ReverseBody {
-    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
-    pub idempotency_key: String,
-    #[schema(max_length = 500)]
-    pub reason: Option<String>,
-}
-
-impl Names for ReverseBody {
-    const NAMES: &'static [&'static str] = &["idempotencyKey", "reason"];
-}
-
-/// No query string: an endpoint that reads none refuses any (`?asOf=` on a balance would
-/// otherwise answer today's balance as if it were the one asked for).
-pub struct NoQuery;
-
-impl Names for NoQuery {
-    const NAMES: &'static [&'static str] = &[];
-}
-
-/// `?limit=&cursor=`: one page of a list.
-pub struct PageQuery;
-
-impl Names for PageQuery {
-    const NAMES: &'static [&'static str] = &["limit", "cursor"];
-}
-
-/// `?account=&status=&limit=&cursor=`: `GET /transactions`.
-pub struct TransactionQuery;
-
-impl Names for TransactionQuery {
-    const NAMES: &'static [&'static str] = &["account", "status", "limit", "cursor"];
-}
-
-/// `?wait=`: `GET /transactions/{id}`.
-pub struct WaitQuery;
-
-impl Names for WaitQuery {
-    const NAMES: &'static [&'static str] = &["wait"];
 }

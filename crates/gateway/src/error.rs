@@ -4,13 +4,16 @@
 //! `{"error":{"code":"UPPER_SNAKE","message":"...","field":"..."}}` (`field` only for
 //! validation errors). Internal details are logged, never sent.
 
-use crate::dto::{ErrorBody, ErrorDetail};
+use std::fmt;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledgerflow_domain::{Currency, DomainError, MAX_ACCOUNTS_PER_USER, NotReversible, StatusRefusal};
 use ledgerflow_messaging::MessagingError;
 use ledgerflow_store::StoreError;
+use serde::Serialize;
 use tracing::error;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -81,6 +84,46 @@ pub enum ApiError {
     Internal,
 }
 
+/// Why a request's named values (its body's fields, or its query string's parameters) did
+/// not deserialise into its request type: the error of `crate::de`, structured so that each
+/// kind becomes its `ApiError` here ([`ApiError::from_values`]) without reading messages.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FieldError {
+    /// A name the request type does not have; `takes` are those it has.
+    Unknown { name: String, takes: &'static [&'static str] },
+    /// A field absent (or `null`), or refused by its type (`reason` from the domain).
+    Domain(DomainError),
+    /// Anything else serde reports: none of it names a field, and none of it happens to the
+    /// request types of this crate (flat structs), so it is a bug, not the client's.
+    Other(String),
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown { name, takes } => write!(f, "`{name}` is not one of {}", listed(takes)),
+            Self::Domain(e) => e.fmt(f),
+            Self::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+impl serde::de::Error for FieldError {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        Self::Other(message.to_string())
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        Self::Domain(DomainError::Missing { field })
+    }
+
+    fn unknown_field(name: &str, takes: &'static [&'static str]) -> Self {
+        Self::Unknown { name: name.to_owned(), takes }
+    }
+}
+
 /// The names an endpoint takes, for a message.
 fn listed(names: &[&str]) -> String {
     if names.is_empty() { "it takes none".to_owned() } else { names.join(", ") }
@@ -93,6 +136,19 @@ impl ApiError {
 
     pub fn transaction_not_found() -> Self {
         Self::NotFound { code: "TRANSACTION_NOT_FOUND", what: "transaction" }
+    }
+
+    /// What a request's body fields (`place` is `"field"`) or query parameters (`"query
+    /// parameter"`) failed with.
+    pub fn from_values(place: &'static str, e: FieldError) -> Self {
+        match e {
+            FieldError::Unknown { name, takes } => Self::Unexpected { place, name, takes },
+            FieldError::Domain(e) => Self::Validation(e),
+            FieldError::Other(message) => {
+                error!(error = %message, place, "a request type the request reader cannot read");
+                Self::Internal
+            }
+        }
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -186,3 +242,24 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Every error: `{"error":{"code":"UPPER_SNAKE","message":"..."}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// A stable code, e.g. `VALIDATION_ERROR`, `ACCOUNT_NOT_FOUND`, `IDEMPOTENCY_KEY_REUSED`.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// With `VALIDATION_ERROR`: the offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// With `BROKER_UNAVAILABLE`: the transaction that was recorded and will be sent later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+}

@@ -1,9 +1,6 @@
 //! Request extractors whose failures are [`ApiError`]s, so even a malformed request gets the
 //! standard error body.
 
-use std::collections::HashMap;
-use std::marker::PhantomData;
-
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -11,32 +8,28 @@ use axum::http::header;
 use axum::http::request::Parts;
 use ledgerflow_domain::DomainError;
 use ledgerflow_domain::fields::{ObjectError, parse_object};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::de::from_values;
+use crate::error::{ApiError, ApiResult, FieldError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The names a request may use: the fields of its JSON body, or the parameters of its query
-/// string. Any other name is refused (400 `VALIDATION_ERROR` naming it): a misspelt
-/// `descripton` would otherwise be dropped, a misspelt `acount` filter would list every
-/// transaction instead of one account's, and a field meant for another endpoint would look
-/// honoured. Implemented by the request types the OpenAPI document describes, and checked
-/// against it by a test.
-pub trait Names {
-    const NAMES: &'static [&'static str];
-}
+/// A JSON object body read into the request type `T` (see `requests` and `de`), sent as JSON
+/// (415 otherwise, a missing `Content-Type` included). An empty body counts as `{}` so that
+/// endpoints whose fields are all optional accept a bare POST.
+///
+/// A name `T` does not have is refused at once (400 `VALIDATION_ERROR` naming it): a misspelt
+/// `descripton` would otherwise be dropped, and a field meant for another endpoint would look
+/// honoured. A missing or bad field is reported when the handler [reads](Body::read) the
+/// body, so that what it checks first (the caller's role, the id in the path) is reported
+/// first.
+pub struct Body<T>(ApiResult<T>);
 
-/// A JSON object body whose field names are all in `N::NAMES`, sent as JSON (415 otherwise,
-/// a missing `Content-Type` included). An empty body counts as `{}` so that endpoints whose
-/// fields are all optional accept a bare POST. Fields are then read
-/// one by one into domain types, which gives a precise error for each bad field instead of a
-/// generic deserialisation failure.
-pub struct JsonObject<N>(pub Map<String, Value>, pub PhantomData<N>);
-
-impl<N: Names> FromRequest<AppState> for JsonObject<N> {
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
@@ -52,21 +45,41 @@ impl<N: Names> FromRequest<AppState> for JsonObject<N> {
             }
             other => ApiError::InvalidJson(other.body_text()),
         })?;
+        Self::from_bytes(is_json, &bytes)
+    }
+}
+
+impl<T: DeserializeOwned> Body<T> {
+    /// The body once received whole; `is_json` says whether its `Content-Type` is JSON.
+    fn from_bytes(is_json: bool, bytes: &[u8]) -> Result<Self, ApiError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(Map::new(), PhantomData));
+            return read_into("field", Map::new()).map(Self);
         }
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let map = match parse_object(&bytes) {
-            Ok(map) => map,
-            Err(ObjectError::NotAnObject) => {
-                return Err(ApiError::InvalidJson("request body must be a JSON object".into()));
-            }
-            Err(e) => return Err(ApiError::InvalidJson(format!("request body is {e}"))),
-        };
-        refuse_unknown::<N>("field", map.keys())?;
-        Ok(Self(map, PhantomData))
+        match parse_object(bytes) {
+            Ok(fields) => read_into("field", fields).map(Self),
+            Err(ObjectError::NotAnObject) => Err(ApiError::InvalidJson("request body must be a JSON object".into())),
+            Err(e) => Err(ApiError::InvalidJson(format!("request body is {e}"))),
+        }
+    }
+}
+
+impl<T> Body<T> {
+    /// The request type, or the first of its fields (in its order) missing or refused.
+    pub fn read(self) -> ApiResult<T> {
+        self.0
+    }
+}
+
+/// Reads `values` into `T`: `Err` for a name `T` does not have, `Ok(Err)` for a bad value,
+/// which the handler reports when it reads it.
+fn read_into<T: DeserializeOwned>(place: &'static str, values: Map<String, Value>) -> Result<ApiResult<T>, ApiError> {
+    match from_values(values) {
+        Ok(read) => Ok(Ok(read)),
+        Err(e @ FieldError::Unknown { .. }) => Err(ApiError::from_values(place, e)),
+        Err(e) => Ok(Err(ApiError::from_values(place, e))),
     }
 }
 
@@ -85,21 +98,14 @@ fn is_json(content_type: &str) -> bool {
     })
 }
 
-fn refuse_unknown<'a, N: Names>(
-    place: &'static str,
-    mut names: impl Iterator<Item = &'a String>,
-) -> Result<(), ApiError> {
-    match names.find(|name| !N::NAMES.contains(&name.as_str())) {
-        Some(name) => Err(ApiError::Unexpected { place, name: name.clone(), takes: N::NAMES }),
-        None => Ok(()),
-    }
-}
+/// The query string read into the request type `T` (see `requests`): each parameter one of
+/// `T`'s fields, given at most once (`?wait=1&wait=30` has no one meaning). As with [`Body`],
+/// an unknown or repeated name is refused at once (a misspelt `acount` filter would otherwise
+/// list every transaction instead of one account's) and a bad value when the handler
+/// [reads](Query::read) it.
+pub struct Query<T>(ApiResult<T>);
 
-/// Query-string parameters as plain strings, each named in `N::NAMES` and given at most once
-/// (`?wait=1&wait=30` has no one meaning); handlers parse each into a domain type.
-pub struct QueryMap<N>(HashMap<String, String>, PhantomData<N>);
-
-impl<S: Send + Sync, N: Names> FromRequestParts<S> for QueryMap<N> {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
@@ -107,36 +113,34 @@ impl<S: Send + Sync, N: Names> FromRequestParts<S> for QueryMap<N> {
             axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
                 .await
                 .map_err(|e| ApiError::Validation(DomainError::Invalid { field: "query", reason: e.body_text() }))?;
-        refuse_unknown::<N>("query parameter", pairs.iter().map(|(name, _)| name))?;
-        let mut map = HashMap::with_capacity(pairs.len());
-        for (name, value) in pairs {
-            if map.contains_key(&name) {
-                return Err(ApiError::Repeated(name));
-            }
-            map.insert(name, value);
-        }
-        Ok(Self(map, PhantomData))
+        Self::from_pairs(pairs)
     }
 }
 
-impl<N> QueryMap<N> {
-    /// `limit`: 1..=100, default 20.
-    pub fn limit(&self) -> Result<i64, ApiError> {
-        match self.0.get("limit") {
-            None => Ok(20),
-            Some(raw) => match raw.parse::<i64>() {
-                Ok(n) if (1..=ledgerflow_store::MAX_PAGE).contains(&n) => Ok(n),
-                _ => Err(DomainError::Invalid {
-                    field: "limit",
-                    reason: format!("must be an integer from 1 to {}", ledgerflow_store::MAX_PAGE),
-                }
-                .into()),
-            },
+impl<T: DeserializeOwned> Query<T> {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+        let mut values = Map::new();
+        let mut repeated = None;
+        for (name, value) in pairs {
+            if values.contains_key(&name) {
+                repeated.get_or_insert(name);
+            } else {
+                values.insert(name, Value::String(value));
+            }
+        }
+        // An unknown name first, even after a repeated one.
+        let read = read_into("query parameter", values)?;
+        match repeated {
+            Some(name) => Err(ApiError::Repeated(name)),
+            None => Ok(Self(read)),
         }
     }
+}
 
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+impl<T> Query<T> {
+    /// The request type, or the first of its parameters (in its order) refused.
+    pub fn read(self) -> ApiResult<T> {
+        self.0
     }
 }
 
@@ -163,5 +167,251 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let id = parts.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok(Self(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+    use ledgerflow_domain::AccountId;
+    use serde_json::json;
+
+    use super::*;
+    use crate::requests::{
+        CreateAccountRequest, EntryCursor, InitialFundsBody, LoginRequest, NoQuery, PageQuery, PasswordChangeRequest,
+        RegisterRequest, ReverseBody, StatusRequest, TransactionQuery, TransferBody, WaitQuery,
+    };
+
+    /// What a client is answered: status, code, field (or `null`) and message.
+    async fn answer(e: ApiError) -> (u16, String, Value, String) {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("the body");
+        let body: Value = serde_json::from_slice(&bytes).expect("a JSON body");
+        let error = &body["error"];
+        (
+            status,
+            error["code"].as_str().unwrap().into(),
+            error["field"].clone(),
+            error["message"].as_str().unwrap().into(),
+        )
+    }
+
+    /// The answer to a body of `T` sent as JSON (or not), whether the extractor refuses it or
+    /// the handler when it reads it.
+    async fn body<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> (u16, String, Value, String) {
+        let e = match Body::<T>::from_bytes(is_json, bytes) {
+            Ok(body) => body.read().err().expect("refused when read"),
+            Err(e) => e,
+        };
+        answer(e).await
+    }
+
+    async fn json<T: DeserializeOwned>(value: Value) -> (u16, String, Value, String) {
+        body::<T>(true, value.to_string().as_bytes()).await
+    }
+
+    fn invalid(field: &str, message: &str) -> (u16, String, Value, String) {
+        (400, "VALIDATION_ERROR".into(), json!(field), message.into())
+    }
+
+    fn invalid_json(message: &str) -> (u16, String, Value, String) {
+        (400, "INVALID_JSON".into(), Value::Null, message.into())
+    }
+
+    const A: &str = "0190a0a0-0000-7000-8000-000000000001";
+    const B: &str = "0190a0a0-0000-7000-8000-000000000002";
+
+    fn transfer(field: &str, value: Value) -> Value {
+        let mut body = json!({"fromAccount": A, "toAccount": B, "amount": 10, "idempotencyKey": "k"});
+        match value {
+            Value::Null => body.as_object_mut().unwrap().remove(field),
+            value => body.as_object_mut().unwrap().insert(field.into(), value),
+        };
+        body
+    }
+
+    #[tokio::test]
+    async fn a_transfer_is_read_into_domain_values() {
+        let body = json!({"fromAccount": A, "toAccount": B, "amount": 10, "idempotencyKey": "k", "currency": "EUR", "description": "rent"});
+        let read =
+            Body::<TransferBody>::from_bytes(true, body.to_string().as_bytes()).ok().unwrap().read().ok().unwrap();
+        assert_eq!((read.from_account.to_string(), read.to_account.to_string()), (A.to_owned(), B.to_owned()));
+        assert_eq!((read.amount.minor(), read.idempotency_key.as_str()), (10, "k"));
+        assert_eq!(
+            (read.currency.map(|c| c.code()), read.description.map(|d| d.as_str().to_owned())),
+            (Some("EUR"), Some("rent".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn each_bad_field_is_named_with_its_message() {
+        let cases = [
+            ("fromAccount", Value::Null, "fromAccount is required"),
+            ("fromAccount", json!(42), "fromAccount must be a string"),
+            ("toAccount", json!("nope"), "toAccount must be a UUID"),
+            ("toAccount", json!(B.replace('-', "")), "toAccount must be a UUID"),
+            ("amount", Value::Null, "amount is required"),
+            ("amount", json!("100"), "amount must be a JSON integer of minor units"),
+            ("amount", json!(0), "amount must be a positive integer of minor units"),
+            ("amount", json!(1.5), "amount must be an integer number of minor units, not a fraction"),
+            ("amount", json!(1_000_000_000_000_001_i64), "amount must not exceed 1000000000000000 minor units"),
+            ("idempotencyKey", json!(""), "idempotencyKey must be 1 to 128 characters"),
+            ("idempotencyKey", json!("has space"), "idempotencyKey must contain only visible ASCII characters"),
+            ("currency", json!("usd"), "currency must be an ISO 4217 code such as USD or EUR"),
+            ("description", json!("d".repeat(501)), "description must be at most 500 characters"),
+        ];
+        for (field, value, message) in cases {
+            assert_eq!(json::<TransferBody>(transfer(field, value.clone())).await, invalid(field, message), "{value}");
+        }
+        // `null` is as good as absent.
+        let mut body = transfer("amount", Value::Null);
+        body["amount"] = Value::Null;
+        assert_eq!(json::<TransferBody>(body).await, invalid("amount", "amount is required"));
+        // A field in the type's order, then the next.
+        let got = json::<TransferBody>(json!({"toAccount": "nope"})).await;
+        assert_eq!(got, invalid("fromAccount", "fromAccount is required"));
+        let got = json::<InitialFundsBody>(json!({"amount": 5, "toAccount": "nope"})).await;
+        assert_eq!(got, invalid("toAccount", "toAccount must be a UUID"));
+    }
+
+    #[tokio::test]
+    async fn an_amount_is_judged_as_written() {
+        for (written, message) in [
+            ("1e3", "amount must be written as a JSON integer such as 1500, without a decimal point or exponent"),
+            ("100.0", "amount must be written as a JSON integer such as 1500, without a decimal point or exponent"),
+            ("-0", "amount must be a positive integer of minor units"),
+            ("-0.5", "amount must be an integer number of minor units, not a fraction"),
+            ("-1e30", "amount must be a positive integer of minor units"),
+            ("99999999999999999999999", "amount must not exceed 1000000000000000 minor units"),
+            ("18446744073709551615", "amount must not exceed 1000000000000000 minor units"),
+        ] {
+            let raw = format!(r#"{{"toAccount":"{B}","amount":{written},"idempotencyKey":"k"}}"#);
+            assert_eq!(body::<InitialFundsBody>(true, raw.as_bytes()).await, invalid("amount", message), "{written}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_is_named_by_the_field_that_carried_it() {
+        // Domain types name their usual field; the request's name is the one reported.
+        let got = json::<PasswordChangeRequest>(json!({"currentPassword": "old one", "newPassword": "short"})).await;
+        assert_eq!(got, invalid("newPassword", "newPassword must be at least 8 characters"));
+        let got = json::<PasswordChangeRequest>(json!({"currentPassword": 7, "newPassword": "long enough"})).await;
+        assert_eq!(got, invalid("currentPassword", "currentPassword must be a string"));
+        let got = json::<ReverseBody>(json!({"idempotencyKey": "k", "reason": "r".repeat(501)})).await;
+        assert_eq!(got, invalid("reason", "reason must be at most 500 characters"));
+        let got = json::<RegisterRequest>(json!({"email": 7, "password": "long enough"})).await;
+        assert_eq!(got, invalid("email", "email must be a string"));
+        let got =
+            json::<RegisterRequest>(json!({"email": "a@example.com", "password": "long enough", "name": ""})).await;
+        assert_eq!(got, invalid("name", "name must be 1 to 100 printable characters"));
+        let got = json::<StatusRequest>(json!({"status": "FROZEN"})).await;
+        assert_eq!(got, invalid("status", "status must be one of ACTIVE, SUSPENDED, CLOSED"));
+        // A sign-in takes any string: one that is no email merely does not sign in.
+        let login = json!({"email": "not-an-email", "password": "short"}).to_string();
+        let read = Body::<LoginRequest>::from_bytes(true, login.as_bytes()).ok().unwrap().read().ok().unwrap();
+        assert_eq!((read.email.as_str(), read.password.as_str()), ("not-an-email", "short"));
+        let got = json::<LoginRequest>(json!({"password": 5})).await;
+        assert_eq!(got, invalid("email", "email is required"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_field_is_refused_at_once_before_any_value() {
+        let takes = "(fromAccount, toAccount, amount, currency, idempotencyKey, description)";
+        let Err(e) = Body::<TransferBody>::from_bytes(true, br#"{"amount":"x","fee":5,"descripton":"rent"}"#) else {
+            panic!("refused by the extractor")
+        };
+        assert_eq!(answer(e).await, invalid("fee", &format!("field `fee` is not one this endpoint takes {takes}")));
+        // Even when a field is sent as null, and on a body whose fields are all optional.
+        let got = json::<CreateAccountRequest>(json!({"currency": "EUR", "role": null})).await;
+        assert_eq!(got, invalid("role", "field `role` is not one this endpoint takes (currency)"));
+    }
+
+    #[tokio::test]
+    async fn a_body_must_be_one_json_object_sent_as_json() {
+        let body = body::<TransferBody>;
+        assert_eq!(body(true, b"[1,2]").await, invalid_json("request body must be a JSON object"));
+        assert_eq!(body(true, b"null").await, invalid_json("request body must be a JSON object"));
+        let eof = "request body is not valid JSON: EOF while parsing an object at line 1 column 1";
+        assert_eq!(body(true, b"{").await, invalid_json(eof));
+        let trailing = "request body is not valid JSON: trailing characters at line 1 column 4";
+        assert_eq!(body(true, b"{} x").await, invalid_json(trailing));
+        let twice = format!(r#"{{"fromAccount":"{A}","amount":1,"amount":2}}"#);
+        let message = "request body is not valid JSON: key `amount` appears twice at line 1 column 73";
+        assert_eq!(body(true, twice.as_bytes()).await, invalid_json(message));
+        let media = (415, "UNSUPPORTED_MEDIA_TYPE".into(), Value::Null, "request body must be application/json".into());
+        assert_eq!(body(false, b"{}").await, media);
+        // An empty body is `{}`, whatever its type says.
+        assert_eq!(body(false, b"").await, invalid("fromAccount", "fromAccount is required"));
+        assert_eq!(body(true, b" \n").await, invalid("fromAccount", "fromAccount is required"));
+        let read = Body::<CreateAccountRequest>::from_bytes(false, b"").ok().unwrap().read().ok().unwrap();
+        assert!(read.currency.is_none());
+    }
+
+    #[test]
+    fn content_types_are_json_in_utf8() {
+        for yes in
+            ["application/json", "Application/JSON", "application/problem+json", "application/json; charset=\"UTF-8\""]
+        {
+            assert!(is_json(yes), "{yes}");
+        }
+        for no in ["text/plain", "application/json; charset=latin1", "application/jsonx", ""] {
+            assert!(!is_json(no), "{no}");
+        }
+    }
+
+    async fn extract<T: DeserializeOwned>(query: &str) -> Result<Query<T>, ApiError> {
+        let request = axum::http::Request::builder().uri(format!("/path?{query}")).body(()).expect("a request");
+        Query::<T>::from_request_parts(&mut request.into_parts().0, &()).await
+    }
+
+    /// The answer to a query string of `T`, whether the extractor refuses it or the handler.
+    async fn query<T: DeserializeOwned>(query: &str) -> (u16, String, Value, String) {
+        let e = match extract::<T>(query).await {
+            Ok(query) => query.read().err().expect("refused when read"),
+            Err(e) => e,
+        };
+        answer(e).await
+    }
+
+    #[tokio::test]
+    async fn query_parameters_are_named_known_once_and_typed() {
+        let transactions = "(account, status, limit, cursor)";
+        let unknown = |name: &str, takes: &str| {
+            invalid(name, &format!("query parameter `{name}` is not one this endpoint takes {takes}"))
+        };
+        assert_eq!(query::<NoQuery>("dryRun=true").await, unknown("dryRun", "(it takes none)"));
+        assert_eq!(query::<TransactionQuery>("acount=x").await, unknown("acount", transactions));
+        let twice = invalid("limit", "query parameter `limit` is given more than once");
+        assert_eq!(query::<TransactionQuery>("limit=1&limit=2").await, twice);
+        // An unknown name first, wherever it is.
+        assert_eq!(query::<TransactionQuery>("limit=1&limit=2&foo=1").await, unknown("foo", transactions));
+        assert_eq!(query::<TransactionQuery>("a&b").await, unknown("a", transactions));
+        assert_eq!(query::<NoQuery>("%C3%A9t%C3%A9=1").await, unknown("été", "(it takes none)"));
+        let limit = invalid("limit", "limit must be an integer from 1 to 100");
+        for bad in ["limit=0", "limit=101", "limit=x", "limit=", "limit=1.0"] {
+            assert_eq!(query::<PageQuery<AccountId>>(bad).await, limit, "{bad}");
+        }
+        assert_eq!(query::<PageQuery<AccountId>>("cursor=nope").await, invalid("cursor", "cursor must be a UUID"));
+        let entries = invalid("cursor", "cursor must be a cursor returned by this endpoint");
+        for bad in ["cursor=0", "cursor=-1", "cursor=x"] {
+            assert_eq!(query::<PageQuery<EntryCursor>>(bad).await, entries, "{bad}");
+        }
+        let wait = invalid("wait", "wait must be a whole number of seconds from 0 to 30");
+        for bad in ["wait=31", "wait=-1", "wait=1.5", "wait=soon"] {
+            assert_eq!(query::<WaitQuery>(bad).await, wait, "{bad}");
+        }
+        assert_eq!(query::<TransactionQuery>("account=zz").await, invalid("account", "account must be a UUID"));
+        let status = invalid("status", "status must be one of PENDING, COMPLETED, FAILED");
+        assert_eq!(query::<TransactionQuery>("status=DONE").await, status);
+
+        let read =
+            extract::<TransactionQuery>(&format!("limit=5&account={A}")).await.ok().unwrap().read().ok().unwrap();
+        assert_eq!((read.limit.map(|l| l.get()), read.account.map(|a| a.to_string())), (Some(5), Some(A.to_owned())));
+        assert!(read.status.is_none() && read.cursor.is_none());
+        let read = extract::<PageQuery<EntryCursor>>("").await.ok().unwrap().read().ok().unwrap();
+        assert_eq!((read.limit.unwrap_or_default().get(), read.cursor.map(EntryCursor::seq)), (20, None));
+        let read = extract::<WaitQuery>("wait=30").await.ok().unwrap().read().ok().unwrap();
+        assert_eq!(read.wait.map(|w| w.get()), Some(30));
     }
 }

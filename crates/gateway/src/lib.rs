@@ -6,11 +6,13 @@
 //! failed stays recorded; the [`republisher`] sends it later.
 
 pub mod auth;
+mod de;
 mod dto;
 pub mod error;
 mod extract;
 mod facts;
 mod republisher;
+mod requests;
 mod routes;
 mod sessions;
 pub mod telemetry;

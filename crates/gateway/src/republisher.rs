@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::AppState;
-use crate::routes::publish_command;
 
 /// Transfers republished per sweep; the next sweep takes the rest.
 const BATCH: i64 = 200;
@@ -56,7 +55,7 @@ async fn sweep(state: &AppState) {
                 return;
             }
         }
-        match publish_command(state, &record.to_command(), None).await {
+        match state.publisher.publish_command(&record.to_command(), None).await {
             Ok(()) => info!(transaction_id = %record.id, "republished unconfirmed transfer"),
             Err(e) => {
                 warn!(transaction_id = %record.id, error = %e, "republish failed, will retry");

@@ -1,25 +1,18 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use ledgerflow_domain::fields::{opt_parse, req_parse};
-use ledgerflow_domain::{AccountId, AccountStatus, Currency, DomainError};
+use ledgerflow_domain::{AccountId, Currency};
 use ledgerflow_store::AccountRecord;
 
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::dto;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonObject, QueryMap};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Body, Query};
+use crate::{dto, requests};
 
 /// Loads an account the caller may see: its own, or any for SYSTEM. Anything else is 404,
-/// so nobody can probe which account ids exist. `field` names the id in a 400.
-pub(crate) async fn visible_account(
-    state: &AppState,
-    user: &AuthUser,
-    field: &'static str,
-    raw_id: &str,
-) -> ApiResult<AccountRecord> {
-    let id = AccountId::parse_field(field, raw_id)?;
+/// so nobody can probe which account ids exist.
+pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, id: AccountId) -> ApiResult<AccountRecord> {
     let account = state.store.find_account(id).await?.ok_or_else(ApiError::account_not_found)?;
     if user.is_system() || account.owner_id == Some(user.id) { Ok(account) } else { Err(ApiError::account_not_found()) }
 }
@@ -29,11 +22,11 @@ pub(crate) async fn visible_account(
     path = "/api/accounts",
     tag = "accounts",
     summary = "Open an account",
-    request_body = dto::CreateAccountRequest,
+    request_body = requests::CreateAccountRequest,
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 201, description = "Created", body = dto::AccountBody),
-        (status = 409, description = "ACCOUNT_LIMIT_REACHED: the caller owns 100 accounts already", body = dto::ErrorBody),
+        (status = 409, description = "ACCOUNT_LIMIT_REACHED: the caller owns 100 accounts already", body = ErrorBody),
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -41,10 +34,10 @@ pub(crate) async fn visible_account(
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
-    JsonObject(body, ..): JsonObject<dto::CreateAccountRequest>,
+    _: Query<requests::NoQuery>,
+    body: Body<requests::CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
-    let currency = opt_parse::<Currency>(&body, "currency")?.unwrap_or(Currency::USD).for_new_account()?;
+    let currency = body.read()?.currency.unwrap_or(Currency::USD).for_new_account()?;
     let account = state.store.open_account(user.id, currency).await?.ok_or(ApiError::AccountLimitReached)?;
     Ok((StatusCode::CREATED, Json(dto::AccountBody::from(&account))))
 }
@@ -65,10 +58,10 @@ pub(super) async fn create(
 pub(super) async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    query: QueryMap<dto::PageQuery>,
+    query: Query<requests::PageQuery<AccountId>>,
 ) -> ApiResult<Json<dto::AccountList>> {
-    let limit = query.limit()?;
-    let after = query.get("cursor").map(|c| AccountId::parse_field("cursor", c)).transpose()?;
+    let requests::PageQuery { limit, cursor: after } = query.read()?;
+    let limit = limit.unwrap_or_default().get();
     let accounts = state.store.list_accounts(Some(user.id), limit, after).await?;
     let next = (accounts.len() as i64 == limit).then(|| accounts.last().map(|a| a.id)).flatten();
     Ok(Json(dto::AccountList {
@@ -86,7 +79,7 @@ pub(super) async fn list(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The account", body = dto::AccountBody),
-        (status = 404, description = "ACCOUNT_NOT_FOUND (also for other users' accounts)", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND (also for other users' accounts)", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
 )]
@@ -94,10 +87,10 @@ pub(super) async fn list(
 pub(super) async fn get(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::AccountBody>> {
-    let account = visible_account(&state, &user, "accountId", &id).await?;
+    let account = visible_account(&state, &user, AccountId::parse_field("accountId", &id)?).await?;
     Ok(Json(dto::AccountBody::from(&account)))
 }
 
@@ -110,7 +103,7 @@ pub(super) async fn get(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Derived from the latest ledger entry", body = dto::BalanceBody),
-        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
 )]
@@ -118,10 +111,10 @@ pub(super) async fn get(
 pub(super) async fn balance(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::BalanceBody>> {
-    let account = visible_account(&state, &user, "accountId", &id).await?;
+    let account = visible_account(&state, &user, AccountId::parse_field("accountId", &id)?).await?;
     let balance = state.store.balance(account.id).await?;
     Ok(Json(dto::BalanceBody {
         account_id: account.id.to_string(),
@@ -139,7 +132,7 @@ pub(super) async fn balance(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Newest first", body = dto::EntryList),
-        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
 )]
@@ -148,17 +141,12 @@ pub(super) async fn entries(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-    query: QueryMap<dto::PageQuery>,
+    query: Query<requests::PageQuery<requests::EntryCursor>>,
 ) -> ApiResult<Json<dto::EntryList>> {
-    let account = visible_account(&state, &user, "accountId", &id).await?;
-    let limit = query.limit()?;
-    let before = match query.get("cursor") {
-        None => None,
-        Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n > 0).ok_or(DomainError::Invalid {
-            field: "cursor",
-            reason: "must be a cursor returned by this endpoint".into(),
-        })?),
-    };
+    let account = visible_account(&state, &user, AccountId::parse_field("accountId", &id)?).await?;
+    let requests::PageQuery { limit, cursor } = query.read()?;
+    let limit = limit.unwrap_or_default().get();
+    let before = cursor.map(requests::EntryCursor::seq);
     let entries = state.store.entries_of(account.id, limit, before).await?;
     let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq.to_string())).flatten();
     Ok(Json(dto::EntryList { entries: entries.iter().map(Into::into).collect(), next_cursor: next }))
@@ -169,14 +157,14 @@ pub(super) async fn entries(
     path = "/api/accounts/{id}/status",
     tag = "accounts",
     summary = "Change an account's status (SYSTEM)",
-    request_body = dto::StatusRequest,
+    request_body = requests::StatusRequest,
     params(("id" = String, Path, format = Uuid, description = "UUID")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The account", body = dto::AccountBody),
-        (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
-        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
-        (status = 409, description = "ACCOUNT_NOT_EMPTY (closing an account that holds money) or ACCOUNT_CLOSED (CLOSED is final)", body = dto::ErrorBody),
+        (status = 403, description = "FORBIDDEN: SYSTEM only", body = ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "ACCOUNT_NOT_EMPTY (closing an account that holds money) or ACCOUNT_CLOSED (CLOSED is final)", body = ErrorBody),
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -184,13 +172,13 @@ pub(super) async fn entries(
 pub(super) async fn set_status(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     Path(id): Path<String>,
-    JsonObject(body, ..): JsonObject<dto::StatusRequest>,
+    body: Body<requests::StatusRequest>,
 ) -> ApiResult<Json<dto::AccountBody>> {
     user.require_system()?;
     let id = AccountId::parse_field("accountId", &id)?;
-    let status: AccountStatus = req_parse(&body, "status")?;
+    let status = body.read()?.status;
     let account = state.store.set_account_status(id, status).await?.ok_or_else(ApiError::account_not_found)??;
     tracing::info!(account_id = %id, status = %status, by = %user.id, "account status changed");
     Ok(Json(dto::AccountBody::from(&account)))

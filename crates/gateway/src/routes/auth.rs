@@ -2,39 +2,36 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum_extra::extract::cookie::CookieJar;
-use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
-use ledgerflow_domain::{DomainError, Email, Password, PersonName, Role};
+use ledgerflow_domain::{Email, Role};
 use ledgerflow_store::UserRecord;
 
 use crate::AppState;
 use crate::auth::{AuthUser, hash_password, session_cookie, verify_password};
-use crate::dto;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonObject, QueryMap};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Body, Query};
+use crate::{dto, requests};
 
 #[utoipa::path(
     post,
     path = "/api/auth/register",
     tag = "auth",
     summary = "Register a user (role USER)",
-    request_body = dto::RegisterRequest,
+    request_body = requests::RegisterRequest,
     responses(
         (status = 201, description = "Registered; the token is also set as the `token` cookie", body = dto::AuthBody),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 409, description = "EMAIL_TAKEN", body = dto::ErrorBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = ErrorBody),
+        (status = 409, description = "EMAIL_TAKEN", body = ErrorBody),
         dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `POST /api/auth/register`: always creates a USER; SYSTEM users are made by operators.
 pub(super) async fn register(
     State(state): State<AppState>,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     jar: CookieJar,
-    JsonObject(body, ..): JsonObject<dto::RegisterRequest>,
+    body: Body<requests::RegisterRequest>,
 ) -> ApiResult<(StatusCode, CookieJar, Json<dto::AuthBody>)> {
-    let email: Email = req_parse(&body, "email")?;
-    let password: Password = req_parse(&body, "password")?;
-    let name: Option<PersonName> = opt_parse(&body, "name")?;
+    let requests::RegisterRequest { email, password, name } = body.read()?;
     let hash = hash_password(password).await?;
     let user = state.store.insert_user(&email, name.as_ref(), Role::User, hash).await?;
     let (jar, body) = signed_in(&state, jar, &user)?;
@@ -46,12 +43,12 @@ pub(super) async fn register(
     path = "/api/auth/login",
     tag = "auth",
     summary = "Sign in",
-    request_body = dto::LoginRequest,
+    request_body = requests::LoginRequest,
     responses(
         (status = 200, description = "Signed in; the token is also set as the `token` cookie", body = dto::AuthBody),
-        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = dto::ErrorBody),
-        (status = 401, description = "INVALID_CREDENTIALS", body = dto::ErrorBody),
-        (status = 429, description = "TOO_MANY_ATTEMPTS: this email had too many failed sign-ins lately; `Retry-After` says when to try again", body = dto::ErrorBody),
+        (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = ErrorBody),
+        (status = 401, description = "INVALID_CREDENTIALS", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: this email had too many failed sign-ins lately; `Retry-After` says when to try again", body = ErrorBody),
         dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -64,12 +61,11 @@ pub(super) async fn register(
 /// emails are counted alike, so a lockout tells nothing about which emails exist.
 pub(super) async fn login(
     State(state): State<AppState>,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     jar: CookieJar,
-    JsonObject(body, ..): JsonObject<dto::LoginRequest>,
+    body: Body<requests::LoginRequest>,
 ) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
-    let email = req_str(&body, "email")?;
-    let password = req_str(&body, "password")?.to_owned();
+    let requests::LoginRequest { email, password } = body.read()?;
     // An email that does not parse cannot sign in; it is not worth a counter.
     let Ok(email) = email.parse::<Email>() else {
         verify_password(password, None).await?;
@@ -102,7 +98,7 @@ pub(super) async fn login(
 pub(super) async fn logout(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     jar: CookieJar,
 ) -> ApiResult<(StatusCode, CookieJar)> {
     let ended = state.store.end_sessions(user.id).await?.ok_or(ApiError::Unauthenticated)?;
@@ -118,12 +114,12 @@ pub(super) async fn logout(
     path = "/api/auth/password",
     tag = "auth",
     summary = "Change the caller's password",
-    request_body = dto::PasswordChangeRequest,
+    request_body = requests::PasswordChangeRequest,
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Changed; every earlier session is ended and the answer carries a new token (also set as the `token` cookie)", body = dto::AuthBody),
-        (status = 403, description = "WRONG_PASSWORD: currentPassword is incorrect (counted with failed sign-ins); FORBIDDEN for a SYSTEM user, whose password operators set", body = dto::ErrorBody),
-        (status = 429, description = "TOO_MANY_ATTEMPTS: too many failed sign-ins or password checks for this email lately", body = dto::ErrorBody),
+        (status = 403, description = "WRONG_PASSWORD: currentPassword is incorrect (counted with failed sign-ins); FORBIDDEN for a SYSTEM user, whose password operators set", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: too many failed sign-ins or password checks for this email lately", body = ErrorBody),
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -135,17 +131,16 @@ pub(super) async fn logout(
 pub(super) async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     jar: CookieJar,
-    JsonObject(body, ..): JsonObject<dto::PasswordChangeRequest>,
+    body: Body<requests::PasswordChangeRequest>,
 ) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
     if user.is_system() {
         return Err(ApiError::Forbidden(
             "a SYSTEM user's password is set by operators (ledgerflow admin create-system-user)",
         ));
     }
-    let current = req_str(&body, "currentPassword")?.to_owned();
-    let new: Password = req_str(&body, "newPassword")?.parse().map_err(|e: DomainError| e.for_field("newPassword"))?;
+    let requests::PasswordChangeRequest { current_password: current, new_password: new } = body.read()?;
     let record = state.store.find_user(user.id).await?.ok_or(ApiError::Unauthenticated)?;
     claim_password_check(&state, &record.email).await?;
     if !verify_password(current, Some(record.password_hash)).await? {

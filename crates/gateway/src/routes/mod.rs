@@ -7,8 +7,6 @@ mod transactions;
 
 use axum::Router;
 use axum::routing::{get, patch, post};
-use ledgerflow_domain::TransferCommand;
-use ledgerflow_messaging::MessagingError;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -99,23 +97,15 @@ pub(crate) fn routes() -> Router<AppState> {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 
-/// Publishes a transfer command and waits for the broker's confirm.
-pub(crate) async fn publish_command(
-    state: &AppState,
-    cmd: &TransferCommand,
-    request_id: Option<&str>,
-) -> Result<(), MessagingError> {
-    state.publisher.publish_command(cmd, request_id).await
-}
-
 #[cfg(test)]
 mod tests {
+    use ledgerflow_domain::AccountId;
     use serde_json::Value;
     use utoipa::OpenApi;
 
     use super::ApiDoc;
-    use crate::dto;
-    use crate::extract::Names;
+    use crate::de::names;
+    use crate::requests::{self, EntryCursor};
 
     fn sorted(names: &[&str]) -> Vec<String> {
         let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
@@ -123,53 +113,53 @@ mod tests {
         names
     }
 
-    /// The names each extractor accepts are exactly the ones the OpenAPI document gives, and
-    /// the document says no others are accepted.
+    /// The names each request type takes (the only ones its extractor accepts) are exactly the
+    /// ones the OpenAPI document gives, and the document says no others are accepted.
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
         let bodies: [(&str, &[&str]); 8] = [
-            ("RegisterRequest", dto::RegisterRequest::NAMES),
-            ("LoginRequest", dto::LoginRequest::NAMES),
-            ("PasswordChangeRequest", dto::PasswordChangeRequest::NAMES),
-            ("CreateAccountRequest", dto::CreateAccountRequest::NAMES),
-            ("StatusRequest", dto::StatusRequest::NAMES),
-            ("TransferBody", dto::TransferBody::NAMES),
-            ("InitialFundsBody", dto::InitialFundsBody::NAMES),
-            ("ReverseBody", dto::ReverseBody::NAMES),
+            ("RegisterRequest", names::<requests::RegisterRequest>()),
+            ("LoginRequest", names::<requests::LoginRequest>()),
+            ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
+            ("CreateAccountRequest", names::<requests::CreateAccountRequest>()),
+            ("StatusRequest", names::<requests::StatusRequest>()),
+            ("TransferBody", names::<requests::TransferBody>()),
+            ("InitialFundsBody", names::<requests::InitialFundsBody>()),
+            ("ReverseBody", names::<requests::ReverseBody>()),
         ];
-        for (name, names) in bodies {
+        for (name, takes) in bodies {
             let schema = &doc["components"]["schemas"][name];
             let documented: Vec<&str> =
                 schema["properties"].as_object().expect(name).keys().map(String::as_str).collect();
-            assert_eq!(sorted(&documented), sorted(names), "{name}");
+            assert_eq!(sorted(&documented), sorted(takes), "{name}");
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
-        let none = dto::NoQuery::NAMES;
+        let none = names::<requests::NoQuery>();
         let queries: [(&str, &str, &[&str]); 15] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
             ("post", "/api/auth/password", none),
             ("post", "/api/accounts", none),
-            ("get", "/api/accounts", dto::PageQuery::NAMES),
+            ("get", "/api/accounts", names::<requests::PageQuery<AccountId>>()),
             ("get", "/api/accounts/{id}", none),
             ("get", "/api/accounts/{id}/balance", none),
-            ("get", "/api/accounts/{id}/entries", dto::PageQuery::NAMES),
+            ("get", "/api/accounts/{id}/entries", names::<requests::PageQuery<EntryCursor>>()),
             ("patch", "/api/accounts/{id}/status", none),
             ("post", "/transactions", none),
-            ("get", "/transactions", dto::TransactionQuery::NAMES),
-            ("get", "/transactions/{id}", dto::WaitQuery::NAMES),
+            ("get", "/transactions", names::<requests::TransactionQuery>()),
+            ("get", "/transactions/{id}", names::<requests::WaitQuery>()),
             ("post", "/transactions/{id}/reverse", none),
             ("post", "/transactions/system/initial-funds", none),
         ];
-        for (method, path, names) in queries {
+        for (method, path, takes) in queries {
             let op = &doc["paths"][path][method];
             assert!(op.is_object(), "{method} {path} is documented");
             let params = op["parameters"].as_array().map(Vec::as_slice).unwrap_or_default();
             let documented: Vec<&str> =
                 params.iter().filter(|p| p["in"] == "query").filter_map(|p| p["name"].as_str()).collect();
-            assert_eq!(sorted(&documented), sorted(names), "{method} {path}");
+            assert_eq!(sorted(&documented), sorted(takes), "{method} {path}");
         }
         // Every operation but the probes is in the table above.
         let operations: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();

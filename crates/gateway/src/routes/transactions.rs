@@ -5,36 +5,33 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use ledgerflow_domain::fields::{opt_parse, req_parse, req_str};
 use ledgerflow_domain::{
-    AccountId, Amount, Currency, Description, IdempotencyKey, NotReversible, TransactionId, TransactionStatus,
-    TransferCommand, TransferKind, TransferRequest,
+    AccountId, Currency, IdempotencyKey, NotReversible, TransactionId, TransferCommand, TransferKind, TransferRequest,
 };
 use ledgerflow_store::{AccountRecord, InsertPending, TransactionFilter, TransactionRecord};
 use tracing::{Instrument, info, info_span};
 
 use super::accounts::visible_account;
-use super::publish_command;
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::dto;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonObject, QueryMap, RequestId};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Body, Query, RequestId};
+use crate::{dto, requests};
 
 #[utoipa::path(
     post,
     path = "/transactions",
     tag = "transactions",
     summary = "Request a transfer",
-    request_body = dto::TransferBody,
+    request_body = requests::TransferBody,
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
-        (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown or a funding account)", body = dto::ErrorBody),
-        (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
-        (status = 422, description = "CURRENCY_MISMATCH: the accounts hold different currencies, or not the `currency` named", body = dto::ErrorBody),
-        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND (fromAccount not the caller's, or toAccount unknown or a funding account)", body = ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+        (status = 422, description = "CURRENCY_MISMATCH: the accounts hold different currencies, or not the `currency` named", body = ErrorBody),
+        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = ErrorBody),
         dto::AuthErrors, dto::BodyErrors,
     )
 )]
@@ -42,16 +39,18 @@ use crate::extract::{JsonObject, QueryMap, RequestId};
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     request_id: RequestId,
-    JsonObject(body, ..): JsonObject<dto::TransferBody>,
+    body: Body<requests::TransferBody>,
 ) -> ApiResult<Response> {
-    let from = AccountId::parse_field("fromAccount", req_str(&body, "fromAccount")?)?;
-    let to = AccountId::parse_field("toAccount", req_str(&body, "toAccount")?)?;
-    let amount = Amount::from_json("amount", body.get("amount"))?;
-    let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
-    let asked: Option<Currency> = opt_parse(&body, "currency")?;
-    let description: Option<Description> = opt_parse(&body, "description")?;
+    let requests::TransferBody {
+        from_account: from,
+        to_account: to,
+        amount,
+        currency: asked,
+        idempotency_key: key,
+        description,
+    } = body.read()?;
     if from == to {
         return Err(ledgerflow_domain::DomainError::Invalid {
             field: "toAccount",
@@ -79,16 +78,16 @@ pub(super) async fn create(
     path = "/transactions/system/initial-funds",
     tag = "transactions",
     summary = "Fund an account from the funding account (SYSTEM)",
-    request_body = dto::InitialFundsBody,
+    request_body = requests::InitialFundsBody,
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
-        (status = 403, description = "FORBIDDEN: SYSTEM only", body = dto::ErrorBody),
-        (status = 404, description = "ACCOUNT_NOT_FOUND", body = dto::ErrorBody),
-        (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
-        (status = 422, description = "CURRENCY_MISMATCH: the account does not hold the `currency` named", body = dto::ErrorBody),
-        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+        (status = 403, description = "FORBIDDEN: SYSTEM only", body = ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+        (status = 422, description = "CURRENCY_MISMATCH: the account does not hold the `currency` named", body = ErrorBody),
+        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = ErrorBody),
         dto::AuthErrors, dto::BodyErrors,
     )
 )]
@@ -97,16 +96,13 @@ pub(super) async fn create(
 pub(super) async fn initial_funds(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     request_id: RequestId,
-    JsonObject(body, ..): JsonObject<dto::InitialFundsBody>,
+    body: Body<requests::InitialFundsBody>,
 ) -> ApiResult<Response> {
     user.require_system()?;
-    let to = AccountId::parse_field("toAccount", req_str(&body, "toAccount")?)?;
-    let amount = Amount::from_json("amount", body.get("amount"))?;
-    let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
-    let asked: Option<Currency> = opt_parse(&body, "currency")?;
-    let description: Option<Description> = opt_parse(&body, "description")?;
+    let requests::InitialFundsBody { to_account: to, amount, currency: asked, idempotency_key: key, description } =
+        body.read()?;
     let [target] = state.accounts.get(&state.store, [to]).await?;
     let target = target.filter(|a| a.owner.is_some()).ok_or_else(ApiError::account_not_found)?;
     held_as_asked(asked, target.currency)?;
@@ -120,16 +116,16 @@ pub(super) async fn initial_funds(
     path = "/transactions/{id}/reverse",
     tag = "transactions",
     summary = "Reverse a completed transaction (receiver or SYSTEM)",
-    request_body = dto::ReverseBody,
+    request_body = requests::ReverseBody,
     params(("id" = String, Path, format = Uuid, description = "UUID")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 202, description = "Accepted and PENDING; `Location` names the transaction", body = dto::TransactionEnvelope),
         (status = 200, description = "A repeat of an earlier request with the same idempotencyKey: that transaction, in its current state", body = dto::TransactionEnvelope),
-        (status = 403, description = "FORBIDDEN: only the receiving account's owner or SYSTEM", body = dto::ErrorBody),
-        (status = 404, description = "TRANSACTION_NOT_FOUND", body = dto::ErrorBody),
-        (status = 409, description = "ALREADY_REVERSED, NOT_REVERSIBLE or IDEMPOTENCY_KEY_REUSED", body = dto::ErrorBody),
-        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = dto::ErrorBody),
+        (status = 403, description = "FORBIDDEN: only the receiving account's owner or SYSTEM", body = ErrorBody),
+        (status = 404, description = "TRANSACTION_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "ALREADY_REVERSED, NOT_REVERSIBLE or IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+        (status = 503, description = "BROKER_UNAVAILABLE (recorded, sent later; error.transactionId names it) or SERVICE_UNAVAILABLE", body = ErrorBody),
         dto::AuthErrors, dto::BodyErrors,
     )
 )]
@@ -139,14 +135,13 @@ pub(super) async fn initial_funds(
 pub(super) async fn reverse(
     State(state): State<AppState>,
     user: AuthUser,
-    _: QueryMap<dto::NoQuery>,
+    _: Query<requests::NoQuery>,
     request_id: RequestId,
     Path(id): Path<String>,
-    JsonObject(body, ..): JsonObject<dto::ReverseBody>,
+    body: Body<requests::ReverseBody>,
 ) -> ApiResult<Response> {
     let id = TransactionId::parse_field("transactionId", &id)?;
-    let key: IdempotencyKey = req_parse(&body, "idempotencyKey")?;
-    let reason: Option<Description> = opt_parse(&body, "reason")?;
+    let requests::ReverseBody { idempotency_key: key, reason } = body.read()?;
     let original = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
     let parties = state.store.find_accounts([original.from_account, original.to_account]).await?;
     if !sees(&user, &original, &parties) {
@@ -227,7 +222,7 @@ async fn accept(
             InsertPending::Created(record) => {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
                 let started = Instant::now();
-                let published = publish_command(state, &cmd, request_id.as_deref()).await;
+                let published = state.publisher.publish_command(&cmd, request_id.as_deref()).await;
                 metrics::histogram!("ledgerflow_publish_confirm_seconds").record(started.elapsed().as_secs_f64());
                 if let Err(e) = published {
                     tracing::warn!(error = %e, "publish failed; the republisher will send it");
@@ -272,8 +267,6 @@ fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
     account.as_ref().is_some_and(|a| a.owner_id == Some(user.id))
 }
 
-/// Longest `?wait=` a client may ask for, in seconds.
-const MAX_WAIT_SECS: u64 = 30;
 /// While long-polling, the database is also re-read this often, so a result notification
 /// lost to a broker reconnect delays the answer a little instead of until the deadline.
 const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
@@ -287,7 +280,7 @@ const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The transaction", body = dto::TransactionEnvelope),
-        (status = 404, description = "TRANSACTION_NOT_FOUND", body = dto::ErrorBody),
+        (status = 404, description = "TRANSACTION_NOT_FOUND", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
 )]
@@ -298,18 +291,10 @@ pub(super) async fn get(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-    query: QueryMap<dto::WaitQuery>,
+    query: Query<requests::WaitQuery>,
 ) -> ApiResult<Json<dto::TransactionEnvelope>> {
     let id = TransactionId::parse_field("transactionId", &id)?;
-    let wait = match query.get("wait") {
-        None => 0,
-        Some(raw) => raw.parse::<u64>().ok().filter(|w| *w <= MAX_WAIT_SECS).ok_or_else(|| {
-            ledgerflow_domain::DomainError::Invalid {
-                field: "wait",
-                reason: format!("must be a whole number of seconds from 0 to {MAX_WAIT_SECS}"),
-            }
-        })?,
-    };
+    let wait = query.read()?.wait.unwrap_or_default().get();
     let mut t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
     if !may_see(&state, &user, &t).await? {
         return Err(ApiError::transaction_not_found());
@@ -346,7 +331,7 @@ pub(super) async fn get(
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Newest first", body = dto::TransactionList),
-        (status = 404, description = "ACCOUNT_NOT_FOUND (account filter)", body = dto::ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND (account filter)", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
 )]
@@ -354,13 +339,12 @@ pub(super) async fn get(
 pub(super) async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    query: QueryMap<dto::TransactionQuery>,
+    query: Query<requests::TransactionQuery>,
 ) -> ApiResult<Json<dto::TransactionList>> {
-    let limit = query.limit()?;
-    let status = query.get("status").map(str::parse::<TransactionStatus>).transpose()?;
-    let before = query.get("cursor").map(|c| TransactionId::parse_field("cursor", c)).transpose()?;
-    let account = match query.get("account") {
-        Some(raw) => Some(visible_account(&state, &user, "account", raw).await?.id),
+    let requests::TransactionQuery { account, status, limit, cursor: before } = query.read()?;
+    let limit = limit.unwrap_or_default().get();
+    let account = match account {
+        Some(id) => Some(visible_account(&state, &user, id).await?.id),
         None => None,
     };
     let visible_to = if user.is_system() || account.is_some() {

@@ -1,0 +1,239 @@
+//! What the HTTP API accepts: request bodies and query strings, typed with domain values, as
+//! documented in the OpenAPI description (`GET /openapi.json`).
+//!
+//! Each type is read by `extract::Body` or `extract::Query` (through `de`), which refuses a
+//! name the type does not have and reports a bad value by its field, in the domain's words.
+//! `deny_unknown_fields` says the same to serde and, as `additionalProperties: false`, to the
+//! document; a test holds the names of each type to the document. Where a field's type is a
+//! domain type, `#[schema(value_type)]` says how it is written.
+
+use std::str::FromStr;
+
+use ledgerflow_domain::{
+    AccountId, AccountStatus, Amount, Currency, Description, DomainError, Email, IdempotencyKey, Password, PersonName,
+    TransactionId, TransactionStatus, fields,
+};
+use serde::{Deserialize, Deserializer};
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegisterRequest {
+    #[schema(value_type = String, example = "alice@example.com")]
+    pub email: Email,
+    /// At least 8 characters.
+    #[schema(value_type = String, min_length = 8, max_length = 1024)]
+    pub password: Password,
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
+    pub name: Option<PersonName>,
+}
+
+// Strings as given: an email that is not one, or a password too short to be set today, is
+// merely one that does not sign in.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoginRequest {
+    #[serde(deserialize_with = "fields::string")]
+    pub email: String,
+    #[serde(deserialize_with = "fields::string")]
+    pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PasswordChangeRequest {
+    #[serde(deserialize_with = "fields::string")]
+    pub current_password: String,
+    /// At least 8 characters.
+    #[schema(value_type = String, min_length = 8, max_length = 1024)]
+    pub new_password: Password,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateAccountRequest {
+    /// A circulating ISO 4217 code (not XXX, XTS, metals, fund or superseded codes); default `USD`.
+    #[schema(value_type = Option<String>, example = "USD", pattern = "^[A-Z]{3}$")]
+    pub currency: Option<Currency>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusRequest {
+    /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
+    #[schema(value_type = String, example = "SUSPENDED", pattern = "^(ACTIVE|SUSPENDED|CLOSED)$")]
+    pub status: AccountStatus,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransferBody {
+    /// An account the caller owns.
+    #[schema(value_type = String, format = Uuid)]
+    pub from_account: AccountId,
+    #[schema(value_type = String, format = Uuid)]
+    pub to_account: AccountId,
+    /// Integer minor units.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Amount,
+    /// Optional: the currency the caller means to move. If given, it must be the accounts'
+    /// (422 `CURRENCY_MISMATCH` otherwise), so that an amount meant in one currency is never
+    /// moved in another.
+    #[schema(value_type = Option<String>, example = "USD", pattern = "^[A-Z]{3}$")]
+    pub currency: Option<Currency>,
+    /// 1–128 visible ASCII characters; unique per caller.
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: IdempotencyKey,
+    #[schema(value_type = Option<String>, max_length = 500)]
+    pub description: Option<Description>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InitialFundsBody {
+    #[schema(value_type = String, format = Uuid)]
+    pub to_account: AccountId,
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Amount,
+    /// Optional: if given, it must be the account's currency (422 `CURRENCY_MISMATCH`).
+    #[schema(value_type = Option<String>, example = "USD", pattern = "^[A-Z]{3}$")]
+    pub currency: Option<Currency>,
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: IdempotencyKey,
+    #[schema(value_type = Option<String>, max_length = 500)]
+    pub description: Option<Description>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReverseBody {
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: IdempotencyKey,
+    #[schema(value_type = Option<String>, max_length = 500)]
+    pub reason: Option<Description>,
+}
+
+// Query strings: parameters are strings, each read through its type's `FromStr`. Documented
+// by each handler's `params`.
+
+/// No query string: an endpoint that reads none refuses any (`?asOf=` on a balance would
+/// otherwise answer today's balance as if it were the one asked for).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+/// `?limit=&cursor=`: one page of a list; `C` is what the list's `nextCursor` holds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery<C> {
+    pub limit: Option<Limit>,
+    pub cursor: Option<C>,
+}
+
+/// `?account=&status=&limit=&cursor=`: `GET /transactions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionQuery {
+    pub account: Option<AccountId>,
+    pub status: Option<TransactionStatus>,
+    pub limit: Option<Limit>,
+    pub cursor: Option<TransactionId>,
+}
+
+/// `?wait=`: `GET /transactions/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    pub wait: Option<WaitSecs>,
+}
+
+/// Implements `Deserialize` through `FromStr`, as the domain's string-borne types do.
+macro_rules! deserialize_from_str {
+    ($($name:ty),+) => {
+        $(
+            impl<'de> Deserialize<'de> for $name {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    fields::from_str(d)
+                }
+            }
+        )+
+    };
+}
+
+deserialize_from_str!(Limit, EntryCursor, WaitSecs);
+
+/// `limit`: a page size from 1 to `MAX_PAGE`, 20 unless given.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit(i64);
+
+impl Limit {
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Self(20)
+    }
+}
+
+impl FromStr for Limit {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        match s.parse::<i64>() {
+            Ok(n) if (1..=ledgerflow_store::MAX_PAGE).contains(&n) => Ok(Self(n)),
+            _ => Err(DomainError::Invalid {
+                field: "limit",
+                reason: format!("must be an integer from 1 to {}", ledgerflow_store::MAX_PAGE),
+            }),
+        }
+    }
+}
+
+/// The `cursor` of `GET /api/accounts/{id}/entries`: the sequence number of the last entry
+/// of the page before.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryCursor(i64);
+
+impl EntryCursor {
+    pub fn seq(self) -> i64 {
+        self.0
+    }
+}
+
+impl FromStr for EntryCursor {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        s.parse::<i64>().ok().filter(|n| *n > 0).map(Self).ok_or(DomainError::Invalid {
+            field: "cursor",
+            reason: "must be a cursor returned by this endpoint".into(),
+        })
+    }
+}
+
+/// `wait`: how long to hold a PENDING transaction for its outcome, in whole seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WaitSecs(u64);
+
+impl WaitSecs {
+    /// The longest wait a client may ask for.
+    pub const MAX: u64 = 30;
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for WaitSecs {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        s.parse::<u64>().ok().filter(|w| *w <= Self::MAX).map(Self).ok_or_else(|| DomainError::Invalid {
+            field: "wait",
+            reason: format!("must be a whole number of seconds from 0 to {}", Self::MAX),
+        })
+    }
+}
