@@ -6,6 +6,7 @@
 
 mod api;
 mod batch;
+mod client;
 mod contract;
 mod ledger;
 mod pipeline;

@@ -149,6 +149,8 @@ pub struct Pair {
 pub struct Client {
     pub base: String,
     pub http: reqwest::Client,
+    /// The typed client LedgerFlow's users get (`ledgerflow-client`), on the same connections.
+    pub api: ledgerflow_client::Client,
     /// Signed in as SYSTEM (funding).
     pub system: Session,
     /// The gateway process's log, whose tail a failed request shows (none in process).
@@ -158,7 +160,23 @@ pub struct Client {
 impl Client {
     fn new(base: String, timeout: Duration, gateway_log: Option<std::path::PathBuf>) -> Self {
         let http = reqwest::Client::builder().timeout(timeout).build().unwrap();
-        Self { base, http, system: Session { id: String::new(), token: String::new() }, gateway_log }
+        let api = ledgerflow_client::Client::with_http(http.clone(), &base);
+        Self { base, http, api, system: Session { id: String::new(), token: String::new() }, gateway_log }
+    }
+
+    /// The typed client, signed in as `user`.
+    pub fn as_user(&self, user: &Session) -> ledgerflow_client::Client {
+        self.api.signed_in(&user.token)
+    }
+
+    /// Panics with the gateway process's log tail (if it is one) when a request that must
+    /// succeed did not.
+    #[track_caller]
+    fn must<T>(&self, what: &str, answer: Result<T, ledgerflow_client::Error>) -> T {
+        answer.unwrap_or_else(|e| {
+            let tail = self.gateway_log.as_deref().map(|log| processes::log_tail("gateway", log, 20));
+            panic!("{what} failed: {e}\n{}", tail.unwrap_or_default())
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -206,48 +224,29 @@ impl Client {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Session {
-        let (status, body) =
-            self.call("POST", "/api/auth/login", None, Some(json!({"email": email, "password": password}))).await;
-        assert_eq!(status, StatusCode::OK, "login failed: {body}");
-        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
+        let auth = self.must("login", self.api.login(email, password).await);
+        Session { id: auth.user.id, token: auth.token }
     }
 
     /// Registers a fresh user with a unique email.
     pub async fn register(&self) -> Session {
         let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/auth/register",
-                None,
-                Some(json!({"email": email, "password": "correct horse battery"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "register failed: {body}");
-        Session { id: body["user"]["id"].as_str().unwrap().into(), token: body["token"].as_str().unwrap().into() }
+        let auth = self.must("register", self.api.register(&email, "correct horse battery", None).await);
+        Session { id: auth.user.id, token: auth.token }
     }
 
     /// Opens a USD account for `user`; returns its id.
     pub async fn open_account(&self, user: &Session) -> String {
-        let (status, body) = self.call("POST", "/api/accounts", Some(&user.token), Some(json!({}))).await;
-        assert_eq!(status, StatusCode::CREATED, "open account failed: {body}");
-        body["id"].as_str().unwrap().into()
+        self.must("open account", self.as_user(user).open_account(None).await).id
     }
 
     /// Asks for initial funds through the SYSTEM endpoint; returns the funding transaction's
     /// id without waiting for it.
     pub async fn request_funding(&self, account: &str, amount: i64) -> String {
         let key = format!("fund-{}", uuid::Uuid::new_v4());
-        let (status, body) = self
-            .call(
-                "POST",
-                "/transactions/system/initial-funds",
-                Some(&self.system.token),
-                Some(json!({"toAccount": account, "amount": amount, "idempotencyKey": key})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "funding failed: {body}");
-        body["transaction"]["id"].as_str().unwrap().into()
+        let accepted = self.must("funding", self.as_user(&self.system).initial_funds(account, amount, &key).await);
+        assert!(!accepted.repeat, "funding under a fresh key was a repeat");
+        accepted.transaction.id
     }
 }
 

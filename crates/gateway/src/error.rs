@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use ledgerflow_domain::{Currency, DomainError, MAX_ACCOUNTS_PER_USER, NotReversible, StatusRefusal};
 use ledgerflow_messaging::MessagingError;
 use ledgerflow_store::StoreError;
-use serde::Serialize;
 use tracing::error;
-use utoipa::ToSchema;
+
+pub use ledgerflow_api::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -242,24 +242,3 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
-
-/// Every error: `{"error":{"code":"UPPER_SNAKE","message":"..."}}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorDetail {
-    /// A stable code, e.g. `VALIDATION_ERROR`, `ACCOUNT_NOT_FOUND`, `IDEMPOTENCY_KEY_REUSED`.
-    pub code: String,
-    /// For people; may change.
-    pub message: String,
-    /// With `VALIDATION_ERROR`: the offending field.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// With `BROKER_UNAVAILABLE`: the transaction that was recorded and will be sent later.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-}

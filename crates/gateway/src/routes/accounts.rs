@@ -39,7 +39,7 @@ pub(super) async fn create(
 ) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
     let currency = body.read()?.currency.unwrap_or(Currency::USD).for_new_account()?;
     let account = state.store.open_account(user.id, currency).await?.ok_or(ApiError::AccountLimitReached)?;
-    Ok((StatusCode::CREATED, Json(dto::AccountBody::from(&account))))
+    Ok((StatusCode::CREATED, Json(dto::account(&account))))
 }
 
 #[utoipa::path(
@@ -65,7 +65,7 @@ pub(super) async fn list(
     let accounts = state.store.list_accounts(Some(user.id), limit, after).await?;
     let next = (accounts.len() as i64 == limit).then(|| accounts.last().map(|a| a.id)).flatten();
     Ok(Json(dto::AccountList {
-        accounts: accounts.iter().map(Into::into).collect(),
+        accounts: accounts.iter().map(dto::account).collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
 }
@@ -91,7 +91,7 @@ pub(super) async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::AccountBody>> {
     let account = visible_account(&state, &user, AccountId::parse_field("accountId", &id)?).await?;
-    Ok(Json(dto::AccountBody::from(&account)))
+    Ok(Json(dto::account(&account)))
 }
 
 #[utoipa::path(
@@ -149,7 +149,7 @@ pub(super) async fn entries(
     let before = cursor.map(requests::EntryCursor::seq);
     let entries = state.store.entries_of(account.id, limit, before).await?;
     let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq.to_string())).flatten();
-    Ok(Json(dto::EntryList { entries: entries.iter().map(Into::into).collect(), next_cursor: next }))
+    Ok(Json(dto::EntryList { entries: entries.iter().map(dto::entry).collect(), next_cursor: next }))
 }
 
 #[utoipa::path(
@@ -181,5 +181,5 @@ pub(super) async fn set_status(
     let status = body.read()?.status;
     let account = state.store.set_account_status(id, status).await?.ok_or_else(ApiError::account_not_found)??;
     tracing::info!(account_id = %id, status = %status, by = %user.id, "account status changed");
-    Ok(Json(dto::AccountBody::from(&account)))
+    Ok(Json(dto::account(&account)))
 }

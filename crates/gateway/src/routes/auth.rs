@@ -170,5 +170,5 @@ async fn claim_password_check(state: &AppState, email: &Email) -> ApiResult<()> 
 fn signed_in(state: &AppState, jar: CookieJar, user: &UserRecord) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
     let token = state.keys.issue(user.id, user.role, user.session_version)?;
     let jar = jar.add(session_cookie(token.clone(), state.keys.ttl(), state.config.cookie_secure));
-    Ok((jar, Json(dto::AuthBody { user: user.into(), token })))
+    Ok((jar, Json(dto::AuthBody { user: dto::user(user), token })))
 }

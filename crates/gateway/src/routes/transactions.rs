@@ -163,7 +163,7 @@ pub(super) async fn reverse(
         if existing.request_hash != request.fingerprint() {
             return Err(ApiError::IdempotencyKeyReused);
         }
-        return Ok((StatusCode::OK, Json(dto::TransactionEnvelope::from(&existing))).into_response());
+        return Ok((StatusCode::OK, Json(dto::envelope(&existing))).into_response());
     }
     match original.reversal_candidate().may_be_reversed() {
         Ok(()) => {}
@@ -217,7 +217,7 @@ async fn accept(
                     return Err(ApiError::IdempotencyKeyReused);
                 }
                 info!(status = %existing.status, "repeated request, returning the recorded transaction");
-                Ok((StatusCode::OK, Json(dto::TransactionEnvelope::from(&existing))).into_response())
+                Ok((StatusCode::OK, Json(dto::envelope(&existing))).into_response())
             }
             InsertPending::Created(record) => {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
@@ -235,7 +235,7 @@ async fn accept(
                 if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{}", record.id)) {
                     headers.insert(header::LOCATION, location);
                 }
-                Ok((StatusCode::ACCEPTED, headers, Json(dto::TransactionEnvelope::from(&record))).into_response())
+                Ok((StatusCode::ACCEPTED, headers, Json(dto::envelope(&record))).into_response())
             }
         }
     }
@@ -319,7 +319,7 @@ pub(super) async fn get(
             }
         }
     }
-    Ok(Json(dto::TransactionEnvelope::from(&t)))
+    Ok(Json(dto::envelope(&t)))
 }
 
 #[utoipa::path(
@@ -356,7 +356,7 @@ pub(super) async fn list(
     let found = state.store.list_transactions(&filter).await?;
     let next = (found.len() as i64 == limit).then(|| found.last().map(|t| t.id)).flatten();
     Ok(Json(dto::TransactionList {
-        transactions: found.iter().map(Into::into).collect(),
+        transactions: found.iter().map(dto::transaction).collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
 }

@@ -1,0 +1,169 @@
+//! The wire types of LedgerFlow's HTTP API: every response body, and the error body, as the
+//! OpenAPI document (`GET /openapi.json`) describes them. The gateway builds its answers from
+//! these types, so the document cannot drift from what is sent, and `ledgerflow-client` reads
+//! answers into the same types, so client and server cannot disagree about a field.
+//!
+//! Values are as they travel: ids and times as strings (UUIDs, RFC 3339 with milliseconds),
+//! amounts and balances as integer minor units.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A user, without secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    /// `USER` or `SYSTEM`.
+    #[schema(example = "USER")]
+    pub role: String,
+}
+
+/// A signed-in user and its JWT (also set as the `token` cookie).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuthBody {
+    pub user: UserBody,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// Null only for the system's funding accounts.
+    pub owner_id: Option<String>,
+    /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
+    #[schema(example = "ACTIVE")]
+    pub status: String,
+    /// ISO 4217.
+    #[schema(example = "USD")]
+    pub currency: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountList {
+    pub accounts: Vec<AccountBody>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A balance derived from the ledger, in integer minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BalanceBody {
+    #[schema(format = Uuid)]
+    pub account_id: String,
+    pub currency: String,
+    pub balance: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    #[schema(format = Uuid)]
+    pub transaction_id: String,
+    /// `DEBIT` or `CREDIT`.
+    #[serde(rename = "type")]
+    #[schema(example = "CREDIT")]
+    pub entry_type: String,
+    pub amount: i64,
+    pub currency: String,
+    /// 1, 2, 3… per account, without gaps.
+    pub seq: i64,
+    pub balance_after: i64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryList {
+    pub entries: Vec<EntryBody>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// `TRANSFER`, `INITIAL_FUNDS` or `REVERSAL`.
+    #[schema(example = "TRANSFER")]
+    pub kind: String,
+    #[schema(format = Uuid)]
+    pub from_account: String,
+    #[schema(format = Uuid)]
+    pub to_account: String,
+    /// Integer minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// `PENDING`, `COMPLETED` or `FAILED`.
+    #[schema(example = "PENDING")]
+    pub status: String,
+    pub idempotency_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Set when FAILED: `INSUFFICIENT_FUNDS`, `ACCOUNT_NOT_FOUND`, `ACCOUNT_NOT_ACTIVE`,
+    /// `CURRENCY_MISMATCH`, `INVALID_COMMAND`, `BALANCE_LIMIT_EXCEEDED`, `PROCESSING_FAILED`,
+    /// `ALREADY_REVERSED`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub completed_at: Option<String>,
+    /// For a REVERSAL: the transaction it moves back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<String>,
+    /// For a reversed transaction: its completed REVERSAL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reversed_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransactionEnvelope {
+    pub transaction: TransactionBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionList {
+    pub transactions: Vec<TransactionBody>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusBody {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// Every error: `{"error":{"code":"UPPER_SNAKE","message":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// A stable code, e.g. `VALIDATION_ERROR`, `ACCOUNT_NOT_FOUND`, `IDEMPOTENCY_KEY_REUSED`.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// With `VALIDATION_ERROR`: the offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// With `BROKER_UNAVAILABLE`: the transaction that was recorded and will be sent later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+}

@@ -1,0 +1,244 @@
+//! A typed Rust client for LedgerFlow's HTTP API, for services that move money through a
+//! gateway (and for LedgerFlow's own tests and bench). One method per endpoint; answers are
+//! `ledgerflow_api`'s types, the very ones the gateway sends, and every refusal is an
+//! [`Error::Api`] carrying the gateway's `{code, message}`.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), ledgerflow_client::Error> {
+//! use ledgerflow_client::{Client, Transfer};
+//! let gateway = Client::new("http://127.0.0.1:8080");
+//! let alice = gateway.login("alice@example.com", "correct horse battery").await?;
+//! let alice = gateway.signed_in(&alice.token);
+//! let accepted = alice
+//!     .transfer(&Transfer { from: "…", to: "…", amount: 2_500, idempotency_key: "rent-2026-11", description: None })
+//!     .await?;
+//! let done = alice.wait(&accepted.transaction.id, 30).await?;
+//! assert_eq!(done.status, "COMPLETED");
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+pub use ledgerflow_api::{
+    AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, ErrorBody, ErrorDetail, StatusBody,
+    TransactionBody, TransactionEnvelope, TransactionList, UserBody,
+};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Per-request limit unless [`Client::with_http`] says otherwise: longer than the longest
+/// long poll (30 s), so only a hang times out.
+const TIMEOUT: Duration = Duration::from_secs(40);
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The gateway refused the request (any 4xx or 5xx), saying why.
+    #[error("HTTP {status} {}: {}", .body.error.code, .body.error.message)]
+    Api { status: u16, body: ErrorBody },
+    /// The request did not get an answer (connection refused, timeout…).
+    #[error("request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// An answer that is not what the API documents.
+    #[error("unexpected answer (HTTP {status}): {detail}")]
+    Unexpected { status: u16, detail: String },
+}
+
+impl Error {
+    /// The gateway's error code (`INSUFFICIENT_FUNDS`, `IDEMPOTENCY_KEY_REUSED`…), if it
+    /// answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { body, .. } => Some(&body.error.code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if there was an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } | Error::Unexpected { status, .. } => Some(*status),
+            Error::Transport(e) => e.status().map(|s| s.as_u16()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A transfer to submit. Amounts are integer minor units (cents).
+#[derive(Debug, Clone)]
+pub struct Transfer<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub amount: i64,
+    pub idempotency_key: &'a str,
+    pub description: Option<&'a str>,
+}
+
+/// A money movement the gateway took: new (202, PENDING) or a repeat of an earlier request
+/// under the same idempotency key (200, in its current state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub repeat: bool,
+    pub transaction: TransactionBody,
+}
+
+/// A client of one gateway, signed in or not. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the gateway at `base` (e.g. `http://127.0.0.1:8080`), not signed in.
+    ///
+    /// # Panics
+    /// If the TLS backend cannot be set up (reqwest's `Client::new` likewise).
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder().timeout(TIMEOUT).build().expect("an HTTP client");
+        Self::with_http(http, base)
+    }
+
+    /// A client that sends through `http` (its pool, timeouts and proxies).
+    pub fn with_http(http: reqwest::Client, base: impl Into<String>) -> Self {
+        let base = base.into().trim_end_matches('/').to_owned();
+        Self { http, base, token: None }
+    }
+
+    /// The same gateway, as the user whose token this is.
+    pub fn signed_in(&self, token: &str) -> Self {
+        Self { token: Some(token.to_owned()), ..self.clone() }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and returns the status and JSON answer, whatever the status. For what
+    /// the typed methods do not cover (and for tests of malformed requests).
+    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Ok((status, value))
+    }
+
+    /// Sends a request and reads a success into `T`; a refusal becomes [`Error::Api`].
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, T)> {
+        let (status, value) = self.send(method, path, body).await?;
+        let unexpected = |detail: String| Error::Unexpected { status: status.as_u16(), detail };
+        if !status.is_success() {
+            return Err(match serde_json::from_value::<ErrorBody>(value.clone()) {
+                Ok(body) => Error::Api { status: status.as_u16(), body },
+                Err(_) => unexpected(value.to_string()),
+            });
+        }
+        let answer = serde_json::from_value(value).map_err(|e| unexpected(e.to_string()))?;
+        Ok((status, answer))
+    }
+
+    async fn accepted(&self, path: &str, body: &Value) -> Result<Accepted> {
+        let (status, envelope) = self.call::<TransactionEnvelope>(Method::POST, path, Some(body)).await?;
+        Ok(Accepted { repeat: status == StatusCode::OK, transaction: envelope.transaction })
+    }
+
+    /// `POST /api/auth/register`: a new USER.
+    pub async fn register(&self, email: &str, password: &str, name: Option<&str>) -> Result<AuthBody> {
+        let mut body = json!({ "email": email, "password": password });
+        if let Some(name) = name {
+            body["name"] = json!(name);
+        }
+        Ok(self.call(Method::POST, "/api/auth/register", Some(&body)).await?.1)
+    }
+
+    /// `POST /api/auth/login`.
+    pub async fn login(&self, email: &str, password: &str) -> Result<AuthBody> {
+        let body = json!({ "email": email, "password": password });
+        Ok(self.call(Method::POST, "/api/auth/login", Some(&body)).await?.1)
+    }
+
+    /// `POST /api/accounts`: an account in `currency` (the gateway's default, USD, if `None`).
+    pub async fn open_account(&self, currency: Option<&str>) -> Result<AccountBody> {
+        let body = currency.map_or_else(|| json!({}), |c| json!({ "currency": c }));
+        Ok(self.call(Method::POST, "/api/accounts", Some(&body)).await?.1)
+    }
+
+    /// `GET /api/accounts/{id}/balance`.
+    pub async fn balance(&self, account: &str) -> Result<BalanceBody> {
+        Ok(self.call(Method::GET, &format!("/api/accounts/{account}/balance"), None).await?.1)
+    }
+
+    /// `GET /api/accounts/{id}/entries`: the newest entries first.
+    pub async fn entries(&self, account: &str) -> Result<EntryList> {
+        Ok(self.call(Method::GET, &format!("/api/accounts/{account}/entries"), None).await?.1)
+    }
+
+    /// `POST /transactions`.
+    pub async fn transfer(&self, transfer: &Transfer<'_>) -> Result<Accepted> {
+        let mut body = json!({
+            "fromAccount": transfer.from,
+            "toAccount": transfer.to,
+            "amount": transfer.amount,
+            "idempotencyKey": transfer.idempotency_key,
+        });
+        if let Some(description) = transfer.description {
+            body["description"] = json!(description);
+        }
+        self.accepted("/transactions", &body).await
+    }
+
+    /// `POST /transactions/system/initial-funds` (SYSTEM only): money issued into `to`.
+    pub async fn initial_funds(&self, to: &str, amount: i64, idempotency_key: &str) -> Result<Accepted> {
+        let body = json!({ "toAccount": to, "amount": amount, "idempotencyKey": idempotency_key });
+        self.accepted("/transactions/system/initial-funds", &body).await
+    }
+
+    /// `POST /transactions/{id}/reverse` (the receiver's owner or SYSTEM).
+    pub async fn reverse(&self, id: &str, idempotency_key: &str, reason: Option<&str>) -> Result<Accepted> {
+        let mut body = json!({ "idempotencyKey": idempotency_key });
+        if let Some(reason) = reason {
+            body["reason"] = json!(reason);
+        }
+        self.accepted(&format!("/transactions/{id}/reverse"), &body).await
+    }
+
+    /// `GET /transactions/{id}`: as it stands now.
+    pub async fn transaction(&self, id: &str) -> Result<TransactionBody> {
+        let (_, envelope) = self.call::<TransactionEnvelope>(Method::GET, &format!("/transactions/{id}"), None).await?;
+        Ok(envelope.transaction)
+    }
+
+    /// `GET /transactions/{id}?wait=N`: as soon as it is no longer PENDING, or after
+    /// `seconds` (at most 30) as it then stands.
+    pub async fn wait(&self, id: &str, seconds: u32) -> Result<TransactionBody> {
+        let path = format!("/transactions/{id}?wait={}", seconds.min(30));
+        let (_, envelope) = self.call::<TransactionEnvelope>(Method::GET, &path, None).await?;
+        Ok(envelope.transaction)
+    }
+
+    /// `GET /readyz`: whether the gateway can reach its database and broker now.
+    pub async fn ready(&self) -> bool {
+        self.call::<StatusBody>(Method::GET, "/readyz", None).await.is_ok()
+    }
+}
