@@ -3,6 +3,7 @@
 //! load run: start the processes, set up, load (after measuring the maximum for `--rate N%`),
 //! the raw floor, the ledger check, stop the processes, clean up, report.
 
+use ledgerflow::app::shutdown_on_signal;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -10,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use ledgerflow_messaging::Topology;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::args::{BenchArgs, ConnInfo, Rate};
@@ -202,34 +201,4 @@ pub async fn guarded<T>(deadline: Instant, work: impl Future<Output = Result<T>>
         }
         () = stop.cancelled() => bail!("interrupted"),
     }
-}
-
-/// Cancelled on SIGTERM or Ctrl-C.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    t.cancel();
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        info!("shutdown requested");
-        t.cancel();
-    });
-    token
 }

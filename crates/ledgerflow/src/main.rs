@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ledgerflow::app::{ensure_system_user, open_store, runtime};
+use ledgerflow::app::{ensure_system_user, open_store, runtime, shutdown_on_signal};
 use ledgerflow::settings::{Connections, GatewaySettings, ONE_SHOT_PATIENCE, WorkerSettings};
 use ledgerflow::{App, Settings};
 use ledgerflow_domain::AccountStatus;
 use ledgerflow_store::Store;
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// mimalloc (v2, without transparent huge pages) returns freed memory to the system; glibc's
 /// allocator kept the gateway's argon2 buffers, so its RSS only grew with each burst of
@@ -167,36 +166,6 @@ enum Admin {
         #[arg(long, env = "LEDGERFLOW_SYSTEM_PASSWORD", hide_env_values = true, value_parser = ledgerflow::settings::secret)]
         password: SecretString,
     },
-}
-
-/// Cancelled on SIGTERM or Ctrl-C: stop taking work, finish what is in flight, exit.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    t.cancel();
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        info!("shutdown requested");
-        t.cancel();
-    });
-    token
 }
 
 /// Runs a one-shot command against the store, then shuts its client down before the process
