@@ -13,7 +13,7 @@
 #   scripts/services.sh sweep  drop what failed test runs left behind: lf_test_/lf_fault_
 #                              databases and exchanges over an hour old, and (by a RabbitMQ
 #                              policy) their queues once unused for an hour; benchmark
-#                              leftovers after a day; rotate mongod's log past 64 MB
+#                              leftovers (lf_bench_) after a day; rotate mongod's log past 64 MB
 #
 # Idempotent: safe to run any number of times; when everything is already up it
 # only checks (a few seconds). Needs root (or sudo) only when it must apt-get.
@@ -427,10 +427,12 @@ with_lock() {
 }
 
 # sweep: a test that fails never reaches its teardown, so its database and queues stay.
-# Test names carry their creation time (lf_test_<unix secs>_<tag>), so only databases over
-# an hour old are dropped: a test run going on beside this one keeps its own. Their queues
+# Sandbox names carry their kind and creation time (lf_<kind>_<unix secs>_<tag> for databases,
+# lf-<kind>-<unix secs>-<tag> for queue prefixes: crates/testkit, Sandbox), so only databases
+# over an hour old are dropped: a test run going on beside this one keeps its own. Their queues
 # expire through a policy once unused for an hour (a queue with a consumer is in use).
-# Benchmarks (ledgerflow_bench_<unix secs>_<tag>, kept by --keep or a killed run) get a day.
+# Benchmarks (kind bench, kept by --keep or a killed run) get a day; so do the
+# ledgerflow_bench_<unix secs>_<tag> names benchmarks used before.
 # mongod's log is rotated once it passes 64 MB; the previous one is kept, older ones deleted.
 sweep() {
   # How old a sandbox must be before it goes: tests' and benchmarks', in seconds.
@@ -442,9 +444,9 @@ from pymongo import MongoClient
 client = MongoClient(f"mongodb://127.0.0.1:{sys.argv[1]}/?directConnection=true", serverSelectionTimeoutMS=5000)
 now = time.time()
 test_age, bench_age = int(sys.argv[3]), int(sys.argv[4])
-max_age = {"lf_test": test_age, "lf_fault": test_age, "ledgerflow_bench": bench_age}
+max_age = {"lf_test": test_age, "lf_fault": test_age, "lf_bench": bench_age, "ledgerflow_bench": bench_age}
 old = [n for n in client.list_database_names()
-       if (m := re.fullmatch(r"(lf_test|lf_fault|ledgerflow_bench)_(\d+)_[0-9a-f]+(?:_raw)?", n))
+       if (m := re.fullmatch(r"(lf_test|lf_fault|lf_bench|ledgerflow_bench)_(\d+)_[0-9a-f]+(?:_raw)?", n))
        and int(m.group(2)) < now - max_age[m.group(1)]]
 for name in old:
     client.drop_database(name)
@@ -460,7 +462,7 @@ PY
   command -v rabbitmqctl >/dev/null 2>&1 || ctl=/usr/sbin/rabbitmqctl
   [[ $(id -u) -eq 0 ]] || ctl="sudo -n $ctl"
   if $ctl set_policy --apply-to queues lf-test-queues '^lf-(test|fault)-' "{\"expires\":$((test_age * 1000))}" >/dev/null 2>&1 \
-    && $ctl set_policy --apply-to queues lf-bench-queues '^ledgerflow_bench_' "{\"expires\":$((bench_age * 1000))}" >/dev/null 2>&1; then
+    && $ctl set_policy --apply-to queues lf-bench-queues '^(ledgerflow_bench_|lf-bench-)' "{\"expires\":$((bench_age * 1000))}" >/dev/null 2>&1; then
     log "sweep: unused test queues expire after an hour, benchmark queues after a day (policies lf-test-queues, lf-bench-queues)"
   else
     log "sweep: could not set the RabbitMQ policies for test queues (needs rabbitmqctl as root); skipped"
@@ -474,6 +476,8 @@ PY
   while read -r name; do
     if [[ $name =~ ^lf-(test|fault)-([0-9]+)-[0-9a-f]+\. ]]; then
       ((now - BASH_REMATCH[2] > test_age)) && old+=("<<\"$name\">>")
+    elif [[ $name =~ ^lf-bench-([0-9]+)-[0-9a-f]+\. ]]; then
+      ((now - BASH_REMATCH[1] > bench_age)) && old+=("<<\"$name\">>")
     elif [[ $name =~ ^ledgerflow_bench_([0-9]+)_[0-9a-f]+ ]]; then
       ((now - BASH_REMATCH[1] > bench_age)) && old+=("<<\"$name\">>")
     fi

@@ -212,10 +212,12 @@ async fn sweep_drops_only_old_test_databases_and_exchanges() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let tag = || uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let old = format!("lf_test_{}_{}", now - 7200, tag());
-    // Named as `ledgerflow bench` names its sandboxes.
-    let old_bench = format!("ledgerflow_bench_{}_{}", now - 2 * 86400, tag());
-    let kept_bench = format!("ledgerflow_bench_{}_{}_raw", now - 7200, tag());
-    for name in [&old, &young, &old_bench, &kept_bench] {
+    // Named as `ledgerflow bench` names its sandboxes (testkit's Sandbox, kind bench), and as
+    // benchmarks named them before.
+    let old_bench = format!("lf_bench_{}_{}", now - 2 * 86400, tag());
+    let kept_bench = format!("lf_bench_{}_{}_raw", now - 7200, tag());
+    let legacy_bench = format!("ledgerflow_bench_{}_{}", now - 2 * 86400, tag());
+    for name in [&old, &young, &old_bench, &kept_bench, &legacy_bench] {
         client.database(name).collection::<Document>("marker").insert_one(doc! { "left": "behind" }).await.unwrap();
     }
     // Exchanges as a test's topology (`lf-test-<secs>-<tag>.<name>`) and the bench's name them.
@@ -223,8 +225,8 @@ async fn sweep_drops_only_old_test_databases_and_exchanges() {
     let channel = amqp.create_channel().await.unwrap();
     let old_exchange = format!("lf-test-{}-{}.transfers", now - 7200, tag());
     let young_exchange = format!("lf-test-{}-{}.transfers", now, tag());
-    let old_bench_exchange = format!("ledgerflow_bench_{}_{}.results", now - 2 * 86400, tag());
-    let kept_bench_exchange = format!("ledgerflow_bench_{}_{}.results", now - 7200, tag());
+    let old_bench_exchange = format!("lf-bench-{}-{}.results", now - 2 * 86400, tag());
+    let kept_bench_exchange = format!("lf-bench-{}-{}.results", now - 7200, tag());
     let exchanges = [&old_exchange, &young_exchange, &old_bench_exchange, &kept_bench_exchange];
     for name in exchanges {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
@@ -238,13 +240,14 @@ async fn sweep_drops_only_old_test_databases_and_exchanges() {
     assert!(out.status.success(), "sweep failed:\n{}", String::from_utf8_lossy(&out.stderr));
 
     let names = client.list_database_names().await.unwrap();
-    for name in [&young, &old, &old_bench, &kept_bench] {
+    for name in [&young, &old, &old_bench, &kept_bench, &legacy_bench] {
         client.database(name).drop().await.unwrap();
     }
     assert!(!names.contains(&old), "{old} survived the sweep: {names:?}");
     assert!(names.contains(&young), "{young} was swept although it is new");
     assert!(!names.contains(&old_bench), "{old_bench} survived the sweep: {names:?}");
     assert!(names.contains(&kept_bench), "{kept_bench} was swept although under a day old");
+    assert!(!names.contains(&legacy_bench), "{legacy_bench} survived the sweep: {names:?}");
 
     // A passive declare fails (and closes the channel) when the exchange is gone.
     async fn exists(amqp: &ledgerflow_messaging::lapin::Connection, name: &str) -> bool {

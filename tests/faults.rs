@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ledgerflow_store::TransactionRecord;
 use ledgerflow_tests::Session;
-use ledgerflow_tests::processes::{Cluster, PROCESS_DEADLINE, Services, consumer_tags};
+use ledgerflow_tests::processes::{Cluster, Services, consumer_tags, stop};
 use ledgerflow_tests::serde_json::{Value, json};
 use reqwest::StatusCode;
 
@@ -356,7 +356,7 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         let mut c = Cluster::start("sigkill", 1).await;
         let mut w = Workload::setup(&c).await;
         // The funding worker stops, so that the transfers queue up for the one to be killed.
-        let status = c.workers[0].process.terminate(PROCESS_DEADLINE).await;
+        let status = stop(&mut c.workers[0].process).await;
         assert!(status.success(), "worker-0 stopped cleanly: {status}");
         let plan = w.plan(300, "kill");
         let sent = w.send(&c, &plan, 16, &AtomicUsize::new(0)).await;
@@ -366,10 +366,10 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         wait_progress(&c, ACCOUNTS as u64 + 50).await;
         // Freeze it and kill it. Nobody else consumes, so the broker's requeueing of the
         // deliveries it had not acknowledged shows as a jump in the ready count.
-        c.workers[victim].process.signal("STOP");
+        c.workers[victim].process.signal("STOP").unwrap();
         let ready_before = c.ready_commands().await;
         let done_at_kill = c.count_terminal().await.unwrap() - ACCOUNTS as u64;
-        let status = c.workers[victim].process.sigkill();
+        let status = c.workers[victim].process.sigkill().unwrap();
         assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
         assert!(done_at_kill < plan.len() as u64, "the worker had finished everything before it was killed");
         let start = Instant::now();
@@ -512,7 +512,7 @@ async fn workers_retry_through_a_mongod_restart_and_finish_the_work() {
         let mut c = Cluster::start("mongod", 1).await;
         let mut w = Workload::setup(&c).await;
         // Queue the transfers first, so that plenty is in flight when mongod stops.
-        let status = c.workers[0].process.terminate(PROCESS_DEADLINE).await;
+        let status = stop(&mut c.workers[0].process).await;
         assert!(status.success(), "worker-0 stopped cleanly: {status}");
         let plan = w.plan(300, "mongo");
         let sent = w.send(&c, &plan, 16, &AtomicUsize::new(0)).await;

@@ -110,14 +110,12 @@ pub fn amqp_uri() -> String {
     std::env::var("LEDGERFLOW_TEST_AMQP_URI").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A database name and a queue prefix of their own for one test (`kind`: test, fault). They
-/// carry their creation time, so `scripts/services.sh sweep` can drop those a failed test
-/// left behind without touching a run still going on.
+/// A database name and a queue prefix of their own for one test (`kind`: test, fault), named
+/// so that `scripts/services.sh sweep` can drop what a failed test left behind
+/// ([`ledgerflow_testkit::Sandbox`]).
 pub fn unique_names(kind: &str) -> (String, String) {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let tag = &tag[..12];
-    (format!("lf_{kind}_{secs}_{tag}"), format!("lf-{kind}-{secs}-{tag}"))
+    let sandbox = ledgerflow_testkit::Sandbox::new(kind);
+    (sandbox.db, sandbox.prefix)
 }
 
 fn init_logs() {

@@ -12,9 +12,8 @@
 //! mongod, and starts again whatever it stopped when dropped, even if the test panicked.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use ledgerflow::Settings;
+pub use ledgerflow_testkit::{LoggedChild, log_tail};
 
 use crate::{
     Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, ledgerflow_command, mongodb_uri,
@@ -204,94 +204,15 @@ pub async fn consumer_tags(queue: &str) -> Vec<String> {
 
 // ------------------------------------------------------------------------------ processes
 
-/// The last `n` lines of a process's log, for failure messages.
-pub fn log_tail(name: &str, log: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    format!(
-        "--- last {n} log lines of {name} ({}):\n{}",
-        log.display(),
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    )
-}
-
-/// A child process with its log file; killed (SIGKILL) and reaped when dropped.
-pub struct ChildProcess {
-    child: Child,
-    /// A name for messages, e.g. `worker-a`.
-    pub name: String,
-    pub log: PathBuf,
-    /// Set once the test stopped it on purpose (it is then not expected to be running).
-    pub stopped: bool,
-}
-
-impl ChildProcess {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `None` while it runs; its exit status once it has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    /// Sends a signal by name (`TERM`, `KILL`, `STOP`, …) with `kill(1)`.
-    pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
-        assert!(ok.success(), "kill -{signal} {} ({}) failed", self.pid(), self.name);
-    }
-
-    /// SIGKILL, then waits for the exit; returns the exit status.
-    pub fn sigkill(&mut self) -> ExitStatus {
-        self.stopped = true;
-        self.signal("KILL");
-        self.child.wait().unwrap()
-    }
-
-    /// SIGTERM, then waits up to `limit` for the process to exit.
-    pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        self.stopped = true;
-        self.signal("TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{} did not exit within {limit:?} of SIGTERM\n{}",
-                self.name,
-                self.tail(30)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// SIGTERM, then the exit status, which must come within [`PROCESS_DEADLINE`] (the test fails
+/// with the process's log tail otherwise).
+pub async fn stop(process: &mut LoggedChild) -> ExitStatus {
+    match process.terminate(PROCESS_DEADLINE).await {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            panic!("{} did not exit within {PROCESS_DEADLINE:?} of SIGTERM\n{}", process.name, process.tail(30))
         }
-    }
-
-    /// Its log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Its JSON log lines, parsed (lines that are not JSON, e.g. a panic message, are skipped).
-    pub fn log_events(&self) -> Vec<Value> {
-        self.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
-    /// The last `n` lines of its log, for failure messages.
-    pub fn tail(&self, n: usize) -> String {
-        log_tail(&self.name, &self.log, n)
-    }
-
-    /// Whether its log records a panic (the process may have survived it on another task).
-    pub fn panicked(&self) -> bool {
-        self.log_text().contains("panicked at")
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Err(e) => panic!("cannot stop {}: {e}", process.name),
     }
 }
 
@@ -330,20 +251,17 @@ impl ProcessEnv {
             bin.display()
         );
         let log = log_dir().join(format!("{}-{}-{name}.log", self.label, &self.prefix[self.prefix.len() - 8..]));
-        let file = File::create(&log).unwrap();
         let mut cmd = ledgerflow_command(settings);
         cmd.arg(subcommand)
             .env("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_TEST_PROCESS_LOG").unwrap_or_else(|_| "info".into()))
-            .env("LEDGERFLOW_LOG_FORMAT", "json")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
+            .env("LEDGERFLOW_LOG_FORMAT", "json");
         (cmd, log)
     }
 }
 
 /// A `ledgerflow worker` process.
 pub struct WorkerProcess {
-    pub process: ChildProcess,
+    pub process: LoggedChild,
 }
 
 impl WorkerProcess {
@@ -353,9 +271,8 @@ impl WorkerProcess {
         let mut settings = env.settings.worker_only();
         settings.worker.name = Some(format!("{name}-{}", env.prefix));
         settings.worker.prefetch = prefetch;
-        let (mut cmd, log) = env.command(&settings, "worker", name);
-        let child = cmd.spawn().unwrap();
-        Self { process: ChildProcess { child, name: name.into(), log, stopped: false } }
+        let (cmd, log) = env.command(&settings, "worker", name);
+        Self { process: LoggedChild::spawn(cmd, name, &log).unwrap() }
     }
 
     /// Commands this worker sent to the retry queue after a transient failure, from its log.
@@ -379,7 +296,7 @@ impl WorkerProcess {
 
 /// A `ledgerflow gateway` process listening on a free loopback port.
 pub struct GatewayProcess {
-    pub process: ChildProcess,
+    pub process: LoggedChild,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
 }
@@ -398,9 +315,9 @@ impl GatewayProcess {
             if let Some(uri) = amqp_uri {
                 settings.connections.amqp_uri = uri.to_owned();
             }
-            let (mut cmd, log) = env.command(&settings, "gateway", name);
+            let (cmd, log) = env.command(&settings, "gateway", name);
             let mut gateway = Self {
-                process: ChildProcess { child: cmd.spawn().unwrap(), name: name.into(), log, stopped: false },
+                process: LoggedChild::spawn(cmd, name, &log).unwrap(),
                 base: format!("http://127.0.0.1:{port}"),
             };
             let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
@@ -635,7 +552,7 @@ impl Cluster {
 
     /// Asserts that every process still runs and none logged a panic.
     pub fn assert_processes_alive(&mut self) {
-        let mut all: Vec<&mut ChildProcess> = self.workers.iter_mut().map(|w| &mut w.process).collect();
+        let mut all: Vec<&mut LoggedChild> = self.workers.iter_mut().map(|w| &mut w.process).collect();
         all.push(&mut self.gateway.process);
         for p in all.into_iter().filter(|p| !p.stopped) {
             if let Some(status) = p.exited() {
@@ -779,11 +696,11 @@ impl Cluster {
     pub async fn teardown(mut self) {
         for w in &mut self.workers {
             if w.process.exited().is_none() {
-                w.process.terminate(PROCESS_DEADLINE).await;
+                stop(&mut w.process).await;
             }
         }
         if self.gateway.process.exited().is_none() {
-            self.gateway.process.terminate(PROCESS_DEADLINE).await;
+            stop(&mut self.gateway.process).await;
         }
         let conn = self.amqp().await;
         let ch = conn.create_channel().await.unwrap();

@@ -4,9 +4,9 @@
 //! still running, so no failure path leaves one behind; each logs to a file of its own.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -15,6 +15,8 @@ use tracing::warn;
 
 use ledgerflow::Settings;
 use ledgerflow::settings::{GatewaySettings, WorkerSettings, from_env};
+
+use ledgerflow_testkit::LoggedChild;
 
 use crate::api::Api;
 use crate::args::ConnInfo;
@@ -44,72 +46,53 @@ fn ledgerflow_exe() -> Result<PathBuf> {
     Ok(exe)
 }
 
-/// One child process. Killed (SIGKILL) and reaped when dropped, so that no failure path, panic
-/// or timeout leaves a gateway or worker running after the bench.
+/// One child process, killed (SIGKILL) and reaped when dropped, so that no failure path,
+/// panic or timeout leaves a gateway or worker running after the bench.
 struct Proc {
+    process: LoggedChild,
     name: String,
-    child: Child,
-    log: PathBuf,
     /// Where a worker serves its Prometheus metrics.
     metrics: Option<String>,
 }
 
 impl Proc {
     fn spawn(exe: &Path, name: &str, subcommand: &str, env: &[(&str, String)], logs: &Path) -> Result<Self> {
-        let log = logs.join(format!("{name}.log"));
-        let stdout = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let stderr = stdout.try_clone().context("cannot share the log file")?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg(subcommand)
             // One inherited metrics port for several workers would clash (each worker is given
             // its own below); plain text logs are counted below.
             .env_remove("LEDGERFLOW_METRICS_ADDR")
             .env_remove("LEDGERFLOW_LOG_FORMAT")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("cannot start the {name} process"))?;
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let log = logs.join(format!("{name}.log"));
+        let process =
+            LoggedChild::spawn(command, name, &log).with_context(|| format!("cannot start the {name} process"))?;
         let metrics =
             env.iter().find(|(k, _)| *k == "LEDGERFLOW_METRICS_ADDR").map(|(_, v)| format!("http://{v}/metrics"));
-        Ok(Self { name: name.to_owned(), child, log, metrics })
+        Ok(Self { process, name: name.to_owned(), metrics })
     }
 
     fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.process.exited()
     }
 
-    /// Asks for a graceful stop as an orchestrator would. Through kill(1): calling kill(2)
-    /// directly would need the `unsafe` this workspace forbids.
-    fn terminate(&self) -> Result<()> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().context("cannot run kill")?;
-        ensure!(status.success(), "kill -TERM {pid} ({}) failed", self.name);
-        Ok(())
+    /// Asks for a graceful stop as an orchestrator would; the caller waits for the exit.
+    fn terminate(&mut self) -> Result<()> {
+        self.process.stopped = true;
+        self.process.signal("TERM").with_context(|| format!("cannot stop the {} process", self.name))
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.process.tail(lines)
     }
 
     /// Lines logged at WARN and ERROR: anything there during a benchmark is worth a look.
     fn log_counts(&self) -> LogCounts {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.process.log_text();
         LogCounts {
             warn: text.lines().filter(|l| l.contains(" WARN ")).count(),
             error: text.lines().filter(|l| l.contains(" ERROR ")).count(),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exit_status().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -172,7 +155,7 @@ impl Cluster {
 
     /// Each process's name and pid.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        self.procs.iter().map(|p| (p.name.clone(), p.child.id())).collect()
+        self.procs.iter().map(|p| (p.name.clone(), p.process.pid())).collect()
     }
 
     /// Waits until the gateway answers `/readyz`; fails at once if any process died meanwhile.

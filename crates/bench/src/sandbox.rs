@@ -1,6 +1,6 @@
 //! The names a run works under, and the SYSTEM user it funds accounts with. A run of its own
-//! gets a fresh database and queue prefix named `ledgerflow_bench_<unix secs>_<tag>`, a name
-//! `scripts/services.sh sweep` recognises and ages: what a killed or `--keep` run leaves
+//! gets a fresh database and queue prefix from `ledgerflow_testkit::Sandbox` (kind `bench`),
+//! which `scripts/services.sh sweep` recognises and ages: what a killed or `--keep` run leaves
 //! behind goes once it is a day old.
 
 use secrecy::SecretString;
@@ -27,13 +27,14 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(conn: &ConnInfo, args: &BenchArgs) -> Self {
-        let tag = random_hex(4);
-        let name = sandbox_name(&tag);
+        let names = ledgerflow_testkit::Sandbox::new("bench");
+        let logs = std::env::temp_dir().join(&names.db);
+        let raw_db = names.extra_db("raw");
         let (db, prefix, owned) = match args.target {
             Some(_) => (conn.services.mongodb_db.clone(), conn.services.amqp_prefix.clone(), false),
-            None => (name.clone(), name.clone(), true),
+            None => (names.db, names.prefix, true),
         };
-        Self { raw_db: format!("{name}_raw"), logs: std::env::temp_dir().join(&name), tag, db, prefix, owned }
+        Self { raw_db, logs, tag: names.tag, db, prefix, owned }
     }
 
     /// Says where the process logs are, if any were written.
@@ -76,30 +77,8 @@ impl Credentials {
     }
 }
 
-/// `ledgerflow_bench_<unix seconds>_<tag>`: the creation time lets `scripts/services.sh sweep`
-/// drop what a killed or `--keep` run left behind once it is a day old.
-pub fn sandbox_name(tag: &str) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("ledgerflow_bench_{secs}_{tag}")
-}
-
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::fill(&mut buf[..]);
     hex::encode(buf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sandbox_name;
-
-    #[test]
-    fn sandbox_names_carry_their_creation_time_for_the_sweep() {
-        // scripts/services.sh sweep matches ledgerflow_bench_(\d+)_[0-9a-f]+ and ages it by the number.
-        let name = sandbox_name("0a1b2c3d");
-        let secs = name.strip_prefix("ledgerflow_bench_").and_then(|rest| rest.strip_suffix("_0a1b2c3d"));
-        let secs: u64 = secs.and_then(|s| s.parse().ok()).expect("ledgerflow_bench_<secs>_<tag>");
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-        assert!(now.abs_diff(secs) < 60, "{name}");
-    }
 }
