@@ -11,8 +11,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use indicatif::ProgressBar;
 use ledgerflow_domain::{AccountId, TransferKind};
-use ledgerflow_messaging::lapin::BasicProperties;
-use ledgerflow_messaging::{COMMAND_TYPE, Publisher};
+use ledgerflow_messaging::Publisher;
 
 use crate::api::Api;
 use crate::figures::LoadFigures;
@@ -173,9 +172,7 @@ async fn publish_direct(publisher: &Publisher, from: AccountId, to: AccountId, a
         Ok(cmd) => cmd,
         Err(e) => return Sent::rejected(key, sent, format!("invalid command: {e}")),
     };
-    let props = BasicProperties::default().with_type(COMMAND_TYPE.into()).with_app_id("ledgerflow-bench".into());
-    let exchange = publisher.topology().transfers();
-    match publisher.publish(&exchange, &from.to_string(), &cmd.to_json(), props).await {
+    match publisher.publish_command(&cmd, None).await {
         Ok(()) => Sent::accepted(key, sent),
         Err(e) => Sent::rejected(key, sent, e.to_string()),
     }

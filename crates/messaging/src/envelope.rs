@@ -19,20 +19,21 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 impl Publisher {
     /// Publishes a command to the transfers exchange, routed by its sending account (so every
     /// command of one account reaches the same partition), and waits for the confirm. The
-    /// message id is the transaction id; `request_id` follows the transfer into the worker's
-    /// logs.
+    /// message id is the transaction id, when the command has one (an upstream system's has
+    /// none); `request_id` follows the transfer into the worker's logs.
     pub async fn publish_command(&self, cmd: &TransferCommand, request_id: Option<&str>) -> Result<(), MessagingError> {
-        let id = cmd.transaction_id.map(|id| id.to_string()).unwrap_or_default();
         let mut headers = FieldTable::default();
         if let Some(request_id) = request_id {
             headers.insert(REQUEST_ID_HEADER.into(), AMQPValue::LongString(request_id.into()));
         }
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_headers(headers)
-            .with_message_id(id.as_str().into())
             .with_type(COMMAND_TYPE.into())
             .with_app_id(self.name().into())
             .with_timestamp(cmd.requested_at.timestamp().max(0).unsigned_abs());
+        if let Some(id) = cmd.transaction_id {
+            props = props.with_message_id(id.to_string().into());
+        }
         let exchange = self.topology().transfers();
         self.publish(&exchange, &cmd.request.from.to_string(), &cmd.to_json(), props).await
     }

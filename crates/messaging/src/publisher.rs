@@ -178,8 +178,9 @@ impl Publisher {
         }
     }
 
-    /// Publishes persistently to `exchange` and waits for the broker's confirm.
-    pub async fn publish(
+    /// Publishes persistently to `exchange` and waits for the broker's confirm. Crate-private:
+    /// what is published, and with which properties, is `envelope`'s and `delivery`'s to say.
+    pub(crate) async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
