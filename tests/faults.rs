@@ -471,7 +471,7 @@ async fn gateway_and_workers_ride_out_a_rabbitmq_restart_answering_503_meanwhile
             assert!(start.elapsed() < WAIT, "the gateway did not reconnect\n{}", c.gateway.process.tail(20));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let names: Vec<String> = (0..2).map(|i| format!("worker-{i}-{}", c.env.prefix)).collect();
+        let names: Vec<String> = (0..2).map(|i| format!("worker-{i}-{}", c.env.prefix())).collect();
         let start = Instant::now();
         loop {
             let mut tags = Vec::new();

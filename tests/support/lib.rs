@@ -66,11 +66,6 @@ pub async fn ready_commands(conn: &Connection, topology: &Topology) -> u32 {
     ready
 }
 
-/// A test topology under `prefix`, as the test's processes see it (`ledgerflow_command`).
-pub fn topology(prefix: &str) -> Topology {
-    Topology::new(prefix).with_partitions(PARTITIONS)
-}
-
 pub const SYSTEM_EMAIL: &str = "system@ledgerflow.test";
 pub const SYSTEM_PASSWORD: &str = "system-password-for-tests";
 /// One JWT secret for every test gateway, so a token works on each.

@@ -221,8 +221,6 @@ pub async fn stop(process: &mut LoggedChild) -> ExitStatus {
 #[derive(Clone)]
 pub struct ProcessEnv {
     pub settings: Settings,
-    pub db: String,
-    pub prefix: String,
     pub label: String,
 }
 
@@ -237,8 +235,17 @@ impl ProcessEnv {
         gateway.republish_interval = REPUBLISH_INTERVAL.into();
         settings.worker.retry_delay = Duration::from_secs(1).into();
         settings.worker.max_attempts = 10;
-        let (db, prefix) = (settings.connections.mongodb_db.clone(), settings.connections.amqp_prefix.clone());
-        Self { settings, db, prefix, label: label.into() }
+        Self { settings, label: label.into() }
+    }
+
+    /// The cluster's database.
+    pub fn db(&self) -> &str {
+        &self.settings.connections.mongodb_db
+    }
+
+    /// The cluster's queue-name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.settings.connections.amqp_prefix
     }
 
     /// `ledgerflow <subcommand>` with `settings` as its environment, logging JSON to a file
@@ -250,7 +257,7 @@ impl ProcessEnv {
             "{} is missing: run `cargo build --bin ledgerflow` (scripts/test.sh does)",
             bin.display()
         );
-        let log = log_dir().join(format!("{}-{}-{name}.log", self.label, &self.prefix[self.prefix.len() - 8..]));
+        let log = log_dir().join(format!("{}-{}-{name}.log", self.label, &self.prefix()[self.prefix().len() - 8..]));
         let mut cmd = ledgerflow_command(settings);
         cmd.arg(subcommand)
             .env("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_TEST_PROCESS_LOG").unwrap_or_else(|_| "info".into()))
@@ -269,7 +276,7 @@ impl WorkerProcess {
     /// it is unique across tests).
     pub fn spawn(env: &ProcessEnv, name: &str, prefetch: u16) -> Self {
         let mut settings = env.settings.worker_only();
-        settings.worker.name = Some(format!("{name}-{}", env.prefix));
+        settings.worker.name = Some(format!("{name}-{}", env.prefix()));
         settings.worker.prefetch = prefetch;
         let (cmd, log) = env.command(&settings, "worker", name);
         Self { process: LoggedChild::spawn(cmd, name, &log).unwrap() }
@@ -503,9 +510,9 @@ impl Cluster {
 
     async fn start_with(label: &str, workers: usize, proxy: Option<AmqpProxy>) -> Self {
         let env = ProcessEnv::new(label);
-        let store = Store::connect(&mongodb_uri(), &env.db).await.unwrap();
-        let raw = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(&env.db);
-        let topology = crate::topology(&env.prefix);
+        let store = Store::connect(&mongodb_uri(), env.db()).await.unwrap();
+        let raw = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(env.db());
+        let topology = env.settings.connections.topology();
         let gateway = GatewayProcess::spawn(&env, "gateway", proxy.as_ref().map(|p| p.uri.as_str())).await;
         let client = Client::new(gateway.base.clone(), HTTP_TIMEOUT, Some(gateway.process.log.clone()));
         let mut cluster =
@@ -634,7 +641,7 @@ impl Cluster {
 
     /// A fresh connection to the broker (closed by the caller or on drop).
     pub async fn amqp(&self) -> Connection {
-        connect(&amqp_uri(), &format!("fault-test-harness-{}", self.env.prefix)).await.unwrap()
+        connect(&amqp_uri(), &format!("fault-test-harness-{}", self.env.prefix())).await.unwrap()
     }
 
     /// Publishes raw bodies to the transfers exchange as an upstream system would, each
@@ -709,7 +716,7 @@ impl Cluster {
         // A killed worker's open MongoDB transactions hold locks until mongod expires them
         // (transactionLifetimeLimitSeconds), and dropDatabase waits for them: give up then.
         if tokio::time::timeout(Duration::from_secs(10), self.store.drop_database()).await.is_err() {
-            println!("note: database {} not dropped within 10 s (locks held by orphaned transactions?)", self.env.db);
+            println!("note: database {} not dropped within 10 s (locks held by orphaned transactions?)", self.env.db());
         }
         if std::env::var_os("LEDGERFLOW_FAULT_KEEP_LOGS").is_none() {
             for p in self.workers.iter().map(|w| &w.process).chain([&self.gateway.process]) {
@@ -725,7 +732,8 @@ impl Drop for Cluster {
         if !self.torn_down && std::thread::panicking() {
             eprintln!(
                 "fault test failed: database {} and queues {}.* are kept; process logs:",
-                self.env.db, self.env.prefix
+                self.env.db(),
+                self.env.prefix()
             );
             for p in self.workers.iter().map(|w| &w.process).chain([&self.gateway.process]) {
                 eprintln!("{}", p.tail(20));
