@@ -464,7 +464,9 @@ async fn accounts_are_private_and_only_system_changes_their_status() {
         "VALIDATION_ERROR",
     );
     let balance = app.call("GET", &format!("/api/accounts/{a}/balance"), Some(&alice.token), None).await.1;
-    assert_eq!(balance, json!({"accountId": a, "currency": "USD", "balance": 0}));
+    let nothing_held = json!({"accountId": a, "currency": "USD", "balance": 0, "pendingDebits": 0, "pendingCredits": 0,
+        "available": 0, "overdraftLimit": 0});
+    assert_eq!(balance, nothing_held);
 
     let path = format!("/api/accounts/{a}/status");
     let by_user = app.call("PATCH", &path, Some(&alice.token), Some(json!({"status": "SUSPENDED"}))).await;

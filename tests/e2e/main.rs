@@ -9,6 +9,7 @@ mod batch;
 mod client;
 mod contract;
 mod ledger;
+mod limits;
 mod pipeline;
 mod queue;
 mod reversals;

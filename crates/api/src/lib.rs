@@ -43,6 +43,10 @@ pub struct AccountBody {
     pub currency: String,
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// How far below zero the balance may go (0: not at all). Set by SYSTEM.
+    pub overdraft_limit: i64,
+    /// The most `balance + pendingCredits` may reach; null: no ceiling. Set by SYSTEM.
+    pub max_balance: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -53,14 +57,23 @@ pub struct AccountList {
     pub next_cursor: Option<String>,
 }
 
-/// A balance derived from the ledger, in integer minor units.
+/// A balance derived from the ledger, and what holds and limits make of it, in integer
+/// minor units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BalanceBody {
     #[schema(format = Uuid)]
     pub account_id: String,
     pub currency: String,
+    /// Posted money: the latest ledger entry's `balanceAfter`.
     pub balance: i64,
+    /// Reserved by HELD holds that debit this account.
+    pub pending_debits: i64,
+    /// Reserved by HELD holds that credit this account.
+    pub pending_credits: i64,
+    /// What a new debit may take: `balance − pendingDebits + overdraftLimit`.
+    pub available: i64,
+    pub overdraft_limit: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

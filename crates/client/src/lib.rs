@@ -76,6 +76,14 @@ pub struct Transfer<'a> {
     pub description: Option<&'a str>,
 }
 
+/// A change of an account's limits, in minor units; `None`: left as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub overdraft_limit: Option<i64>,
+    /// `Some(None)` removes the ceiling.
+    pub max_balance: Option<Option<i64>>,
+}
+
 /// A money movement the gateway took: new (202, PENDING) or a repeat of an earlier request
 /// under the same idempotency key (200, in its current state).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +200,19 @@ impl Client {
     /// `GET /api/accounts/{id}/entries`: the newest entries first.
     pub async fn entries(&self, account: &str) -> Result<EntryList> {
         Ok(self.call(Method::GET, &format!("/api/accounts/{account}/entries"), None).await?.1)
+    }
+
+    /// `PATCH /api/accounts/{id}/limits` (SYSTEM only): a field left `None` keeps its value;
+    /// `max_balance: Some(None)` removes the ceiling.
+    pub async fn set_limits(&self, account: &str, limits: &Limits) -> Result<AccountBody> {
+        let mut body = json!({});
+        if let Some(overdraft) = limits.overdraft_limit {
+            body["overdraftLimit"] = json!(overdraft);
+        }
+        if let Some(max) = limits.max_balance {
+            body["maxBalance"] = json!(max);
+        }
+        Ok(self.call(Method::PATCH, &format!("/api/accounts/{account}/limits"), Some(&body)).await?.1)
     }
 
     /// `POST /transactions`.

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{AccountLimits, Reserved, available};
 use crate::{AccountId, AccountStatus, Balance, Currency, FailureReason, TransferKind, TransferRequest};
 
 /// The side of a ledger entry.
@@ -32,6 +33,9 @@ pub struct AccountSnapshot {
     pub currency: Currency,
     /// Derived from the account's latest entry (`balanceAfter`), never stored separately.
     pub balance: Balance,
+    /// What HELD holds reserve on it.
+    pub reserved: Reserved,
+    pub limits: AccountLimits,
 }
 
 impl AccountSnapshot {
@@ -39,6 +43,25 @@ impl AccountSnapshot {
     /// issued money comes from, so its negative balance is the total issued.
     pub fn is_funding(&self) -> bool {
         self.id == AccountId::funding(self.currency)
+    }
+
+    /// What a new debit may take ([`crate::limits`]).
+    pub fn available(&self) -> i64 {
+        available(self.balance, self.reserved, self.limits)
+    }
+
+    /// Whether a debit (or a reservation) of `amount` fits: within `available`, except on
+    /// the funding account, which is unbounded below.
+    pub fn may_debit(&self, amount: i64) -> Result<(), FailureReason> {
+        if self.is_funding() || self.available() >= amount { Ok(()) } else { Err(FailureReason::InsufficientFunds) }
+    }
+
+    /// Whether a credit (or a reservation in its favour) of `amount` stays under the
+    /// account's ceiling, counting what holds already reserve for it.
+    pub fn may_credit(&self, amount: i64) -> Result<(), FailureReason> {
+        let Some(max) = self.limits.max_balance() else { return Ok(()) };
+        let after = i128::from(self.balance.minor()) + i128::from(self.reserved.credits) + i128::from(amount);
+        if after > i128::from(max) { Err(FailureReason::BalanceLimitExceeded) } else { Ok(()) }
     }
 }
 
@@ -104,9 +127,8 @@ pub fn post_transfer(
         return Err(FailureReason::CurrencyMismatch);
     }
     let amount = request.amount.minor();
-    if !from.is_funding() && from.balance.minor() < amount {
-        return Err(FailureReason::InsufficientFunds);
-    }
+    from.may_debit(amount)?;
+    to.may_credit(amount)?;
     let debit_after = from.balance.minor().checked_sub(amount);
     let credit_after = to.balance.minor().checked_add(amount);
     match (debit_after, credit_after) {
@@ -126,6 +148,8 @@ mod tests {
             status: AccountStatus::Active,
             currency: Currency::USD,
             balance: Balance(balance),
+            reserved: Reserved::default(),
+            limits: AccountLimits::NONE,
         }
     }
 
@@ -204,6 +228,41 @@ mod tests {
             TransferRequest::reversal(crate::TransactionId::generate(), f.id, b.id, t.amount, Currency::USD, None);
         let p = post_transfer(&undo, Some(&account(1_000)), Some(&f)).expect("reversal into funding");
         assert_eq!(p.credit_balance_after, Balance(500));
+    }
+
+    #[test]
+    fn held_money_cannot_be_spent_twice() {
+        let held = AccountSnapshot { reserved: Reserved { debits: 60, credits: 0 }, ..account(100) };
+        let b = account(0);
+        // The balance covers 100, but 60 of it is reserved.
+        assert_eq!(
+            post_transfer(&transfer(&held, &b, 41), Some(&held), Some(&b)),
+            Err(FailureReason::InsufficientFunds)
+        );
+        assert!(post_transfer(&transfer(&held, &b, 40), Some(&held), Some(&b)).is_ok());
+    }
+
+    #[test]
+    fn an_overdraft_line_goes_down_to_exactly_minus_the_limit() {
+        let limits = AccountLimits::new(500, None).expect("valid");
+        let a = AccountSnapshot { limits, ..account(100) };
+        let b = account(0);
+        let p = post_transfer(&transfer(&a, &b, 600), Some(&a), Some(&b)).expect("within the line");
+        assert_eq!(p.debit_balance_after, Balance(-500));
+        let a = AccountSnapshot { balance: Balance(-500), ..a };
+        assert_eq!(post_transfer(&transfer(&a, &b, 1), Some(&a), Some(&b)), Err(FailureReason::InsufficientFunds));
+    }
+
+    #[test]
+    fn a_ceiling_refuses_the_credit_that_would_pass_it_counting_reserved_credits() {
+        let limits = AccountLimits::new(0, Some(1_000)).expect("valid");
+        let capped = AccountSnapshot { limits, reserved: Reserved { debits: 0, credits: 200 }, ..account(700) };
+        let a = account(10_000);
+        assert!(post_transfer(&transfer(&a, &capped, 100), Some(&a), Some(&capped)).is_ok());
+        assert_eq!(
+            post_transfer(&transfer(&a, &capped, 101), Some(&a), Some(&capped)),
+            Err(FailureReason::BalanceLimitExceeded)
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod error;
 pub mod fields;
 mod ids;
 mod ledger;
+pub mod limits;
 mod money;
 mod reversal;
 mod transaction;
@@ -23,6 +24,7 @@ pub use command::{COMMAND_VERSION, CommandError, MAX_COMMAND_BYTES, TransferComm
 pub use error::DomainError;
 pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, RequestId, ServiceName, TransactionId, UserId};
 pub use ledger::{AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_transfer};
+pub use limits::{AccountLimits, LimitRefusal, Reserved};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use reversal::{NotReversible, ReversalCandidate};
 pub use transaction::{AccountStatus, Description, FailureReason, TransactionStatus, TransferKind, TransferRequest};

@@ -8,6 +8,7 @@ pub use ledgerflow_api::{
     AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, StatusBody, TransactionBody,
     TransactionEnvelope, TransactionList, UserBody,
 };
+use ledgerflow_domain::{Balance, limits};
 use ledgerflow_store::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 
 fn time(t: DateTime<Utc>) -> String {
@@ -32,6 +33,22 @@ pub fn account(a: &AccountRecord) -> AccountBody {
         status: a.status.as_str().to_owned(),
         currency: a.currency.code().to_owned(),
         created_at: time(a.created_at),
+        overdraft_limit: a.limits.overdraft(),
+        max_balance: a.limits.max_balance(),
+    }
+}
+
+/// An account's balance as answered: posted money from the ledger, reservations and limits
+/// from the account.
+pub fn balance(a: &AccountRecord, posted: Balance) -> BalanceBody {
+    BalanceBody {
+        account_id: a.id.to_string(),
+        currency: a.currency.code().to_owned(),
+        balance: posted.minor(),
+        pending_debits: a.reserved.debits,
+        pending_credits: a.reserved.credits,
+        available: limits::available(posted, a.reserved, a.limits),
+        overdraft_limit: a.limits.overdraft(),
     }
 }
 

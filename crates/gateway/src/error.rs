@@ -8,7 +8,7 @@ use std::fmt;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ledgerflow_domain::{Currency, DomainError, MAX_ACCOUNTS_PER_USER, NotReversible, StatusRefusal};
+use ledgerflow_domain::{Currency, DomainError, LimitRefusal, MAX_ACCOUNTS_PER_USER, NotReversible, StatusRefusal};
 use ledgerflow_messaging::MessagingError;
 use ledgerflow_store::StoreError;
 use tracing::error;
@@ -66,6 +66,8 @@ pub enum ApiError {
     /// The account may not take the status asked for.
     #[error("{0}")]
     StatusRefused(#[from] StatusRefusal),
+    #[error("{0}")]
+    LimitRefused(#[from] LimitRefusal),
     #[error("idempotencyKey was already used with a different request")]
     IdempotencyKeyReused,
     #[error("the transaction is already reversed, or a reversal of it is in progress")]
@@ -174,6 +176,7 @@ impl ApiError {
             Self::AccountLimitReached => (StatusCode::CONFLICT, "ACCOUNT_LIMIT_REACHED"),
             Self::StatusRefused(StatusRefusal::NotEmpty { .. }) => (StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY"),
             Self::StatusRefused(StatusRefusal::Closed) => (StatusCode::CONFLICT, "ACCOUNT_CLOSED"),
+            Self::LimitRefused(LimitRefusal::BelowBalance { .. }) => (StatusCode::CONFLICT, "LIMIT_BELOW_BALANCE"),
             Self::IdempotencyKeyReused => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED"),
             Self::AlreadyReversed => (StatusCode::CONFLICT, "ALREADY_REVERSED"),
             Self::NotReversible(_) => (StatusCode::CONFLICT, "NOT_REVERSIBLE"),

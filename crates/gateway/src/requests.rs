@@ -10,8 +10,8 @@
 use std::str::FromStr;
 
 use ledgerflow_domain::{
-    AccountId, AccountStatus, Amount, Currency, Description, DomainError, Email, IdempotencyKey, Password, PersonName,
-    TransactionId, TransactionStatus, fields,
+    AccountId, AccountLimits, AccountStatus, Amount, Currency, Description, DomainError, Email, IdempotencyKey,
+    Password, PersonName, TransactionId, TransactionStatus, fields,
 };
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
@@ -63,6 +63,34 @@ pub struct StatusRequest {
     /// `ACTIVE`, `SUSPENDED` or `CLOSED`.
     #[schema(value_type = String, example = "SUSPENDED", pattern = "^(ACTIVE|SUSPENDED|CLOSED)$")]
     pub status: AccountStatus,
+}
+
+/// New limits for an account; a field left out keeps its value.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitsRequest {
+    /// How far below zero the account may go, in minor units (0: not at all).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    pub overdraft_limit: Option<i64>,
+    /// The most `balance + pendingCredits` may reach, in minor units; null removes the ceiling.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub max_balance: Option<Option<i64>>,
+}
+
+impl LimitsRequest {
+    /// The limits once this change is applied to `current`.
+    pub fn apply_to(&self, current: AccountLimits) -> Result<AccountLimits, DomainError> {
+        AccountLimits::new(
+            self.overdraft_limit.unwrap_or(current.overdraft()),
+            self.max_balance.unwrap_or(current.max_balance()),
+        )
+    }
+}
+
+/// A field that may be absent (outer `None`, by `default`) or `null` (inner `None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, ToSchema)]

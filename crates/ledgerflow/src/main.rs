@@ -61,9 +61,9 @@ enum Command {
     #[command(after_help = "Checks: debits equal credits per currency; every COMPLETED transaction has exactly\n\
 one DEBIT and one CREDIT of its amount, others none, and no entry lacks its transaction; each\n\
 account's entries are numbered 1, 2, 3… with running balances that add up and an intact hash\n\
-chain, and the account's seq is its latest entry's; no account but the funding account is\n\
-negative, and no CLOSED account holds money; nothing is PENDING longer than --max-pending-age;\n\
-every document parses.\n\n\
+chain, and the account's seq is its latest entry's; no account but the funding account goes\n\
+below its overdraft line, and no CLOSED account holds money; nothing is PENDING longer than\n\
+--max-pending-age; every document parses.\n\n\
 Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-age 15m")]
     Reconcile {
         /// Print the report as JSON.

@@ -1,13 +1,15 @@
 //! Accounts, their derived balances and their entry history.
 
 use futures::{FutureExt, TryStreamExt};
+use ledgerflow_domain::limits::may_set_limits;
 use ledgerflow_domain::{
-    AccountId, AccountSnapshot, AccountStatus, Balance, Currency, MAX_ACCOUNTS_PER_USER, StatusRefusal, UserId,
+    AccountId, AccountLimits, AccountSnapshot, AccountStatus, Balance, Currency, LimitRefusal, MAX_ACCOUNTS_PER_USER,
+    StatusRefusal, UserId,
 };
 use mongodb::bson::doc;
 use mongodb::options::{ReadConcern, WriteConcern};
 
-use crate::docs::AccountDoc;
+use crate::docs::{AccountDoc, reserved_guard};
 use crate::{AccountRecord, EntryRecord, MAX_PAGE, Store, StoreError};
 
 impl Store {
@@ -137,7 +139,14 @@ impl Store {
             // Only closing depends on the balance; read after the account, so it holds at
             // least every posting up to the `seq` the write is guarded by.
             let balance = if status == AccountStatus::Closed { self.balance(id).await? } else { Balance::ZERO };
-            let snapshot = AccountSnapshot { id, status: account.status, currency: account.currency, balance };
+            let snapshot = AccountSnapshot {
+                id,
+                status: account.status,
+                currency: account.currency,
+                balance,
+                reserved: account.reserved,
+                limits: account.limits,
+            };
             if let Err(refusal) = snapshot.may_become(status) {
                 return Ok(Some(Err(refusal)));
             }
@@ -148,6 +157,50 @@ impl Store {
             let updated = self
                 .accounts()
                 .find_one_and_update(guarded, doc! { "$set": { "status": status.as_str() } })
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await?;
+            if let Some(doc) = updated {
+                return Ok(Some(Ok(doc.try_into()?)));
+            }
+        }
+        Err(StoreError::Contention { attempts: ATTEMPTS })
+    }
+
+    /// Sets an account's limits if the domain allows it ([`ledgerflow_domain::limits`]);
+    /// `None` if there is no such client account.
+    ///
+    /// Guarded like [`Store::set_account_status`]: by the `seq` and the reserved debits read,
+    /// which every posting and every hold moves, so the overdraft line is never lowered past
+    /// money that was spent or held meanwhile, and a decision still in flight conflicts with
+    /// this write and re-reads the new limits.
+    pub async fn set_account_limits(
+        &self,
+        id: AccountId,
+        limits: AccountLimits,
+    ) -> Result<Option<Result<AccountRecord, LimitRefusal>>, StoreError> {
+        const ATTEMPTS: u32 = 10;
+        let client_account = doc! { "_id": id.to_string(), "ownerId": { "$ne": null } };
+        for _ in 0..ATTEMPTS {
+            let Some(doc) = self.accounts().find_one(client_account.clone()).await? else {
+                return Ok(None);
+            };
+            let account = AccountRecord::try_from(doc)?;
+            let balance = self.balance(id).await?;
+            if let Err(refusal) = may_set_limits(balance, account.reserved, limits) {
+                return Ok(Some(Err(refusal)));
+            }
+            let guarded = doc! {
+                "_id": id.to_string(),
+                "seq": account.seq,
+                "pendingDebits": reserved_guard(account.reserved.debits),
+            };
+            let set = doc! {
+                "$set": { "overdraftLimit": limits.overdraft(), "maxBalance": limits.max_balance() },
+                "$max": { "peakOverdraft": limits.overdraft() },
+            };
+            let updated = self
+                .accounts()
+                .find_one_and_update(guarded, set)
                 .return_document(mongodb::options::ReturnDocument::After)
                 .await?;
             if let Some(doc) = updated {

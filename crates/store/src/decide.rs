@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use ledgerflow_domain::{
-    AccountId, AccountSnapshot, Balance, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH, NotReversible,
-    Posting, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, post_transfer,
+    AccountId, AccountLimits, AccountSnapshot, Balance, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH,
+    NotReversible, Posting, Reserved, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest,
+    post_transfer,
 };
 
 use crate::execute::{Execution, Outcome};
@@ -114,6 +115,8 @@ impl AccountState {
             status: account.status,
             currency: account.currency,
             balance: self.head.balance,
+            reserved: account.reserved,
+            limits: account.limits,
         }
     }
 
@@ -268,6 +271,9 @@ impl Batch {
             currency: request.currency,
             seq: 0,
             created_at: self.now,
+            reserved: Reserved::default(),
+            limits: AccountLimits::NONE,
+            peak_overdraft: 0,
         };
         let head = AccountHead::empty(account);
         self.accounts.insert(funding, Ok(AccountState { loaded_seq: 0, head, new: true }));
@@ -368,6 +374,9 @@ mod tests {
             currency: Currency::USD,
             seq,
             created_at: Utc::now(),
+            reserved: Reserved::default(),
+            limits: AccountLimits::NONE,
+            peak_overdraft: 0,
         };
         let hash = if seq == 0 { GENESIS_HASH.to_owned() } else { format!("head-of-{seq}") };
         AccountHead { account, balance: Balance(balance), hash }

@@ -8,9 +8,9 @@ use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use ledgerflow_domain::{
-    AccountId, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId, EntryType,
-    FailureReason, IdempotencyKey, Initiator, PersonName, ReversalCandidate, Role, TransactionId, TransactionStatus,
-    TransferCommand, TransferKind, TransferRequest, UserId,
+    AccountId, AccountLimits, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId,
+    EntryType, FailureReason, IdempotencyKey, Initiator, PersonName, Reserved, ReversalCandidate, Role, TransactionId,
+    TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
 };
 use mongodb::bson::DateTime as BsonDateTime;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,12 @@ pub(crate) fn to_bson_time(t: DateTime<Utc>) -> BsonDateTime {
 
 pub(crate) fn from_bson_time(t: BsonDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or_default()
+}
+
+/// A query guard on a reserved amount as read: a zero also matches an account stored before
+/// holds, which has no such field.
+pub(crate) fn reserved_guard(read: i64) -> mongodb::bson::Bson {
+    if read == 0 { mongodb::bson::bson!({ "$in": [0_i64, null] }) } else { read.into() }
 }
 
 /// Parses one stored field, naming the document on failure.
@@ -92,6 +98,20 @@ pub(crate) struct AccountDoc {
     /// Sequence number of the account's latest entry (0: none yet). Bumped by every posting.
     pub seq: i64,
     pub created_at: BsonDateTime,
+    /// What HELD holds reserve on the account (see `ledgerflow_domain::limits`), kept in step
+    /// with the holds in the same transactions. Absent on accounts stored before holds: 0.
+    #[serde(default)]
+    pub pending_debits: i64,
+    #[serde(default)]
+    pub pending_credits: i64,
+    /// Set by SYSTEM; absent: no overdraft, no ceiling.
+    #[serde(default)]
+    pub overdraft_limit: i64,
+    #[serde(default)]
+    pub max_balance: Option<i64>,
+    /// The widest overdraft line the account ever had, for `reconcile` to judge old entries by.
+    #[serde(default)]
+    pub peak_overdraft: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +122,10 @@ pub struct AccountRecord {
     pub currency: Currency,
     pub seq: i64,
     pub created_at: DateTime<Utc>,
+    pub reserved: Reserved,
+    pub limits: AccountLimits,
+    /// The widest overdraft line it ever had (at least `limits.overdraft()`).
+    pub peak_overdraft: i64,
 }
 
 impl AccountDoc {
@@ -114,6 +138,11 @@ impl AccountDoc {
             currency: currency.code().to_owned(),
             seq: 0,
             created_at: to_bson_time(Utc::now()),
+            pending_debits: 0,
+            pending_credits: 0,
+            overdraft_limit: 0,
+            max_balance: None,
+            peak_overdraft: 0,
         }
     }
 }
@@ -127,6 +156,11 @@ impl From<&AccountRecord> for AccountDoc {
             currency: a.currency.code().to_owned(),
             seq: a.seq,
             created_at: to_bson_time(a.created_at),
+            pending_debits: a.reserved.debits,
+            pending_credits: a.reserved.credits,
+            overdraft_limit: a.limits.overdraft(),
+            max_balance: a.limits.max_balance(),
+            peak_overdraft: a.peak_overdraft,
         }
     }
 }
@@ -135,6 +169,7 @@ impl TryFrom<AccountDoc> for AccountRecord {
     type Error = StoreError;
     fn try_from(d: AccountDoc) -> Result<Self, StoreError> {
         const C: &str = "accounts";
+        let corrupt = |reason| StoreError::Corrupt { collection: C, id: d.id.clone(), reason };
         Ok(Self {
             id: field(C, &d.id, &d.id)?,
             owner_id: d.owner_id.as_deref().map(|o| field(C, &d.id, o)).transpose()?,
@@ -142,6 +177,12 @@ impl TryFrom<AccountDoc> for AccountRecord {
             currency: field(C, &d.id, &d.currency)?,
             seq: d.seq,
             created_at: from_bson_time(d.created_at),
+            reserved: match (d.pending_debits, d.pending_credits) {
+                (debits @ 0.., credits @ 0..) => Reserved { debits, credits },
+                _ => return Err(corrupt("pendingDebits and pendingCredits must not be negative".to_owned())),
+            },
+            limits: AccountLimits::new(d.overdraft_limit, d.max_balance).map_err(|e| corrupt(e.to_string()))?,
+            peak_overdraft: d.peak_overdraft.max(d.overdraft_limit),
         })
     }
 }

@@ -339,8 +339,11 @@ impl<'a> AccountWalk<'a> {
             );
             self.balance = Some(e.balance_after.minor());
         }
-        if e.balance_after.minor() < 0 && self.account.id != AccountId::funding(self.account.currency) {
-            report.flag("negative_balance", subject(), format!("balance {} below zero", e.balance_after));
+        // Against the widest overdraft line the account ever had: a line may be lowered once
+        // repaid, and an entry inside the line of its day is no discrepancy.
+        let floor = -self.account.peak_overdraft;
+        if e.balance_after.minor() < floor && !self.is_funding() {
+            report.flag("negative_balance", subject(), format!("balance {} below {floor}", e.balance_after));
         }
         // Report only the first broken link of a chain: everything after it is suspect anyway.
         if !self.chain_broken {
@@ -355,7 +358,21 @@ impl<'a> AccountWalk<'a> {
         self.prev_hash = e.hash.clone();
     }
 
+    fn is_funding(&self) -> bool {
+        self.account.id == AccountId::funding(self.account.currency)
+    }
+
     fn finish(&self, report: &mut ReconcileReport) {
+        let overdraft = self.account.limits.overdraft();
+        if let Some(balance) = self.balance.filter(|b| *b < -overdraft)
+            && !self.is_funding()
+        {
+            report.flag(
+                "overdraft_exceeded",
+                format!("account {}", self.account.id),
+                format!("balance {balance} below its overdraft line of -{overdraft}"),
+            );
+        }
         let last = self.expected_seq - 1;
         if self.account.seq != last {
             report.flag(

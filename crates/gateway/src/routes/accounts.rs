@@ -102,7 +102,7 @@ pub(super) async fn get(
     params(("id" = String, Path, format = Uuid, description = "UUID")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
-        (status = 200, description = "Derived from the latest ledger entry", body = dto::BalanceBody),
+        (status = 200, description = "Posted balance from the latest ledger entry; reservations and limits from the account", body = dto::BalanceBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
@@ -116,11 +116,7 @@ pub(super) async fn balance(
 ) -> ApiResult<Json<dto::BalanceBody>> {
     let account = visible_account(&state, &user, AccountId::parse_field("accountId", &id)?).await?;
     let balance = state.store.balance(account.id).await?;
-    Ok(Json(dto::BalanceBody {
-        account_id: account.id.to_string(),
-        currency: account.currency.code().to_owned(),
-        balance: balance.minor(),
-    }))
+    Ok(Json(dto::balance(&account, balance)))
 }
 
 #[utoipa::path(
@@ -181,5 +177,47 @@ pub(super) async fn set_status(
     let status = body.read()?.status;
     let account = state.store.set_account_status(id, status).await?.ok_or_else(ApiError::account_not_found)??;
     tracing::info!(account_id = %id, status = %status, by = %user.id, "account status changed");
+    Ok(Json(dto::account(&account)))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/api/accounts/{id}/limits",
+    tag = "accounts",
+    summary = "Set an account's overdraft line and ceiling (SYSTEM)",
+    request_body = requests::LimitsRequest,
+    params(("id" = String, Path, format = Uuid, description = "UUID")),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The account, with its limits", body = dto::AccountBody),
+        (status = 403, description = "FORBIDDEN: SYSTEM only", body = ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "LIMIT_BELOW_BALANCE: the account already owes (posted and held debits) more than the new overdraft line allows", body = ErrorBody),
+        dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
+    )
+)]
+/// `PATCH /api/accounts/{id}/limits` `{overdraftLimit?, maxBalance?}`: SYSTEM only. A field
+/// left out keeps its value; `maxBalance: null` removes the ceiling.
+pub(super) async fn set_limits(
+    State(state): State<AppState>,
+    user: AuthUser,
+    _: Query<requests::NoQuery>,
+    Path(id): Path<String>,
+    body: Body<requests::LimitsRequest>,
+) -> ApiResult<Json<dto::AccountBody>> {
+    user.require_system()?;
+    let id = AccountId::parse_field("accountId", &id)?;
+    let change = body.read()?;
+    let current = state.store.find_account(id).await?.filter(|a| a.owner_id.is_some());
+    let current = current.ok_or_else(ApiError::account_not_found)?;
+    let limits = change.apply_to(current.limits)?;
+    let account = state.store.set_account_limits(id, limits).await?.ok_or_else(ApiError::account_not_found)??;
+    tracing::info!(
+        account_id = %id,
+        overdraft_limit = limits.overdraft(),
+        max_balance = ?limits.max_balance(),
+        by = %user.id,
+        "account limits changed"
+    );
     Ok(Json(dto::account(&account)))
 }

@@ -31,6 +31,7 @@ use crate::error::ApiError;
         accounts::balance,
         accounts::entries,
         accounts::set_status,
+        accounts::set_limits,
         transactions::create,
         transactions::list,
         transactions::get,
@@ -87,6 +88,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/accounts/{id}/balance", get(accounts::balance))
         .route("/api/accounts/{id}/entries", get(accounts::entries))
         .route("/api/accounts/{id}/status", patch(accounts::set_status))
+        .route("/api/accounts/{id}/limits", patch(accounts::set_limits))
         .nest("/transactions", transactions.clone())
         .nest("/api/transactions", transactions)
         .route("/healthz", get(health::healthz))
@@ -118,12 +120,13 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 8] = [
+        let bodies: [(&str, &[&str]); 9] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
             ("CreateAccountRequest", names::<requests::CreateAccountRequest>()),
             ("StatusRequest", names::<requests::StatusRequest>()),
+            ("LimitsRequest", names::<requests::LimitsRequest>()),
             ("TransferBody", names::<requests::TransferBody>()),
             ("InitialFundsBody", names::<requests::InitialFundsBody>()),
             ("ReverseBody", names::<requests::ReverseBody>()),
@@ -136,7 +139,7 @@ mod tests {
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
         let none = names::<requests::NoQuery>();
-        let queries: [(&str, &str, &[&str]); 15] = [
+        let queries: [(&str, &str, &[&str]); 16] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -147,6 +150,7 @@ mod tests {
             ("get", "/api/accounts/{id}/balance", none),
             ("get", "/api/accounts/{id}/entries", names::<requests::PageQuery<EntryCursor>>()),
             ("patch", "/api/accounts/{id}/status", none),
+            ("patch", "/api/accounts/{id}/limits", none),
             ("post", "/transactions", none),
             ("get", "/transactions", names::<requests::TransactionQuery>()),
             ("get", "/transactions/{id}", names::<requests::WaitQuery>()),
