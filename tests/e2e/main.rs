@@ -8,6 +8,7 @@ mod api;
 mod batch;
 mod client;
 mod contract;
+mod holds;
 mod ledger;
 mod limits;
 mod pipeline;

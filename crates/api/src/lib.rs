@@ -108,7 +108,7 @@ pub struct EntryList {
 pub struct TransactionBody {
     #[schema(format = Uuid)]
     pub id: String,
-    /// `TRANSFER`, `INITIAL_FUNDS` or `REVERSAL`.
+    /// `TRANSFER`, `INITIAL_FUNDS`, `REVERSAL`, `HOLD`, `POST_HOLD` or `VOID_HOLD`.
     #[schema(example = "TRANSFER")]
     pub kind: String,
     #[schema(format = Uuid)]
@@ -118,7 +118,8 @@ pub struct TransactionBody {
     /// Integer minor units.
     pub amount: i64,
     pub currency: String,
-    /// `PENDING`, `COMPLETED` or `FAILED`.
+    /// `PENDING`, `COMPLETED` or `FAILED`; a HOLD is `HELD` once decided, then `POSTED`,
+    /// `VOIDED` or `EXPIRED`.
     #[schema(example = "PENDING")]
     pub status: String,
     pub idempotency_key: String,
@@ -126,7 +127,7 @@ pub struct TransactionBody {
     pub description: Option<String>,
     /// Set when FAILED: `INSUFFICIENT_FUNDS`, `ACCOUNT_NOT_FOUND`, `ACCOUNT_NOT_ACTIVE`,
     /// `CURRENCY_MISMATCH`, `INVALID_COMMAND`, `BALANCE_LIMIT_EXCEEDED`, `PROCESSING_FAILED`,
-    /// `ALREADY_REVERSED`.
+    /// `ALREADY_REVERSED`, `HOLD_NOT_HELD`, `HOLD_EXPIRED`, `AMOUNT_EXCEEDS_HOLD`, `HOLD_NOT_FOUND`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     #[schema(format = DateTime)]
@@ -140,6 +141,26 @@ pub struct TransactionBody {
     /// For a reversed transaction: its completed REVERSAL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reversed_by: Option<String>,
+    /// For a HOLD: the amount it reserves (its `amount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_amount: Option<i64>,
+    /// For a HOLD: when it EXPIRES unless posted or voided first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// For a POSTED hold: how much its POST_HOLD moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_amount: Option<i64>,
+    /// For a POSTED or VOIDED hold: the POST_HOLD or VOID_HOLD that settled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    /// For a settled hold (POSTED, VOIDED or EXPIRED): when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub resolved_at: Option<String>,
+    /// For a POST_HOLD or VOID_HOLD: the hold it settles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -19,7 +19,8 @@ impl Bench {
         let store =
             Store::connect(&self.conn.services.mongodb_uri, &self.sandbox.db).await.context("ledger check: MongoDB")?;
         // Every transfer has its result by now, so anything still PENDING is stuck.
-        let report = store.reconcile(&ReconcileOptions { max_pending_age: Duration::ZERO }, &NoProgress).await;
+        let options = ReconcileOptions { max_pending_age: Duration::ZERO, hold_expiry_grace: Duration::from_secs(60) };
+        let report = store.reconcile(&options, &NoProgress).await;
         store.shutdown().await;
         report.context("ledger check")
     }

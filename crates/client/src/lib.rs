@@ -229,6 +229,38 @@ impl Client {
         self.accepted("/transactions", &body).await
     }
 
+    /// `POST /transactions` with `hold`: reserves the transfer's amount for `timeout_seconds`
+    /// instead of moving it (a HOLD, HELD once the worker decides).
+    pub async fn hold(&self, transfer: &Transfer<'_>, timeout_seconds: u32) -> Result<Accepted> {
+        let mut body = json!({
+            "fromAccount": transfer.from,
+            "toAccount": transfer.to,
+            "amount": transfer.amount,
+            "idempotencyKey": transfer.idempotency_key,
+            "hold": { "timeoutSeconds": timeout_seconds },
+        });
+        if let Some(description) = transfer.description {
+            body["description"] = json!(description);
+        }
+        self.accepted("/transactions", &body).await
+    }
+
+    /// `POST /transactions/{id}/post`: moves `amount` of a HELD hold (all of it if `None`)
+    /// and releases the rest, as a new POST_HOLD transaction.
+    pub async fn post_hold(&self, hold: &str, idempotency_key: &str, amount: Option<i64>) -> Result<Accepted> {
+        let mut body = json!({ "idempotencyKey": idempotency_key });
+        if let Some(amount) = amount {
+            body["amount"] = json!(amount);
+        }
+        self.accepted(&format!("/transactions/{hold}/post"), &body).await
+    }
+
+    /// `POST /transactions/{id}/void`: releases a HELD hold, as a new VOID_HOLD transaction.
+    pub async fn void_hold(&self, hold: &str, idempotency_key: &str) -> Result<Accepted> {
+        let body = json!({ "idempotencyKey": idempotency_key });
+        self.accepted(&format!("/transactions/{hold}/void"), &body).await
+    }
+
     /// `POST /transactions/system/initial-funds` (SYSTEM only): money issued into `to`.
     pub async fn initial_funds(&self, to: &str, amount: i64, idempotency_key: &str) -> Result<Accepted> {
         let body = json!({ "toAccount": to, "amount": amount, "idempotencyKey": idempotency_key });

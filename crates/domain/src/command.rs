@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::fields::{opt_str, parse_object, req_str};
 use crate::{
-    AccountId, Amount, Currency, Description, DomainError, FailureReason, IdempotencyKey, Initiator, TransactionId,
-    TransactionStatus, TransferKind, TransferRequest,
+    AccountId, Amount, Currency, Description, DomainError, FailureReason, HoldTimeout, IdempotencyKey, Initiator,
+    TransactionId, TransactionStatus, TransferKind, TransferRequest,
 };
 
 /// The only command and result version this build speaks.
@@ -62,6 +62,10 @@ struct CommandWire<'a> {
     description: Option<&'a Description>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reverses: Option<TransactionId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<TransactionId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_seconds: Option<HoldTimeout>,
 }
 
 impl TransferCommand {
@@ -81,6 +85,8 @@ impl TransferCommand {
             requested_at: self.requested_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             description: r.description.as_ref(),
             reverses: r.reverses,
+            hold: r.hold,
+            timeout_seconds: r.timeout,
         };
         serde_json::to_vec(&wire).unwrap_or_default()
     }
@@ -134,16 +140,42 @@ impl TransferCommand {
             return Err(DomainError::invalid("initiator", "must be service:<name> when transactionId is absent"));
         }
         let reverses = opt_str(obj, "reverses")?.map(|s| TransactionId::parse_field("reverses", s)).transpose()?;
-        let request = match (kind, reverses) {
-            (TransferKind::Reversal, Some(original)) => {
+        let hold = opt_str(obj, "hold")?.map(|s| TransactionId::parse_field("hold", s)).transpose()?;
+        let timeout = match obj.get("timeoutSeconds") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(HoldTimeout::from_json_value(v)?),
+        };
+        if reverses.is_some() && kind != TransferKind::Reversal {
+            return Err(DomainError::invalid("reverses", "is only allowed on a REVERSAL"));
+        }
+        if hold.is_some() && !kind.resolves_hold() {
+            return Err(DomainError::invalid("hold", "is only allowed on a POST_HOLD or VOID_HOLD"));
+        }
+        if timeout.is_some() && kind != TransferKind::Hold {
+            return Err(DomainError::invalid("timeoutSeconds", "is only allowed on a HOLD"));
+        }
+        let request = match kind {
+            TransferKind::Reversal => {
+                let original = reverses.ok_or(DomainError::Missing { field: "reverses" })?;
                 if from == to {
                     return Err(DomainError::invalid("toAccount", "must differ from fromAccount"));
                 }
                 TransferRequest::reversal(original, to, from, amount, currency, description)
             }
-            (TransferKind::Reversal, None) => return Err(DomainError::Missing { field: "reverses" }),
-            (_, Some(_)) => return Err(DomainError::invalid("reverses", "is only allowed on a REVERSAL")),
-            (_, None) => TransferRequest::new(kind, from, to, amount, currency, description)?,
+            TransferKind::Hold => {
+                let timeout = timeout.ok_or(DomainError::Missing { field: "timeoutSeconds" })?;
+                TransferRequest::hold(from, to, amount, currency, description, timeout)?
+            }
+            TransferKind::PostHold | TransferKind::VoidHold => {
+                let hold = hold.ok_or(DomainError::Missing { field: "hold" })?;
+                if description.is_some() {
+                    return Err(DomainError::invalid("description", "is not allowed on a POST_HOLD or VOID_HOLD"));
+                }
+                TransferRequest::settle(kind, hold, from, to, amount, currency)?
+            }
+            TransferKind::Transfer | TransferKind::InitialFunds => {
+                TransferRequest::new(kind, from, to, amount, currency, description)?
+            }
         };
         Ok(Self { transaction_id, request, idempotency_key, initiator, requested_at })
     }
@@ -266,6 +298,33 @@ mod tests {
             assert!(TransferCommand::parse(junk).is_err());
         }
         assert!(TransferCommand::parse(&vec![b' '; MAX_COMMAND_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn holds_and_their_settlements_parse_and_round_trip() {
+        let mut v = upstream();
+        v["kind"] = json!("HOLD");
+        assert_eq!(parse(&v).map_err(|e| e.reason), Err("timeoutSeconds is required".to_owned()));
+        v["timeoutSeconds"] = json!(90);
+        let hold = parse(&v).expect("valid hold");
+        assert_eq!(hold.request.timeout.map(HoldTimeout::seconds), Some(90));
+        assert_eq!(TransferCommand::parse(&hold.to_json()), Ok(hold));
+        for bad in [json!(0), json!(2_592_001), json!(1.5), json!("60")] {
+            v["timeoutSeconds"] = bad.clone();
+            assert!(parse(&v).expect_err(&format!("{bad}")).reason.contains("timeoutSeconds"));
+        }
+
+        let mut post = upstream();
+        post["kind"] = json!("POST_HOLD");
+        assert_eq!(parse(&post).map_err(|e| e.reason), Err("hold is required".to_owned()));
+        post["hold"] = json!("0190a0a0-0000-7000-8000-0000000000aa");
+        let settle = parse(&post).expect("valid post");
+        assert_eq!(TransferCommand::parse(&settle.to_json()), Ok(settle));
+        post["timeoutSeconds"] = json!(5);
+        assert!(parse(&post).expect_err("a timeout on a post").reason.contains("timeoutSeconds"));
+        let mut transfer = upstream();
+        transfer["hold"] = json!("0190a0a0-0000-7000-8000-0000000000aa");
+        assert!(parse(&transfer).expect_err("a hold on a transfer").reason.contains("hold"));
     }
 
     #[test]

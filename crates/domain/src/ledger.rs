@@ -79,6 +79,9 @@ pub enum StatusRefusal {
     /// Closing would strand the money: no transfer could move it out afterwards.
     #[error("the account holds {balance} (minor units of {currency}); move it out before closing the account")]
     NotEmpty { balance: Balance, currency: Currency },
+    /// HELD holds would post into, or out of, a closed account.
+    #[error("the account has HELD holds; post or void them (or let them expire) before closing the account")]
+    OpenHolds,
 }
 
 impl AccountSnapshot {
@@ -92,6 +95,7 @@ impl AccountSnapshot {
             (_, AccountStatus::Closed) if self.balance != Balance::ZERO => {
                 Err(StatusRefusal::NotEmpty { balance: self.balance, currency: self.currency })
             }
+            (_, AccountStatus::Closed) if self.reserved != Reserved::default() => Err(StatusRefusal::OpenHolds),
             _ => Ok(()),
         }
     }
@@ -104,12 +108,14 @@ pub struct Posting {
     pub credit_balance_after: Balance,
 }
 
-/// Decides a transfer. `None` for an account means it does not exist.
-pub fn post_transfer(
+/// The checks every movement and reservation passes, whatever the balances: both accounts
+/// exist, are ACTIVE and hold the request's currency, and only the kinds allowed to touch the
+/// funding account do. `None` for an account means it does not exist.
+fn admissible<'a>(
     request: &TransferRequest,
-    from: Option<&AccountSnapshot>,
-    to: Option<&AccountSnapshot>,
-) -> Result<Posting, FailureReason> {
+    from: Option<&'a AccountSnapshot>,
+    to: Option<&'a AccountSnapshot>,
+) -> Result<(&'a AccountSnapshot, &'a AccountSnapshot), FailureReason> {
     let (Some(from), Some(to)) = (from, to) else {
         return Err(FailureReason::AccountNotFound);
     };
@@ -126,9 +132,50 @@ pub fn post_transfer(
     if from.currency != request.currency || to.currency != request.currency {
         return Err(FailureReason::CurrencyMismatch);
     }
+    Ok((from, to))
+}
+
+/// Decides a transfer (also initial funds and reversals): within the sender's `available`
+/// and the receiver's ceiling.
+pub fn post_transfer(
+    request: &TransferRequest,
+    from: Option<&AccountSnapshot>,
+    to: Option<&AccountSnapshot>,
+) -> Result<Posting, FailureReason> {
+    let (from, to) = admissible(request, from, to)?;
     let amount = request.amount.minor();
     from.may_debit(amount)?;
     to.may_credit(amount)?;
+    moved(from, to, amount)
+}
+
+/// Decides a hold: the same checks as a transfer of its amount, which it reserves instead of
+/// moving ([`crate::limits`]).
+pub fn reserve(
+    request: &TransferRequest,
+    from: Option<&AccountSnapshot>,
+    to: Option<&AccountSnapshot>,
+) -> Result<(), FailureReason> {
+    let (from, to) = admissible(request, from, to)?;
+    let amount = request.amount.minor();
+    from.may_debit(amount)?;
+    to.may_credit(amount)
+}
+
+/// Decides the post of a hold whose reservation the caller has already released from both
+/// snapshots: the money was reserved, so no limit is judged again (the overdraft line cannot
+/// have been lowered below it, nor can held money have been spent), but both accounts must
+/// still be ACTIVE.
+pub fn post_held(
+    request: &TransferRequest,
+    from: Option<&AccountSnapshot>,
+    to: Option<&AccountSnapshot>,
+) -> Result<Posting, FailureReason> {
+    let (from, to) = admissible(request, from, to)?;
+    moved(from, to, request.amount.minor())
+}
+
+fn moved(from: &AccountSnapshot, to: &AccountSnapshot, amount: i64) -> Result<Posting, FailureReason> {
     let debit_after = from.balance.minor().checked_sub(amount);
     let credit_after = to.balance.minor().checked_add(amount);
     match (debit_after, credit_after) {
@@ -166,6 +213,8 @@ mod tests {
             currency: Currency::USD,
             description: None,
             reverses: None,
+            hold: None,
+            timeout: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod chain;
 mod command;
 mod error;
 pub mod fields;
+pub mod holds;
 mod ids;
 mod ledger;
 pub mod limits;
@@ -23,9 +24,13 @@ pub use chain::{EntryFields, GENESIS_HASH};
 pub use command::{COMMAND_VERSION, CommandError, MAX_COMMAND_BYTES, TransferCommand, TransferResult};
 pub use error::DomainError;
 pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, RequestId, ServiceName, TransactionId, UserId};
-pub use ledger::{AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_transfer};
+pub use ledger::{
+    AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_held, post_transfer, reserve,
+};
 pub use limits::{AccountLimits, LimitRefusal, Reserved};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use reversal::{NotReversible, ReversalCandidate};
-pub use transaction::{AccountStatus, Description, FailureReason, TransactionStatus, TransferKind, TransferRequest};
+pub use transaction::{
+    AccountStatus, Description, FailureReason, HoldTimeout, TransactionStatus, TransferKind, TransferRequest,
+};
 pub use user::{Email, Password, PersonName, Role};

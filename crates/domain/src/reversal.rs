@@ -16,6 +16,9 @@ pub enum NotReversible {
     /// of them could move the same money back and forth without end.
     #[error("a reversal cannot itself be reversed")]
     IsAReversal,
+    /// A VOID_HOLD moved no money; a hold's money moves (and is reversed) by its POST_HOLD.
+    #[error("only money that moved can be reversed: reverse a hold's POST_HOLD, not the hold or its void")]
+    MovedNoMoney,
     /// Each transaction is reversed at most once.
     #[error("the transaction is already reversed")]
     AlreadyReversed,
@@ -38,6 +41,9 @@ impl ReversalCandidate {
         }
         if self.kind == TransferKind::Reversal {
             return Err(NotReversible::IsAReversal);
+        }
+        if matches!(self.kind, TransferKind::Hold | TransferKind::VoidHold) {
+            return Err(NotReversible::MovedNoMoney);
         }
         if self.reversed_by.is_some() {
             return Err(NotReversible::AlreadyReversed);

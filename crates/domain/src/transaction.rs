@@ -65,6 +65,11 @@ wire_enum!(
         Pending => "PENDING",
         Completed => "COMPLETED",
         Failed => "FAILED",
+        // A hold's: HELD once decided, then exactly one of POSTED, VOIDED or EXPIRED.
+        Held => "HELD",
+        Posted => "POSTED",
+        Voided => "VOIDED",
+        Expired => "EXPIRED",
     }
 );
 
@@ -79,6 +84,12 @@ wire_enum!(
         BalanceLimitExceeded => "BALANCE_LIMIT_EXCEEDED",
         ProcessingFailed => "PROCESSING_FAILED",
         AlreadyReversed => "ALREADY_REVERSED",
+        // A POST_HOLD or VOID_HOLD: the hold is not HELD (posted, voided, expired or failed),
+        // its time ran out, the amount is above the held one, or no such hold.
+        HoldNotHeld => "HOLD_NOT_HELD",
+        HoldExpired => "HOLD_EXPIRED",
+        AmountExceedsHold => "AMOUNT_EXCEEDS_HOLD",
+        HoldNotFound => "HOLD_NOT_FOUND",
         // Only in results, never on a transaction: a command whose initiator and key (or
         // transaction id) name a recorded transaction of a different request.
         IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
@@ -86,17 +97,72 @@ wire_enum!(
 );
 
 wire_enum!(
-    /// A transfer between two client accounts, or money issued from the funding account.
+    /// A transfer between two client accounts, money issued from the funding account, the
+    /// reversal of either, or the two phases of a hold: the reservation, then its post or void.
     TransferKind, "kind" {
         Transfer => "TRANSFER",
         InitialFunds => "INITIAL_FUNDS",
         Reversal => "REVERSAL",
+        Hold => "HOLD",
+        PostHold => "POST_HOLD",
+        VoidHold => "VOID_HOLD",
     }
 );
 
 impl TransactionStatus {
+    /// Decided: no longer PENDING. A HELD hold is decided but changes once more (see
+    /// [`TransactionStatus::is_final`]).
     pub fn is_terminal(self) -> bool {
         !matches!(self, TransactionStatus::Pending)
+    }
+
+    /// Never changes again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, TransactionStatus::Pending | TransactionStatus::Held)
+    }
+}
+
+impl TransferKind {
+    /// POST_HOLD and VOID_HOLD: they name a hold and settle it.
+    pub fn resolves_hold(self) -> bool {
+        matches!(self, TransferKind::PostHold | TransferKind::VoidHold)
+    }
+}
+
+/// How long a hold may stay HELD before it expires: 1 second to 30 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct HoldTimeout(u32);
+
+impl HoldTimeout {
+    pub const MAX_SECONDS: u32 = 30 * 24 * 3600;
+
+    pub fn new(seconds: i64) -> Result<Self, DomainError> {
+        match u32::try_from(seconds) {
+            Ok(s) if (1..=Self::MAX_SECONDS).contains(&s) => Ok(Self(s)),
+            _ => Err(DomainError::invalid(
+                "timeoutSeconds",
+                format!("must be an integer number of seconds from 1 to {}", Self::MAX_SECONDS),
+            )),
+        }
+    }
+
+    pub fn seconds(self) -> u32 {
+        self.0
+    }
+
+    /// Reads a JSON value: only a JSON integer in range is a timeout.
+    pub fn from_json_value(value: &serde_json::Value) -> Result<Self, DomainError> {
+        match value.as_i64() {
+            Some(seconds) => Self::new(seconds),
+            None => Self::new(0),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HoldTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::from_json_value(&serde_json::Value::deserialize(d)?).map_err(|e| crate::fields::refusal(&e))
     }
 }
 
@@ -141,6 +207,10 @@ pub struct TransferRequest {
     pub description: Option<Description>,
     /// The transaction a REVERSAL undoes; `None` for every other kind.
     pub reverses: Option<TransactionId>,
+    /// The hold a POST_HOLD or VOID_HOLD settles; `None` for every other kind.
+    pub hold: Option<TransactionId>,
+    /// How long a HOLD may stay HELD; `None` for every other kind.
+    pub timeout: Option<HoldTimeout>,
 }
 
 impl TransferRequest {
@@ -158,10 +228,54 @@ impl TransferRequest {
         if kind == TransferKind::InitialFunds && from != AccountId::funding(currency) {
             return Err(DomainError::invalid("fromAccount", "initial funds come from the funding account only"));
         }
-        if kind == TransferKind::Reversal {
-            return Err(DomainError::invalid("kind", "a reversal is built with TransferRequest::reversal"));
+        if !matches!(kind, TransferKind::Transfer | TransferKind::InitialFunds) {
+            return Err(DomainError::invalid("kind", "reversals and holds have constructors of their own"));
         }
-        Ok(Self { kind, from, to, amount, currency, description, reverses: None })
+        Ok(Self { kind, from, to, amount, currency, description, reverses: None, hold: None, timeout: None })
+    }
+
+    /// A hold: `amount` reserved on `from` in favour of `to` for `timeout`.
+    pub fn hold(
+        from: AccountId,
+        to: AccountId,
+        amount: Amount,
+        currency: Currency,
+        description: Option<Description>,
+        timeout: HoldTimeout,
+    ) -> Result<Self, DomainError> {
+        let mut request = Self::new(TransferKind::Transfer, from, to, amount, currency, description)?;
+        request.kind = TransferKind::Hold;
+        request.timeout = Some(timeout);
+        Ok(request)
+    }
+
+    /// The post (of `amount`, at most the held amount) or void (of the held amount) of
+    /// `hold`, which reserved money on `from` for `to`: the same accounts, the same way.
+    pub fn settle(
+        kind: TransferKind,
+        hold: TransactionId,
+        from: AccountId,
+        to: AccountId,
+        amount: Amount,
+        currency: Currency,
+    ) -> Result<Self, DomainError> {
+        if !kind.resolves_hold() {
+            return Err(DomainError::invalid("kind", "must be POST_HOLD or VOID_HOLD"));
+        }
+        if from == to {
+            return Err(DomainError::invalid("toAccount", "must differ from fromAccount"));
+        }
+        Ok(Self {
+            kind,
+            from,
+            to,
+            amount,
+            currency,
+            description: None,
+            reverses: None,
+            hold: Some(hold),
+            timeout: None,
+        })
     }
 
     /// The reversal of a completed transaction: the same amount, the other way.
@@ -181,6 +295,8 @@ impl TransferRequest {
             currency,
             description: reason,
             reverses: Some(original),
+            hold: None,
+            timeout: None,
         }
     }
 
@@ -198,6 +314,12 @@ impl TransferRequest {
             &self.reverses.map(|id| id.to_string()).unwrap_or_default(),
         ] {
             // Length-prefix each part so that no two different requests hash the same input.
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        // Only when present, so that every request recorded before holds keeps its print.
+        let hold_parts = [self.hold.map(|id| format!("hold:{id}")), self.timeout.map(|t| format!("timeout:{}", t.0))];
+        for part in hold_parts.iter().flatten() {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }

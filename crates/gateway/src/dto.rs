@@ -8,7 +8,7 @@ pub use ledgerflow_api::{
     AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, StatusBody, TransactionBody,
     TransactionEnvelope, TransactionList, UserBody,
 };
-use ledgerflow_domain::{Balance, limits};
+use ledgerflow_domain::{Balance, TransferKind, limits};
 use ledgerflow_store::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 
 fn time(t: DateTime<Utc>) -> String {
@@ -83,6 +83,12 @@ pub fn transaction(t: &TransactionRecord) -> TransactionBody {
         completed_at: t.completed_at.map(time),
         reverses: t.reverses.map(|r| r.to_string()),
         reversed_by: t.reversed_by.map(|r| r.to_string()),
+        held_amount: (t.kind == TransferKind::Hold).then_some(t.amount.minor()),
+        expires_at: t.expires_at.map(time),
+        posted_amount: t.posted_amount.map(|a| a.minor()),
+        resolved_by: t.resolved_by.map(|r| r.to_string()),
+        resolved_at: t.resolved_at.map(time),
+        hold: t.hold.map(|h| h.to_string()),
     }
 }
 

@@ -72,6 +72,12 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("the transaction is already reversed, or a reversal of it is in progress")]
     AlreadyReversed,
+    #[error("the hold is {0}, not HELD: it can no longer be posted or voided")]
+    HoldNotHeld(ledgerflow_domain::TransactionStatus),
+    #[error("the hold expired at {0}")]
+    HoldExpired(String),
+    #[error("amount {asked} exceeds the held amount of {held}")]
+    AmountExceedsHold { asked: i64, held: i64 },
     /// The transaction cannot be reversed (not COMPLETED, or itself a reversal).
     #[error("{0}")]
     NotReversible(NotReversible),
@@ -174,11 +180,16 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "CURRENCY_MISMATCH")
             }
             Self::AccountLimitReached => (StatusCode::CONFLICT, "ACCOUNT_LIMIT_REACHED"),
-            Self::StatusRefused(StatusRefusal::NotEmpty { .. }) => (StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY"),
+            Self::StatusRefused(StatusRefusal::NotEmpty { .. } | StatusRefusal::OpenHolds) => {
+                (StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY")
+            }
             Self::StatusRefused(StatusRefusal::Closed) => (StatusCode::CONFLICT, "ACCOUNT_CLOSED"),
             Self::LimitRefused(LimitRefusal::BelowBalance { .. }) => (StatusCode::CONFLICT, "LIMIT_BELOW_BALANCE"),
             Self::IdempotencyKeyReused => (StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED"),
             Self::AlreadyReversed => (StatusCode::CONFLICT, "ALREADY_REVERSED"),
+            Self::HoldNotHeld(_) => (StatusCode::CONFLICT, "HOLD_NOT_HELD"),
+            Self::HoldExpired(_) => (StatusCode::CONFLICT, "HOLD_EXPIRED"),
+            Self::AmountExceedsHold { .. } => (StatusCode::BAD_REQUEST, "AMOUNT_EXCEEDS_HOLD"),
             Self::NotReversible(_) => (StatusCode::CONFLICT, "NOT_REVERSIBLE"),
             Self::PublishDeferred(_) => (StatusCode::SERVICE_UNAVAILABLE, "BROKER_UNAVAILABLE"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),

@@ -317,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_field_is_refused_at_once_before_any_value() {
-        let takes = "(fromAccount, toAccount, amount, currency, idempotencyKey, description)";
+        let takes = "(fromAccount, toAccount, amount, currency, idempotencyKey, description, hold)";
         let Err(e) = Body::<TransferBody>::from_bytes(true, br#"{"amount":"x","fee":5,"descripton":"rent"}"#) else {
             panic!("refused by the extractor")
         };
@@ -376,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn query_parameters_are_named_known_once_and_typed() {
-        let transactions = "(account, status, limit, cursor)";
+        let transactions = "(account, status, kind, limit, cursor)";
         let unknown = |name: &str, takes: &str| {
             invalid(name, &format!("query parameter `{name}` is not one this endpoint takes {takes}"))
         };
@@ -402,7 +402,8 @@ mod tests {
             assert_eq!(query::<WaitQuery>(bad).await, wait, "{bad}");
         }
         assert_eq!(query::<TransactionQuery>("account=zz").await, invalid("account", "account must be a UUID"));
-        let status = invalid("status", "status must be one of PENDING, COMPLETED, FAILED");
+        let status =
+            invalid("status", "status must be one of PENDING, COMPLETED, FAILED, HELD, POSTED, VOIDED, EXPIRED");
         assert_eq!(query::<TransactionQuery>("status=DONE").await, status);
 
         let read =

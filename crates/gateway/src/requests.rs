@@ -10,8 +10,8 @@
 use std::str::FromStr;
 
 use ledgerflow_domain::{
-    AccountId, AccountLimits, AccountStatus, Amount, Currency, Description, DomainError, Email, IdempotencyKey,
-    Password, PersonName, TransactionId, TransactionStatus, fields,
+    AccountId, AccountLimits, AccountStatus, Amount, Currency, Description, DomainError, Email, HoldTimeout,
+    IdempotencyKey, Password, PersonName, TransactionId, TransactionStatus, TransferKind, fields,
 };
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
@@ -114,6 +114,36 @@ pub struct TransferBody {
     pub idempotency_key: IdempotencyKey,
     #[schema(value_type = Option<String>, max_length = 500)]
     pub description: Option<Description>,
+    /// Present: reserve the amount as a HOLD instead of moving it, to be posted or voided
+    /// later, or to expire.
+    pub hold: Option<HoldOptions>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HoldOptions {
+    /// How long the hold may stay HELD before it EXPIRES: 1 second to 30 days.
+    #[schema(value_type = i64, minimum = 1, maximum = 2_592_000)]
+    pub timeout_seconds: HoldTimeout,
+}
+
+/// `POST /transactions/{id}/post`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PostHoldBody {
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: IdempotencyKey,
+    /// At most the held amount; default: all of it. The rest is released.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Option<Amount>,
+}
+
+/// `POST /transactions/{id}/void`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VoidHoldBody {
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub idempotency_key: IdempotencyKey,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -158,12 +188,13 @@ pub struct PageQuery<C> {
     pub cursor: Option<C>,
 }
 
-/// `?account=&status=&limit=&cursor=`: `GET /transactions`.
+/// `?account=&status=&kind=&limit=&cursor=`: `GET /transactions`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionQuery {
     pub account: Option<AccountId>,
     pub status: Option<TransactionStatus>,
+    pub kind: Option<TransferKind>,
     pub limit: Option<Limit>,
     pub cursor: Option<TransactionId>,
 }

@@ -16,7 +16,7 @@ use ledgerflow::app::{ensure_system_user, open_store, runtime, shutdown_on_signa
 use ledgerflow::settings::{Connections, GatewaySettings, ONE_SHOT_PATIENCE, WorkerSettings};
 use ledgerflow::{App, Settings};
 use ledgerflow_domain::AccountStatus;
-use ledgerflow_store::Store;
+use ledgerflow_store::{ReconcileOptions, Store};
 use secrecy::SecretString;
 use tracing::warn;
 
@@ -63,7 +63,9 @@ one DEBIT and one CREDIT of its amount, others none, and no entry lacks its tran
 account's entries are numbered 1, 2, 3… with running balances that add up and an intact hash\n\
 chain, and the account's seq is its latest entry's; no account but the funding account goes\n\
 below its overdraft line, and no CLOSED account holds money; nothing is PENDING longer than\n\
---max-pending-age; every document parses.\n\n\
+--max-pending-age; HELD holds' reservations equal each account's pendingDebits and\n\
+pendingCredits, no hold is settled twice or stays HELD longer than --hold-expiry-grace past its\n\
+expiresAt, and every POSTED or VOIDED hold names its COMPLETED settlement; every document parses.\n\n\
 Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-age 15m")]
     Reconcile {
         /// Print the report as JSON.
@@ -72,6 +74,10 @@ Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-a
         /// PENDING transactions older than this count as stuck (e.g. 90s, 15m, 1h).
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         max_pending_age: Duration,
+        /// HELD holds this long past their expiresAt count as not expired (the sweep that
+        /// expires them is not running).
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        hold_expiry_grace: Duration,
     },
     /// Operator tasks.
     #[command(subcommand)]
@@ -257,8 +263,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         // Forwarded in `main`, before any runtime starts.
         Command::Bench(_) => unreachable!("ledgerflow bench is forwarded before the runtime starts"),
-        Command::Reconcile { json, max_pending_age } => {
-            if !with_store(conn, async |store| reconcile::run(store, max_pending_age, json).await).await? {
+        Command::Reconcile { json, max_pending_age, hold_expiry_grace } => {
+            let options = ReconcileOptions { max_pending_age, hold_expiry_grace };
+            if !with_store(conn, async |store| reconcile::run(store, &options, json).await).await? {
                 std::process::exit(1);
             }
         }

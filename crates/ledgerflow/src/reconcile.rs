@@ -1,7 +1,6 @@
 //! `ledgerflow reconcile`: the operator's proof that the books are straight.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ledgerflow_store::{Progress, ReconcileOptions, ReconcileReport, Store};
@@ -34,9 +33,9 @@ impl Progress for Bar {
 }
 
 /// Runs the checks and prints the report; returns whether the ledger is consistent.
-pub async fn run(store: &Store, max_pending_age: Duration, json: bool) -> anyhow::Result<bool> {
+pub async fn run(store: &Store, options: &ReconcileOptions, json: bool) -> anyhow::Result<bool> {
     let bar = Bar::new();
-    let report = store.reconcile(&ReconcileOptions { max_pending_age }, &bar).await?;
+    let report = store.reconcile(options, &bar).await?;
     bar.0.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -10,11 +10,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use ledgerflow_domain::holds::may_settle;
 use ledgerflow_domain::{
-    AccountId, AccountLimits, AccountSnapshot, Balance, EntryFields, EntryId, EntryType, FailureReason, GENESIS_HASH,
-    NotReversible, Posting, Reserved, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest,
-    post_transfer,
+    AccountId, AccountLimits, AccountSnapshot, Amount, Balance, EntryFields, EntryId, EntryType, FailureReason,
+    GENESIS_HASH, NotReversible, Posting, Reserved, TransactionId, TransactionStatus, TransferCommand, TransferKind,
+    TransferRequest, post_transfer,
 };
+use ledgerflow_domain::{post_held, reserve};
 
 use crate::execute::{Execution, Outcome};
 use crate::{AccountRecord, EntryRecord, StoreError, TransactionRecord};
@@ -59,13 +61,23 @@ impl Loaded {
     }
 }
 
-/// A guarded move of an account's `seq` from the value read to the value of its last new
-/// entry: two batches that read the same `seq` cannot both commit.
+/// A guarded change of an account's `seq` (to its last new entry's) and reserved amounts
+/// (by holds), from the values read: two batches that read the same values cannot both commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SeqBump {
+pub(crate) struct AccountWrite {
     pub account: AccountId,
-    pub from: i64,
-    pub to: i64,
+    pub read: (i64, Reserved),
+    pub written: (i64, Reserved),
+}
+
+/// A hold settled by a batch: POSTED or VOIDED by one of its commands, or EXPIRED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settled {
+    pub hold: TransactionId,
+    pub status: TransactionStatus,
+    pub posted_amount: Option<Amount>,
+    pub resolved_by: Option<TransactionId>,
+    pub resolved_at: DateTime<Utc>,
 }
 
 /// What a batch writes, in the order `execute` writes it.
@@ -73,7 +85,7 @@ pub(crate) struct SeqBump {
 pub(crate) struct Plan {
     /// Funding accounts used for the first time, inserted with their final `seq`.
     pub new_accounts: Vec<AccountRecord>,
-    pub seq_bumps: Vec<SeqBump>,
+    pub account_writes: Vec<AccountWrite>,
     pub entries: Vec<EntryRecord>,
     /// Records that were PENDING before the batch, now terminal (a guarded status update).
     pub decided: Vec<TransactionRecord>,
@@ -81,12 +93,14 @@ pub(crate) struct Plan {
     pub created: Vec<TransactionRecord>,
     /// Originals recorded before this batch that a reversal in it undid: (original, by).
     pub reversed: Vec<(TransactionId, TransactionId)>,
+    /// Holds recorded before this batch that it settled (a guarded update from HELD).
+    pub settled: Vec<Settled>,
 }
 
 impl Plan {
     /// Whether the batch changes nothing (every command was a repeat or a mismatch).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.decided.is_empty() && self.created.is_empty()
+        self.entries.is_empty() && self.decided.is_empty() && self.created.is_empty() && self.settled.is_empty()
     }
 }
 
@@ -101,8 +115,9 @@ pub(crate) fn decide(loaded: Loaded, cmds: &[TransferCommand], now: DateTime<Utc
 /// An account as the batch sees it: as loaded, then advanced by each posting decided so far.
 struct AccountState {
     head: AccountHead,
-    /// The `seq` read from the database: the guard on the final bump.
+    /// The `seq` and reserved amounts read from the database: the guard on the final write.
     loaded_seq: i64,
+    loaded_reserved: Reserved,
     /// Made by this batch (a funding account's first use): inserted, not bumped.
     new: bool,
 }
@@ -176,7 +191,15 @@ impl Batch {
         let accounts = loaded
             .accounts
             .into_iter()
-            .map(|(id, head)| (id, head.map(|head| AccountState { loaded_seq: head.account.seq, head, new: false })))
+            .map(|(id, head)| {
+                let state = |head: AccountHead| AccountState {
+                    loaded_seq: head.account.seq,
+                    loaded_reserved: head.account.reserved,
+                    head,
+                    new: false,
+                };
+                (id, head.map(state))
+            })
             .collect();
         Self {
             transactions: loaded.transactions,
@@ -224,19 +247,29 @@ impl Batch {
         self.open_funding_account(request);
         let from = self.snapshot(request.from)?;
         let to = self.snapshot(request.to)?;
-        let decision = match self.reversal_refusal(request)? {
-            Some(reason) => Err(reason),
-            None => post_transfer(request, from.as_ref(), to.as_ref()),
-        };
         let now = self.now;
-        let (status, reason) = match decision {
-            Ok(posting) => {
-                self.post(&record, posting);
-                if let Some(original) = request.reverses {
-                    self.mark_reversed(original, record.id);
+        let decided = match request.kind {
+            TransferKind::Hold => reserve(request, from.as_ref(), to.as_ref()).map(|()| {
+                self.reservation(request, 1);
+                TransactionStatus::Held
+            }),
+            TransferKind::PostHold | TransferKind::VoidHold => self.settle(cmd, &record, from.as_ref(), to.as_ref())?,
+            TransferKind::Transfer | TransferKind::InitialFunds | TransferKind::Reversal => {
+                match self.reversal_refusal(request)? {
+                    Some(reason) => Err(reason),
+                    None => post_transfer(request, from.as_ref(), to.as_ref()),
                 }
-                (TransactionStatus::Completed, None)
+                .map(|posting| {
+                    self.post(&record, posting);
+                    if let Some(original) = request.reverses {
+                        self.mark_reversed(original, record.id);
+                    }
+                    TransactionStatus::Completed
+                })
             }
+        };
+        let (status, reason) = match decided {
+            Ok(status) => (status, None),
             Err(reason) => (TransactionStatus::Failed, Some(reason)),
         };
         record.status = status;
@@ -276,7 +309,8 @@ impl Batch {
             peak_overdraft: 0,
         };
         let head = AccountHead::empty(account);
-        self.accounts.insert(funding, Ok(AccountState { loaded_seq: 0, head, new: true }));
+        let state = AccountState { loaded_seq: 0, loaded_reserved: Reserved::default(), head, new: true };
+        self.accounts.insert(funding, Ok(state));
     }
 
     fn snapshot(&self, id: AccountId) -> Result<Option<AccountSnapshot>, StoreError> {
@@ -300,6 +334,70 @@ impl Batch {
             Ok(()) if !request.mirrors(&original.request()) => Some(FailureReason::InvalidCommand),
             Ok(()) => None,
         })
+    }
+
+    /// A POST_HOLD or VOID_HOLD: judged against its hold ([`ledgerflow_domain::holds`]);
+    /// if allowed, the whole reservation is released, a post moves its amount, and the hold
+    /// is settled by `record`.
+    fn settle(
+        &mut self,
+        cmd: &TransferCommand,
+        record: &TransactionRecord,
+        from: Option<&AccountSnapshot>,
+        to: Option<&AccountSnapshot>,
+    ) -> Result<Result<TransactionStatus, FailureReason>, StoreError> {
+        let request = &cmd.request;
+        let Some(hold_id) = request.hold else { return Ok(Err(FailureReason::InvalidCommand)) };
+        let Some(hold) = self.record(hold_id).transpose()? else { return Ok(Err(FailureReason::HoldNotFound)) };
+        let Some(facts) = hold.held_facts() else { return Ok(Err(FailureReason::HoldNotFound)) };
+        if let Err(reason) = may_settle(&facts, request, &cmd.initiator, self.now) {
+            return Ok(Err(reason));
+        }
+        let (settled_as, posted_amount) = if request.kind == TransferKind::PostHold {
+            match post_held(request, from, to) {
+                Ok(posting) => {
+                    self.post(record, posting);
+                    (TransactionStatus::Posted, Some(request.amount))
+                }
+                Err(reason) => return Ok(Err(reason)),
+            }
+        } else {
+            (TransactionStatus::Voided, None)
+        };
+        self.reservation(&facts.request, -1);
+        self.mark_settled(Settled {
+            hold: hold_id,
+            status: settled_as,
+            posted_amount,
+            resolved_by: Some(record.id),
+            resolved_at: self.now,
+        });
+        Ok(Ok(TransactionStatus::Completed))
+    }
+
+    /// Adds (`sign` 1) or releases (`sign` -1) a hold's reservation on both its accounts.
+    fn reservation(&mut self, hold: &TransferRequest, sign: i64) {
+        let amount = sign * hold.amount.minor();
+        if let Some(Ok(state)) = self.accounts.get_mut(&hold.from) {
+            state.head.account.reserved.debits += amount;
+        }
+        if let Some(Ok(state)) = self.accounts.get_mut(&hold.to) {
+            state.head.account.reserved.credits += amount;
+        }
+    }
+
+    /// Records a hold's settlement on it, in this transaction: two settlements of one hold
+    /// conflict on this write and only one can commit.
+    fn mark_settled(&mut self, settled: Settled) {
+        if let Some(Ok(hold)) = self.transactions.get_mut(&settled.hold) {
+            hold.status = settled.status;
+            hold.posted_amount = settled.posted_amount;
+            hold.resolved_by = settled.resolved_by;
+            hold.resolved_at = Some(settled.resolved_at);
+        }
+        if !self.created.contains(&settled.hold) {
+            self.plan.settled.push(settled);
+        }
     }
 
     /// Applies an allowed posting: an entry on each side, each account's state advanced.
@@ -351,9 +449,13 @@ impl Batch {
                 if state.head.account.seq > 0 {
                     self.plan.new_accounts.push(state.head.account.clone());
                 }
-            } else if state.head.account.seq != state.loaded_seq {
-                let (account, from, to) = (state.head.account.id, state.loaded_seq, state.head.account.seq);
-                self.plan.seq_bumps.push(SeqBump { account, from, to });
+            } else if state.head.account.seq != state.loaded_seq || state.head.account.reserved != state.loaded_reserved
+            {
+                self.plan.account_writes.push(AccountWrite {
+                    account: state.head.account.id,
+                    read: (state.loaded_seq, state.loaded_reserved),
+                    written: (state.head.account.seq, state.head.account.reserved),
+                });
             }
         }
         self.plan
@@ -453,10 +555,13 @@ mod tests {
         assert_eq!(credits.iter().map(|e| (e.seq, e.balance_after.minor())).collect::<Vec<_>>(), [(1, 100), (2, 150)]);
         assert_eq!(credits[0].prev_hash, GENESIS_HASH);
         // Each account moves once, guarded by the seq it was read at.
-        let mut bumps =
-            vec![SeqBump { account: a.account.id, from: 3, to: 5 }, SeqBump { account: b.account.id, from: 0, to: 2 }];
-        bumps.sort_by_key(|b| b.account);
-        assert_eq!(plan.seq_bumps, bumps);
+        let none = Reserved::default();
+        let mut writes = vec![
+            AccountWrite { account: a.account.id, read: (3, none), written: (5, none) },
+            AccountWrite { account: b.account.id, read: (0, none), written: (2, none) },
+        ];
+        writes.sort_by_key(|w| w.account);
+        assert_eq!(plan.account_writes, writes);
         assert_eq!(plan.decided.len(), 3);
         assert!(plan.created.is_empty() && plan.new_accounts.is_empty() && plan.reversed.is_empty());
     }
@@ -472,7 +577,7 @@ mod tests {
         }
         let (outcomes, plan) = decide(l, &[cmd], Utc::now());
         assert!(matches!(&outcomes[0], Ok(Execution::AlreadyTerminal(r)) if r.id == id));
-        assert!(plan.is_empty() && plan.seq_bumps.is_empty());
+        assert!(plan.is_empty() && plan.account_writes.is_empty());
     }
 
     #[test]
@@ -519,7 +624,7 @@ mod tests {
         // Inserted once, already at the seq of its last entry; never bumped.
         assert_eq!(plan.new_accounts.len(), 1);
         assert_eq!((plan.new_accounts[0].id, plan.new_accounts[0].seq), (funding, 2));
-        assert!(plan.seq_bumps.iter().all(|b| b.account != funding));
+        assert!(plan.account_writes.iter().all(|w| w.account != funding));
         let last = plan.entries.iter().rfind(|e| e.account_id == funding).expect("a funding entry");
         assert_eq!(last.balance_after, Balance(-501));
     }

@@ -7,10 +7,11 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use ledgerflow_domain::holds::HeldFacts;
 use ledgerflow_domain::{
     AccountId, AccountLimits, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId,
-    EntryType, FailureReason, IdempotencyKey, Initiator, PersonName, Reserved, ReversalCandidate, Role, TransactionId,
-    TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
+    EntryType, FailureReason, HoldTimeout, IdempotencyKey, Initiator, PersonName, Reserved, ReversalCandidate, Role,
+    TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
 };
 use mongodb::bson::DateTime as BsonDateTime;
 use serde::{Deserialize, Serialize};
@@ -218,6 +219,22 @@ pub(crate) struct TransactionDoc {
     /// On a reversed transaction: the REVERSAL that undid it (set when that completes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reversed_by: Option<String>,
+    /// For a HOLD: how long it may stay HELD, and when that ends (`createdAt` + timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<BsonDateTime>,
+    /// For a POST_HOLD or VOID_HOLD: the hold it settles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
+    /// On a settled hold: how much was posted (POSTED only), by which POST_HOLD or VOID_HOLD
+    /// (absent when it EXPIRED), and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<BsonDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +256,12 @@ pub struct TransactionRecord {
     pub completed_at: Option<DateTime<Utc>>,
     pub reverses: Option<TransactionId>,
     pub reversed_by: Option<TransactionId>,
+    pub timeout: Option<HoldTimeout>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub hold: Option<TransactionId>,
+    pub posted_amount: Option<Amount>,
+    pub resolved_by: Option<TransactionId>,
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<TransactionDoc> for TransactionRecord {
@@ -264,6 +287,12 @@ impl TryFrom<TransactionDoc> for TransactionRecord {
             completed_at: d.completed_at.map(from_bson_time),
             reverses: d.reverses.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
             reversed_by: d.reversed_by.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
+            timeout: d.timeout_seconds.map(HoldTimeout::new).transpose().map_err(corrupt)?,
+            expires_at: d.expires_at.map(from_bson_time),
+            hold: d.hold.as_deref().map(|h| field(C, &d.id, h)).transpose()?,
+            posted_amount: d.posted_amount.map(Amount::new).transpose().map_err(corrupt)?,
+            resolved_by: d.resolved_by.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
+            resolved_at: d.resolved_at.map(from_bson_time),
         })
     }
 }
@@ -367,6 +396,12 @@ impl TransactionRecord {
             completed_at: None,
             reverses: r.reverses,
             reversed_by: None,
+            timeout: r.timeout,
+            expires_at: r.timeout.map(|t| created_at.trunc_subsecs(3) + chrono::Duration::seconds(t.seconds().into())),
+            hold: r.hold,
+            posted_amount: None,
+            resolved_by: None,
+            resolved_at: None,
         }
     }
 
@@ -380,7 +415,15 @@ impl TransactionRecord {
             currency: self.currency,
             description: self.description.clone(),
             reverses: self.reverses,
+            hold: self.hold,
+            timeout: self.timeout,
         }
+    }
+
+    /// What the settling rule needs to know of this hold (`None` unless it is one).
+    pub fn held_facts(&self) -> Option<HeldFacts> {
+        let expires_at = self.expires_at.filter(|_| self.kind == TransferKind::Hold)?;
+        Some(HeldFacts { request: self.request(), status: self.status, initiator: self.initiator.clone(), expires_at })
     }
 
     /// What the reversal rule needs to know of this transaction.
@@ -423,6 +466,12 @@ impl From<&TransactionRecord> for TransactionDoc {
             republished: 0,
             reverses: r.reverses.map(|id| id.to_string()),
             reversed_by: r.reversed_by.map(|id| id.to_string()),
+            timeout_seconds: r.timeout.map(|t| i64::from(t.seconds())),
+            expires_at: r.expires_at.map(to_bson_time),
+            hold: r.hold.map(|id| id.to_string()),
+            posted_amount: r.posted_amount.map(Amount::minor),
+            resolved_by: r.resolved_by.map(|id| id.to_string()),
+            resolved_at: r.resolved_at.map(to_bson_time),
         }
     }
 }

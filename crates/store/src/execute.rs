@@ -37,7 +37,7 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use tracing::debug;
 
 use crate::decide::{AccountHead, Loaded, Plan, decide};
-use crate::docs::{AccountDoc, EntryDoc, TransactionDoc, to_bson_time};
+use crate::docs::{AccountDoc, EntryDoc, TransactionDoc, reserved_guard, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::transactions::key_filter;
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
@@ -211,7 +211,8 @@ impl Store {
     async fn load(&self, s: &mut ClientSession, cmds: &[TransferCommand]) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded::default();
 
-        // Transaction records: by id, by idempotency key, and the originals of reversals.
+        // Transaction records: by id, by idempotency key, the originals of reversals and the
+        // holds that posts and voids settle.
         let mut ids: Vec<String> = Vec::new();
         let mut clauses: Vec<Document> = Vec::new();
         for cmd in cmds {
@@ -220,6 +221,7 @@ impl Store {
                 None => clauses.push(key_filter(&cmd.initiator, &cmd.idempotency_key)),
             }
             ids.extend(cmd.request.reverses.map(|id| id.to_string()));
+            ids.extend(cmd.request.hold.map(|id| id.to_string()));
         }
         clauses.push(doc! { "_id": { "$in": ids } });
         let mut found = self.transactions().find(doc! { "$or": clauses }).session(&mut *s).await?;
@@ -292,10 +294,23 @@ impl Store {
             let docs: Vec<AccountDoc> = plan.new_accounts.iter().map(AccountDoc::from).collect();
             self.accounts().insert_many(docs).session(&mut *s).await?;
         }
-        let bumps = plan.seq_bumps.iter().map(|b| {
-            doc! { "q": { "_id": b.account.to_string(), "seq": b.from }, "u": { "$set": { "seq": b.to } } }
+        let accounts = plan.account_writes.iter().map(|w| {
+            let ((seq, reserved), (new_seq, new_reserved)) = (w.read, w.written);
+            doc! {
+                "q": {
+                    "_id": w.account.to_string(),
+                    "seq": seq,
+                    "pendingDebits": reserved_guard(reserved.debits),
+                    "pendingCredits": reserved_guard(reserved.credits),
+                },
+                "u": { "$set": {
+                    "seq": new_seq,
+                    "pendingDebits": new_reserved.debits,
+                    "pendingCredits": new_reserved.credits,
+                } },
+            }
         });
-        self.update_each(s, "accounts", bumps.collect()).await?;
+        self.update_each(s, "accounts", accounts.collect()).await?;
         if !plan.entries.is_empty() {
             let entries: Vec<EntryDoc> = plan.entries.iter().map(EntryDoc::from).collect();
             self.entries().insert_many(entries).session(&mut *s).await?;
@@ -319,7 +334,19 @@ impl Store {
                 "u": { "$set": { "reversedBy": by.to_string() } },
             }
         });
-        self.update_each(s, "transactions", reversed.collect()).await
+        self.update_each(s, "transactions", reversed.collect()).await?;
+        let settled = plan.settled.iter().map(|h| {
+            doc! {
+                "q": { "_id": h.hold.to_string(), "status": TransactionStatus::Held.as_str() },
+                "u": { "$set": {
+                    "status": h.status.as_str(),
+                    "postedAmount": h.posted_amount.map(|a| a.minor()),
+                    "resolvedBy": h.resolved_by.map(|id| id.to_string()),
+                    "resolvedAt": to_bson_time(h.resolved_at),
+                } },
+            }
+        });
+        self.update_each(s, "transactions", settled.collect()).await
     }
 
     /// Runs several guarded update statements in one round trip (the `update` command; the

@@ -18,6 +18,7 @@ mod docs;
 mod error;
 mod execute;
 mod group;
+mod holds;
 mod reconcile;
 pub mod synthetic;
 mod transactions;
@@ -97,6 +98,16 @@ impl Store {
                 index(doc! { "toAccount": 1, "_id": -1 }, None),
                 index(doc! { "initiator": 1, "_id": -1 }, None),
                 index(doc! { "reverses": 1 }, Some(IndexOptions::builder().sparse(true).build())),
+                // The expiry sweep's: only HELD holds are in it.
+                index(
+                    doc! { "expiresAt": 1 },
+                    Some(
+                        IndexOptions::builder()
+                            .name("held_expiresAt".to_owned())
+                            .partial_filter_expression(doc! { "status": "HELD" })
+                            .build(),
+                    ),
+                ),
             ])
             .await?;
         // Replaced by {status, createdAt} when the republisher stopped marking publishes; on a

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
-use ledgerflow_domain::{AccountId, AccountStatus, EntryType, GENESIS_HASH, TransactionStatus};
+use std::collections::HashMap;
+
+use ledgerflow_domain::{AccountId, AccountStatus, EntryType, GENESIS_HASH, Reserved, TransactionStatus, TransferKind};
 use mongodb::bson::{Document, doc, from_document};
 use serde::Serialize;
 
@@ -23,6 +25,8 @@ const MAX_LISTED: usize = 1_000;
 pub struct ReconcileOptions {
     /// PENDING transactions older than this are reported as stuck.
     pub max_pending_age: Duration,
+    /// HELD holds this long past `expiresAt` are reported: the expiry sweep is not running.
+    pub hold_expiry_grace: Duration,
 }
 
 /// Told about progress, e.g. to draw a progress bar.
@@ -97,8 +101,11 @@ impl Store {
             }
             report.totals.push(CurrencyTotal { currency, debits, credits });
         }
-        self.check_transactions(options, progress, &mut report).await?;
-        self.check_accounts(progress, &mut report).await?;
+        // What HELD holds reserve, per account: at most one entry per account with open holds.
+        let mut reserved = HashMap::new();
+        self.check_transactions(options, progress, &mut reserved, &mut report).await?;
+        self.check_settlements(&mut report).await?;
+        self.check_accounts(progress, &reserved, &mut report).await?;
         report.ok = report.discrepancy_count == 0;
         Ok(report)
     }
@@ -109,10 +116,13 @@ impl Store {
         &self,
         options: &ReconcileOptions,
         progress: &dyn Progress,
+        reserved: &mut HashMap<AccountId, Reserved>,
         report: &mut ReconcileReport,
     ) -> Result<(), StoreError> {
         progress.phase("transactions", self.transactions().estimated_document_count().await?);
-        let stale_before = Utc::now() - chrono::Duration::from_std(options.max_pending_age).unwrap_or_default();
+        let now = Utc::now();
+        let stale_before = now - chrono::Duration::from_std(options.max_pending_age).unwrap_or_default();
+        let expiry_overdue_before = now - chrono::Duration::from_std(options.hold_expiry_grace).unwrap_or_default();
         let transactions = self.raw("transactions").find(doc! {}).sort(doc! { "_id": 1 }).await?;
         let entries = self.raw("entries").find(doc! {}).sort(doc! { "transactionId": 1, "type": 1 }).await?;
         let mut entries = Box::pin(parsed::<EntryDoc, EntryRecord>(entries, "entries")).peekable();
@@ -153,6 +163,9 @@ impl Store {
                 }
             }
             check_transaction(&t, &own, stale_before, report);
+            if t.status == TransactionStatus::Held {
+                check_held(&t, expiry_overdue_before, reserved, report);
+            }
         }
         while let Some(rest) = entries.next().await {
             match rest {
@@ -170,7 +183,12 @@ impl Store {
     /// Per account: sequence 1, 2, 3… without gaps, each `balanceAfter` equal to the running sum,
     /// the hash chain intact, never negative (but the funding account), and the account's
     /// `seq` pointing at its last entry.
-    async fn check_accounts(&self, progress: &dyn Progress, report: &mut ReconcileReport) -> Result<(), StoreError> {
+    async fn check_accounts(
+        &self,
+        progress: &dyn Progress,
+        reserved: &HashMap<AccountId, Reserved>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), StoreError> {
         progress.phase("accounts", self.entries().estimated_document_count().await?);
         // Both walks go in descending account id: that is how the (accountId, seq desc)
         // index can be read with seq ascending.
@@ -217,6 +235,17 @@ impl Store {
                 }
             }
             walk.finish(report);
+            let held = reserved.get(&account.id).copied().unwrap_or_default();
+            if held != account.reserved {
+                report.flag(
+                    "pending_amounts",
+                    format!("account {}", account.id),
+                    format!(
+                        "pendingDebits {} and pendingCredits {}, but its HELD holds sum to {} and {}",
+                        account.reserved.debits, account.reserved.credits, held.debits, held.credits
+                    ),
+                );
+            }
         }
         while let Some(rest) = entries.next().await {
             if let Ok(e) = rest {
@@ -224,6 +253,55 @@ impl Store {
                     "orphan_entry",
                     format!("entry {}", e.id),
                     format!("account {} does not exist", e.account_id),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// No hold is settled twice, and every settled hold names the settlement that did it: a
+    /// POSTED hold a COMPLETED POST_HOLD of its `postedAmount`, a VOIDED one a COMPLETED
+    /// VOID_HOLD. Both run in the server, over the settlements and settled holds only.
+    async fn check_settlements(&self, report: &mut ReconcileReport) -> Result<(), StoreError> {
+        let completed = TransactionStatus::Completed.as_str();
+        let twice = vec![
+            doc! { "$match": { "kind": { "$in": ["POST_HOLD", "VOID_HOLD"] }, "status": completed } },
+            doc! { "$group": { "_id": "$hold", "settlements": { "$push": "$_id" } } },
+            doc! { "$match": { "settlements.1": { "$exists": true } } },
+        ];
+        let mut cursor = self.raw("transactions").aggregate(twice).await?;
+        while let Some(group) = cursor.next().await.transpose()? {
+            let hold = group.get_str("_id").unwrap_or_default().to_owned();
+            let by = group.get_array("settlements").map(|a| a.len()).unwrap_or_default();
+            report.flag("hold_settled_twice", format!("transaction {hold}"), format!("{by} COMPLETED settlements"));
+        }
+        let settled = vec![
+            doc! { "$match": { "kind": "HOLD", "status": { "$in": ["POSTED", "VOIDED"] } } },
+            doc! { "$lookup": { "from": "transactions", "localField": "resolvedBy", "foreignField": "_id", "as": "by" } },
+            doc! { "$project": { "status": 1, "postedAmount": 1, "by.kind": 1, "by.status": 1, "by.amount": 1, "by.hold": 1 } },
+        ];
+        let mut cursor = self.raw("transactions").aggregate(settled).await?;
+        while let Some(hold) = cursor.next().await.transpose()? {
+            let id = hold.get_str("_id").unwrap_or_default().to_owned();
+            let posted = hold.get_str("status") == Ok("POSTED");
+            let by = hold.get_array("by").ok().and_then(|a| a.first()).and_then(|b| b.as_document());
+            let (kind, want_amount) =
+                if posted { ("POST_HOLD", hold.get_i64("postedAmount").ok()) } else { ("VOID_HOLD", None) };
+            let fits = by.is_some_and(|b| {
+                b.get_str("kind") == Ok(kind)
+                    && b.get_str("status") == Ok(completed)
+                    && b.get_str("hold") == Ok(id.as_str())
+                    && want_amount.is_none_or(|amount| b.get_i64("amount") == Ok(amount))
+            });
+            if !fits {
+                report.flag(
+                    "hold_settlement",
+                    format!("transaction {id}"),
+                    format!(
+                        "{} but resolvedBy is not a COMPLETED {kind} of it{}",
+                        hold.get_str("status").unwrap_or_default(),
+                        if posted { " of postedAmount" } else { "" }
+                    ),
                 );
             }
         }
@@ -258,6 +336,29 @@ where
     })
 }
 
+/// A HELD hold: its reservation counted for both accounts, and its expiry not overdue.
+fn check_held(
+    t: &TransactionRecord,
+    overdue_before: chrono::DateTime<Utc>,
+    reserved: &mut HashMap<AccountId, Reserved>,
+    report: &mut ReconcileReport,
+) {
+    let amount = t.amount.minor();
+    let from = reserved.entry(t.from_account).or_default();
+    from.debits = from.debits.saturating_add(amount);
+    let to = reserved.entry(t.to_account).or_default();
+    to.credits = to.credits.saturating_add(amount);
+    match t.expires_at {
+        Some(at) if at < overdue_before => report.flag(
+            "hold_not_expired",
+            format!("transaction {}", t.id),
+            format!("HELD, but it expired at {}", at.to_rfc3339()),
+        ),
+        Some(_) => {}
+        None => report.flag("hold_not_expired", format!("transaction {}", t.id), "HELD without expiresAt"),
+    }
+}
+
 fn check_transaction(
     t: &TransactionRecord,
     entries: &[EntryRecord],
@@ -265,8 +366,10 @@ fn check_transaction(
     report: &mut ReconcileReport,
 ) {
     let subject = || format!("transaction {}", t.id);
+    // A void moves no money; nor does a hold, whose POST_HOLD carries the entries.
+    let moves_money = t.status == TransactionStatus::Completed && t.kind != TransferKind::VoidHold;
     match t.status {
-        TransactionStatus::Completed => {
+        TransactionStatus::Completed if moves_money => {
             let debit = entries.iter().filter(|e| e.entry_type == EntryType::Debit).collect::<Vec<_>>();
             let credit = entries.iter().filter(|e| e.entry_type == EntryType::Credit).collect::<Vec<_>>();
             let exact = |side: &[&EntryRecord], account: AccountId| {
@@ -290,7 +393,12 @@ fn check_transaction(
                 );
             }
         }
-        TransactionStatus::Failed | TransactionStatus::Pending => {
+        TransactionStatus::Posted if t.posted_amount.is_none_or(|posted| posted > t.amount) => report.flag(
+            "hold_settlement",
+            subject(),
+            format!("POSTED with postedAmount {:?} of a hold of {}", t.posted_amount.map(|a| a.minor()), t.amount),
+        ),
+        _ => {
             if !entries.is_empty() {
                 report.flag(
                     "unfinished_entries",

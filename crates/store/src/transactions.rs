@@ -8,6 +8,7 @@ use chrono::Utc;
 use futures::{FutureExt, TryStreamExt};
 use ledgerflow_domain::{
     AccountId, FailureReason, IdempotencyKey, Initiator, TransactionId, TransactionStatus, TransferCommand,
+    TransferKind,
 };
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, IndexedWriteError, InsertManyError};
@@ -43,6 +44,7 @@ pub struct TransactionFilter {
     pub visible_to: Option<(Initiator, Vec<AccountId>)>,
     pub account: Option<AccountId>,
     pub status: Option<TransactionStatus>,
+    pub kind: Option<TransferKind>,
     /// Cursor: only transactions with an id before this one (ids are time-ordered).
     pub before: Option<TransactionId>,
     pub limit: i64,
@@ -146,6 +148,9 @@ impl Store {
         }
         if let Some(status) = f.status {
             clauses.push(doc! { "status": status.as_str() });
+        }
+        if let Some(kind) = f.kind {
+            clauses.push(doc! { "kind": kind.as_str() });
         }
         if let Some(before) = f.before {
             clauses.push(doc! { "_id": { "$lt": before.to_string() } });

@@ -66,7 +66,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
                 if let Some(id) = cmd.transaction_id {
                     tracing::Span::current().record("transaction_id", tracing::field::display(id));
                 }
-                execute(&ctx.batcher, results, cmd).await
+                execute(&ctx, cmd).await
             }
             Err(invalid) => refuse(store, results, invalid.clone(), message_id.as_deref()).await,
         };
@@ -101,8 +101,9 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
     .await;
 }
 
-async fn execute(batcher: &Batcher, results: &Publisher, cmd: &TransferCommand) -> Settle {
-    match batcher.execute(cmd.clone()).await {
+async fn execute(ctx: &Ctx, cmd: &TransferCommand) -> Settle {
+    let results = &ctx.results;
+    match ctx.batcher.execute(cmd.clone()).await {
         Ok(Execution::Decided(record)) => {
             if cmd.transaction_id.is_none() {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
@@ -111,11 +112,11 @@ async fn execute(batcher: &Batcher, results: &Publisher, cmd: &TransferCommand) 
             metrics::counter!("ledgerflow_transfers_total", "status" => record.status.as_str(), "reason" => reason)
                 .increment(1);
             info!(status = %record.status, failure_reason = reason, amount = record.amount.minor(), "transaction decided");
-            report(results, &result_of(&record)).await
+            report_with_hold(ctx, &record).await
         }
         Ok(Execution::AlreadyTerminal(record)) => {
             info!(status = %record.status, "already terminal, republishing its result");
-            report(results, &result_of(&record)).await
+            report_with_hold(ctx, &record).await
         }
         Ok(Execution::UnknownTransaction(id)) => {
             warn!(transaction_id = %id, "command names an unknown transaction, dead-lettering");
@@ -136,6 +137,24 @@ async fn execute(batcher: &Batcher, results: &Publisher, cmd: &TransferCommand) 
         Err(e) => {
             error!(error = %e, "cannot process command, dead-lettering");
             Settle::DeadLetter
+        }
+    }
+}
+
+/// Reports a decided transaction and, for a completed POST_HOLD or VOID_HOLD, the hold it
+/// settled (POSTED or VOIDED): a hold's watchers hear of its end as they heard of its start.
+async fn report_with_hold(ctx: &Ctx, record: &TransactionRecord) -> Settle {
+    let settled = report(&ctx.results, &result_of(record)).await;
+    let Some(hold) = record.hold.filter(|_| record.status == TransactionStatus::Completed) else { return settled };
+    if !matches!(settled, Settle::Ack) {
+        return settled;
+    }
+    match ctx.store.find_transaction(hold).await {
+        Ok(Some(hold)) => report(&ctx.results, &result_of(&hold)).await,
+        Ok(None) => settled,
+        Err(e) => {
+            warn!(error = %e, "could not read the settled hold to report it; retrying the command");
+            Settle::Retry
         }
     }
 }
@@ -221,7 +240,7 @@ async fn retry_or_give_up(ctx: &Ctx, delivery: &CommandDelivery, cmd: Option<&Tr
     dead_letter_after(report(&ctx.results, &result).await)
 }
 
-fn result_of(record: &TransactionRecord) -> TransferResult {
+pub(crate) fn result_of(record: &TransactionRecord) -> TransferResult {
     let mut result = TransferResult::new(Some(record.id), record.status, record.failure_reason, record.completed_at);
     result.idempotency_key = Some(record.idempotency_key.clone());
     result.initiator = Some(record.initiator.clone());

@@ -101,6 +101,7 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     // never holds up deliveries or shutdown.
     let workers = Arc::new(AtomicU32::new(0));
     let sampler = tokio::spawn(sample_queues(results.clone(), config.topology.clone(), Arc::clone(&workers)));
+    let expiry = tokio::spawn(expire_holds(ctx.store.clone(), results.clone()));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match consume(&ctx, &config, &workers, &shutdown).await {
@@ -116,6 +117,7 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
         }
     }
     sampler.abort();
+    expiry.abort();
     results.close().await;
     info!(worker = %config.name, "worker stopped");
 }
@@ -152,6 +154,42 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
         };
         if tokio::time::timeout(SAMPLE_TIMEOUT, round).await.is_err() {
             debug!("queue sampling timed out");
+        }
+    }
+}
+
+/// How often each worker looks for HELD holds past `expiresAt`: holds expire within about
+/// this long of their time, whoever asks (every worker sweeps; each hold expires once).
+const HOLD_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most holds one sweep expires before looking again at once.
+const HOLD_SWEEP_BATCH: i64 = 100;
+
+/// Expires due holds forever and publishes an EXPIRED result for each. A result whose publish
+/// fails is not retried: the hold is EXPIRED in the database, which `GET /transactions/{id}`
+/// and its long poll (it re-reads) show regardless.
+async fn expire_holds(store: Store, results: Publisher) {
+    let mut tick = tokio::time::interval(HOLD_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            let expired = match store.expire_due_holds(HOLD_SWEEP_BATCH).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    debug!(error = %e, "hold expiry sweep failed; trying again next round");
+                    break;
+                }
+            };
+            for hold in &expired {
+                metrics::counter!("ledgerflow_holds_expired_total").increment(1);
+                info!(transaction_id = %hold.id, amount = hold.amount.minor(), "hold expired");
+                if let Err(e) = results.publish_result(&handler::result_of(hold)).await {
+                    warn!(transaction_id = %hold.id, error = %e, "could not publish a hold's expiry");
+                }
+            }
+            if (expired.len() as i64) < HOLD_SWEEP_BATCH {
+                break;
+            }
         }
     }
 }

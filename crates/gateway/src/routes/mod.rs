@@ -3,6 +3,7 @@
 mod accounts;
 mod auth;
 mod health;
+mod holds;
 mod transactions;
 
 use axum::Router;
@@ -37,6 +38,8 @@ use crate::error::ApiError;
         transactions::get,
         transactions::initial_funds,
         transactions::reverse,
+        holds::post,
+        holds::void,
         health::healthz,
         health::readyz,
     ),
@@ -76,6 +79,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", post(transactions::create).get(transactions::list))
         .route("/{id}", get(transactions::get))
         .route("/{id}/reverse", post(transactions::reverse))
+        .route("/{id}/post", post(holds::post))
+        .route("/{id}/void", post(holds::void))
         .route("/system/initial-funds", post(transactions::initial_funds))
         .route("/system/intial-funds", post(transactions::initial_funds));
     Router::new()
@@ -120,7 +125,7 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 9] = [
+        let bodies: [(&str, &[&str]); 12] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
@@ -130,6 +135,9 @@ mod tests {
             ("TransferBody", names::<requests::TransferBody>()),
             ("InitialFundsBody", names::<requests::InitialFundsBody>()),
             ("ReverseBody", names::<requests::ReverseBody>()),
+            ("HoldOptions", names::<requests::HoldOptions>()),
+            ("PostHoldBody", names::<requests::PostHoldBody>()),
+            ("VoidHoldBody", names::<requests::VoidHoldBody>()),
         ];
         for (name, takes) in bodies {
             let schema = &doc["components"]["schemas"][name];
@@ -139,7 +147,7 @@ mod tests {
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
         let none = names::<requests::NoQuery>();
-        let queries: [(&str, &str, &[&str]); 16] = [
+        let queries: [(&str, &str, &[&str]); 18] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -155,6 +163,8 @@ mod tests {
             ("get", "/transactions", names::<requests::TransactionQuery>()),
             ("get", "/transactions/{id}", names::<requests::WaitQuery>()),
             ("post", "/transactions/{id}/reverse", none),
+            ("post", "/transactions/{id}/post", none),
+            ("post", "/transactions/{id}/void", none),
             ("post", "/transactions/system/initial-funds", none),
         ];
         for (method, path, takes) in queries {

@@ -22,7 +22,7 @@ use crate::{dto, requests};
     post,
     path = "/transactions",
     tag = "transactions",
-    summary = "Request a transfer",
+    summary = "Request a transfer, or a hold (with `hold`)",
     request_body = requests::TransferBody,
     security(("bearer" = []), ("cookie" = [])),
     responses(
@@ -35,7 +35,8 @@ use crate::{dto, requests};
         dto::AuthErrors, dto::BodyErrors,
     )
 )]
-/// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,currency?,description?}`.
+/// `POST /transactions` `{fromAccount,toAccount,amount,idempotencyKey,currency?,description?,hold?}`:
+/// a TRANSFER, or with `hold: {timeoutSeconds}` a HOLD that reserves the amount instead.
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -50,6 +51,7 @@ pub(super) async fn create(
         currency: asked,
         idempotency_key: key,
         description,
+        hold,
     } = body.read()?;
     if from == to {
         return Err(ledgerflow_domain::DomainError::Invalid {
@@ -69,7 +71,10 @@ pub(super) async fn create(
         return Err(ApiError::CurrencyMismatch { from: source.currency, to: target.currency });
     }
     held_as_asked(asked, source.currency)?;
-    let request = TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?;
+    let request = match hold {
+        Some(hold) => TransferRequest::hold(from, to, amount, source.currency, description, hold.timeout_seconds)?,
+        None => TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?,
+    };
     accept(&state, &user, request, key, request_id.0).await
 }
 
@@ -189,7 +194,7 @@ fn held_as_asked(asked: Option<Currency>, held: Currency) -> ApiResult<()> {
 /// Records the transfer PENDING (or finds the one recorded under the same key) and hands it
 /// to the queue: 202 for a new transfer, 200 for a repeat of the same request, 409 for a key
 /// reused with a different request.
-async fn accept(
+pub(super) async fn accept(
     state: &AppState,
     user: &AuthUser,
     request: TransferRequest,
@@ -254,7 +259,7 @@ async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> Ap
 }
 
 /// [`may_see`], given `t`'s sending and receiving accounts as found.
-fn sees(user: &AuthUser, t: &TransactionRecord, parties: &[Option<AccountRecord>; 2]) -> bool {
+pub(super) fn sees(user: &AuthUser, t: &TransactionRecord, parties: &[Option<AccountRecord>; 2]) -> bool {
     sees_outright(user, t) || parties.iter().any(|a| owns(user, a))
 }
 
@@ -263,7 +268,7 @@ fn sees_outright(user: &AuthUser, t: &TransactionRecord) -> bool {
     user.is_system() || t.initiator == user.initiator()
 }
 
-fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
+pub(super) fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
     account.as_ref().is_some_and(|a| a.owner_id == Some(user.id))
 }
 
@@ -327,7 +332,7 @@ pub(super) async fn get(
     path = "/transactions",
     tag = "transactions",
     summary = "List transactions the caller may see",
-    params(("account" = Option<String>, Query, format = Uuid, description = "only this account's"), ("status" = Option<String>, Query, pattern = "^(PENDING|COMPLETED|FAILED)$", description = "PENDING, COMPLETED or FAILED"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, min_length = 1, description = "nextCursor of the previous page")),
+    params(("account" = Option<String>, Query, format = Uuid, description = "only this account's"), ("status" = Option<String>, Query, pattern = "^(PENDING|COMPLETED|FAILED|HELD|POSTED|VOIDED|EXPIRED)$", description = "PENDING, COMPLETED, FAILED, or a hold's HELD, POSTED, VOIDED, EXPIRED"), ("kind" = Option<String>, Query, pattern = "^(TRANSFER|INITIAL_FUNDS|REVERSAL|HOLD|POST_HOLD|VOID_HOLD)$", description = "only this kind, e.g. HOLD (with status=HELD: the open holds)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, min_length = 1, description = "nextCursor of the previous page")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Newest first", body = dto::TransactionList),
@@ -335,13 +340,13 @@ pub(super) async fn get(
         dto::AuthErrors, dto::Unavailable,
     )
 )]
-/// `GET /transactions?account=&status=&limit=&cursor=`: newest first.
+/// `GET /transactions?account=&status=&kind=&limit=&cursor=`: newest first.
 pub(super) async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     query: Query<requests::TransactionQuery>,
 ) -> ApiResult<Json<dto::TransactionList>> {
-    let requests::TransactionQuery { account, status, limit, cursor: before } = query.read()?;
+    let requests::TransactionQuery { account, status, kind, limit, cursor: before } = query.read()?;
     let limit = limit.unwrap_or_default().get();
     let account = match account {
         Some(id) => Some(visible_account(&state, &user, id).await?.id),
@@ -352,7 +357,7 @@ pub(super) async fn list(
     } else {
         Some((user.initiator(), state.store.account_ids_of(user.id).await?))
     };
-    let filter = TransactionFilter { visible_to, account, status, before, limit };
+    let filter = TransactionFilter { visible_to, account, status, kind, before, limit };
     let found = state.store.list_transactions(&filter).await?;
     let next = (found.len() as i64 == limit).then(|| found.last().map(|t| t.id)).flatten();
     Ok(Json(dto::TransactionList {
