@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ledgerflow_store::TransactionRecord;
 use ledgerflow_tests::Session;
-use ledgerflow_tests::processes::{Cluster, Services, consumer_tags, stop};
+use ledgerflow_tests::processes::{Cluster, stop};
 use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::services::{Services, consumer_tags};
 use reqwest::StatusCode;
 
 /// Accounts (one user each) that send transfers to one another.
@@ -339,7 +340,11 @@ fn summary(test: &str, c: &Cluster, w: &Workload, t: &Tally, dead_lettered: usiz
 async fn wait_progress(c: &Cluster, n: u64) {
     let start = Instant::now();
     while c.count_terminal().await.unwrap_or(0) < n {
-        assert!(start.elapsed() < WAIT, "the workers made no progress\n{}", c.workers.last().unwrap().process.tail(20));
+        assert!(
+            start.elapsed() < WAIT,
+            "the workers made no progress\n{}",
+            c.procs.workers.last().unwrap().process.tail(20)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -356,7 +361,7 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         let mut c = Cluster::start("sigkill", 1).await;
         let mut w = Workload::setup(&c).await;
         // The funding worker stops, so that the transfers queue up for the one to be killed.
-        let status = stop(&mut c.workers[0].process).await;
+        let status = stop(&mut c.procs.workers[0].process).await;
         assert!(status.success(), "worker-0 stopped cleanly: {status}");
         let plan = w.plan(300, "kill");
         let sent = w.send(&c, &plan, 16, &AtomicUsize::new(0)).await;
@@ -366,10 +371,10 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         wait_progress(&c, ACCOUNTS as u64 + 50).await;
         // Freeze it and kill it. Nobody else consumes, so the broker's requeueing of the
         // deliveries it had not acknowledged shows as a jump in the ready count.
-        c.workers[victim].process.signal("STOP").unwrap();
+        c.procs.workers[victim].process.signal("STOP").unwrap();
         let ready_before = c.ready_commands().await;
         let done_at_kill = c.count_terminal().await.unwrap() - ACCOUNTS as u64;
-        let status = c.workers[victim].process.sigkill().unwrap();
+        let status = c.procs.workers[victim].process.sigkill().unwrap();
         assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
         assert!(done_at_kill < plan.len() as u64, "the worker had finished everything before it was killed");
         let start = Instant::now();
@@ -388,7 +393,7 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
 
         let rescuer = c.spawn_worker("rescuer", 16);
         let tally = verify(&c, &w, &sent, Extra::default()).await;
-        let rescued = c.workers[rescuer].redelivered().len();
+        let rescued = c.redelivered_to(rescuer).len();
         c.assert_processes_alive();
         summary(
             "sigkill",
@@ -468,7 +473,7 @@ async fn gateway_and_workers_ride_out_a_rabbitmq_restart_answering_503_meanwhile
         // The same processes reconnect: the gateway is ready again, both workers consume.
         let start = Instant::now();
         while c.try_call("GET", "/readyz", None, None).await.map(|(s, _)| s).ok() != Some(StatusCode::OK) {
-            assert!(start.elapsed() < WAIT, "the gateway did not reconnect\n{}", c.gateway.process.tail(20));
+            assert!(start.elapsed() < WAIT, "the gateway did not reconnect\n{}", c.procs.gateway.process.tail(20));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let names: Vec<String> = (0..2).map(|i| format!("worker-{i}-{}", c.env.prefix())).collect();
@@ -488,7 +493,7 @@ async fn gateway_and_workers_ride_out_a_rabbitmq_restart_answering_503_meanwhile
         assert_all_accepted(&after_sent);
         sent.extend(after_sent);
         let tally = verify(&c, &w, &sent, Extra::default()).await;
-        let republished = c.gateway.republished().len();
+        let republished = c.republished().len();
         c.assert_processes_alive();
         summary(
             "rabbitmq",
@@ -512,7 +517,7 @@ async fn workers_retry_through_a_mongod_restart_and_finish_the_work() {
         let mut c = Cluster::start("mongod", 1).await;
         let mut w = Workload::setup(&c).await;
         // Queue the transfers first, so that plenty is in flight when mongod stops.
-        let status = stop(&mut c.workers[0].process).await;
+        let status = stop(&mut c.procs.workers[0].process).await;
         assert!(status.success(), "worker-0 stopped cleanly: {status}");
         let plan = w.plan(300, "mongo");
         let sent = w.send(&c, &plan, 16, &AtomicUsize::new(0)).await;
@@ -623,7 +628,7 @@ async fn a_publish_whose_confirm_is_lost_is_republished_and_applied_once() {
         // A deferred transfer the republisher did not send completed from its first publish:
         // the broker had it, only the confirm was lost.
         let ids: HashSet<String> = deferred.iter().filter_map(|s| s.recorded_id()).collect();
-        let republished = c.gateway.republished().intersection(&ids).count();
+        let republished = c.republished().intersection(&ids).count();
         assert!(republished > 0, "the republisher sent none of the {} deferred transfers", ids.len());
         assert!(
             republished < ids.len(),

@@ -337,15 +337,12 @@ fn running(pid: u32) -> bool {
 async fn a_terminated_bench_stops_the_processes_it_started() {
     let app = spawn_app().await;
     // Killed when dropped, should an assertion below fail first.
-    let mut bench = ledgerflow_tests::Reaped(
-        app.cli()
-            .args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("ledgerflow binary (run scripts/test.sh, which builds it)"),
-    );
-    let pid = bench.0.id();
+    let mut bench = {
+        let mut cmd = app.cli();
+        cmd.args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"]);
+        app.launcher().spawn(cmd, "bench").unwrap()
+    };
+    let pid = bench.pid();
     let deadline = std::time::Instant::now() + PROCESS_DEADLINE;
     // The gateway and one worker.
     let started = loop {
@@ -360,7 +357,7 @@ async fn a_terminated_bench_stops_the_processes_it_started() {
         .await
         .expect("kill -TERM the bench");
     let exited = loop {
-        if let Some(status) = bench.0.try_wait().expect("wait for the bench") {
+        if let Some(status) = bench.exited() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "the bench did not exit after SIGTERM");

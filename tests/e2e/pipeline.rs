@@ -4,8 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
-use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_tests::serde_json::{self, Value, json};
 use ledgerflow_tests::{DEADLINE, Pair, TestApp, spawn_app, spawn_app_configured, spawn_app_with};
 use reqwest::StatusCode;
@@ -167,15 +165,8 @@ async fn active_partitions(app: &TestApp, port: u16) -> BTreeSet<u16> {
 
 /// Waits until `n` workers are on the roster (so each consumes every partition).
 async fn wait_for_workers(app: &TestApp, n: u32) {
-    let ch = app.channel().await;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let roster = app.topology.workers();
-    let start = Instant::now();
-    while ch.queue_declare(roster.as_str().into(), passive, FieldTable::default()).await.unwrap().consumer_count() != n
-    {
-        assert!(start.elapsed() < DEADLINE, "{roster} never had {n} consumers");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let by = Instant::now() + DEADLINE;
+    ledgerflow_testkit::wait_for_workers(&app.settings.connections.amqp_uri, &app.topology, n, by).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

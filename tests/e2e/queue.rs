@@ -278,16 +278,7 @@ async fn sigterm_stops_a_worker_process_cleanly_and_loses_nothing() {
         assert!(start.elapsed() < DEADLINE, "the worker process never started working");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let kill = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < DEADLINE, "worker did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = worker.process.terminate(DEADLINE).await.unwrap().expect("the worker exits after SIGTERM");
     assert!(status.success(), "clean exit: {status}");
 
     // Whatever it had not finished is still queued; another worker finishes it.
@@ -416,14 +407,11 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
     app.fund(&a, 100).await;
     app.stop_worker(0).await;
     // RUST_MIN_STACK unset, as in production: the binary sets its own.
-    let mut worker = ledgerflow_tests::Reaped(
-        app.cli()
-            .arg("worker")
-            .env("LEDGERFLOW_WORKER_NAME", "deep-headers")
-            .env_remove("RUST_MIN_STACK")
-            .spawn()
-            .unwrap(),
-    );
+    let mut worker = {
+        let mut cmd = app.cli();
+        cmd.arg("worker").env("LEDGERFLOW_WORKER_NAME", "deep-headers").env_remove("RUST_MIN_STACK");
+        app.launcher().spawn(cmd, "deep-headers").unwrap()
+    };
     // 1,000 levels (5 KB) overflowed the default 2 MiB stack of the debug build tested here
     // (the release build's at about 1,800). The publisher (this test) needs no more stack
     // to write them than the worker to read them.
@@ -446,6 +434,6 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
 
     assert_eq!(app.wait_upstream("deep-headers").await.status, TransactionStatus::Completed);
     assert_eq!(app.balance(&alice.token, &a).await, 70);
-    assert!(worker.0.try_wait().unwrap().is_none(), "the worker process is still running");
+    assert!(worker.exited().is_none(), "the worker process is still running\n{}", worker.tail(20));
     app.teardown().await;
 }

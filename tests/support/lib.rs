@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod processes;
+pub mod proxy;
+pub mod services;
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
+use ledgerflow_testkit::{Launcher, Worker};
 use ledgerflow_worker::WorkerConfig;
 use reqwest::StatusCode;
 use secrecy::SecretString;
@@ -41,17 +44,6 @@ const QUIET: Duration = Duration::from_millis(300);
 /// Partition queues per test topology: fewer than the default, to keep the shared broker
 /// light, but more than one, so that tests cross partitions.
 pub const PARTITIONS: u16 = 4;
-
-/// A child process that is killed (and reaped) when dropped, so a failing test leaves no
-/// process behind to consume its queues.
-pub struct Reaped(pub std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Commands ready in `topology`'s partition queues now (passive declares: live, unlike
 /// `rabbitmqctl list_queues`, whose counters are refreshed only every few seconds).
@@ -672,33 +664,35 @@ impl TestApp {
         ledgerflow_command(&self.settings.one_shot())
     }
 
-    /// `ledgerflow worker` with this app's worker settings, named `name`, then `configure`d.
-    fn worker_command(&self, name: &str, configure: impl FnOnce(&mut WorkerSettings)) -> std::process::Command {
-        let mut settings = self.settings.worker_only();
-        settings.worker.name = Some(name.to_owned());
-        configure(&mut settings.worker);
-        let mut cmd = ledgerflow_command(&settings);
-        cmd.arg("worker");
-        cmd
+    /// How this app starts `ledgerflow` processes: as testkit's `LoggedChild`ren (killed when
+    /// dropped, so a failing test leaves no process behind to consume its queues), logging
+    /// warnings to files named after the app's queue prefix.
+    pub fn launcher(&self) -> Launcher {
+        let mut launcher = Launcher::new(ledgerflow_bin(), std::env::temp_dir().join("ledgerflow-test-logs"), "warn");
+        launcher.log_prefix = format!("{}-", self.settings.connections.amqp_prefix);
+        launcher
+    }
+
+    /// `ledgerflow worker` as a real process with this app's worker settings, named `name`,
+    /// then `configure`d.
+    fn worker_process(&self, name: &str, configure: impl FnOnce(&mut WorkerSettings)) -> Worker {
+        let configure = |worker: &mut WorkerSettings| {
+            worker.name = Some(name.to_owned());
+            configure(worker);
+        };
+        self.launcher().worker(&self.settings, name, configure).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Starts `ledgerflow worker` as a real process on this app's database and queues.
-    pub fn spawn_worker_process(&self, name: &str) -> std::process::Child {
-        self.worker_command(name, |worker| worker.prefetch = 8)
-            .spawn()
-            .expect("ledgerflow binary (run scripts/test.sh, which builds it)")
+    pub fn spawn_worker_process(&self, name: &str) -> Worker {
+        self.worker_process(name, |worker| worker.prefetch = 8)
     }
 
     /// Starts `ledgerflow worker` as a real process serving its metrics on a free port;
-    /// returns it (killed when dropped) and the port.
-    pub fn spawn_worker_with_metrics(&self, name: &str) -> (Reaped, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let child = self
-            .worker_command(name, |worker| worker.metrics_addr = Some(addr))
-            .spawn()
-            .expect("ledgerflow binary (run scripts/test.sh, which builds it)");
-        (Reaped(child), port)
+    /// returns it and the port.
+    pub fn spawn_worker_with_metrics(&self, name: &str) -> (Worker, u16) {
+        let addr = ledgerflow_testkit::free_local_addr().unwrap();
+        (self.worker_process(name, |worker| worker.metrics_addr = Some(addr)), addr.port())
     }
 
     /// The Prometheus text a worker process serves on `port`, if it answers yet.
