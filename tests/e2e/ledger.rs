@@ -205,6 +205,34 @@ async fn a_one_shot_command_gives_up_on_an_unreachable_mongodb() {
     assert_eq!(error.matches("Server selection timeout").count(), 1, "{error}");
 }
 
+/// A gateway reads no worker settings: a worker variable it could not parse (in an
+/// environment shared with workers, say) does not stop it, while a worker still refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starts_whatever_the_worker_variables_say() {
+    let app = spawn_app().await;
+    let invalid = [("LEDGERFLOW_WORKER_PREFETCH", "lots"), ("LEDGERFLOW_WORKER_RETRY_DELAY", "soon")];
+    let mut settings = app.settings.gateway_only();
+    let addr = ledgerflow_testkit::free_local_addr().unwrap();
+    settings.gateway.as_mut().unwrap().http_addr = addr;
+    let mut cmd = app.launcher().command(&settings, "gateway");
+    cmd.envs(invalid);
+    let mut gateway = app.launcher().spawn(cmd, "gateway-invalid-worker-env").unwrap();
+    let client = ledgerflow_client::Client::new(format!("http://{addr}"));
+    let start = std::time::Instant::now();
+    while !client.ready().await {
+        assert!(gateway.exited().is_none(), "the gateway exited\n{}", gateway.tail(20));
+        assert!(start.elapsed() < PROCESS_DEADLINE, "the gateway was not ready in time\n{}", gateway.tail(20));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The same variables stop a worker, which reads them: they are invalid indeed.
+    let mut cmd = app.launcher().command(&app.settings.worker_only(), "worker");
+    cmd.envs(invalid);
+    let out = ledgerflow_tests::cli_output(cmd, PROCESS_DEADLINE).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(gateway);
+    app.teardown().await;
+}
+
 /// The bench's smoke run, so the load generator cannot rot: it must start its own gateway
 /// and worker processes, push transfers through, and report every figure it promises.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

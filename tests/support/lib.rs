@@ -86,7 +86,7 @@ pub fn test_settings(kind: &str) -> Settings {
     worker.prefetch = 16;
     worker.max_attempts = 3;
     worker.retry_delay = Duration::from_millis(100).into();
-    Settings { connections, gateway: Some(gateway), worker, workers: 0, threads: 1 }
+    Settings { connections, gateway: Some(gateway), worker: Some(worker), workers: 0, threads: 1 }
 }
 
 pub fn mongodb_uri() -> String {
@@ -312,7 +312,8 @@ impl TestApp {
     /// The configuration test workers use: the app's worker settings (small prefetch, quick
     /// retries), named `name`.
     pub fn worker_config(&self, name: &str) -> WorkerConfig {
-        let mut config = self.settings.worker.config(&self.settings.connections, 0);
+        let worker = self.settings.worker.as_ref().expect("test settings have worker settings");
+        let mut config = worker.config(&self.settings.connections, 0);
         config.name = name.to_owned();
         config
     }

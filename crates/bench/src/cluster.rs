@@ -75,7 +75,7 @@ fn process_settings(conn: &ConnInfo, sandbox: &Sandbox, system: &Credentials) ->
     gateway.system_password = Some(system.password.clone());
     gateway.cookie_secure = false;
     let worker: WorkerSettings = from_env().context("worker settings in the environment")?;
-    Ok(Settings { connections, gateway: Some(gateway), worker, workers: 0, threads: conn.threads })
+    Ok(Settings { connections, gateway: Some(gateway), worker: Some(worker), workers: 0, threads: conn.threads })
 }
 
 /// A gateway and workers started for one run, each logging to a file of its own in the

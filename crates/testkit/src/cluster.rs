@@ -90,9 +90,11 @@ impl Launcher {
         configure: impl FnOnce(&mut WorkerSettings),
     ) -> Result<Worker> {
         let mut settings = settings.worker_only();
-        configure(&mut settings.worker);
+        let worker = settings.worker.as_mut().context("settings without worker settings")?;
+        configure(worker);
+        let metrics = worker.metrics_addr;
         let process = self.spawn(self.command(&settings, "worker"), name)?;
-        Ok(Worker { process, metrics: settings.worker.metrics_addr })
+        Ok(Worker { process, metrics })
     }
 
     /// A `ledgerflow gateway` process with `settings`' gateway settings on a free loopback
