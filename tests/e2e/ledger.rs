@@ -5,7 +5,6 @@ use ledgerflow_tests::processes::PROCESS_DEADLINE;
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{Pair, spawn_app};
 use mongodb::bson::doc;
-use reqwest::StatusCode;
 
 fn checks(report: &Value) -> Vec<String> {
     report["discrepancies"].as_array().unwrap().iter().map(|d| d["check"].as_str().unwrap().to_owned()).collect()
@@ -18,14 +17,11 @@ async fn reconcile_passes_on_honest_books_and_catches_an_edited_entry() {
     app.fund(&a, 10_000).await;
     let mut ids = Vec::new();
     for i in 0..6 {
-        let (status, t) = app.transfer(&alice, &a, &b, json!(100 + i), &format!("r{i}")).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-        ids.push(t["transaction"]["id"].as_str().unwrap().to_owned());
+        ids.push(app.accept_transfer(&alice, &a, &b, 100 + i, &format!("r{i}")).await.transaction.id);
     }
-    let (_, t) = app.transfer(&alice, &a, &b, json!(1_000_000), "too-much").await;
-    ids.push(t["transaction"]["id"].as_str().unwrap().to_owned());
+    ids.push(app.accept_transfer(&alice, &a, &b, 1_000_000, "too-much").await.transaction.id);
     for id in &ids {
-        app.wait_terminal(&alice.token, id).await;
+        app.settled(&alice, id).await;
     }
 
     let (code, report) = app.reconcile(&[]).await;
@@ -69,14 +65,12 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
     let mut app = spawn_app().await;
     let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
-    let (_, done) = app.transfer(&alice, &a, &b, json!(10), "done").await;
-    let done_id = done["transaction"]["id"].as_str().unwrap().to_owned();
-    app.wait_terminal(&alice.token, &done_id).await;
+    let done_id = app.accept_transfer(&alice, &a, &b, 10, "done").await.transaction.id;
+    app.settled(&alice, &done_id).await;
 
     // With no worker, a new transfer stays PENDING.
     app.stop_worker(0).await;
-    let (_, pending) = app.transfer(&alice, &a, &b, json!(10), "stuck").await;
-    let pending_id = pending["transaction"]["id"].as_str().unwrap().to_owned();
+    let pending_id = app.accept_transfer(&alice, &a, &b, 10, "stuck").await.transaction.id;
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     let (code, report) = app.reconcile(&["--max-pending-age", "1s"]).await;
     assert_eq!(code, 1);
@@ -133,15 +127,14 @@ async fn admin_commands_list_suspend_reactivate_close_and_show() {
 
     let (code, out) = app.run_cli(&["admin", "accounts", "suspend", &b]).await;
     assert_eq!((code, out.trim().to_owned()), (0, format!("account {b} is now SUSPENDED")));
-    let (_, t) = app.transfer(&alice, &a, &b, json!(50), "to-suspended").await;
-    let refused = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
-    assert_eq!(refused["failureReason"], "ACCOUNT_NOT_ACTIVE");
+    let t = app.accept_transfer(&alice, &a, &b, 50, "to-suspended").await.transaction;
+    let refused = app.settled(&alice, &t.id).await;
+    assert_eq!(refused.failure_reason.as_deref(), Some("ACCOUNT_NOT_ACTIVE"));
 
     let (code, _) = app.run_cli(&["admin", "accounts", "reactivate", &b]).await;
     assert_eq!(code, 0);
-    let (_, t) = app.transfer(&alice, &a, &b, json!(50), "after-reactivation").await;
-    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(app.wait_terminal(&alice.token, &id).await["status"], "COMPLETED");
+    let id = app.accept_transfer(&alice, &a, &b, 50, "after-reactivation").await.transaction.id;
+    assert_eq!(app.settled(&alice, &id).await.status, "COMPLETED");
 
     // b holds the 50 now: it cannot be closed, and a closed account is never reactivated.
     let refused = async |verb: &str| {
@@ -154,8 +147,8 @@ async fn admin_commands_list_suspend_reactivate_close_and_show() {
         "Error: account {b} cannot become CLOSED: the account holds 50 (minor units of USD); move it out before closing the account"
     );
     assert_eq!(refused("close").await, (Some(1), held));
-    let (_, t) = app.transfer(&bob, &b, &a, json!(50), "empty-b").await;
-    app.wait_terminal(&bob.token, t["transaction"]["id"].as_str().unwrap()).await;
+    let t = app.accept_transfer(&bob, &b, &a, 50, "empty-b").await.transaction;
+    app.settled(&bob, &t.id).await;
     let (code, out) = app.run_cli(&["admin", "accounts", "close", &b]).await;
     assert_eq!((code, out.trim().to_owned()), (0, format!("account {b} is now CLOSED")));
     let final_ = format!("Error: account {b} cannot become ACTIVE: the account is CLOSED, which is final");

@@ -157,7 +157,7 @@ impl Client {
     /// Panics with the gateway process's log tail (if it is one) when a request that must
     /// succeed did not.
     #[track_caller]
-    fn must<T>(&self, what: &str, answer: Result<T, ledgerflow_client::Error>) -> T {
+    pub fn must<T>(&self, what: &str, answer: Result<T, ledgerflow_client::Error>) -> T {
         answer.unwrap_or_else(|e| {
             let tail = self.gateway_log.as_deref().map(|log| processes::log_tail("gateway", log, 20));
             panic!("{what} failed: {e}\n{}", tail.unwrap_or_default())
@@ -223,6 +223,34 @@ impl Client {
     /// Opens a USD account for `user`; returns its id.
     pub async fn open_account(&self, user: &Session) -> String {
         self.must("open account", self.as_user(user).open_account(None).await).id
+    }
+
+    /// `user` transfers `amount` from `from` to `to` under a fresh `key`, which must be
+    /// accepted (202); returns the gateway's answer without waiting for the outcome.
+    pub async fn accept_transfer(
+        &self,
+        user: &Session,
+        from: &str,
+        to: &str,
+        amount: i64,
+        key: &str,
+    ) -> ledgerflow_client::Accepted {
+        let transfer = ledgerflow_client::Transfer { from, to, amount, idempotency_key: key, description: None };
+        let accepted = self.must("transfer", self.as_user(user).transfer(&transfer).await);
+        assert!(!accepted.repeat, "the transfer under {key} was a repeat");
+        accepted
+    }
+
+    /// Waits (long polls) until the transaction `id` is COMPLETED or FAILED, as `user` sees it.
+    pub async fn settled(&self, user: &Session, id: &str) -> ledgerflow_client::TransactionBody {
+        let start = Instant::now();
+        loop {
+            let t = self.must("wait", self.as_user(user).wait(id, 5).await);
+            if t.status != "PENDING" {
+                return t;
+            }
+            assert!(start.elapsed() < DEADLINE, "transaction {id} still PENDING after {DEADLINE:?}");
+        }
     }
 
     /// Asks for initial funds through the SYSTEM endpoint; returns the funding transaction's
