@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use ledgerflow_messaging::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use ledgerflow_messaging::lapin::{BasicProperties, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
@@ -364,15 +364,7 @@ impl Cluster {
     pub async fn drain(&self, queue: &str, limit: Duration, enough: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
         let conn = self.amqp().await;
         let ch = conn.create_channel().await.unwrap();
-        let start = Instant::now();
-        let mut out = Vec::new();
-        loop {
-            match ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
-                Some(msg) => out.push(msg.delivery.data.clone()),
-                None if enough(&out) || start.elapsed() > limit => break,
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        let out = crate::broker::take(&ch, queue, usize::MAX, limit, enough).await;
         let _ = conn.close(200, "done".into()).await;
         out
     }
