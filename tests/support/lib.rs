@@ -392,10 +392,9 @@ impl TestApp {
         }
     }
 
+    /// The balance of `account` as the holder of `token` reads it.
     pub async fn balance(&self, token: &str, account: &str) -> i64 {
-        let (status, body) = self.call("GET", &format!("/api/accounts/{account}/balance"), Some(token), None).await;
-        assert_eq!(status, StatusCode::OK, "balance failed: {body}");
-        body["balance"].as_i64().unwrap()
+        self.must("balance", self.api.signed_in(token).balance(account).await).balance
     }
 
     pub async fn entries(&self, token: &str, account: &str) -> Vec<Value> {
