@@ -13,7 +13,7 @@ scripts/services.sh sweep || echo "test.sh: sweeping old test databases failed; 
 # tests, then the fault tests' package alone resolved features three ways and compiled tokio,
 # mongodb, lapin and axum again each time (about 8 of a cold run's 25 minutes on 2 slow cores).
 cargo build --workspace --all-targets --locked
-# Two phases: everything else in parallel, then the fault tests (tests/faults.rs) one at a
+# Two phases: everything else in parallel, then the fault tests (tests/faults/) one at a
 # time, since they restart RabbitMQ and mongod under everyone's feet. Both always run; the
 # script fails if either does.
 status=0

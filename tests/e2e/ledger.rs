@@ -5,7 +5,6 @@ use ledgerflow_tests::processes::PROCESS_DEADLINE;
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{Pair, spawn_app};
 use mongodb::bson::doc;
-use reqwest::StatusCode;
 
 fn checks(report: &Value) -> Vec<String> {
     report["discrepancies"].as_array().unwrap().iter().map(|d| d["check"].as_str().unwrap().to_owned()).collect()
@@ -18,14 +17,11 @@ async fn reconcile_passes_on_honest_books_and_catches_an_edited_entry() {
     app.fund(&a, 10_000).await;
     let mut ids = Vec::new();
     for i in 0..6 {
-        let (status, t) = app.transfer(&alice, &a, &b, json!(100 + i), &format!("r{i}")).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-        ids.push(t["transaction"]["id"].as_str().unwrap().to_owned());
+        ids.push(app.accept_transfer(&alice, &a, &b, 100 + i, &format!("r{i}")).await.transaction.id);
     }
-    let (_, t) = app.transfer(&alice, &a, &b, json!(1_000_000), "too-much").await;
-    ids.push(t["transaction"]["id"].as_str().unwrap().to_owned());
+    ids.push(app.accept_transfer(&alice, &a, &b, 1_000_000, "too-much").await.transaction.id);
     for id in &ids {
-        app.wait_terminal(&alice.token, id).await;
+        app.settled(&alice, id).await;
     }
 
     let (code, report) = app.reconcile(&[]).await;
@@ -69,14 +65,12 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
     let mut app = spawn_app().await;
     let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
-    let (_, done) = app.transfer(&alice, &a, &b, json!(10), "done").await;
-    let done_id = done["transaction"]["id"].as_str().unwrap().to_owned();
-    app.wait_terminal(&alice.token, &done_id).await;
+    let done_id = app.accept_transfer(&alice, &a, &b, 10, "done").await.transaction.id;
+    app.settled(&alice, &done_id).await;
 
     // With no worker, a new transfer stays PENDING.
     app.stop_worker(0).await;
-    let (_, pending) = app.transfer(&alice, &a, &b, json!(10), "stuck").await;
-    let pending_id = pending["transaction"]["id"].as_str().unwrap().to_owned();
+    let pending_id = app.accept_transfer(&alice, &a, &b, 10, "stuck").await.transaction.id;
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     let (code, report) = app.reconcile(&["--max-pending-age", "1s"]).await;
     assert_eq!(code, 1);
@@ -133,15 +127,14 @@ async fn admin_commands_list_suspend_reactivate_close_and_show() {
 
     let (code, out) = app.run_cli(&["admin", "accounts", "suspend", &b]).await;
     assert_eq!((code, out.trim().to_owned()), (0, format!("account {b} is now SUSPENDED")));
-    let (_, t) = app.transfer(&alice, &a, &b, json!(50), "to-suspended").await;
-    let refused = app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await;
-    assert_eq!(refused["failureReason"], "ACCOUNT_NOT_ACTIVE");
+    let t = app.accept_transfer(&alice, &a, &b, 50, "to-suspended").await.transaction;
+    let refused = app.settled(&alice, &t.id).await;
+    assert_eq!(refused.failure_reason.as_deref(), Some("ACCOUNT_NOT_ACTIVE"));
 
     let (code, _) = app.run_cli(&["admin", "accounts", "reactivate", &b]).await;
     assert_eq!(code, 0);
-    let (_, t) = app.transfer(&alice, &a, &b, json!(50), "after-reactivation").await;
-    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(app.wait_terminal(&alice.token, &id).await["status"], "COMPLETED");
+    let id = app.accept_transfer(&alice, &a, &b, 50, "after-reactivation").await.transaction.id;
+    assert_eq!(app.settled(&alice, &id).await.status, "COMPLETED");
 
     // b holds the 50 now: it cannot be closed, and a closed account is never reactivated.
     let refused = async |verb: &str| {
@@ -154,8 +147,8 @@ async fn admin_commands_list_suspend_reactivate_close_and_show() {
         "Error: account {b} cannot become CLOSED: the account holds 50 (minor units of USD); move it out before closing the account"
     );
     assert_eq!(refused("close").await, (Some(1), held));
-    let (_, t) = app.transfer(&bob, &b, &a, json!(50), "empty-b").await;
-    app.wait_terminal(&bob.token, t["transaction"]["id"].as_str().unwrap()).await;
+    let t = app.accept_transfer(&bob, &b, &a, 50, "empty-b").await.transaction;
+    app.settled(&bob, &t.id).await;
     let (code, out) = app.run_cli(&["admin", "accounts", "close", &b]).await;
     assert_eq!((code, out.trim().to_owned()), (0, format!("account {b} is now CLOSED")));
     let final_ = format!("Error: account {b} cannot become ACTIVE: the account is CLOSED, which is final");
@@ -203,6 +196,34 @@ async fn a_one_shot_command_gives_up_on_an_unreachable_mongodb() {
     // The driver's reason once, not once per link of the error chain.
     let error = stderr.lines().find(|l| l.starts_with("Error: ")).unwrap_or_default();
     assert_eq!(error.matches("Server selection timeout").count(), 1, "{error}");
+}
+
+/// A gateway reads no worker settings: a worker variable it could not parse (in an
+/// environment shared with workers, say) does not stop it, while a worker still refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starts_whatever_the_worker_variables_say() {
+    let app = spawn_app().await;
+    let invalid = [("LEDGERFLOW_WORKER_PREFETCH", "lots"), ("LEDGERFLOW_WORKER_RETRY_DELAY", "soon")];
+    let mut settings = app.settings.gateway_only();
+    let addr = ledgerflow_testkit::free_local_addr().unwrap();
+    settings.gateway.as_mut().unwrap().http_addr = addr;
+    let mut cmd = app.launcher().command(&settings, "gateway");
+    cmd.envs(invalid);
+    let mut gateway = app.launcher().spawn(cmd, "gateway-invalid-worker-env").unwrap();
+    let client = ledgerflow_client::Client::new(format!("http://{addr}"));
+    let start = std::time::Instant::now();
+    while !client.ready().await {
+        assert!(gateway.exited().is_none(), "the gateway exited\n{}", gateway.tail(20));
+        assert!(start.elapsed() < PROCESS_DEADLINE, "the gateway was not ready in time\n{}", gateway.tail(20));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The same variables stop a worker, which reads them: they are invalid indeed.
+    let mut cmd = app.launcher().command(&app.settings.worker_only(), "worker");
+    cmd.envs(invalid);
+    let out = ledgerflow_tests::cli_output(cmd, PROCESS_DEADLINE).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(gateway);
+    app.teardown().await;
 }
 
 /// The bench's smoke run, so the load generator cannot rot: it must start its own gateway
@@ -337,15 +358,12 @@ fn running(pid: u32) -> bool {
 async fn a_terminated_bench_stops_the_processes_it_started() {
     let app = spawn_app().await;
     // Killed when dropped, should an assertion below fail first.
-    let mut bench = ledgerflow_tests::Reaped(
-        app.cli()
-            .args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("ledgerflow binary (run scripts/test.sh, which builds it)"),
-    );
-    let pid = bench.0.id();
+    let mut bench = {
+        let mut cmd = app.cli();
+        cmd.args(["bench", "--accounts", "10", "--transfers", "100000", "--rate", "20", "--workers", "1"]);
+        app.launcher().spawn(cmd, "bench").unwrap()
+    };
+    let pid = bench.pid();
     let deadline = std::time::Instant::now() + PROCESS_DEADLINE;
     // The gateway and one worker.
     let started = loop {
@@ -360,7 +378,7 @@ async fn a_terminated_bench_stops_the_processes_it_started() {
         .await
         .expect("kill -TERM the bench");
     let exited = loop {
-        if let Some(status) = bench.0.try_wait().expect("wait for the bench") {
+        if let Some(status) = bench.exited() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "the bench did not exit after SIGTERM");

@@ -4,8 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
-use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_tests::serde_json::{self, Value, json};
 use ledgerflow_tests::{DEADLINE, Pair, TestApp, spawn_app, spawn_app_configured, spawn_app_with};
 use reqwest::StatusCode;
@@ -65,12 +63,9 @@ async fn an_uncovered_transfer_fails_with_insufficient_funds_and_writes_no_entri
     let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
 
-    let (status, body) = app.transfer(&alice, &a, &b, json!(101), "too-much").await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let id = body["transaction"]["id"].as_str().unwrap();
-    let done = app.wait_terminal(&alice.token, id).await;
-    assert_eq!(done["status"], "FAILED");
-    assert_eq!(done["failureReason"], "INSUFFICIENT_FUNDS");
+    let id = &app.accept_transfer(&alice, &a, &b, 101, "too-much").await.transaction.id;
+    let done = app.settled(&alice, id).await;
+    assert_eq!((done.status.as_str(), done.failure_reason.as_deref()), ("FAILED", Some("INSUFFICIENT_FUNDS")));
     let id_parsed = id.parse().unwrap();
     assert!(app.store.entries_of_transaction(id_parsed).await.unwrap().is_empty());
     assert_eq!(app.balance(&alice.token, &a).await, 100);
@@ -123,21 +118,17 @@ async fn two_workers_draining_200_transfers_from_one_account_never_overdraw_it()
     let sends = (0..200).map(|i| {
         let to = receivers[i % receivers.len()].clone();
         let (app, alice, a) = (&app, &alice, &a);
-        async move { app.transfer(alice, a, &to, json!(10), &format!("drain-{i}")).await }
+        async move { app.accept_transfer(alice, a, &to, 10, &format!("drain-{i}")).await.transaction.id }
     });
-    let mut ids = Vec::new();
-    for (status, body) in futures::future::join_all(sends).await {
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        ids.push(body["transaction"]["id"].as_str().unwrap().to_owned());
-    }
+    let ids = futures::future::join_all(sends).await;
     let mut completed = 0;
     let mut failed = 0;
     for id in &ids {
-        let t = app.wait_terminal(&alice.token, id).await;
-        match t["status"].as_str().unwrap() {
+        let t = app.settled(&alice, id).await;
+        match t.status.as_str() {
             "COMPLETED" => completed += 1,
             "FAILED" => {
-                assert_eq!(t["failureReason"], "INSUFFICIENT_FUNDS");
+                assert_eq!(t.failure_reason.as_deref(), Some("INSUFFICIENT_FUNDS"));
                 failed += 1;
             }
             other => panic!("unexpected status {other}"),
@@ -167,15 +158,8 @@ async fn active_partitions(app: &TestApp, port: u16) -> BTreeSet<u16> {
 
 /// Waits until `n` workers are on the roster (so each consumes every partition).
 async fn wait_for_workers(app: &TestApp, n: u32) {
-    let ch = app.channel().await;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let roster = app.topology.workers();
-    let start = Instant::now();
-    while ch.queue_declare(roster.as_str().into(), passive, FieldTable::default()).await.unwrap().consumer_count() != n
-    {
-        assert!(start.elapsed() < DEADLINE, "{roster} never had {n} consumers");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let by = Instant::now() + DEADLINE;
+    ledgerflow_testkit::wait_for_workers(&app.settings.connections.amqp_uri, &app.topology, n, by).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +222,7 @@ async fn two_workers_split_the_partitions_and_the_survivor_takes_them_all() {
 }
 
 /// Lingering never holds a transfer that arrives alone: with both lingers set to an hour,
-/// sparse transfers still complete (a held one would miss `wait_terminal`'s deadline).
+/// sparse transfers still complete (a held one would miss `settled`'s deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sparse_transfers_are_not_held_by_lingering() {
     let hour = Duration::from_secs(3600);
@@ -249,10 +233,8 @@ async fn sparse_transfers_are_not_held_by_lingering() {
     let Pair { alice, a, b, .. } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     for i in 0..3 {
-        let (status, body) = app.transfer(&alice, &a, &b, json!(100), &format!("sparse-{i}")).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        let id = body["transaction"]["id"].as_str().unwrap();
-        assert_eq!(app.wait_terminal(&alice.token, id).await["status"], "COMPLETED");
+        let id = app.accept_transfer(&alice, &a, &b, 100, &format!("sparse-{i}")).await.transaction.id;
+        assert_eq!(app.settled(&alice, &id).await.status, "COMPLETED");
     }
     assert_eq!(app.balance(&alice.token, &a).await, 700);
     app.teardown().await;

@@ -40,8 +40,8 @@ async fn an_upstream_command_completes_once_however_often_it_is_published() {
     assert_eq!(app.balance(&alice.token, &a).await, 3_750);
     assert_eq!(app.balance(&bob.token, &b).await, 1_250);
     // The transaction is visible over HTTP to the accounts' owners.
-    let seen = app.wait_terminal(&bob.token, &t.id.to_string()).await;
-    assert_eq!(seen["status"], "COMPLETED");
+    let seen = app.settled(&bob, &t.id.to_string()).await;
+    assert_eq!(seen.status, "COMPLETED");
 
     // Same key, different body: refused as a reused key (not reported as if the transfer
     // under it had failed) and dead-lettered, the original untouched.
@@ -64,8 +64,8 @@ async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps
     let app = spawn_app().await;
     let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
-    let (_, eur) = app.call("POST", "/api/accounts", Some(&bob.token), Some(json!({"currency": "EUR"}))).await;
-    let eur = eur["id"].as_str().unwrap();
+    let eur = app.must("open an EUR account", app.as_user(&bob).open_account(Some("EUR")).await).id;
+    let eur = eur.as_str();
 
     let good = app.upstream_command(&a, &b, 10, "good");
     let with = |field: &str, value: Value| {
@@ -115,16 +115,13 @@ async fn malformed_and_hostile_messages_are_dead_lettered_while_the_worker_keeps
     let invalid = results.iter().filter(|r| r["failureReason"] == "INVALID_COMMAND").count();
     assert_eq!(invalid, hostile.len(), "each one got a FAILED INVALID_COMMAND result");
     // The impersonation did not create a transaction in Alice's name.
-    let (_, listed) = app.call("GET", "/transactions", Some(&alice.token), None).await;
-    assert!(
-        listed["transactions"].as_array().unwrap().iter().all(|t| t["idempotencyKey"] != "good" || t["amount"] == 10)
-    );
+    let listed = app.must("list transactions", app.as_user(&alice).transactions().await);
+    assert!(listed.transactions.iter().all(|t| t.idempotency_key != "good" || t.amount == 10), "{listed:?}");
     assert_eq!(app.balance(&alice.token, &a).await, 990);
 
     // And the worker is still serving.
-    let (status, t) = app.transfer(&alice, &a, &b, json!(5), "after-the-flood").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await["status"], "COMPLETED");
+    let t = app.accept_transfer(&alice, &a, &b, 5, "after-the-flood").await.transaction;
+    assert_eq!(app.settled(&alice, &t.id).await.status, "COMPLETED");
     app.teardown().await;
 }
 
@@ -133,9 +130,8 @@ async fn a_redelivered_or_tampered_gateway_command_never_moves_money_twice() {
     let app = spawn_app().await;
     let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
-    let (_, t) = app.transfer(&alice, &a, &b, json!(400), "once").await;
-    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
-    app.wait_terminal(&alice.token, &id).await;
+    let id = app.accept_transfer(&alice, &a, &b, 400, "once").await.transaction.id;
+    app.settled(&alice, &id).await;
 
     let record = app.store.find_transaction(id.parse().unwrap()).await.unwrap().unwrap();
     let original = record.to_command().to_json();
@@ -175,8 +171,8 @@ async fn a_transfer_whose_publish_failed_answers_503_and_is_republished_later() 
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     // The healthy gateway's republisher picks it up; the worker completes it.
-    let done = app.wait_terminal(&alice.token, &id).await;
-    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let done = app.settled(&alice, &id).await;
+    assert_eq!(done.status, "COMPLETED", "{done:?}");
     // Retrying the request with the same key now just returns it.
     let (status, again) = app.transfer(&alice, &a, &b, json!(250), "offline").await;
     assert_eq!((status, again["transaction"]["id"].as_str()), (StatusCode::OK, Some(id.as_str())));
@@ -210,9 +206,7 @@ async fn the_republisher_waits_for_an_idle_queue_and_gives_up_after_five_tries()
     let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     app.stop_worker(0).await;
-    let (status, t) = app.transfer(&alice, &a, &b, json!(5), "never-processed").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    let id = app.accept_transfer(&alice, &a, &b, 5, "never-processed").await.transaction.id;
 
     // Its command waits in the queue, well past the republish age (500 ms): not republished,
     // since a backlog means the command may simply not have been reached yet.
@@ -248,9 +242,8 @@ async fn a_worker_survives_its_broker_connection_being_closed() {
         assert!(start.elapsed() < DEADLINE, "worker never connected");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (status, t) = app.transfer(&alice, &a, &b, json!(10), "after-loss").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(app.wait_terminal(&alice.token, t["transaction"]["id"].as_str().unwrap()).await["status"], "COMPLETED");
+    let t = app.accept_transfer(&alice, &a, &b, 10, "after-loss").await.transaction;
+    assert_eq!(app.settled(&alice, &t.id).await.status, "COMPLETED");
     app.stop_worker(index).await;
     app.teardown().await;
 }
@@ -278,16 +271,7 @@ async fn sigterm_stops_a_worker_process_cleanly_and_loses_nothing() {
         assert!(start.elapsed() < DEADLINE, "the worker process never started working");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let kill = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < DEADLINE, "worker did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = worker.process.terminate(DEADLINE).await.unwrap().expect("the worker exits after SIGTERM");
     assert!(status.success(), "clean exit: {status}");
 
     // Whatever it had not finished is still queued; another worker finishes it.
@@ -316,9 +300,7 @@ async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_
     .await
     .unwrap();
     let broken = app.add_worker_with(unreachable, app.worker_config("db-down"));
-    let (status, t) = app.transfer(&alice, &a, &b, json!(25), "via-gateway").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let gateway_id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    let gateway_id = app.accept_transfer(&alice, &a, &b, 25, "via-gateway").await.transaction.id;
     app.publish_raw(&a, &bytes(&app.upstream_command(&a, &b, 75, "doomed"))).await;
 
     // After max_attempts (3) tries through the retry queue both are dead-lettered. The
@@ -349,7 +331,7 @@ async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_
     let (code, out) = app.run_cli(&["admin", "dlq", "replay"]).await;
     assert_eq!((code, out.trim()), (0, format!("replayed 2 command(s) to {}", app.topology.transfers()).as_str()));
     assert_eq!(app.wait_upstream("doomed").await.status, TransactionStatus::Completed);
-    assert_eq!(app.wait_terminal(&alice.token, &gateway_id).await["status"], "COMPLETED");
+    assert_eq!(app.settled(&alice, &gateway_id).await.status, "COMPLETED");
     assert_eq!(app.balance(&bob.token, &b).await, 100);
     let (_, listed) = app.run_cli(&["admin", "dlq", "list"]).await;
     assert!(listed.starts_with("0 dead-lettered"), "{listed}");
@@ -379,15 +361,11 @@ async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_fai
     app.stop_worker(0).await;
     let impatient = app.store.clone().with_conflict_retry_budget(Duration::from_millis(300));
     app.add_worker_with(impatient, app.worker_config("impatient"));
-    let (_, t) = app.transfer(&alice, &a, &b, json!(100), "blocked").await;
-    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
+    let id = app.accept_transfer(&alice, &a, &b, 100, "blocked").await.transaction.id;
 
     // In-process retries, then three tries through the retry queue, then given up.
-    let failed = app.wait_terminal(&alice.token, &id).await;
-    assert_eq!(
-        (failed["status"].clone(), failed["failureReason"].clone()),
-        (json!("FAILED"), json!("PROCESSING_FAILED"))
-    );
+    let failed = app.settled(&alice, &id).await;
+    assert_eq!((failed.status.as_str(), failed.failure_reason.as_deref()), ("FAILED", Some("PROCESSING_FAILED")));
     let results = app.drain_queue(&app.topology.results(), 2, 10).await;
     assert!(
         results.iter().any(|r| r["transactionId"] == id && r["failureReason"] == "PROCESSING_FAILED"),
@@ -416,14 +394,11 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
     app.fund(&a, 100).await;
     app.stop_worker(0).await;
     // RUST_MIN_STACK unset, as in production: the binary sets its own.
-    let mut worker = ledgerflow_tests::Reaped(
-        app.cli()
-            .arg("worker")
-            .env("LEDGERFLOW_WORKER_NAME", "deep-headers")
-            .env_remove("RUST_MIN_STACK")
-            .spawn()
-            .unwrap(),
-    );
+    let mut worker = {
+        let mut cmd = app.cli();
+        cmd.arg("worker").env("LEDGERFLOW_WORKER_NAME", "deep-headers").env_remove("RUST_MIN_STACK");
+        app.launcher().spawn(cmd, "deep-headers").unwrap()
+    };
     // 1,000 levels (5 KB) overflowed the default 2 MiB stack of the debug build tested here
     // (the release build's at about 1,800). The publisher (this test) needs no more stack
     // to write them than the worker to read them.
@@ -446,6 +421,6 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
 
     assert_eq!(app.wait_upstream("deep-headers").await.status, TransactionStatus::Completed);
     assert_eq!(app.balance(&alice.token, &a).await, 70);
-    assert!(worker.0.try_wait().unwrap().is_none(), "the worker process is still running");
+    assert!(worker.exited().is_none(), "the worker process is still running\n{}", worker.tail(20));
     app.teardown().await;
 }

@@ -15,10 +15,8 @@ async fn reverse(app: &TestApp, who: &Session, id: &str, key: &str) -> (StatusCo
 }
 
 async fn completed_transfer(app: &TestApp, from: &Session, a: &str, b: &str, amount: i64, key: &str) -> String {
-    let (status, t) = app.transfer(from, a, b, json!(amount), key).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{t}");
-    let id = t["transaction"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(app.wait_terminal(&from.token, &id).await["status"], "COMPLETED");
+    let id = app.accept_transfer(from, a, b, amount, key).await.transaction.id;
+    assert_eq!(app.settled(from, &id).await.status, "COMPLETED");
     id
 }
 
@@ -47,15 +45,14 @@ async fn the_receiver_reverses_a_transfer_once_and_the_original_links_to_it() {
     assert_eq!(r["transaction"]["fromAccount"], b.as_str());
     assert_eq!(r["transaction"]["toAccount"], a.as_str());
     let reversal = r["transaction"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(app.wait_terminal(&bob.token, &reversal).await["status"], "COMPLETED");
+    assert_eq!(app.settled(&bob, &reversal).await.status, "COMPLETED");
     assert_eq!(app.balance(&alice.token, &a).await, 1_000);
     assert_eq!(app.balance(&bob.token, &b).await, 0);
 
     // The original is unchanged except for the link.
-    let (_, t) = app.call("GET", &format!("/transactions/{original}"), Some(&alice.token), None).await;
-    assert_eq!(t["transaction"]["status"], "COMPLETED");
-    assert_eq!(t["transaction"]["amount"], 300);
-    assert_eq!(t["transaction"]["reversedBy"], reversal.as_str());
+    let t = app.must("the original", app.as_user(&alice).transaction(&original).await);
+    assert_eq!((t.status.as_str(), t.amount), ("COMPLETED", 300));
+    assert_eq!(t.reversed_by.as_deref(), Some(reversal.as_str()));
     assert_eq!(app.store.entries_of_transaction(original.parse().unwrap()).await.unwrap().len(), 2);
 
     // A second reversal is refused; repeating the first request returns it.
@@ -82,26 +79,22 @@ async fn a_reversal_the_receiver_cannot_cover_fails_and_may_be_retried_later() {
 
     let (status, r) = reverse(&app, &bob, &original, "refund-1").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{r}");
-    let failed = app.wait_terminal(&bob.token, r["transaction"]["id"].as_str().unwrap()).await;
-    assert_eq!(
-        (failed["status"].clone(), failed["failureReason"].clone()),
-        (json!("FAILED"), json!("INSUFFICIENT_FUNDS"))
-    );
-    let (_, t) = app.call("GET", &format!("/transactions/{original}"), Some(&alice.token), None).await;
-    assert!(t["transaction"].get("reversedBy").is_none(), "{t}");
+    let failed = app.settled(&bob, r["transaction"]["id"].as_str().unwrap()).await;
+    assert_eq!((failed.status.as_str(), failed.failure_reason.as_deref()), ("FAILED", Some("INSUFFICIENT_FUNDS")));
+    let t = app.must("the original", app.as_user(&alice).transaction(&original).await);
+    assert!(t.reversed_by.is_none(), "{t:?}");
     assert_eq!(app.balance(&bob.token, &b).await, 100);
 
     // Once Bob has the money again, SYSTEM can reverse it.
     app.fund(&b, 400).await;
     let (status, r) = reverse(&app, &app.system, &original, "refund-2").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{r}");
-    assert_eq!(app.wait_terminal(&bob.token, r["transaction"]["id"].as_str().unwrap()).await["status"], "COMPLETED");
+    assert_eq!(app.settled(&bob, r["transaction"]["id"].as_str().unwrap()).await.status, "COMPLETED");
     assert_eq!(app.balance(&alice.token, &a).await, 1_000);
 
     // Failed and pending transactions cannot be reversed.
-    let (_, t) = app.transfer(&carol, &c, &a, json!(10_000), "too-much").await;
-    let too_much = t["transaction"]["id"].as_str().unwrap().to_owned();
-    app.wait_terminal(&carol.token, &too_much).await;
+    let too_much = app.accept_transfer(&carol, &c, &a, 10_000, "too-much").await.transaction.id;
+    app.settled(&carol, &too_much).await;
     assert_error(&reverse(&app, &alice, &too_much, "r").await, StatusCode::CONFLICT, "NOT_REVERSIBLE");
     app.teardown().await;
 }
@@ -134,11 +127,11 @@ async fn concurrent_reversals_move_the_money_back_once() {
     assert!(!accepted.is_empty());
     let mut completed = 0;
     for id in &accepted {
-        let t = app.wait_terminal(&app.system.token, id).await;
-        if t["status"] == "COMPLETED" {
+        let t = app.settled(&app.system, id).await;
+        if t.status == "COMPLETED" {
             completed += 1;
         } else {
-            assert_eq!(t["failureReason"], "ALREADY_REVERSED", "{t}");
+            assert_eq!(t.failure_reason.as_deref(), Some("ALREADY_REVERSED"), "{t:?}");
         }
     }
     assert_eq!(completed, 1, "exactly one reversal completes");
@@ -153,16 +146,8 @@ async fn system_reverses_initial_funds_back_into_the_funding_account() {
     let app = spawn_app().await;
     let alice = app.register().await;
     let a = app.open_account(&alice).await;
-    let (_, f) = app
-        .call(
-            "POST",
-            "/transactions/system/initial-funds",
-            Some(&app.system.token),
-            Some(json!({"toAccount": a, "amount": 700, "idempotencyKey": "fund"})),
-        )
-        .await;
-    let funding = f["transaction"]["id"].as_str().unwrap().to_owned();
-    app.wait_terminal(&alice.token, &funding).await;
+    let funding = app.request_funding(&a, 700).await;
+    app.settled(&alice, &funding).await;
     let (status, r) = reverse(&app, &app.system, &funding, "unfund").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{r}");
     assert_eq!(app.wait_terminal(&alice.token, r["transaction"]["id"].as_str().unwrap()).await["status"], "COMPLETED");

@@ -7,19 +7,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod broker;
+mod cli;
 pub mod processes;
+pub mod proxy;
+pub mod services;
+
+pub use broker::{close_broker_connections, ready_commands};
+pub use cli::{cli_output, ledgerflow_bin, ledgerflow_command};
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use ledgerflow::settings::{Connections, GatewaySettings, WorkerSettings, from_env};
 use ledgerflow::{App, Settings};
-use ledgerflow_messaging::lapin::message::Delivery;
-use ledgerflow_messaging::lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
-use ledgerflow_messaging::lapin::types::FieldTable;
-use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
+use ledgerflow_messaging::lapin::Connection;
 use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
 use ledgerflow_worker::WorkerConfig;
@@ -36,35 +37,9 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Longest wait for one step of a test's teardown.
 const TEARDOWN_STEP: Duration = Duration::from_secs(15);
-/// How long `drain_commands` waits for one more command once it has the least it wanted.
-const QUIET: Duration = Duration::from_millis(300);
 /// Partition queues per test topology: fewer than the default, to keep the shared broker
 /// light, but more than one, so that tests cross partitions.
 pub const PARTITIONS: u16 = 4;
-
-/// A child process that is killed (and reaped) when dropped, so a failing test leaves no
-/// process behind to consume its queues.
-pub struct Reaped(pub std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Commands ready in `topology`'s partition queues now (passive declares: live, unlike
-/// `rabbitmqctl list_queues`, whose counters are refreshed only every few seconds).
-pub async fn ready_commands(conn: &Connection, topology: &Topology) -> u32 {
-    let ch = conn.create_channel().await.unwrap();
-    let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-    let mut ready = 0;
-    for queue in topology.partitions() {
-        ready += ch.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.unwrap().message_count();
-    }
-    let _ = ch.close(200, "done".into()).await;
-    ready
-}
 
 pub const SYSTEM_EMAIL: &str = "system@ledgerflow.test";
 pub const SYSTEM_PASSWORD: &str = "system-password-for-tests";
@@ -94,7 +69,7 @@ pub fn test_settings(kind: &str) -> Settings {
     worker.prefetch = 16;
     worker.max_attempts = 3;
     worker.retry_delay = Duration::from_millis(100).into();
-    Settings { connections, gateway: Some(gateway), worker, workers: 0, threads: 1 }
+    Settings { connections, gateway: Some(gateway), worker: Some(worker), workers: 0, threads: 1 }
 }
 
 pub fn mongodb_uri() -> String {
@@ -165,7 +140,7 @@ impl Client {
     /// Panics with the gateway process's log tail (if it is one) when a request that must
     /// succeed did not.
     #[track_caller]
-    fn must<T>(&self, what: &str, answer: Result<T, ledgerflow_client::Error>) -> T {
+    pub fn must<T>(&self, what: &str, answer: Result<T, ledgerflow_client::Error>) -> T {
         answer.unwrap_or_else(|e| {
             let tail = self.gateway_log.as_deref().map(|log| processes::log_tail("gateway", log, 20));
             panic!("{what} failed: {e}\n{}", tail.unwrap_or_default())
@@ -231,6 +206,34 @@ impl Client {
     /// Opens a USD account for `user`; returns its id.
     pub async fn open_account(&self, user: &Session) -> String {
         self.must("open account", self.as_user(user).open_account(None).await).id
+    }
+
+    /// `user` transfers `amount` from `from` to `to` under a fresh `key`, which must be
+    /// accepted (202); returns the gateway's answer without waiting for the outcome.
+    pub async fn accept_transfer(
+        &self,
+        user: &Session,
+        from: &str,
+        to: &str,
+        amount: i64,
+        key: &str,
+    ) -> ledgerflow_client::Accepted {
+        let transfer = ledgerflow_client::Transfer { from, to, amount, idempotency_key: key, description: None };
+        let accepted = self.must("transfer", self.as_user(user).transfer(&transfer).await);
+        assert!(!accepted.repeat, "the transfer under {key} was a repeat");
+        accepted
+    }
+
+    /// Waits (long polls) until the transaction `id` is COMPLETED or FAILED, as `user` sees it.
+    pub async fn settled(&self, user: &Session, id: &str) -> ledgerflow_client::TransactionBody {
+        let start = Instant::now();
+        loop {
+            let t = self.must("wait", self.as_user(user).wait(id, 5).await);
+            if t.status != "PENDING" {
+                return t;
+            }
+            assert!(start.elapsed() < DEADLINE, "transaction {id} still PENDING after {DEADLINE:?}");
+        }
     }
 
     /// Asks for initial funds through the SYSTEM endpoint; returns the funding transaction's
@@ -320,7 +323,8 @@ impl TestApp {
     /// The configuration test workers use: the app's worker settings (small prefetch, quick
     /// retries), named `name`.
     pub fn worker_config(&self, name: &str) -> WorkerConfig {
-        let mut config = self.settings.worker.config(&self.settings.connections, 0);
+        let worker = self.settings.worker.as_ref().expect("test settings have worker settings");
+        let mut config = worker.config(&self.settings.connections, 0);
         config.name = name.to_owned();
         config
     }
@@ -388,10 +392,9 @@ impl TestApp {
         }
     }
 
+    /// The balance of `account` as the holder of `token` reads it.
     pub async fn balance(&self, token: &str, account: &str) -> i64 {
-        let (status, body) = self.call("GET", &format!("/api/accounts/{account}/balance"), Some(token), None).await;
-        assert_eq!(status, StatusCode::OK, "balance failed: {body}");
-        body["balance"].as_i64().unwrap()
+        self.must("balance", self.api.signed_in(token).balance(account).await).balance
     }
 
     pub async fn entries(&self, token: &str, account: &str) -> Vec<Value> {
@@ -399,97 +402,6 @@ impl TestApp {
             self.call("GET", &format!("/api/accounts/{account}/entries?limit=100"), Some(token), None).await;
         assert_eq!(status, StatusCode::OK, "entries failed: {body}");
         body["entries"].as_array().unwrap().clone()
-    }
-
-    /// A channel on the shared test connection, for publishing as an upstream system or
-    /// inspecting queues.
-    pub async fn channel(&self) -> Channel {
-        self.amqp.create_channel().await.unwrap()
-    }
-
-    /// Publishes raw bytes to the transfers exchange, as an upstream system would.
-    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
-        let ch = self.channel().await;
-        ch.confirm_select(Default::default()).await.unwrap();
-        ch.basic_publish(
-            self.topology.transfers().as_str().into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-        let _ = ch.close(200, "done".into()).await;
-    }
-
-    /// Takes up to `max` messages off a queue (acking them), waiting until at least `min`
-    /// arrived or the deadline passed.
-    pub async fn drain_queue(&self, queue: &str, min: usize, max: usize) -> Vec<Value> {
-        let ch = self.channel().await;
-        let start = Instant::now();
-        let mut out = Vec::new();
-        while out.len() < max {
-            match ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
-                Some(msg) => out.push(serde_json::from_slice(&msg.delivery.data).unwrap_or(Value::Null)),
-                None if out.len() >= min || start.elapsed() > DEADLINE => break,
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        let _ = ch.close(200, "done".into()).await;
-        out
-    }
-
-    /// Takes up to `max` transfer commands off the partition queues (acking them), waiting until
-    /// at least `min` arrived (then until none came for a moment) or the deadline passed. With
-    /// consumers, since quorum queues with a single active consumer refuse `basic.get`; only
-    /// while no worker consumes them.
-    pub async fn drain_commands(&self, min: usize, max: usize) -> Vec<Delivery> {
-        let ch = self.channel().await;
-        ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-        let mut consumers = Vec::new();
-        for queue in self.topology.partitions() {
-            let consumer = ch.basic_consume(queue.as_str().into(), "".into(), Default::default(), Default::default());
-            consumers.push(consumer.await.unwrap());
-        }
-        let mut deliveries = futures::stream::select_all(consumers);
-        let start = Instant::now();
-        let mut out = Vec::new();
-        while out.len() < max {
-            let wait = if out.len() >= min { QUIET } else { DEADLINE.saturating_sub(start.elapsed()) };
-            match tokio::time::timeout(wait, deliveries.next()).await {
-                Ok(Some(Ok(delivery))) => {
-                    delivery.ack(BasicAckOptions::default()).await.unwrap();
-                    out.push(delivery);
-                }
-                _ => break,
-            }
-        }
-        // Anything delivered and not taken goes back to its queue.
-        let _ = ch.close(200, "done".into()).await;
-        out
-    }
-
-    /// Raw bodies currently dead-lettered (taken off the queue).
-    pub async fn dead_letters(&self, min: usize) -> Vec<Vec<u8>> {
-        let ch = self.channel().await;
-        let start = Instant::now();
-        let mut out = Vec::new();
-        loop {
-            match ch
-                .basic_get(self.topology.dead_letters().as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                Some(msg) => out.push(msg.delivery.data.clone()),
-                None if out.len() >= min || start.elapsed() > DEADLINE => break,
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        let _ = ch.close(200, "done".into()).await;
-        out
     }
 
     /// Stops everything and deletes the test's database and queues.
@@ -581,131 +493,12 @@ impl TestApp {
         let served = tokio::spawn(app.run_until_stopped(stop.clone()));
         OwnGateway { base: format!("http://{addr}"), addr, stop, served }
     }
-
-    /// The commands a test publishes as an upstream system.
-    pub fn upstream_command(&self, from: &str, to: &str, amount: i64, key: &str) -> Value {
-        json!({
-            "version": 1,
-            "kind": "TRANSFER",
-            "fromAccount": from,
-            "toAccount": to,
-            "amount": amount,
-            "currency": "USD",
-            "idempotencyKey": key,
-            "initiator": "service:test-upstream",
-            "requestedAt": chrono::Utc::now().to_rfc3339(),
-        })
-    }
-
-    /// Waits until the upstream transaction under `key` is terminal; returns its record.
-    pub async fn wait_upstream(&self, key: &str) -> ledgerflow_store::TransactionRecord {
-        let initiator = "service:test-upstream".parse().unwrap();
-        let key = key.parse().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(t) = self.store.find_by_key(&initiator, &key).await.unwrap().filter(|t| t.status.is_terminal())
-            {
-                return t;
-            }
-            assert!(start.elapsed() < DEADLINE, "upstream transaction {key} not terminal in time");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-/// Closes, from the broker side, every AMQP connection whose client-given name contains
-/// `fragment`, as a network fault or broker restart would. Returns how many it closed.
-pub fn close_broker_connections(fragment: &str) -> usize {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q"])
-        .output()
-        .expect("rabbitmqctl runs");
-    let mut closed = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some((pid, properties)) = line.split_once('\t') else { continue };
-        if pid.starts_with('<') && properties.contains(&format!("\"{fragment}")) {
-            let ok = std::process::Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "test: simulated connection loss", "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
-            closed += usize::from(ok);
-        }
-    }
-    closed
 }
 
 /// The JSON Schema of a queue message, from the domain crate's `schemas/` folder.
 pub fn schema(name: &str) -> Value {
     let path = format!("{}/../crates/domain/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// The `ledgerflow` binary built by `scripts/test.sh` (override with `LEDGERFLOW_BIN`).
-pub fn ledgerflow_bin() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("LEDGERFLOW_BIN") {
-        return p.into();
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/ledgerflow")
-}
-
-/// `ledgerflow` (the binary) with `settings` as its environment ([`Settings::child_env`]):
-/// quiet, with no standard input. Callers add the subcommand and anything else.
-pub fn ledgerflow_command(settings: &Settings) -> std::process::Command {
-    let mut cmd = std::process::Command::new(ledgerflow_bin());
-    cmd.envs(settings.child_env()).env("LEDGERFLOW_LOG", "warn").stdin(std::process::Stdio::null());
-    cmd
-}
-
-/// Runs a `ledgerflow` command to its end, within `deadline`.
-pub async fn cli_output(cmd: std::process::Command, deadline: Duration) -> std::process::Output {
-    let out = tokio::process::Command::from(cmd).output();
-    tokio::time::timeout(deadline, out).await.expect("cli finishes in time").expect("ledgerflow runs")
-}
-
-impl TestApp {
-    /// `ledgerflow` on this app's services, database and queues ([`ledgerflow_command`]);
-    /// the caller adds the subcommand.
-    pub fn cli(&self) -> std::process::Command {
-        ledgerflow_command(&self.settings.one_shot())
-    }
-
-    /// `ledgerflow worker` with this app's worker settings, named `name`, then `configure`d.
-    fn worker_command(&self, name: &str, configure: impl FnOnce(&mut WorkerSettings)) -> std::process::Command {
-        let mut settings = self.settings.worker_only();
-        settings.worker.name = Some(name.to_owned());
-        configure(&mut settings.worker);
-        let mut cmd = ledgerflow_command(&settings);
-        cmd.arg("worker");
-        cmd
-    }
-
-    /// Starts `ledgerflow worker` as a real process on this app's database and queues.
-    pub fn spawn_worker_process(&self, name: &str) -> std::process::Child {
-        self.worker_command(name, |worker| worker.prefetch = 8)
-            .spawn()
-            .expect("ledgerflow binary (run scripts/test.sh, which builds it)")
-    }
-
-    /// Starts `ledgerflow worker` as a real process serving its metrics on a free port;
-    /// returns it (killed when dropped) and the port.
-    pub fn spawn_worker_with_metrics(&self, name: &str) -> (Reaped, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let child = self
-            .worker_command(name, |worker| worker.metrics_addr = Some(addr))
-            .spawn()
-            .expect("ledgerflow binary (run scripts/test.sh, which builds it)");
-        (Reaped(child), port)
-    }
-
-    /// The Prometheus text a worker process serves on `port`, if it answers yet.
-    pub async fn worker_metrics(&self, port: u16) -> Option<String> {
-        let resp = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.ok()?;
-        resp.text().await.ok()
-    }
 }
 
 impl TestApp {
@@ -719,29 +512,6 @@ impl TestApp {
     /// Raw access to this test's database, to tamper with what the application wrote.
     pub async fn raw_db(&self) -> mongodb::Database {
         mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(self.store.database_name())
-    }
-
-    /// Runs `ledgerflow <args>` against this app's database and queues; returns the exit
-    /// code and standard output.
-    pub async fn run_cli(&self, args: &[&str]) -> (i32, String) {
-        let mut cmd = self.cli();
-        cmd.args(args);
-        let out = cli_output(cmd, DEADLINE).await;
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `ledgerflow reconcile --json`, parsed.
-    pub async fn reconcile(&self, extra: &[&str]) -> (i32, Value) {
-        let mut args = vec!["reconcile", "--json"];
-        args.extend_from_slice(extra);
-        let (code, out) = self.run_cli(&args).await;
-        (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("reconcile printed no JSON ({e}): {out}")))
-    }
-
-    /// Asserts that `ledgerflow reconcile` finds the books in order (exit code 0).
-    pub async fn assert_reconciles(&self) {
-        let (code, report) = self.reconcile(&[]).await;
-        assert_eq!(code, 0, "reconcile passes: {report}");
     }
 }
 

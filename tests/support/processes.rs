@@ -1,33 +1,34 @@
-//! Real `ledgerflow` processes for fault tests, and the faults themselves.
+//! Real `ledgerflow` processes for fault tests.
 //!
 //! [`Cluster`] runs a `ledgerflow gateway` process and `ledgerflow worker` processes on a
-//! fresh database and queue prefix, talks to them over HTTP, and inspects MongoDB and
-//! RabbitMQ directly. Unlike [`crate::TestApp`] it keeps no long-lived broker connection
-//! (each broker operation opens its own, so RabbitMQ can be restarted under it) and runs no
-//! gateway in the test process (so the gateway *process* is the only republisher).
+//! fresh database and queue prefix (testkit's `Cluster`, as the bench runs its own), talks to
+//! them over HTTP, and inspects MongoDB and RabbitMQ directly. Unlike [`crate::TestApp`] it
+//! keeps no long-lived broker connection (each broker operation opens its own, so RabbitMQ can
+//! be restarted under it) and runs no gateway in the test process (so the gateway *process* is
+//! the only republisher).
 //!
 //! Every process writes JSON logs to a file under `$TMPDIR/ledgerflow-fault-logs/`; if a test
 //! fails, the tail of each log is printed and the database and queues are kept for inspection.
-//! Processes are killed when dropped. [`Services`] stops and starts the shared RabbitMQ and
-//! mongod, and starts again whatever it stopped when dropped, even if the test panicked.
+//! Processes are killed when dropped. The faults themselves are in [`crate::services`] and
+//! [`crate::proxy`].
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use ledgerflow_messaging::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use ledgerflow_messaging::lapin::{BasicProperties, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
+use ledgerflow_testkit::Launcher;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use ledgerflow::Settings;
 pub use ledgerflow_testkit::{LoggedChild, log_tail};
 
+pub use crate::proxy::AmqpProxy;
+pub use crate::services::{PROCESS_DEADLINE, Services, consumer_tags, repo_root, run_bounded, run_bounded_async};
 use crate::{
     Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, ledgerflow_command, mongodb_uri,
 };
@@ -36,173 +37,12 @@ use crate::{
 /// confirmed, and how often it looks.
 pub const REPUBLISH_AFTER: Duration = Duration::from_secs(3);
 pub const REPUBLISH_INTERVAL: Duration = Duration::from_millis(500);
-/// Upper bound for a process to start, stop, or for a service command to finish.
-pub const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
 /// The HTTP client's timeout: a request that takes longer is a hang, not a slow answer.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The repository root (for `scripts/services.sh`).
-pub fn repo_root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.canonicalize().unwrap_or(root)
-}
-
 fn log_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join("ledgerflow-fault-logs");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    std::env::temp_dir().join("ledgerflow-fault-logs")
 }
-
-/// Runs a command to completion, killed after `limit` (via coreutils `timeout`). Returns its
-/// standard output, or a description of how it failed.
-pub fn run_bounded(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", &format!("{}", limit.as_secs().max(1)), program])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{program} did not run: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "`{program} {}` failed ({}): {stdout}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// [`run_bounded`] off the async runtime's threads.
-pub async fn run_bounded_async(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
-    let program = program.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_bounded(&program, &args, limit)
-    })
-    .await
-    .unwrap()
-}
-
-// ------------------------------------------------------------------------------ services
-
-/// Stops and starts the shared services. Dropping it starts again whatever it ever stopped
-/// (`rabbitmqctl start_app` and `scripts/services.sh up` are idempotent), so the services
-/// are left running even when an assertion fails mid-outage.
-#[derive(Default)]
-pub struct Services {
-    touched_rabbitmq: bool,
-    touched_mongod: bool,
-    /// The command line of the mongod this test stopped, to start that very one again (it
-    /// may have been started from another checkout, with its own data directory).
-    mongod_cmdline: Option<Vec<String>>,
-}
-
-/// The running mongod on the test port, as (pid, command line), found through /proc.
-fn running_mongod() -> Option<(u32, Vec<String>)> {
-    let port = std::env::var("LEDGERFLOW_MONGO_PORT").unwrap_or_else(|_| "27017".into());
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> =
-            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let is_mongod = args.first().is_some_and(|a| a.ends_with("/mongod") || a == "mongod");
-        if is_mongod && args.windows(2).any(|w| w[0] == "--port" && w[1] == port) {
-            return Some((pid, args));
-        }
-    }
-    None
-}
-
-/// Starts mongod again with the command line it had (it forks into the background).
-fn restart_mongod(cmdline: &[String]) -> Result<(), String> {
-    let (program, args) = cmdline.split_first().ok_or("empty mongod command line")?;
-    let status = std::process::Command::new(program).args(args).status().map_err(|e| e.to_string())?;
-    if status.success() { Ok(()) } else { Err(format!("mongod exited with {status}")) }
-}
-
-impl Services {
-    /// `rabbitmqctl stop_app`: every AMQP connection drops and the port stops accepting.
-    pub async fn stop_rabbitmq(&mut self) {
-        self.touched_rabbitmq = true;
-        run_bounded_async("rabbitmqctl", &["stop_app"], PROCESS_DEADLINE).await.unwrap();
-    }
-
-    /// `rabbitmqctl start_app` and `await_startup`.
-    pub async fn start_rabbitmq(&mut self) {
-        run_bounded_async("rabbitmqctl", &["start_app"], PROCESS_DEADLINE).await.unwrap();
-        run_bounded_async("rabbitmqctl", &["await_startup"], PROCESS_DEADLINE).await.unwrap();
-    }
-
-    /// A clean shutdown (SIGTERM) of the running mongod, whichever checkout started it.
-    pub async fn stop_mongod(&mut self) {
-        let (pid, cmdline) = running_mongod().expect("a mongod runs on the test port");
-        self.touched_mongod = true;
-        self.mongod_cmdline = Some(cmdline);
-        run_bounded_async("kill", &["-TERM", &pid.to_string()], PROCESS_DEADLINE).await.unwrap();
-        let start = Instant::now();
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(start.elapsed() < PROCESS_DEADLINE, "mongod did not stop");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The same mongod again, on the same data; `scripts/services.sh up` then waits for
-    /// PRIMARY and reapplies its settings.
-    pub async fn start_mongod(&mut self) {
-        if let (None, Some(cmdline)) = (running_mongod(), &self.mongod_cmdline) {
-            restart_mongod(cmdline).unwrap();
-        }
-        let script = repo_root().join("scripts/services.sh");
-        run_bounded_async(script.to_str().unwrap(), &["up"], PROCESS_DEADLINE).await.unwrap();
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        if self.touched_rabbitmq {
-            for args in [&["start_app"][..], &["await_startup"][..]] {
-                if let Err(e) = run_bounded("rabbitmqctl", args, PROCESS_DEADLINE) {
-                    eprintln!("fault test cleanup: {e}");
-                }
-            }
-        }
-        if self.touched_mongod {
-            let restarted = match (running_mongod(), &self.mongod_cmdline) {
-                (None, Some(cmdline)) => restart_mongod(cmdline),
-                _ => Ok(()),
-            };
-            if let Err(e) = restarted {
-                eprintln!("fault test cleanup: {e}");
-            }
-            let script = repo_root().join("scripts/services.sh");
-            if let Err(e) = run_bounded(script.to_str().unwrap(), &["up"], PROCESS_DEADLINE) {
-                eprintln!("fault test cleanup: {e}");
-            }
-        }
-    }
-}
-
-/// Consumer tags on a queue, from `rabbitmqctl list_consumers` (a worker's tag starts with
-/// its name).
-pub async fn consumer_tags(queue: &str) -> Vec<String> {
-    let Ok(out) =
-        run_bounded_async("rabbitmqctl", &["list_consumers", "queue_name", "consumer_tag", "-q"], PROCESS_DEADLINE)
-            .await
-    else {
-        return Vec::new();
-    };
-    out.lines()
-        .filter_map(|line| line.split_once('\t'))
-        .filter(|(q, _)| *q == queue)
-        .map(|(_, tag)| tag.trim().to_owned())
-        .collect()
-}
-
-// ------------------------------------------------------------------------------ processes
 
 /// SIGTERM, then the exit status, which must come within [`PROCESS_DEADLINE`] (the test fails
 /// with the process's log tail otherwise).
@@ -233,8 +73,9 @@ impl ProcessEnv {
         let gateway = settings.gateway.as_mut().unwrap();
         gateway.republish_after = REPUBLISH_AFTER.into();
         gateway.republish_interval = REPUBLISH_INTERVAL.into();
-        settings.worker.retry_delay = Duration::from_secs(1).into();
-        settings.worker.max_attempts = 10;
+        let worker = settings.worker.as_mut().unwrap();
+        worker.retry_delay = Duration::from_secs(1).into();
+        worker.max_attempts = 10;
         Self { settings, label: label.into() }
     }
 
@@ -248,226 +89,45 @@ impl ProcessEnv {
         &self.settings.connections.amqp_prefix
     }
 
-    /// `ledgerflow <subcommand>` with `settings` as its environment, logging JSON to a file
-    /// of its own.
-    fn command(&self, settings: &Settings, subcommand: &str, name: &str) -> (Command, PathBuf) {
-        let bin = ledgerflow_bin();
-        assert!(
-            bin.exists(),
-            "{} is missing: run `cargo build --bin ledgerflow` (scripts/test.sh does)",
-            bin.display()
-        );
-        let log = log_dir().join(format!("{}-{}-{name}.log", self.label, &self.prefix()[self.prefix().len() - 8..]));
-        let mut cmd = ledgerflow_command(settings);
-        cmd.arg(subcommand)
-            .env("LEDGERFLOW_LOG", std::env::var("LEDGERFLOW_TEST_PROCESS_LOG").unwrap_or_else(|_| "info".into()))
-            .env("LEDGERFLOW_LOG_FORMAT", "json");
-        (cmd, log)
+    /// How its processes start: JSON logs (read back below) in files named after the test
+    /// and the end of its prefix, at `info` unless `LEDGERFLOW_TEST_PROCESS_LOG` says otherwise.
+    fn launcher(&self) -> Launcher {
+        let filter = std::env::var("LEDGERFLOW_TEST_PROCESS_LOG").unwrap_or_else(|_| "info".into());
+        let mut launcher = Launcher::new(ledgerflow_bin(), log_dir(), &filter);
+        launcher.log_prefix = format!("{}-{}-", self.label, &self.prefix()[self.prefix().len() - 8..]);
+        launcher.json_logs = true;
+        launcher
     }
 }
 
-/// A `ledgerflow worker` process.
-pub struct WorkerProcess {
-    pub process: LoggedChild,
+/// Commands a worker sent to the retry queue after a transient failure, from its log.
+pub fn retried(worker: &LoggedChild) -> usize {
+    worker.log_events().iter().filter(|e| e["fields"]["message"] == "sent to the retry queue").count()
 }
 
-impl WorkerProcess {
-    /// Starts a worker; `name` is also its broker connection name (suffixed by the prefix so
-    /// it is unique across tests).
-    pub fn spawn(env: &ProcessEnv, name: &str, prefetch: u16) -> Self {
-        let mut settings = env.settings.worker_only();
-        settings.worker.name = Some(format!("{name}-{}", env.prefix()));
-        settings.worker.prefetch = prefetch;
-        let (cmd, log) = env.command(&settings, "worker", name);
-        Self { process: LoggedChild::spawn(cmd, name, &log).unwrap() }
-    }
-
-    /// Commands this worker sent to the retry queue after a transient failure, from its log.
-    pub fn retried(&self) -> usize {
-        self.process.log_events().iter().filter(|e| e["fields"]["message"] == "sent to the retry queue").count()
-    }
-
-    /// Commands the broker redelivered to this worker (after another worker or connection
-    /// failed to settle them): distinct message ids seen with the AMQP `redelivered` flag
-    /// in its JSON log. A redelivered command that then waits in the retry queue comes back
-    /// as a fresh message, so counting settled deliveries would miss it.
-    pub fn redelivered(&self) -> HashSet<String> {
-        self.process
-            .log_events()
-            .iter()
-            .filter(|e| e["span"]["name"] == "command" && e["span"]["redelivered"] == true)
-            .filter_map(|e| e["span"]["message_id"].as_str().filter(|id| !id.is_empty()).map(Into::into))
-            .collect()
-    }
+/// Commands the broker redelivered to a worker (after another worker or connection failed to
+/// settle them): distinct message ids seen with the AMQP `redelivered` flag in its JSON log.
+/// A redelivered command that then waits in the retry queue comes back as a fresh message, so
+/// counting settled deliveries would miss it.
+pub fn redelivered(worker: &LoggedChild) -> HashSet<String> {
+    worker
+        .log_events()
+        .iter()
+        .filter(|e| e["span"]["name"] == "command" && e["span"]["redelivered"] == true)
+        .filter_map(|e| e["span"]["message_id"].as_str().filter(|id| !id.is_empty()).map(Into::into))
+        .collect()
 }
 
-/// A `ledgerflow gateway` process listening on a free loopback port.
-pub struct GatewayProcess {
-    pub process: LoggedChild,
-    /// `http://127.0.0.1:<port>`.
-    pub base: String,
-}
-
-impl GatewayProcess {
-    /// Starts a gateway and waits until `/healthz` answers; `amqp_uri` overrides the broker
-    /// address (e.g. an [`AmqpProxy`]).
-    pub async fn spawn(env: &ProcessEnv, name: &str, amqp_uri: Option<&str>) -> Self {
-        // The port is probed free and then handed over; if another process takes it in
-        // between, the gateway exits ("cannot listen") and we try another.
-        let mut last_failure = String::new();
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut settings = env.settings.gateway_only();
-            settings.gateway.as_mut().unwrap().http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            if let Some(uri) = amqp_uri {
-                settings.connections.amqp_uri = uri.to_owned();
-            }
-            let (cmd, log) = env.command(&settings, "gateway", name);
-            let mut gateway = Self {
-                process: LoggedChild::spawn(cmd, name, &log).unwrap(),
-                base: format!("http://127.0.0.1:{port}"),
-            };
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
-            let start = Instant::now();
-            loop {
-                if let Some(status) = gateway.process.exited() {
-                    last_failure = format!("gateway exited at start ({status})\n{}", gateway.process.tail(20));
-                    break;
-                }
-                if http.get(format!("{}/healthz", gateway.base)).send().await.is_ok_and(|r| r.status().is_success()) {
-                    return gateway;
-                }
-                assert!(
-                    start.elapsed() < PROCESS_DEADLINE,
-                    "gateway did not answer /healthz within {PROCESS_DEADLINE:?}\n{}",
-                    gateway.process.tail(30)
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("could not start a gateway: {last_failure}");
-    }
-
-    /// Transaction ids its republisher sent, from its JSON log.
-    pub fn republished(&self) -> HashSet<String> {
-        self.process
-            .log_events()
-            .iter()
-            .filter(|e| e["fields"]["message"] == "republished unconfirmed transfer")
-            .filter_map(|e| {
-                e["fields"]["transaction_id"].as_str().or_else(|| e["span"]["transaction_id"].as_str()).map(Into::into)
-            })
-            .collect()
-    }
-}
-
-/// A TCP proxy between one process and RabbitMQ, to fail its broker connections the way a
-/// network fault would. [`AmqpProxy::cut`] drops every connection through it at once: both
-/// sides see it die mid-stream, and publishes in flight lose their confirms. With
-/// [`AmqpProxy::hold_replies`] first, nothing flows back from the broker until the cut, so
-/// every publish made meanwhile reaches the broker and only its confirm is lost. New
-/// connections go through again after a cut (and its blackout, if any).
-pub struct AmqpProxy {
-    /// `amqp_uri()` pointed at the proxy.
-    pub uri: String,
-    current: Arc<Mutex<CancellationToken>>,
-    /// New connections are dropped at once until then.
-    blackout_until: Arc<Mutex<Instant>>,
-    hold: tokio::sync::watch::Sender<bool>,
-    live: Arc<AtomicUsize>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl AmqpProxy {
-    pub async fn start() -> Self {
-        let mut uri = reqwest::Url::parse(&amqp_uri()).unwrap();
-        let upstream = format!("{}:{}", uri.host_str().unwrap(), uri.port().unwrap_or(5672));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        uri.set_host(Some("127.0.0.1")).unwrap();
-        uri.set_port(Some(listener.local_addr().unwrap().port())).unwrap();
-        let current = Arc::new(Mutex::new(CancellationToken::new()));
-        let blackout_until = Arc::new(Mutex::new(Instant::now()));
-        let (hold, held) = tokio::sync::watch::channel(false);
-        let live = Arc::new(AtomicUsize::new(0));
-        let accept = tokio::spawn({
-            let (current, blackout_until, live) =
-                (Arc::clone(&current), Arc::clone(&blackout_until), Arc::clone(&live));
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    if Instant::now() < *blackout_until.lock().unwrap() {
-                        continue; // dropped: the connection attempt fails
-                    }
-                    let cut = current.lock().unwrap().clone();
-                    let (live, upstream, held) = (Arc::clone(&live), upstream.clone(), held.clone());
-                    tokio::spawn(async move {
-                        let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                        live.fetch_add(1, Ordering::SeqCst);
-                        tokio::select! {
-                            () = cut.cancelled() => {}
-                            () = forward(client, server, held, &cut) => {}
-                        }
-                        live.fetch_sub(1, Ordering::SeqCst);
-                        // Dropping both sockets closes them.
-                    });
-                }
-            }
-        });
-        Self { uri: uri.to_string(), current, blackout_until, hold, live, accept }
-    }
-
-    /// From now until the next cut, nothing flows back from the broker (confirms included).
-    pub fn hold_replies(&self) {
-        self.hold.send_replace(true);
-    }
-
-    /// Drops every connection open through the proxy, and for `blackout` also every new
-    /// one; returns how many were open.
-    pub fn cut(&self, blackout: Duration) -> usize {
-        *self.blackout_until.lock().unwrap() = Instant::now() + blackout;
-        let live = self.live.load(Ordering::SeqCst);
-        std::mem::take(&mut *self.current.lock().unwrap()).cancel();
-        self.hold.send_replace(false);
-        live
-    }
-}
-
-/// Copies both ways until either side closes; broker-to-client bytes wait while `held`.
-async fn forward(
-    client: tokio::net::TcpStream,
-    server: tokio::net::TcpStream,
-    mut held: tokio::sync::watch::Receiver<bool>,
-    cut: &CancellationToken,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let up = tokio::io::copy(&mut client_read, &mut server_write);
-    let down = async {
-        let mut buf = vec![0_u8; 64 * 1024];
-        loop {
-            let Ok(n @ 1..) = server_read.read(&mut buf).await else { return };
-            // Held bytes are never delivered: the cut that ends the hold also ends this.
-            while *held.borrow_and_update() {
-                if held.changed().await.is_err() {
-                    return;
-                }
-            }
-            if cut.is_cancelled() || client_write.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = up => {}
-        () = down => {}
-    }
-}
-
-impl Drop for AmqpProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.current.lock().unwrap().cancel();
-    }
+/// Transaction ids a gateway's republisher sent, from its JSON log.
+pub fn republished(gateway: &LoggedChild) -> HashSet<String> {
+    gateway
+        .log_events()
+        .iter()
+        .filter(|e| e["fields"]["message"] == "republished unconfirmed transfer")
+        .filter_map(|e| {
+            e["fields"]["transaction_id"].as_str().or_else(|| e["span"]["transaction_id"].as_str()).map(Into::into)
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------------------ cluster
@@ -481,8 +141,8 @@ pub struct Cluster {
     pub raw: mongodb::Database,
     pub topology: Topology,
     pub client: Client,
-    pub gateway: GatewayProcess,
-    pub workers: Vec<WorkerProcess>,
+    /// The gateway and worker processes.
+    pub procs: ledgerflow_testkit::Cluster,
     /// The proxy the gateway reaches RabbitMQ through, if started with one.
     pub proxy: Option<AmqpProxy>,
     torn_down: bool,
@@ -513,10 +173,16 @@ impl Cluster {
         let store = Store::connect(&mongodb_uri(), env.db()).await.unwrap();
         let raw = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(env.db());
         let topology = env.settings.connections.topology();
-        let gateway = GatewayProcess::spawn(&env, "gateway", proxy.as_ref().map(|p| p.uri.as_str())).await;
-        let client = Client::new(gateway.base.clone(), HTTP_TIMEOUT, Some(gateway.process.log.clone()));
-        let mut cluster =
-            Self { env, store, raw, topology, client, gateway, workers: Vec::new(), proxy, torn_down: false };
+        let mut gateway = env.settings.clone();
+        if let Some(proxy) = &proxy {
+            gateway.connections.amqp_uri = proxy.uri.clone();
+        }
+        let by = Instant::now() + PROCESS_DEADLINE;
+        let procs = ledgerflow_testkit::Cluster::start_ready(env.launcher(), env.settings.clone(), &gateway, by)
+            .await
+            .unwrap_or_else(|e| panic!("could not start a gateway: {e:#}"));
+        let client = Client::new(procs.gateway.base.clone(), HTTP_TIMEOUT, Some(procs.gateway.process.log.clone()));
+        let mut cluster = Self { env, store, raw, topology, client, procs, proxy, torn_down: false };
         for i in 0..workers {
             cluster.spawn_worker(&format!("worker-{i}"), 16);
         }
@@ -525,14 +191,30 @@ impl Cluster {
     }
 
     /// Starts one more worker process; returns its index in `workers`.
+    /// Its broker connection name is `name` suffixed by the prefix, so it is unique across
+    /// tests.
     pub fn spawn_worker(&mut self, name: &str, prefetch: u16) -> usize {
-        self.workers.push(WorkerProcess::spawn(&self.env, name, prefetch));
-        self.workers.len() - 1
+        let connection_name = format!("{name}-{}", self.env.prefix());
+        let configure = |worker: &mut ledgerflow::settings::WorkerSettings| {
+            worker.name = Some(connection_name);
+            worker.prefetch = prefetch;
+        };
+        self.procs.spawn_worker(name, configure).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// Commands the broker redelivered, over all workers (see [`WorkerProcess::redelivered`]).
+    /// Commands the broker redelivered, over all workers (see [`redelivered`]).
     pub fn redelivered(&self) -> usize {
-        self.workers.iter().flat_map(|w| w.redelivered()).collect::<HashSet<_>>().len()
+        self.procs.workers.iter().flat_map(|w| redelivered(&w.process)).collect::<HashSet<_>>().len()
+    }
+
+    /// Commands the broker redelivered to the worker `index`.
+    pub fn redelivered_to(&self, index: usize) -> HashSet<String> {
+        redelivered(&self.procs.workers[index].process)
+    }
+
+    /// Transaction ids the gateway's republisher sent.
+    pub fn republished(&self) -> HashSet<String> {
+        republished(&self.procs.gateway.process)
     }
 
     /// MongoDB transactions open but idle on the server, as `(client, seconds open)`: in
@@ -554,17 +236,15 @@ impl Cluster {
 
     /// Commands the workers sent to the retry queue, summed over their logs.
     pub fn retried(&self) -> usize {
-        self.workers.iter().map(WorkerProcess::retried).sum()
+        self.procs.workers.iter().map(|w| retried(&w.process)).sum()
     }
 
     /// Asserts that every process still runs and none logged a panic.
     pub fn assert_processes_alive(&mut self) {
-        let mut all: Vec<&mut LoggedChild> = self.workers.iter_mut().map(|w| &mut w.process).collect();
-        all.push(&mut self.gateway.process);
-        for p in all.into_iter().filter(|p| !p.stopped) {
-            if let Some(status) = p.exited() {
-                panic!("{} exited ({status})\n{}", p.name, p.tail(40));
-            }
+        if let Err(e) = self.procs.ensure_alive() {
+            panic!("{e:#}");
+        }
+        for p in self.procs.processes().filter(|p| !p.stopped) {
             assert!(!p.panicked(), "{} logged a panic\n{}", p.name, p.tail(40));
         }
     }
@@ -600,7 +280,7 @@ impl Cluster {
                 return done.into_iter().map(Option::unwrap).collect();
             }
             if start.elapsed() > limit {
-                let workers: Vec<String> = self.workers.iter().map(|w| w.process.tail(15)).collect();
+                let workers: Vec<String> = self.procs.workers.iter().map(|w| w.process.tail(15)).collect();
                 let idle = self.idle_transactions().await;
                 panic!(
                     "{} of {} transactions still not terminal after {limit:?}, e.g. {:?}\n\
@@ -608,7 +288,7 @@ impl Cluster {
                     pending.len(),
                     ids.len(),
                     &pending[..pending.len().min(5)],
-                    self.gateway.process.tail(15),
+                    self.procs.gateway.process.tail(15),
                     workers.join("\n")
                 );
             }
@@ -684,15 +364,7 @@ impl Cluster {
     pub async fn drain(&self, queue: &str, limit: Duration, enough: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
         let conn = self.amqp().await;
         let ch = conn.create_channel().await.unwrap();
-        let start = Instant::now();
-        let mut out = Vec::new();
-        loop {
-            match ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
-                Some(msg) => out.push(msg.delivery.data.clone()),
-                None if enough(&out) || start.elapsed() > limit => break,
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        let out = crate::broker::take(&ch, queue, usize::MAX, limit, enough).await;
         let _ = conn.close(200, "done".into()).await;
         out
     }
@@ -701,13 +373,13 @@ impl Cluster {
     /// test's database and queues. Not called when a test fails: then they stay for
     /// inspection (see the message printed on drop).
     pub async fn teardown(mut self) {
-        for w in &mut self.workers {
+        for w in &mut self.procs.workers {
             if w.process.exited().is_none() {
                 stop(&mut w.process).await;
             }
         }
-        if self.gateway.process.exited().is_none() {
-            stop(&mut self.gateway.process).await;
+        if self.procs.gateway.process.exited().is_none() {
+            stop(&mut self.procs.gateway.process).await;
         }
         let conn = self.amqp().await;
         let ch = conn.create_channel().await.unwrap();
@@ -719,7 +391,7 @@ impl Cluster {
             println!("note: database {} not dropped within 10 s (locks held by orphaned transactions?)", self.env.db());
         }
         if std::env::var_os("LEDGERFLOW_FAULT_KEEP_LOGS").is_none() {
-            for p in self.workers.iter().map(|w| &w.process).chain([&self.gateway.process]) {
+            for p in self.procs.processes() {
                 let _ = std::fs::remove_file(&p.log);
             }
         }
@@ -735,7 +407,7 @@ impl Drop for Cluster {
                 self.env.db(),
                 self.env.prefix()
             );
-            for p in self.workers.iter().map(|w| &w.process).chain([&self.gateway.process]) {
+            for p in self.procs.processes() {
                 eprintln!("{}", p.tail(20));
             }
         }

@@ -1,5 +1,5 @@
 //! The gateway's HTTP API as a client sees it: sign-up and sign-in, opening and funding
-//! accounts, submitting transfers, readiness, and the workers' metrics pages. The only place
+//! accounts, submitting transfers, and the workers' metrics pages. The only place
 //! the bench speaks HTTP, through `ledgerflow-client`.
 
 use std::time::Duration;
@@ -30,11 +30,6 @@ impl Api {
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Self { client: Client::with_http(http.clone(), base), http })
-    }
-
-    /// Whether the gateway answers `/readyz` with a success.
-    pub async fn ready(&self) -> bool {
-        self.client.ready().await
     }
 
     /// The body of a successful GET of `url` (any URL: a worker's metrics page).

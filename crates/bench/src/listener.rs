@@ -6,13 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use ledgerflow_domain::{FailureReason, TransactionStatus};
-use ledgerflow_messaging::lapin::options::QueueDeclareOptions;
-use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_messaging::lapin::{Channel, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use serde_json::Value;
@@ -79,7 +77,8 @@ pub struct ResultListener {
     outcomes: Arc<Mutex<Outcomes>>,
     failure: Arc<Mutex<Option<String>>>,
     connection: Connection,
-    channel: Channel,
+    /// The channel the consumer reads on, kept open with it.
+    _channel: Channel,
     task: JoinHandle<()>,
 }
 
@@ -101,7 +100,7 @@ impl ResultListener {
             };
             *lock(&failed) = Some(reason);
         });
-        Ok(Self { outcomes, failure, connection, channel, task })
+        Ok(Self { outcomes, failure, connection, _channel: channel, task })
     }
 
     /// The outcomes heard so far, locked: hold it briefly, the listener waits meanwhile.
@@ -127,21 +126,6 @@ impl ResultListener {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
-    }
-
-    /// Waits until `count` consumers read `queue` (the workers' roster, which a worker joins
-    /// once it consumes every partition): how the bench knows its workers are up before timing
-    /// starts.
-    pub async fn wait_for_consumers(&self, queue: &str, count: u32, by: Instant) -> Result<()> {
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        loop {
-            let q = self.channel.queue_declare(queue.into(), passive, FieldTable::default()).await?;
-            if q.consumer_count() >= count {
-                return Ok(());
-            }
-            ensure!(Instant::now() < by, "only {} of {count} workers consume {queue}", q.consumer_count());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Waits until every key has an outcome, no outcome arrived for `STALL_TIMEOUT`, or the

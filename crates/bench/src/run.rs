@@ -90,7 +90,7 @@ impl Bench {
             Some(_) => None,
         };
         let base = match (&cluster, &self.args.target) {
-            (Some(cluster), _) => cluster.base.clone(),
+            (Some(cluster), _) => cluster.base().to_owned(),
             (None, Some(target)) => target.trim_end_matches('/').to_owned(),
             (None, None) => bail!("neither a target nor started processes"),
         };
@@ -124,7 +124,7 @@ impl Bench {
         let api = Api::new(base, self.args.concurrency())?;
         let ready_by = self.deadline.min(Instant::now() + READY_TIMEOUT);
         if let Some(cluster) = cluster.as_deref_mut() {
-            cluster.wait_ready(&api, ready_by).await?;
+            cluster.wait_ready(ready_by).await?;
         }
         let topology = self.conn.topology(&self.sandbox.prefix);
         let listener = ResultListener::start(&self.conn.services.amqp_uri, &topology).await?;
@@ -146,7 +146,8 @@ impl Session<'_> {
     async fn measure(&self, system: &Credentials, ready_by: Instant) -> Result<LoadReport> {
         let (bench, args) = (self.bench, &self.bench.args);
         if args.target.is_none() {
-            self.listener.wait_for_consumers(&self.topology.workers(), u32::from(args.workers), ready_by).await?;
+            let amqp_uri = &bench.conn.services.amqp_uri;
+            ledgerflow_testkit::wait_for_workers(amqp_uri, &self.topology, u32::from(args.workers), ready_by).await?;
         }
         let setup_started = Instant::now();
         let accounts = self.setup(system).await?;

@@ -294,4 +294,9 @@ impl Client {
     pub async fn ready(&self) -> bool {
         self.call::<StatusBody>(Method::GET, "/readyz", None).await.is_ok()
     }
+
+    /// `GET /transactions`: the first page of the signed-in user's transactions, newest first.
+    pub async fn transactions(&self) -> Result<TransactionList> {
+        Ok(self.call(Method::GET, "/transactions", None).await?.1)
+    }
 }

@@ -42,13 +42,19 @@ impl App {
             Some(gateway) => Some(build_gateway(&settings.connections, gateway, store.clone()).await?),
             None => None,
         };
-        let metrics = match (settings.worker.metrics_addr, &gateway) {
-            (Some(addr), None) if settings.workers > 0 => {
-                Some(TcpListener::bind(addr).await.context("cannot listen for metrics")?)
-            }
+        let worker = match (&settings.worker, settings.workers) {
+            (_, 0) => None,
+            (Some(worker), _) => Some(worker),
+            (None, _) => bail!("settings for {} workers without worker settings", settings.workers),
+        };
+        let metrics = match (worker.and_then(|w| w.metrics_addr), &gateway) {
+            (Some(addr), None) => Some(TcpListener::bind(addr).await.context("cannot listen for metrics")?),
             _ => None,
         };
-        let workers = (0..settings.workers).map(|i| settings.worker.config(&settings.connections, i)).collect();
+        let workers = match worker {
+            Some(worker) => (0..settings.workers).map(|i| worker.config(&settings.connections, i)).collect(),
+            None => Vec::new(),
+        };
         Ok(App { store, gateway, workers, metrics })
     }
 

@@ -10,7 +10,7 @@ mod reconcile;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ledgerflow::app::{ensure_system_user, open_store, runtime, shutdown_on_signal};
 use ledgerflow::settings::{Connections, GatewaySettings, ONE_SHOT_PATIENCE, WorkerSettings};
@@ -183,12 +183,6 @@ async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> 
     result
 }
 
-/// A section of settings as the environment alone gives it (for a subcommand without its
-/// flags, such as the worker settings of a gateway that runs none).
-fn from_env<T: Args>() -> Result<T> {
-    ledgerflow::settings::from_env().context("invalid settings in the environment")
-}
-
 fn main() -> ExitCode {
     enlarge_thread_stacks();
     ledgerflow_telemetry::init_tracing();
@@ -234,11 +228,11 @@ async fn run(cli: Cli) -> Result<()> {
     let conn = &connections;
     match cli.command {
         Command::Gateway(gateway) => {
-            let settings = Settings { connections, gateway: Some(gateway), worker: from_env()?, workers: 0, threads };
+            let settings = Settings { connections, gateway: Some(gateway), worker: None, workers: 0, threads };
             App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
         }
         Command::Worker(worker) => {
-            let settings = Settings { connections, gateway: None, worker, workers: 1, threads };
+            let settings = Settings { connections, gateway: None, worker: Some(worker), workers: 1, threads };
             App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
         }
         Command::Up(mut up) => {
@@ -257,8 +251,13 @@ async fn run(cli: Cli) -> Result<()> {
             if up.dev {
                 up.gateway.cookie_secure = false;
             }
-            let settings =
-                Settings { connections, gateway: Some(up.gateway), worker: up.worker, workers: up.workers, threads };
+            let settings = Settings {
+                connections,
+                gateway: Some(up.gateway),
+                worker: Some(up.worker),
+                workers: up.workers,
+                threads,
+            };
             App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
         }
         // Forwarded in `main`, before any runtime starts.
@@ -369,8 +368,13 @@ mod tests {
         worker.metrics_addr = Some("127.0.0.1:9090".parse().expect("an address"));
         let mut gateway = up.gateway;
         gateway.system_password = Some(SecretString::from("p".to_owned()));
-        let settings =
-            ledgerflow::Settings { connections: cli.conn, gateway: Some(gateway), worker, workers: 1, threads: 1 };
+        let settings = ledgerflow::Settings {
+            connections: cli.conn,
+            gateway: Some(gateway),
+            worker: Some(worker),
+            workers: 1,
+            threads: 1,
+        };
         let mut rendered: Vec<&str> = settings.child_env().iter().map(|(name, _)| *name).collect();
         rendered.sort_unstable();
         assert_eq!(rendered, declared().keys().map(String::as_str).collect::<Vec<_>>());

@@ -226,8 +226,10 @@ pub struct Settings {
     pub connections: Connections,
     /// `None`: this process serves no HTTP.
     pub gateway: Option<GatewaySettings>,
-    pub worker: WorkerSettings,
-    /// Workers this process runs (0 for a gateway alone).
+    /// `None`: this process runs no worker. A gateway alone reads none of them, so a worker
+    /// variable it could not parse (in an environment shared with workers) cannot stop it.
+    pub worker: Option<WorkerSettings>,
+    /// Workers this process runs (0 for a gateway alone); needs `worker`.
     pub workers: u16,
     /// Threads the process runs its tasks on (0: one per core).
     pub threads: usize,
@@ -243,15 +245,15 @@ impl Settings {
         if let Some(gateway) = &self.gateway {
             env.extend(gateway.env());
         }
-        if self.workers > 0 {
-            env.extend(self.worker.env());
+        if let (1.., Some(worker)) = (self.workers, &self.worker) {
+            env.extend(worker.env());
         }
         env
     }
 
     /// The settings of a one-shot command (`reconcile`, `admin`) on the same services.
     pub fn one_shot(&self) -> Settings {
-        Settings { gateway: None, workers: 0, ..self.clone() }
+        Settings { gateway: None, worker: None, workers: 0, ..self.clone() }
     }
 
     /// The settings of a process running one worker and nothing else.
@@ -261,7 +263,7 @@ impl Settings {
 
     /// The settings of a process running the gateway alone.
     pub fn gateway_only(&self) -> Settings {
-        Settings { workers: 0, ..self.clone() }
+        Settings { worker: None, workers: 0, ..self.clone() }
     }
 }
 

@@ -18,27 +18,24 @@
 //! --test-threads 1` (under `cargo test` they serialise themselves). Each prints a `FAULTS`
 //! summary line (`--no-capture`, or nextest's `--success-output immediate`, shows it).
 
-use std::collections::{HashMap, HashSet};
+mod verify;
+mod workload;
+
+use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ledgerflow_store::TransactionRecord;
-use ledgerflow_tests::Session;
-use ledgerflow_tests::processes::{Cluster, Services, consumer_tags, stop};
+use ledgerflow_tests::processes::{Cluster, stop};
 use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::services::{Services, consumer_tags};
 use reqwest::StatusCode;
 
-/// Accounts (one user each) that send transfers to one another.
-const ACCOUNTS: usize = 8;
-/// What each account is funded with: more than it sends in covered transfers (up to 600
-/// transfers in a test, so 75 per account of at most 999).
-const FUNDING: i64 = 100_000;
-/// An amount no account can ever cover (all the money in a test is under a million).
-const UNCOVERED: i64 = 1_000_000_000_000;
-/// Upper bound for the system to settle after a fault.
-const WAIT: Duration = Duration::from_secs(60);
+use crate::verify::{Extra, summary, verify, wait_progress};
+use crate::workload::{ACCOUNTS, Planned, Sent, WAIT, Workload, assert_all_accepted};
+
 /// Upper bound for a whole test, whatever hangs.
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 /// A request made while a service is down must be answered (503) within this.
@@ -55,295 +52,6 @@ async fn fault_test(name: &str, test: impl Future<Output = ()>) {
     }
 }
 
-/// xorshift64*: reproducible amounts (`LEDGERFLOW_FAULT_SEED=<seed>` replays a run).
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> (Self, u64) {
-        let seed = std::env::var("LEDGERFLOW_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
-        (Self(seed | 1), seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-/// One transfer the test will send, from the account (and user) `from` to `to`.
-#[derive(Debug, Clone)]
-struct Planned {
-    from: usize,
-    to: usize,
-    amount: i64,
-    key: String,
-}
-
-impl Planned {
-    fn covered(&self) -> bool {
-        self.amount < UNCOVERED
-    }
-}
-
-/// What the gateway answered to one transfer (`Err`: no answer, or a broken connection).
-struct Sent {
-    plan: Planned,
-    answer: Result<(StatusCode, Value), String>,
-}
-
-impl Sent {
-    fn status(&self) -> Option<StatusCode> {
-        self.answer.as_ref().ok().map(|(s, _)| *s)
-    }
-
-    /// 503 `BROKER_UNAVAILABLE`: recorded, to be sent by the republisher.
-    fn deferred(&self) -> bool {
-        matches!(&self.answer, Ok((StatusCode::SERVICE_UNAVAILABLE, b)) if b["error"]["code"] == "BROKER_UNAVAILABLE")
-    }
-
-    /// The transaction the gateway recorded, if it says it did.
-    fn recorded_id(&self) -> Option<String> {
-        match &self.answer {
-            Ok((StatusCode::ACCEPTED, b)) => b["transaction"]["id"].as_str().map(Into::into),
-            Ok((StatusCode::SERVICE_UNAVAILABLE, b)) if self.deferred() => {
-                b["error"]["transactionId"].as_str().map(Into::into)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// The test's users and accounts, funded.
-struct Workload {
-    users: Vec<Session>,
-    accounts: Vec<String>,
-    rng: Rng,
-    seed: u64,
-}
-
-impl Workload {
-    async fn setup(c: &Cluster) -> Self {
-        let made = futures::future::join_all((0..ACCOUNTS).map(|_| c.user_with_account())).await;
-        let (users, accounts): (Vec<Session>, Vec<String>) = made.into_iter().unzip();
-        let funding = futures::future::join_all(accounts.iter().map(|a| c.request_funding(a, FUNDING))).await;
-        for t in c.wait_terminal(&funding, WAIT).await {
-            assert_eq!(t.status.as_str(), "COMPLETED", "funding {} did not complete: {t:?}", t.id);
-        }
-        let (rng, seed) = Rng::seeded();
-        Self { users, accounts, rng, seed }
-    }
-
-    /// `n` transfers round-robin over the accounts, to random other accounts, of random
-    /// amounts up to 999 except every tenth, which is uncovered. Each account's covered
-    /// transfers add up to less than its funding, so they all complete in any order.
-    fn plan(&mut self, n: usize, tag: &str) -> Vec<Planned> {
-        let plan: Vec<Planned> = (0..n)
-            .map(|i| {
-                let from = i % ACCOUNTS;
-                let to = (from + 1 + self.rng.below(ACCOUNTS as u64 - 1) as usize) % ACCOUNTS;
-                let amount = if i % 10 == 9 { UNCOVERED } else { 1 + self.rng.below(999) as i64 };
-                Planned { from, to, amount, key: format!("{tag}-{i}") }
-            })
-            .collect();
-        for a in 0..ACCOUNTS {
-            let out: i64 = plan.iter().filter(|p| p.from == a && p.covered()).map(|p| p.amount).sum();
-            assert!(out <= FUNDING, "plan error: account {a} would send {out} of its {FUNDING}");
-        }
-        plan
-    }
-
-    fn body(&self, p: &Planned) -> Value {
-        json!({
-            "fromAccount": self.accounts[p.from],
-            "toAccount": self.accounts[p.to],
-            "amount": p.amount,
-            "idempotencyKey": p.key,
-        })
-    }
-
-    async fn send_one(&self, c: &Cluster, p: &Planned) -> Sent {
-        let answer = c
-            .try_call("POST", "/transactions", Some(&self.users[p.from].token), Some(self.body(p)))
-            .await
-            .map_err(|e| format!("{e:?}"));
-        Sent { plan: p.clone(), answer }
-    }
-
-    /// Sends the transfers, `concurrency` at a time; `answered` counts the answers so far.
-    async fn send(&self, c: &Cluster, plan: &[Planned], concurrency: usize, answered: &AtomicUsize) -> Vec<Sent> {
-        futures::stream::iter(plan)
-            .map(|p| async move {
-                let sent = self.send_one(c, p).await;
-                answered.fetch_add(1, Ordering::SeqCst);
-                sent
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await
-    }
-}
-
-fn assert_all_accepted(sent: &[Sent]) {
-    for s in sent {
-        assert_eq!(s.status(), Some(StatusCode::ACCEPTED), "{}: {:?}", s.plan.key, s.answer);
-    }
-}
-
-/// What the test made besides the workload's funding and transfers.
-#[derive(Default)]
-struct Extra {
-    /// Transactions created otherwise (e.g. by upstream commands).
-    transactions: usize,
-    /// Their ids, which must have results too.
-    result_ids: Vec<String>,
-}
-
-/// What [`verify`] counted.
-struct Tally {
-    accepted: usize,
-    deferred: usize,
-    completed: usize,
-    failed: usize,
-    /// Results beyond the first for the same transaction.
-    duplicate_results: usize,
-    results: Vec<Value>,
-}
-
-/// Checks every invariant of the module documentation for the transfers in `sent`.
-async fn verify(c: &Cluster, w: &Workload, sent: &[Sent], extra: Extra) -> Tally {
-    let mut tracked: Vec<(&Planned, String)> = Vec::new();
-    let (mut accepted, mut deferred) = (0, 0);
-    for s in sent {
-        match (&s.answer, s.recorded_id()) {
-            (Ok((StatusCode::ACCEPTED, _)), Some(id)) => {
-                accepted += 1;
-                tracked.push((&s.plan, id));
-            }
-            (Ok(_), Some(id)) => {
-                deferred += 1;
-                tracked.push((&s.plan, id));
-            }
-            (Ok((status, body)), None) => panic!("transfer {} answered {status}: {body}", s.plan.key),
-            (Err(e), _) => panic!("transfer {} got no answer (a hang or a broken connection): {e}", s.plan.key),
-        }
-    }
-
-    let ids: Vec<String> = tracked.iter().map(|(_, id)| id.clone()).collect();
-    let records = c.wait_terminal(&ids, WAIT).await;
-    let (mut completed, mut failed) = (0, 0);
-    let mut expected = [FUNDING; ACCOUNTS];
-    for ((p, id), t) in tracked.iter().zip(&records) {
-        let what = format!("transfer {} ({id}: {} → {}, {})", p.key, p.from, p.to, p.amount);
-        assert_eq!(t.id.to_string(), *id);
-        assert_eq!(
-            (t.from_account.to_string(), t.to_account.to_string(), t.amount.minor()),
-            (w.accounts[p.from].clone(), w.accounts[p.to].clone(), p.amount),
-            "{what}: recorded as {t:?}"
-        );
-        let entries = c.store.entries_of_transaction(t.id).await.unwrap();
-        if p.covered() {
-            assert_eq!(t.status.as_str(), "COMPLETED", "{what}: {:?} {:?}", t.status, t.failure_reason);
-            let mut got: Vec<(String, String, i64)> = entries
-                .iter()
-                .map(|e| (e.entry_type.as_str().to_owned(), e.account_id.to_string(), e.amount.minor()))
-                .collect();
-            got.sort();
-            let mut want = vec![
-                ("DEBIT".to_owned(), w.accounts[p.from].clone(), p.amount),
-                ("CREDIT".to_owned(), w.accounts[p.to].clone(), p.amount),
-            ];
-            want.sort();
-            assert_eq!(got, want, "{what}: exactly one DEBIT and one CREDIT");
-            expected[p.from] -= p.amount;
-            expected[p.to] += p.amount;
-            completed += 1;
-        } else {
-            assert_eq!(
-                (t.status.as_str(), t.failure_reason.map(|r| r.as_str())),
-                ("FAILED", Some("INSUFFICIENT_FUNDS")),
-                "{what}"
-            );
-            assert!(entries.is_empty(), "{what}: a FAILED transfer has no entries: {entries:?}");
-            failed += 1;
-        }
-    }
-
-    for (i, account) in w.accounts.iter().enumerate() {
-        let balance = c.store.balance(account.parse().unwrap()).await.unwrap().minor();
-        assert_eq!(balance, expected[i], "balance of account {i}: the completed transfers, each once");
-        assert!(balance >= 0, "account {i} is overdrawn: {balance}");
-    }
-
-    let (code, report) = c.reconcile(&["--max-pending-age", "1h"]).await;
-    assert_eq!((code, &report["ok"]), (0, &json!(true)), "reconcile: {report}");
-    assert_eq!(
-        report["transactions"],
-        json!(ACCOUNTS + tracked.len() + extra.transactions),
-        "no transaction missing and none extra: {report}"
-    );
-
-    // Results: at least one per transaction, with its final status.
-    let mut want: HashSet<String> = ids.iter().cloned().collect();
-    want.extend(extra.result_ids.iter().cloned());
-    let parse = |bodies: &[Vec<u8>]| -> Vec<Value> {
-        bodies.iter().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null)).collect()
-    };
-    let bodies = c
-        .drain(&c.topology.results(), WAIT, |got| {
-            let seen: HashSet<String> =
-                parse(got).iter().filter_map(|r| r["transactionId"].as_str().map(str::to_owned)).collect();
-            want.is_subset(&seen)
-        })
-        .await;
-    let results = parse(&bodies);
-    let mut per_id: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for r in &results {
-        if let Some(id) = r["transactionId"].as_str() {
-            per_id.entry(id).or_default().push(r);
-        }
-    }
-    for t in &records {
-        let id = t.id.to_string();
-        let mine = per_id.get(id.as_str()).unwrap_or_else(|| panic!("no result was published for {id} ({t:?})"));
-        assert!(mine.iter().all(|r| r["status"] == t.status.as_str()), "results for {id} contradict {t:?}: {mine:?}");
-    }
-    for id in &extra.result_ids {
-        assert!(per_id.contains_key(id.as_str()), "no result was published for {id}");
-    }
-    let duplicate_results = per_id.values().map(|v| v.len() - 1).sum();
-    Tally { accepted, deferred, completed, failed, duplicate_results, results }
-}
-
-fn summary(test: &str, c: &Cluster, w: &Workload, t: &Tally, dead_lettered: usize, more: &str, started: Instant) {
-    println!(
-        "FAULTS {test}: accepted={} deferred_503={} completed={} failed={} dead_lettered={dead_lettered} \
-         redelivered={} retried={} duplicate_results={} {more} seed={} in {:.1}s",
-        t.accepted,
-        t.deferred,
-        t.completed,
-        t.failed,
-        c.redelivered(),
-        c.retried(),
-        t.duplicate_results,
-        w.seed,
-        started.elapsed().as_secs_f64()
-    );
-}
-
-/// Waits until `count_terminal` reaches `n` (the workers are under way).
-async fn wait_progress(c: &Cluster, n: u64) {
-    let start = Instant::now();
-    while c.count_terminal().await.unwrap_or(0) < n {
-        assert!(start.elapsed() < WAIT, "the workers made no progress\n{}", c.workers.last().unwrap().process.tail(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Known failure (a deployment bug, not the test's): the killed worker's open MongoDB
 /// transactions stay open on mongod until `transactionLifetimeLimitSeconds` (60 s by default,
 /// expired by a periodic job, so 60–90 s) and keep the account documents they wrote locked,
@@ -356,7 +64,7 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         let mut c = Cluster::start("sigkill", 1).await;
         let mut w = Workload::setup(&c).await;
         // The funding worker stops, so that the transfers queue up for the one to be killed.
-        let status = stop(&mut c.workers[0].process).await;
+        let status = stop(&mut c.procs.workers[0].process).await;
         assert!(status.success(), "worker-0 stopped cleanly: {status}");
         let plan = w.plan(300, "kill");
         let sent = w.send(&c, &plan, 16, &AtomicUsize::new(0)).await;
@@ -366,10 +74,10 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         wait_progress(&c, ACCOUNTS as u64 + 50).await;
         // Freeze it and kill it. Nobody else consumes, so the broker's requeueing of the
         // deliveries it had not acknowledged shows as a jump in the ready count.
-        c.workers[victim].process.signal("STOP").unwrap();
+        c.procs.workers[victim].process.signal("STOP").unwrap();
         let ready_before = c.ready_commands().await;
         let done_at_kill = c.count_terminal().await.unwrap() - ACCOUNTS as u64;
-        let status = c.workers[victim].process.sigkill().unwrap();
+        let status = c.procs.workers[victim].process.sigkill().unwrap();
         assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
         assert!(done_at_kill < plan.len() as u64, "the worker had finished everything before it was killed");
         let start = Instant::now();
@@ -388,7 +96,7 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
 
         let rescuer = c.spawn_worker("rescuer", 16);
         let tally = verify(&c, &w, &sent, Extra::default()).await;
-        let rescued = c.workers[rescuer].redelivered().len();
+        let rescued = c.redelivered_to(rescuer).len();
         c.assert_processes_alive();
         summary(
             "sigkill",
@@ -468,7 +176,7 @@ async fn gateway_and_workers_ride_out_a_rabbitmq_restart_answering_503_meanwhile
         // The same processes reconnect: the gateway is ready again, both workers consume.
         let start = Instant::now();
         while c.try_call("GET", "/readyz", None, None).await.map(|(s, _)| s).ok() != Some(StatusCode::OK) {
-            assert!(start.elapsed() < WAIT, "the gateway did not reconnect\n{}", c.gateway.process.tail(20));
+            assert!(start.elapsed() < WAIT, "the gateway did not reconnect\n{}", c.procs.gateway.process.tail(20));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let names: Vec<String> = (0..2).map(|i| format!("worker-{i}-{}", c.env.prefix())).collect();
@@ -488,7 +196,7 @@ async fn gateway_and_workers_ride_out_a_rabbitmq_restart_answering_503_meanwhile
         assert_all_accepted(&after_sent);
         sent.extend(after_sent);
         let tally = verify(&c, &w, &sent, Extra::default()).await;
-        let republished = c.gateway.republished().len();
+        let republished = c.republished().len();
         c.assert_processes_alive();
         summary(
             "rabbitmq",
@@ -512,7 +220,7 @@ async fn workers_retry_through_a_mongod_restart_and_finish_the_work() {
         let mut c = Cluster::start("mongod", 1).await;
         let mut w = Workload::setup(&c).await;
         // Queue the transfers first, so that plenty is in flight when mongod stops.
-        let status = stop(&mut c.workers[0].process).await;
+        let status = stop(&mut c.procs.workers[0].process).await;
         assert!(status.success(), "worker-0 stopped cleanly: {status}");
         let plan = w.plan(300, "mongo");
         let sent = w.send(&c, &plan, 16, &AtomicUsize::new(0)).await;
@@ -623,7 +331,7 @@ async fn a_publish_whose_confirm_is_lost_is_republished_and_applied_once() {
         // A deferred transfer the republisher did not send completed from its first publish:
         // the broker had it, only the confirm was lost.
         let ids: HashSet<String> = deferred.iter().filter_map(|s| s.recorded_id()).collect();
-        let republished = c.gateway.republished().intersection(&ids).count();
+        let republished = c.republished().intersection(&ids).count();
         assert!(republished > 0, "the republisher sent none of the {} deferred transfers", ids.len());
         assert!(
             republished < ids.len(),
