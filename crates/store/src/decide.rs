@@ -533,6 +533,80 @@ mod tests {
         (record.status, record.failure_reason)
     }
 
+    fn hold_command(from: AccountId, to: AccountId, amount: i64, key: &str) -> TransferCommand {
+        let timeout = ledgerflow_domain::HoldTimeout::new(60).expect("timeout");
+        let amount = Amount::new(amount).expect("amount");
+        upstream(TransferRequest::hold(from, to, amount, Currency::USD, None, timeout).expect("hold"), key)
+    }
+
+    fn settle_command(kind: TransferKind, hold: &TransactionRecord, amount: i64, key: &str) -> TransferCommand {
+        let amount = Amount::new(amount).expect("amount");
+        let request = TransferRequest::settle(kind, hold.id, hold.from_account, hold.to_account, amount, hold.currency);
+        upstream(request.expect("settlement"), key)
+    }
+
+    #[test]
+    fn a_hold_reserves_without_an_entry_and_later_debits_see_the_reservation() {
+        let (a, b) = (account(100, 1), account(0, 0));
+        let hold = hold_command(a.account.id, b.account.id, 60, "auth");
+        let spend = command(TransferKind::Transfer, a.account.id, b.account.id, 50, "spend");
+        let (outcomes, plan) = decide(loaded(&[&a, &b]), &[hold, spend], Utc::now());
+        assert_eq!(status(&outcomes[0]), (TransactionStatus::Held, None));
+        assert_eq!(status(&outcomes[1]), (TransactionStatus::Failed, Some(FailureReason::InsufficientFunds)));
+        assert!(plan.entries.is_empty());
+        let write = |id| plan.account_writes.iter().find(|w| w.account == id).expect("a write").clone();
+        assert_eq!(write(a.account.id).written, (1, Reserved { debits: 60, credits: 0 }));
+        assert_eq!(write(b.account.id).written, (0, Reserved { debits: 0, credits: 60 }));
+    }
+
+    #[test]
+    fn a_partial_post_moves_its_amount_and_releases_the_whole_reservation_once() {
+        let (mut a, mut b) = (account(100, 1), account(0, 0));
+        a.account.reserved.debits = 60;
+        b.account.reserved.credits = 60;
+        let mut l = loaded(&[&a, &b]);
+        let held = {
+            let cmd = recorded(&mut l, hold_command(a.account.id, b.account.id, 60, "auth"));
+            let id = cmd.transaction_id.expect("an id");
+            let Some(Ok(record)) = l.transactions.get_mut(&id) else { panic!("recorded") };
+            record.status = TransactionStatus::Held;
+            record.clone()
+        };
+        let post = settle_command(TransferKind::PostHold, &held, 25, "capture");
+        let void = settle_command(TransferKind::VoidHold, &held, 60, "void");
+        let (outcomes, plan) = decide(l, &[post, void], Utc::now());
+        assert_eq!(status(&outcomes[0]), (TransactionStatus::Completed, None));
+        assert_eq!(status(&outcomes[1]), (TransactionStatus::Failed, Some(FailureReason::HoldNotHeld)));
+        assert_eq!(
+            plan.entries.iter().map(|e| (e.entry_type, e.amount.minor())).collect::<Vec<_>>(),
+            [(EntryType::Debit, 25), (EntryType::Credit, 25)]
+        );
+        let none = Reserved::default();
+        let write = |id| plan.account_writes.iter().find(|w| w.account == id).expect("a write").clone();
+        assert_eq!((write(a.account.id).written, write(b.account.id).written), ((2, none), (1, none)));
+        let settled = &plan.settled[..];
+        assert_eq!(settled.len(), 1);
+        assert_eq!(
+            (settled[0].hold, settled[0].status, settled[0].posted_amount),
+            (held.id, TransactionStatus::Posted, Some(Amount::new(25).expect("25")))
+        );
+    }
+
+    #[test]
+    fn a_settlement_at_or_after_expires_at_fails_even_if_the_hold_still_reads_held() {
+        let (a, b) = (account(100, 1), account(0, 0));
+        let mut l = loaded(&[&a, &b]);
+        let cmd = recorded(&mut l, hold_command(a.account.id, b.account.id, 60, "auth"));
+        let id = cmd.transaction_id.expect("an id");
+        let Some(Ok(record)) = l.transactions.get_mut(&id) else { panic!("recorded") };
+        record.status = TransactionStatus::Held;
+        let held = record.clone();
+        let at = held.expires_at.expect("a hold expires");
+        let (outcomes, plan) = decide(l, &[settle_command(TransferKind::VoidHold, &held, 60, "void")], at);
+        assert_eq!(status(&outcomes[0]), (TransactionStatus::Failed, Some(FailureReason::HoldExpired)));
+        assert!(plan.settled.is_empty() && plan.account_writes.is_empty());
+    }
+
     #[test]
     fn debits_of_one_account_in_a_batch_see_each_other() {
         let (a, b) = (account(150, 3), account(0, 0));
