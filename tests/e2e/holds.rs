@@ -214,13 +214,20 @@ async fn an_upstream_system_holds_and_posts_through_the_queue() {
     assert_eq!(held.status.to_string(), "HELD");
     assert_eq!(money(&app.as_user(&pair.alice), &pair.a).await, (1_000, 300, 0, 700));
 
-    let mut post = app.upstream_command(&pair.a, &pair.b, 120, "card-capture-1");
-    post["kind"] = "POST_HOLD".into();
-    post["hold"] = held.id.to_string().into();
+    // A settlement may name only its hold (and a post its amount): the rest is the hold's.
+    let post = serde_json::json!({
+        "version": 1, "kind": "POST_HOLD", "hold": held.id.to_string(), "amount": 120,
+        "idempotencyKey": "card-capture-1", "initiator": "service:test-upstream",
+        "requestedAt": chrono::Utc::now().to_rfc3339(),
+    });
     let posted = upstream(&app, &pair.a, post.clone()).await;
+    assert_eq!(
+        (posted.from_account, posted.to_account, posted.amount.minor()),
+        (held.from_account, held.to_account, 120)
+    );
     assert_eq!(posted.status.to_string(), "COMPLETED");
     // Another service's post of the same hold is as good as unknown to it.
-    let mut foreign = post;
+    let mut foreign = post.clone();
     foreign["initiator"] = "service:someone-else".into();
     foreign["idempotencyKey"] = "foreign-capture".into();
     app.publish_raw(&pair.a, &serde_json::to_vec(&foreign).unwrap()).await;
@@ -232,6 +239,20 @@ async fn an_upstream_system_holds_and_posts_through_the_queue() {
     assert!(results.iter().any(|r| r["status"] == "POSTED"), "the hold's own result: {results:?}");
     let schema = jsonschema::validator_for(&schema("transfer-result.v1.schema.json")).unwrap();
     assert!(results.iter().all(|r| schema.is_valid(r)), "the schema takes every result: {results:?}");
+    assert_eq!(money(&app.as_user(&pair.alice), &pair.a).await, (880, 0, 0, 880));
+
+    let mut second = app.upstream_command(&pair.a, &pair.b, 200, "card-auth-2");
+    second["kind"] = "HOLD".into();
+    second["timeoutSeconds"] = 600.into();
+    let second = upstream(&app, &pair.a, second).await;
+    let mut void = post.clone();
+    void["kind"] = "VOID_HOLD".into();
+    void["hold"] = second.id.to_string().into();
+    void["idempotencyKey"] = "card-void-2".into();
+    void.as_object_mut().unwrap().remove("amount");
+    assert_eq!(upstream(&app, &pair.a, void).await.status.to_string(), "COMPLETED");
+    let voided = app.store.find_transaction(second.id).await.unwrap().expect("the hold");
+    assert_eq!(voided.status.to_string(), "VOIDED");
     assert_eq!(money(&app.as_user(&pair.alice), &pair.a).await, (880, 0, 0, 880));
     app.assert_reconciles().await;
     app.teardown().await;

@@ -91,27 +91,22 @@ impl TransferCommand {
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
-    /// Parses and validates a raw message body.
+    /// Parses and validates a raw message body that must be a complete command: a settlement
+    /// that leaves its accounts to its hold is refused here (the worker reads every message
+    /// with [`Command::parse`]).
     pub fn parse(body: &[u8]) -> Result<Self, CommandError> {
-        if body.len() > MAX_COMMAND_BYTES {
-            return Err(CommandError::bare(format!("body of {} bytes exceeds {MAX_COMMAND_BYTES}", body.len())));
+        match Command::parse(body)? {
+            Command::Complete(cmd) => Ok(cmd),
+            Command::Settle(settle) => Err(CommandError {
+                reason: "fromAccount, toAccount, currency and amount are required here".to_owned(),
+                transaction_id: settle.transaction_id,
+                idempotency_key: Some(settle.idempotency_key),
+                initiator: Some(settle.initiator),
+            }),
         }
-        let obj = parse_object(body).map_err(|e| CommandError::bare(e.to_string()))?;
-        // Salvage the identifying fields first, so every later failure can still be reported
-        // against the right transaction.
-        let transaction_id = opt_str(&obj, "transactionId").ok().flatten().and_then(|s| s.parse().ok());
-        let idempotency_key = opt_str(&obj, "idempotencyKey").ok().flatten().and_then(|s| s.parse().ok());
-        let initiator = opt_str(&obj, "initiator").ok().flatten().and_then(|s| s.parse().ok());
-        let fail = |e: DomainError| CommandError {
-            reason: e.to_string(),
-            transaction_id,
-            idempotency_key: idempotency_key.clone(),
-            initiator: initiator.clone(),
-        };
-        Self::from_object(&obj).map_err(fail)
     }
 
-    fn from_object(obj: &Map<String, Value>) -> Result<Self, DomainError> {
+    fn from_object(obj: &Map<String, Value>) -> Result<Command, DomainError> {
         match obj.get("version") {
             Some(v) if v.as_u64() == Some(COMMAND_VERSION) => {}
             None | Some(Value::Null) => return Err(DomainError::Missing { field: "version" }),
@@ -120,14 +115,13 @@ impl TransferCommand {
         let transaction_id =
             opt_str(obj, "transactionId")?.map(|s| TransactionId::parse_field("transactionId", s)).transpose()?;
         let kind: TransferKind = req_str(obj, "kind")?.parse()?;
-        let currency: Currency = req_str(obj, "currency")?.parse()?;
-        let from = match (kind, opt_str(obj, "fromAccount")?) {
-            (_, Some(s)) => AccountId::parse_field("fromAccount", s)?,
-            (TransferKind::InitialFunds, None) => AccountId::funding(currency),
-            (_, None) => return Err(DomainError::Missing { field: "fromAccount" }),
+        let currency = opt_str(obj, "currency")?.map(str::parse::<Currency>).transpose()?;
+        let from = opt_str(obj, "fromAccount")?.map(|s| AccountId::parse_field("fromAccount", s)).transpose()?;
+        let to = opt_str(obj, "toAccount")?.map(|s| AccountId::parse_field("toAccount", s)).transpose()?;
+        let amount = match obj.get("amount") {
+            None | Some(Value::Null) => None,
+            value => Some(Amount::from_json("amount", value)?),
         };
-        let to = AccountId::parse_field("toAccount", req_str(obj, "toAccount")?)?;
-        let amount = Amount::from_json("amount", obj.get("amount"))?;
         let idempotency_key: IdempotencyKey = req_str(obj, "idempotencyKey")?.parse()?;
         let initiator: Initiator = req_str(obj, "initiator")?.parse()?;
         let requested_at = DateTime::parse_from_rfc3339(req_str(obj, "requestedAt")?)
@@ -154,6 +148,39 @@ impl TransferCommand {
         if timeout.is_some() && kind != TransferKind::Hold {
             return Err(DomainError::invalid("timeoutSeconds", "is only allowed on a HOLD"));
         }
+        if kind.resolves_hold() {
+            let hold = hold.ok_or(DomainError::Missing { field: "hold" })?;
+            if description.is_some() {
+                return Err(DomainError::invalid("description", "is not allowed on a POST_HOLD or VOID_HOLD"));
+            }
+            let settle = SettleCommand {
+                transaction_id,
+                kind,
+                hold,
+                from,
+                to,
+                currency,
+                amount,
+                idempotency_key,
+                initiator,
+                requested_at,
+            };
+            return Ok(match (from, to, currency, amount) {
+                (Some(from), Some(to), Some(currency), Some(amount)) => {
+                    let request = TransferRequest::settle(kind, hold, from, to, amount, currency)?;
+                    Command::Complete(settle.with(request))
+                }
+                _ => Command::Settle(settle),
+            });
+        }
+        let currency = currency.ok_or(DomainError::Missing { field: "currency" })?;
+        let from = match (kind, from) {
+            (_, Some(from)) => from,
+            (TransferKind::InitialFunds, None) => AccountId::funding(currency),
+            (_, None) => return Err(DomainError::Missing { field: "fromAccount" }),
+        };
+        let to = to.ok_or(DomainError::Missing { field: "toAccount" })?;
+        let amount = amount.ok_or(DomainError::Missing { field: "amount" })?;
         let request = match kind {
             TransferKind::Reversal => {
                 let original = reverses.ok_or(DomainError::Missing { field: "reverses" })?;
@@ -166,18 +193,86 @@ impl TransferCommand {
                 let timeout = timeout.ok_or(DomainError::Missing { field: "timeoutSeconds" })?;
                 TransferRequest::hold(from, to, amount, currency, description, timeout)?
             }
-            TransferKind::PostHold | TransferKind::VoidHold => {
-                let hold = hold.ok_or(DomainError::Missing { field: "hold" })?;
-                if description.is_some() {
-                    return Err(DomainError::invalid("description", "is not allowed on a POST_HOLD or VOID_HOLD"));
-                }
-                TransferRequest::settle(kind, hold, from, to, amount, currency)?
-            }
-            TransferKind::Transfer | TransferKind::InitialFunds => {
+            TransferKind::PostHold | TransferKind::VoidHold | TransferKind::Transfer | TransferKind::InitialFunds => {
                 TransferRequest::new(kind, from, to, amount, currency, description)?
             }
         };
-        Ok(Self { transaction_id, request, idempotency_key, initiator, requested_at })
+        Ok(Command::Complete(Self { transaction_id, request, idempotency_key, initiator, requested_at }))
+    }
+}
+
+/// A command as read off the queue: complete, or the settlement of a hold that names the hold
+/// but not all of its accounts, currency and amount, which the worker takes from the hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Complete(TransferCommand),
+    Settle(SettleCommand),
+}
+
+impl Command {
+    /// Parses and validates a raw message body (see [`TransferCommand::parse`]).
+    pub fn parse(body: &[u8]) -> Result<Self, CommandError> {
+        if body.len() > MAX_COMMAND_BYTES {
+            return Err(CommandError::bare(format!("body of {} bytes exceeds {MAX_COMMAND_BYTES}", body.len())));
+        }
+        let obj = parse_object(body).map_err(|e| CommandError::bare(e.to_string()))?;
+        // Salvage the identifying fields first, so every later failure can still be reported
+        // against the right transaction.
+        let transaction_id = opt_str(&obj, "transactionId").ok().flatten().and_then(|s| s.parse().ok());
+        let idempotency_key = opt_str(&obj, "idempotencyKey").ok().flatten().and_then(|s| s.parse().ok());
+        let initiator = opt_str(&obj, "initiator").ok().flatten().and_then(|s| s.parse().ok());
+        let fail = |e: DomainError| CommandError {
+            reason: e.to_string(),
+            transaction_id,
+            idempotency_key: idempotency_key.clone(),
+            initiator: initiator.clone(),
+        };
+        TransferCommand::from_object(&obj).map_err(fail)
+    }
+}
+
+/// A POST_HOLD or VOID_HOLD from an upstream system that names its hold (and for a post,
+/// perhaps an amount) but leaves the rest to the hold. What it does give must agree with the
+/// hold: [`crate::holds::may_settle`] judges the completed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleCommand {
+    pub transaction_id: Option<TransactionId>,
+    pub kind: TransferKind,
+    pub hold: TransactionId,
+    pub from: Option<AccountId>,
+    pub to: Option<AccountId>,
+    pub currency: Option<Currency>,
+    /// A post's amount (default: all that is held); a void's is always the held amount.
+    pub amount: Option<Amount>,
+    pub idempotency_key: IdempotencyKey,
+    pub initiator: Initiator,
+    pub requested_at: DateTime<Utc>,
+}
+
+impl SettleCommand {
+    /// The complete command, given the hold's own request (kind HOLD); what this command
+    /// names itself wins, and is judged against the hold when the settlement is decided.
+    pub fn complete(&self, hold: &TransferRequest) -> Result<TransferCommand, DomainError> {
+        let amount = self.amount.unwrap_or(hold.amount);
+        let request = TransferRequest::settle(
+            self.kind,
+            self.hold,
+            self.from.unwrap_or(hold.from),
+            self.to.unwrap_or(hold.to),
+            amount,
+            self.currency.unwrap_or(hold.currency),
+        )?;
+        Ok(self.clone().with(request))
+    }
+
+    fn with(self, request: TransferRequest) -> TransferCommand {
+        TransferCommand {
+            transaction_id: self.transaction_id,
+            request,
+            idempotency_key: self.idempotency_key,
+            initiator: self.initiator,
+            requested_at: self.requested_at,
+        }
     }
 }
 
@@ -325,6 +420,34 @@ mod tests {
         let mut transfer = upstream();
         transfer["hold"] = json!("0190a0a0-0000-7000-8000-0000000000aa");
         assert!(parse(&transfer).expect_err("a hold on a transfer").reason.contains("hold"));
+    }
+
+    #[test]
+    fn a_settlement_naming_only_its_hold_is_completed_from_the_hold() {
+        let mut hold = upstream();
+        hold["kind"] = json!("HOLD");
+        hold["timeoutSeconds"] = json!(60);
+        let held = parse(&hold).expect("a hold").request;
+        let post = json!({
+            "version": 1, "kind": "POST_HOLD", "hold": "0190a0a0-0000-7000-8000-0000000000aa", "amount": 500,
+            "idempotencyKey": "capture-1", "initiator": "service:payroll", "requestedAt": "2026-11-24T10:00:00Z",
+        });
+        let Ok(Command::Settle(settle)) = Command::parse(&serde_json::to_vec(&post).expect("json")) else {
+            panic!("a settlement to complete")
+        };
+        let cmd = settle.complete(&held).expect("completed");
+        assert_eq!((cmd.request.from, cmd.request.to, cmd.request.currency), (held.from, held.to, held.currency));
+        assert_eq!((cmd.request.amount.minor(), cmd.request.kind), (500, TransferKind::PostHold));
+        // Sent complete, the same settlement is the same command (and the same fingerprint).
+        assert_eq!(TransferCommand::parse(&cmd.to_json()), Ok(cmd.clone()));
+        let mut void = post.clone();
+        void["kind"] = json!("VOID_HOLD");
+        void["amount"] = Value::Null;
+        let Ok(Command::Settle(settle)) = Command::parse(&serde_json::to_vec(&void).expect("json")) else {
+            panic!("a void to complete")
+        };
+        assert_eq!(settle.complete(&held).expect("completed").request.amount, held.amount);
+        assert!(TransferCommand::parse(&serde_json::to_vec(&void).expect("json")).is_err());
     }
 
     #[test]

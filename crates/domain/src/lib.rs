@@ -21,7 +21,9 @@ mod transaction;
 mod user;
 
 pub use chain::{EntryFields, GENESIS_HASH};
-pub use command::{COMMAND_VERSION, CommandError, MAX_COMMAND_BYTES, TransferCommand, TransferResult};
+pub use command::{
+    COMMAND_VERSION, Command, CommandError, MAX_COMMAND_BYTES, SettleCommand, TransferCommand, TransferResult,
+};
 pub use error::DomainError;
 pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, RequestId, ServiceName, TransactionId, UserId};
 pub use ledger::{

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use ledgerflow_domain::{AccountId, AccountStatus, Email, TransactionId, TransferCommand, UserId};
+use ledgerflow_domain::{AccountId, AccountStatus, Command, Email, TransactionId, UserId};
 use ledgerflow_messaging::Topology;
 use ledgerflow_store::Store;
 
@@ -123,8 +123,12 @@ pub async fn list_dead_letters(amqp_uri: &str, topology: &Topology, limit: usize
     let letters = ledgerflow_messaging::dlq::peek(amqp_uri, topology, limit).await?;
     println!("{} dead-lettered command(s) in {}", letters.len(), topology.dead_letters());
     for (i, letter) in letters.iter().enumerate() {
-        let what = match TransferCommand::parse(&letter.body) {
-            Ok(cmd) => format!(
+        let what = match Command::parse(&letter.body) {
+            Ok(Command::Settle(settle)) => format!(
+                "{} of hold {} key={} initiator={}",
+                settle.kind, settle.hold, settle.idempotency_key, settle.initiator
+            ),
+            Ok(Command::Complete(cmd)) => format!(
                 "{} {} {} -> {} key={} initiator={}",
                 cmd.request.kind,
                 cmd.request.amount,

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledgerflow_domain::{
-    CommandError, FailureReason, IdempotencyKey, Initiator, RequestId, TransactionId, TransactionStatus,
-    TransferCommand, TransferResult,
+    Command, CommandError, FailureReason, IdempotencyKey, Initiator, RequestId, SettleCommand, TransactionId,
+    TransactionStatus, TransferCommand, TransferKind, TransferResult,
 };
 use ledgerflow_messaging::{CommandDelivery, Publisher, Settlement};
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
@@ -60,18 +60,24 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
         redelivered = delivery.redelivered(),
     );
     async {
-        let parsed = TransferCommand::parse(delivery.body());
-        let mut settle = match &parsed {
-            Ok(cmd) => {
+        let parsed = match Command::parse(delivery.body()) {
+            Ok(Command::Complete(cmd)) => Ok(Ok(cmd)),
+            Ok(Command::Settle(settle)) => complete(&ctx, &settle).await,
+            Err(invalid) => Err(invalid),
+        };
+        let (parsed, mut settle) = match parsed {
+            Ok(Ok(cmd)) => {
                 if let Some(id) = cmd.transaction_id {
                     tracing::Span::current().record("transaction_id", tracing::field::display(id));
                 }
-                execute(&ctx, cmd).await
+                let settle = execute(&ctx, &cmd).await;
+                (Some(cmd), settle)
             }
-            Err(invalid) => refuse(store, results, invalid.clone(), message_id.as_deref()).await,
+            Ok(Err(settle)) => (None, settle),
+            Err(invalid) => (None, refuse(store, results, invalid, message_id.as_deref()).await),
         };
         if matches!(settle, Settle::Retry) {
-            settle = retry_or_give_up(&ctx, &delivery, parsed.ok().as_ref()).await;
+            settle = retry_or_give_up(&ctx, &delivery, parsed.as_ref()).await;
         }
         let outcome = match settle {
             Settle::Ack => "acked",
@@ -157,6 +163,36 @@ async fn report_with_hold(ctx: &Ctx, record: &TransactionRecord) -> Settle {
             Settle::Retry
         }
     }
+}
+
+/// Completes a settlement that names only its hold from the hold's record (whose accounts,
+/// currency and amount never change, so reading it outside the commit is safe). A hold its
+/// initiator may not settle is as unknown to it as one that does not exist: FAILED
+/// `HOLD_NOT_FOUND` and dead-lettered, like every message that cannot be carried out.
+async fn complete(ctx: &Ctx, settle: &SettleCommand) -> Result<Result<TransferCommand, Settle>, CommandError> {
+    let hold = match ctx.store.find_transaction(settle.hold).await {
+        Ok(hold) => hold.filter(|h| h.kind == TransferKind::Hold && h.initiator == settle.initiator),
+        Err(e) => {
+            warn!(error = %e, "store unavailable while reading the hold to settle");
+            return Ok(Err(Settle::Retry));
+        }
+    };
+    let Some(hold) = hold else {
+        warn!(hold = %settle.hold, "settlement of a hold its initiator has not, dead-lettering");
+        let result = failed(
+            FailureReason::HoldNotFound,
+            None,
+            Some(settle.idempotency_key.clone()),
+            Some(settle.initiator.clone()),
+        );
+        return Ok(Err(dead_letter_after(report(&ctx.results, &result).await)));
+    };
+    settle.complete(&hold.request()).map(Ok).map_err(|e| CommandError {
+        reason: e.to_string(),
+        transaction_id: settle.transaction_id,
+        idempotency_key: Some(settle.idempotency_key.clone()),
+        initiator: Some(settle.initiator.clone()),
+    })
 }
 
 /// A command that is not valid: fail its transaction when it can be identified beyond doubt,
