@@ -5,6 +5,7 @@
 //! services, so they run last and alone.
 
 mod api;
+mod audit;
 mod batch;
 mod client;
 mod contract;

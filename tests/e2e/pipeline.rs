@@ -46,7 +46,8 @@ async fn a_transfer_completes_with_one_debit_one_credit_and_balanced_books() {
 
     // Books balance: every entry, including the funding account's, sums to zero.
     let totals = app.store.entry_totals().await.unwrap();
-    for (currency, debits, credits) in totals {
+    for (currency, sides) in totals {
+        let (debits, credits) = sides.expect("exact totals");
         assert_eq!(debits, credits, "{currency}: debits {debits} != credits {credits}");
     }
 
@@ -139,7 +140,8 @@ async fn two_workers_draining_200_transfers_from_one_account_never_overdraw_it()
     assert_eq!(balance, 1_000 - 10 * completed, "balance matches the completed transfers");
     assert_eq!(completed, 100, "exactly the covered half completes");
     assert_eq!(failed, 100);
-    for (currency, debits, credits) in app.store.entry_totals().await.unwrap() {
+    for (currency, sides) in app.store.entry_totals().await.unwrap() {
+        let (debits, credits) = sides.expect("exact totals");
         assert_eq!(debits, credits, "{currency}");
     }
     app.teardown().await;

@@ -46,8 +46,9 @@ impl Progress for NoProgress {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CurrencyTotal {
     pub currency: String,
-    pub debits: i64,
-    pub credits: i64,
+    /// Exact at any volume: a currency's lifetime volume may pass `i64::MAX`.
+    pub debits: i128,
+    pub credits: i128,
 }
 
 /// One invariant that does not hold.
@@ -91,7 +92,14 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<ReconcileReport, StoreError> {
         let mut report = ReconcileReport::default();
-        for (currency, debits, credits) in self.entry_totals().await? {
+        for (currency, sides) in self.entry_totals().await? {
+            let (debits, credits) = match sides {
+                Ok(sides) => sides,
+                Err(unreadable) => {
+                    report.flag("debits_equal_credits", format!("currency {currency}"), unreadable);
+                    continue;
+                }
+            };
             if debits != credits {
                 report.flag(
                     "debits_equal_credits",
