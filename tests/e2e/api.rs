@@ -315,7 +315,9 @@ async fn signing_out_ends_every_session_and_so_do_an_operator_and_a_new_system_p
     assert_eq!(app.call("GET", "/api/accounts", Some(&phone.token), None).await.0, StatusCode::OK);
 
     // Signing out on one device ends every session, at once on this gateway, and clears the cookie.
-    let out = app.http.post(app.url("/api/auth/logout")).bearer_auth(&laptop.token).send().await.unwrap();
+    let logout = || app.http.post(app.url("/api/auth/logout")).bearer_auth(&laptop.token);
+    assert_eq!(logout().send().await.unwrap().status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "not sent as JSON");
+    let out = logout().header("content-type", "application/json").send().await.unwrap();
     assert_eq!(out.status(), StatusCode::NO_CONTENT);
     let cleared = out.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
     assert!(cleared.starts_with("token=;") && cleared.contains("Max-Age=0"), "{cleared}");
@@ -420,7 +422,10 @@ async fn accounts_are_private_and_only_system_changes_their_status() {
     let alice = app.register().await;
     let bob = app.register().await;
 
-    let (status, acct) = app.call("POST", "/api/accounts", Some(&alice.token), None).await;
+    // A state-changing request without a JSON body type is a form's shape: refused.
+    let form = app.call("POST", "/api/accounts", Some(&alice.token), None).await;
+    assert_error(&form, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+    let (status, acct) = app.call("POST", "/api/accounts", Some(&alice.token), Some(json!({}))).await;
     assert_eq!(status, StatusCode::CREATED, "{acct}");
     assert_eq!(acct["status"], "ACTIVE");
     assert_eq!(acct["currency"], "USD");

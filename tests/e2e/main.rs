@@ -9,6 +9,7 @@ mod audit;
 mod batch;
 mod client;
 mod contract;
+mod edges;
 mod holds;
 mod ledger;
 mod limits;

@@ -189,8 +189,26 @@ impl FromStr for Description {
         if s.chars().any(|c| c.is_control() && c != '\n') {
             return Err(DomainError::invalid("description", "must not contain control characters other than newline"));
         }
+        // Shown verbatim to the counterparty: a right-to-left override can make "refund 001"
+        // read as something else, and zero-width or separator characters hide or split text.
+        if s.chars().any(|c| c != '\n' && is_invisible(c)) {
+            return Err(DomainError::invalid(
+                "description",
+                "must not contain invisible characters (format, bidirectional, zero-width, private-use, unassigned) \
+                 or line and paragraph separators",
+            ));
+        }
         Ok(Self(s.to_owned()))
     }
+}
+
+/// Whether `c` does not show as itself: Unicode's "other" categories (control, format such as
+/// bidirectional overrides and zero-width characters, private use, unassigned) and the line
+/// and paragraph separators. The same rule refuses them in emails.
+fn is_invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
+    c.general_category_group() == GeneralCategoryGroup::Other
+        || matches!(c.general_category(), GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator)
 }
 
 /// A transfer as asked for, before anyone decided whether it happens.
@@ -384,6 +402,9 @@ mod tests {
         assert!(reason(&"é".repeat(501)).contains("at most 500 characters"));
         assert!(reason("a\u{7}b").contains("control characters"));
         assert!(reason("tab\there").contains("control characters"));
+        for hidden in ["refund \u{202e}100", "a\u{200b}b", "a\u{2028}b", "a\u{2029}b", "\u{e000}", "a\u{ad}b"] {
+            assert!(reason(hidden).contains("invisible characters"), "{hidden:?}");
+        }
         for fine in ["", "rent\nNovember", &"é".repeat(500), "café 😀"] {
             assert!(fine.parse::<Description>().is_ok(), "{fine:?}");
         }

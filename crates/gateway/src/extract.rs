@@ -34,6 +34,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let is_json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
+        // A body declared too large is refused before waiting for any of it.
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
         // The whole body within the deadline, not merely some bytes now and then: a client
         // trickling one byte at a time would otherwise hold its request, and a graceful
         // shutdown waiting for it, for as long as it liked.
@@ -52,11 +57,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
 impl<T: DeserializeOwned> Body<T> {
     /// The body once received whole; `is_json` says whether its `Content-Type` is JSON.
     fn from_bytes(is_json: bool, bytes: &[u8]) -> Result<Self, ApiError> {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return read_into("field", Map::new()).map(Self);
-        }
+        // Every request with a body extractor changes state, and only JSON is taken, even
+        // when the body is empty: a cross-site HTML form can send a cookie with a form's
+        // content type, never with `application/json` (that needs the server's CORS consent).
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return read_into("field", Map::new()).map(Self);
         }
         match parse_object(bytes) {
             Ok(fields) => read_into("field", fields).map(Self),
@@ -341,10 +349,11 @@ mod tests {
         assert_eq!(body(true, twice.as_bytes()).await, invalid_json(message));
         let media = (415, "UNSUPPORTED_MEDIA_TYPE".into(), Value::Null, "request body must be application/json".into());
         assert_eq!(body(false, b"{}").await, media);
-        // An empty body is `{}`, whatever its type says.
-        assert_eq!(body(false, b"").await, invalid("fromAccount", "fromAccount is required"));
+        // An empty body sent as JSON is `{}`; sent as anything else (a form's shape), it is
+        // refused like any other body.
+        assert_eq!(body(false, b"").await, media);
         assert_eq!(body(true, b" \n").await, invalid("fromAccount", "fromAccount is required"));
-        let read = Body::<CreateAccountRequest>::from_bytes(false, b"").ok().unwrap().read().ok().unwrap();
+        let read = Body::<CreateAccountRequest>::from_bytes(true, b"").ok().unwrap().read().ok().unwrap();
         assert!(read.currency.is_none());
     }
 

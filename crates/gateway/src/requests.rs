@@ -171,6 +171,11 @@ pub struct ReverseBody {
     pub reason: Option<Description>,
 }
 
+/// No fields: the body of a state-changing request that needs none (empty or `{}`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoBody {}
+
 // Query strings: parameters are strings, each read through its type's `FromStr`. Documented
 // by each handler's `params`.
 

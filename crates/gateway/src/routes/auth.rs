@@ -86,10 +86,11 @@ pub(super) async fn login(
     path = "/api/auth/logout",
     tag = "auth",
     summary = "Sign out everywhere",
+    request_body(content = requests::NoBody, description = "Empty or `{}`, sent as `application/json` like every state-changing request"),
     security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 204, description = "Every token issued to the caller until now is refused from now on (by other gateways within seconds); the `token` cookie is cleared"),
-        dto::AuthErrors, dto::Unavailable,
+        dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `POST /api/auth/logout`: ends every session of the caller, not only this token's: a token
@@ -100,7 +101,9 @@ pub(super) async fn logout(
     user: AuthUser,
     _: Query<requests::NoQuery>,
     jar: CookieJar,
+    body: Body<requests::NoBody>,
 ) -> ApiResult<(StatusCode, CookieJar)> {
+    body.read()?;
     let ended = state.store.end_sessions(user.id).await?.ok_or(ApiError::Unauthenticated)?;
     state.sessions.set(user.id, ended.session_version);
     tracing::info!(user_id = %user.id, "signed out everywhere");
