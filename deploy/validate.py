@@ -4,7 +4,8 @@
 kustomize itself (`kubectl kustomize DIR`) renders every kustomization under deploy/k8s: the base and
 each overlay. On what it renders:
   1. each resource is validated with kubernetes-validate, strictly, for each Kubernetes version in
-     LEDGERFLOW_KUBE_VERSIONS; KEDA's ScaledObject, a CRD it has no schema for, gets a structural check;
+     LEDGERFLOW_KUBE_VERSIONS; KEDA's ScaledObject and the Prometheus Operator's PrometheusRule, CRDs
+     it has no schema for, get a structural check;
   2. LedgerFlow's own rules, which no schema knows: cross-references (one pinned image, selectors,
      ports, ConfigMap and Secret keys, the ScaledObject's target and partition queues, one
      LEDGERFLOW_PARTITIONS for all) and the deployment rules in deploy/README.md.
@@ -117,6 +118,11 @@ def validate_schemas(name: str, docs: list) -> bool:
             problem(name, "a YAML document without apiVersion and kind")
             ok = False
             continue
+        if str(doc["apiVersion"]).startswith("monitoring.coreos.com/"):
+            rule_ok = check_prometheus_rule_structure(name, doc)
+            print(f"  {'ok*' if rule_ok else 'FAIL':4} {rid(doc)}   (*Prometheus Operator CRD: structure only, no schema)")
+            ok &= rule_ok
+            continue
         if str(doc["apiVersion"]).startswith("keda.sh/"):
             keda_ok = check_keda_structure(name, doc)
             print(f"  {'ok*' if keda_ok else 'FAIL':4} {rid(doc)}   (*KEDA CRD: structure only, no schema)")
@@ -167,6 +173,38 @@ def check_keda_structure(name: str, doc: dict) -> bool:
     return not errors
 
 
+def check_prometheus_rule_structure(name: str, doc: dict) -> bool:
+    """What the Prometheus Operator's CRD schema would reject in a PrometheusRule (none ships with
+    kubernetes-validate). The rules themselves are promtool's to check (tests/deploy/monitoring.rs)."""
+    errors, spec = [], doc.get("spec")
+    if doc.get("kind") != "PrometheusRule" or doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        errors.append("only monitoring.coreos.com/v1 PrometheusRule is checked here; extend validate.py")
+    elif not isinstance(spec, dict) or not get(doc, "metadata", "name"):
+        errors.append("needs metadata.name and a spec mapping")
+    else:
+        if unknown := sorted(set(spec) - {"groups"}):
+            errors.append(f"unknown spec fields {unknown}")
+        groups = spec.get("groups")
+        if not (isinstance(groups, list) and groups):
+            errors.append("spec.groups must be a non-empty list")
+        for i, group in enumerate(groups if isinstance(groups, list) else []):
+            if not (isinstance(get(group, "name"), str) and isinstance(get(group, "rules"), list)):
+                errors.append(f"spec.groups.{i} needs a name and a list of rules")
+                continue
+            for j, rule in enumerate(group["rules"]):
+                where = f"spec.groups.{i}.rules.{j}"
+                if not isinstance(rule, dict) or ("alert" in rule) == ("record" in rule):
+                    errors.append(f"{where} needs exactly one of alert and record")
+                elif not isinstance(rule.get("expr"), str):
+                    errors.append(f"{where}.expr must be a string")
+                elif bad := sorted(f"{field}.{key}" for field in ("labels", "annotations")
+                                   for key, value in (rule.get(field) or {}).items() if not isinstance(value, str)):
+                    errors.append(f"{where}: label and annotation values must be strings (quote them): {bad}")
+    for message in errors:
+        problem(name, f"{rid(doc)} (PrometheusRule structure): {message}")
+    return not errors
+
+
 class Rules:
     """LedgerFlow's rules over one rendered build. complete: an overlay, which must define its Secrets and pin
     its image."""
@@ -191,7 +229,7 @@ class Rules:
             {"Service": self.service, "PodDisruptionBudget": self.pdb, "ScaledObject": self.scaled_object,
              "Secret": self.secret}.get(doc["kind"], lambda doc: None)(doc)
         images = sorted({str(c.get("image")) for w in self.workloads for c in containers(w)})
-        if len(images) != 1:
+        if self.workloads and len(images) != 1:  # a component may have no workload
             problem(self.name, f"Deployments/CronJobs must all run one image, not {images}")
         elif self.complete and not pinned(images[0]):
             problem(self.name, f"image {images[0]} has no tag (or :latest): an overlay pins an immutable one "

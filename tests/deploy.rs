@@ -9,6 +9,10 @@
 //! `kubernetes_manifests_validate` asserts from the JSON summary it prints last that it rendered
 //! every kustomization, found no problem and that some build reads every file under deploy/k8s;
 //! `broken_manifests_are_reported` that it does report problems, in a broken copy of the tree.
+//! The alert rules and the Grafana dashboard under deploy/monitoring are checked in `monitoring`.
+
+#[path = "deploy/monitoring.rs"]
+mod monitoring;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -187,6 +187,7 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     let state = AppState { stopping: shutdown.clone(), ..state };
     ledgerflow_telemetry::prometheus();
+    telemetry::register_failure_counters();
     info!(addr = %listener.local_addr()?, "gateway listening");
     let republisher = tokio::spawn(republisher::run(state.clone(), shutdown.clone()));
     let watcher = tokio::spawn(watch::run(

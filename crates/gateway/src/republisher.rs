@@ -10,7 +10,14 @@
 //! drains, nothing is republished. Each transfer is republished at most [`MAX_REPUBLISHES`]
 //! times; one that still stays PENDING is left to `ledgerflow reconcile` and the operator.
 //! Running the republisher in every gateway replica is safe for the same reason.
+//!
+//! Each sweep also sets `ledgerflow_pending_oldest_age_seconds`, the age of the oldest PENDING
+//! transaction whatever its republishes: the one number that shows a transfer stuck (given up
+//! here, lost, or behind a backlog) before the next `reconcile` run does.
 
+use std::time::Duration;
+
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -29,7 +36,22 @@ pub(crate) async fn run(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        report_oldest_pending(&state).await;
         sweep(&state).await;
+    }
+}
+
+/// Sets `ledgerflow_pending_oldest_age_seconds` (0 when nothing is PENDING). One indexed read
+/// of a single document per sweep (`{status, createdAt}`): `stale_pending` with no age limit
+/// and no cap on republishes, so the transfers given up above are counted too. Left as it was
+/// when the read fails: the database being down shows on `/readyz` and in the 503s instead.
+async fn report_oldest_pending(state: &AppState) {
+    match state.store.stale_pending(Duration::ZERO, u32::MAX, 1).await {
+        Ok(oldest) => {
+            let age = oldest.first().map_or(0.0, |t| (Utc::now() - t.created_at).as_seconds_f64().max(0.0));
+            metrics::gauge!("ledgerflow_pending_oldest_age_seconds").set(age);
+        }
+        Err(e) => debug!(error = %e, "cannot read the oldest PENDING transaction"),
     }
 }
 

@@ -33,3 +33,11 @@ pub async fn track(req: Request, next: Next) -> Response {
         .record(started.elapsed().as_secs_f64());
     response
 }
+
+/// Registers at zero the gateway's counters that only failures increment. `rate()` needs a
+/// sample before the first failure to count it, and the alerts on them (deploy/monitoring)
+/// should find the series on a healthy gateway rather than nothing.
+pub(crate) fn register_failure_counters() {
+    metrics::counter!("ledgerflow_publish_failures_total").increment(0);
+    metrics::counter!("ledgerflow_password_hashes_shed_total").increment(0);
+}

@@ -76,6 +76,9 @@ impl App {
     /// (the gateway its open requests, each worker its deliveries), then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
         if let Some(listener) = self.metrics {
+            // Installed before the workers start, so that what they record at once (the
+            // counters they register at zero) does not go to no recorder.
+            ledgerflow_telemetry::prometheus();
             info!(addr = ?listener.local_addr(), "serving metrics");
             tokio::spawn(ledgerflow_telemetry::serve_metrics(listener, shutdown.clone().cancelled_owned()));
         }

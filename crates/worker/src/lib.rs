@@ -86,6 +86,7 @@ impl WorkerConfig {
 /// Runs until `shutdown` is cancelled, then stops consuming, finishes and acks the commands in
 /// flight, and returns. Connection losses are retried forever with capped backoff.
 pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken) {
+    register_rare_counters();
     let results = Publisher::new(&config.amqp_uri, &format!("{}-results", config.name), config.topology.clone());
     let ctx = Arc::new(handler::Ctx {
         batcher: batcher::Batcher::spawn(
@@ -120,6 +121,24 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     expiry.abort();
     results.close().await;
     info!(worker = %config.name, "worker stopped");
+}
+
+/// Registers at zero the counters that only retries, redeliveries, hand-offs and split
+/// batches increment (recorded in `handler`, `ledgerflow-messaging` and `ledgerflow-store`).
+/// `rate()` needs a sample before the first increment to count it, and the alerts and the
+/// dashboard in deploy/monitoring should find the series on a quiet worker rather than nothing.
+fn register_rare_counters() {
+    for name in [
+        "ledgerflow_messages_redelivered_total",
+        "ledgerflow_messages_retried_total",
+        "ledgerflow_partition_handoffs_total",
+        "ledgerflow_holds_expired_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for why in ["conflict", "refused"] {
+        metrics::counter!("ledgerflow_batch_splits_total", "why" => why).increment(0);
+    }
 }
 
 /// How often a worker samples queue depths (the `ledgerflow_queue_depth` gauge) and the number
