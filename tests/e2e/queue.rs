@@ -316,6 +316,11 @@ async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_
     };
     assert_eq!(code, 0, "{listed}");
     assert!(listed.contains("key=doomed") && listed.contains("key=via-gateway"), "{listed}");
+    assert_eq!(
+        listed.matches("why=ATTEMPTS_EXHAUSTED (transient failures outlasted 3 attempts)").count(),
+        2,
+        "{listed}"
+    );
     let results = app.drain_queue(&app.topology.results(), 0, 10).await;
     assert!(
         results.iter().all(|r| r["idempotencyKey"] != "doomed" && r["idempotencyKey"] != "via-gateway"),

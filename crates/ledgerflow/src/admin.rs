@@ -139,13 +139,13 @@ pub async fn list_dead_letters(amqp_uri: &str, topology: &Topology, limit: usize
             ),
             Err(e) => format!("invalid: {}", e.reason),
         };
-        let death = letter.death_reason.as_deref().unwrap_or("-");
-        println!(
-            "{:>4}  {:<36}  {death}×{}  {what}",
-            i + 1,
-            letter.message_id.as_deref().unwrap_or("-"),
-            letter.death_count
-        );
+        // LedgerFlow's own reason where it gave the message up; the broker's otherwise.
+        let why = match (&letter.reason, &letter.reason_detail) {
+            (Some(code), Some(detail)) => format!("{code} ({detail})"),
+            (Some(code), None) => code.clone(),
+            _ => format!("{}×{}", letter.death_reason.as_deref().unwrap_or("-"), letter.death_count),
+        };
+        println!("{:>4}  {:<36}  {what}  why={why}", i + 1, letter.message_id.as_deref().unwrap_or("-"));
     }
     Ok(())
 }

@@ -12,13 +12,36 @@ use crate::{MessagingError, Publisher, REQUEST_ID_HEADER};
 /// The AMQP header counting how many times a command has been tried (absent: first try).
 pub const ATTEMPT_HEADER: &str = "x-ledgerflow-attempt";
 
+/// The AMQP headers a dead letter carries to say why LedgerFlow gave it up: a stable code
+/// (`INVALID_COMMAND`, `UNKNOWN_TRANSACTION`, …) and a sentence for people.
+pub const REASON_HEADER: &str = "x-ledgerflow-reason";
+pub const REASON_DETAIL_HEADER: &str = "x-ledgerflow-reason-detail";
+
+/// Longest reason detail carried (the reasons are one sentence; a body is never echoed whole).
+const MAX_DETAIL_CHARS: usize = 512;
+
+/// Why a command is dead-lettered: a stable, machine-readable code and a detail for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterReason {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl DeadLetterReason {
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into().chars().take(MAX_DETAIL_CHARS).collect() }
+    }
+}
+
 /// How a delivery ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     /// Done with: the broker forgets it.
     Ack,
-    /// Rejected without requeue: its queue dead-letters it.
-    DeadLetter,
+    /// Given up: a copy carrying the reason goes to the dead-letter exchange (confirmed), then
+    /// the delivery is acked. Should that publish fail, the delivery is rejected instead and
+    /// its queue dead-letters it without the reason: never lost.
+    DeadLetter(DeadLetterReason),
     /// Put back for another try (the broker failed, not the command).
     Requeue,
 }
@@ -75,15 +98,31 @@ impl CommandDelivery {
         publisher.publish(&retry, self.0.routing_key.as_str(), &self.0.data, props).await
     }
 
-    /// Settles the delivery.
-    pub async fn settle(self, how: Settlement) -> Result<(), MessagingError> {
+    /// Settles the delivery; a dead letter is published through `publisher` first.
+    pub async fn settle(self, how: Settlement, publisher: &Publisher) -> Result<(), MessagingError> {
         // lapin answers whether the delivery was still unsettled; settling twice cannot happen
         // here, as this takes the delivery.
         match how {
             Settlement::Ack => self.0.ack(BasicAckOptions::default()).await?,
-            Settlement::DeadLetter => self.0.reject(BasicRejectOptions { requeue: false }).await?,
+            Settlement::DeadLetter(reason) => match self.dead_letter(&reason, publisher).await {
+                Ok(()) => self.0.ack(BasicAckOptions::default()).await?,
+                Err(e) => {
+                    tracing::warn!(error = %e, code = reason.code, "could not publish the dead letter; rejecting it");
+                    self.0.reject(BasicRejectOptions { requeue: false }).await?
+                }
+            },
             Settlement::Requeue => self.0.nack(BasicNackOptions { requeue: true, multiple: false }).await?,
         };
         Ok(())
+    }
+
+    /// A copy of the command, with its properties and routing key, and the reason headers.
+    async fn dead_letter(&self, reason: &DeadLetterReason, publisher: &Publisher) -> Result<(), MessagingError> {
+        let mut headers = self.0.properties.headers().clone().unwrap_or_default();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.code.into()));
+        headers.insert(REASON_DETAIL_HEADER.into(), AMQPValue::LongString(reason.detail.as_str().into()));
+        let props = self.0.properties.clone().with_headers(headers);
+        let dead = publisher.topology().dead_letters();
+        publisher.publish(&dead, self.0.routing_key.as_str(), &self.0.data, props).await
     }
 }

@@ -5,13 +5,17 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::{ATTEMPT_HEADER, MessagingError, Publisher, Topology, close, connect};
+use crate::{ATTEMPT_HEADER, MessagingError, Publisher, REASON_DETAIL_HEADER, REASON_HEADER, Topology, close, connect};
 
 /// One dead-lettered message, as found (left in the queue by [`peek`]).
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub body: Vec<u8>,
     pub message_id: Option<String>,
+    /// Why LedgerFlow gave it up (`INVALID_COMMAND`, `UNKNOWN_TRANSACTION`, …) and in words;
+    /// absent on what the broker dead-lettered by itself (see `death_reason`).
+    pub reason: Option<String>,
+    pub reason_detail: Option<String>,
     /// Why the broker dead-lettered it (`rejected`, `expired`, …) and how often.
     pub death_reason: Option<String>,
     pub death_count: i64,
@@ -57,8 +61,12 @@ pub async fn peek(uri: &str, topology: &Topology, limit: usize) -> Result<Vec<De
         else {
             break;
         };
-        let (death_reason, death_count) = death(msg.delivery.properties.headers().as_ref());
+        let headers = msg.delivery.properties.headers().as_ref();
+        let (death_reason, death_count) = death(headers);
+        let header = |name: &str| headers.and_then(|h| h.inner().get(name)).and_then(text);
         found.push(DeadLetter {
+            reason: header(REASON_HEADER),
+            reason_detail: header(REASON_DETAIL_HEADER),
             message_id: msg.delivery.properties.message_id().as_ref().map(ToString::to_string),
             body: msg.delivery.data.clone(),
             death_reason,
@@ -70,8 +78,8 @@ pub async fn peek(uri: &str, topology: &Topology, limit: usize) -> Result<Vec<De
 }
 
 /// Moves up to `limit` dead letters back to the transfers exchange, each acked only after
-/// its republish is confirmed. Broker bookkeeping headers (`x-death`, the attempt counter)
-/// are dropped, so a replayed command gets a fresh set of attempts.
+/// its republish is confirmed. Bookkeeping headers (`x-death`, the attempt counter, the
+/// reason) are dropped, so a replayed command gets a fresh set of attempts.
 pub async fn replay(uri: &str, topology: &Topology, limit: usize) -> Result<usize, MessagingError> {
     let connection = connect(uri, "ledgerflow-admin-dlq").await?;
     let channel = connection.create_channel().await?;
@@ -87,7 +95,8 @@ pub async fn replay(uri: &str, topology: &Topology, limit: usize) -> Result<usiz
         let props = &msg.delivery.properties;
         let mut headers = FieldTable::default();
         for (k, v) in props.headers().as_ref().map(|h| h.inner().clone()).unwrap_or_default() {
-            if k.as_str() != "x-death" && !k.as_str().starts_with("x-first-death") && k.as_str() != ATTEMPT_HEADER {
+            let bookkeeping = [ATTEMPT_HEADER, REASON_HEADER, REASON_DETAIL_HEADER, "x-death"];
+            if !bookkeeping.contains(&k.as_str()) && !k.as_str().starts_with("x-first-death") {
                 headers.insert(k, v);
             }
         }

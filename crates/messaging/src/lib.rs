@@ -27,7 +27,9 @@ mod partitions;
 mod publisher;
 mod topology;
 
-pub use delivery::{ATTEMPT_HEADER, CommandDelivery, Settlement};
+pub use delivery::{
+    ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, REASON_DETAIL_HEADER, REASON_HEADER, Settlement,
+};
 pub use envelope::{COMMAND_TYPE, REQUEST_ID_HEADER, RESULT_TYPE};
 pub use error::MessagingError;
 /// For tests and tools that speak raw AMQP (hostile messages, queue inspection); LedgerFlow's

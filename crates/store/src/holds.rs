@@ -13,6 +13,9 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use crate::docs::{TransactionDoc, to_bson_time};
 use crate::{Store, StoreError, TransactionRecord};
 
+/// How long one hold's expiry may keep retrying write conflicts before the sweep moves on.
+const EXPIRY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Store {
     /// Expires up to `limit` HELD holds whose `expiresAt` has passed, oldest first, and
     /// returns them as EXPIRED (those another process expired or settled meanwhile are left
@@ -25,8 +28,12 @@ impl Store {
         let mut expired = Vec::new();
         for doc in found {
             let Ok(hold) = TransactionRecord::try_from(doc) else { continue };
-            if let Some(hold) = self.expire(hold, now).await? {
-                expired.push(hold);
+            let id = hold.id;
+            // One hold whose accounts are locked (by a crashed worker's transaction, until
+            // mongod aborts it) must not hold up the expiry of every hold behind it.
+            match tokio::time::timeout(EXPIRY_PATIENCE, self.expire(hold, now)).await {
+                Ok(outcome) => expired.extend(outcome?),
+                Err(_) => tracing::debug!(transaction_id = %id, "hold expiry keeps conflicting; next sweep"),
             }
         }
         Ok(expired)

@@ -7,7 +7,7 @@ use ledgerflow_domain::{
     Command, CommandError, FailureReason, IdempotencyKey, Initiator, RequestId, SettleCommand, TransactionId,
     TransactionStatus, TransferCommand, TransferKind, TransferResult,
 };
-use ledgerflow_messaging::{CommandDelivery, Publisher, Settlement};
+use ledgerflow_messaging::{CommandDelivery, DeadLetterReason, Publisher, Settlement};
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -35,8 +35,8 @@ pub(crate) struct Ctx {
 /// What to do with the delivery once the work is done.
 enum Settle {
     Ack,
-    /// Reject without requeue: the queue dead-letters it.
-    DeadLetter,
+    /// Give it up: to the dead-letter queue, with why.
+    DeadLetter(DeadLetterReason),
     /// The database failed transiently: try again later through the retry queue, or give up
     /// once the attempts are spent.
     Retry,
@@ -81,17 +81,17 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
         }
         let outcome = match settle {
             Settle::Ack => "acked",
-            Settle::DeadLetter => "dead_lettered",
+            Settle::DeadLetter(_) => "dead_lettered",
             Settle::Retry | Settle::Requeue => "requeued",
         };
         metrics::counter!("ledgerflow_messages_total", "outcome" => outcome).increment(1);
         let settling = async {
             match settle {
-                Settle::Ack => delivery.settle(Settlement::Ack).await,
-                Settle::DeadLetter => delivery.settle(Settlement::DeadLetter).await,
+                Settle::Ack => delivery.settle(Settlement::Ack, results).await,
+                Settle::DeadLetter(reason) => delivery.settle(Settlement::DeadLetter(reason), results).await,
                 Settle::Retry | Settle::Requeue => {
                     tokio::time::sleep(BROKER_PAUSE).await;
-                    delivery.settle(Settlement::Requeue).await
+                    delivery.settle(Settlement::Requeue, results).await
                 }
             }
         };
@@ -127,14 +127,17 @@ async fn execute(ctx: &Ctx, cmd: &TransferCommand) -> Settle {
         Ok(Execution::UnknownTransaction(id)) => {
             warn!(transaction_id = %id, "command names an unknown transaction, dead-lettering");
             let result = failed_command(cmd, Some(id), FailureReason::InvalidCommand);
-            dead_letter_after(report(results, &result).await)
+            let why = DeadLetterReason::new("UNKNOWN_TRANSACTION", format!("no transaction {id} is recorded"));
+            dead_letter_after(report(results, &result).await, Settle::DeadLetter(why))
         }
         Ok(Execution::Mismatch { existing }) => {
             warn!(existing = %existing, "command contradicts the recorded transaction, dead-lettering");
             // Said as what it is: a bare INVALID_COMMAND under the key read as "the
             // transfer under this key failed", when that one may well have completed.
             let result = failed_command(cmd, None, FailureReason::IdempotencyKeyReused);
-            dead_letter_after(report(results, &result).await)
+            let why = format!("contradicts transaction {existing}, recorded under the same id or key");
+            let why = DeadLetterReason::new("IDEMPOTENCY_KEY_REUSED", why);
+            dead_letter_after(report(results, &result).await, Settle::DeadLetter(why))
         }
         Err(e) if e.is_transient() => {
             warn!(error = %e, "transient failure");
@@ -142,7 +145,7 @@ async fn execute(ctx: &Ctx, cmd: &TransferCommand) -> Settle {
         }
         Err(e) => {
             error!(error = %e, "cannot process command, dead-lettering");
-            Settle::DeadLetter
+            Settle::DeadLetter(DeadLetterReason::new("UNPROCESSABLE", e.to_string()))
         }
     }
 }
@@ -185,7 +188,8 @@ async fn complete(ctx: &Ctx, settle: &SettleCommand) -> Result<Result<TransferCo
             Some(settle.idempotency_key.clone()),
             Some(settle.initiator.clone()),
         );
-        return Ok(Err(dead_letter_after(report(&ctx.results, &result).await)));
+        let why = DeadLetterReason::new("HOLD_NOT_FOUND", format!("no hold {} of {}", settle.hold, settle.initiator));
+        return Ok(Err(dead_letter_after(report(&ctx.results, &result).await, Settle::DeadLetter(why))));
     };
     settle.complete(&hold.request()).map(Ok).map_err(|e| CommandError {
         reason: e.to_string(),
@@ -199,6 +203,7 @@ async fn complete(ctx: &Ctx, settle: &SettleCommand) -> Result<Result<TransferCo
 /// report FAILED, and dead-letter it.
 async fn refuse(store: &Store, results: &Publisher, invalid: CommandError, message_id: Option<&str>) -> Settle {
     warn!(reason = %invalid.reason, "invalid command, dead-lettering");
+    let why = DeadLetterReason::new("INVALID_COMMAND", invalid.reason.clone());
     let claimed = invalid.transaction_id.or_else(|| message_id.and_then(|m| m.parse().ok()));
     let mut result =
         failed(FailureReason::InvalidCommand, None, invalid.idempotency_key.clone(), invalid.initiator.clone());
@@ -212,7 +217,7 @@ async fn refuse(store: &Store, results: &Publisher, invalid: CommandError, messa
             }
         }
     }
-    dead_letter_after(report(results, &result).await)
+    dead_letter_after(report(results, &result).await, Settle::DeadLetter(why))
 }
 
 /// Fails the claimed transaction only if the message also carries its initiator and key: a
@@ -252,7 +257,11 @@ async fn retry_or_give_up(ctx: &Ctx, delivery: &CommandDelivery, cmd: Option<&Tr
         };
     }
     error!(attempt, "attempts exhausted, failing the transaction and dead-lettering");
-    let Some(cmd) = cmd else { return Settle::DeadLetter };
+    let exhausted = || {
+        let why = format!("transient failures outlasted {attempt} attempts");
+        Settle::DeadLetter(DeadLetterReason::new("ATTEMPTS_EXHAUSTED", why))
+    };
+    let Some(cmd) = cmd else { return exhausted() };
     let found = match cmd.transaction_id {
         Some(id) => ctx.store.find_transaction(id).await,
         None => ctx.store.find_by_key(&cmd.initiator, &cmd.idempotency_key).await,
@@ -260,20 +269,20 @@ async fn retry_or_give_up(ctx: &Ctx, delivery: &CommandDelivery, cmd: Option<&Tr
     let result = match found {
         Ok(Some(record)) => match ctx.store.fail_pending(record.id, FailureReason::ProcessingFailed).await {
             Ok(Some(record)) => result_of(&record),
-            Ok(None) => return Settle::DeadLetter,
+            Ok(None) => return exhausted(),
             Err(e) => {
                 error!(error = %e, "cannot mark the transaction FAILED; it stays PENDING for reconcile and replay");
-                return Settle::DeadLetter;
+                return exhausted();
             }
         },
         // Never recorded (an upstream command): nothing to mark, but its publisher still hears.
         Ok(None) => failed_command(cmd, None, FailureReason::ProcessingFailed),
         Err(e) => {
             error!(error = %e, "database still unreachable; dead-lettering without a result");
-            return Settle::DeadLetter;
+            return exhausted();
         }
     };
-    dead_letter_after(report(&ctx.results, &result).await)
+    dead_letter_after(report(&ctx.results, &result).await, exhausted())
 }
 
 pub(crate) fn result_of(record: &TransactionRecord) -> TransferResult {
@@ -311,9 +320,11 @@ async fn report(results: &Publisher, result: &TransferResult) -> Settle {
     }
 }
 
-fn dead_letter_after(reported: Settle) -> Settle {
+/// Dead-letters (with `then`, a [`Settle::DeadLetter`]) once the result is out; if it could
+/// not be published, the command is requeued for that instead.
+fn dead_letter_after(reported: Settle, then: Settle) -> Settle {
     match reported {
-        Settle::Ack => Settle::DeadLetter,
+        Settle::Ack => then,
         other => other,
     }
 }
