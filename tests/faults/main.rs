@@ -18,6 +18,7 @@
 //! --test-threads 1` (under `cargo test` they serialise themselves). Each prints a `FAULTS`
 //! summary line (`--no-capture`, or nextest's `--success-output immediate`, shows it).
 
+mod holds;
 mod verify;
 mod workload;
 
