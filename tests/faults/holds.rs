@@ -262,8 +262,11 @@ async fn stuck(c: &Cluster) -> u64 {
 async fn kill_a_worker(c: &mut Cluster, answered: &AtomicUsize, after: usize) -> Kill {
     let start = Instant::now();
     while answered.load(Ordering::SeqCst) < after || c.procs.workers.iter().any(|w| decisions(&w.process) == 0) {
-        let logs: Vec<String> = c.procs.workers.iter().map(|w| w.process.tail(10)).collect();
-        assert!(start.elapsed() < WAIT, "the workload did not spread over both workers\n{}", logs.join("\n"));
+        assert!(
+            start.elapsed() < WAIT,
+            "the workload did not spread over both workers\n{}",
+            c.procs.workers.iter().map(|w| w.process.tail(10)).collect::<Vec<_>>().join("\n")
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (victim, survivor) = (1, 0);
