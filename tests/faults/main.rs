@@ -13,11 +13,15 @@
 //! - every recorded transfer has a result on the result queue;
 //! - every process still runs and none logged a panic.
 //!
+//! `holds` kills a worker while holds are in flight and checks the holds' own invariants
+//! (see that module).
+//!
 //! They stop and start the shared RabbitMQ and mongod, so they must run alone, after the rest
 //! of the suite and one at a time: `cargo nextest run -p ledgerflow-tests --test faults
 //! --test-threads 1` (under `cargo test` they serialise themselves). Each prints a `FAULTS`
 //! summary line (`--no-capture`, or nextest's `--success-output immediate`, shows it).
 
+mod holds;
 mod verify;
 mod workload;
 
