@@ -333,8 +333,12 @@ async fn a_command_that_keeps_failing_transiently_is_retried_then_dead_lettered_
     // Once the database is back (a healthy worker), replaying completes both, once each.
     app.stop_worker(broken).await;
     app.add_worker();
+    // Two at least: the gateway's republisher may have re-sent the PENDING one meanwhile, to
+    // be given up again. Replaying copies is harmless; the balances below show each moved once.
     let (code, out) = app.run_cli(&["admin", "dlq", "replay"]).await;
-    assert_eq!((code, out.trim()), (0, format!("replayed 2 command(s) to {}", app.topology.transfers()).as_str()));
+    let replayed: usize =
+        out.trim().strip_prefix("replayed ").and_then(|r| r.split(' ').next()?.parse().ok()).unwrap_or(0);
+    assert!(code == 0 && replayed >= 2 && out.trim().ends_with(&app.topology.transfers()), "{out}");
     assert_eq!(app.wait_upstream("doomed").await.status, TransactionStatus::Completed);
     assert_eq!(app.settled(&alice, &gateway_id).await.status, "COMPLETED");
     assert_eq!(app.balance(&bob.token, &b).await, 100);
