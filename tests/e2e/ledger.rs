@@ -330,6 +330,46 @@ async fn the_bench_paces_at_a_share_of_the_maximum_it_measured_first() {
     app.teardown().await;
 }
 
+/// `--holds` runs hold-then-post pairs after the transfers, on the same processes, and reports
+/// their rate and what a pair costs against a transfer; over HTTP and, with `--direct`, as
+/// upstream HOLD and POST_HOLD commands. The run's ledger, reservations included, must reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_runs_hold_then_post_pairs_beside_the_transfers() {
+    let app = spawn_app().await;
+    for mode in [None, Some("--direct")] {
+        let mut args = vec!["bench", "--holds", "--accounts", "10", "--transfers", "30", "--workers", "1", "--json"];
+        args.extend(mode);
+        let via = mode.unwrap_or("HTTP");
+        let (code, out) = app.run_cli(&args).await;
+        assert_eq!(code, 0, "{via}: {out}");
+        let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench printed no JSON ({e}): {out}"));
+        assert_eq!(report["completed"], 30, "{via}: {report}");
+        let holds = &report["holds"];
+        for count in ["holds_accepted", "held", "posts_accepted", "completed"] {
+            assert_eq!(holds[count], 30, "{via}: holds.{count} in {report}");
+        }
+        for count in ["failed", "rejected", "unfinished"] {
+            assert_eq!(holds[count], 0, "{via}: holds.{count} in {report}");
+        }
+        assert!(holds["completed_per_s"].as_f64().is_some_and(|r| r > 0.0), "{via}: {report}");
+        for stage in ["hold_accept", "held", "post_accept", "pair"] {
+            assert!(holds["latency_ms"][stage]["p99"].is_number(), "{via}: holds.latency_ms.{stage} in {report}");
+        }
+        // A pair ends after its hold was heard HELD.
+        let max = |stage: &str| holds["latency_ms"][stage]["max"].as_f64().expect("a max");
+        assert!(max("held") <= max("pair"), "{via}: {report}");
+        for ratio in ["rate", "cpu", "latency_p50"] {
+            assert!(holds["ratio"][ratio].as_f64().is_some_and(|r| r > 0.0), "{via}: holds.ratio.{ratio} in {report}");
+        }
+        assert_eq!(holds["ratio"]["target"], 2.5, "{via}: {report}");
+        // Fundings, transfers, and a hold and a post per pair, every one in order.
+        let ledger = &report["ledger"];
+        assert_eq!(ledger["ok"], true, "{via}: {report}");
+        assert!(ledger["transactions"].as_u64().is_some_and(|t| t >= 10 + 30 + 2 * 30), "{via}: {report}");
+    }
+    app.teardown().await;
+}
+
 /// A process's state letter and parent pid, from `/proc/<pid>/stat` (`pid (comm) state ppid …`;
 /// comm may hold spaces, so the fields are read after its `)`). `None` once it is gone.
 fn proc_stat(pid: u32) -> Option<(String, u32)> {

@@ -1,5 +1,5 @@
 //! The gateway's HTTP API as a client sees it: sign-up and sign-in, opening and funding
-//! accounts, submitting transfers, and the workers' metrics pages. The only place
+//! accounts, submitting transfers, holds and their posts, and the workers' metrics pages. The only place
 //! the bench speaks HTTP, through `ledgerflow-client`.
 
 use std::time::Duration;
@@ -23,6 +23,16 @@ pub struct Api {
 impl Api {
     /// A client of the gateway at `base`, keeping up to `pool` idle connections.
     pub fn new(base: &str, pool: usize) -> Result<Self> {
+        Self::build(base, pool)
+    }
+
+    /// A client of the same gateway keeping up to `pool` idle connections: a load with more
+    /// requests in flight than this one's pool keeps would otherwise pay for new connections.
+    pub fn with_pool(&self, pool: usize) -> Result<Self> {
+        Self::build(self.client.base(), pool)
+    }
+
+    fn build(base: &str, pool: usize) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
@@ -76,14 +86,42 @@ impl Api {
     ) -> Result<String, String> {
         let (from, to) = (from.to_string(), to.to_string());
         let transfer = Transfer { from: &from, to: &to, amount, idempotency_key: key, description: None };
-        match self.client.signed_in(token).transfer(&transfer).await {
-            Ok(Accepted { repeat: false, transaction }) => Ok(transaction.id),
-            Ok(Accepted { repeat: true, .. }) => Err("HTTP 200".to_owned()),
-            Err(Error::Api { status, body }) => Err(format!("HTTP {status} {}", body.error.code)),
-            Err(Error::Unexpected { status, .. }) => Err(format!("HTTP {status}")),
-            Err(Error::Transport(e)) if e.is_timeout() => Err("HTTP timeout".to_owned()),
-            Err(Error::Transport(e)) if e.is_connect() => Err("HTTP connect error".to_owned()),
-            Err(Error::Transport(_)) => Err("HTTP transport error".to_owned()),
-        }
+        new_transaction(self.client.signed_in(token).transfer(&transfer).await)
+    }
+
+    /// Submits a hold of `amount` for `timeout_seconds`: as [`Self::transfer`].
+    pub async fn hold(&self, token: &str, t: &HoldRequest<'_>) -> Result<String, String> {
+        let (from, to) = (t.from.to_string(), t.to.to_string());
+        let transfer = Transfer { from: &from, to: &to, amount: t.amount, idempotency_key: t.key, description: None };
+        new_transaction(self.client.signed_in(token).hold(&transfer, t.timeout_seconds).await)
+    }
+
+    /// Posts the whole of a HELD hold: the POST_HOLD's id, or why it was not accepted.
+    pub async fn post_hold(&self, token: &str, hold: &str, key: &str) -> Result<String, String> {
+        new_transaction(self.client.signed_in(token).post_hold(hold, key, None).await)
+    }
+}
+
+/// A hold to submit.
+pub struct HoldRequest<'a> {
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: i64,
+    pub key: &'a str,
+    pub timeout_seconds: u32,
+}
+
+/// The id of a transaction the gateway took anew (202), or why not: the HTTP status and error
+/// code (a 200 is a repeat: the run's keys are fresh, so it is a fault), or the kind of
+/// transport failure.
+fn new_transaction(answer: ledgerflow_client::Result<Accepted>) -> Result<String, String> {
+    match answer {
+        Ok(Accepted { repeat: false, transaction }) => Ok(transaction.id),
+        Ok(Accepted { repeat: true, .. }) => Err("HTTP 200".to_owned()),
+        Err(Error::Api { status, body }) => Err(format!("HTTP {status} {}", body.error.code)),
+        Err(Error::Unexpected { status, .. }) => Err(format!("HTTP {status}")),
+        Err(Error::Transport(e)) if e.is_timeout() => Err("HTTP timeout".to_owned()),
+        Err(Error::Transport(e)) if e.is_connect() => Err("HTTP connect error".to_owned()),
+        Err(Error::Transport(_)) => Err("HTTP transport error".to_owned()),
     }
 }

@@ -23,6 +23,7 @@ With --target the bench drives a running gateway instead; its users, accounts an
 in that ledger, and outcomes are read from the configured --amqp-prefix's results exchange.\n\
 The gateway and workers it starts are the `ledgerflow` executable next to this one.\n\n\
 Examples:\n  ledgerflow bench --raw\n  ledgerflow bench --rate 50%\n  ledgerflow bench --hot --transfers 5000\n  ledgerflow bench --direct\n  \
+ledgerflow bench --holds --transfers 5000\n  \
 ledgerflow bench --balance-reads --entries 1000,1000000\n  \
 LEDGERFLOW_SYSTEM_PASSWORD=… ledgerflow bench --target http://127.0.0.1:8080 --system-email ops@example.com"
 )]
@@ -87,6 +88,11 @@ pub struct BenchArgs {
     /// Also run the floor reference: the same transfers through Store::execute, no HTTP, no queue.
     #[arg(long)]
     pub raw: bool,
+    /// After the transfers, run as many hold-then-post pairs on the same processes (each post
+    /// sent once its hold is HELD) and report what a pair costs against a transfer. Unpaced:
+    /// the comparison is of the two maxima.
+    #[arg(long, conflicts_with_all = ["rate", "balance_reads"])]
+    pub holds: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -227,5 +233,9 @@ mod tests {
         assert_eq!((cli.conn.services.partitions, cli.conn.threads), (4, 2));
         assert!(cli.bench.raw && !cli.bench.direct);
         assert!(Cli::try_parse_from(["ledgerflow-bench", "--balance-reads", "--raw"]).is_err());
+        // Pairs are compared with transfers at the maximum of each: a pace would hide it.
+        assert!(Cli::try_parse_from(["ledgerflow-bench", "--holds", "--rate", "50%"]).is_err());
+        let holds = Cli::try_parse_from(["ledgerflow-bench", "--holds", "--direct"]).expect("arguments parse");
+        assert!(holds.bench.holds && holds.bench.direct);
     }
 }

@@ -1,8 +1,11 @@
 //! Outcomes as the workers publish them: an exclusive auto-delete queue bound to the results
 //! exchange hears every result, which is where completion times come from (not from polling
 //! the API). It takes nothing from anyone else's queue, and vanishes with the connection.
+//! A load that must act on an outcome (the post of a HELD hold) waits for it through a
+//! [`Waiter`], woken by the listener as the result arrives rather than by polling.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -10,11 +13,13 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use ledgerflow_domain::{FailureReason, TransactionStatus};
+use ledgerflow_domain::{FailureReason, TransactionId, TransactionStatus};
 use ledgerflow_messaging::lapin::{Channel, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::pool::lock;
 
@@ -37,13 +42,47 @@ pub struct Outcome {
     pub decided_at: Option<DateTime<Utc>>,
     pub status: TransactionStatus,
     pub reason: Option<FailureReason>,
+    /// The transaction it is about: what names a hold published as an upstream command (which
+    /// has no id until the worker creates it) in its post.
+    pub transaction_id: Option<TransactionId>,
+}
+
+/// The first outcome heard for each of one kind of name (transaction ids, or idempotency keys),
+/// and who waits for one not heard yet.
+#[derive(Default)]
+struct Index {
+    heard: HashMap<String, Outcome>,
+    /// One waiter per name: each of the bench's transactions is waited for by one task.
+    waiting: HashMap<String, oneshot::Sender<Outcome>>,
+}
+
+impl Index {
+    /// Keeps the first arrival, and hands it to its waiter if there is one.
+    fn record(&mut self, name: &str, outcome: Outcome) {
+        if let Entry::Vacant(slot) = self.heard.entry(name.to_owned()) {
+            slot.insert(outcome);
+            if let Some(waiter) = self.waiting.remove(name) {
+                let _ = waiter.send(outcome);
+            }
+        }
+    }
+
+    /// The outcome if it was heard, or a receiver that gets it when it is.
+    fn subscribe(&mut self, name: &str) -> Result<Outcome, oneshot::Receiver<Outcome>> {
+        if let Some(outcome) = self.heard.get(name) {
+            return Ok(*outcome);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(name.to_owned(), tx);
+        Err(rx)
+    }
 }
 
 /// Every outcome heard so far.
 #[derive(Default)]
 pub struct Outcomes {
-    by_id: HashMap<String, Outcome>,
-    by_key: HashMap<String, Outcome>,
+    by_id: Index,
+    by_key: Index,
     received: usize,
 }
 
@@ -55,20 +94,62 @@ impl Outcomes {
         let Some(status) = v["status"].as_str().and_then(|s| s.parse().ok()) else { return };
         let reason = v["failureReason"].as_str().and_then(|s| s.parse().ok());
         let decided_at = v["completedAt"].as_str().and_then(|s| s.parse().ok());
-        let outcome = Outcome { at, decided_at, status, reason };
+        let id = v["transactionId"].as_str();
+        let transaction_id = id.and_then(|s| s.parse().ok());
+        let outcome = Outcome { at, decided_at, status, reason, transaction_id };
         self.received += 1;
-        if let Some(id) = v["transactionId"].as_str() {
-            self.by_id.entry(id.to_owned()).or_insert(outcome);
+        if let Some(id) = id {
+            self.by_id.record(id, outcome);
         }
         if let Some(key) = v["idempotencyKey"].as_str() {
-            self.by_key.entry(key.to_owned()).or_insert(outcome);
+            self.by_key.record(key, outcome);
         }
     }
 
     pub fn get(&self, on: MatchOn, key: &str) -> Option<&Outcome> {
+        self.index(on).heard.get(key)
+    }
+
+    fn index(&self, on: MatchOn) -> &Index {
         match on {
-            MatchOn::TransactionId => self.by_id.get(key),
-            MatchOn::IdempotencyKey => self.by_key.get(key),
+            MatchOn::TransactionId => &self.by_id,
+            MatchOn::IdempotencyKey => &self.by_key,
+        }
+    }
+
+    fn index_mut(&mut self, on: MatchOn) -> &mut Index {
+        match on {
+            MatchOn::TransactionId => &mut self.by_id,
+            MatchOn::IdempotencyKey => &mut self.by_key,
+        }
+    }
+
+    /// Drops every waiter, whose receivers then fail: nothing more will be heard.
+    fn abandon_waiters(&mut self) {
+        self.by_id.waiting.clear();
+        self.by_key.waiting.clear();
+    }
+}
+
+/// A handle for tasks that wait for one outcome each, as it arrives; until `stop` is
+/// cancelled (the phase gave up waiting) or the listener is lost.
+#[derive(Clone)]
+pub struct Waiter {
+    outcomes: Arc<Mutex<Outcomes>>,
+    stop: CancellationToken,
+}
+
+impl Waiter {
+    /// The first outcome heard for `key`, as soon as it is heard; `None` if waiting stopped
+    /// first.
+    pub async fn outcome(&self, on: MatchOn, key: &str) -> Option<Outcome> {
+        let receiver = match lock(&self.outcomes).index_mut(on).subscribe(key) {
+            Ok(outcome) => return Some(outcome),
+            Err(receiver) => receiver,
+        };
+        tokio::select! {
+            heard = receiver => heard.ok(),
+            () = self.stop.cancelled() => None,
         }
     }
 }
@@ -99,6 +180,7 @@ impl ResultListener {
                 }
             };
             *lock(&failed) = Some(reason);
+            lock(&sink).abandon_waiters();
         });
         Ok(Self { outcomes, failure, connection, _channel: channel, task })
     }
@@ -108,7 +190,7 @@ impl ResultListener {
         lock(&self.outcomes)
     }
 
-    fn ensure_listening(&self) -> Result<()> {
+    pub fn ensure_listening(&self) -> Result<()> {
         match lock(&self.failure).as_ref() {
             Some(reason) => bail!("lost the result queue: {reason}"),
             None => Ok(()),
@@ -124,6 +206,33 @@ impl ResultListener {
                 let received = lock(&outcomes).received;
                 bar.set_position(received.saturating_sub(baseline) as u64);
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    /// A handle for waiting on single outcomes, until `stop` is cancelled.
+    pub fn waiter(&self, stop: CancellationToken) -> Waiter {
+        Waiter { outcomes: Arc::clone(&self.outcomes), stop }
+    }
+
+    /// Cancels `stop` when no result has been heard for `STALL_TIMEOUT`, the deadline passes,
+    /// or the listener is lost: the rule of [`Self::await_all`], for waits spread over tasks.
+    /// Runs until then, or until the returned task is aborted.
+    pub fn stop_when_stalled(&self, stop: CancellationToken, deadline: Instant) -> JoinHandle<()> {
+        let (outcomes, failure) = (Arc::clone(&self.outcomes), Arc::clone(&self.failure));
+        tokio::spawn(async move {
+            let (mut seen, mut last_progress) = (lock(&outcomes).received, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let received = lock(&outcomes).received;
+                if received != seen {
+                    (seen, last_progress) = (received, Instant::now());
+                }
+                let lost = lock(&failure).is_some();
+                if lost || last_progress.elapsed() >= STALL_TIMEOUT || Instant::now() >= deadline {
+                    stop.cancel();
+                    return;
+                }
             }
         })
     }
@@ -160,11 +269,14 @@ impl ResultListener {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use ledgerflow_domain::{FailureReason, TransactionStatus};
+    use tokio_util::sync::CancellationToken;
 
-    use super::{MatchOn, Outcomes};
+    use super::{MatchOn, Outcomes, Waiter};
+    use crate::pool::lock;
 
     #[test]
     fn outcomes_keep_the_first_arrival() {
@@ -181,5 +293,30 @@ mod tests {
         );
         assert!(outcomes.get(MatchOn::IdempotencyKey, "k1").is_some());
         assert_eq!(outcomes.received, 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_hears_its_outcome_as_it_arrives_or_stops_waiting() {
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+        let stop = CancellationToken::new();
+        let waiter = Waiter { outcomes: Arc::clone(&outcomes), stop: stop.clone() };
+        let held = br#"{"version":1,"transactionId":"0190a0a0-0000-7000-8000-000000000001","status":"HELD","idempotencyKey":"h1"}"#;
+        let waiting = tokio::spawn({
+            let waiter = waiter.clone();
+            async move { waiter.outcome(MatchOn::IdempotencyKey, "h1").await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lock(&outcomes).record(held, Instant::now());
+        let heard = waiting.await.expect("the waiting task").expect("the outcome");
+        assert_eq!(heard.status, TransactionStatus::Held);
+        assert_eq!(
+            heard.transaction_id.map(|id| id.to_string()).as_deref(),
+            Some("0190a0a0-0000-7000-8000-000000000001")
+        );
+        // Heard before anyone asked: answered at once.
+        let by_id = waiter.outcome(MatchOn::TransactionId, "0190a0a0-0000-7000-8000-000000000001").await;
+        assert!(by_id.is_some());
+        stop.cancel();
+        assert!(waiter.outcome(MatchOn::TransactionId, "never").await.is_none());
     }
 }

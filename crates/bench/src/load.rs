@@ -26,6 +26,13 @@ use crate::setup::Funded;
 /// Time kept back from `--timeout` when waiting for outcomes, so that the report still gets made.
 const REPORT_MARGIN: Duration = Duration::from_secs(5);
 
+/// When waiting for a load's outcomes ends: a little before the overall deadline, so a slow
+/// run still reports what it measured (with the rest counted as unfinished) instead of only
+/// timing out.
+pub fn waits_end(deadline: Instant) -> Instant {
+    deadline.checked_sub(REPORT_MARGIN).unwrap_or(deadline)
+}
+
 /// One transfer as sent, and what came back at once.
 pub struct Sent {
     /// What its result is matched on: the transaction id (HTTP) or idempotency key (direct).
@@ -95,11 +102,7 @@ impl Session<'_> {
         let sent = sent?;
         submitted.finish();
         let keys: Vec<String> = sent.iter().filter(|s| s.accepted.is_some()).map(|s| s.key.clone()).collect();
-        // Stop waiting a little before the overall deadline, so a slow run still reports what
-        // it measured (with the rest counted as unfinished) instead of only timing out.
-        let deadline = self.bench.deadline;
-        let wait_until = deadline.checked_sub(REPORT_MARGIN).unwrap_or(deadline);
-        self.listener.await_all(on, &keys, wait_until, &finished).await?;
+        self.listener.await_all(on, &keys, waits_end(self.bench.deadline), &finished).await?;
         let outcomes = self.listener.outcomes();
         if let Some(path) = phase.samples {
             write_samples(path, anchor, &sent, &outcomes, on)

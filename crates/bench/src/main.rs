@@ -14,9 +14,12 @@
 //!    outcome, the outcome taken from the result exchange as the worker publishes it; with
 //!    `--rate N%`, an unpaced load first measures the maximum and the timed load is paced at
 //!    N% of it, on the same processes, seconds apart;
-//! 3. `--raw`: the same transfers as a tight loop of `Store::execute` calls on a separate
+//! 3. `--holds`: as many hold-then-post pairs on the same processes, each post sent once its
+//!    hold is heard HELD, timed to the POST_HOLD heard COMPLETED, and costed against the
+//!    transfers (their rate over the pairs');
+//! 4. `--raw`: the same transfers as a tight loop of `Store::execute` calls on a separate
 //!    database, no HTTP and no queue: the floor the pipeline is compared with;
-//! 4. the ledger check: the run's own database must hold every `ledgerflow reconcile`
+//! 5. the ledger check: the run's own database must hold every `ledgerflow reconcile`
 //!    invariant after the load, or the run fails.
 //!
 //! `--balance-reads` instead shows that reading a balance costs the same at any history length.
@@ -34,6 +37,8 @@ mod listener;
 mod load;
 mod metrics;
 mod output;
+mod pair_figures;
+mod pairs;
 mod plan;
 mod pool;
 mod progress;

@@ -10,6 +10,8 @@ use comfy_table::{CellAlignment, Table};
 use crate::args::BenchArgs;
 use crate::figures::Percentiles;
 use crate::ledger::ledger_summary;
+use crate::metrics::Batching;
+use crate::pair_figures::{HoldsPhase, PairFigures};
 use crate::reads::ReadFigures;
 use crate::report::LoadReport;
 
@@ -22,9 +24,10 @@ impl LoadReport {
             None => format!("{} worker process(es)", args.workers),
         };
         let rate = self.rate.map(|r| format!(" at most {r}/s,")).unwrap_or_default();
+        let pairs = if args.holds { format!(", then {} hold-then-post pairs", args.transfers) } else { String::new() };
         let _ = writeln!(
             out,
-            "ledgerflow bench: {} transfers, {} pattern, {} accounts, {} transfers,{rate} concurrency {}, {who}",
+            "ledgerflow bench: {} transfers, {} pattern, {} accounts, {} transfers{pairs},{rate} concurrency {}, {who}",
             args.mode(),
             args.pattern(),
             args.accounts,
@@ -51,6 +54,9 @@ impl LoadReport {
             cells.extend(Percentiles::cells(stage));
             rows.push(cells);
         }
+        if let Some(holds) = &self.holds {
+            rows.extend(pair_rows(&holds.pairs, args.direct));
+        }
         if let Some(raw) = &self.raw {
             rows.push(row("raw Store::execute", raw.completed, raw.per_s, raw.latency));
         }
@@ -65,14 +71,10 @@ impl LoadReport {
             let _ = writeln!(out, "ratio completed/s ÷ raw/s: {ratio}");
         }
         if let Some(b) = self.batching {
-            let _ = writeln!(
-                out,
-                "workers:    {} batches, mean size {:.1}; {} write-conflict retries, {} batches split",
-                b.batches,
-                b.mean_size(),
-                b.conflict_retries,
-                b.splits
-            );
+            let _ = writeln!(out, "workers:    {}", batching_line(b));
+        }
+        if let Some(holds) = &self.holds {
+            self.render_holds(holds, &mut out);
         }
         if let Some(ledger) = &self.ledger {
             let _ = writeln!(out, "ledger:     {}", ledger_summary(ledger));
@@ -96,6 +98,69 @@ impl LoadReport {
         }
         out
     }
+}
+
+impl LoadReport {
+    /// The pairs' outcomes, cost against the transfers, and what the processes spent on them.
+    fn render_holds(&self, holds: &HoldsPhase, out: &mut String) {
+        let p = &holds.pairs;
+        let _ = writeln!(out, "pairs failed:     {}", breakdown(&p.failed));
+        let _ = writeln!(out, "pairs rejected:   {}", breakdown(&p.rejected));
+        let _ = writeln!(out, "pairs unfinished: {} (hold accepted, no end)", p.unfinished);
+        if let Some(r) = self.cost_ratios() {
+            let x = |ratio: Option<f64>| ratio.map_or("-".to_owned(), |r| format!("{r:.2}×"));
+            let verdict = match r.met() {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "unknown",
+            };
+            let _ = writeln!(
+                out,
+                "pair cost ÷ transfer cost: {} by rate (target ≤ {}×: {verdict}), {} by machine CPU, {} by p50 latency",
+                x(r.rate),
+                r.target,
+                x(r.cpu),
+                x(r.latency_p50)
+            );
+        }
+        if let Some(b) = holds.batching {
+            let _ = writeln!(out, "workers, pairs: {}", batching_line(b));
+        }
+        if !holds.cpu_s.is_empty() {
+            let spent: Vec<String> = holds.cpu_s.iter().map(|(name, s)| format!("{name} {s:.1}")).collect();
+            let _ = writeln!(out, "CPU s, pairs: {}", spent.join(", "));
+        }
+    }
+}
+
+/// The table rows of `--holds`: the hold's acceptance and HELD, the post's acceptance, and the
+/// pair end to end with its rate.
+fn pair_rows(p: &PairFigures, direct: bool) -> Vec<Vec<String>> {
+    let accepted = if direct { "(confirm)" } else { "(202)" };
+    vec![
+        stage_row(&format!("hold accepted {accepted}"), p.holds_accepted, p.hold_accept),
+        stage_row("  submit → HELD heard", p.held, p.hold),
+        stage_row(&format!("  post accepted {accepted}"), p.posts_accepted, p.post_accept),
+        row("pairs completed", p.completed, p.completed_per_s, p.complete),
+    ]
+}
+
+/// A table row of a stage: label, count and latency percentiles, no rate.
+fn stage_row(label: &str, count: usize, latency: Option<Percentiles>) -> Vec<String> {
+    let mut cells = vec![label.to_owned(), count.to_string(), String::new()];
+    cells.extend(Percentiles::cells(latency));
+    cells
+}
+
+/// The workers' batches during a load, on one line.
+fn batching_line(b: Batching) -> String {
+    format!(
+        "{} batches, mean size {:.1}; {} write-conflict retries, {} batches split",
+        b.batches,
+        b.mean_size(),
+        b.conflict_retries,
+        b.splits
+    )
 }
 
 /// The `--balance-reads` report: one table row per history length.

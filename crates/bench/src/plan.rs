@@ -1,10 +1,12 @@
 //! What a load sends and when: the planned transfers (random pairs, or mostly from one hot
-//! account), the open-loop pace of `--rate`, and the command an upstream system would publish.
+//! account), the open-loop pace of `--rate`, and the commands an upstream system would publish.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use ledgerflow_domain::{AccountId, Amount, Currency, TransferCommand, TransferKind, TransferRequest};
+use ledgerflow_domain::{
+    AccountId, Amount, Currency, HoldTimeout, TransactionId, TransferCommand, TransferKind, TransferRequest,
+};
 use rand::Rng;
 
 /// What every account is funded with, in cents: far more than the load can take out of it
@@ -73,7 +75,34 @@ pub fn upstream_command(
     amount: i64,
     key: &str,
 ) -> Result<TransferCommand> {
-    let request = TransferRequest::new(kind, from, to, Amount::new(amount)?, Currency::USD, None)?;
+    upstream(TransferRequest::new(kind, from, to, Amount::new(amount)?, Currency::USD, None)?, key)
+}
+
+/// An upstream HOLD of `amount` on `from` in favour of `to`, HELD for at most `timeout`.
+pub fn upstream_hold(
+    from: AccountId,
+    to: AccountId,
+    amount: i64,
+    timeout: HoldTimeout,
+    key: &str,
+) -> Result<TransferCommand> {
+    upstream(TransferRequest::hold(from, to, Amount::new(amount)?, Currency::USD, None, timeout)?, key)
+}
+
+/// An upstream POST_HOLD of the whole of `hold`, which the worker created for an upstream
+/// HOLD: a queued settlement names the hold's accounts and amount as well as the hold.
+pub fn upstream_post(
+    hold: TransactionId,
+    from: AccountId,
+    to: AccountId,
+    amount: i64,
+    key: &str,
+) -> Result<TransferCommand> {
+    let request = TransferRequest::settle(TransferKind::PostHold, hold, from, to, Amount::new(amount)?, Currency::USD)?;
+    upstream(request, key)
+}
+
+fn upstream(request: TransferRequest, key: &str) -> Result<TransferCommand> {
     Ok(TransferCommand {
         transaction_id: None,
         request,
@@ -85,7 +114,30 @@ pub fn upstream_command(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_TRANSFER_CENTS, plan};
+    use ledgerflow_domain::{AccountId, HoldTimeout, TransactionId, TransferCommand, TransferKind};
+
+    use super::{MAX_TRANSFER_CENTS, plan, upstream_hold, upstream_post};
+
+    /// What a worker reads of a published command.
+    fn as_published(cmd: &TransferCommand) -> TransferCommand {
+        TransferCommand::parse(&cmd.to_json()).expect("a valid command")
+    }
+
+    #[test]
+    fn upstream_holds_and_posts_are_valid_queue_commands() {
+        let (a, b): (AccountId, AccountId) = (
+            "0190a0a0-0000-7000-8000-000000000001".parse().expect("an id"),
+            "0190a0a0-0000-7000-8000-000000000002".parse().expect("an id"),
+        );
+        let timeout = HoldTimeout::new(600).expect("a timeout");
+        let hold = as_published(&upstream_hold(a, b, 42, timeout, "k-hold").expect("a hold"));
+        assert_eq!((hold.request.kind, hold.request.timeout), (TransferKind::Hold, Some(timeout)));
+        let id: TransactionId = "0190a0a0-0000-7000-8000-00000000000a".parse().expect("an id");
+        let post = as_published(&upstream_post(id, a, b, 42, "k-post").expect("a post"));
+        assert_eq!((post.request.kind, post.request.hold), (TransferKind::PostHold, Some(id)));
+        assert_eq!((post.request.from, post.request.to, post.request.amount.minor()), (a, b, 42));
+        assert!(post.transaction_id.is_none() && post.initiator.to_string() == "service:bench");
+    }
 
     #[test]
     fn plans_never_send_to_the_sender_and_hot_plans_concentrate() {

@@ -12,6 +12,7 @@ use crate::args::BenchArgs;
 use crate::cluster::LogCounts;
 use crate::figures::{LoadFigures, Maximum, Percentiles, round};
 use crate::metrics::Batching;
+use crate::pair_figures::{CostRatios, HoldsPhase};
 use crate::raw::RawFigures;
 use crate::reads::ReadFigures;
 
@@ -24,6 +25,8 @@ pub struct LoadReport {
     pub maximum: Option<Maximum>,
     /// The pace of the timed load, transfers per second (from `--rate`).
     pub rate: Option<u32>,
+    /// With `--holds`: the hold-then-post pairs run after the transfers.
+    pub holds: Option<HoldsPhase>,
     pub raw: Option<RawFigures>,
     pub rss_mb: BTreeMap<String, f64>,
     pub exits: BTreeMap<String, String>,
@@ -41,6 +44,11 @@ impl LoadReport {
     pub fn ratio(&self) -> Option<f64> {
         let raw = self.raw.as_ref()?;
         (raw.per_s > 0.0).then(|| round(self.load.completed_per_s / raw.per_s, 3))
+    }
+
+    /// With `--holds`: what a pair costs against a transfer of this run.
+    pub fn cost_ratios(&self) -> Option<CostRatios> {
+        Some(CostRatios::of(self.holds.as_ref()?, &self.load, &self.cpu_s))
     }
 
     pub fn to_json<'a>(&'a self, args: &'a BenchArgs) -> LoadJson<'a> {
@@ -75,6 +83,10 @@ impl LoadReport {
             maximum: self.maximum,
             raw_per_s: self.raw.as_ref().map(|raw| raw.per_s),
             raw: self.raw.as_ref().map(RawJson::from),
+            holds: self
+                .holds
+                .as_ref()
+                .map(|holds| HoldsJson::of(holds, CostRatios::of(holds, &self.load, &self.cpu_s))),
         }
     }
 }
@@ -119,6 +131,70 @@ pub struct LoadJson<'a> {
     raw_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<RawJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holds: Option<HoldsJson<'a>>,
+}
+
+/// The `--holds` phase: its pairs' counts, rate and latencies, and what a pair costs against a
+/// transfer.
+#[derive(Serialize)]
+struct HoldsJson<'a> {
+    hold_timeout_s: u32,
+    holds_accepted: usize,
+    held: usize,
+    posts_accepted: usize,
+    completed: usize,
+    completed_per_s: f64,
+    failed: usize,
+    failure_reasons: &'a BTreeMap<String, usize>,
+    rejected: usize,
+    rejections: &'a BTreeMap<String, usize>,
+    unfinished: usize,
+    latency_ms: PairStages,
+    ratio: CostRatios,
+    cpu_s: &'a BTreeMap<String, f64>,
+    batching: Option<Batching>,
+}
+
+impl<'a> HoldsJson<'a> {
+    fn of(holds: &'a HoldsPhase, ratio: CostRatios) -> Self {
+        let p = &holds.pairs;
+        Self {
+            hold_timeout_s: holds.timeout_seconds,
+            holds_accepted: p.holds_accepted,
+            held: p.held,
+            posts_accepted: p.posts_accepted,
+            completed: p.completed,
+            completed_per_s: p.completed_per_s,
+            failed: p.failed.values().sum(),
+            failure_reasons: &p.failed,
+            rejected: p.rejected.values().sum(),
+            rejections: &p.rejected,
+            unfinished: p.unfinished,
+            latency_ms: PairStages {
+                hold_accept: p.hold_accept,
+                held: p.hold,
+                post_accept: p.post_accept,
+                pair: p.complete,
+            },
+            ratio,
+            cpu_s: &holds.cpu_s,
+            batching: holds.batching,
+        }
+    }
+}
+
+/// Latency of each stage of a pair's way.
+#[derive(Serialize)]
+struct PairStages {
+    /// Submit of the hold → 202 (or publisher confirm).
+    hold_accept: Option<Percentiles>,
+    /// Submit of the hold → HELD heard.
+    held: Option<Percentiles>,
+    /// Submit of the post → 202 (or publisher confirm).
+    post_accept: Option<Percentiles>,
+    /// Submit of the hold → the POST_HOLD's COMPLETED heard: the pair end to end.
+    pair: Option<Percentiles>,
 }
 
 /// Latency of each stage of a transfer's way.
@@ -224,6 +300,7 @@ mod tests {
     use crate::cluster::LogCounts;
     use crate::figures::{LoadFigures, Maximum, Percentiles};
     use crate::metrics::Batching;
+    use crate::pair_figures::{HoldsPhase, PairFigures};
     use crate::raw::RawFigures;
 
     /// The keys of an object, in order.
@@ -248,6 +325,11 @@ mod tests {
             maximum: Some(Maximum { completed_per_s: 10.0, accepted_per_s: 12.0, percent: 50 }),
             rate: Some(5),
             raw: Some(RawFigures { completed: 5, per_s: 2.0, latency: p, ..Default::default() }),
+            holds: Some(HoldsPhase {
+                pairs: PairFigures { completed: 3, completed_per_s: 1.0, complete: p, ..Default::default() },
+                timeout_seconds: 600,
+                ..Default::default()
+            }),
             logs: BTreeMap::from([("gateway".to_owned(), LogCounts { warn: 1, error: 0 })]),
             batching: Some(Batching { batches: 2, commands: 5, conflict_retries: 0, splits: 0 }),
             ledger: Some(ReconcileReport { ok: true, transactions: 15, ..Default::default() }),
@@ -285,7 +367,8 @@ mod tests {
                 "ledger",
                 "maximum",
                 "raw_per_s",
-                "raw"
+                "raw",
+                "holds"
             ]
         );
         assert_eq!((v["accounts"].as_u64(), v["workers"].as_u64(), v["target"].is_null()), (Some(10), Some(2), true));
@@ -301,10 +384,34 @@ mod tests {
         assert_eq!(keys(&v["maximum"]), ["completed_per_s", "accepted_per_s", "percent"]);
         assert_eq!(keys(&v["raw"]), ["completed", "failed", "failure_reasons", "errors", "latency_ms"]);
         assert_eq!(keys(&v["batching"]), ["batches", "commands", "mean_size", "conflict_retries", "splits"]);
+        assert_eq!(
+            keys(&v["holds"]),
+            [
+                "hold_timeout_s",
+                "holds_accepted",
+                "held",
+                "posts_accepted",
+                "completed",
+                "completed_per_s",
+                "failed",
+                "failure_reasons",
+                "rejected",
+                "rejections",
+                "unfinished",
+                "latency_ms",
+                "ratio",
+                "cpu_s",
+                "batching"
+            ]
+        );
+        assert_eq!(keys(&v["holds"]["latency_ms"]), ["hold_accept", "held", "post_accept", "pair"]);
+        assert_eq!(keys(&v["holds"]["ratio"]), ["rate", "cpu", "latency_p50", "target"]);
+        // No transfer completed in this report: no ratio, but the target is said.
+        assert!(v["holds"]["ratio"]["rate"].is_null() && v["holds"]["ratio"]["target"] == 2.5);
         // Without the optional parts, their keys are absent rather than null.
         let bare = LoadReport::default();
         let v = serde_json::to_value(bare.to_json(&cli.bench)).expect("json");
-        for absent in ["ledger", "maximum", "raw_per_s", "raw"] {
+        for absent in ["ledger", "maximum", "raw_per_s", "raw", "holds"] {
             assert!(v.get(absent).is_none(), "{absent} in {v}");
         }
         assert!(v["rate"].is_null() && v["batching"].is_null() && v["ratio"].is_null());

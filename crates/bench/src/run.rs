@@ -1,7 +1,8 @@
 //! The context a run works in ([`Bench`]: its settings, names, deadline and progress bars, and
 //! [`Session`]: what the phases of a load share once the processes are up) and the order of a
 //! load run: start the processes, set up, load (after measuring the maximum for `--rate N%`),
-//! the raw floor, the ledger check, stop the processes, clean up, report.
+//! the hold-then-post pairs of `--holds`, the raw floor, the ledger check, stop the processes,
+//! clean up, report.
 
 use ledgerflow::app::shutdown_on_signal;
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
+use ledgerflow_domain::HoldTimeout;
 use ledgerflow_messaging::Topology;
 
 use crate::api::Api;
@@ -20,6 +22,7 @@ use crate::ledger::ledger_summary;
 use crate::listener::ResultListener;
 use crate::load::Phase;
 use crate::metrics::Batching;
+use crate::pair_figures::HoldsPhase;
 use crate::plan::{Planned, plan};
 use crate::progress::Bars;
 use crate::report::LoadReport;
@@ -27,7 +30,8 @@ use crate::sampling::{CpuTimes, RssSampler};
 use crate::sandbox::{Credentials, Sandbox};
 use crate::setup::Funded;
 
-/// With `--rate N%`, the pause after the checkpoint between the unpaced load and the timed one.
+/// The pause after the checkpoint between two loads (`--rate N%`'s unpaced load and the timed
+/// one; the transfers and the pairs of `--holds`).
 const SETTLE: Duration = Duration::from_secs(5);
 /// How long the started processes get to become ready (gateway answering, workers consuming).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -158,17 +162,38 @@ impl Session<'_> {
         };
         let rate = args.rate.map(|r| r.per_second(maximum.map_or(0.0, |m| m.completed_per_s)));
         let plan = bench.new_plan();
-        let before = self.batching().await;
-        let pids = self.cluster.map(Cluster::pids).unwrap_or_default();
-        let cpu_before = CpuTimes::read(&pids);
         let timed = Phase::timed(&bench.sandbox, rate, args.samples.as_deref());
-        let load = self.run_transfers(&accounts, &plan, &timed).await?;
+        let (load, cost) = self.costed(self.run_transfers(&accounts, &plan, &timed)).await?;
+        let holds = if args.holds { Some(self.holds(&accounts).await?) } else { None };
+        let raw = if args.raw { Some(bench.raw_phase(&plan).await?) } else { None };
+        let ledger = if bench.sandbox.owned { Some(bench.check_ledger().await?) } else { None };
+        let (cpu_s, batching) = (cost.cpu_s, cost.batching);
+        Ok(LoadReport { setup, load, maximum, rate, holds, raw, batching, cpu_s, ledger, ..LoadReport::default() })
+    }
+
+    /// `--holds`: as many hold-then-post pairs as transfers, once the transfers' writes are on
+    /// disk (as between `--rate N%`'s two loads), so that the pairs do not pay for them.
+    async fn holds(&self, accounts: &Arc<Vec<Funded>>) -> Result<HoldsPhase> {
+        self.bench.checkpoint().await;
+        tokio::time::sleep(SETTLE).await;
+        // Longer than the run, so that no hold expires in it: an expiry would fail its post.
+        let seconds = self.bench.args.timeout.as_secs().clamp(1, HoldTimeout::MAX_SECONDS.into());
+        let timeout = HoldTimeout::new(seconds as i64)?;
+        let plan = self.bench.new_plan();
+        let (pairs, cost) = self.costed(self.run_pairs(accounts, &plan, timeout)).await?;
+        Ok(HoldsPhase { pairs, timeout_seconds: timeout.seconds(), cpu_s: cost.cpu_s, batching: cost.batching })
+    }
+
+    /// Runs a load and reads what the machine and the started processes spent on it.
+    async fn costed<T>(&self, load: impl Future<Output = Result<T>>) -> Result<(T, Cost)> {
+        let pids = self.cluster.map(Cluster::pids).unwrap_or_default();
+        let before = self.batching().await;
+        let cpu_before = CpuTimes::read(&pids);
+        let measured = load.await?;
         let cpu_s = CpuTimes::read(&pids).since(&cpu_before);
         let after = self.batching().await;
         let batching = before.zip(after).map(|(before, after)| after - before);
-        let raw = if args.raw { Some(bench.raw_phase(&plan).await?) } else { None };
-        let ledger = if bench.sandbox.owned { Some(bench.check_ledger().await?) } else { None };
-        Ok(LoadReport { setup, load, maximum, rate, raw, batching, cpu_s, ledger, ..LoadReport::default() })
+        Ok((measured, Cost { cpu_s, batching }))
     }
 
     /// For `--rate N%`: an unpaced load of the same size measures the maximum. The timed load
@@ -189,6 +214,12 @@ impl Session<'_> {
             None => None,
         }
     }
+}
+
+/// What a load cost: CPU seconds by the machine and by each process, and the workers' batches.
+struct Cost {
+    cpu_s: BTreeMap<String, f64>,
+    batching: Option<Batching>,
 }
 
 /// Runs `work` until it finishes, the deadline passes, or Ctrl-C or SIGTERM arrives. The latter
