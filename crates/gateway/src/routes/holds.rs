@@ -9,10 +9,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
-use ledgerflow_domain::{Amount, IdempotencyKey, TransactionId, TransactionStatus, TransferKind, TransferRequest};
-use ledgerflow_store::{AccountRecord, TransactionRecord};
+use ledgerflow_domain::{
+    Amount, IdempotencyKey, TransactionId, TransactionStatus, TransferKind, TransferRequest, UserId,
+};
+use ledgerflow_store::TransactionRecord;
 
-use super::transactions::{accept, owns, sees};
+use super::transactions::{accept, sees_outright};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -89,8 +91,8 @@ pub(super) async fn void(
     body: Body<requests::VoidHoldBody>,
 ) -> ApiResult<Response> {
     let requests::VoidHoldBody { idempotency_key: key } = body.read()?;
-    let (hold, parties) = visible_hold(&state, &user, &id).await?;
-    if !user.is_system() && hold.initiator != user.initiator() && !owns(&user, &parties[1]) {
+    let (hold, [_, receiver]) = visible_hold(&state, &user, &id).await?;
+    if !user.is_system() && hold.initiator != user.initiator() && receiver != Some(user.id) {
         return Err(ApiError::Forbidden(
             "only the hold's initiator, the receiving account's owner or SYSTEM may void it",
         ));
@@ -98,20 +100,22 @@ pub(super) async fn void(
     settle(&state, &user, &hold, TransferKind::VoidHold, hold.amount, key, request_id).await
 }
 
-/// The hold `id` names and its two accounts, or 404 if it is not a hold the caller may see.
+/// The hold `id` names and its two accounts' owners, or 404 if it is not a hold the caller
+/// may see. Owners come from the gateway's cache of what never changes about an account.
 async fn visible_hold(
     state: &AppState,
     user: &AuthUser,
     id: &str,
-) -> ApiResult<(TransactionRecord, [Option<AccountRecord>; 2])> {
+) -> ApiResult<(TransactionRecord, [Option<UserId>; 2])> {
     let id = TransactionId::parse_field("transactionId", id)?;
     let hold = state.store.find_transaction(id).await?.filter(|t| t.kind == TransferKind::Hold);
     let hold = hold.ok_or_else(ApiError::transaction_not_found)?;
-    let parties = state.store.find_accounts([hold.from_account, hold.to_account]).await?;
-    if !sees(user, &hold, &parties) {
+    let owners =
+        state.accounts.get(&state.store, [hold.from_account, hold.to_account]).await?.map(|f| f.and_then(|f| f.owner));
+    if !sees_outright(user, &hold) && !owners.contains(&Some(user.id)) {
         return Err(ApiError::transaction_not_found());
     }
-    Ok((hold, parties))
+    Ok((hold, owners))
 }
 
 /// Records and sends the settlement, unless it repeats an earlier request (answered as it
@@ -126,18 +130,23 @@ async fn settle(
     request_id: RequestId,
 ) -> ApiResult<Response> {
     let request = TransferRequest::settle(kind, hold.id, hold.from_account, hold.to_account, amount, hold.currency)?;
-    // A retry of this very request answers with what it created, whatever happened since.
+    let expired = hold.expires_at.filter(|at| *at <= Utc::now());
+    if hold.status == TransactionStatus::Held && expired.is_none() {
+        // `accept` answers a repeat of this very request (200) as it records.
+        return accept(state, user, request, key, request_id.0).await;
+    }
+    // Too late for a new settlement, but a retry of one already made answers with what it
+    // created, whatever happened since (typically: it settled the hold).
     if let Some(existing) = state.store.find_by_key(&user.initiator(), &key).await? {
         if existing.request_hash != request.fingerprint() {
             return Err(ApiError::IdempotencyKeyReused);
         }
         return Ok((StatusCode::OK, Json(dto::envelope(&existing))).into_response());
     }
-    if hold.status != TransactionStatus::Held {
-        return Err(ApiError::HoldNotHeld(hold.status));
+    match expired {
+        Some(at) if hold.status == TransactionStatus::Held => {
+            Err(ApiError::HoldExpired(at.to_rfc3339_opts(SecondsFormat::Millis, true)))
+        }
+        _ => Err(ApiError::HoldNotHeld(hold.status)),
     }
-    if let Some(at) = hold.expires_at.filter(|at| *at <= Utc::now()) {
-        return Err(ApiError::HoldExpired(at.to_rfc3339_opts(SecondsFormat::Millis, true)));
-    }
-    accept(state, user, request, key, request_id.0).await
 }

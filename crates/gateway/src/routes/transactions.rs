@@ -259,16 +259,16 @@ async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> Ap
 }
 
 /// [`may_see`], given `t`'s sending and receiving accounts as found.
-pub(super) fn sees(user: &AuthUser, t: &TransactionRecord, parties: &[Option<AccountRecord>; 2]) -> bool {
+fn sees(user: &AuthUser, t: &TransactionRecord, parties: &[Option<AccountRecord>; 2]) -> bool {
     sees_outright(user, t) || parties.iter().any(|a| owns(user, a))
 }
 
 /// SYSTEM and the initiator see a transaction whoever owns its accounts.
-fn sees_outright(user: &AuthUser, t: &TransactionRecord) -> bool {
+pub(super) fn sees_outright(user: &AuthUser, t: &TransactionRecord) -> bool {
     user.is_system() || t.initiator == user.initiator()
 }
 
-pub(super) fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
+fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
     account.as_ref().is_some_and(|a| a.owner_id == Some(user.id))
 }
 
