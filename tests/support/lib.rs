@@ -158,20 +158,9 @@ impl Client {
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-    ) -> reqwest::Result<(StatusCode, Value)> {
-        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        let body =
-            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Ok((status, body))
+    ) -> ledgerflow_client::Result<(StatusCode, Value)> {
+        let client = token.map_or_else(|| self.api.clone(), |t| self.api.signed_in(t));
+        client.send(method.parse().unwrap(), path, body.as_ref()).await
     }
 
     /// [`Client::try_call`] for requests that must get an answer.

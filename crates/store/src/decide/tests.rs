@@ -1,0 +1,308 @@
+//! The decision's rules, judged without a database.
+
+use ledgerflow_domain::{AccountStatus, Amount, Currency, Initiator, UserId};
+
+use super::*;
+
+fn account(balance: i64, seq: i64) -> AccountHead {
+    let account = AccountRecord {
+        id: AccountId::generate(),
+        owner_id: Some(UserId::generate()),
+        status: AccountStatus::Active,
+        currency: Currency::USD,
+        seq,
+        created_at: Utc::now(),
+        reserved: Reserved::default(),
+        limits: AccountLimits::NONE,
+        peak_overdraft: 0,
+    };
+    let hash = if seq == 0 { GENESIS_HASH.to_owned() } else { format!("head-of-{seq}") };
+    AccountHead { account, balance: Balance(balance), hash }
+}
+
+fn command(kind: TransferKind, from: AccountId, to: AccountId, amount: i64, key: &str) -> TransferCommand {
+    let amount = Amount::new(amount).expect("amount");
+    let request = match kind {
+        TransferKind::Reversal => unreachable!("reversals are built with `reversal`"),
+        kind => TransferRequest::new(kind, from, to, amount, Currency::USD, None).expect("valid request"),
+    };
+    upstream(request, key)
+}
+
+/// An upstream command: no transaction id, found or created by key.
+fn upstream(request: TransferRequest, key: &str) -> TransferCommand {
+    TransferCommand {
+        transaction_id: None,
+        request,
+        idempotency_key: key.parse().expect("key"),
+        initiator: "service:payroll".parse::<Initiator>().expect("initiator"),
+        requested_at: Utc::now(),
+    }
+}
+
+/// A gateway command, whose PENDING record `loaded` holds.
+fn recorded(loaded: &mut Loaded, cmd: TransferCommand) -> TransferCommand {
+    let record = TransactionRecord::pending(TransactionId::generate(), &cmd, Utc::now());
+    let key = (record.initiator.to_string(), record.idempotency_key.as_str().to_owned());
+    let cmd = TransferCommand { transaction_id: Some(record.id), ..cmd };
+    loaded.add_transaction(record.id, key, Ok(record));
+    cmd
+}
+
+fn loaded(accounts: &[&AccountHead]) -> Loaded {
+    let mut loaded = Loaded::default();
+    for head in accounts {
+        loaded.accounts.insert(head.account.id, Ok((*head).clone()));
+    }
+    loaded
+}
+
+fn decided(outcome: &Outcome) -> &TransactionRecord {
+    match outcome {
+        Ok(Execution::Decided(record)) => record,
+        other => panic!("expected a decision, got {other:?}"),
+    }
+}
+
+fn status(outcome: &Outcome) -> (TransactionStatus, Option<FailureReason>) {
+    let record = decided(outcome);
+    (record.status, record.failure_reason)
+}
+
+fn hold_command(from: AccountId, to: AccountId, amount: i64, key: &str) -> TransferCommand {
+    let timeout = ledgerflow_domain::HoldTimeout::new(60).expect("timeout");
+    let amount = Amount::new(amount).expect("amount");
+    upstream(TransferRequest::hold(from, to, amount, Currency::USD, None, timeout).expect("hold"), key)
+}
+
+fn settle_command(kind: TransferKind, hold: &TransactionRecord, amount: i64, key: &str) -> TransferCommand {
+    let amount = Amount::new(amount).expect("amount");
+    let request = TransferRequest::settle(kind, hold.id, hold.from_account, hold.to_account, amount, hold.currency);
+    upstream(request.expect("settlement"), key)
+}
+
+#[test]
+fn a_hold_reserves_without_an_entry_and_later_debits_see_the_reservation() {
+    let (a, b) = (account(100, 1), account(0, 0));
+    let hold = hold_command(a.account.id, b.account.id, 60, "auth");
+    let spend = command(TransferKind::Transfer, a.account.id, b.account.id, 50, "spend");
+    let (outcomes, plan) = decide(loaded(&[&a, &b]), &[hold, spend], Utc::now());
+    assert_eq!(status(&outcomes[0]), (TransactionStatus::Held, None));
+    assert_eq!(status(&outcomes[1]), (TransactionStatus::Failed, Some(FailureReason::InsufficientFunds)));
+    assert!(plan.entries.is_empty());
+    let write = |id| plan.account_writes.iter().find(|w| w.account == id).expect("a write").clone();
+    assert_eq!(write(a.account.id).written, (1, Reserved { debits: 60, credits: 0 }));
+    assert_eq!(write(b.account.id).written, (0, Reserved { debits: 0, credits: 60 }));
+}
+
+#[test]
+fn a_partial_post_moves_its_amount_and_releases_the_whole_reservation_once() {
+    let (mut a, mut b) = (account(100, 1), account(0, 0));
+    a.account.reserved.debits = 60;
+    b.account.reserved.credits = 60;
+    let mut l = loaded(&[&a, &b]);
+    let held = {
+        let cmd = recorded(&mut l, hold_command(a.account.id, b.account.id, 60, "auth"));
+        let id = cmd.transaction_id.expect("an id");
+        let Some(Ok(record)) = l.transactions.get_mut(&id) else { panic!("recorded") };
+        record.status = TransactionStatus::Held;
+        record.clone()
+    };
+    let post = settle_command(TransferKind::PostHold, &held, 25, "capture");
+    let void = settle_command(TransferKind::VoidHold, &held, 60, "void");
+    let (outcomes, plan) = decide(l, &[post, void], Utc::now());
+    assert_eq!(status(&outcomes[0]), (TransactionStatus::Completed, None));
+    assert_eq!(status(&outcomes[1]), (TransactionStatus::Failed, Some(FailureReason::HoldNotHeld)));
+    assert_eq!(
+        plan.entries.iter().map(|e| (e.entry_type, e.amount.minor())).collect::<Vec<_>>(),
+        [(EntryType::Debit, 25), (EntryType::Credit, 25)]
+    );
+    let none = Reserved::default();
+    let write = |id| plan.account_writes.iter().find(|w| w.account == id).expect("a write").clone();
+    assert_eq!((write(a.account.id).written, write(b.account.id).written), ((2, none), (1, none)));
+    let settled = &plan.settled[..];
+    assert_eq!(settled.len(), 1);
+    assert_eq!(
+        (settled[0].hold, settled[0].status, settled[0].posted_amount),
+        (held.id, TransactionStatus::Posted, Some(Amount::new(25).expect("25")))
+    );
+}
+
+#[test]
+fn a_settlement_at_or_after_expires_at_fails_even_if_the_hold_still_reads_held() {
+    let (a, b) = (account(100, 1), account(0, 0));
+    let mut l = loaded(&[&a, &b]);
+    let cmd = recorded(&mut l, hold_command(a.account.id, b.account.id, 60, "auth"));
+    let id = cmd.transaction_id.expect("an id");
+    let Some(Ok(record)) = l.transactions.get_mut(&id) else { panic!("recorded") };
+    record.status = TransactionStatus::Held;
+    let held = record.clone();
+    let at = held.expires_at.expect("a hold expires");
+    let (outcomes, plan) = decide(l, &[settle_command(TransferKind::VoidHold, &held, 60, "void")], at);
+    assert_eq!(status(&outcomes[0]), (TransactionStatus::Failed, Some(FailureReason::HoldExpired)));
+    assert!(plan.settled.is_empty() && plan.account_writes.is_empty());
+}
+
+#[test]
+fn debits_of_one_account_in_a_batch_see_each_other() {
+    let (a, b) = (account(150, 3), account(0, 0));
+    let mut l = loaded(&[&a, &b]);
+    let first = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 100, "k1"));
+    let second = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 100, "k2"));
+    let third = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 50, "k3"));
+    let (outcomes, plan) = decide(l, &[first, second, third], Utc::now());
+    assert_eq!(status(&outcomes[0]), (TransactionStatus::Completed, None));
+    assert_eq!(status(&outcomes[1]), (TransactionStatus::Failed, Some(FailureReason::InsufficientFunds)));
+    assert_eq!(status(&outcomes[2]), (TransactionStatus::Completed, None));
+    // Two postings, four entries, numbered on from each account's seq and chained.
+    let on = |id| plan.entries.iter().filter(|e| e.account_id == id).collect::<Vec<_>>();
+    let debits = on(a.account.id);
+    assert_eq!(debits.iter().map(|e| (e.seq, e.balance_after.minor())).collect::<Vec<_>>(), [(4, 50), (5, 0)]);
+    assert_eq!(debits[0].prev_hash, "head-of-3");
+    assert_eq!(debits[1].prev_hash, debits[0].hash);
+    assert_eq!(debits[0].hash, debits[0].chain_fields().hash());
+    let credits = on(b.account.id);
+    assert_eq!(credits.iter().map(|e| (e.seq, e.balance_after.minor())).collect::<Vec<_>>(), [(1, 100), (2, 150)]);
+    assert_eq!(credits[0].prev_hash, GENESIS_HASH);
+    // Each account moves once, guarded by the seq it was read at.
+    let none = Reserved::default();
+    let mut writes = vec![
+        AccountWrite { account: a.account.id, read: (3, none), written: (5, none) },
+        AccountWrite { account: b.account.id, read: (0, none), written: (2, none) },
+    ];
+    writes.sort_by_key(|w| w.account);
+    assert_eq!(plan.account_writes, writes);
+    assert_eq!(plan.decided.len(), 3);
+    assert!(plan.created.is_empty() && plan.new_accounts.is_empty() && plan.reversed.is_empty());
+}
+
+#[test]
+fn a_terminal_record_is_answered_without_writing() {
+    let (a, b) = (account(100, 1), account(0, 0));
+    let mut l = loaded(&[&a, &b]);
+    let cmd = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 10, "k"));
+    let id = cmd.transaction_id.expect("an id");
+    if let Some(Ok(record)) = l.transactions.get_mut(&id) {
+        record.status = TransactionStatus::Completed;
+    }
+    let (outcomes, plan) = decide(l, &[cmd], Utc::now());
+    assert!(matches!(&outcomes[0], Ok(Execution::AlreadyTerminal(r)) if r.id == id));
+    assert!(plan.is_empty() && plan.account_writes.is_empty());
+}
+
+#[test]
+fn a_command_that_contradicts_its_record_is_a_mismatch() {
+    let (a, b) = (account(100, 1), account(0, 0));
+    let mut l = loaded(&[&a, &b]);
+    let cmd = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 10, "k"));
+    let tampered = TransferCommand {
+        request: TransferRequest { amount: Amount::new(11).expect("amount"), ..cmd.request.clone() },
+        ..cmd.clone()
+    };
+    let unknown = TransferCommand { transaction_id: Some(TransactionId::generate()), ..cmd.clone() };
+    let (outcomes, plan) = decide(l, &[tampered, unknown.clone()], Utc::now());
+    assert!(matches!(&outcomes[0], Ok(Execution::Mismatch { existing }) if Some(*existing) == cmd.transaction_id));
+    assert!(matches!(&outcomes[1], Ok(Execution::UnknownTransaction(id)) if Some(*id) == unknown.transaction_id));
+    assert!(plan.is_empty());
+}
+
+#[test]
+fn an_upstream_command_is_created_once_and_its_copy_finds_it() {
+    let (a, b) = (account(100, 1), account(0, 0));
+    let cmd = command(TransferKind::Transfer, a.account.id, b.account.id, 10, "pay-1");
+    let (outcomes, plan) = decide(loaded(&[&a, &b]), &[cmd.clone(), cmd], Utc::now());
+    let created = decided(&outcomes[0]);
+    assert_eq!(created.status, TransactionStatus::Completed);
+    assert!(matches!(&outcomes[1], Ok(Execution::AlreadyTerminal(r)) if r.id == created.id));
+    assert_eq!(plan.created, std::slice::from_ref(created));
+    assert!(plan.decided.is_empty());
+    assert_eq!(plan.entries.len(), 2);
+}
+
+#[test]
+fn the_first_initial_funds_opens_the_funding_account() {
+    let b = account(0, 0);
+    let funding = AccountId::funding(Currency::USD);
+    let cmd = command(TransferKind::InitialFunds, funding, b.account.id, 500, "fund");
+    let (outcomes, plan) = decide(
+        loaded(&[&b]),
+        &[cmd.clone(), command(TransferKind::InitialFunds, funding, b.account.id, 1, "again")],
+        Utc::now(),
+    );
+    assert_eq!(status(&outcomes[0]), (TransactionStatus::Completed, None));
+    assert_eq!(status(&outcomes[1]), (TransactionStatus::Completed, None));
+    // Inserted once, already at the seq of its last entry; never bumped.
+    assert_eq!(plan.new_accounts.len(), 1);
+    assert_eq!((plan.new_accounts[0].id, plan.new_accounts[0].seq), (funding, 2));
+    assert!(plan.account_writes.iter().all(|w| w.account != funding));
+    let last = plan.entries.iter().rfind(|e| e.account_id == funding).expect("a funding entry");
+    assert_eq!(last.balance_after, Balance(-501));
+}
+
+#[test]
+fn a_failed_first_initial_funds_opens_no_funding_account() {
+    let funding = AccountId::funding(Currency::USD);
+    let nowhere = AccountId::generate();
+    let cmd = command(TransferKind::InitialFunds, funding, nowhere, 500, "fund");
+    let (outcomes, plan) = decide(loaded(&[]), &[cmd], Utc::now());
+    assert_eq!(status(&outcomes[0]), (TransactionStatus::Failed, Some(FailureReason::AccountNotFound)));
+    assert!(plan.new_accounts.is_empty() && plan.entries.is_empty());
+    assert_eq!(plan.created.len(), 1);
+}
+
+/// A batch's reads holding a COMPLETED transfer of 100 from `a` (now 0) to `b` (now 100).
+fn a_completed_transfer_of_100() -> (Loaded, AccountHead, AccountHead, TransactionRecord) {
+    let (a, b) = (account(0, 1), account(100, 1));
+    let mut l = loaded(&[&a, &b]);
+    let original = command(TransferKind::Transfer, a.account.id, b.account.id, 100, "orig");
+    let mut record = TransactionRecord::pending(TransactionId::generate(), &original, Utc::now());
+    record.status = TransactionStatus::Completed;
+    l.add_transaction(record.id, ("x".into(), "orig".into()), Ok(record.clone()));
+    (l, a, b, record)
+}
+
+#[test]
+fn a_reversal_completes_once_and_a_second_in_the_batch_fails() {
+    let (l, a, b, record) = a_completed_transfer_of_100();
+    let reversal = |key| {
+        let r = TransferRequest::reversal(record.id, a.account.id, b.account.id, record.amount, Currency::USD, None);
+        upstream(r, key)
+    };
+    let (outcomes, plan) = decide(l, &[reversal("r1"), reversal("r2")], Utc::now());
+    let first = decided(&outcomes[0]);
+    assert_eq!(first.status, TransactionStatus::Completed);
+    assert_eq!(status(&outcomes[1]), (TransactionStatus::Failed, Some(FailureReason::AlreadyReversed)));
+    assert_eq!(plan.reversed, [(record.id, first.id)]);
+    let balances: Vec<_> = plan.entries.iter().map(|e| (e.account_id, e.balance_after.minor())).collect();
+    assert_eq!(balances, [(b.account.id, 0), (a.account.id, 100)]);
+}
+
+#[test]
+fn a_reversal_that_is_not_the_exact_mirror_fails() {
+    let (l, a, b, record) = a_completed_transfer_of_100();
+    let short = Amount::new(99).expect("amount");
+    let partial = TransferRequest::reversal(record.id, a.account.id, b.account.id, short, Currency::USD, None);
+    let of_nothing =
+        TransferRequest::reversal(TransactionId::generate(), a.account.id, b.account.id, short, Currency::USD, None);
+    let (outcomes, plan) = decide(l, &[upstream(partial, "p"), upstream(of_nothing, "n")], Utc::now());
+    for outcome in &outcomes {
+        assert_eq!(status(outcome), (TransactionStatus::Failed, Some(FailureReason::InvalidCommand)));
+    }
+    assert!(plan.entries.is_empty() && plan.reversed.is_empty());
+}
+
+#[test]
+fn a_corrupt_account_fails_only_the_commands_that_touch_it() {
+    let (a, b, c) = (account(100, 1), account(0, 0), account(0, 0));
+    let mut l = loaded(&[&a, &b]);
+    l.accounts.insert(
+        c.account.id,
+        Err(StoreError::Corrupt { collection: "accounts", id: c.account.id.to_string(), reason: "test".into() }),
+    );
+    let bad = recorded(&mut l, command(TransferKind::Transfer, a.account.id, c.account.id, 10, "bad"));
+    let good = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 10, "good"));
+    let (outcomes, plan) = decide(l, &[bad, good], Utc::now());
+    assert!(matches!(&outcomes[0], Err(StoreError::Corrupt { .. })));
+    assert_eq!(status(&outcomes[1]), (TransactionStatus::Completed, None));
+    assert_eq!(plan.entries.len(), 2);
+}
