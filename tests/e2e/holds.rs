@@ -52,6 +52,11 @@ async fn a_hold_reserves_money_and_a_partial_post_moves_part_and_releases_the_re
     assert_eq!(money(&bob, &pair.b).await, (0, 0, 600, 0));
     // No entry is written for a reservation.
     assert_eq!(alice.entries(&pair.a).await.unwrap().entries.len(), 1);
+    // Bob's account holds no money yet, but money is held for it: it does not close.
+    let close = serde_json::json!({"status": "CLOSED"});
+    let path = format!("/api/accounts/{}/status", pair.b);
+    let refused = app.call("PATCH", &path, Some(&app.system.token), Some(close)).await;
+    ledgerflow_tests::assert_error(&refused, reqwest::StatusCode::CONFLICT, "ACCOUNT_NOT_EMPTY");
 
     // The balance would cover 500; what is available does not.
     let key = uuid::Uuid::new_v4().to_string();

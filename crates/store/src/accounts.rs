@@ -6,7 +6,7 @@ use ledgerflow_domain::{
     AccountId, AccountLimits, AccountSnapshot, AccountStatus, Balance, Currency, LimitRefusal, MAX_ACCOUNTS_PER_USER,
     StatusRefusal, UserId,
 };
-use mongodb::bson::doc;
+use mongodb::bson::{Document, doc};
 use mongodb::options::{ReadConcern, WriteConcern};
 
 use crate::docs::{AccountDoc, reserved_guard};
@@ -118,27 +118,13 @@ impl Store {
 
     /// Sets an account's status if the domain allows it ([`AccountSnapshot::may_become`]);
     /// `None` if there is no such account. Funding accounts are not client accounts and
-    /// cannot be changed here.
-    ///
-    /// The write is guarded by the `seq` and status read, and every posting bumps the `seq`
-    /// of both its accounts, so a transfer that commits between the balance check and the
-    /// write makes the write miss (it is judged again), and one still in flight conflicts with
-    /// it and re-reads the new status. An account is never closed with money in it.
+    /// cannot be changed here. An account is never closed with money or open holds in it.
     pub async fn set_account_status(
         &self,
         id: AccountId,
         status: AccountStatus,
     ) -> Result<Option<Result<AccountRecord, StatusRefusal>>, StoreError> {
-        const ATTEMPTS: u32 = 10;
-        let client_account = doc! { "_id": id.to_string(), "ownerId": { "$ne": null } };
-        for _ in 0..ATTEMPTS {
-            let Some(doc) = self.accounts().find_one(client_account.clone()).await? else {
-                return Ok(None);
-            };
-            let account = AccountRecord::try_from(doc)?;
-            // Only closing depends on the balance; read after the account, so it holds at
-            // least every posting up to the `seq` the write is guarded by.
-            let balance = if status == AccountStatus::Closed { self.balance(id).await? } else { Balance::ZERO };
+        self.change_account(id, |account, balance| {
             let snapshot = AccountSnapshot {
                 id,
                 status: account.status,
@@ -147,37 +133,42 @@ impl Store {
                 reserved: account.reserved,
                 limits: account.limits,
             };
-            if let Err(refusal) = snapshot.may_become(status) {
-                return Ok(Some(Err(refusal)));
-            }
-            if account.status == status {
-                return Ok(Some(Ok(account)));
-            }
-            let guarded = doc! { "_id": id.to_string(), "seq": account.seq, "status": account.status.as_str() };
-            let updated = self
-                .accounts()
-                .find_one_and_update(guarded, doc! { "$set": { "status": status.as_str() } })
-                .return_document(mongodb::options::ReturnDocument::After)
-                .await?;
-            if let Some(doc) = updated {
-                return Ok(Some(Ok(doc.try_into()?)));
-            }
-        }
-        Err(StoreError::Contention { attempts: ATTEMPTS })
+            snapshot.may_become(status)?;
+            Ok((account.status != status).then(|| doc! { "$set": { "status": status.as_str() } }))
+        })
+        .await
     }
 
     /// Sets an account's limits if the domain allows it ([`ledgerflow_domain::limits`]);
-    /// `None` if there is no such client account.
-    ///
-    /// Guarded like [`Store::set_account_status`]: by the `seq` and the reserved debits read,
-    /// which every posting and every hold moves, so the overdraft line is never lowered past
-    /// money that was spent or held meanwhile, and a decision still in flight conflicts with
-    /// this write and re-reads the new limits.
+    /// `None` if there is no such client account. The overdraft line is never lowered past
+    /// money that was spent or held.
     pub async fn set_account_limits(
         &self,
         id: AccountId,
         limits: AccountLimits,
     ) -> Result<Option<Result<AccountRecord, LimitRefusal>>, StoreError> {
+        self.change_account(id, |account, balance| {
+            may_set_limits(balance, account.reserved, limits)?;
+            Ok(Some(doc! {
+                "$set": { "overdraftLimit": limits.overdraft(), "maxBalance": limits.max_balance() },
+                "$max": { "peakOverdraft": limits.overdraft() },
+            }))
+        })
+        .await
+    }
+
+    /// Applies the update `judge` makes of a client account as read and its balance (`None`:
+    /// nothing to change; `Err`: refused), or `None` if there is no such client account.
+    ///
+    /// The write is guarded by what was read: the `seq`, which every posting bumps on both its
+    /// accounts, the reserved amounts, which every hold and settlement moves, and the status.
+    /// A decision that commits between the read and the write makes the write miss (it is
+    /// judged again), and one still in flight conflicts with it and re-reads the account.
+    async fn change_account<R>(
+        &self,
+        id: AccountId,
+        judge: impl Fn(&AccountRecord, Balance) -> Result<Option<Document>, R>,
+    ) -> Result<Option<Result<AccountRecord, R>>, StoreError> {
         const ATTEMPTS: u32 = 10;
         let client_account = doc! { "_id": id.to_string(), "ownerId": { "$ne": null } };
         for _ in 0..ATTEMPTS {
@@ -185,22 +176,24 @@ impl Store {
                 return Ok(None);
             };
             let account = AccountRecord::try_from(doc)?;
+            // Read after the account, so it holds at least every posting up to the `seq` the
+            // write is guarded by.
             let balance = self.balance(id).await?;
-            if let Err(refusal) = may_set_limits(balance, account.reserved, limits) {
-                return Ok(Some(Err(refusal)));
-            }
+            let update = match judge(&account, balance) {
+                Err(refusal) => return Ok(Some(Err(refusal))),
+                Ok(None) => return Ok(Some(Ok(account))),
+                Ok(Some(update)) => update,
+            };
             let guarded = doc! {
                 "_id": id.to_string(),
                 "seq": account.seq,
+                "status": account.status.as_str(),
                 "pendingDebits": reserved_guard(account.reserved.debits),
-            };
-            let set = doc! {
-                "$set": { "overdraftLimit": limits.overdraft(), "maxBalance": limits.max_balance() },
-                "$max": { "peakOverdraft": limits.overdraft() },
+                "pendingCredits": reserved_guard(account.reserved.credits),
             };
             let updated = self
                 .accounts()
-                .find_one_and_update(guarded, set)
+                .find_one_and_update(guarded, update)
                 .return_document(mongodb::options::ReturnDocument::After)
                 .await?;
             if let Some(doc) = updated {
