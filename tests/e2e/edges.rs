@@ -68,3 +68,32 @@ async fn two_session_cookies_are_refused_not_picked_from() {
     }
     app.teardown().await;
 }
+
+/// Sends raw bytes and returns the first answer's head (status line and headers) and body.
+async fn raw(address: &str, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    read.expect("answered and closed").unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// What the HTTP library answers before any LedgerFlow code runs, documented in README as the
+/// two answers without the JSON error body: a head it will not read, or cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_the_http_library_refuses_are_answered_by_it_without_a_body() {
+    let app = spawn_app().await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let huge = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1_000_000));
+    let answer = raw(&address, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let doubled = "POST /api/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                   Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}";
+    let answer = raw(&address, doubled.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    for answer in [raw(&address, huge.as_bytes()).await, raw(&address, doubled.as_bytes()).await] {
+        assert!(!answer.contains("\"error\""), "no JSON body: {answer}");
+    }
+    app.teardown().await;
+}

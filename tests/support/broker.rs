@@ -6,27 +6,23 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ledgerflow_messaging::Topology;
 use ledgerflow_messaging::lapin::message::Delivery;
-use ledgerflow_messaging::lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
-use ledgerflow_messaging::lapin::types::FieldTable;
-use ledgerflow_messaging::lapin::{BasicProperties, Channel, Connection};
+use ledgerflow_messaging::lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions};
+use ledgerflow_messaging::lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 
 use crate::{DEADLINE, TestApp};
 
 /// How long `drain_commands` waits for one more command once it has the least it wanted.
 const QUIET: Duration = Duration::from_millis(300);
-/// Commands ready in `topology`'s partition queues now (passive declares: live, unlike
-/// `rabbitmqctl list_queues`, whose counters are refreshed only every few seconds).
-pub async fn ready_commands(conn: &Connection, topology: &Topology) -> u32 {
-    let ch = conn.create_channel().await.unwrap();
-    let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+/// Commands ready in `topology`'s partition queues on the test broker now (passive declares:
+/// live, unlike `rabbitmqctl list_queues`, whose counters are refreshed only every few seconds).
+pub async fn ready_commands(topology: &Topology) -> u32 {
+    let publisher = ledgerflow_messaging::Publisher::new(&crate::amqp_uri(), "test-ready-commands", topology.clone());
     let mut ready = 0;
     for queue in topology.partitions() {
-        ready += ch.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.unwrap().message_count();
+        ready += publisher.ready_messages(&queue).await.unwrap();
     }
-    let _ = ch.close(200, "done".into()).await;
+    publisher.close().await;
     ready
 }
 

@@ -353,10 +353,7 @@ impl Cluster {
     /// Commands ready in the partition queues now (passive declares: live, unlike `rabbitmqctl
     /// list_queues`, whose counters are refreshed only every few seconds).
     pub async fn ready_commands(&self) -> u32 {
-        let conn = self.amqp().await;
-        let ready = crate::ready_commands(&conn, &self.topology).await;
-        let _ = conn.close(200, "done".into()).await;
-        ready
+        crate::ready_commands(&self.topology).await
     }
 
     /// Takes every message off `queue` (acking them): keeps polling until `enough` says the
