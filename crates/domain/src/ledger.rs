@@ -142,11 +142,8 @@ pub fn post_transfer(
     from: Option<&AccountSnapshot>,
     to: Option<&AccountSnapshot>,
 ) -> Result<Posting, FailureReason> {
-    let (from, to) = admissible(request, from, to)?;
-    let amount = request.amount.minor();
-    from.may_debit(amount)?;
-    to.may_credit(amount)?;
-    moved(from, to, amount)
+    let (from, to) = covered(request, from, to)?;
+    moved(from, to, request.amount.minor())
 }
 
 /// Decides a hold: the same checks as a transfer of its amount, which it reserves instead of
@@ -156,16 +153,12 @@ pub fn reserve(
     from: Option<&AccountSnapshot>,
     to: Option<&AccountSnapshot>,
 ) -> Result<(), FailureReason> {
-    let (from, to) = admissible(request, from, to)?;
-    let amount = request.amount.minor();
-    from.may_debit(amount)?;
-    to.may_credit(amount)
+    covered(request, from, to).map(|_| ())
 }
 
-/// Decides the post of a hold whose reservation the caller has already released from both
-/// snapshots: the money was reserved, so no limit is judged again (the overdraft line cannot
-/// have been lowered below it, nor can held money have been spent), but both accounts must
-/// still be ACTIVE.
+/// Decides the post of a held amount: the money was reserved, so no limit is judged again
+/// (held money cannot have been spent, nor the overdraft line lowered below it), but both
+/// accounts must still be ACTIVE.
 pub fn post_held(
     request: &TransferRequest,
     from: Option<&AccountSnapshot>,
@@ -173,6 +166,19 @@ pub fn post_held(
 ) -> Result<Posting, FailureReason> {
     let (from, to) = admissible(request, from, to)?;
     moved(from, to, request.amount.minor())
+}
+
+/// [`admissible`], and the amount within the sender's `available` and the receiver's ceiling.
+fn covered<'a>(
+    request: &TransferRequest,
+    from: Option<&'a AccountSnapshot>,
+    to: Option<&'a AccountSnapshot>,
+) -> Result<(&'a AccountSnapshot, &'a AccountSnapshot), FailureReason> {
+    let (from, to) = admissible(request, from, to)?;
+    let amount = request.amount.minor();
+    from.may_debit(amount)?;
+    to.may_credit(amount)?;
+    Ok((from, to))
 }
 
 fn moved(from: &AccountSnapshot, to: &AccountSnapshot, amount: i64) -> Result<Posting, FailureReason> {
