@@ -14,7 +14,7 @@ use ledgerflow_domain::{
 };
 use ledgerflow_store::TransactionRecord;
 
-use super::transactions::{accept, sees_outright};
+use super::transactions::{accept, owners, sees};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -101,7 +101,7 @@ pub(super) async fn void(
 }
 
 /// The hold `id` names and its two accounts' owners, or 404 if it is not a hold the caller
-/// may see. Owners come from the gateway's cache of what never changes about an account.
+/// may see.
 async fn visible_hold(
     state: &AppState,
     user: &AuthUser,
@@ -110,9 +110,8 @@ async fn visible_hold(
     let id = TransactionId::parse_field("transactionId", id)?;
     let hold = state.store.find_transaction(id).await?.filter(|t| t.kind == TransferKind::Hold);
     let hold = hold.ok_or_else(ApiError::transaction_not_found)?;
-    let owners =
-        state.accounts.get(&state.store, [hold.from_account, hold.to_account]).await?.map(|f| f.and_then(|f| f.owner));
-    if !sees_outright(user, &hold) && !owners.contains(&Some(user.id)) {
+    let owners = owners(state, &hold).await?;
+    if !sees(user, &hold, &owners) {
         return Err(ApiError::transaction_not_found());
     }
     Ok((hold, owners))

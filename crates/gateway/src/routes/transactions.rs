@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ledgerflow_domain::{
     AccountId, Currency, IdempotencyKey, NotReversible, TransactionId, TransferCommand, TransferKind, TransferRequest,
+    UserId,
 };
-use ledgerflow_store::{AccountRecord, InsertPending, TransactionFilter, TransactionRecord};
+use ledgerflow_store::{InsertPending, TransactionFilter, TransactionRecord};
 use tracing::{Instrument, info, info_span};
 
 use super::accounts::visible_account;
@@ -148,11 +149,11 @@ pub(super) async fn reverse(
     let id = TransactionId::parse_field("transactionId", &id)?;
     let requests::ReverseBody { idempotency_key: key, reason } = body.read()?;
     let original = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
-    let parties = state.store.find_accounts([original.from_account, original.to_account]).await?;
-    if !sees(&user, &original, &parties) {
+    let owners = owners(&state, &original).await?;
+    if !sees(&user, &original, &owners) {
         return Err(ApiError::transaction_not_found());
     }
-    if !user.is_system() && !owns(&user, &parties[1]) {
+    if !user.is_system() && owners[1] != Some(user.id) {
         return Err(ApiError::Forbidden("only the receiving account's owner or SYSTEM may reverse a transaction"));
     }
     let request = TransferRequest::reversal(
@@ -248,28 +249,27 @@ pub(super) async fn accept(
     .await
 }
 
-/// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of either account. Reads
-/// the accounts only when the first two do not settle it.
+/// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of either account. Looks
+/// the owners up only when the first two do not settle it.
 async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> ApiResult<bool> {
-    if sees_outright(user, t) {
-        return Ok(true);
-    }
-    let parties = state.store.find_accounts([t.from_account, t.to_account]).await?;
-    Ok(sees(user, t, &parties))
+    Ok(sees_outright(user, t) || sees(user, t, &owners(state, t).await?))
 }
 
-/// [`may_see`], given `t`'s sending and receiving accounts as found.
-fn sees(user: &AuthUser, t: &TransactionRecord, parties: &[Option<AccountRecord>; 2]) -> bool {
-    sees_outright(user, t) || parties.iter().any(|a| owns(user, a))
+/// The owners of `t`'s sending and receiving accounts (`None` for a funding account), from
+/// the gateway's cache of what never changes about an account.
+pub(super) async fn owners(state: &AppState, t: &TransactionRecord) -> ApiResult<[Option<UserId>; 2]> {
+    let facts = state.accounts.get(&state.store, [t.from_account, t.to_account]).await?;
+    Ok(facts.map(|f| f.and_then(|f| f.owner)))
+}
+
+/// [`may_see`], given `t`'s accounts' [`owners`].
+pub(super) fn sees(user: &AuthUser, t: &TransactionRecord, owners: &[Option<UserId>; 2]) -> bool {
+    sees_outright(user, t) || owners.contains(&Some(user.id))
 }
 
 /// SYSTEM and the initiator see a transaction whoever owns its accounts.
-pub(super) fn sees_outright(user: &AuthUser, t: &TransactionRecord) -> bool {
+fn sees_outright(user: &AuthUser, t: &TransactionRecord) -> bool {
     user.is_system() || t.initiator == user.initiator()
-}
-
-fn owns(user: &AuthUser, account: &Option<AccountRecord>) -> bool {
-    account.as_ref().is_some_and(|a| a.owner_id == Some(user.id))
 }
 
 /// While long-polling, the database is also re-read this often, so a result notification
