@@ -277,3 +277,22 @@ fn args(pairs: &[(&str, &str)]) -> FieldTable {
     }
     table
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_queue_is_named_after_its_delay_and_the_retired_one_keeps_its_name() {
+        assert_eq!(Topology::new("lf").retry(), "lf.transfers.retry.2000ms");
+        let quick = Topology::new("lf").with_retry_delay(Duration::from_micros(1_500_900));
+        assert_eq!(
+            (quick.retry().as_str(), quick.retry_delay()),
+            ("lf.transfers.retry.1500ms", Duration::from_millis(1_500))
+        );
+        assert_eq!(quick.retired_retry(), "lf.transfers.retry");
+        // Beyond the broker's limit of a TTL: its largest.
+        let huge = Topology::new("lf").with_retry_delay(Duration::from_secs(u64::MAX));
+        assert_eq!(huge.retry_delay(), Duration::from_millis(u64::from(u32::MAX)));
+    }
+}
