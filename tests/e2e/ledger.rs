@@ -203,7 +203,7 @@ async fn a_one_shot_command_gives_up_on_an_unreachable_mongodb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_starts_whatever_the_worker_variables_say() {
     let app = spawn_app().await;
-    let invalid = [("LEDGERFLOW_WORKER_PREFETCH", "lots"), ("LEDGERFLOW_WORKER_RETRY_DELAY", "soon")];
+    let invalid = [("LEDGERFLOW_WORKER_PREFETCH", "lots"), ("LEDGERFLOW_WORKER_MAX_ATTEMPTS", "many")];
     let mut settings = app.settings.gateway_only();
     let addr = ledgerflow_testkit::free_local_addr().unwrap();
     settings.gateway.as_mut().unwrap().http_addr = addr;

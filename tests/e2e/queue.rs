@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use ledgerflow_domain::TransactionStatus;
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{DEADLINE, Pair, assert_error, close_broker_connections, ready_commands, schema, spawn_app};
+use ledgerflow_tests::{
+    DEADLINE, Pair, assert_error, close_broker_connections, ready_commands, schema, spawn_app, spawn_app_configured,
+};
 use reqwest::StatusCode;
 
 fn bytes(v: &Value) -> Vec<u8> {
@@ -431,5 +433,140 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
     assert_eq!(app.wait_upstream("deep-headers").await.status, TransactionStatus::Completed);
     assert_eq!(app.balance(&alice.token, &a).await, 70);
     assert!(worker.exited().is_none(), "the worker process is still running\n{}", worker.tail(20));
+    app.teardown().await;
+}
+
+/// The sum of a counter's series in the in-process app's metrics (its workers share the
+/// gateway's recorder).
+async fn counter(app: &ledgerflow_tests::TestApp, name: &str) -> f64 {
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let values = text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    values.sum()
+}
+
+/// With a per-message TTL, a message published to the retry queue without one sat at its head
+/// for ever, and every retry behind it with it. The delay is now the queue's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_expiration_in_the_retry_queue_stalls_no_retry() {
+    use ledgerflow_messaging::lapin::BasicProperties;
+
+    let mut app = spawn_app().await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
+    app.fund(&a, 1_000).await;
+    // Anyone allowed to publish there sends a command with no expiration to the retry exchange,
+    // and another to that of earlier versions (which the workers empty into the current one).
+    let planted = app.upstream_command(&b, &a, 1, "planted");
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    app.publish_with(&app.topology.retry(), &b, &bytes(&planted), persistent.clone()).await;
+    let planted = app.upstream_command(&b, &a, 1, "planted-retired");
+    app.publish_with(&app.topology.retired_retry(), &b, &bytes(&planted), persistent).await;
+
+    // Then a transfer that conflicts until released (someone else's open MongoDB transaction
+    // holds Alice's account) goes round the retry queue, behind that message.
+    let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
+    let accounts = client.database(app.store.database_name()).collection::<mongodb::bson::Document>("accounts");
+    let mut blocker = client.start_session().await.unwrap();
+    blocker.start_transaction().await.unwrap();
+    accounts
+        .update_one(mongodb::bson::doc! { "_id": &a }, mongodb::bson::doc! { "$set": { "heldBy": "test" } })
+        .session(&mut blocker)
+        .await
+        .unwrap();
+    app.stop_worker(0).await;
+    let impatient = app.store.clone().with_conflict_retry_budget(Duration::from_millis(300));
+    let mut config = app.worker_config("impatient");
+    config.max_attempts = 1_000;
+    app.add_worker_with(impatient, config);
+    let retried_before = counter(&app, "ledgerflow_messages_retried_total").await;
+    let id = app.accept_transfer(&alice, &a, &b, 100, "retried").await.transaction.id;
+    let start = Instant::now();
+    while counter(&app, "ledgerflow_messages_retried_total").await <= retried_before {
+        assert!(start.elapsed() < DEADLINE, "the transfer was never sent to the retry queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    blocker.abort_transaction().await.unwrap();
+
+    // Its retry comes back all the same, and so do the planted commands.
+    let done = app.settled(&alice, &id).await;
+    assert_eq!(done.status, "COMPLETED", "{done:?}");
+    assert!(app.wait_upstream("planted").await.status.is_terminal());
+    assert!(app.wait_upstream("planted-retired").await.status.is_terminal());
+    assert_eq!(app.balance(&bob.token, &b).await, 100);
+    assert_eq!(app.ready_in(&app.topology.retry()).await, 0);
+    assert_eq!(app.ready_in(&app.topology.retired_retry()).await, 0);
+    app.assert_reconciles().await;
+    app.teardown().await;
+}
+
+/// A command whose publisher set an `expiration` that lapses in its partition queue is
+/// dead-lettered unread by the broker; it must not vanish without a result. It is reported
+/// FAILED EXPIRED (once: the workers share the observer's queue), a gateway transaction
+/// behind it ends FAILED EXPIRED rather than PENDING for ever, and the dead letter stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_expires_in_its_queue_fails_expired_and_stays_dead_lettered() {
+    use ledgerflow_messaging::lapin::BasicProperties;
+
+    // A republisher that would not resend the user's transfer during the test.
+    let mut app = spawn_app_configured(1, |g| g.republish_after = Duration::from_secs(3_600).into()).await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
+    app.fund(&a, 1_000).await;
+    app.stop_worker(0).await;
+
+    // A user's transfer, recorded PENDING, whose command is sent again with a millisecond to
+    // live (as a tampering or misconfigured relay would)...
+    let id = app.accept_transfer(&alice, &a, &b, 20, "user-short-lived").await.transaction.id;
+    let taken = app.drain_commands(1, 1).await;
+    assert_eq!(taken.len(), 1);
+    let props = taken[0].properties.clone().with_expiration("1".into());
+    app.publish_with(&app.topology.transfers(), &a, &taken[0].data, props).await;
+    // ...and an upstream command published with one.
+    let upstream = app.upstream_command(&a, &b, 10, "short-lived");
+    let props = BasicProperties::default().with_delivery_mode(2).with_expiration("1".into());
+    app.publish_with(&app.topology.transfers(), &a, &bytes(&upstream), props).await;
+
+    // No worker takes them: both expire, and are dead-lettered (copied to the observer's queue).
+    let start = Instant::now();
+    while app.ready_in(&app.topology.expired()).await < 2 {
+        assert!(start.elapsed() < DEADLINE, "the commands never expired into the observer's queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready_commands(&app.topology).await, 0);
+
+    // Two workers start; one of them reports each FAILED EXPIRED, and the recorded one ends so.
+    app.add_worker();
+    app.add_worker();
+    let failed = app.settled(&alice, &id).await;
+    assert_eq!((failed.status.as_str(), failed.failure_reason.as_deref()), ("FAILED", Some("EXPIRED")));
+    let result_schema = jsonschema::validator_for(&schema("transfer-result.v1.schema.json")).unwrap();
+    let mut results = Vec::new();
+    let start = Instant::now();
+    while results.iter().filter(|r: &&Value| r["failureReason"] == "EXPIRED").count() < 2 {
+        assert!(start.elapsed() < DEADLINE, "no EXPIRED results: {results:?}");
+        results.extend(app.drain_queue(&app.topology.results(), 1, 10).await);
+    }
+    let expired: Vec<&Value> = results.iter().filter(|r| r["failureReason"] == "EXPIRED").collect();
+    assert_eq!(expired.len(), 2, "{expired:?}");
+    assert!(expired.iter().all(|r| result_schema.is_valid(r) && r["status"] == "FAILED"), "{expired:?}");
+    let upstream = expired.iter().find(|r| r["idempotencyKey"] == "short-lived").expect("the upstream one");
+    assert_eq!((&upstream["initiator"], &upstream["transactionId"]), (&json!("service:test-upstream"), &Value::Null));
+    let user = expired.iter().find(|r| r["idempotencyKey"] == "user-short-lived").expect("the user's");
+    assert_eq!(user["transactionId"], json!(id));
+    // Reported once each, nothing moved, nothing recorded for the upstream command.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = app.drain_queue(&app.topology.results(), 0, 10).await;
+    assert!(later.iter().all(|r| r["failureReason"] != "EXPIRED"), "{later:?}");
+    let (initiator, key) = ("service:test-upstream".parse().unwrap(), "short-lived".parse().unwrap());
+    assert!(app.store.find_by_key(&initiator, &key).await.unwrap().is_none());
+    assert_eq!(app.balance(&alice.token, &a).await, 1_000);
+    assert_eq!(app.balance(&bob.token, &b).await, 0);
+    assert_eq!(app.ready_in(&app.topology.expired()).await, 0);
+
+    // The dead letters stay for operators, with the broker's reason.
+    let (code, listed) = app.run_cli(&["admin", "dlq", "list"]).await;
+    assert_eq!(code, 0, "{listed}");
+    assert!(listed.starts_with("2 dead-lettered"), "{listed}");
+    assert_eq!(listed.matches("why=expired×1").count(), 2, "{listed}");
+    assert!(listed.contains("key=short-lived") && listed.contains("key=user-short-lived"), "{listed}");
+    app.assert_reconciles().await;
     app.teardown().await;
 }

@@ -51,6 +51,26 @@ impl TestApp {
         let _ = ch.close(200, "done".into()).await;
     }
 
+    /// Publishes raw bytes with the given properties to any exchange (a publisher's own
+    /// `expiration`, a retry queue's exchange), and waits for the confirm.
+    pub async fn publish_with(&self, exchange: &str, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        let ch = self.channel().await;
+        ch.confirm_select(Default::default()).await.unwrap();
+        let options = BasicPublishOptions::default();
+        let published = ch.basic_publish(exchange.into(), routing_key.into(), options, body, properties);
+        published.await.unwrap().await.unwrap();
+        let _ = ch.close(200, "done".into()).await;
+    }
+
+    /// Messages ready in one of this app's queues now (a passive declare: live).
+    pub async fn ready_in(&self, queue: &str) -> u32 {
+        let name = "test-ready-in";
+        let publisher = ledgerflow_messaging::Publisher::new(&crate::amqp_uri(), name, self.topology.clone());
+        let ready = publisher.ready_messages(queue).await.unwrap();
+        publisher.close().await;
+        ready
+    }
+
     /// Takes up to `max` messages off a queue (acking them), waiting until at least `min`
     /// arrived or the deadline passed.
     pub async fn drain_queue(&self, queue: &str, min: usize, max: usize) -> Vec<Value> {

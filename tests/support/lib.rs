@@ -57,6 +57,7 @@ pub fn test_settings(kind: &str) -> Settings {
     connections.amqp_uri = amqp_uri();
     connections.amqp_prefix = prefix;
     connections.partitions = PARTITIONS;
+    connections.retry_delay = Duration::from_millis(100).into();
     let mut gateway: GatewaySettings = from_env().unwrap();
     gateway.http_addr = "127.0.0.1:0".parse().unwrap();
     gateway.jwt_secret = Some(SecretString::from(JWT_SECRET.to_owned()));
@@ -68,7 +69,6 @@ pub fn test_settings(kind: &str) -> Settings {
     let mut worker: WorkerSettings = from_env().unwrap();
     worker.prefetch = 16;
     worker.max_attempts = 3;
-    worker.retry_delay = Duration::from_millis(100).into();
     Settings { connections, gateway: Some(gateway), worker: Some(worker), workers: 0, threads: 1 }
 }
 

@@ -73,8 +73,8 @@ impl ProcessEnv {
         let gateway = settings.gateway.as_mut().unwrap();
         gateway.republish_after = REPUBLISH_AFTER.into();
         gateway.republish_interval = REPUBLISH_INTERVAL.into();
+        settings.connections.retry_delay = Duration::from_secs(1).into();
         let worker = settings.worker.as_mut().unwrap();
-        worker.retry_delay = Duration::from_secs(1).into();
         worker.max_attempts = 10;
         Self { settings, label: label.into() }
     }

@@ -127,7 +127,8 @@ pub struct TransactionBody {
     pub description: Option<String>,
     /// Set when FAILED: `INSUFFICIENT_FUNDS`, `ACCOUNT_NOT_FOUND`, `ACCOUNT_NOT_ACTIVE`,
     /// `CURRENCY_MISMATCH`, `INVALID_COMMAND`, `BALANCE_LIMIT_EXCEEDED`, `PROCESSING_FAILED`,
-    /// `ALREADY_REVERSED`, `HOLD_NOT_HELD`, `HOLD_EXPIRED`, `AMOUNT_EXCEEDS_HOLD`, `HOLD_NOT_FOUND`.
+    /// `ALREADY_REVERSED`, `HOLD_NOT_HELD`, `HOLD_EXPIRED`, `AMOUNT_EXCEEDS_HOLD`, `HOLD_NOT_FOUND`,
+    /// `EXPIRED`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     #[schema(format = DateTime)]

@@ -49,7 +49,9 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn topology(&self, prefix: &str) -> Topology {
-        Topology::new(prefix).with_partitions(self.services.partitions)
+        Topology::new(prefix)
+            .with_partitions(self.services.partitions)
+            .with_retry_delay(self.services.retry_delay.into())
     }
 }
 

@@ -90,6 +90,9 @@ wire_enum!(
         HoldExpired => "HOLD_EXPIRED",
         AmountExceedsHold => "AMOUNT_EXCEEDS_HOLD",
         HoldNotFound => "HOLD_NOT_FOUND",
+        // A queued command whose publisher set an AMQP `expiration` that lapsed before a
+        // worker took it: the broker dead-lettered it unread.
+        Expired => "EXPIRED",
         // Only in results, never on a transaction: a command whose initiator and key (or
         // transaction id) name a recorded transaction of a different request.
         IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",

@@ -87,10 +87,11 @@ async fn sweep(state: &AppState) {
     }
 }
 
-/// Whether no command waits in any partition or in the retry queue.
+/// Whether no command waits in any partition or in the retry queue (nor in the retry queue of
+/// earlier versions, which the workers empty into it).
 async fn queues_are_idle(state: &AppState) -> bool {
     let topology = state.publisher.topology();
-    for queue in topology.partitions().into_iter().chain([topology.retry()]) {
+    for queue in topology.partitions().into_iter().chain([topology.retry(), topology.retired_retry()]) {
         match state.publisher.ready_messages(&queue).await {
             Ok(0) => {}
             Ok(_) => return false,

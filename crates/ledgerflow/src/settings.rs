@@ -14,9 +14,9 @@ use ledgerflow_gateway::{
     DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
     DEFAULT_REPUBLISH_INTERVAL, DEFAULT_SESSION_RECHECK, GatewayConfig,
 };
-use ledgerflow_messaging::{DEFAULT_PARTITIONS, Topology};
+use ledgerflow_messaging::{DEFAULT_PARTITIONS, DEFAULT_RETRY_DELAY, Topology};
 use ledgerflow_worker::{
-    DEFAULT_BATCH_LINGER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BATCH, DEFAULT_PREFETCH, DEFAULT_RETRY_DELAY, WorkerConfig,
+    DEFAULT_BATCH_LINGER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BATCH, DEFAULT_PREFETCH, WorkerConfig,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -48,11 +48,16 @@ pub struct Connections {
     #[arg(long, global = true, env = "LEDGERFLOW_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub partitions: u16,
+    /// Wait of a transiently failed command in the retry queue before its next try (e.g.
+    /// 500ms, 2s). The retry queue's TTL, named in the queue's name: every gateway and worker
+    /// of a deployment must use the same value (the gateways look at that queue).
+    #[arg(long, global = true, env = "LEDGERFLOW_RETRY_DELAY", default_value_t = DEFAULT_RETRY_DELAY.into())]
+    pub retry_delay: humantime::Duration,
 }
 
 impl Connections {
     pub fn topology(&self) -> Topology {
-        Topology::new(&self.amqp_prefix).with_partitions(self.partitions)
+        Topology::new(&self.amqp_prefix).with_partitions(self.partitions).with_retry_delay(self.retry_delay.into())
     }
 
     pub fn env(&self) -> Vec<EnvVar> {
@@ -62,6 +67,7 @@ impl Connections {
             ("LEDGERFLOW_AMQP_URI", self.amqp_uri.clone()),
             ("LEDGERFLOW_AMQP_PREFIX", self.amqp_prefix.clone()),
             ("LEDGERFLOW_PARTITIONS", self.partitions.to_string()),
+            ("LEDGERFLOW_RETRY_DELAY", self.retry_delay.to_string()),
         ]
     }
 }
@@ -184,9 +190,6 @@ pub struct WorkerSettings {
     /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 0.0.0.0:9090); off when unset.
     #[arg(long, env = "LEDGERFLOW_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Wait between those tries, spent in the retry queue (e.g. 500ms, 2s).
-    #[arg(long, env = "LEDGERFLOW_WORKER_RETRY_DELAY", default_value_t = DEFAULT_RETRY_DELAY.into())]
-    pub retry_delay: humantime::Duration,
 }
 
 impl WorkerSettings {
@@ -198,7 +201,6 @@ impl WorkerSettings {
         config.max_batch = usize::from(self.max_batch);
         config.batch_linger = self.batch_linger.into();
         config.max_attempts = self.max_attempts;
-        config.retry_delay = self.retry_delay.into();
         config
     }
 
@@ -208,7 +210,6 @@ impl WorkerSettings {
             ("LEDGERFLOW_WORKER_MAX_BATCH", self.max_batch.to_string()),
             ("LEDGERFLOW_WORKER_BATCH_LINGER", self.batch_linger.to_string()),
             ("LEDGERFLOW_WORKER_MAX_ATTEMPTS", self.max_attempts.to_string()),
-            ("LEDGERFLOW_WORKER_RETRY_DELAY", self.retry_delay.to_string()),
         ];
         if let Some(name) = &self.name {
             env.push(("LEDGERFLOW_WORKER_NAME", name.clone()));

@@ -1,8 +1,6 @@
 //! A command as a worker receives it: its body, what its properties say, and the one way it
 //! is settled (acked, dead-lettered, requeued, or sent through the retry queue).
 
-use std::time::Duration;
-
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use ledgerflow_domain::RequestId;
@@ -87,13 +85,13 @@ impl CommandDelivery {
     }
 
     /// Publishes a copy, counted as the next attempt, to the retry queue, whence it returns
-    /// to the transfers exchange after `delay` with its routing key (so to its partition).
-    /// The delivery itself still has to be settled.
-    pub async fn send_to_retry(&self, publisher: &Publisher, delay: Duration) -> Result<(), MessagingError> {
+    /// to the transfers exchange after the queue's delay with its routing key (so to its
+    /// partition). The copy sets no `expiration`: the queue's TTL alone times it. The delivery
+    /// itself still has to be settled.
+    pub async fn send_to_retry(&self, publisher: &Publisher) -> Result<(), MessagingError> {
         let mut headers = self.0.properties.headers().clone().unwrap_or_default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(self.attempt()) + 1));
-        let props =
-            self.0.properties.clone().with_headers(headers).with_expiration(delay.as_millis().to_string().into());
+        let props = self.0.properties.clone().with_headers(headers);
         let retry = publisher.topology().retry();
         publisher.publish(&retry, self.0.routing_key.as_str(), &self.0.data, props).await
     }

@@ -10,9 +10,15 @@
 //!                                                        │ rejected / dead-lettered
 //!                                                        ▼
 //!                 [ledgerflow.transfers.dead] fanout ──▶ (ledgerflow.transfers.dead)
-//!  workers ─────▶ [ledgerflow.transfers.retry] fanout ─▶ (ledgerflow.transfers.retry) ── TTL ──▶ [ledgerflow.transfers]
+//!                                   └──▶ [ledgerflow.transfers.expired] headers, first death `expired`
+//!                                               ──▶ (ledgerflow.transfers.expired) ──▶ workers: FAILED EXPIRED
+//!  workers ─▶ [ledgerflow.transfers.retry.2000ms] fanout ─▶ (…retry.2000ms) ── queue TTL ──▶ [ledgerflow.transfers]
 //!  workers ─────▶ [ledgerflow.results] fanout ─────────▶ (ledgerflow.results)
 //! ```
+//!
+//! The retry queue's delay is a queue-level TTL, part of its name (`--retry-delay`); the
+//! retry queue of earlier versions (`ledgerflow.transfers.retry`, per-message TTLs) is still
+//! declared, so that what waits there returns, and workers move what they find there.
 //!
 //! The routing key (by convention the sending account id) only chooses the partition: every
 //! key, even an empty one, lands in exactly one partition queue, so it never decides whether a
@@ -23,8 +29,10 @@ mod delivery;
 pub mod dlq;
 mod envelope;
 mod error;
+mod expired;
 mod partitions;
 mod publisher;
+pub mod retry;
 mod topology;
 
 pub use delivery::{
@@ -32,9 +40,10 @@ pub use delivery::{
 };
 pub use envelope::{COMMAND_TYPE, REQUEST_ID_HEADER, RESULT_TYPE};
 pub use error::MessagingError;
+pub use expired::{Expirations, ExpiredCommand};
 /// For tests and tools that speak raw AMQP (hostile messages, queue inspection); LedgerFlow's
 /// own crates go through the typed API above.
 pub use lapin;
 pub use partitions::{Fed, Partitions};
 pub use publisher::{Publisher, QueueState, close, connect};
-pub use topology::{DEFAULT_PARTITIONS, Topology};
+pub use topology::{DEFAULT_PARTITIONS, DEFAULT_RETRY_DELAY, Topology};

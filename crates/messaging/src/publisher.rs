@@ -122,7 +122,7 @@ impl Publisher {
         state.link.as_ref().is_some_and(|l| l.connection.status().connected() && l.channel.status().connected())
     }
 
-    async fn channel(&self) -> Result<Channel, MessagingError> {
+    pub(crate) async fn channel(&self) -> Result<Channel, MessagingError> {
         let mut state = self.state.lock().await;
         if let Some(link) = &state.link {
             if link.connection.status().connected() && link.channel.status().connected() {

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use lapin::options::{
     BasicConsumeOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -11,13 +13,19 @@ use crate::MessagingError;
 /// usually runs (each worker takes an equal share), few enough to keep the broker light.
 pub const DEFAULT_PARTITIONS: u16 = 8;
 
-/// The names of LedgerFlow's exchanges and queues under one prefix, and how many partition
-/// queues the transfer commands are spread over. Every process of a deployment must agree on
-/// both.
+/// How long a transiently failed command waits in the retry queue when nothing else is
+/// configured: long enough for a failover of the database's primary.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// The names of LedgerFlow's exchanges and queues under one prefix, how many partition
+/// queues the transfer commands are spread over, and how long the retry queue holds a
+/// command. Every process of a deployment must agree on all three.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
     partitions: u16,
+    /// Whole milliseconds, as the broker's `x-message-ttl` takes them.
+    retry_delay_ms: u32,
 }
 
 impl Default for Topology {
@@ -28,7 +36,8 @@ impl Default for Topology {
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into(), partitions: DEFAULT_PARTITIONS }
+        let retry_delay_ms = u32::try_from(DEFAULT_RETRY_DELAY.as_millis()).unwrap_or(u32::MAX);
+        Self { prefix: prefix.into(), partitions: DEFAULT_PARTITIONS, retry_delay_ms }
     }
 
     /// The same names with `n` partition queues (at least one).
@@ -36,6 +45,19 @@ impl Topology {
     pub fn with_partitions(mut self, n: u16) -> Self {
         self.partitions = n.max(1);
         self
+    }
+
+    /// The same names with commands waiting `delay` in the retry queue (whole milliseconds, at
+    /// most `u32::MAX` of them, about 49 days: the broker's limit of a queue's TTL).
+    #[must_use]
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// How long a command waits in [`Self::retry`] before it returns to its partition.
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_millis(u64::from(self.retry_delay_ms))
     }
 
     pub fn prefix(&self) -> &str {
@@ -77,11 +99,31 @@ impl Topology {
         format!("{}.workers", self.prefix)
     }
 
-    /// Exchange (fanout) and queue where commands that hit a transient fault wait out their
-    /// per-message TTL, then dead-letter back into the transfers exchange with their routing
-    /// key, and so into the same partition.
+    /// Exchange (fanout) and queue where commands that hit a transient fault wait out the
+    /// queue's TTL ([`Self::retry_delay`]), then dead-letter back into the transfers exchange
+    /// with their routing key, and so into the same partition. The delay is the queue's, not
+    /// the message's: every message expires after it, whoever published it, so none can stall
+    /// the others at the head of the queue. It is part of the name because a queue's arguments
+    /// cannot change: another delay is another queue.
     pub fn retry(&self) -> String {
+        format!("{}.transfers.retry.{}ms", self.prefix, self.retry_delay_ms)
+    }
+
+    /// The retry exchange and queue of earlier versions, where each message carried its delay
+    /// as a per-message TTL (so one without any stalled those behind it). Still declared as it
+    /// was, so that what waits in it on an upgrade, or what a process of the earlier version
+    /// sends there during a rolling upgrade, still returns to its partition; workers move what
+    /// they find there into [`Self::retry`] (see `retry::move_retired`). Nothing sends there.
+    pub fn retired_retry(&self) -> String {
         format!("{}.transfers.retry", self.prefix)
+    }
+
+    /// Headers exchange and queue of the commands the broker dead-lettered because they
+    /// expired (a publisher's `expiration`) in a partition queue, copied off the dead-letter
+    /// exchange. Workers consume it competitively and report each one FAILED `EXPIRED`; the
+    /// dead letter itself stays in [`Self::dead_letters`] for operators.
+    pub fn expired(&self) -> String {
+        format!("{}.transfers.expired", self.prefix)
     }
 
     /// Exchange and queue of transfer outcomes.
@@ -92,11 +134,12 @@ impl Topology {
     /// Declares everything, idempotently; gateway and worker both call it at (re)connect, so
     /// neither depends on the other having started first. Needs the broker's
     /// `rabbitmq_consistent_hash_exchange` plugin (shipped with RabbitMQ, enabled by
-    /// `scripts/services.sh` and the deploy files).
+    /// `scripts/services.sh` and the deploy files), and RabbitMQ 3.10 or later (the `all-with-x`
+    /// match of the expired commands' binding).
     pub async fn declare(&self, ch: &Channel) -> Result<(), MessagingError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        for name in [self.transfers(), self.dead_letters(), self.results(), self.retry()] {
+        for name in [self.transfers(), self.dead_letters(), self.results(), self.retry(), self.retired_retry()] {
             ch.exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
         }
         let hashing = ExchangeKind::Custom("x-consistent-hash".into());
@@ -136,10 +179,18 @@ impl Topology {
         let mut roster = args(&[("x-queue-type", "classic")]);
         roster.insert("x-max-length".into(), AMQPValue::LongInt(0));
         ch.queue_declare(self.workers().as_str().into(), queue_opts, roster).await?;
-        // The retry queue is classic, not quorum: every message carries the same delay, so
+        // The retry queue is classic, not quorum: every message has the queue's delay, so
         // expiring only at the head of the queue (classic semantics) releases them in order.
-        let retry = args(&[("x-queue-type", "classic"), ("x-dead-letter-exchange", &self.transfers())]);
-        for (queue, args) in [(self.dead_letters(), quorum.clone()), (self.results(), quorum), (self.retry(), retry)] {
+        let retired = args(&[("x-queue-type", "classic"), ("x-dead-letter-exchange", &self.transfers())]);
+        let mut retry = retired.clone();
+        retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.retry_delay_ms)));
+        let queues = [
+            (self.dead_letters(), quorum.clone()),
+            (self.results(), quorum.clone()),
+            (self.retry(), retry),
+            (self.retired_retry(), retired),
+        ];
+        for (queue, args) in queues {
             ch.queue_declare(queue.as_str().into(), queue_opts, args).await?;
             ch.queue_bind(
                 queue.as_str().into(),
@@ -150,6 +201,36 @@ impl Topology {
             )
             .await?;
         }
+        self.declare_expired(ch, quorum).await
+    }
+
+    /// The observer of expired commands: a headers exchange fed by the dead-letter exchange,
+    /// passing on what the broker dead-lettered as `expired` (first death; the worker checks
+    /// the latest one), to a quorum queue the workers share.
+    async fn declare_expired(&self, ch: &Channel, quorum: FieldTable) -> Result<(), MessagingError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let expired = self.expired();
+        ch.exchange_declare(expired.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default()).await?;
+        ch.exchange_bind(
+            expired.as_str().into(),
+            self.dead_letters().as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(expired.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, quorum)
+            .await?;
+        // `all-with-x` (RabbitMQ 3.10): plain `all` ignores headers named `x-…`.
+        let matching = args(&[("x-match", "all-with-x"), ("x-first-death-reason", "expired")]);
+        ch.queue_bind(
+            expired.as_str().into(),
+            expired.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            matching,
+        )
+        .await?;
         Ok(())
     }
 
@@ -177,10 +258,11 @@ impl Topology {
         for queue in self.partitions() {
             ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
         }
-        for name in [self.dead_letters(), self.results(), self.retry(), self.workers()] {
+        let queues = [self.dead_letters(), self.results(), self.retry(), self.retired_retry(), self.expired()];
+        for name in queues.iter().chain([&self.workers()]) {
             ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
         }
-        for name in [self.transfers(), self.partitioner(), self.dead_letters(), self.results(), self.retry()] {
+        for name in queues.iter().chain([&self.transfers(), &self.partitioner()]) {
             ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())
@@ -194,4 +276,23 @@ fn args(pairs: &[(&str, &str)]) -> FieldTable {
         table.insert((*key).into(), AMQPValue::LongString((*value).into()));
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_queue_is_named_after_its_delay_and_the_retired_one_keeps_its_name() {
+        assert_eq!(Topology::new("lf").retry(), "lf.transfers.retry.2000ms");
+        let quick = Topology::new("lf").with_retry_delay(Duration::from_micros(1_500_900));
+        assert_eq!(
+            (quick.retry().as_str(), quick.retry_delay()),
+            ("lf.transfers.retry.1500ms", Duration::from_millis(1_500))
+        );
+        assert_eq!(quick.retired_retry(), "lf.transfers.retry");
+        // Beyond the broker's limit of a TTL: its largest.
+        let huge = Topology::new("lf").with_retry_delay(Duration::from_secs(u64::MAX));
+        assert_eq!(huge.retry_delay(), Duration::from_millis(u64::from(u32::MAX)));
+    }
 }

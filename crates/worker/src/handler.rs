@@ -244,7 +244,7 @@ async fn identify(
 async fn retry_or_give_up(ctx: &Ctx, delivery: &CommandDelivery, cmd: Option<&TransferCommand>) -> Settle {
     let attempt = delivery.attempt();
     if attempt < ctx.max_attempts {
-        return match delivery.send_to_retry(&ctx.results, ctx.retry_delay).await {
+        return match delivery.send_to_retry(&ctx.results).await {
             Ok(()) => {
                 warn!(attempt, max_attempts = ctx.max_attempts, delay = ?ctx.retry_delay, "sent to the retry queue");
                 metrics::counter!("ledgerflow_messages_retried_total").increment(1);

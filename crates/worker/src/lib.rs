@@ -18,6 +18,7 @@
 //! broker connection is re-established. Neither ends the process.
 
 mod batcher;
+mod expired;
 mod handler;
 mod share;
 
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::{Fed, MessagingError, Partitions, Publisher, Topology};
+use ledgerflow_messaging::{Fed, MessagingError, Partitions, Publisher, Topology, retry};
 use ledgerflow_store::{Grouping, Store};
 use share::Share;
 use tokio::task::JoinSet;
@@ -40,8 +41,6 @@ pub const DEFAULT_PREFETCH: u16 = 256;
 pub const DEFAULT_MAX_BATCH: u16 = 64;
 /// Tries of a command by default (see [`WorkerConfig::max_attempts`]).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// Wait between tries by default (see [`WorkerConfig::retry_delay`]).
-pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -64,8 +63,6 @@ pub struct WorkerConfig {
     /// Tries before a command that keeps failing transiently is given up (marked FAILED with
     /// `PROCESSING_FAILED` and dead-lettered).
     pub max_attempts: u32,
-    /// Wait between those tries (spent in the retry queue, not in the worker).
-    pub retry_delay: Duration,
 }
 
 impl WorkerConfig {
@@ -78,7 +75,6 @@ impl WorkerConfig {
             batch_linger: DEFAULT_BATCH_LINGER,
             name: name.into(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-            retry_delay: DEFAULT_RETRY_DELAY,
         }
     }
 }
@@ -96,13 +92,21 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
         store,
         results: results.clone(),
         max_attempts: config.max_attempts.max(1),
-        retry_delay: config.retry_delay,
+        // The retry queue's, which `topology` names.
+        retry_delay: config.topology.retry_delay(),
     });
     // Sampled apart from the consuming loop, so a broker slow to answer a passive declare
     // never holds up deliveries or shutdown.
     let workers = Arc::new(AtomicU32::new(0));
     let sampler = tokio::spawn(sample_queues(results.clone(), config.topology.clone(), Arc::clone(&workers)));
     let expiry = tokio::spawn(expire_holds(ctx.store.clone(), results.clone()));
+    let retired = tokio::spawn(move_retired_retries(results.clone()));
+    let observer = expired::Observer {
+        uri: config.amqp_uri.clone(),
+        name: config.name.clone(),
+        topology: config.topology.clone(),
+    };
+    let expirations = tokio::spawn(expired::run(Arc::clone(&ctx), observer, shutdown.clone()));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match consume(&ctx, &config, &workers, &shutdown).await {
@@ -119,9 +123,17 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     }
     sampler.abort();
     expiry.abort();
+    retired.abort();
+    // It stops on `shutdown` by itself, settling what it holds; bounded like every step.
+    if tokio::time::timeout(OBSERVER_STOP_LIMIT, expirations).await.is_err() {
+        warn!(worker = %config.name, "the expired commands' observer did not stop in time");
+    }
     results.close().await;
     info!(worker = %config.name, "worker stopped");
 }
+
+/// Longest wait for the observer of expired commands to stop.
+const OBSERVER_STOP_LIMIT: Duration = Duration::from_secs(15);
 
 /// Registers at zero the counters that only retries, redeliveries, hand-offs and split
 /// batches increment (recorded in `handler`, `ledgerflow-messaging` and `ledgerflow-store`).
@@ -133,6 +145,7 @@ fn register_rare_counters() {
         "ledgerflow_messages_retried_total",
         "ledgerflow_partition_handoffs_total",
         "ledgerflow_holds_expired_total",
+        "ledgerflow_commands_expired_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -159,7 +172,9 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
         let round = async {
             let queues = topology.partitions().into_iter().chain([
                 topology.retry(),
+                topology.retired_retry(),
                 topology.dead_letters(),
+                topology.expired(),
                 topology.results(),
             ]);
             for queue in queues {
@@ -173,6 +188,27 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
         };
         if tokio::time::timeout(SAMPLE_TIMEOUT, round).await.is_err() {
             debug!("queue sampling timed out");
+        }
+    }
+}
+
+/// How often each worker looks into the retired retry queue.
+const RETIRED_INTERVAL: Duration = Duration::from_secs(5);
+/// Most commands moved from it at once.
+const RETIRED_MOVES: usize = 100;
+
+/// Moves what an earlier version left in its retry queue into this one, forever (see
+/// `Topology::retired_retry`). Not bounded by a timeout: a move dropped half-way would leave
+/// its message unacked on the publisher's channel; each publish bounds itself.
+async fn move_retired_retries(results: Publisher) {
+    let mut tick = tokio::time::interval(RETIRED_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match retry::move_retired(&results, RETIRED_MOVES).await {
+            Ok(0) => {}
+            Ok(moved) => info!(moved, "moved commands from the retired retry queue"),
+            Err(e) => debug!(error = %e, "could not move commands from the retired retry queue"),
         }
     }
 }

@@ -1,0 +1,32 @@
+//! The retry queue of earlier versions, emptied into the current one.
+
+use lapin::options::BasicGetOptions;
+
+use crate::{CommandDelivery, MessagingError, Publisher, Settlement};
+
+/// Moves up to `limit` commands waiting in the retired retry queue
+/// ([`crate::Topology::retired_retry`]) into the current one; returns how many moved. Each is
+/// acked there only once its copy is confirmed, and put back if the copy fails, so none is
+/// lost. The move counts as one more attempt, like any trip through the retry queue.
+/// `basic.get` takes the head of that queue whatever TTL it carries, or lacks: a message
+/// without one, which stalled every message behind it there, cannot stall this.
+pub async fn move_retired(publisher: &Publisher, limit: usize) -> Result<usize, MessagingError> {
+    let queue = publisher.topology().retired_retry();
+    let mut moved = 0;
+    while moved < limit {
+        let channel = publisher.channel().await?;
+        let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
+            break;
+        };
+        let command = CommandDelivery(message.delivery);
+        match command.send_to_retry(publisher).await {
+            Ok(()) => command.settle(Settlement::Ack, publisher).await?,
+            Err(e) => {
+                command.settle(Settlement::Requeue, publisher).await?;
+                return Err(e);
+            }
+        }
+        moved += 1;
+    }
+    Ok(moved)
+}
