@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use ledgerflow_domain::TransactionStatus;
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{DEADLINE, Pair, assert_error, close_broker_connections, ready_commands, schema, spawn_app};
+use ledgerflow_tests::{
+    DEADLINE, GATEWAY_BROKER_USER, Pair, assert_error, close_broker_connections, ready_commands, schema, spawn_app,
+};
 use reqwest::StatusCode;
 
 fn bytes(v: &Value) -> Vec<u8> {
@@ -137,14 +139,14 @@ async fn a_redelivered_or_tampered_gateway_command_never_moves_money_twice() {
     let original = record.to_command().to_json();
     // Redelivered five times: still one pair of entries.
     for _ in 0..5 {
-        app.publish_raw(&a, &original).await;
+        app.publish_raw_as(GATEWAY_BROKER_USER, &a, &original).await;
     }
     // A tampered copy (same id, bigger amount) and one with a forged id are refused.
     let mut tampered: Value = serde_json::from_slice(&original).unwrap();
     tampered["amount"] = json!(900);
-    app.publish_raw(&a, &bytes(&tampered)).await;
+    app.publish_raw_as(GATEWAY_BROKER_USER, &a, &bytes(&tampered)).await;
     tampered["transactionId"] = json!(uuid::Uuid::now_v7());
-    app.publish_raw(&a, &bytes(&tampered)).await;
+    app.publish_raw_as(GATEWAY_BROKER_USER, &a, &bytes(&tampered)).await;
     assert_eq!(app.dead_letters(2).await.len(), 2);
     let results = app.drain_queue(&app.topology.results(), 9, 20).await;
     assert_eq!(results.iter().filter(|r| r["transactionId"] == id && r["status"] == "COMPLETED").count(), 6);
@@ -417,10 +419,13 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
     }
     let mut headers = FieldTable::default();
     headers.insert("deep".into(), deep);
-    let ch = app.channel().await;
+    let ch = app.upstream.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     let body = bytes(&app.upstream_command(&a, &b, 30, "deep-headers"));
-    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers)
+        .with_user_id(ledgerflow_tests::UPSTREAM_BROKER_USER.into());
     let exchange = app.topology.transfers();
     ch.basic_publish(exchange.as_str().into(), a.as_str().into(), BasicPublishOptions::default(), &body, props)
         .await

@@ -28,7 +28,8 @@ mod publisher;
 mod topology;
 
 pub use delivery::{
-    ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, REASON_DETAIL_HEADER, REASON_HEADER, Settlement,
+    ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, Origin, PUBLISHER_HEADER, REASON_DETAIL_HEADER, REASON_HEADER,
+    Settlement, TrustedUsers,
 };
 pub use envelope::{COMMAND_TYPE, REQUEST_ID_HEADER, RESULT_TYPE};
 pub use error::MessagingError;
@@ -36,5 +37,5 @@ pub use error::MessagingError;
 /// own crates go through the typed API above.
 pub use lapin;
 pub use partitions::{Fed, Partitions};
-pub use publisher::{Publisher, QueueState, close, connect};
+pub use publisher::{Publisher, QueueState, broker_user, close, connect};
 pub use topology::{DEFAULT_PARTITIONS, Topology};

@@ -17,6 +17,7 @@
 //! database that is unreachable leaves the message unacked and requeued after a pause; a lost
 //! broker connection is re-established. Neither ends the process.
 
+mod authority;
 mod batcher;
 mod handler;
 mod share;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::{Fed, MessagingError, Partitions, Publisher, Topology};
+use ledgerflow_messaging::{Fed, MessagingError, Partitions, Publisher, Topology, TrustedUsers};
 use ledgerflow_store::{Grouping, Store};
 use share::Share;
 use tokio::task::JoinSet;
@@ -66,6 +67,9 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// Wait between those tries (spent in the retry queue, not in the worker).
     pub retry_delay: Duration,
+    /// Broker users of LedgerFlow's own processes (gateways, operators' tools) besides this
+    /// worker's own: only their messages may act for recorded transactions (see `authority`).
+    pub trusted_broker_users: Vec<String>,
 }
 
 impl WorkerConfig {
@@ -79,6 +83,7 @@ impl WorkerConfig {
             name: name.into(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_delay: DEFAULT_RETRY_DELAY,
+            trusted_broker_users: Vec::new(),
         }
     }
 }
@@ -88,7 +93,14 @@ impl WorkerConfig {
 pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken) {
     register_rare_counters();
     let results = Publisher::new(&config.amqp_uri, &format!("{}-results", config.name), config.topology.clone());
+    // The worker's own broker user is LedgerFlow's, whatever the configuration says: its
+    // retries and dead letters must be believed when they come back.
+    let trusted =
+        TrustedUsers::new(config.trusted_broker_users.iter().cloned().chain(results.user().map(str::to_owned)));
+    let authority = Arc::new(authority::Authority::new(trusted, store.clone()));
+    let registry = tokio::spawn(Arc::clone(&authority).keep_fresh());
     let ctx = Arc::new(handler::Ctx {
+        authority,
         batcher: batcher::Batcher::spawn(
             store.clone(),
             Grouping { max: config.max_batch, linger: config.batch_linger },
@@ -119,6 +131,7 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     }
     sampler.abort();
     expiry.abort();
+    registry.abort();
     results.close().await;
     info!(worker = %config.name, "worker stopped");
 }
@@ -139,6 +152,8 @@ fn register_rare_counters() {
     for why in ["conflict", "refused"] {
         metrics::counter!("ledgerflow_batch_splits_total", "why" => why).increment(0);
     }
+    // Any refusal at all is worth an alert (deploy/monitoring), so the series exists at zero.
+    metrics::counter!("ledgerflow_commands_unauthorized_total", "reason" => "ANONYMOUS").increment(0);
 }
 
 /// How often a worker samples queue depths (the `ledgerflow_queue_depth` gauge) and the number
