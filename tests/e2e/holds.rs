@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use ledgerflow_client::{Client, Transfer};
-use ledgerflow_tests::{TestApp, schema, spawn_app, spawn_app_with};
+use ledgerflow_domain::TransferKind;
+use ledgerflow_domain::grants::Grant;
+use ledgerflow_tests::{OTHER_UPSTREAM_BROKER_USER, TestApp, schema, spawn_app, spawn_app_with};
 
 /// Opens a hold as `user` and waits until the worker decided it.
 async fn hold(user: &Client, from: &str, to: &str, amount: i64, timeout: u32) -> ledgerflow_client::TransactionBody {
@@ -231,11 +233,17 @@ async fn an_upstream_system_holds_and_posts_through_the_queue() {
         (held.from_account, held.to_account, 120)
     );
     assert_eq!(posted.status.to_string(), "COMPLETED");
-    // Another service's post of the same hold is as good as unknown to it.
+    // Another service's post of the same hold (one allowed to post holds on any account) is
+    // as good as unknown to it.
+    let other = "someone-else".parse().unwrap();
+    app.store.add_service(&other, &OTHER_UPSTREAM_BROKER_USER.parse().unwrap()).await.unwrap().unwrap();
+    let grant = Grant { kinds: [TransferKind::PostHold].into(), any_account: true, ..Grant::default() };
+    app.store.change_grant(&other, &grant, true).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // workers read services each second
     let mut foreign = post.clone();
     foreign["initiator"] = "service:someone-else".into();
     foreign["idempotencyKey"] = "foreign-capture".into();
-    app.publish_raw(&pair.a, &serde_json::to_vec(&foreign).unwrap()).await;
+    app.publish_raw_as(OTHER_UPSTREAM_BROKER_USER, &pair.a, &serde_json::to_vec(&foreign).unwrap()).await;
     let results = app.drain_queue(&app.topology.results(), 5, 10).await;
     let by = |key: &str| results.iter().find(|r| r["idempotencyKey"] == key).cloned().unwrap_or_default();
     assert_eq!(by("card-auth-1")["status"], "HELD", "{results:?}");

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use ledgerflow_domain::TransactionStatus;
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{
-    DEADLINE, Pair, assert_error, close_broker_connections, ready_commands, schema, spawn_app, spawn_app_configured,
+    DEADLINE, GATEWAY_BROKER_USER, Pair, assert_error, close_broker_connections, ready_commands, schema, spawn_app,
+    spawn_app_configured,
 };
 use reqwest::StatusCode;
 
@@ -139,14 +140,14 @@ async fn a_redelivered_or_tampered_gateway_command_never_moves_money_twice() {
     let original = record.to_command().to_json();
     // Redelivered five times: still one pair of entries.
     for _ in 0..5 {
-        app.publish_raw(&a, &original).await;
+        app.publish_raw_as(GATEWAY_BROKER_USER, &a, &original).await;
     }
     // A tampered copy (same id, bigger amount) and one with a forged id are refused.
     let mut tampered: Value = serde_json::from_slice(&original).unwrap();
     tampered["amount"] = json!(900);
-    app.publish_raw(&a, &bytes(&tampered)).await;
+    app.publish_raw_as(GATEWAY_BROKER_USER, &a, &bytes(&tampered)).await;
     tampered["transactionId"] = json!(uuid::Uuid::now_v7());
-    app.publish_raw(&a, &bytes(&tampered)).await;
+    app.publish_raw_as(GATEWAY_BROKER_USER, &a, &bytes(&tampered)).await;
     assert_eq!(app.dead_letters(2).await.len(), 2);
     let results = app.drain_queue(&app.topology.results(), 9, 20).await;
     assert_eq!(results.iter().filter(|r| r["transactionId"] == id && r["status"] == "COMPLETED").count(), 6);
@@ -419,10 +420,13 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
     }
     let mut headers = FieldTable::default();
     headers.insert("deep".into(), deep);
-    let ch = app.channel().await;
+    let ch = app.upstream.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     let body = bytes(&app.upstream_command(&a, &b, 30, "deep-headers"));
-    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers)
+        .with_user_id(ledgerflow_tests::UPSTREAM_BROKER_USER.into());
     let exchange = app.topology.transfers();
     ch.basic_publish(exchange.as_str().into(), a.as_str().into(), BasicPublishOptions::default(), &body, props)
         .await
@@ -489,8 +493,12 @@ async fn a_message_without_expiration_in_the_retry_queue_stalls_no_retry() {
     // Its retry comes back all the same, and so do the planted commands.
     let done = app.settled(&alice, &id).await;
     assert_eq!(done.status, "COMPLETED", "{done:?}");
-    assert!(app.wait_upstream("planted").await.status.is_terminal());
-    assert!(app.wait_upstream("planted-retired").await.status.is_terminal());
+    // Nobody vouches for the planted ones (no user_id): out of the retry queue, they are
+    // refused as anonymous and dead-lettered.
+    let dead = app.dead_letters(2).await;
+    let keys: Vec<Value> =
+        dead.iter().map(|d| serde_json::from_slice::<Value>(d).unwrap()["idempotencyKey"].clone()).collect();
+    assert!(keys.contains(&json!("planted")) && keys.contains(&json!("planted-retired")), "{keys:?}");
     assert_eq!(app.balance(&bob.token, &b).await, 100);
     assert_eq!(app.ready_in(&app.topology.retry()).await, 0);
     assert_eq!(app.ready_in(&app.topology.retired_retry()).await, 0);
@@ -521,7 +529,10 @@ async fn a_command_that_expires_in_its_queue_fails_expired_and_stays_dead_letter
     app.publish_with(&app.topology.transfers(), &a, &taken[0].data, props).await;
     // ...and an upstream command published with one.
     let upstream = app.upstream_command(&a, &b, 10, "short-lived");
-    let props = BasicProperties::default().with_delivery_mode(2).with_expiration("1".into());
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_expiration("1".into())
+        .with_user_id(ledgerflow_tests::UPSTREAM_BROKER_USER.into());
     app.publish_with(&app.topology.transfers(), &a, &bytes(&upstream), props).await;
 
     // No worker takes them: both expire, and are dead-lettered (copied to the observer's queue).

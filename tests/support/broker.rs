@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ledgerflow_messaging::Topology;
 use ledgerflow_messaging::lapin::message::Delivery;
 use ledgerflow_messaging::lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions};
 use ledgerflow_messaging::lapin::{BasicProperties, Channel};
+use ledgerflow_messaging::{Topology, connect};
 use serde_json::{Value, json};
 
 use crate::{DEADLINE, TestApp};
@@ -33,33 +33,42 @@ impl TestApp {
         self.amqp.create_channel().await.unwrap()
     }
 
-    /// Publishes raw bytes to the transfers exchange, as an upstream system would.
+    /// Publishes raw bytes to the transfers exchange, as `service:test-upstream` would.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
-        let ch = self.channel().await;
-        ch.confirm_select(Default::default()).await.unwrap();
-        ch.basic_publish(
-            self.topology.transfers().as_str().into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-        let _ = ch.close(200, "done".into()).await;
+        let ch = self.upstream.create_channel().await.unwrap();
+        publish_as(&ch, crate::UPSTREAM_BROKER_USER, &self.topology.transfers(), routing_key, body).await;
+    }
+
+    /// Publishes raw bytes to the transfers exchange as broker user `user` (one of
+    /// `scripts/services.sh`'s), on a connection of its own.
+    pub async fn publish_raw_as(&self, user: &str, routing_key: &str, body: &[u8]) {
+        let connection = ledgerflow_messaging::connect(&crate::amqp_uri_as(user), "test-publish-as").await.unwrap();
+        let ch = connection.create_channel().await.unwrap();
+        publish_as(&ch, user, &self.topology.transfers(), routing_key, body).await;
+        ledgerflow_messaging::close(&connection, "done").await;
     }
 
     /// Publishes raw bytes with the given properties to any exchange (a publisher's own
     /// `expiration`, a retry queue's exchange), and waits for the confirm.
     pub async fn publish_with(&self, exchange: &str, routing_key: &str, body: &[u8], properties: BasicProperties) {
-        let ch = self.channel().await;
+        // As the broker user the properties name (the broker refuses a user_id other than the
+        // connection's), else as the administrator.
+        let connection = match properties.user_id() {
+            Some(user) => Some(connect(&crate::amqp_uri_as(user.as_str()), "test-publish-with").await.unwrap()),
+            None => None,
+        };
+        let ch = match &connection {
+            Some(c) => c.create_channel().await.unwrap(),
+            None => self.channel().await,
+        };
         ch.confirm_select(Default::default()).await.unwrap();
         let options = BasicPublishOptions::default();
         let published = ch.basic_publish(exchange.into(), routing_key.into(), options, body, properties);
         published.await.unwrap().await.unwrap();
         let _ = ch.close(200, "done".into()).await;
+        if let Some(c) = connection {
+            ledgerflow_messaging::close(&c, "done").await;
+        }
     }
 
     /// Messages ready in one of this app's queues now (a passive declare: live).
@@ -168,6 +177,16 @@ pub fn close_broker_connections(fragment: &str) -> usize {
         }
     }
     closed
+}
+
+/// Publishes persistently, confirmed, with `user` (the channel's broker user) as `user_id`:
+/// a worker refuses a command without one, and the broker one that names another user.
+async fn publish_as(ch: &Channel, user: &str, exchange: &str, routing_key: &str, body: &[u8]) {
+    ch.confirm_select(Default::default()).await.unwrap();
+    let props = BasicProperties::default().with_delivery_mode(2).with_user_id(user.into());
+    let confirm = ch.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props);
+    assert!(confirm.await.unwrap().await.unwrap().is_ack(), "the broker refused a publish as {user}");
+    let _ = ch.close(200, "done".into()).await;
 }
 
 /// Takes up to `max` messages off `queue` (acking them), until `enough` says the bodies taken

@@ -54,10 +54,13 @@ pub fn test_settings(kind: &str) -> Settings {
     let mut connections: Connections = from_env().unwrap();
     connections.mongodb_uri = mongodb_uri();
     connections.mongodb_db = db;
-    connections.amqp_uri = amqp_uri();
+    // LedgerFlow's processes as a deployment runs them: under broker users of their own (the
+    // fault tests' processes all share the gateway's), and the workers trusting the gateway's.
+    connections.amqp_uri = amqp_uri_as(GATEWAY_BROKER_USER);
     connections.amqp_prefix = prefix;
     connections.partitions = PARTITIONS;
     connections.retry_delay = Duration::from_millis(100).into();
+    connections.trusted_broker_users = vec![GATEWAY_BROKER_USER.to_owned(), WORKER_BROKER_USER.to_owned()];
     let mut gateway: GatewaySettings = from_env().unwrap();
     gateway.http_addr = "127.0.0.1:0".parse().unwrap();
     gateway.jwt_secret = Some(SecretString::from(JWT_SECRET.to_owned()));
@@ -76,8 +79,41 @@ pub fn mongodb_uri() -> String {
     std::env::var("LEDGERFLOW_TEST_MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=rs0".into())
 }
 
+/// The test broker as its administrator (`guest`): for inspecting and draining queues.
 pub fn amqp_uri() -> String {
     std::env::var("LEDGERFLOW_TEST_AMQP_URI").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Broker users `scripts/services.sh` creates on the test broker (each with its name as its
+/// password): LedgerFlow's gateway and workers, and upstream systems that may only publish
+/// commands.
+pub const GATEWAY_BROKER_USER: &str = "ledgerflow-gateway";
+pub const WORKER_BROKER_USER: &str = "ledgerflow-worker";
+pub const UPSTREAM_BROKER_USER: &str = "ledgerflow-upstream-a";
+pub const OTHER_UPSTREAM_BROKER_USER: &str = "ledgerflow-upstream-b";
+/// The service every test's upstream commands come from, publishing as
+/// [`UPSTREAM_BROKER_USER`] (see [`register_test_upstream`]).
+pub const TEST_UPSTREAM: &str = "test-upstream";
+
+/// [`amqp_uri`] as broker user `user`.
+pub fn amqp_uri_as(user: &str) -> String {
+    let mut uri = reqwest::Url::parse(&amqp_uri()).unwrap();
+    uri.set_username(user).unwrap();
+    uri.set_password(Some(user)).unwrap();
+    uri.to_string()
+}
+
+/// Registers `service:test-upstream`, publishing as [`UPSTREAM_BROKER_USER`], allowed every
+/// kind on every client account: the tests of the pipeline itself publish as it. The tests
+/// of grants (tests/e2e/services.rs) register services of their own.
+pub async fn register_test_upstream(store: &Store) {
+    use ledgerflow_domain::TransferKind;
+    use ledgerflow_domain::grants::Grant;
+    let name = TEST_UPSTREAM.parse().unwrap();
+    store.add_service(&name, &UPSTREAM_BROKER_USER.parse().unwrap()).await.unwrap().unwrap();
+    let everything =
+        Grant { kinds: TransferKind::ALL.iter().copied().collect(), any_account: true, ..Grant::default() };
+    store.change_grant(&name, &everything, true).await.unwrap().unwrap();
 }
 
 /// A database name and a queue prefix of their own for one test (`kind`: test, fault), named
@@ -245,7 +281,10 @@ pub struct TestApp {
     shutdown: CancellationToken,
     gateway: Option<JoinHandle<()>>,
     workers: Vec<(CancellationToken, Option<JoinHandle<()>>)>,
+    /// As the broker's administrator: inspects and drains queues.
     pub amqp: Connection,
+    /// As [`UPSTREAM_BROKER_USER`]: publishes as `service:test-upstream` would.
+    pub upstream: Connection,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -268,6 +307,8 @@ pub async fn spawn_app_configured(workers: usize, configure: impl FnOnce(&mut Ga
     let store = Store::connect(&settings.connections.mongodb_uri, &settings.connections.mongodb_db).await.unwrap();
     let topology = settings.connections.topology();
     let app = App::build(&settings).await.unwrap();
+    // After the build (which makes the indexes), before any worker reads the services.
+    register_test_upstream(&store).await;
     let base = format!("http://{}", app.http_addr().unwrap());
     let shutdown = CancellationToken::new();
     let gateway = tokio::spawn({
@@ -277,7 +318,9 @@ pub async fn spawn_app_configured(workers: usize, configure: impl FnOnce(&mut Ga
         }
     });
     let amqp = connect(&amqp_uri(), "test-harness").await.unwrap();
+    let upstream = connect(&amqp_uri_as(UPSTREAM_BROKER_USER), "test-upstream").await.unwrap();
     let mut app = TestApp {
+        upstream,
         client: Client::new(base, Duration::from_secs(30), None),
         settings,
         store,
@@ -315,6 +358,7 @@ impl TestApp {
         let worker = self.settings.worker.as_ref().expect("test settings have worker settings");
         let mut config = worker.config(&self.settings.connections, 0);
         config.name = name.to_owned();
+        config.amqp_uri = amqp_uri_as(WORKER_BROKER_USER);
         config
     }
 

@@ -182,6 +182,7 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("could not start a gateway: {e:#}"));
         let client = Client::new(procs.gateway.base.clone(), HTTP_TIMEOUT, Some(procs.gateway.process.log.clone()));
+        crate::register_test_upstream(&store).await;
         let mut cluster = Self { env, store, raw, topology, client, procs, proxy, torn_down: false };
         for i in 0..workers {
             cluster.spawn_worker(&format!("worker-{i}"), 16);
@@ -324,10 +325,11 @@ impl Cluster {
         connect(&amqp_uri(), &format!("fault-test-harness-{}", self.env.prefix())).await.unwrap()
     }
 
-    /// Publishes raw bodies to the transfers exchange as an upstream system would, each
+    /// Publishes raw bodies to the transfers exchange as `service:test-upstream` would, each
     /// persistent and confirmed; `routing_key` is the sending account by convention.
     pub async fn publish_raw(&self, messages: &[(String, Vec<u8>)]) {
-        let conn = self.amqp().await;
+        let name = format!("fault-test-upstream-{}", self.env.prefix());
+        let conn = connect(&crate::amqp_uri_as(crate::UPSTREAM_BROKER_USER), &name).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let mut confirms = Vec::new();
@@ -338,7 +340,7 @@ impl Cluster {
                     routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     body,
-                    BasicProperties::default().with_delivery_mode(2),
+                    BasicProperties::default().with_delivery_mode(2).with_user_id(crate::UPSTREAM_BROKER_USER.into()),
                 )
                 .await
                 .unwrap();

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp_uri;
-
 /// A TCP proxy between one process and RabbitMQ, to fail its broker connections the way a
 /// network fault would. [`AmqpProxy::cut`] drops every connection through it at once: both
 /// sides see it die mid-stream, and publishes in flight lose their confirms. With
@@ -28,7 +26,7 @@ pub struct AmqpProxy {
 
 impl AmqpProxy {
     pub async fn start() -> Self {
-        let mut uri = reqwest::Url::parse(&amqp_uri()).unwrap();
+        let mut uri = reqwest::Url::parse(&crate::amqp_uri_as(crate::GATEWAY_BROKER_USER)).unwrap();
         let upstream = format!("{}:{}", uri.host_str().unwrap(), uri.port().unwrap_or(5672));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         uri.set_host(Some("127.0.0.1")).unwrap();

@@ -5,12 +5,19 @@ use secrecy::ExposeSecret;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
-use ledgerflow_domain::{AccountId, TransactionStatus};
+use ledgerflow_domain::grants::Grant;
+use ledgerflow_domain::{AccountId, TransactionStatus, TransferKind};
+use ledgerflow_store::Store;
 
 use crate::listener::{MatchOn, Outcome};
 use crate::pool::pool;
 use crate::run::Session;
 use crate::sandbox::{Credentials, random_hex};
+
+/// The upstream service `--direct` publishes as (`service:bench`).
+const SERVICE_NAME: &str = "bench";
+/// A little more than workers take to see a new service.
+const SERVICES_REFRESH: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Registrations run argon2 on the gateway; more at once than its cores only queue up.
 const REGISTER_CONCURRENCY: usize = 4;
@@ -35,16 +42,43 @@ impl Session<'_> {
         let bar = self.bench.bars.bar(ids.len(), "funded");
         let missing = self.listener.await_all(MatchOn::TransactionId, &ids, self.bench.deadline, &bar).await?;
         ensure!(missing == 0, "{missing} of {} fundings got no result", ids.len());
-        let outcomes = self.listener.outcomes();
-        let failed: Vec<&Outcome> = ids
-            .iter()
-            .filter_map(|id| outcomes.get(MatchOn::TransactionId, id))
-            .filter(|o| o.status != TransactionStatus::Completed)
-            .collect();
-        if let Some(first) = failed.first() {
-            bail!("{} of {} fundings FAILED (e.g. {:?})", failed.len(), ids.len(), first.reason);
+        {
+            let outcomes = self.listener.outcomes();
+            let failed: Vec<&Outcome> = ids
+                .iter()
+                .filter_map(|id| outcomes.get(MatchOn::TransactionId, id))
+                .filter(|o| o.status != TransactionStatus::Completed)
+                .collect();
+            if let Some(first) = failed.first() {
+                bail!("{} of {} fundings FAILED (e.g. {:?})", failed.len(), ids.len(), first.reason);
+            }
+        }
+        if self.bench.args.direct {
+            self.register_service(&accounts).await?;
         }
         Ok(accounts)
+    }
+
+    /// Registers `service:bench`, publishing as the bench's broker user, allowed to transfer,
+    /// hold and post from the run's accounts, as an operator would register an upstream
+    /// system; then waits out the workers' reading of the services.
+    async fn register_service(&self, accounts: &[Funded]) -> Result<()> {
+        let services = &self.bench.conn.services;
+        let user = ledgerflow_messaging::broker_user(&services.amqp_uri).context("the AMQP URI names no user")?;
+        let store = Store::connect(&services.mongodb_uri, &self.bench.sandbox.db).await.context("MongoDB")?;
+        let name = SERVICE_NAME.parse()?;
+        let registered = async {
+            store.add_service(&name, &user.parse()?).await?.context("service:bench")?;
+            let kinds = [TransferKind::Transfer, TransferKind::Hold, TransferKind::PostHold].into();
+            let grant = Grant { kinds, accounts: accounts.iter().map(|a| a.id).collect(), ..Grant::default() };
+            store.change_grant(&name, &grant, true).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        store.shutdown().await;
+        registered?;
+        tokio::time::sleep(SERVICES_REFRESH).await;
+        Ok(())
     }
 
     async fn register_users(&self) -> Result<Arc<Vec<Arc<str>>>> {

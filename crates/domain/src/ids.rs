@@ -160,6 +160,12 @@ impl ServiceName {
     }
 }
 
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl FromStr for ServiceName {
     type Err = DomainError;
 

@@ -11,6 +11,7 @@ mod chain;
 mod command;
 mod error;
 pub mod fields;
+pub mod grants;
 pub mod holds;
 mod ids;
 mod ledger;

@@ -12,7 +12,7 @@ macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $field:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         // Deserialised through `FromStr` (`crate::fields`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         pub enum $name {
             $(#[serde(rename = $text)] $variant),+
         }
@@ -96,6 +96,8 @@ wire_enum!(
         // Only in results, never on a transaction: a command whose initiator and key (or
         // transaction id) name a recorded transaction of a different request.
         IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+        // Only in results: the publisher may not send this command (see `grants`).
+        Unauthorized => "UNAUTHORIZED",
     }
 );
 

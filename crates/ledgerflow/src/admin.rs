@@ -3,9 +3,10 @@
 
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use ledgerflow_domain::{AccountId, AccountStatus, Command, Email, TransactionId, UserId};
-use ledgerflow_messaging::Topology;
-use ledgerflow_store::Store;
+use ledgerflow_domain::grants::{BrokerUser, Grant};
+use ledgerflow_domain::{AccountId, AccountStatus, Command, Email, ServiceName, TransactionId, TransferKind, UserId};
+use ledgerflow_messaging::{Topology, TrustedUsers};
+use ledgerflow_store::{ServiceRecord, Store};
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -145,15 +146,125 @@ pub async fn list_dead_letters(amqp_uri: &str, topology: &Topology, limit: usize
             (Some(code), None) => code.clone(),
             _ => format!("{}×{}", letter.death_reason.as_deref().unwrap_or("-"), letter.death_count),
         };
-        println!("{:>4}  {:<36}  {what}  why={why}", i + 1, letter.message_id.as_deref().unwrap_or("-"));
+        let from = letter.publisher.as_deref().unwrap_or("-");
+        println!("{:>4}  {:<36}  {what}  why={why}  from={from}", i + 1, letter.message_id.as_deref().unwrap_or("-"));
     }
     Ok(())
 }
 
 /// Sends up to `limit` dead-lettered commands back to the transfers exchange, with fresh
 /// attempts.
-pub async fn replay_dead_letters(amqp_uri: &str, topology: &Topology, limit: usize) -> Result<()> {
-    let n = ledgerflow_messaging::dlq::replay(amqp_uri, topology, limit).await?;
+pub async fn replay_dead_letters(
+    amqp_uri: &str,
+    topology: &Topology,
+    trusted: &TrustedUsers,
+    limit: usize,
+) -> Result<()> {
+    let n = ledgerflow_messaging::dlq::replay(amqp_uri, topology, trusted, limit).await?;
     println!("replayed {n} command(s) to {}", topology.transfers());
     Ok(())
+}
+
+fn service_name(name: &str) -> Result<ServiceName> {
+    name.parse().context("service names are 1 to 64 of [a-z0-9._-]")
+}
+
+/// Registers a service with nothing granted.
+pub async fn add_service(store: &Store, name: &str, broker_user: &str) -> Result<()> {
+    let user: BrokerUser = broker_user.parse().context("--broker-user")?;
+    let record = store.add_service(&service_name(name)?, &user).await?.with_context(|| format!("cannot add {name}"))?;
+    print_service(&record);
+    println!("registered; it may do nothing until granted (ledgerflow admin services grant {name} ...)");
+    Ok(())
+}
+
+pub async fn list_services(store: &Store) -> Result<()> {
+    let services = store.list_services().await?;
+    let mut t = table(&["service", "broker user", "enabled", "kinds", "debits"]);
+    for r in &services {
+        let s = &r.service;
+        t.add_row(vec![
+            format!("service:{}", s.name.as_str()),
+            s.broker_user.to_string(),
+            s.enabled.to_string(),
+            join(s.grant.kinds.iter().map(|k| k.as_str())),
+            debits(&s.grant),
+        ]);
+    }
+    println!("{t}");
+    println!("{} service(s)", services.len());
+    Ok(())
+}
+
+pub async fn show_service(store: &Store, name: &str) -> Result<()> {
+    let record = store.find_service(&service_name(name)?).await?.with_context(|| format!("no service {name}"))?;
+    print_service(&record);
+    Ok(())
+}
+
+/// What `admin services grant|revoke` names, as typed.
+pub struct GrantChange {
+    pub name: String,
+    pub kinds: Vec<String>,
+    pub accounts: Vec<String>,
+    pub owners: Vec<String>,
+    pub any_account: bool,
+}
+
+/// Grants (`grant`) or revokes what the flags name.
+pub async fn change_grant(store: &Store, typed: &GrantChange, grant: bool) -> Result<()> {
+    let name = typed.name.as_str();
+    let mut change = Grant { any_account: typed.any_account, ..Grant::default() };
+    for kind in &typed.kinds {
+        change.kinds.insert(kind.parse::<TransferKind>().context("--kinds")?);
+    }
+    for account in &typed.accounts {
+        change.accounts.insert(account.parse::<AccountId>().context("--debit-account must be an account id")?);
+    }
+    for owner in &typed.owners {
+        change.owners.insert(owner_id(store, owner).await?);
+    }
+    if change.is_empty() {
+        bail!("name what to {}: --kinds, --debit-account or --debit-owner", if grant { "grant" } else { "revoke" });
+    }
+    let record = store
+        .change_grant(&service_name(name)?, &change, grant)
+        .await?
+        .with_context(|| format!("no service {name}"))?;
+    print_service(&record);
+    Ok(())
+}
+
+pub async fn set_service_enabled(store: &Store, name: &str, enabled: bool) -> Result<()> {
+    let record = store
+        .set_service_enabled(&service_name(name)?, enabled)
+        .await?
+        .with_context(|| format!("no service {name}"))?;
+    print_service(&record);
+    Ok(())
+}
+
+fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    let all: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    if all.is_empty() { "-".to_owned() } else { all.join(", ") }
+}
+
+/// The accounts a grant lets debit, in words.
+fn debits(g: &Grant) -> String {
+    if g.any_account {
+        return "EVERY client account".to_owned();
+    }
+    let accounts = g.accounts.iter().map(|a| format!("account {a}"));
+    let owners = g.owners.iter().map(|o| format!("accounts of {o}"));
+    join(accounts.chain(owners))
+}
+
+fn print_service(r: &ServiceRecord) {
+    let s = &r.service;
+    println!("service:{}", s.name.as_str());
+    println!("  broker user     {}", s.broker_user);
+    println!("  enabled         {}", s.enabled);
+    println!("  kinds           {}", join(s.grant.kinds.iter().map(|k| k.as_str())));
+    println!("  may debit       {}", debits(&s.grant));
+    println!("  changed         {}", r.updated_at.format("%Y-%m-%d %H:%M:%S"));
 }

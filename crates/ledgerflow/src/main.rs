@@ -138,11 +138,73 @@ enum Accounts {
     Close { account: String },
 }
 
+/// What a `grant` or `revoke` names.
+#[derive(clap::Args)]
+struct GrantArgs {
+    /// The service's name.
+    name: String,
+    /// Command kinds (TRANSFER, HOLD, POST_HOLD, VOID_HOLD, REVERSAL, INITIAL_FUNDS),
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
+    /// Accounts it may debit, by id (repeat or comma-separate).
+    #[arg(long = "debit-account", value_delimiter = ',')]
+    debit_accounts: Vec<String>,
+    /// Owners (user id or email) every account of which it may debit.
+    #[arg(long = "debit-owner", value_delimiter = ',')]
+    debit_owners: Vec<String>,
+    /// Every client account (for a system acting for all customers; use with care).
+    #[arg(long = "debit-any-account")]
+    debit_any_account: bool,
+}
+
+impl From<GrantArgs> for admin::GrantChange {
+    fn from(g: GrantArgs) -> Self {
+        Self {
+            name: g.name,
+            kinds: g.kinds,
+            accounts: g.debit_accounts,
+            owners: g.debit_owners,
+            any_account: g.debit_any_account,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Services {
+    /// Register an upstream service: its name (it sends as `service:<name>`) and the broker
+    /// user it publishes as. It may do nothing until granted.
+    #[command(after_help = "Example:\n  ledgerflow admin services add payroll --broker-user svc-payroll")]
+    Add {
+        name: String,
+        #[arg(long)]
+        broker_user: String,
+    },
+    /// List the registered services and their grants.
+    List,
+    /// Show one service and its grant.
+    Show { name: String },
+    /// Let a service send command kinds, or debit accounts.
+    #[command(
+        after_help = "Example:\n  ledgerflow admin services grant payroll --kinds TRANSFER --debit-account 0190c7a2-…"
+    )]
+    Grant(GrantArgs),
+    /// Take away what `grant` gave (effective on every worker within seconds).
+    Revoke(GrantArgs),
+    /// Refuse everything a service sends from now on, what is queued already included.
+    Disable { name: String },
+    /// Let a disabled service send again, within its grant.
+    Enable { name: String },
+}
+
 #[derive(Subcommand)]
 enum Admin {
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// Register upstream services and grant or revoke what each may do.
+    #[command(subcommand)]
+    Services(Services),
     /// List, suspend, reactivate and close accounts.
     #[command(subcommand)]
     Accounts(Accounts),
@@ -290,7 +352,19 @@ async fn run(cli: Cli) -> Result<()> {
             admin::list_dead_letters(&conn.amqp_uri, &conn.topology(), limit).await?;
         }
         Command::Admin(Admin::Dlq(Dlq::Replay { limit })) => {
-            admin::replay_dead_letters(&conn.amqp_uri, &conn.topology(), limit).await?;
+            admin::replay_dead_letters(&conn.amqp_uri, &conn.topology(), &conn.trusted(), limit).await?;
+        }
+        Command::Admin(Admin::Services(services)) => {
+            with_store(conn, async |store| match services {
+                Services::Add { name, broker_user } => admin::add_service(store, &name, &broker_user).await,
+                Services::List => admin::list_services(store).await,
+                Services::Show { name } => admin::show_service(store, &name).await,
+                Services::Grant(g) => admin::change_grant(store, &g.into(), true).await,
+                Services::Revoke(g) => admin::change_grant(store, &g.into(), false).await,
+                Services::Disable { name } => admin::set_service_enabled(store, &name, false).await,
+                Services::Enable { name } => admin::set_service_enabled(store, &name, true).await,
+            })
+            .await?;
         }
         Command::Admin(Admin::CreateSystemUser { email, password }) => {
             with_store(conn, async |store| ensure_system_user(store, &email, &password).await).await?;

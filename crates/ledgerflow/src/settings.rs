@@ -53,6 +53,12 @@ pub struct Connections {
     /// of a deployment must use the same value (the gateways look at that queue).
     #[arg(long, global = true, env = "LEDGERFLOW_RETRY_DELAY", default_value_t = DEFAULT_RETRY_DELAY.into())]
     pub retry_delay: humantime::Duration,
+    /// Broker users of LedgerFlow's own processes (gateways, workers, `admin dlq replay`),
+    /// comma-separated. Only their messages may act for recorded transactions and have their
+    /// bookkeeping headers believed; a worker always counts its own user among them. Give
+    /// every upstream service a broker user of its own, never one of these.
+    #[arg(long, global = true, env = "LEDGERFLOW_TRUSTED_BROKER_USERS", value_delimiter = ',')]
+    pub trusted_broker_users: Vec<String>,
 }
 
 impl Connections {
@@ -68,7 +74,15 @@ impl Connections {
             ("LEDGERFLOW_AMQP_PREFIX", self.amqp_prefix.clone()),
             ("LEDGERFLOW_PARTITIONS", self.partitions.to_string()),
             ("LEDGERFLOW_RETRY_DELAY", self.retry_delay.to_string()),
+            ("LEDGERFLOW_TRUSTED_BROKER_USERS", self.trusted_broker_users.join(",")),
         ]
+    }
+
+    /// The broker users LedgerFlow's own processes publish as: the configured ones and this
+    /// process's own.
+    pub fn trusted(&self) -> ledgerflow_messaging::TrustedUsers {
+        let own = ledgerflow_messaging::broker_user(&self.amqp_uri);
+        ledgerflow_messaging::TrustedUsers::new(self.trusted_broker_users.iter().cloned().chain(own))
     }
 }
 
@@ -201,6 +215,7 @@ impl WorkerSettings {
         config.max_batch = usize::from(self.max_batch);
         config.batch_linger = self.batch_linger.into();
         config.max_attempts = self.max_attempts;
+        config.trusted_broker_users = connections.trusted_broker_users.clone();
         config
     }
 

@@ -1,14 +1,85 @@
 //! A command as a worker receives it: its body, what its properties say, and the one way it
 //! is settled (acked, dead-lettered, requeued, or sent through the retry queue).
 
+use std::collections::BTreeSet;
+
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use ledgerflow_domain::RequestId;
 
 use crate::{MessagingError, Publisher, REQUEST_ID_HEADER};
 
 /// The AMQP header counting how many times a command has been tried (absent: first try).
+/// Believed only on messages LedgerFlow's own processes published (see [`Origin`]).
 pub const ATTEMPT_HEADER: &str = "x-ledgerflow-attempt";
+
+/// The AMQP header naming the broker user that first published a command, on the copies
+/// LedgerFlow's own processes republish (retries, dead letters, replays): a copy's `user_id`
+/// is the republisher's. Believed only on messages LedgerFlow's own processes published.
+pub const PUBLISHER_HEADER: &str = "x-ledgerflow-publisher";
+
+/// The broker users LedgerFlow's own processes (gateways, workers, operators' tools) connect
+/// as. Their messages may act for users' recorded transactions, and their bookkeeping headers
+/// ([`ATTEMPT_HEADER`], [`PUBLISHER_HEADER`]) are believed; anyone else's are not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedUsers(BTreeSet<String>);
+
+impl TrustedUsers {
+    pub fn new(users: impl IntoIterator<Item = String>) -> Self {
+        Self(users.into_iter().filter(|u| !u.is_empty()).collect())
+    }
+
+    pub fn contains(&self, user: &str) -> bool {
+        self.0.contains(user)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+}
+
+/// Where a command came from, as the broker and LedgerFlow's own processes vouch for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The broker user that first published it; `None` when it carried no `user_id`.
+    pub publisher: Option<String>,
+    /// Whether that publisher is one of LedgerFlow's own processes.
+    pub own: bool,
+    /// Which try this is: 1, unless LedgerFlow's own processes counted more.
+    pub attempt: u32,
+}
+
+impl Origin {
+    /// Reads the origin off a message's `user_id` and headers.
+    pub fn of(user_id: Option<&str>, headers: Option<&FieldTable>, trusted: &TrustedUsers) -> Origin {
+        let header = |name: &str| headers.and_then(|h| h.inner().get(name));
+        if !user_id.is_some_and(|u| trusted.contains(u)) {
+            // Someone else's message: what its headers claim about its past is its own word.
+            return Origin { publisher: user_id.map(str::to_owned), own: false, attempt: 1 };
+        }
+        // An empty name marks a copy of a message that carried no user_id at all.
+        let publisher = match header(PUBLISHER_HEADER) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()).filter(|s| !s.is_empty()),
+            _ => user_id.map(str::to_owned),
+        };
+        let attempt = match header(ATTEMPT_HEADER) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            _ => 1,
+        };
+        Origin { own: publisher.as_deref().is_some_and(|p| trusted.contains(p)), publisher, attempt: attempt.max(1) }
+    }
+
+    /// Headers for a copy LedgerFlow republishes: the original ones, with this origin's
+    /// publisher and `attempt` in place of whatever the message claimed.
+    fn stamp(&self, headers: Option<&FieldTable>, attempt: u32) -> FieldTable {
+        let mut headers = headers.cloned().unwrap_or_default();
+        let publisher = self.publisher.as_deref().unwrap_or_default();
+        headers.insert(PUBLISHER_HEADER.into(), AMQPValue::LongString(publisher.into()));
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+        headers
+    }
+}
 
 /// The AMQP headers a dead letter carries to say why LedgerFlow gave it up: a stable code
 /// (`INVALID_COMMAND`, `UNKNOWN_TRANSACTION`, …) and a sentence for people.
@@ -70,14 +141,11 @@ impl CommandDelivery {
         self.0.redelivered
     }
 
-    /// Which try this is: 1 for a first delivery, then one more per trip through the retry
-    /// queue.
-    pub fn attempt(&self) -> u32 {
-        match self.header(ATTEMPT_HEADER) {
-            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-            _ => 1,
-        }
+    /// Where it came from: who published it and which try this is (1 for a first delivery,
+    /// then one more per trip through the retry queue).
+    pub fn origin(&self, trusted: &TrustedUsers) -> Origin {
+        let user_id = self.0.properties.user_id().as_ref().map(|u| u.as_str());
+        Origin::of(user_id, self.0.properties.headers().as_ref(), trusted)
     }
 
     fn header(&self, name: &str) -> Option<&AMQPValue> {
@@ -88,21 +156,21 @@ impl CommandDelivery {
     /// to the transfers exchange after the queue's delay with its routing key (so to its
     /// partition). The copy sets no `expiration`: the queue's TTL alone times it. The delivery
     /// itself still has to be settled.
-    pub async fn send_to_retry(&self, publisher: &Publisher) -> Result<(), MessagingError> {
-        let mut headers = self.0.properties.headers().clone().unwrap_or_default();
-        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(self.attempt()) + 1));
+    pub async fn send_to_retry(&self, publisher: &Publisher, origin: &Origin) -> Result<(), MessagingError> {
+        let headers = origin.stamp(self.0.properties.headers().as_ref(), origin.attempt.saturating_add(1));
         let props = self.0.properties.clone().with_headers(headers);
         let retry = publisher.topology().retry();
         publisher.publish(&retry, self.0.routing_key.as_str(), &self.0.data, props).await
     }
 
-    /// Settles the delivery; a dead letter is published through `publisher` first.
-    pub async fn settle(self, how: Settlement, publisher: &Publisher) -> Result<(), MessagingError> {
+    /// Settles the delivery; a dead letter is published through `publisher` first, saying it
+    /// came from `origin`.
+    pub async fn settle(self, how: Settlement, publisher: &Publisher, origin: &Origin) -> Result<(), MessagingError> {
         // lapin answers whether the delivery was still unsettled; settling twice cannot happen
         // here, as this takes the delivery.
         match how {
             Settlement::Ack => self.0.ack(BasicAckOptions::default()).await?,
-            Settlement::DeadLetter(reason) => match self.dead_letter(&reason, publisher).await {
+            Settlement::DeadLetter(reason) => match self.dead_letter(&reason, publisher, origin).await {
                 Ok(()) => self.0.ack(BasicAckOptions::default()).await?,
                 Err(e) => {
                     tracing::warn!(error = %e, code = reason.code, "could not publish the dead letter; rejecting it");
@@ -115,12 +183,72 @@ impl CommandDelivery {
     }
 
     /// A copy of the command, with its properties and routing key, and the reason headers.
-    async fn dead_letter(&self, reason: &DeadLetterReason, publisher: &Publisher) -> Result<(), MessagingError> {
-        let mut headers = self.0.properties.headers().clone().unwrap_or_default();
+    async fn dead_letter(
+        &self,
+        reason: &DeadLetterReason,
+        publisher: &Publisher,
+        origin: &Origin,
+    ) -> Result<(), MessagingError> {
+        let mut headers = origin.stamp(self.0.properties.headers().as_ref(), origin.attempt);
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.code.into()));
         headers.insert(REASON_DETAIL_HEADER.into(), AMQPValue::LongString(reason.detail.as_str().into()));
         let props = self.0.properties.clone().with_headers(headers);
         let dead = publisher.topology().dead_letters();
         publisher.publish(&dead, self.0.routing_key.as_str(), &self.0.data, props).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+
+    fn trusted() -> TrustedUsers {
+        TrustedUsers::new(["lf-gateway".to_owned(), "lf-worker".to_owned()])
+    }
+
+    #[test]
+    fn a_strangers_bookkeeping_headers_are_not_believed() {
+        let forged = headers(&[
+            (ATTEMPT_HEADER, AMQPValue::LongLongInt(99)),
+            (PUBLISHER_HEADER, AMQPValue::LongString("lf-gateway".into())),
+        ]);
+        let origin = Origin::of(Some("svc-payroll"), Some(&forged), &trusted());
+        assert_eq!(origin, Origin { publisher: Some("svc-payroll".into()), own: false, attempt: 1 });
+        let anonymous = Origin::of(None, Some(&forged), &trusted());
+        assert_eq!(anonymous, Origin { publisher: None, own: false, attempt: 1 });
+    }
+
+    #[test]
+    fn ledgerflows_own_copies_say_who_published_first_and_which_try() {
+        let copy = headers(&[
+            (ATTEMPT_HEADER, AMQPValue::LongLongInt(3)),
+            (PUBLISHER_HEADER, AMQPValue::LongString("svc-payroll".into())),
+        ]);
+        let origin = Origin::of(Some("lf-worker"), Some(&copy), &trusted());
+        assert_eq!(origin, Origin { publisher: Some("svc-payroll".into()), own: false, attempt: 3 });
+        let gateways = Origin::of(Some("lf-gateway"), None, &trusted());
+        assert_eq!(gateways, Origin { publisher: Some("lf-gateway".into()), own: true, attempt: 1 });
+    }
+
+    #[test]
+    fn a_copy_is_stamped_with_the_origin_not_the_claims() {
+        let forged = headers(&[(PUBLISHER_HEADER, AMQPValue::LongString("lf-gateway".into()))]);
+        let origin = Origin::of(Some("svc-payroll"), Some(&forged), &trusted());
+        let stamped = origin.stamp(Some(&forged), 2);
+        assert_eq!(
+            Origin::of(Some("lf-worker"), Some(&stamped), &trusted()),
+            Origin { publisher: Some("svc-payroll".into()), own: false, attempt: 2 }
+        );
+        let anonymous = Origin::of(None, Some(&forged), &trusted()).stamp(Some(&forged), 2);
+        let copied = Origin::of(Some("lf-worker"), Some(&anonymous), &trusted());
+        assert_eq!(copied, Origin { publisher: None, own: false, attempt: 2 });
     }
 }

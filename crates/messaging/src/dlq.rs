@@ -5,7 +5,10 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::{ATTEMPT_HEADER, MessagingError, Publisher, REASON_DETAIL_HEADER, REASON_HEADER, Topology, close, connect};
+use crate::{
+    ATTEMPT_HEADER, MessagingError, Origin, PUBLISHER_HEADER, Publisher, REASON_DETAIL_HEADER, REASON_HEADER, Topology,
+    TrustedUsers, close, connect,
+};
 
 /// One dead-lettered message, as found (left in the queue by [`peek`]).
 #[derive(Debug, Clone)]
@@ -16,6 +19,8 @@ pub struct DeadLetter {
     /// absent on what the broker dead-lettered by itself (see `death_reason`).
     pub reason: Option<String>,
     pub reason_detail: Option<String>,
+    /// The broker user that published it, as LedgerFlow recorded it or the broker vouched.
+    pub publisher: Option<String>,
     /// Why the broker dead-lettered it (`rejected`, `expired`, …) and how often.
     pub death_reason: Option<String>,
     pub death_count: i64,
@@ -67,6 +72,9 @@ pub async fn peek(uri: &str, topology: &Topology, limit: usize) -> Result<Vec<De
         found.push(DeadLetter {
             reason: header(REASON_HEADER),
             reason_detail: header(REASON_DETAIL_HEADER),
+            publisher: header(PUBLISHER_HEADER)
+                .or_else(|| msg.delivery.properties.user_id().as_ref().map(ToString::to_string))
+                .filter(|p| !p.is_empty()),
             message_id: msg.delivery.properties.message_id().as_ref().map(ToString::to_string),
             body: msg.delivery.data.clone(),
             death_reason,
@@ -79,8 +87,15 @@ pub async fn peek(uri: &str, topology: &Topology, limit: usize) -> Result<Vec<De
 
 /// Moves up to `limit` dead letters back to the transfers exchange, each acked only after
 /// its republish is confirmed. Bookkeeping headers (`x-death`, the attempt counter, the
-/// reason) are dropped, so a replayed command gets a fresh set of attempts.
-pub async fn replay(uri: &str, topology: &Topology, limit: usize) -> Result<usize, MessagingError> {
+/// reason) are dropped, so a replayed command gets a fresh set of attempts; the broker user
+/// that first published it is kept in [`PUBLISHER_HEADER`], which workers believe only when
+/// `uri`'s user is one of LedgerFlow's own (`trusted`): a replay acts for no one else.
+pub async fn replay(
+    uri: &str,
+    topology: &Topology,
+    trusted: &TrustedUsers,
+    limit: usize,
+) -> Result<usize, MessagingError> {
     let connection = connect(uri, "ledgerflow-admin-dlq").await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
@@ -93,13 +108,16 @@ pub async fn replay(uri: &str, topology: &Topology, limit: usize) -> Result<usiz
             break;
         };
         let props = &msg.delivery.properties;
+        let origin = Origin::of(props.user_id().as_ref().map(|u| u.as_str()), props.headers().as_ref(), trusted);
         let mut headers = FieldTable::default();
         for (k, v) in props.headers().as_ref().map(|h| h.inner().clone()).unwrap_or_default() {
-            let bookkeeping = [ATTEMPT_HEADER, REASON_HEADER, REASON_DETAIL_HEADER, "x-death"];
+            let bookkeeping = [ATTEMPT_HEADER, PUBLISHER_HEADER, REASON_HEADER, REASON_DETAIL_HEADER, "x-death"];
             if !bookkeeping.contains(&k.as_str()) && !k.as_str().starts_with("x-first-death") {
                 headers.insert(k, v);
             }
         }
+        let first = origin.publisher.unwrap_or_default();
+        headers.insert(PUBLISHER_HEADER.into(), AMQPValue::LongString(first.as_str().into()));
         let mut out = BasicProperties::default().with_headers(headers);
         if let Some(id) = props.message_id() {
             out = out.with_message_id(id.clone());

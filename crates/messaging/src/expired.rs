@@ -97,6 +97,12 @@ impl ExpiredCommand {
         self.delivery.properties.message_id().as_ref().map(ToString::to_string)
     }
 
+    /// Who published it (the broker dead-letters the message as it was published).
+    pub fn origin(&self, trusted: &crate::TrustedUsers) -> crate::Origin {
+        let props = &self.delivery.properties;
+        crate::Origin::of(props.user_id().as_ref().map(|u| u.as_str()), props.headers().as_ref(), trusted)
+    }
+
     /// The partition queue it expired in.
     pub fn queue(&self) -> &str {
         &self.queue

@@ -36,7 +36,8 @@ pub mod retry;
 mod topology;
 
 pub use delivery::{
-    ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, REASON_DETAIL_HEADER, REASON_HEADER, Settlement,
+    ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, Origin, PUBLISHER_HEADER, REASON_DETAIL_HEADER, REASON_HEADER,
+    Settlement, TrustedUsers,
 };
 pub use envelope::{COMMAND_TYPE, REQUEST_ID_HEADER, RESULT_TYPE};
 pub use error::MessagingError;
@@ -45,5 +46,5 @@ pub use expired::{Expirations, ExpiredCommand};
 /// own crates go through the typed API above.
 pub use lapin;
 pub use partitions::{Fed, Partitions};
-pub use publisher::{Publisher, QueueState, close, connect};
+pub use publisher::{Publisher, QueueState, broker_user, close, connect};
 pub use topology::{DEFAULT_PARTITIONS, DEFAULT_RETRY_DELAY, Topology};

@@ -64,13 +64,31 @@ struct State {
 pub struct Publisher {
     uri: Arc<str>,
     name: Arc<str>,
+    /// The broker user this publisher connects as, set as every message's `user_id`: the
+    /// broker refuses a `user_id` other than the connection's, so a worker knows for sure which
+    /// broker user published a command.
+    user: Option<Arc<str>>,
     topology: Topology,
     state: Arc<Mutex<State>>,
 }
 
+/// The user name a broker URI connects as (`guest` when it names none), or `None` for a URI
+/// that does not parse (connecting with it fails anyway). Of a comma-separated list of
+/// brokers, the first one's.
+pub fn broker_user(uri: &str) -> Option<String> {
+    let first = uri.split(',').next()?.trim();
+    first.parse::<lapin::uri::AMQPUri>().ok().map(|u| u.authority.userinfo.username)
+}
+
 impl Publisher {
     pub fn new(uri: &str, name: &str, topology: Topology) -> Self {
-        Self { uri: uri.into(), name: name.into(), topology, state: Arc::default() }
+        let user = broker_user(uri).map(Arc::from);
+        Self { uri: uri.into(), name: name.into(), user, topology, state: Arc::default() }
+    }
+
+    /// The broker user its messages carry as `user_id`.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// The name its connection shows on the broker, and its messages' `app_id`.
@@ -188,7 +206,10 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), MessagingError> {
         let channel = self.channel().await?;
-        let properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
+        let mut properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
+        if let Some(user) = &self.user {
+            properties = properties.with_user_id(user.as_ref().into());
+        }
         // One bound over sending and confirming: a half-dead connection can stall either.
         let attempt = async {
             let confirm = channel

@@ -1,11 +1,11 @@
 //! MongoDB persistence for LedgerFlow.
 //!
-//! Collections: `users`, `accounts`, `transactions`, `entries`, and `loginFailures` (failed
-//! sign-ins, expiring by a TTL index). Entries are the only source of money truth and are
-//! never updated or deleted. Each account document carries a `seq`, the sequence number of
-//! its latest entry; every posting bumps it inside the same multi-document transaction, which
-//! makes two concurrent postings on one account conflict (one retries) instead of both
-//! reading the same balance. The balance itself is the `balanceAfter` of the account's latest
+//! Collections: `users`, `accounts`, `transactions`, `entries`, `services` (upstream systems
+//! and their grants) and `loginFailures` (failed sign-ins, expiring by a TTL index). Entries
+//! are the only source of money truth and are never updated or deleted. Each account document
+//! carries a `seq`, the sequence number of its latest entry; every posting bumps it inside the
+//! same multi-document transaction, which makes two concurrent postings on one account
+//! conflict (one retries) instead of both reading the same balance. The balance itself is the `balanceAfter` of the account's latest
 //! entry: one indexed read, however long the history.
 //!
 //! Stored documents are parsed back into domain types here ([`docs`]); nothing above this
@@ -20,6 +20,7 @@ mod execute;
 mod group;
 mod holds;
 mod reconcile;
+mod services;
 pub mod synthetic;
 mod transactions;
 mod users;
@@ -35,6 +36,7 @@ pub use error::StoreError;
 pub use execute::{Execution, Outcome};
 pub use group::{GroupCommit, Grouping};
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
+pub use services::{ServiceRecord, ServiceTaken};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
 
 /// Connections per process to MongoDB unless the URI sets `maxPoolSize`.
@@ -88,6 +90,10 @@ impl Store {
         let index = |keys, options: Option<IndexOptions>| IndexModel::builder().keys(keys).options(options).build();
         self.users().create_index(index(doc! { "email": 1 }, Some(unique()))).await?;
         self.accounts().create_index(index(doc! { "ownerId": 1, "_id": 1 }, None)).await?;
+        self.db
+            .collection::<mongodb::bson::Document>("services")
+            .create_index(index(doc! { "brokerUser": 1 }, Some(unique())))
+            .await?;
         let expire_at_until = IndexOptions::builder().expire_after(Duration::ZERO).build();
         self.login_failures().create_index(index(doc! { "until": 1 }, Some(expire_at_until))).await?;
         self.transactions()

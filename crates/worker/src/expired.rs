@@ -100,7 +100,18 @@ async fn handle(ctx: &Ctx, expired: ExpiredCommand) -> Result<(), MessagingError
 
 /// Whether the expired command's result is out.
 async fn report(ctx: &Ctx, expired: &ExpiredCommand, message_id: Option<&str>) -> bool {
-    let claim = Claim::of(expired.body(), message_id);
+    let mut claim = Claim::of(expired.body(), message_id);
+    // What the message says is believed only as far as its publisher may say it (see
+    // `authority`): nobody else's expired message fails a recorded transaction, reads one
+    // under another's key, or names another's initiator in a result.
+    let origin = expired.origin(ctx.authority.trusted());
+    let vouched = match &claim.initiator {
+        Some(initiator) => matches!(ctx.authority.identify(&origin, claim.id, initiator), Ok(Ok(_))),
+        None => false,
+    };
+    if !vouched {
+        claim = Claim { id: None, key: claim.key, initiator: None };
+    }
     let result = match outcome(&ctx.store, &claim).await {
         Ok(result) => result,
         Err(e) => {

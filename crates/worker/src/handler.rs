@@ -7,10 +7,11 @@ use ledgerflow_domain::{
     Command, CommandError, FailureReason, IdempotencyKey, Initiator, RequestId, SettleCommand, TransactionId,
     TransactionStatus, TransferCommand, TransferKind, TransferResult,
 };
-use ledgerflow_messaging::{CommandDelivery, DeadLetterReason, Publisher, Settlement};
+use ledgerflow_messaging::{CommandDelivery, DeadLetterReason, Origin, Publisher, Settlement};
 use ledgerflow_store::{Execution, Store, StoreError, TransactionRecord};
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::authority::{Authority, Refused};
 use crate::batcher::Batcher;
 
 /// Pause before requeueing a delivery when the broker itself is failing, so an outage does
@@ -30,6 +31,8 @@ pub(crate) struct Ctx {
     pub max_attempts: u32,
     /// How long a transiently failing command waits in the retry queue.
     pub retry_delay: Duration,
+    /// Who may publish what.
+    pub authority: Arc<Authority>,
 }
 
 /// What to do with the delivery once the work is done.
@@ -60,24 +63,22 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
         redelivered = delivery.redelivered(),
     );
     async {
-        let parsed = match Command::parse(delivery.body()) {
-            Ok(Command::Complete(cmd)) => Ok(Ok(cmd)),
-            Ok(Command::Settle(settle)) => complete(&ctx, &settle).await,
-            Err(invalid) => Err(invalid),
-        };
-        let (parsed, mut settle) = match parsed {
-            Ok(Ok(cmd)) => {
-                if let Some(id) = cmd.transaction_id {
-                    tracing::Span::current().record("transaction_id", tracing::field::display(id));
+        let origin = delivery.origin(ctx.authority.trusted());
+        let (parsed, mut settle) = match Command::parse(delivery.body()) {
+            Ok(command) => match admit(&ctx, &origin, command).await {
+                Ok(cmd) => {
+                    if let Some(id) = cmd.transaction_id {
+                        tracing::Span::current().record("transaction_id", tracing::field::display(id));
+                    }
+                    let settle = execute(&ctx, &cmd).await;
+                    (Some(cmd), settle)
                 }
-                let settle = execute(&ctx, &cmd).await;
-                (Some(cmd), settle)
-            }
-            Ok(Err(settle)) => (None, settle),
-            Err(invalid) => (None, refuse(store, results, invalid, message_id.as_deref()).await),
+                Err(settle) => (None, settle),
+            },
+            Err(invalid) => (None, refuse(store, results, invalid, message_id.as_deref(), origin.own).await),
         };
         if matches!(settle, Settle::Retry) {
-            settle = retry_or_give_up(&ctx, &delivery, parsed.as_ref()).await;
+            settle = retry_or_give_up(&ctx, &delivery, &origin, parsed.as_ref()).await;
         }
         let outcome = match settle {
             Settle::Ack => "acked",
@@ -87,11 +88,11 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
         metrics::counter!("ledgerflow_messages_total", "outcome" => outcome).increment(1);
         let settling = async {
             match settle {
-                Settle::Ack => delivery.settle(Settlement::Ack, results).await,
-                Settle::DeadLetter(reason) => delivery.settle(Settlement::DeadLetter(reason), results).await,
+                Settle::Ack => delivery.settle(Settlement::Ack, results, &origin).await,
+                Settle::DeadLetter(reason) => delivery.settle(Settlement::DeadLetter(reason), results, &origin).await,
                 Settle::Retry | Settle::Requeue => {
                     tokio::time::sleep(BROKER_PAUSE).await;
-                    delivery.settle(Settlement::Requeue, results).await
+                    delivery.settle(Settlement::Requeue, results, &origin).await
                 }
             }
         };
@@ -172,12 +173,12 @@ async fn report_with_hold(ctx: &Ctx, record: &TransactionRecord) -> Settle {
 /// currency and amount never change, so reading it outside the commit is safe). A hold its
 /// initiator may not settle is as unknown to it as one that does not exist: FAILED
 /// `HOLD_NOT_FOUND` and dead-lettered, like every message that cannot be carried out.
-async fn complete(ctx: &Ctx, settle: &SettleCommand) -> Result<Result<TransferCommand, Settle>, CommandError> {
+async fn complete(ctx: &Ctx, settle: &SettleCommand, origin: &Origin) -> Result<TransferCommand, Settle> {
     let hold = match ctx.store.find_transaction(settle.hold).await {
         Ok(hold) => hold.filter(|h| h.kind == TransferKind::Hold && h.initiator == settle.initiator),
         Err(e) => {
             warn!(error = %e, "store unavailable while reading the hold to settle");
-            return Ok(Err(Settle::Retry));
+            return Err(Settle::Retry);
         }
     };
     let Some(hold) = hold else {
@@ -189,22 +190,79 @@ async fn complete(ctx: &Ctx, settle: &SettleCommand) -> Result<Result<TransferCo
             Some(settle.initiator.clone()),
         );
         let why = DeadLetterReason::new("HOLD_NOT_FOUND", format!("no hold {} of {}", settle.hold, settle.initiator));
-        return Ok(Err(dead_letter_after(report(&ctx.results, &result).await, Settle::DeadLetter(why))));
+        return Err(dead_letter_after(report(&ctx.results, &result).await, Settle::DeadLetter(why)));
     };
-    settle.complete(&hold.request()).map(Ok).map_err(|e| CommandError {
-        reason: e.to_string(),
-        transaction_id: settle.transaction_id,
-        idempotency_key: Some(settle.idempotency_key.clone()),
-        initiator: Some(settle.initiator.clone()),
-    })
+    match settle.complete(&hold.request()) {
+        Ok(cmd) => Ok(cmd),
+        Err(e) => {
+            let invalid = CommandError {
+                reason: e.to_string(),
+                transaction_id: settle.transaction_id,
+                idempotency_key: Some(settle.idempotency_key.clone()),
+                initiator: Some(settle.initiator.clone()),
+            };
+            Err(refuse(&ctx.store, &ctx.results, invalid, None, origin.own).await)
+        }
+    }
 }
 
-/// A command that is not valid: fail its transaction when it can be identified beyond doubt,
+/// What may be carried out of a parsed command: the complete command, if its publisher may
+/// send it (see `authority`); otherwise the command is settled here, as FAILED `UNAUTHORIZED`
+/// and dead-lettered, or retried when the services cannot be read.
+async fn admit(ctx: &Ctx, origin: &Origin, command: Command) -> Result<TransferCommand, Settle> {
+    let (recorded, initiator, key) = match &command {
+        Command::Complete(c) => (c.transaction_id, &c.initiator, &c.idempotency_key),
+        Command::Settle(s) => (s.transaction_id, &s.initiator, &s.idempotency_key),
+    };
+    let service = match ctx.authority.identify(origin, recorded, initiator) {
+        Ok(Ok(service)) => service,
+        Ok(Err(refused)) => return Err(unauthorized(ctx, origin, refused, key.clone()).await),
+        Err(e) => {
+            warn!(error = %e, "cannot judge the publisher now");
+            return Err(Settle::Retry);
+        }
+    };
+    let cmd = match command {
+        Command::Complete(cmd) => cmd,
+        Command::Settle(settle) => complete(ctx, &settle, origin).await?,
+    };
+    let Some(service) = service else { return Ok(cmd) };
+    match ctx.authority.permit(&service, &cmd.request).await {
+        Ok(Ok(())) => Ok(cmd),
+        Ok(Err(refused)) => Err(unauthorized(ctx, origin, refused, cmd.idempotency_key.clone()).await),
+        Err(e) => {
+            warn!(error = %e, "cannot judge the grant now");
+            Err(Settle::Retry)
+        }
+    }
+}
+
+/// Refuses a command its publisher may not send: no money moves, a FAILED `UNAUTHORIZED`
+/// result (naming the publishing service, if known, never a claimed initiator or a recorded
+/// transaction) and a dead letter saying why.
+async fn unauthorized(ctx: &Ctx, origin: &Origin, refused: Refused, key: IdempotencyKey) -> Settle {
+    let code = refused.why.code();
+    let publisher = origin.publisher.as_deref().unwrap_or("(none)");
+    warn!(broker_user = publisher, code, reason = %refused.why, "unauthorized command, dead-lettering");
+    metrics::counter!("ledgerflow_commands_unauthorized_total", "reason" => code).increment(1);
+    let result = failed(FailureReason::Unauthorized, None, Some(key), refused.initiator());
+    let why = DeadLetterReason::new("UNAUTHORIZED", format!("{code}: {} (broker user {publisher})", refused.why));
+    dead_letter_after(report(&ctx.results, &result).await, Settle::DeadLetter(why))
+}
+
+/// A command that is not valid: fail its transaction when it can be identified beyond doubt
+/// (and the message is LedgerFlow's own: nobody else's may end a recorded transaction),
 /// report FAILED, and dead-letter it.
-async fn refuse(store: &Store, results: &Publisher, invalid: CommandError, message_id: Option<&str>) -> Settle {
+async fn refuse(
+    store: &Store,
+    results: &Publisher,
+    invalid: CommandError,
+    message_id: Option<&str>,
+    own: bool,
+) -> Settle {
     warn!(reason = %invalid.reason, "invalid command, dead-lettering");
     let why = DeadLetterReason::new("INVALID_COMMAND", invalid.reason.clone());
-    let claimed = invalid.transaction_id.or_else(|| message_id.and_then(|m| m.parse().ok()));
+    let claimed = invalid.transaction_id.or_else(|| message_id.and_then(|m| m.parse().ok())).filter(|_| own);
     let mut result =
         failed(FailureReason::InvalidCommand, None, invalid.idempotency_key.clone(), invalid.initiator.clone());
     if let Some(id) = claimed {
@@ -241,10 +299,15 @@ async fn identify(
 /// Sends a transiently failed command to the retry queue, from which it returns after the
 /// delay; once `max_attempts` are spent, marks its transaction FAILED with
 /// `PROCESSING_FAILED`, reports that, and dead-letters the command.
-async fn retry_or_give_up(ctx: &Ctx, delivery: &CommandDelivery, cmd: Option<&TransferCommand>) -> Settle {
-    let attempt = delivery.attempt();
+async fn retry_or_give_up(
+    ctx: &Ctx,
+    delivery: &CommandDelivery,
+    origin: &Origin,
+    cmd: Option<&TransferCommand>,
+) -> Settle {
+    let attempt = origin.attempt;
     if attempt < ctx.max_attempts {
-        return match delivery.send_to_retry(&ctx.results).await {
+        return match delivery.send_to_retry(&ctx.results, origin).await {
             Ok(()) => {
                 warn!(attempt, max_attempts = ctx.max_attempts, delay = ?ctx.retry_delay, "sent to the retry queue");
                 metrics::counter!("ledgerflow_messages_retried_total").increment(1);

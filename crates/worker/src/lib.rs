@@ -17,6 +17,7 @@
 //! database that is unreachable leaves the message unacked and requeued after a pause; a lost
 //! broker connection is re-established. Neither ends the process.
 
+mod authority;
 mod batcher;
 mod expired;
 mod handler;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::{Fed, MessagingError, Partitions, Publisher, Topology, retry};
+use ledgerflow_messaging::{Fed, MessagingError, Partitions, Publisher, Topology, TrustedUsers, retry};
 use ledgerflow_store::{Grouping, Store};
 use share::Share;
 use tokio::task::JoinSet;
@@ -63,6 +64,9 @@ pub struct WorkerConfig {
     /// Tries before a command that keeps failing transiently is given up (marked FAILED with
     /// `PROCESSING_FAILED` and dead-lettered).
     pub max_attempts: u32,
+    /// Broker users of LedgerFlow's own processes (gateways, operators' tools) besides this
+    /// worker's own: only their messages may act for recorded transactions (see `authority`).
+    pub trusted_broker_users: Vec<String>,
 }
 
 impl WorkerConfig {
@@ -75,6 +79,7 @@ impl WorkerConfig {
             batch_linger: DEFAULT_BATCH_LINGER,
             name: name.into(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            trusted_broker_users: Vec::new(),
         }
     }
 }
@@ -84,7 +89,14 @@ impl WorkerConfig {
 pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken) {
     register_rare_counters();
     let results = Publisher::new(&config.amqp_uri, &format!("{}-results", config.name), config.topology.clone());
+    // The worker's own broker user is LedgerFlow's, whatever the configuration says: its
+    // retries and dead letters must be believed when they come back.
+    let trusted =
+        TrustedUsers::new(config.trusted_broker_users.iter().cloned().chain(results.user().map(str::to_owned)));
+    let authority = Arc::new(authority::Authority::new(trusted, store.clone()));
+    let registry = tokio::spawn(Arc::clone(&authority).keep_fresh());
     let ctx = Arc::new(handler::Ctx {
+        authority,
         batcher: batcher::Batcher::spawn(
             store.clone(),
             Grouping { max: config.max_batch, linger: config.batch_linger },
@@ -100,7 +112,7 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     let workers = Arc::new(AtomicU32::new(0));
     let sampler = tokio::spawn(sample_queues(results.clone(), config.topology.clone(), Arc::clone(&workers)));
     let expiry = tokio::spawn(expire_holds(ctx.store.clone(), results.clone()));
-    let retired = tokio::spawn(move_retired_retries(results.clone()));
+    let retired = tokio::spawn(move_retired_retries(results.clone(), ctx.authority.trusted().clone()));
     let observer = expired::Observer {
         uri: config.amqp_uri.clone(),
         name: config.name.clone(),
@@ -128,6 +140,7 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     if tokio::time::timeout(OBSERVER_STOP_LIMIT, expirations).await.is_err() {
         warn!(worker = %config.name, "the expired commands' observer did not stop in time");
     }
+    registry.abort();
     results.close().await;
     info!(worker = %config.name, "worker stopped");
 }
@@ -152,6 +165,8 @@ fn register_rare_counters() {
     for why in ["conflict", "refused"] {
         metrics::counter!("ledgerflow_batch_splits_total", "why" => why).increment(0);
     }
+    // Any refusal at all is worth an alert (deploy/monitoring), so the series exists at zero.
+    metrics::counter!("ledgerflow_commands_unauthorized_total", "reason" => "ANONYMOUS").increment(0);
 }
 
 /// How often a worker samples queue depths (the `ledgerflow_queue_depth` gauge) and the number
@@ -200,12 +215,12 @@ const RETIRED_MOVES: usize = 100;
 /// Moves what an earlier version left in its retry queue into this one, forever (see
 /// `Topology::retired_retry`). Not bounded by a timeout: a move dropped half-way would leave
 /// its message unacked on the publisher's channel; each publish bounds itself.
-async fn move_retired_retries(results: Publisher) {
+async fn move_retired_retries(results: Publisher, trusted: TrustedUsers) {
     let mut tick = tokio::time::interval(RETIRED_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match retry::move_retired(&results, RETIRED_MOVES).await {
+        match retry::move_retired(&results, &trusted, RETIRED_MOVES).await {
             Ok(0) => {}
             Ok(moved) => info!(moved, "moved commands from the retired retry queue"),
             Err(e) => debug!(error = %e, "could not move commands from the retired retry queue"),
