@@ -16,3 +16,4 @@ mod limits;
 mod pipeline;
 mod queue;
 mod reversals;
+mod signin;
