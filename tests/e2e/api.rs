@@ -127,18 +127,26 @@ async fn repeated_failed_sign_ins_lock_the_email_until_the_window_ends() {
     app.teardown().await;
 }
 
-/// A flood of sign-ups is shed with 503 once the hashing queue is full, rather than queued
-/// without bound, and transfers are accepted meanwhile.
+/// A flood of sign-ups from many clients is shed with 503 once the hashing queue is full,
+/// rather than queued without bound, and transfers are accepted meanwhile. (One client alone
+/// gets no more than its share: `signin.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_sign_ups_is_shed_with_503_while_transfers_flow() {
     const FLOOD: usize = 150;
-    let app = spawn_app().await;
+    let app = ledgerflow_tests::spawn_app_configured(1, |gateway| {
+        gateway.trusted_proxy_header = Some("X-Forwarded-For".parse().unwrap());
+        gateway.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
     let Pair { alice, a, b, .. } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
     let sign_up = |i: usize| {
         let email = format!("flood-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
-        let request =
-            app.http.post(app.url("/api/auth/register")).json(&json!({"email": email, "password": "long enough"}));
+        let request = app
+            .http
+            .post(app.url("/api/auth/register"))
+            .header("x-forwarded-for", format!("10.0.{}.{}", i / 200, i % 200 + 1))
+            .json(&json!({"email": email, "password": "long enough"}));
         async move {
             let response = request.send().await.unwrap();
             let retry_after = response.headers().contains_key("retry-after");

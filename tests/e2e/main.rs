@@ -17,3 +17,4 @@ mod pipeline;
 mod queue;
 mod reversals;
 mod services;
+mod signin;

@@ -1,17 +1,14 @@
-//! Authentication: argon2id password hashes, HS256 JWTs, and the [`AuthUser`] extractor that
-//! accepts a token from `Authorization: Bearer` or the `token` cookie.
+//! Authentication: HS256 JWTs, and the [`AuthUser`] extractor that accepts a token from
+//! `Authorization: Bearer` or the `token` cookie. Password hashes are [`crate::hashing`]'s.
 
-use std::sync::{LazyLock, mpsc};
 use std::time::Duration;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ledgerflow_domain::{Initiator, Password, Role, UserId};
+use ledgerflow_domain::{Initiator, Role, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -167,95 +164,6 @@ pub fn session_cookie(token: String, ttl: Duration, secure: bool) -> Cookie<'sta
         .path("/")
         .max_age(time::Duration::seconds(ttl.as_secs() as i64))
         .build()
-}
-
-/// Argon2id with OWASP's m=7 MiB, t=5, p=1: one of the configurations its password storage
-/// cheat sheet rates equal in strength to m=19 MiB, t=2, picked because the gateway keeps the
-/// buffer of each concurrent hash. Verification reads the parameters from the stored hash, so
-/// hashes made with other parameters still verify.
-fn argon2() -> Argon2<'static> {
-    let params = argon2::Params::new(7 * 1024, 5, 1, None).unwrap_or_default();
-    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Most argon2 computations waiting for the hashing thread. Past it a sign-up or login is
-/// answered 503 at once (shed) instead of queueing behind a flood: each would hold its request
-/// for ever longer and, when its turn came, a core for tens of milliseconds.
-const HASH_QUEUE: usize = 32;
-
-/// One thread per gateway runs every argon2 computation, one at a time. Each holds 7 MiB and a
-/// core for tens of milliseconds: a burst of sign-ups and logins queues here (up to
-/// [`HASH_QUEUE`]) instead of growing the process, and the other core keeps serving transfers.
-/// Sign-ups and logins are rare next to transfers (a token lasts hours); add gateways for
-/// more. A thread of its own rather than tokio's blocking pool because the allocator keeps a
-/// thread's freed 7 MiB for that thread's reuse: on the pool, each thread that ever hashed kept
-/// a copy until it idled out (measured: RSS 59 MB for the first 10 s of a benchmark, 45 MB
-/// after).
-static HASHER: LazyLock<Option<mpsc::SyncSender<Job>>> = LazyLock::new(|| {
-    let (jobs, queue) = mpsc::sync_channel::<Job>(HASH_QUEUE);
-    let spawned = std::thread::Builder::new().name("argon2".into()).spawn(move || {
-        for job in queue {
-            // A panicking job must not take the thread, and with it every later sign-in.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        }
-    });
-    spawned.map_err(|e| tracing::error!(error = %e, "cannot start the argon2 thread")).ok()?;
-    Some(jobs)
-});
-
-/// Runs an argon2 computation on the hashing thread and waits for it: 503 when the queue is
-/// full. A request that is gone by its turn (the client gave up) costs no computation.
-async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        if !done.is_closed() {
-            let _ = done.send(work());
-        }
-    });
-    let Some(hasher) = HASHER.as_ref() else { return Err(ApiError::Internal) };
-    match hasher.try_send(job) {
-        Ok(()) => result.await.map_err(|_| ApiError::Internal),
-        Err(mpsc::TrySendError::Full(_)) => {
-            metrics::counter!("ledgerflow_password_hashes_shed_total").increment(1);
-            Err(ApiError::Unavailable("too many sign-ins at once, try again"))
-        }
-        Err(mpsc::TrySendError::Disconnected(_)) => Err(ApiError::Internal),
-    }
-}
-
-/// Hashes a password with argon2id on the hashing thread (it is deliberately slow).
-pub async fn hash_password(password: Password) -> Result<String, ApiError> {
-    hashing(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        argon2().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
-    })
-    .await?
-    .map_err(|e| {
-        tracing::error!(error = %e, "could not hash password");
-        ApiError::Internal
-    })
-}
-
-/// A hash of a random password nobody knows, verified against when the email is unknown so
-/// that a login takes as long whether or not the account exists.
-static DECOY_HASH: LazyLock<Option<String>> = LazyLock::new(|| {
-    let salt = SaltString::generate(&mut OsRng);
-    let secret = SaltString::generate(&mut OsRng);
-    argon2().hash_password(secret.as_str().as_bytes(), &salt).map(|h| h.to_string()).ok()
-});
-
-/// Checks a password against a stored hash (or the decoy), on the hashing thread; an error
-/// only when it could not be checked (shed, or the thread is gone).
-pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
-    hashing(move || {
-        let real = hash.is_some();
-        let Some(hash) = hash.or_else(|| DECOY_HASH.clone()) else { return false };
-        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
-        argon2().verify_password(password.as_bytes(), &parsed).is_ok() && real
-    })
-    .await
 }
 
 #[cfg(test)]

@@ -45,6 +45,9 @@ pub enum ApiError {
     WrongPassword,
     #[error("too many failed sign-ins for this email; try again in {0} s")]
     TooManyAttempts(u64),
+    /// This client (its address) already has its share of sign-ins and sign-ups in progress.
+    #[error("too many sign-ins and sign-ups from this address at once; try again")]
+    TooManyRequests,
     /// Authenticated, but not allowed this; the message says who is.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -172,6 +175,7 @@ impl ApiError {
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"),
             Self::WrongPassword => (StatusCode::FORBIDDEN, "WRONG_PASSWORD"),
             Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS"),
+            Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
@@ -241,6 +245,8 @@ impl IntoResponse for ApiError {
         };
         let retry_after = match self {
             Self::TooManyAttempts(secs) => Some(HeaderValue::from(secs)),
+            // Its own earlier checks end within a second or so.
+            Self::TooManyRequests => Some(HeaderValue::from_static("1")),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(HeaderValue::from_static("1")),
             _ => None,
         };

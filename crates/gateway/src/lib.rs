@@ -11,10 +11,12 @@ mod dto;
 pub mod error;
 mod extract;
 mod facts;
+pub mod hashing;
 mod republisher;
 mod requests;
 mod routes;
 mod sessions;
+pub mod source;
 pub mod telemetry;
 mod watch;
 
@@ -34,12 +36,15 @@ use ledgerflow_store::{Grouping, PendingWriter, Store};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::add_extension::AddExtension;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{error, info, warn};
 
-pub use auth::{JwtKeys, hash_password};
+pub use auth::JwtKeys;
+pub use hashing::{DEFAULT_SLOTS_PER_CLIENT, hash_password, verify_password};
+pub use source::{ProxyHeader, ProxyNet, TrustedProxies};
 
 /// Gateway settings that are not connections.
 #[derive(Debug, Clone)]
@@ -63,6 +68,10 @@ pub struct GatewayConfig {
     pub login_max_failures: u32,
     /// The window failed sign-ins are counted in, from the first of them.
     pub login_window: Duration,
+    /// Password-hashing slots one client may hold at once (see [`hashing::HashSlots`]).
+    pub hash_slots_per_client: usize,
+    /// Where client addresses come from behind proxies (`None`: the TCP peer is the client).
+    pub trusted_proxies: Option<TrustedProxies>,
     /// Longest time a request body may take to arrive, whole (408 after it).
     pub body_deadline: Duration,
     /// Longest time a request head (line and headers) may take to arrive; the connection is
@@ -85,6 +94,8 @@ impl GatewayConfig {
             insert_linger: DEFAULT_INSERT_LINGER,
             login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,
             login_window: DEFAULT_LOGIN_WINDOW,
+            hash_slots_per_client: DEFAULT_SLOTS_PER_CLIENT,
+            trusted_proxies: None,
             body_deadline: Duration::from_secs(10),
             head_deadline: Duration::from_secs(10),
             drain_limit: Duration::from_secs(10),
@@ -134,6 +145,8 @@ pub struct AppState {
     accounts: Arc<facts::AccountFacts>,
     /// Users' session versions, recently read.
     sessions: Arc<sessions::SessionVersions>,
+    /// Places on the password-hashing thread, shared out between clients.
+    hash_slots: Arc<hashing::HashSlots>,
     /// Cancelled when the gateway is asked to stop, so that long polls answer at once.
     stopping: CancellationToken,
 }
@@ -144,6 +157,7 @@ impl AppState {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.expose_secret().as_bytes(), config.token_ttl));
         let pending = store.pending_writer(Grouping { max: PENDING_GROUP_MAX, linger: config.insert_linger });
         let sessions = Arc::new(sessions::SessionVersions::new(config.session_recheck));
+        let hash_slots = hashing::HashSlots::new(config.hash_slots_per_client);
         Self {
             store,
             pending,
@@ -153,6 +167,7 @@ impl AppState {
             watchers: Arc::default(),
             accounts: Arc::default(),
             sessions,
+            hash_slots,
             stopping: CancellationToken::new(),
         }
     }
@@ -188,6 +203,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
     let state = AppState { stopping: shutdown.clone(), ..state };
     ledgerflow_telemetry::prometheus();
     telemetry::register_failure_counters();
+    tokio::spawn(hashing::measure_a_check());
     info!(addr = %listener.local_addr()?, "gateway listening");
     let republisher = tokio::spawn(republisher::run(state.clone(), shutdown.clone()));
     let watcher = tokio::spawn(watch::run(
@@ -214,9 +230,9 @@ async fn accept(listener: TcpListener, app: Router, shutdown: &CancellationToken
     http.timer(TokioTimer::new()).header_read_timeout(config.head_deadline);
     let open = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 // The peer gave up before we took it: nothing to serve.
                 Err(e) if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset) => continue,
                 // Out of file descriptors, say: give connections time to close.
@@ -233,7 +249,9 @@ async fn accept(listener: TcpListener, app: Router, shutdown: &CancellationToken
         if let Err(e) = stream.set_nodelay(true) {
             warn!(error = %e, "cannot set TCP_NODELAY on a connection");
         }
-        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        // Each request carries its connection's peer, which `source` tells clients apart by.
+        let app = AddExtension::new(app.clone(), source::Peer(peer));
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
         tokio::spawn(open.watch(connection));
     }
     drop(listener);

@@ -40,4 +40,6 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub(crate) fn register_failure_counters() {
     metrics::counter!("ledgerflow_publish_failures_total").increment(0);
     metrics::counter!("ledgerflow_password_hashes_shed_total").increment(0);
+    metrics::counter!("ledgerflow_password_hashes_limited_total").increment(0);
+    metrics::counter!("ledgerflow_logins_malformed_email_total").increment(0);
 }

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ledgerflow_domain::{Email, Password, Role};
-use ledgerflow_gateway::auth::verify_password;
-use ledgerflow_gateway::{AppState, hash_password};
+use ledgerflow_gateway::{AppState, hash_password, verify_password};
 use ledgerflow_messaging::Publisher;
 use ledgerflow_store::Store;
 use ledgerflow_worker::WorkerConfig;
@@ -113,6 +112,9 @@ async fn build_gateway(
     if secret.expose_secret().len() < MIN_SECRET_BYTES {
         bail!("LEDGERFLOW_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes");
     }
+    settings
+        .client_addresses()
+        .map_err(|e| anyhow!("LEDGERFLOW_TRUSTED_PROXY_HEADER, LEDGERFLOW_TRUSTED_PROXIES: {e}"))?;
     if let (Some(email), Some(password)) = (&settings.system_email, &settings.system_password) {
         ensure_system_user(&store, email, password).await?;
     }

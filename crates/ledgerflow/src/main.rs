@@ -442,6 +442,8 @@ mod tests {
         worker.metrics_addr = Some("127.0.0.1:9090".parse().expect("an address"));
         let mut gateway = up.gateway;
         gateway.system_password = Some(SecretString::from("p".to_owned()));
+        gateway.trusted_proxy_header = Some("X-Forwarded-For".parse().expect("a header name"));
+        gateway.trusted_proxies = vec!["10.0.0.0/8".parse().expect("a network")];
         let settings = ledgerflow::Settings {
             connections: cli.conn,
             gateway: Some(gateway),
@@ -483,6 +485,31 @@ mod tests {
         let set = config(&["--session-recheck", "1s", "--login-max-failures", "3", "--login-window", "2m"]);
         assert_eq!(set.session_recheck, Duration::from_secs(1));
         assert_eq!((set.login_max_failures, set.login_window), (3, Duration::from_secs(120)));
+        assert_eq!(config(&[]).hash_slots_per_client, ledgerflow_gateway::DEFAULT_SLOTS_PER_CLIENT);
+        assert_eq!(config(&["--hash-slots-per-client", "3"]).hash_slots_per_client, 3);
+        assert!(config(&[]).trusted_proxies.is_none());
+        let behind = ["--trusted-proxy-header", "X-Forwarded-For", "--trusted-proxies", "10.0.0.0/8,127.0.0.1"];
+        assert!(config(&behind).trusted_proxies.is_some());
+    }
+
+    /// A trusted proxy header needs the proxies it is believed from, and the other way round:
+    /// half a pair stops the gateway at start rather than trusting anyone, or no one.
+    #[test]
+    fn the_client_address_settings_come_in_pairs() {
+        let args = |extra: &[&str]| {
+            let cli = Cli::try_parse_from([&["ledgerflow", "gateway"], extra].concat()).expect("arguments parse");
+            let Command::Gateway(args) = cli.command else { panic!("a gateway command") };
+            args
+        };
+        assert!(args(&["--trusted-proxy-header", "X-Forwarded-For"]).client_addresses().is_err());
+        assert!(args(&["--trusted-proxies", "10.0.0.0/8"]).client_addresses().is_err());
+        for refused in [
+            ["--trusted-proxies", "10.0.0.0/33"],
+            ["--trusted-proxy-header", "Forwarded"],
+            ["--hash-slots-per-client", "0"],
+        ] {
+            assert!(Cli::try_parse_from([&["ledgerflow", "gateway"], &refused[..]].concat()).is_err(), "{refused:?}");
+        }
     }
 
     #[test]

@@ -10,9 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 use ledgerflow_gateway::{
     DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
-    DEFAULT_REPUBLISH_INTERVAL, DEFAULT_SESSION_RECHECK, GatewayConfig,
+    DEFAULT_REPUBLISH_INTERVAL, DEFAULT_SESSION_RECHECK, DEFAULT_SLOTS_PER_CLIENT, GatewayConfig, ProxyHeader,
+    ProxyNet, TrustedProxies,
 };
 use ledgerflow_messaging::{DEFAULT_PARTITIONS, DEFAULT_RETRY_DELAY, Topology};
 use ledgerflow_worker::{
@@ -126,6 +128,19 @@ pub struct GatewaySettings {
     /// The window failed sign-ins are counted in, from the first of them.
     #[arg(long, env = "LEDGERFLOW_LOGIN_WINDOW", default_value_t = DEFAULT_LOGIN_WINDOW.into())]
     pub login_window: humantime::Duration,
+    /// Sign-ins, sign-ups and password changes one client address may have waiting for the
+    /// password-hashing thread at once (of 32); past it, 429 TOO_MANY_REQUESTS.
+    #[arg(long, env = "LEDGERFLOW_HASH_SLOTS_PER_CLIENT", default_value_t = DEFAULT_SLOTS_PER_CLIENT,
+          value_parser = clap::value_parser!(u16).range(1..=32).map(usize::from))]
+    pub hash_slots_per_client: usize,
+    /// The header trusted proxies put the client's address in (e.g. X-Forwarded-For); read
+    /// only from the connections of --trusted-proxies, and needs them.
+    #[arg(long, env = "LEDGERFLOW_TRUSTED_PROXY_HEADER")]
+    pub trusted_proxy_header: Option<ProxyHeader>,
+    /// The proxies (addresses or CIDR networks, comma-separated) whose connections may set
+    /// --trusted-proxy-header; needs it.
+    #[arg(long, env = "LEDGERFLOW_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ProxyNet>,
     /// How long a user's session version is remembered: a session ended through another
     /// gateway (sign-out, password change) or by `admin sign-out` is honoured here at most
     /// this much longer. Each expiry costs one read per active user.
@@ -152,10 +167,19 @@ impl GatewaySettings {
         config.login_max_failures = self.login_max_failures;
         config.login_window = self.login_window.into();
         config.session_recheck = self.session_recheck.into();
+        config.hash_slots_per_client = self.hash_slots_per_client;
+        // Half a pair is refused at start (`client_addresses`); here it is no proxies.
+        config.trusted_proxies = self.client_addresses().ok().flatten();
         config.body_deadline = self.body_deadline.unwrap_or(config.body_deadline);
         config.head_deadline = self.head_deadline.unwrap_or(config.head_deadline);
         config.drain_limit = self.drain_limit.unwrap_or(config.drain_limit);
         config
+    }
+
+    /// Where client addresses come from; an error when only the header or only the proxies
+    /// are set.
+    pub fn client_addresses(&self) -> Result<Option<TrustedProxies>, &'static str> {
+        TrustedProxies::new(self.trusted_proxy_header.clone(), &self.trusted_proxies)
     }
 
     pub fn env(&self) -> Vec<EnvVar> {
@@ -168,7 +192,15 @@ impl GatewaySettings {
             ("LEDGERFLOW_LOGIN_MAX_FAILURES", self.login_max_failures.to_string()),
             ("LEDGERFLOW_LOGIN_WINDOW", self.login_window.to_string()),
             ("LEDGERFLOW_SESSION_RECHECK", self.session_recheck.to_string()),
+            ("LEDGERFLOW_HASH_SLOTS_PER_CLIENT", self.hash_slots_per_client.to_string()),
         ];
+        if let Some(header) = &self.trusted_proxy_header {
+            env.push(("LEDGERFLOW_TRUSTED_PROXY_HEADER", header.to_string()));
+        }
+        if !self.trusted_proxies.is_empty() {
+            let proxies: Vec<String> = self.trusted_proxies.iter().map(ToString::to_string).collect();
+            env.push(("LEDGERFLOW_TRUSTED_PROXIES", proxies.join(",")));
+        }
         if let Some(secret) = &self.jwt_secret {
             env.push(("LEDGERFLOW_JWT_SECRET", secret.expose_secret().to_owned()));
         }

@@ -6,9 +6,11 @@ use ledgerflow_domain::{Email, Role};
 use ledgerflow_store::UserRecord;
 
 use crate::AppState;
-use crate::auth::{AuthUser, hash_password, session_cookie, verify_password};
+use crate::auth::{AuthUser, session_cookie};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Query};
+use crate::hashing::wait_out_a_check;
+use crate::source::Source;
 use crate::{dto, requests};
 
 #[utoipa::path(
@@ -21,18 +23,20 @@ use crate::{dto, requests};
         (status = 201, description = "Registered; the token is also set as the `token` cookie", body = dto::AuthBody),
         (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = ErrorBody),
         (status = 409, description = "EMAIL_TAKEN", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_REQUESTS: this client address has its share of sign-ins and sign-ups in progress already; `Retry-After` says when to try again", body = ErrorBody),
         dto::BodyErrors, dto::Unavailable,
     )
 )]
 /// `POST /api/auth/register`: always creates a USER; SYSTEM users are made by operators.
 pub(super) async fn register(
     State(state): State<AppState>,
+    source: Source,
     _: Query<requests::NoQuery>,
     jar: CookieJar,
     body: Body<requests::RegisterRequest>,
 ) -> ApiResult<(StatusCode, CookieJar, Json<dto::AuthBody>)> {
     let requests::RegisterRequest { email, password, name } = body.read()?;
-    let hash = hash_password(password).await?;
+    let hash = state.hash_slots.take(source)?.hash_password(password).await?;
     let user = state.store.insert_user(&email, name.as_ref(), Role::User, hash).await?;
     let (jar, body) = signed_in(&state, jar, &user)?;
     Ok((StatusCode::CREATED, jar, body))
@@ -48,7 +52,7 @@ pub(super) async fn register(
         (status = 200, description = "Signed in; the token is also set as the `token` cookie", body = dto::AuthBody),
         (status = 400, description = "VALIDATION_ERROR or INVALID_JSON", body = ErrorBody),
         (status = 401, description = "INVALID_CREDENTIALS", body = ErrorBody),
-        (status = 429, description = "TOO_MANY_ATTEMPTS: this email had too many failed sign-ins lately; `Retry-After` says when to try again", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: this email had too many failed sign-ins lately; TOO_MANY_REQUESTS: this client address has its share of sign-ins and sign-ups in progress already. `Retry-After` says when to try again", body = ErrorBody),
         dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -58,22 +62,31 @@ pub(super) async fn register(
 /// `login_max_failures` within `login_window`, the email is refused (429, without checking the
 /// password) until the window ends. Each check is counted before it is made (and the count
 /// cleared when it succeeds), so parallel guesses cannot all slip past the limit. Unknown
-/// emails are counted alike, so a lockout tells nothing about which emails exist.
+/// emails are counted alike, so a lockout tells nothing about which emails exist. A sign-in
+/// refused for want of a hashing slot (429 `TOO_MANY_REQUESTS`, 503) is refused before it is
+/// counted: it checked nothing, and counting it let a flood lock real users out.
+///
+/// An email that does not parse cannot be an account: it is refused without a password check
+/// (nor a slot, nor a count), as a wrong password is and no sooner than one typically is.
 pub(super) async fn login(
     State(state): State<AppState>,
+    source: Source,
     _: Query<requests::NoQuery>,
     jar: CookieJar,
     body: Body<requests::LoginRequest>,
 ) -> ApiResult<(CookieJar, Json<dto::AuthBody>)> {
     let requests::LoginRequest { email, password } = body.read()?;
-    // An email that does not parse cannot sign in; it is not worth a counter.
     let Ok(email) = email.parse::<Email>() else {
-        verify_password(password, None).await?;
+        metrics::counter!("ledgerflow_logins_malformed_email_total").increment(1);
+        wait_out_a_check().await;
         return Err(ApiError::InvalidCredentials);
     };
+    let slot = state.hash_slots.take(source)?;
     claim_password_check(&state, &email).await?;
     let user = state.store.find_user_by_email(&email).await?;
-    if !verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await? {
+    let right = slot.verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+    drop(slot);
+    if !right {
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.ok_or(ApiError::InvalidCredentials)?;
@@ -122,7 +135,7 @@ pub(super) async fn logout(
     responses(
         (status = 200, description = "Changed; every earlier session is ended and the answer carries a new token (also set as the `token` cookie)", body = dto::AuthBody),
         (status = 403, description = "WRONG_PASSWORD: currentPassword is incorrect (counted with failed sign-ins); FORBIDDEN for a SYSTEM user, whose password operators set", body = ErrorBody),
-        (status = 429, description = "TOO_MANY_ATTEMPTS: too many failed sign-ins or password checks for this email lately", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_ATTEMPTS: too many failed sign-ins or password checks for this email lately; TOO_MANY_REQUESTS: this client address has its share of sign-ins and sign-ups in progress already", body = ErrorBody),
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
@@ -134,6 +147,7 @@ pub(super) async fn logout(
 pub(super) async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
+    source: Source,
     _: Query<requests::NoQuery>,
     jar: CookieJar,
     body: Body<requests::PasswordChangeRequest>,
@@ -145,11 +159,14 @@ pub(super) async fn change_password(
     }
     let requests::PasswordChangeRequest { current_password: current, new_password: new } = body.read()?;
     let record = state.store.find_user(user.id).await?.ok_or(ApiError::Unauthenticated)?;
+    // The slot before the count, as for a sign-in; one slot for both computations.
+    let slot = state.hash_slots.take(source)?;
     claim_password_check(&state, &record.email).await?;
-    if !verify_password(current, Some(record.password_hash)).await? {
+    if !slot.verify_password(current, Some(record.password_hash)).await? {
         return Err(ApiError::WrongPassword);
     }
-    let hash = hash_password(new).await?;
+    let hash = slot.hash_password(new).await?;
+    drop(slot);
     let changed = state.store.set_password(user.id, hash).await?.ok_or(ApiError::Unauthenticated)?;
     state.sessions.set(user.id, changed.session_version);
     state.store.clear_login_failures(&changed.email).await?;
