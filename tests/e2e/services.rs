@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use ledgerflow_domain::AccountId;
-use ledgerflow_messaging::PUBLISHER_HEADER;
 use ledgerflow_messaging::lapin::options::BasicPublishOptions;
 use ledgerflow_messaging::lapin::types::{AMQPValue, FieldTable};
 use ledgerflow_messaging::lapin::{BasicProperties, Connection};
+use ledgerflow_messaging::{ATTEMPT_HEADER, PUBLISHER_HEADER};
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{
     DEADLINE, OTHER_UPSTREAM_BROKER_USER, Pair, TestApp, UPSTREAM_BROKER_USER, amqp_uri_as, schema, spawn_app,
@@ -219,5 +219,51 @@ async fn revoking_and_disabling_take_effect_within_seconds_queued_commands_inclu
     let listed = admin(&app, &["list"]).await;
     assert!(listed.contains("service:payroll") && listed.contains("false"), "{listed}");
     let _ = payroll.close(200, "done".into()).await;
+    app.teardown().await;
+}
+
+/// `x-ledgerflow-attempt` counts tries only when LedgerFlow itself wrote it: a service that
+/// claims its command was tried `max_attempts` times already cannot turn a transient fault
+/// into a final one (nor, claiming fewer, buy itself more tries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_attempt_count_is_not_believed() {
+    let mut app = spawn_app().await;
+    let Pair { alice, bob, a, b } = app.alice_and_bob().await;
+    app.fund(&a, 1_000).await;
+    // Someone else's open MongoDB transaction holds Alice's account: the command conflicts
+    // until it is released, and goes round the retry queue meanwhile.
+    let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
+    let accounts = client.database(app.store.database_name()).collection::<mongodb::bson::Document>("accounts");
+    let mut blocker = client.start_session().await.unwrap();
+    blocker.start_transaction().await.unwrap();
+    let hold = mongodb::bson::doc! { "$set": { "heldBy": "test" } };
+    accounts.update_one(mongodb::bson::doc! { "_id": &a }, hold).session(&mut blocker).await.unwrap();
+    app.stop_worker(0).await;
+    let impatient = app.store.clone().with_conflict_retry_budget(Duration::from_millis(300));
+    let config = app.worker_config("impatient");
+    assert_eq!(config.max_attempts, 3, "the test settings' attempts");
+    app.add_worker_with(impatient, config);
+
+    let retried = || async {
+        let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let sum = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        text.lines().filter(|l| l.starts_with("ledgerflow_messages_retried_total")).filter_map(sum).sum::<f64>()
+    };
+    let before = retried().await;
+    let mut claims = FieldTable::default();
+    claims.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(3));
+    let cmd = app.upstream_command(&a, &b, 100, "claims-tried");
+    publish(&app, &app.upstream, &cmd, Some(UPSTREAM_BROKER_USER), claims).await;
+    let start = std::time::Instant::now();
+    while retried().await <= before {
+        assert!(start.elapsed() < DEADLINE, "the command was never retried (given up at once?)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    blocker.abort_transaction().await.unwrap();
+
+    let done = app.wait_upstream("claims-tried").await;
+    assert_eq!(done.status.to_string(), "COMPLETED", "{done:?}");
+    assert_eq!(app.balance(&alice.token, &a).await, 900);
+    assert_eq!(app.balance(&bob.token, &b).await, 100);
     app.teardown().await;
 }

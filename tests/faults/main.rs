@@ -371,7 +371,7 @@ fn hostile_messages(w: &Workload, from: &str, to: &str, n: usize) -> Vec<Vec<u8>
             "amount": 10,
             "currency": "USD",
             "idempotencyKey": key,
-            "initiator": "service:fault-upstream",
+            "initiator": "service:test-upstream",
             "requestedAt": chrono::Utc::now().to_rfc3339(),
         })
     };
@@ -438,7 +438,7 @@ async fn a_flood_of_hostile_messages_is_dead_lettered_while_every_good_one_compl
                 "amount": amount,
                 "currency": "USD",
                 "idempotencyKey": key,
-                "initiator": "service:fault-upstream",
+                "initiator": "service:test-upstream",
                 "requestedAt": chrono::Utc::now().to_rfc3339(),
             }))
             .unwrap()
@@ -478,7 +478,11 @@ async fn a_flood_of_hostile_messages_is_dead_lettered_while_every_good_one_compl
             cmd["amount"] = json!(999_999);
             tampered.push(serde_json::to_vec(&cmd).unwrap());
         }
-        c.publish_raw(&tampered.iter().map(|b| (src.clone(), b.clone())).collect::<Vec<_>>()).await;
+        // Published as the gateway's broker user: the worker's check against the record, not
+        // the publisher's identity, is what this tests (an outsider's copy is refused earlier,
+        // see tests/e2e/services.rs).
+        let tampered_messages = tampered.iter().map(|b| (src.clone(), b.clone())).collect::<Vec<_>>();
+        c.publish_raw_as(ledgerflow_tests::GATEWAY_BROKER_USER, &tampered_messages).await;
 
         // Every bad message, and only those, is dead-lettered.
         let mut bad: Vec<Vec<u8>> = hostile.iter().chain(&tampered).cloned().collect();
@@ -490,7 +494,7 @@ async fn a_flood_of_hostile_messages_is_dead_lettered_while_every_good_one_compl
         assert!(dead == bad, "the dead-letter queue holds exactly the bad messages");
 
         // Every good upstream command completed, every ghost failed, once.
-        let initiator = "service:fault-upstream".parse().unwrap();
+        let initiator = "service:test-upstream".parse().unwrap();
         let mut upstream_records: Vec<TransactionRecord> = Vec::new();
         for key in good.iter().map(|(k, _)| k).chain(&ghosts) {
             let start = Instant::now();
@@ -528,7 +532,17 @@ async fn a_flood_of_hostile_messages_is_dead_lettered_while_every_good_one_compl
         // One FAILED result per bad message: a malformed one is an invalid command, a tampered
         // copy a reuse of the recorded transaction's key with another request.
         let failed_with = |reason: &str| tally.results.iter().filter(|r| r["failureReason"] == reason).count();
-        assert_eq!(failed_with("INVALID_COMMAND"), hostile.len(), "one INVALID_COMMAND result per malformed message");
+        // Those naming a recorded transaction come from no LedgerFlow process: UNAUTHORIZED.
+        let naming_a_transaction = hostile
+            .iter()
+            .filter(|b| serde_json::from_slice::<Value>(b).is_ok_and(|v| v.get("transactionId").is_some()))
+            .count();
+        assert_eq!(failed_with("UNAUTHORIZED"), naming_a_transaction, "one UNAUTHORIZED per message naming one");
+        assert_eq!(
+            failed_with("INVALID_COMMAND"),
+            hostile.len() - naming_a_transaction,
+            "one INVALID_COMMAND result per malformed message"
+        );
         assert_eq!(
             failed_with("IDEMPOTENCY_KEY_REUSED"),
             tampered.len(),

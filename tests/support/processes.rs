@@ -328,8 +328,13 @@ impl Cluster {
     /// Publishes raw bodies to the transfers exchange as `service:test-upstream` would, each
     /// persistent and confirmed; `routing_key` is the sending account by convention.
     pub async fn publish_raw(&self, messages: &[(String, Vec<u8>)]) {
-        let name = format!("fault-test-upstream-{}", self.env.prefix());
-        let conn = connect(&crate::amqp_uri_as(crate::UPSTREAM_BROKER_USER), &name).await.unwrap();
+        self.publish_raw_as(crate::UPSTREAM_BROKER_USER, messages).await;
+    }
+
+    /// Like [`Cluster::publish_raw`], as broker user `user` (one of `scripts/services.sh`'s).
+    pub async fn publish_raw_as(&self, user: &str, messages: &[(String, Vec<u8>)]) {
+        let name = format!("fault-test-publisher-{}", self.env.prefix());
+        let conn = connect(&crate::amqp_uri_as(user), &name).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let mut confirms = Vec::new();
@@ -340,7 +345,7 @@ impl Cluster {
                     routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     body,
-                    BasicProperties::default().with_delivery_mode(2).with_user_id(crate::UPSTREAM_BROKER_USER.into()),
+                    BasicProperties::default().with_delivery_mode(2).with_user_id(user.into()),
                 )
                 .await
                 .unwrap();
