@@ -19,6 +19,7 @@
 //! command is delivered. One partition has one active consumer at a time, so the commands of
 //! one sending account are committed by one worker and do not fight each other.
 
+mod brokers;
 mod delivery;
 pub mod dlq;
 mod envelope;
@@ -27,6 +28,7 @@ mod partitions;
 mod publisher;
 mod topology;
 
+pub use brokers::{Broker, BrokerListError, Brokers};
 pub use delivery::{
     ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, REASON_DETAIL_HEADER, REASON_HEADER, Settlement,
 };

@@ -8,7 +8,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::{MessagingError, Topology};
+use crate::{Brokers, MessagingError, Topology};
 
 /// How long a publish waits for the broker's confirm before the caller gives up (and, in the
 /// gateway, answers 503 and leaves the message to the republisher).
@@ -21,13 +21,34 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// request waiting on a broker that is down.
 const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
-/// Opens an AMQP connection named `name` (shown in the broker's management UI).
+/// Opens an AMQP connection named `name` (shown in the broker's management UI) to the first
+/// broker of `uri` (one AMQP URI, or a comma-separated list of a cluster's nodes: [`Brokers`])
+/// that answers, each given an equal share of [`CONNECT_TIMEOUT`] ([`Brokers::attempt_limit`]).
+/// Every (re)connection starts again from the first, so a process whose node died moves on to the next live one, and a dead node costs
+/// each reconnection one refused attempt (or its share of the budget, if its host is silent).
 pub async fn connect(uri: &str, name: &str) -> Result<Connection, MessagingError> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(uri, props)).await {
-        Ok(conn) => Ok(conn?),
-        Err(_) => Err(MessagingError::Unavailable(format!("no connection within {CONNECT_TIMEOUT:?}"))),
+    let brokers = Brokers::parse(uri).map_err(|e| MessagingError::InvalidBrokers(e.to_string()))?;
+    let limit = brokers.attempt_limit(CONNECT_TIMEOUT);
+    let mut unreachable = Vec::new();
+    for broker in brokers.iter() {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(limit, Connection::connect_uri(broker.uri().clone(), props)).await {
+            Ok(Ok(connection)) => {
+                if !unreachable.is_empty() {
+                    warn!(connection = name, %broker, ?unreachable, "connected to a later broker of the list");
+                }
+                return Ok(connection);
+            }
+            // A single broker's own error, as callers have always seen it.
+            Ok(Err(e)) if brokers.len() == 1 => return Err(e.into()),
+            Ok(Err(e)) => unreachable.push(format!("{broker}: {e}")),
+            Err(_) => unreachable.push(format!("{broker}: no connection within {limit:?}")),
+        }
     }
+    Err(MessagingError::Unavailable(match brokers.len() {
+        1 => format!("no connection within {limit:?}"),
+        _ => format!("no broker of the list answered: {}", unreachable.join("; ")),
+    }))
 }
 
 /// Closes a connection gracefully, giving up after [`CONNECT_TIMEOUT`]: a close whose close-ok
@@ -210,7 +231,10 @@ impl Publisher {
             Ok(result) => result,
             Err(_) => Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT)),
         };
-        if matches!(result, Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_))) {
+        // A nack too: on RabbitMQ 3.10, a channel that published to a quorum queue while its
+        // leader's node was dying got every later publish nacked, long after a new leader was
+        // elected (the cluster fault test); a fresh channel publishes at once.
+        if matches!(result, Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_) | MessagingError::Nacked)) {
             self.reset().await;
         }
         result
