@@ -6,8 +6,9 @@
 //!
 //! Every node is a child process of the test. The guards kill (SIGKILL) whatever of theirs
 //! still runs and delete their data when dropped, so a failing or timed-out test leaves no
-//! node behind; node logs stay in `$TMPDIR/ledgerflow-fault-logs/`, whose tails a failing
-//! test prints.
+//! node behind. Node logs are written to `$TMPDIR/ledgerflow-fault-logs/`: a failing test
+//! prints their tails and keeps them, a passing one deletes them (unless
+//! `LEDGERFLOW_FAULT_KEEP_LOGS` is set, as for the other fault tests' process logs).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,16 @@ fn fresh_dir(kind: &str, tag: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("ledgerflow-{kind}-{tag}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Deletes the logs of `nodes` after a test that passed, unless asked to keep them.
+fn remove_logs<'a>(nodes: impl Iterator<Item = &'a LoggedChild>) {
+    if std::thread::panicking() || std::env::var_os("LEDGERFLOW_FAULT_KEEP_LOGS").is_some() {
+        return;
+    }
+    for node in nodes {
+        let _ = std::fs::remove_file(&node.log);
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -311,6 +322,7 @@ impl Drop for RabbitCluster {
         for pid in pids_with_env(&home) {
             sigkill(pid);
         }
+        remove_logs(self.nodes.iter().map(|n| &n.server));
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -499,6 +511,7 @@ impl Drop for MongoReplicaSet {
         if std::thread::panicking() {
             eprintln!("MongoDB replica set of the failed test:\n{}", self.tails(10));
         }
+        remove_logs(self.members.iter().map(|m| &m.process));
         // Each member is a LoggedChild, killed as it drops.
         self.members.clear();
         let _ = std::fs::remove_dir_all(&self.dir);

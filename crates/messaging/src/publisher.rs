@@ -24,8 +24,9 @@ const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 /// Opens an AMQP connection named `name` (shown in the broker's management UI) to the first
 /// broker of `uri` (one AMQP URI, or a comma-separated list of a cluster's nodes: [`Brokers`])
 /// that answers, each given an equal share of [`CONNECT_TIMEOUT`] ([`Brokers::attempt_limit`]).
-/// Every (re)connection starts again from the first, so a process whose node died moves on to the next live one, and a dead node costs
-/// each reconnection one refused attempt (or its share of the budget, if its host is silent).
+/// Every (re)connection starts again from the first, so a process whose node died moves on to
+/// the next live one, and a dead node costs each reconnection one refused attempt (or its
+/// share of the budget, if its host is silent).
 pub async fn connect(uri: &str, name: &str) -> Result<Connection, MessagingError> {
     let brokers = Brokers::parse(uri).map_err(|e| MessagingError::InvalidBrokers(e.to_string()))?;
     let limit = brokers.attempt_limit(CONNECT_TIMEOUT);
@@ -69,12 +70,16 @@ pub struct QueueState {
 struct Link {
     connection: Connection,
     channel: Channel,
+    /// Which of this publisher's links it is, counted from 1.
+    generation: u64,
 }
 
 #[derive(Default)]
 struct State {
     link: Option<Link>,
     last_failure: Option<Instant>,
+    /// Links opened so far.
+    opened: u64,
 }
 
 /// A publisher with confirms on one lazily (re)connected channel. A publish returns only once
@@ -120,18 +125,18 @@ impl Publisher {
 
     /// Ready messages and consumers (active or waiting) of an existing queue.
     pub async fn queue_state(&self, queue: &str) -> Result<QueueState, MessagingError> {
-        let channel = self.channel().await?;
+        let (channel, generation) = self.channel().await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
         let declared = channel.queue_declare(queue.into(), passive, FieldTable::default());
         match tokio::time::timeout(CONFIRM_TIMEOUT, declared).await {
             Ok(Ok(q)) => Ok(QueueState { ready: q.message_count(), consumers: q.consumer_count() }),
             Ok(Err(e)) => {
                 // A failed declare closes the channel: start afresh next time.
-                self.reset().await;
+                self.reset(Some(generation)).await;
                 Err(e.into())
             }
             Err(_) => {
-                self.reset().await;
+                self.reset(Some(generation)).await;
                 Err(MessagingError::Unavailable(format!("no answer about queue {queue} within {CONFIRM_TIMEOUT:?}")))
             }
         }
@@ -143,11 +148,12 @@ impl Publisher {
         state.link.as_ref().is_some_and(|l| l.connection.status().connected() && l.channel.status().connected())
     }
 
-    async fn channel(&self) -> Result<Channel, MessagingError> {
+    /// The current link's channel and generation, opening a link if there is none.
+    async fn channel(&self) -> Result<(Channel, u64), MessagingError> {
         let mut state = self.state.lock().await;
         if let Some(link) = &state.link {
             if link.connection.status().connected() && link.channel.status().connected() {
-                return Ok(link.channel.clone());
+                return Ok((link.channel.clone(), link.generation));
             }
             state.link = None;
         }
@@ -155,12 +161,13 @@ impl Publisher {
             return Err(MessagingError::Unavailable("reconnecting to the broker".into()));
         }
         match self.open().await {
-            Ok(link) => {
+            Ok((connection, channel)) => {
                 info!(publisher = %self.name, "connected to broker");
-                let channel = link.channel.clone();
-                state.link = Some(link);
+                state.opened += 1;
+                let generation = state.opened;
+                state.link = Some(Link { connection, channel: channel.clone(), generation });
                 state.last_failure = None;
-                Ok(channel)
+                Ok((channel, generation))
             }
             Err(e) => {
                 warn!(publisher = %self.name, error = %e, "broker connection failed");
@@ -172,7 +179,7 @@ impl Publisher {
 
     /// Connects, opens a confirming channel and declares the topology, all within
     /// `OPEN_TIMEOUT`: a broker still starting up may accept connections and not answer.
-    async fn open(&self) -> Result<Link, MessagingError> {
+    async fn open(&self) -> Result<(Connection, Channel), MessagingError> {
         let connection = connect(&self.uri, &self.name).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
@@ -181,7 +188,7 @@ impl Publisher {
             Ok::<_, MessagingError>(channel)
         };
         match tokio::time::timeout(OPEN_TIMEOUT, setup).await {
-            Ok(Ok(channel)) => Ok(Link { connection, channel }),
+            Ok(Ok(channel)) => Ok((connection, channel)),
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 close(&connection, "setup timed out").await;
@@ -190,12 +197,34 @@ impl Publisher {
         }
     }
 
-    /// Drops the link so the next publish reconnects. The close happens outside the lock and
-    /// is bounded: a broker that does not answer must not wedge every other publisher.
-    async fn reset(&self) {
-        let link = self.state.lock().await.link.take();
-        if let Some(link) = link {
+    /// Drops the link so the next publish reconnects: the link of `generation` only, if still
+    /// current (a publish that failed on an older link must not close the fresh one another
+    /// opened since: with many in flight, each failure would close the next link in turn), or
+    /// whichever link there is for `None`. The close happens outside the lock and is bounded:
+    /// a broker that does not answer must not wedge every other publisher.
+    async fn reset(&self, generation: Option<u64>) {
+        if let Some(link) = self.detach(generation).await {
             close(&link.connection, "resetting").await;
+        }
+    }
+
+    async fn detach(&self, generation: Option<u64>) -> Option<Link> {
+        let mut state = self.state.lock().await;
+        if generation.is_some_and(|g| state.link.as_ref().is_none_or(|l| l.generation != g)) {
+            return None;
+        }
+        state.link.take()
+    }
+
+    /// Drops the link of `generation` (if still current) for the next publish, but closes it
+    /// only once the confirms of the publishes still in flight on it are due: a nack says
+    /// nothing against them.
+    async fn retire(&self, generation: u64) {
+        if let Some(link) = self.detach(Some(generation)).await {
+            tokio::spawn(async move {
+                tokio::time::sleep(CONFIRM_TIMEOUT).await;
+                close(&link.connection, "replaced after a nack").await;
+            });
         }
     }
 
@@ -208,7 +237,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), MessagingError> {
-        let channel = self.channel().await?;
+        let (channel, generation) = self.channel().await?;
         let properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
         // One bound over sending and confirming: a half-dead connection can stall either.
         let attempt = async {
@@ -231,17 +260,19 @@ impl Publisher {
             Ok(result) => result,
             Err(_) => Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT)),
         };
-        // A nack too: on RabbitMQ 3.10, a channel that published to a quorum queue while its
-        // leader's node was dying got every later publish nacked, long after a new leader was
-        // elected (the cluster fault test); a fresh channel publishes at once.
-        if matches!(result, Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_) | MessagingError::Nacked)) {
-            self.reset().await;
+        match result {
+            Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_)) => self.reset(Some(generation)).await,
+            // On RabbitMQ 3.10, a channel that published to a quorum queue while its leader's
+            // node was dying got every later publish nacked, long after a new leader was
+            // elected (the cluster fault test); a fresh channel publishes at once.
+            Err(MessagingError::Nacked) => self.retire(generation).await,
+            _ => {}
         }
         result
     }
 
     /// Closes the connection (graceful shutdown).
     pub async fn close(&self) {
-        self.reset().await;
+        self.reset(None).await;
     }
 }
