@@ -16,11 +16,15 @@
 //! `holds` kills a worker while holds are in flight and checks the holds' own invariants
 //! (see that module).
 //!
-//! They stop and start the shared RabbitMQ and mongod, so they must run alone, after the rest
-//! of the suite and one at a time: `cargo nextest run -p ledgerflow-tests --test faults
+//! `cluster` SIGKILLs a node of a RabbitMQ cluster and the primary of a MongoDB replica set,
+//! both clusters of the test's own (see that module).
+//!
+//! The others stop and start the shared RabbitMQ and mongod, so they must run alone, after the
+//! rest of the suite and one at a time: `cargo nextest run -p ledgerflow-tests --test faults
 //! --test-threads 1` (under `cargo test` they serialise themselves). Each prints a `FAULTS`
 //! summary line (`--no-capture`, or nextest's `--success-output immediate`, shows it).
 
+mod cluster;
 mod holds;
 mod verify;
 mod workload;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use ledgerflow_tests::processes::Cluster;
 use ledgerflow_tests::serde_json::{Value, json};
-use reqwest::StatusCode;
 
 use crate::workload::{ACCOUNTS, FUNDING, Planned, Sent, WAIT, Workload};
 
@@ -36,7 +35,7 @@ pub async fn verify(c: &Cluster, w: &Workload, sent: &[Sent], extra: Extra) -> T
     let (mut accepted, mut deferred) = (0, 0);
     for s in sent {
         match (&s.answer, s.recorded_id()) {
-            (Ok((StatusCode::ACCEPTED, _)), Some(id)) => {
+            (Ok(_), Some(id)) if s.accepted() => {
                 accepted += 1;
                 tracked.push((&s.plan, id));
             }

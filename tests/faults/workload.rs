@@ -71,10 +71,16 @@ impl Sent {
         matches!(&self.answer, Ok((StatusCode::SERVICE_UNAVAILABLE, b)) if b["error"]["code"] == "BROKER_UNAVAILABLE")
     }
 
+    /// Accepted: 202, or 200 to a retry of a request whose first answer was lost (the
+    /// transaction recorded then).
+    pub fn accepted(&self) -> bool {
+        matches!(self.status(), Some(StatusCode::ACCEPTED | StatusCode::OK))
+    }
+
     /// The transaction the gateway recorded, if it says it did.
     pub fn recorded_id(&self) -> Option<String> {
         match &self.answer {
-            Ok((StatusCode::ACCEPTED, b)) => b["transaction"]["id"].as_str().map(Into::into),
+            Ok((StatusCode::ACCEPTED | StatusCode::OK, b)) => b["transaction"]["id"].as_str().map(Into::into),
             Ok((StatusCode::SERVICE_UNAVAILABLE, b)) if self.deferred() => {
                 b["error"]["transactionId"].as_str().map(Into::into)
             }

@@ -9,6 +9,7 @@
 
 mod broker;
 mod cli;
+pub mod nodes;
 pub mod processes;
 pub mod proxy;
 pub mod services;

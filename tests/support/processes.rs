@@ -29,9 +29,7 @@ pub use ledgerflow_testkit::{LoggedChild, log_tail};
 
 pub use crate::proxy::AmqpProxy;
 pub use crate::services::{PROCESS_DEADLINE, Services, consumer_tags, repo_root, run_bounded, run_bounded_async};
-use crate::{
-    Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, amqp_uri, ledgerflow_bin, ledgerflow_command, mongodb_uri,
-};
+use crate::{Client, SYSTEM_EMAIL, SYSTEM_PASSWORD, Session, ledgerflow_bin, ledgerflow_command};
 
 /// How long a gateway process waits before republishing a transfer whose publish was not
 /// confirmed, and how often it looks.
@@ -160,18 +158,28 @@ impl Cluster {
     /// Starts a gateway process and `workers` worker processes; `label` names the test in
     /// log file names.
     pub async fn start(label: &str, workers: usize) -> Self {
-        Self::start_with(label, workers, None).await
+        Self::start_with(ProcessEnv::new(label), workers, None).await
     }
 
     /// Like [`Cluster::start`], with the gateway reaching RabbitMQ through an [`AmqpProxy`].
     pub async fn start_behind_proxy(label: &str, workers: usize) -> Self {
-        Self::start_with(label, workers, Some(AmqpProxy::start().await)).await
+        Self::start_with(ProcessEnv::new(label), workers, Some(AmqpProxy::start().await)).await
     }
 
-    async fn start_with(label: &str, workers: usize, proxy: Option<AmqpProxy>) -> Self {
-        let env = ProcessEnv::new(label);
-        let store = Store::connect(&mongodb_uri(), env.db()).await.unwrap();
-        let raw = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(env.db());
+    /// Like [`Cluster::start`], on other services than the shared ones (the cluster fault
+    /// tests' own): every process, and the test's own handles, use `mongodb_uri` and
+    /// `amqp_uri` (which may be a list of brokers).
+    pub async fn start_on(label: &str, workers: usize, mongodb_uri: &str, amqp_uri: &str) -> Self {
+        let mut env = ProcessEnv::new(label);
+        env.settings.connections.mongodb_uri = mongodb_uri.to_owned();
+        env.settings.connections.amqp_uri = amqp_uri.to_owned();
+        Self::start_with(env, workers, None).await
+    }
+
+    async fn start_with(env: ProcessEnv, workers: usize, proxy: Option<AmqpProxy>) -> Self {
+        let mongodb_uri = env.settings.connections.mongodb_uri.clone();
+        let store = Store::connect(&mongodb_uri, env.db()).await.unwrap();
+        let raw = mongodb::Client::with_uri_str(&mongodb_uri).await.unwrap().database(env.db());
         let topology = env.settings.connections.topology();
         let mut gateway = env.settings.clone();
         if let Some(proxy) = &proxy {
@@ -320,9 +328,10 @@ impl Cluster {
 
     // ---------------------------------------------------------------- RabbitMQ
 
-    /// A fresh connection to the broker (closed by the caller or on drop).
+    /// A fresh connection to the cluster's broker (closed by the caller or on drop).
     pub async fn amqp(&self) -> Connection {
-        connect(&amqp_uri(), &format!("fault-test-harness-{}", self.env.prefix())).await.unwrap()
+        let uri = &self.env.settings.connections.amqp_uri;
+        connect(uri, &format!("fault-test-harness-{}", self.env.prefix())).await.unwrap()
     }
 
     /// Publishes raw bodies to the transfers exchange as `service:test-upstream` would, each
@@ -377,6 +386,23 @@ impl Cluster {
     /// test's database and queues. Not called when a test fails: then they stay for
     /// inspection (see the message printed on drop).
     pub async fn teardown(mut self) {
+        self.stop_processes().await;
+        let conn = self.amqp().await;
+        let ch = conn.create_channel().await.unwrap();
+        let _ = self.topology.delete(&ch).await;
+        let _ = conn.close(200, "teardown".into()).await;
+        self.drop_database_and_logs().await;
+    }
+
+    /// [`Cluster::teardown`] on a broker the test throws away with its queues (a cluster of
+    /// its own, see [`crate::nodes`]): deleting a quorum queue one of whose nodes is dead
+    /// takes seconds, for nothing.
+    pub async fn teardown_keeping_queues(mut self) {
+        self.stop_processes().await;
+        self.drop_database_and_logs().await;
+    }
+
+    async fn stop_processes(&mut self) {
         for w in &mut self.procs.workers {
             if w.process.exited().is_none() {
                 stop(&mut w.process).await;
@@ -385,10 +411,9 @@ impl Cluster {
         if self.procs.gateway.process.exited().is_none() {
             stop(&mut self.procs.gateway.process).await;
         }
-        let conn = self.amqp().await;
-        let ch = conn.create_channel().await.unwrap();
-        let _ = self.topology.delete(&ch).await;
-        let _ = conn.close(200, "teardown".into()).await;
+    }
+
+    async fn drop_database_and_logs(&mut self) {
         // A killed worker's open MongoDB transactions hold locks until mongod expires them
         // (transactionLifetimeLimitSeconds), and dropDatabase waits for them: give up then.
         if tokio::time::timeout(Duration::from_secs(10), self.store.drop_database()).await.is_err() {

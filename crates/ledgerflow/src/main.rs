@@ -512,6 +512,20 @@ mod tests {
         }
     }
 
+    /// A list of a cluster's nodes is taken as given; one that no connection could use stops
+    /// the process at start, not at every reconnection.
+    #[test]
+    fn the_broker_setting_takes_a_list_of_nodes_and_refuses_a_malformed_one() {
+        let parse = |uri: &str| Cli::try_parse_from(["ledgerflow", "--amqp-uri", uri, "reconcile"]);
+        let list = "amqp://lf:p@10.0.0.1:5672/%2f, amqp://lf:p@10.0.0.2:5672/%2f";
+        assert_eq!(parse(list).expect("a list parses").conn.amqp_uri, list);
+        for bad in ["amqp://lf:p@10.0.0.1:5672/%2f,", "amqp://lf:p@h1/%2f,amqp://other:p@h2/%2f", "h1:5672"] {
+            let Err(e) = parse(bad) else { panic!("{bad} was taken") };
+            let e = e.to_string();
+            assert!(e.contains("broker address") && !e.contains(":p@"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn threads_choose_the_runtime() {
         let one = runtime(1).expect("a runtime");

@@ -39,8 +39,10 @@ pub struct Connections {
     /// MongoDB database name.
     #[arg(long, global = true, env = "LEDGERFLOW_MONGODB_DB", default_value = "ledgerflow")]
     pub mongodb_db: String,
-    /// RabbitMQ connection string.
-    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_URI", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    /// RabbitMQ connection string, or the nodes of one RabbitMQ cluster as a comma-separated
+    /// list of them (same user and virtual host), tried in that order at every (re)connection.
+    #[arg(long, global = true, env = "LEDGERFLOW_AMQP_URI",
+          default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = BrokerList)]
     pub amqp_uri: String,
     /// Prefix of every exchange and queue name.
     #[arg(long, global = true, env = "LEDGERFLOW_AMQP_PREFIX", default_value = "ledgerflow")]
@@ -85,6 +87,32 @@ impl Connections {
     pub fn trusted(&self) -> ledgerflow_messaging::TrustedUsers {
         let own = ledgerflow_messaging::broker_user(&self.amqp_uri);
         ledgerflow_messaging::TrustedUsers::new(self.trusted_broker_users.iter().cloned().chain(own))
+    }
+}
+
+/// Checks a broker list once, at start ([`ledgerflow_messaging::Brokers`]), so a typo stops the
+/// process with a message instead of failing every connection attempt forever. Kept as the
+/// text given: every connection parses it again, in the messaging crate. A parser of its own
+/// because clap's errors for a plain function quote the value, and this one holds a password.
+#[derive(Clone, Copy, Debug)]
+pub struct BrokerList;
+
+impl clap::builder::TypedValueParser for BrokerList {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let refuse = |why: String| {
+            let message = format!("invalid --amqp-uri (LEDGERFLOW_AMQP_URI): {why}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not UTF-8".into()))?;
+        ledgerflow_messaging::Brokers::parse(text).map_err(|e| refuse(e.to_string()))?;
+        Ok(text.to_owned())
     }
 }
 

@@ -13,4 +13,6 @@ pub enum MessagingError {
     Unroutable,
     #[error("no publisher confirm within {0:?}")]
     ConfirmTimeout(std::time::Duration),
+    #[error("invalid broker address list: {0}")]
+    InvalidBrokers(String),
 }

@@ -25,6 +25,7 @@
 //! command is delivered. One partition has one active consumer at a time, so the commands of
 //! one sending account are committed by one worker and do not fight each other.
 
+mod brokers;
 mod delivery;
 pub mod dlq;
 mod envelope;
@@ -35,6 +36,7 @@ mod publisher;
 pub mod retry;
 mod topology;
 
+pub use brokers::{Broker, BrokerListError, Brokers};
 pub use delivery::{
     ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, Origin, PUBLISHER_HEADER, REASON_DETAIL_HEADER, REASON_HEADER,
     Settlement, TrustedUsers,

@@ -8,7 +8,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::{MessagingError, Topology};
+use crate::{Brokers, MessagingError, Topology};
 
 /// How long a publish waits for the broker's confirm before the caller gives up (and, in the
 /// gateway, answers 503 and leaves the message to the republisher).
@@ -21,13 +21,35 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// request waiting on a broker that is down.
 const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
-/// Opens an AMQP connection named `name` (shown in the broker's management UI).
+/// Opens an AMQP connection named `name` (shown in the broker's management UI) to the first
+/// broker of `uri` (one AMQP URI, or a comma-separated list of a cluster's nodes: [`Brokers`])
+/// that answers, each given an equal share of [`CONNECT_TIMEOUT`] ([`Brokers::attempt_limit`]).
+/// Every (re)connection starts again from the first, so a process whose node died moves on to
+/// the next live one, and a dead node costs each reconnection one refused attempt (or its
+/// share of the budget, if its host is silent).
 pub async fn connect(uri: &str, name: &str) -> Result<Connection, MessagingError> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(uri, props)).await {
-        Ok(conn) => Ok(conn?),
-        Err(_) => Err(MessagingError::Unavailable(format!("no connection within {CONNECT_TIMEOUT:?}"))),
+    let brokers = Brokers::parse(uri).map_err(|e| MessagingError::InvalidBrokers(e.to_string()))?;
+    let limit = brokers.attempt_limit(CONNECT_TIMEOUT);
+    let mut unreachable = Vec::new();
+    for broker in brokers.iter() {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(limit, Connection::connect_uri(broker.uri().clone(), props)).await {
+            Ok(Ok(connection)) => {
+                if !unreachable.is_empty() {
+                    warn!(connection = name, %broker, ?unreachable, "connected to a later broker of the list");
+                }
+                return Ok(connection);
+            }
+            // A single broker's own error, as callers have always seen it.
+            Ok(Err(e)) if brokers.len() == 1 => return Err(e.into()),
+            Ok(Err(e)) => unreachable.push(format!("{broker}: {e}")),
+            Err(_) => unreachable.push(format!("{broker}: no connection within {limit:?}")),
+        }
     }
+    Err(MessagingError::Unavailable(match brokers.len() {
+        1 => format!("no connection within {limit:?}"),
+        _ => format!("no broker of the list answered: {}", unreachable.join("; ")),
+    }))
 }
 
 /// Closes a connection gracefully, giving up after [`CONNECT_TIMEOUT`]: a close whose close-ok
@@ -48,12 +70,16 @@ pub struct QueueState {
 struct Link {
     connection: Connection,
     channel: Channel,
+    /// Which of this publisher's links it is, counted from 1.
+    generation: u64,
 }
 
 #[derive(Default)]
 struct State {
     link: Option<Link>,
     last_failure: Option<Instant>,
+    /// Links opened so far.
+    opened: u64,
 }
 
 /// A publisher with confirms on one lazily (re)connected channel. A publish returns only once
@@ -117,18 +143,18 @@ impl Publisher {
 
     /// Ready messages and consumers (active or waiting) of an existing queue.
     pub async fn queue_state(&self, queue: &str) -> Result<QueueState, MessagingError> {
-        let channel = self.channel().await?;
+        let (channel, generation) = self.channel().await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
         let declared = channel.queue_declare(queue.into(), passive, FieldTable::default());
         match tokio::time::timeout(CONFIRM_TIMEOUT, declared).await {
             Ok(Ok(q)) => Ok(QueueState { ready: q.message_count(), consumers: q.consumer_count() }),
             Ok(Err(e)) => {
                 // A failed declare closes the channel: start afresh next time.
-                self.reset().await;
+                self.reset(Some(generation)).await;
                 Err(e.into())
             }
             Err(_) => {
-                self.reset().await;
+                self.reset(Some(generation)).await;
                 Err(MessagingError::Unavailable(format!("no answer about queue {queue} within {CONFIRM_TIMEOUT:?}")))
             }
         }
@@ -140,11 +166,12 @@ impl Publisher {
         state.link.as_ref().is_some_and(|l| l.connection.status().connected() && l.channel.status().connected())
     }
 
-    pub(crate) async fn channel(&self) -> Result<Channel, MessagingError> {
+    /// The current link's channel and generation, opening a link if there is none.
+    pub(crate) async fn channel(&self) -> Result<(Channel, u64), MessagingError> {
         let mut state = self.state.lock().await;
         if let Some(link) = &state.link {
             if link.connection.status().connected() && link.channel.status().connected() {
-                return Ok(link.channel.clone());
+                return Ok((link.channel.clone(), link.generation));
             }
             state.link = None;
         }
@@ -152,12 +179,13 @@ impl Publisher {
             return Err(MessagingError::Unavailable("reconnecting to the broker".into()));
         }
         match self.open().await {
-            Ok(link) => {
+            Ok((connection, channel)) => {
                 info!(publisher = %self.name, "connected to broker");
-                let channel = link.channel.clone();
-                state.link = Some(link);
+                state.opened += 1;
+                let generation = state.opened;
+                state.link = Some(Link { connection, channel: channel.clone(), generation });
                 state.last_failure = None;
-                Ok(channel)
+                Ok((channel, generation))
             }
             Err(e) => {
                 warn!(publisher = %self.name, error = %e, "broker connection failed");
@@ -169,7 +197,7 @@ impl Publisher {
 
     /// Connects, opens a confirming channel and declares the topology, all within
     /// `OPEN_TIMEOUT`: a broker still starting up may accept connections and not answer.
-    async fn open(&self) -> Result<Link, MessagingError> {
+    async fn open(&self) -> Result<(Connection, Channel), MessagingError> {
         let connection = connect(&self.uri, &self.name).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
@@ -178,7 +206,7 @@ impl Publisher {
             Ok::<_, MessagingError>(channel)
         };
         match tokio::time::timeout(OPEN_TIMEOUT, setup).await {
-            Ok(Ok(channel)) => Ok(Link { connection, channel }),
+            Ok(Ok(channel)) => Ok((connection, channel)),
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 close(&connection, "setup timed out").await;
@@ -187,12 +215,34 @@ impl Publisher {
         }
     }
 
-    /// Drops the link so the next publish reconnects. The close happens outside the lock and
-    /// is bounded: a broker that does not answer must not wedge every other publisher.
-    async fn reset(&self) {
-        let link = self.state.lock().await.link.take();
-        if let Some(link) = link {
+    /// Drops the link so the next publish reconnects: the link of `generation` only, if still
+    /// current (a publish that failed on an older link must not close the fresh one another
+    /// opened since: with many in flight, each failure would close the next link in turn), or
+    /// whichever link there is for `None`. The close happens outside the lock and is bounded:
+    /// a broker that does not answer must not wedge every other publisher.
+    async fn reset(&self, generation: Option<u64>) {
+        if let Some(link) = self.detach(generation).await {
             close(&link.connection, "resetting").await;
+        }
+    }
+
+    async fn detach(&self, generation: Option<u64>) -> Option<Link> {
+        let mut state = self.state.lock().await;
+        if generation.is_some_and(|g| state.link.as_ref().is_none_or(|l| l.generation != g)) {
+            return None;
+        }
+        state.link.take()
+    }
+
+    /// Drops the link of `generation` (if still current) for the next publish, but closes it
+    /// only once the confirms of the publishes still in flight on it are due: a nack says
+    /// nothing against them.
+    async fn retire(&self, generation: u64) {
+        if let Some(link) = self.detach(Some(generation)).await {
+            tokio::spawn(async move {
+                tokio::time::sleep(CONFIRM_TIMEOUT).await;
+                close(&link.connection, "replaced after a nack").await;
+            });
         }
     }
 
@@ -205,7 +255,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), MessagingError> {
-        let channel = self.channel().await?;
+        let (channel, generation) = self.channel().await?;
         let mut properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
         if let Some(user) = &self.user {
             properties = properties.with_user_id(user.as_ref().into());
@@ -231,14 +281,19 @@ impl Publisher {
             Ok(result) => result,
             Err(_) => Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT)),
         };
-        if matches!(result, Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_))) {
-            self.reset().await;
+        match result {
+            Err(MessagingError::Amqp(_) | MessagingError::ConfirmTimeout(_)) => self.reset(Some(generation)).await,
+            // On RabbitMQ 3.10, a channel that published to a quorum queue while its leader's
+            // node was dying got every later publish nacked, long after a new leader was
+            // elected (the cluster fault test); a fresh channel publishes at once.
+            Err(MessagingError::Nacked) => self.retire(generation).await,
+            _ => {}
         }
         result
     }
 
     /// Closes the connection (graceful shutdown).
     pub async fn close(&self) {
-        self.reset().await;
+        self.reset(None).await;
     }
 }

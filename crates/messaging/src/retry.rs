@@ -21,7 +21,7 @@ pub async fn move_retired(
     let queue = publisher.topology().retired_retry();
     let mut moved = 0;
     while moved < limit {
-        let channel = publisher.channel().await?;
+        let (channel, _) = publisher.channel().await?;
         let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? else {
             break;
         };
