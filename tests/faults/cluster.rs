@@ -149,7 +149,7 @@ async fn the_rabbitmq_node_leading_the_partitions_dies_and_nothing_is_lost_or_do
         // The retry and roster queues are classic, so they live on the node that declared
         // them; mirrored, they outlive it (docs/operations.md, "A RabbitMQ cluster").
         let mirror = r#"{"ha-mode":"all","ha-sync-mode":"automatic"}"#;
-        let pattern = r"\.(transfers\.retry|workers)$";
+        let pattern = r"\.(transfers\.retry(\.[0-9]+ms)?|workers)$";
         rabbit.ctl(0, &["set_policy", "--apply-to", "queues", "lf-classic-mirrored", pattern, mirror]).await.unwrap();
         let formed = started.elapsed();
         let mut c = Cluster::start_on("rmq-cluster", 2, &mongodb_uri(), &rabbit.uri_list()).await;
