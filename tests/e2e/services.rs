@@ -106,11 +106,16 @@ async fn a_registered_service_pays_within_its_grant_and_nothing_else() {
     let Pair { alice, bob, a, b } = app.alice_and_bob().await;
     app.fund(&a, 1_000).await;
     app.fund(&b, 1_000).await;
+    let payroll = as_payroll().await;
+    // A broker user no service is registered for: nobody to act as.
+    let early = payroll_pays(&a, &b, 100, "unregistered");
+    publish(&app, &payroll, &early, Some(OTHER_UPSTREAM_BROKER_USER), FieldTable::default()).await;
+    assert_refused(&app, "unregistered", None, "UNKNOWN_PUBLISHER").await;
+
     admin(&app, &["add", PAYROLL, "--broker-user", OTHER_UPSTREAM_BROKER_USER]).await;
     let shown = admin(&app, &["grant", PAYROLL, "--kinds", "TRANSFER", "--debit-account", &a]).await;
     assert!(shown.contains("TRANSFER") && shown.contains(&a), "{shown}");
     tokio::time::sleep(REFRESH).await;
-    let payroll = as_payroll().await;
 
     // Within the grant: paid.
     publish(
