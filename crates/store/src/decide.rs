@@ -236,7 +236,8 @@ impl Batch {
                     return Ok(Execution::Mismatch { existing: record.id });
                 }
                 if record.status.is_terminal() {
-                    return Ok(Execution::AlreadyTerminal(record));
+                    let hold = self.settled_hold(&record);
+                    return Ok(Execution::AlreadyTerminal { record, hold });
                 }
                 record
             }
@@ -276,7 +277,14 @@ impl Batch {
         record.failure_reason = reason;
         record.completed_at = Some(now);
         self.record_decision(&record);
-        Ok(Execution::Decided(record))
+        let hold = self.settled_hold(&record);
+        Ok(Execution::Decided { record, hold })
+    }
+
+    /// For a COMPLETED POST_HOLD or VOID_HOLD, the hold it settled as the batch now sees it.
+    fn settled_hold(&self, record: &TransactionRecord) -> Option<TransactionRecord> {
+        let hold = record.hold.filter(|_| record.status == TransactionStatus::Completed)?;
+        self.record(hold)?.ok()
     }
 
     /// A record for an upstream command seen for the first time: it is written with its

@@ -52,12 +52,16 @@ const COMMIT_RETRIES: u32 = 5;
 const WRITE_CONFLICT: i32 = 112;
 
 /// What executing a command did.
+///
+/// `hold` is, for a COMPLETED POST_HOLD or VOID_HOLD, the hold it settled as the commit's
+/// snapshot saw it afterwards (POSTED or VOIDED): the worker reports the hold's end with the
+/// settlement's, and the commit has already read it, so nobody reads it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Execution {
-    /// This call made the transaction terminal (COMPLETED or FAILED).
-    Decided(TransactionRecord),
-    /// It was terminal already (a redelivered or repeated command); nothing was written.
-    AlreadyTerminal(TransactionRecord),
+    /// This call decided the transaction (COMPLETED, FAILED or HELD).
+    Decided { record: TransactionRecord, hold: Option<TransactionRecord> },
+    /// It was decided already (a redelivered or repeated command); nothing was written.
+    AlreadyTerminal { record: TransactionRecord, hold: Option<TransactionRecord> },
     /// The command names a transaction id that does not exist. Nothing was written.
     UnknownTransaction(TransactionId),
     /// The command disagrees with the transaction recorded under its id or idempotency key
@@ -323,18 +327,12 @@ impl Store {
                 "u": { "$set": { "status": record.status.as_str(), "failureReason": reason, "completedAt": completed_at } },
             }
         });
-        self.update_each(s, "transactions", decided.collect()).await?;
-        if !plan.created.is_empty() {
-            let created: Vec<TransactionDoc> = plan.created.iter().map(TransactionDoc::from).collect();
-            self.transactions().insert_many(created).session(&mut *s).await?;
-        }
         let reversed = plan.reversed.iter().map(|(original, by)| {
             doc! {
                 "q": { "_id": original.to_string(), "reversedBy": null },
                 "u": { "$set": { "reversedBy": by.to_string() } },
             }
         });
-        self.update_each(s, "transactions", reversed.collect()).await?;
         let settled = plan.settled.iter().map(|h| {
             doc! {
                 "q": { "_id": h.hold.to_string(), "status": TransactionStatus::Held.as_str() },
@@ -346,7 +344,15 @@ impl Store {
                 } },
             }
         });
-        self.update_each(s, "transactions", settled.collect()).await
+        // Every change of a recorded transaction in one round trip, in this order: a hold
+        // decided HELD in this batch is HELD before a later command of the batch settles it.
+        let changes = decided.chain(reversed).chain(settled).collect();
+        self.update_each(s, "transactions", changes).await?;
+        if !plan.created.is_empty() {
+            let created: Vec<TransactionDoc> = plan.created.iter().map(TransactionDoc::from).collect();
+            self.transactions().insert_many(created).session(&mut *s).await?;
+        }
+        Ok(())
     }
 
     /// Runs several guarded update statements in one round trip (the `update` command; the

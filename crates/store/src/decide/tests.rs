@@ -59,7 +59,7 @@ fn loaded(accounts: &[&AccountHead]) -> Loaded {
 
 fn decided(outcome: &Outcome) -> &TransactionRecord {
     match outcome {
-        Ok(Execution::Decided(record)) => record,
+        Ok(Execution::Decided { record, .. }) => record,
         other => panic!("expected a decision, got {other:?}"),
     }
 }
@@ -186,7 +186,7 @@ fn a_terminal_record_is_answered_without_writing() {
         record.status = TransactionStatus::Completed;
     }
     let (outcomes, plan) = decide(l, &[cmd], Utc::now());
-    assert!(matches!(&outcomes[0], Ok(Execution::AlreadyTerminal(r)) if r.id == id));
+    assert!(matches!(&outcomes[0], Ok(Execution::AlreadyTerminal { record: r, .. }) if r.id == id));
     assert!(plan.is_empty() && plan.account_writes.is_empty());
 }
 
@@ -213,7 +213,7 @@ fn an_upstream_command_is_created_once_and_its_copy_finds_it() {
     let (outcomes, plan) = decide(loaded(&[&a, &b]), &[cmd.clone(), cmd], Utc::now());
     let created = decided(&outcomes[0]);
     assert_eq!(created.status, TransactionStatus::Completed);
-    assert!(matches!(&outcomes[1], Ok(Execution::AlreadyTerminal(r)) if r.id == created.id));
+    assert!(matches!(&outcomes[1], Ok(Execution::AlreadyTerminal { record: r, .. }) if r.id == created.id));
     assert_eq!(plan.created, std::slice::from_ref(created));
     assert!(plan.decided.is_empty());
     assert_eq!(plan.entries.len(), 2);
