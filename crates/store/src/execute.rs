@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoffBuilder;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use ledgerflow_domain::{AccountId, Balance, FailureReason, TransactionId, TransactionStatus, TransferCommand};
 use mongodb::ClientSession;
@@ -136,39 +136,27 @@ impl Store {
         })
     }
 
-    /// Runs the transaction, retrying what may succeed on a second try for up to `budget`.
-    /// On failure, returns the last error and the number of attempts.
+    /// Runs the batch's transaction, retrying conflicts for up to `budget` ([`retrying`]).
     async fn with_retries(
         &self,
         cmds: &[TransferCommand],
         budget: Duration,
     ) -> Result<Vec<Outcome>, (StoreError, u32)> {
-        let policy = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(1))
-            .with_max_interval(Duration::from_millis(25))
-            .with_max_elapsed_time(Some(budget))
-            .build();
-        let mut attempts = 0u32;
-        let result = backoff::future::retry(policy, || {
-            attempts += 1;
-            async {
-                self.execute_once(cmds).await.map_err(|e| {
-                    if is_retryable(&e) {
-                        debug!(error = %e, "transaction conflict, retrying");
-                        backoff::Error::transient(e)
-                    } else {
-                        backoff::Error::permanent(e)
-                    }
-                })
-            }
-        })
-        .await;
-        metrics::counter!("ledgerflow_mongo_transaction_retries_total")
-            .increment(u64::from(attempts.saturating_sub(1)));
-        result.map_err(|e| (e, attempts))
+        retrying(budget, || self.execute_once(cmds)).await
     }
 
     async fn execute_once(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
+        self.transact(&Reads::of_commands(cmds), |loaded, now| decide(loaded, cmds, now)).await
+    }
+
+    /// One commit: in a snapshot transaction, loads `reads`, lets the pure `judge` decide
+    /// what happens and what to write, writes that plan and commits (or, when the plan writes
+    /// nothing, aborts). Every change of accounts and transactions goes this one way.
+    pub(crate) async fn transact<T>(
+        &self,
+        reads: &Reads,
+        judge: impl FnOnce(Loaded, DateTime<Utc>) -> (T, Plan),
+    ) -> Result<T, StoreError> {
         let mut session = self.client.start_session().await?;
         session
             .start_transaction()
@@ -176,7 +164,7 @@ impl Store {
             .write_concern(WriteConcern::majority())
             .await?;
         let phase = Instant::now();
-        let loaded = match self.load(&mut session, cmds).await {
+        let loaded = match self.load(&mut session, reads).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 // Best effort: the server also aborts it when the session ends.
@@ -184,7 +172,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let (outcomes, plan) = decide(loaded, cmds, Utc::now());
+        let (outcomes, plan) = judge(loaded, Utc::now());
         if plan.is_empty() {
             session.abort_transaction().await?;
             return Ok(outcomes);
@@ -210,24 +198,13 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Reads everything the batch's decisions depend on, in the transaction's snapshot: three
+    /// Reads everything the decisions depend on, in the transaction's snapshot: three
     /// queries however many commands.
-    async fn load(&self, s: &mut ClientSession, cmds: &[TransferCommand]) -> Result<Loaded, StoreError> {
+    async fn load(&self, s: &mut ClientSession, reads: &Reads) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded::default();
 
-        // Transaction records: by id, by idempotency key, the originals of reversals and the
-        // holds that posts and voids settle.
-        let mut ids: Vec<String> = Vec::new();
-        let mut clauses: Vec<Document> = Vec::new();
-        for cmd in cmds {
-            match cmd.transaction_id {
-                Some(id) => ids.push(id.to_string()),
-                None => clauses.push(key_filter(&cmd.initiator, &cmd.idempotency_key)),
-            }
-            ids.extend(cmd.request.reverses.map(|id| id.to_string()));
-            ids.extend(cmd.request.hold.map(|id| id.to_string()));
-        }
-        clauses.push(doc! { "_id": { "$in": ids } });
+        let mut clauses = reads.keys.clone();
+        clauses.push(doc! { "_id": { "$in": &reads.ids[..] } });
         let mut found = self.transactions().find(doc! { "$or": clauses }).session(&mut *s).await?;
         while let Some(doc) = found.next(&mut *s).await.transpose()? {
             let Ok(id) = doc.id.parse::<TransactionId>() else { continue };
@@ -236,10 +213,7 @@ impl Store {
         }
 
         // Accounts.
-        let mut wanted: Vec<AccountId> = cmds.iter().flat_map(|c| [c.request.from, c.request.to]).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let filter = doc! { "_id": { "$in": wanted.iter().map(ToString::to_string).collect::<Vec<_>>() } };
+        let filter = doc! { "_id": { "$in": reads.accounts.iter().map(ToString::to_string).collect::<Vec<_>>() } };
         let mut found = self.accounts().find(filter).session(&mut *s).await?;
         let mut heads: Vec<Document> = Vec::new();
         while let Some(doc) = found.next(&mut *s).await.transpose()? {
@@ -392,6 +366,73 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What a commit reads: transaction records by id and by idempotency key, and accounts (each
+/// with its latest entry).
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    ids: Vec<String>,
+    keys: Vec<Document>,
+    accounts: Vec<AccountId>,
+}
+
+impl Reads {
+    /// A batch's: its records (by id or, for upstream commands, by key), the originals of its
+    /// reversals, the holds its posts and voids settle, and every account it names.
+    fn of_commands(cmds: &[TransferCommand]) -> Self {
+        let mut reads = Reads::default();
+        for cmd in cmds {
+            match cmd.transaction_id {
+                Some(id) => reads.ids.push(id.to_string()),
+                None => reads.keys.push(key_filter(&cmd.initiator, &cmd.idempotency_key)),
+            }
+            reads.ids.extend(cmd.request.reverses.map(|id| id.to_string()));
+            reads.ids.extend(cmd.request.hold.map(|id| id.to_string()));
+            reads.accounts.extend([cmd.request.from, cmd.request.to]);
+        }
+        reads.accounts.sort_unstable();
+        reads.accounts.dedup();
+        reads
+    }
+
+    /// A hold's expiry's: the hold and its two accounts.
+    pub(crate) fn of_hold(hold: &TransactionRecord) -> Self {
+        Reads { ids: vec![hold.id.to_string()], keys: Vec::new(), accounts: vec![hold.from_account, hold.to_account] }
+    }
+}
+
+/// Runs `attempt` until it succeeds, retrying what may succeed on a second try (write
+/// conflicts, transient transaction errors) with exponential backoff for up to `budget`. On
+/// failure, returns the last error and the number of attempts.
+pub(crate) async fn retrying<T, F, Fut>(budget: Duration, mut attempt: F) -> Result<T, (StoreError, u32)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let policy = ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(1))
+        .with_max_interval(Duration::from_millis(25))
+        .with_max_elapsed_time(Some(budget))
+        .build();
+    let mut attempts = 0u32;
+    let result = backoff::future::retry(policy, || {
+        attempts += 1;
+        let attempt = attempt();
+        async {
+            attempt.await.map_err(|e| {
+                if is_retryable(&e) {
+                    debug!(error = %e, "transaction conflict, retrying");
+                    backoff::Error::transient(e)
+                } else {
+                    backoff::Error::permanent(e)
+                }
+            })
+        }
+    })
+    .await;
+    metrics::counter!("ledgerflow_mongo_transaction_retries_total").increment(u64::from(attempts.saturating_sub(1)));
+    result.map_err(|e| (e, attempts))
 }
 
 /// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).
