@@ -249,7 +249,7 @@ impl Batch {
                 if !same {
                     return Ok(Execution::Mismatch { existing: record.id });
                 }
-                if record.status.is_terminal() {
+                if record.status.is_decided() {
                     let hold = self.settled_hold(&record);
                     return Ok(Execution::AlreadyTerminal { record, hold });
                 }
