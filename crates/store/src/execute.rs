@@ -37,7 +37,7 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use tracing::debug;
 
 use crate::decide::{AccountHead, Loaded, Plan, decide};
-use crate::docs::{AccountDoc, EntryDoc, TransactionDoc, reserved_guard, to_bson_time};
+use crate::docs::{AccountDoc, EXPIRY_UNREPORTED, EntryDoc, TransactionDoc, reserved_guard, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::transactions::key_filter;
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
@@ -308,14 +308,20 @@ impl Store {
             }
         });
         let settled = plan.settled.iter().map(|h| {
+            let mut set = doc! {
+                "status": h.status.as_str(),
+                "postedAmount": h.posted_amount.map(|a| a.minor()),
+                "resolvedBy": h.resolved_by.map(|id| id.to_string()),
+                "resolvedAt": to_bson_time(h.resolved_at),
+            };
+            // No command carries an expiry, so no redelivery would report it again if its
+            // result were lost: the hold remembers until the result is out.
+            if h.status == TransactionStatus::Expired {
+                set.insert(EXPIRY_UNREPORTED, true);
+            }
             doc! {
                 "q": { "_id": h.hold.to_string(), "status": TransactionStatus::Held.as_str() },
-                "u": { "$set": {
-                    "status": h.status.as_str(),
-                    "postedAmount": h.posted_amount.map(|a| a.minor()),
-                    "resolvedBy": h.resolved_by.map(|id| id.to_string()),
-                    "resolvedAt": to_bson_time(h.resolved_at),
-                } },
+                "u": { "$set": set },
             }
         });
         // Every change of a recorded transaction in one round trip, in this order: a hold

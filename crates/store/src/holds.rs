@@ -6,13 +6,13 @@
 //! expires and posts: a post and an expiry of one hold write the same documents and only one
 //! of them commits; the other re-reads and finds the hold settled.
 
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::TryStreamExt;
-use ledgerflow_domain::TransactionStatus;
+use ledgerflow_domain::{TransactionId, TransactionStatus};
 use mongodb::bson::doc;
 
 use crate::decide;
-use crate::docs::{TransactionDoc, to_bson_time};
+use crate::docs::{EXPIRY_UNREPORTED, TransactionDoc, to_bson_time};
 use crate::execute::{Reads, retrying};
 use crate::{Store, StoreError, TransactionRecord};
 
@@ -40,6 +40,35 @@ impl Store {
             }
         }
         Ok(expired)
+    }
+
+    /// Expired holds whose EXPIRED result has not been published yet, expired at or before
+    /// `until` (oldest first, at most `limit`): the expiring worker failed to publish or died
+    /// first. A stored hold that does not parse is skipped; `reconcile` reports it.
+    pub async fn expiries_unreported(
+        &self,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<TransactionRecord>, StoreError> {
+        let filter = doc! {
+            EXPIRY_UNREPORTED: true,
+            "status": TransactionStatus::Expired.as_str(),
+            "resolvedAt": { "$lte": to_bson_time(until) },
+        };
+        let found: Vec<TransactionDoc> =
+            self.transactions().find(filter).sort(doc! { "resolvedAt": 1 }).limit(limit).await?.try_collect().await?;
+        Ok(found.into_iter().filter_map(|doc| TransactionRecord::try_from(doc).ok()).collect())
+    }
+
+    /// Notes that the EXPIRED results of `holds` are published.
+    pub async fn expiries_reported(&self, holds: &[TransactionId]) -> Result<(), StoreError> {
+        if holds.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = holds.iter().map(ToString::to_string).collect();
+        let filter = doc! { "_id": { "$in": ids }, EXPIRY_UNREPORTED: true };
+        self.transactions().update_many(filter, doc! { "$unset": { EXPIRY_UNREPORTED: "" } }).await?;
+        Ok(())
     }
 
     /// Expires one hold, read outside the transaction; in it, the hold is judged again.
