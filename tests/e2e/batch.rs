@@ -15,7 +15,7 @@ fn command(v: &Value) -> TransferCommand {
 
 fn decided(outcome: &Outcome) -> &TransactionRecord {
     match outcome {
-        Ok(Execution::Decided(record)) => record,
+        Ok(Execution::Decided { record, .. }) => record,
         other => panic!("expected a decision, got {other:?}"),
     }
 }
@@ -69,7 +69,7 @@ async fn one_batch_decides_each_command_on_its_own_merits() {
     assert_failed(&out[3], FailureReason::AccountNotFound);
     assert_completed(&out[4]);
     let t1_id = decided(&out[1]).id;
-    assert!(matches!(&out[5], Ok(Execution::AlreadyTerminal(r)) if r.id == t1_id), "{:?}", out[5]);
+    assert!(matches!(&out[5], Ok(Execution::AlreadyTerminal { record: r, .. }) if r.id == t1_id), "{:?}", out[5]);
     assert_eq!(out[6].as_ref().unwrap(), &Execution::Mismatch { existing: t1_id });
     assert_eq!(out[7].as_ref().unwrap(), &Execution::UnknownTransaction(missing));
 
@@ -88,7 +88,10 @@ async fn one_batch_decides_each_command_on_its_own_merits() {
     // Delivered again, the whole batch writes nothing and answers as before.
     let again = app.store.execute_batch(&batch).await;
     for (i, outcome) in again.iter().enumerate().take(5) {
-        assert!(matches!(outcome, Ok(Execution::AlreadyTerminal(r)) if r == decided(&out[i])), "{i}: {outcome:?}");
+        assert!(
+            matches!(outcome, Ok(Execution::AlreadyTerminal { record: r, .. }) if r == decided(&out[i])),
+            "{i}: {outcome:?}"
+        );
     }
     assert_eq!(again[6].as_ref().unwrap(), &Execution::Mismatch { existing: t1_id });
     assert_eq!(entry_count(&app).await, 6);

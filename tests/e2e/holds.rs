@@ -270,3 +270,38 @@ async fn an_upstream_system_holds_and_posts_through_the_queue() {
     app.assert_reconciles().await;
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_whose_result_was_lost_is_reported_by_a_later_sweep() {
+    use mongodb::bson::{Document, doc};
+
+    let app = spawn_app().await;
+    let pair = app.alice_and_bob().await;
+    app.fund(&pair.a, 100).await;
+    let alice = app.as_user(&pair.alice);
+    let short = hold(&alice, &pair.a, &pair.b, 100, 1).await;
+    assert_eq!(until(&alice, &short.id, |t| t.status != "HELD").await.status, "EXPIRED");
+    let transactions = app.raw_db().await.collection::<Document>("transactions");
+    let unreported = doc! { "_id": &short.id, "expiryUnreported": true };
+    let reported = || async {
+        let start = Instant::now();
+        while transactions.count_documents(unreported.clone()).await.unwrap() > 0 {
+            assert!(start.elapsed() < Duration::from_secs(30), "the expiry of {} stayed unreported", short.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Its worker published the result and noted it.
+    reported().await;
+    let _ = app.drain_queue(&app.topology.results(), 0, 1_000).await;
+
+    // The result lost, as when the publish failed or the worker died before it: a later sweep
+    // (of any worker) publishes it.
+    let long_ago = mongodb::bson::DateTime::from_millis(mongodb::bson::DateTime::now().timestamp_millis() - 60_000);
+    let lost = doc! { "$set": { "expiryUnreported": true, "resolvedAt": long_ago } };
+    transactions.update_one(doc! { "_id": &short.id }, lost).await.unwrap();
+    let results = app.drain_queue(&app.topology.results(), 1, 100).await;
+    let heard = results.iter().any(|r| r["transactionId"] == short.id.as_str() && r["status"] == "EXPIRED");
+    assert!(heard, "no EXPIRED result for {}: {results:?}", short.id);
+    reported().await;
+    app.teardown().await;
+}

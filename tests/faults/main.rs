@@ -504,7 +504,7 @@ async fn a_flood_of_hostile_messages_is_dead_lettered_while_every_good_one_compl
             let start = Instant::now();
             let record = loop {
                 let found = c.store.find_by_key(&initiator, &key.parse().unwrap()).await.unwrap();
-                if let Some(t) = found.filter(|t| t.status.is_terminal()) {
+                if let Some(t) = found.filter(|t| t.status.is_decided()) {
                     break t;
                 }
                 assert!(start.elapsed() < WAIT, "upstream command {key} not terminal in time");

@@ -148,8 +148,7 @@ impl TestApp {
         let key = key.parse().unwrap();
         let start = Instant::now();
         loop {
-            if let Some(t) = self.store.find_by_key(&initiator, &key).await.unwrap().filter(|t| t.status.is_terminal())
-            {
+            if let Some(t) = self.store.find_by_key(&initiator, &key).await.unwrap().filter(|t| t.status.is_decided()) {
                 return t;
             }
             assert!(start.elapsed() < DEADLINE, "upstream transaction {key} not terminal in time");

@@ -280,7 +280,7 @@ impl Cluster {
                     continue;
                 }
                 match self.store.find_transaction(id.parse().unwrap()).await {
-                    Ok(Some(t)) if t.status.is_terminal() => done[i] = Some(t),
+                    Ok(Some(t)) if t.status.is_decided() => done[i] = Some(t),
                     Ok(_) | Err(_) => {}
                 }
             }

@@ -123,7 +123,9 @@ impl RawFigures {
 
 fn decision(execution: Execution) -> Result<Decision> {
     match execution {
-        Execution::Decided(record) | Execution::AlreadyTerminal(record) => Ok((record.status, record.failure_reason)),
+        Execution::Decided { record, .. } | Execution::AlreadyTerminal { record, .. } => {
+            Ok((record.status, record.failure_reason))
+        }
         other => bail!("unexpected execution: {other:?}"),
     }
 }

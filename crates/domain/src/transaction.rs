@@ -115,9 +115,11 @@ wire_enum!(
 );
 
 impl TransactionStatus {
-    /// Decided: no longer PENDING. A HELD hold is decided but changes once more (see
+    /// Decided by a worker: no longer PENDING. Its command has had its effect, so a repeat of
+    /// it does nothing more and a result can be reported. Not the same as final: a HELD hold
+    /// is decided, but changes once more, when it is posted, voided or expires (see
     /// [`TransactionStatus::is_final`]).
-    pub fn is_terminal(self) -> bool {
+    pub fn is_decided(self) -> bool {
         !matches!(self, TransactionStatus::Pending)
     }
 

@@ -112,6 +112,20 @@ pub(crate) fn decide(loaded: Loaded, cmds: &[TransferCommand], now: DateTime<Utc
     (outcomes, batch.finish())
 }
 
+/// Expires the hold `id` if at `now` it is HELD and past `expiresAt`: its reservation is
+/// released from both accounts, as a settlement releases it, and it becomes EXPIRED with no
+/// `resolvedBy`. Returns the hold as expired, or `None` (and a plan that writes nothing) when
+/// there is nothing to expire: settled meanwhile, not yet due, or not a hold.
+pub(crate) fn expire(
+    loaded: Loaded,
+    id: TransactionId,
+    now: DateTime<Utc>,
+) -> (Result<Option<TransactionRecord>, StoreError>, Plan) {
+    let mut batch = Batch::new(loaded, now);
+    let expired = batch.expire(id);
+    (expired, batch.finish())
+}
+
 /// An account as the batch sees it: as loaded, then advanced by each posting decided so far.
 struct AccountState {
     head: AccountHead,
@@ -235,8 +249,9 @@ impl Batch {
                 if !same {
                     return Ok(Execution::Mismatch { existing: record.id });
                 }
-                if record.status.is_terminal() {
-                    return Ok(Execution::AlreadyTerminal(record));
+                if record.status.is_decided() {
+                    let hold = self.settled_hold(&record);
+                    return Ok(Execution::AlreadyTerminal { record, hold });
                 }
                 record
             }
@@ -276,7 +291,14 @@ impl Batch {
         record.failure_reason = reason;
         record.completed_at = Some(now);
         self.record_decision(&record);
-        Ok(Execution::Decided(record))
+        let hold = self.settled_hold(&record);
+        Ok(Execution::Decided { record, hold })
+    }
+
+    /// For a COMPLETED POST_HOLD or VOID_HOLD, the hold it settled as the batch now sees it.
+    fn settled_hold(&self, record: &TransactionRecord) -> Option<TransactionRecord> {
+        let hold = record.hold.filter(|_| record.status == TransactionStatus::Completed)?;
+        self.record(hold)?.ok()
     }
 
     /// A record for an upstream command seen for the first time: it is written with its
@@ -373,6 +395,32 @@ impl Batch {
             resolved_at: self.now,
         });
         Ok(Ok(TransactionStatus::Completed))
+    }
+
+    /// The expiry of hold `id` (see [`expire`]). Both accounts must have been read: a
+    /// reservation is released exactly or not at all.
+    fn expire(&mut self, id: TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
+        let Some(hold) = self.record(id).transpose()? else { return Ok(None) };
+        let Some(facts) = hold.held_facts() else { return Ok(None) };
+        if facts.status != TransactionStatus::Held || self.now < facts.expires_at {
+            return Ok(None);
+        }
+        for account in [facts.request.from, facts.request.to] {
+            if self.snapshot(account)?.is_none() {
+                let reason = format!("hold {id} reserves on it, but it does not exist");
+                return Err(StoreError::Corrupt { collection: "accounts", id: account.to_string(), reason });
+            }
+        }
+        self.reservation(&facts.request, -1);
+        let settled = Settled {
+            hold: id,
+            status: TransactionStatus::Expired,
+            posted_amount: None,
+            resolved_by: None,
+            resolved_at: self.now,
+        };
+        self.mark_settled(settled);
+        Ok(self.record(id).and_then(Result::ok))
     }
 
     /// Adds (`sign` 1) or releases (`sign` -1) a hold's reservation on both its accounts.

@@ -30,6 +30,10 @@ pub(crate) fn from_bson_time(t: BsonDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or_default()
 }
 
+/// Set on a hold when it expires and removed once its EXPIRED result is published (see
+/// `Store::expiries_unreported`); absent on every other transaction.
+pub(crate) const EXPIRY_UNREPORTED: &str = "expiryUnreported";
+
 /// A query guard on a reserved amount as read: a zero also matches an account stored before
 /// holds, which has no such field.
 pub(crate) fn reserved_guard(read: i64) -> mongodb::bson::Bson {

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoffBuilder;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use ledgerflow_domain::{AccountId, Balance, FailureReason, TransactionId, TransactionStatus, TransferCommand};
 use mongodb::ClientSession;
@@ -37,7 +37,7 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use tracing::debug;
 
 use crate::decide::{AccountHead, Loaded, Plan, decide};
-use crate::docs::{AccountDoc, EntryDoc, TransactionDoc, reserved_guard, to_bson_time};
+use crate::docs::{AccountDoc, EXPIRY_UNREPORTED, EntryDoc, TransactionDoc, reserved_guard, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::transactions::key_filter;
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
@@ -52,12 +52,16 @@ const COMMIT_RETRIES: u32 = 5;
 const WRITE_CONFLICT: i32 = 112;
 
 /// What executing a command did.
+///
+/// `hold` is, for a COMPLETED POST_HOLD or VOID_HOLD, the hold it settled as the commit's
+/// snapshot saw it afterwards (POSTED or VOIDED): the worker reports the hold's end with the
+/// settlement's, and the commit has already read it, so nobody reads it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Execution {
-    /// This call made the transaction terminal (COMPLETED or FAILED).
-    Decided(TransactionRecord),
-    /// It was terminal already (a redelivered or repeated command); nothing was written.
-    AlreadyTerminal(TransactionRecord),
+    /// This call decided the transaction (COMPLETED, FAILED or HELD).
+    Decided { record: TransactionRecord, hold: Option<TransactionRecord> },
+    /// It was decided already (a redelivered or repeated command); nothing was written.
+    AlreadyTerminal { record: TransactionRecord, hold: Option<TransactionRecord> },
     /// The command names a transaction id that does not exist. Nothing was written.
     UnknownTransaction(TransactionId),
     /// The command disagrees with the transaction recorded under its id or idempotency key
@@ -132,39 +136,27 @@ impl Store {
         })
     }
 
-    /// Runs the transaction, retrying what may succeed on a second try for up to `budget`.
-    /// On failure, returns the last error and the number of attempts.
+    /// Runs the batch's transaction, retrying conflicts for up to `budget` ([`retrying`]).
     async fn with_retries(
         &self,
         cmds: &[TransferCommand],
         budget: Duration,
     ) -> Result<Vec<Outcome>, (StoreError, u32)> {
-        let policy = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(1))
-            .with_max_interval(Duration::from_millis(25))
-            .with_max_elapsed_time(Some(budget))
-            .build();
-        let mut attempts = 0u32;
-        let result = backoff::future::retry(policy, || {
-            attempts += 1;
-            async {
-                self.execute_once(cmds).await.map_err(|e| {
-                    if is_retryable(&e) {
-                        debug!(error = %e, "transaction conflict, retrying");
-                        backoff::Error::transient(e)
-                    } else {
-                        backoff::Error::permanent(e)
-                    }
-                })
-            }
-        })
-        .await;
-        metrics::counter!("ledgerflow_mongo_transaction_retries_total")
-            .increment(u64::from(attempts.saturating_sub(1)));
-        result.map_err(|e| (e, attempts))
+        retrying(budget, || self.execute_once(cmds)).await
     }
 
     async fn execute_once(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
+        self.transact(&Reads::of_commands(cmds), |loaded, now| decide(loaded, cmds, now)).await
+    }
+
+    /// One commit: in a snapshot transaction, loads `reads`, lets the pure `judge` decide
+    /// what happens and what to write, writes that plan and commits (or, when the plan writes
+    /// nothing, aborts). Every change of accounts and transactions goes this one way.
+    pub(crate) async fn transact<T>(
+        &self,
+        reads: &Reads,
+        judge: impl FnOnce(Loaded, DateTime<Utc>) -> (T, Plan),
+    ) -> Result<T, StoreError> {
         let mut session = self.client.start_session().await?;
         session
             .start_transaction()
@@ -172,7 +164,7 @@ impl Store {
             .write_concern(WriteConcern::majority())
             .await?;
         let phase = Instant::now();
-        let loaded = match self.load(&mut session, cmds).await {
+        let loaded = match self.load(&mut session, reads).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 // Best effort: the server also aborts it when the session ends.
@@ -180,7 +172,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let (outcomes, plan) = decide(loaded, cmds, Utc::now());
+        let (outcomes, plan) = judge(loaded, Utc::now());
         if plan.is_empty() {
             session.abort_transaction().await?;
             return Ok(outcomes);
@@ -206,24 +198,13 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Reads everything the batch's decisions depend on, in the transaction's snapshot: three
+    /// Reads everything the decisions depend on, in the transaction's snapshot: three
     /// queries however many commands.
-    async fn load(&self, s: &mut ClientSession, cmds: &[TransferCommand]) -> Result<Loaded, StoreError> {
+    async fn load(&self, s: &mut ClientSession, reads: &Reads) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded::default();
 
-        // Transaction records: by id, by idempotency key, the originals of reversals and the
-        // holds that posts and voids settle.
-        let mut ids: Vec<String> = Vec::new();
-        let mut clauses: Vec<Document> = Vec::new();
-        for cmd in cmds {
-            match cmd.transaction_id {
-                Some(id) => ids.push(id.to_string()),
-                None => clauses.push(key_filter(&cmd.initiator, &cmd.idempotency_key)),
-            }
-            ids.extend(cmd.request.reverses.map(|id| id.to_string()));
-            ids.extend(cmd.request.hold.map(|id| id.to_string()));
-        }
-        clauses.push(doc! { "_id": { "$in": ids } });
+        let mut clauses = reads.keys.clone();
+        clauses.push(doc! { "_id": { "$in": &reads.ids[..] } });
         let mut found = self.transactions().find(doc! { "$or": clauses }).session(&mut *s).await?;
         while let Some(doc) = found.next(&mut *s).await.transpose()? {
             let Ok(id) = doc.id.parse::<TransactionId>() else { continue };
@@ -232,10 +213,7 @@ impl Store {
         }
 
         // Accounts.
-        let mut wanted: Vec<AccountId> = cmds.iter().flat_map(|c| [c.request.from, c.request.to]).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let filter = doc! { "_id": { "$in": wanted.iter().map(ToString::to_string).collect::<Vec<_>>() } };
+        let filter = doc! { "_id": { "$in": reads.accounts.iter().map(ToString::to_string).collect::<Vec<_>>() } };
         let mut found = self.accounts().find(filter).session(&mut *s).await?;
         let mut heads: Vec<Document> = Vec::new();
         while let Some(doc) = found.next(&mut *s).await.transpose()? {
@@ -323,30 +301,38 @@ impl Store {
                 "u": { "$set": { "status": record.status.as_str(), "failureReason": reason, "completedAt": completed_at } },
             }
         });
-        self.update_each(s, "transactions", decided.collect()).await?;
-        if !plan.created.is_empty() {
-            let created: Vec<TransactionDoc> = plan.created.iter().map(TransactionDoc::from).collect();
-            self.transactions().insert_many(created).session(&mut *s).await?;
-        }
         let reversed = plan.reversed.iter().map(|(original, by)| {
             doc! {
                 "q": { "_id": original.to_string(), "reversedBy": null },
                 "u": { "$set": { "reversedBy": by.to_string() } },
             }
         });
-        self.update_each(s, "transactions", reversed.collect()).await?;
         let settled = plan.settled.iter().map(|h| {
+            let mut set = doc! {
+                "status": h.status.as_str(),
+                "postedAmount": h.posted_amount.map(|a| a.minor()),
+                "resolvedBy": h.resolved_by.map(|id| id.to_string()),
+                "resolvedAt": to_bson_time(h.resolved_at),
+            };
+            // No command carries an expiry, so no redelivery would report it again if its
+            // result were lost: the hold remembers until the result is out.
+            if h.status == TransactionStatus::Expired {
+                set.insert(EXPIRY_UNREPORTED, true);
+            }
             doc! {
                 "q": { "_id": h.hold.to_string(), "status": TransactionStatus::Held.as_str() },
-                "u": { "$set": {
-                    "status": h.status.as_str(),
-                    "postedAmount": h.posted_amount.map(|a| a.minor()),
-                    "resolvedBy": h.resolved_by.map(|id| id.to_string()),
-                    "resolvedAt": to_bson_time(h.resolved_at),
-                } },
+                "u": { "$set": set },
             }
         });
-        self.update_each(s, "transactions", settled.collect()).await
+        // Every change of a recorded transaction in one round trip, in this order: a hold
+        // decided HELD in this batch is HELD before a later command of the batch settles it.
+        let changes = decided.chain(reversed).chain(settled).collect();
+        self.update_each(s, "transactions", changes).await?;
+        if !plan.created.is_empty() {
+            let created: Vec<TransactionDoc> = plan.created.iter().map(TransactionDoc::from).collect();
+            self.transactions().insert_many(created).session(&mut *s).await?;
+        }
+        Ok(())
     }
 
     /// Runs several guarded update statements in one round trip (the `update` command; the
@@ -386,6 +372,73 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What a commit reads: transaction records by id and by idempotency key, and accounts (each
+/// with its latest entry).
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    ids: Vec<String>,
+    keys: Vec<Document>,
+    accounts: Vec<AccountId>,
+}
+
+impl Reads {
+    /// A batch's: its records (by id or, for upstream commands, by key), the originals of its
+    /// reversals, the holds its posts and voids settle, and every account it names.
+    fn of_commands(cmds: &[TransferCommand]) -> Self {
+        let mut reads = Reads::default();
+        for cmd in cmds {
+            match cmd.transaction_id {
+                Some(id) => reads.ids.push(id.to_string()),
+                None => reads.keys.push(key_filter(&cmd.initiator, &cmd.idempotency_key)),
+            }
+            reads.ids.extend(cmd.request.reverses.map(|id| id.to_string()));
+            reads.ids.extend(cmd.request.hold.map(|id| id.to_string()));
+            reads.accounts.extend([cmd.request.from, cmd.request.to]);
+        }
+        reads.accounts.sort_unstable();
+        reads.accounts.dedup();
+        reads
+    }
+
+    /// A hold's expiry's: the hold and its two accounts.
+    pub(crate) fn of_hold(hold: &TransactionRecord) -> Self {
+        Reads { ids: vec![hold.id.to_string()], keys: Vec::new(), accounts: vec![hold.from_account, hold.to_account] }
+    }
+}
+
+/// Runs `attempt` until it succeeds, retrying what may succeed on a second try (write
+/// conflicts, transient transaction errors) with exponential backoff for up to `budget`. On
+/// failure, returns the last error and the number of attempts.
+pub(crate) async fn retrying<T, F, Fut>(budget: Duration, mut attempt: F) -> Result<T, (StoreError, u32)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let policy = ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(1))
+        .with_max_interval(Duration::from_millis(25))
+        .with_max_elapsed_time(Some(budget))
+        .build();
+    let mut attempts = 0u32;
+    let result = backoff::future::retry(policy, || {
+        attempts += 1;
+        let attempt = attempt();
+        async {
+            attempt.await.map_err(|e| {
+                if is_retryable(&e) {
+                    debug!(error = %e, "transaction conflict, retrying");
+                    backoff::Error::transient(e)
+                } else {
+                    backoff::Error::permanent(e)
+                }
+            })
+        }
+    })
+    .await;
+    metrics::counter!("ledgerflow_mongo_transaction_retries_total").increment(u64::from(attempts.saturating_sub(1)));
+    result.map_err(|e| (e, attempts))
 }
 
 /// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).

@@ -1,16 +1,19 @@
 //! Hold expiry: a HELD hold past `expiresAt` becomes EXPIRED and its reservation is released,
 //! by the system itself. Workers sweep for due holds (`ledgerflow-worker`); each expiry is one
-//! MongoDB transaction guarded by the hold being HELD, so with several workers sweeping at once
-//! every hold expires exactly once, and never both expires and posts: a post and an expiry of
-//! one hold write the same documents and only one of them commits.
+//! commit through the same load → decide → write path as every command ([`decide::expire`]),
+//! guarded by the hold being HELD and by the accounts' `seq` and reserved amounts as read, so
+//! with several workers sweeping at once every hold expires exactly once, and never both
+//! expires and posts: a post and an expiry of one hold write the same documents and only one
+//! of them commits; the other re-reads and finds the hold settled.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures::{FutureExt, TryStreamExt};
-use ledgerflow_domain::TransactionStatus;
+use futures::TryStreamExt;
+use ledgerflow_domain::{TransactionId, TransactionStatus};
 use mongodb::bson::doc;
-use mongodb::options::{ReadConcern, WriteConcern};
 
-use crate::docs::{TransactionDoc, to_bson_time};
+use crate::decide;
+use crate::docs::{EXPIRY_UNREPORTED, TransactionDoc, to_bson_time};
+use crate::execute::{Reads, retrying};
 use crate::{Store, StoreError, TransactionRecord};
 
 /// How long one hold's expiry may keep retrying write conflicts before the sweep moves on.
@@ -31,7 +34,7 @@ impl Store {
             let id = hold.id;
             // One hold whose accounts are locked (by a crashed worker's transaction, until
             // mongod aborts it) must not hold up the expiry of every hold behind it.
-            match tokio::time::timeout(EXPIRY_PATIENCE, self.expire(hold, now)).await {
+            match tokio::time::timeout(EXPIRY_PATIENCE, self.expire(&hold)).await {
                 Ok(outcome) => expired.extend(outcome?),
                 Err(_) => tracing::debug!(transaction_id = %id, "hold expiry keeps conflicting; next sweep"),
             }
@@ -39,43 +42,39 @@ impl Store {
         Ok(expired)
     }
 
-    /// Expires one hold read outside the transaction: in it, the hold must still be HELD.
-    async fn expire(
+    /// Expired holds whose EXPIRED result has not been published yet, expired at or before
+    /// `until` (oldest first, at most `limit`): the expiring worker failed to publish or died
+    /// first. A stored hold that does not parse is skipped; `reconcile` reports it.
+    pub async fn expiries_unreported(
         &self,
-        hold: TransactionRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Option<TransactionRecord>, StoreError> {
-        let mut session = self.client.start_session().await?;
-        let context = (self.transactions(), self.accounts(), hold.clone());
-        // Owned context, not captures: the driver re-runs the closure on transient errors.
-        let expired = session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .and_run(context, |s, (transactions, accounts, hold)| {
-                async move {
-                    let held = doc! { "_id": hold.id.to_string(), "status": TransactionStatus::Held.as_str() };
-                    let expire = doc! {
-                        "$set": { "status": TransactionStatus::Expired.as_str(), "resolvedAt": to_bson_time(now) },
-                    };
-                    if transactions.update_one(held, expire).session(&mut *s).await?.modified_count == 0 {
-                        return Ok(false);
-                    }
-                    let amount = hold.amount.minor();
-                    let release = |side: &str| doc! { "$inc": { side: -amount } };
-                    accounts
-                        .update_one(doc! { "_id": hold.from_account.to_string() }, release("pendingDebits"))
-                        .session(&mut *s)
-                        .await?;
-                    accounts
-                        .update_one(doc! { "_id": hold.to_account.to_string() }, release("pendingCredits"))
-                        .session(&mut *s)
-                        .await?;
-                    Ok(true)
-                }
-                .boxed()
-            })
-            .await?;
-        Ok(expired.then_some(TransactionRecord { status: TransactionStatus::Expired, resolved_at: Some(now), ..hold }))
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<TransactionRecord>, StoreError> {
+        let filter = doc! {
+            EXPIRY_UNREPORTED: true,
+            "status": TransactionStatus::Expired.as_str(),
+            "resolvedAt": { "$lte": to_bson_time(until) },
+        };
+        let found: Vec<TransactionDoc> =
+            self.transactions().find(filter).sort(doc! { "resolvedAt": 1 }).limit(limit).await?.try_collect().await?;
+        Ok(found.into_iter().filter_map(|doc| TransactionRecord::try_from(doc).ok()).collect())
+    }
+
+    /// Notes that the EXPIRED results of `holds` are published.
+    pub async fn expiries_reported(&self, holds: &[TransactionId]) -> Result<(), StoreError> {
+        if holds.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = holds.iter().map(ToString::to_string).collect();
+        let filter = doc! { "_id": { "$in": ids }, EXPIRY_UNREPORTED: true };
+        self.transactions().update_many(filter, doc! { "$unset": { EXPIRY_UNREPORTED: "" } }).await?;
+        Ok(())
+    }
+
+    /// Expires one hold, read outside the transaction; in it, the hold is judged again.
+    async fn expire(&self, hold: &TransactionRecord) -> Result<Option<TransactionRecord>, StoreError> {
+        let reads = Reads::of_hold(hold);
+        let expire = || async { self.transact(&reads, |loaded, now| decide::expire(loaded, hold.id, now)).await? };
+        retrying(EXPIRY_PATIENCE, expire).await.map_err(|(e, _)| e)
     }
 }

@@ -104,6 +104,16 @@ impl Store {
                 index(doc! { "toAccount": 1, "_id": -1 }, None),
                 index(doc! { "initiator": 1, "_id": -1 }, None),
                 index(doc! { "reverses": 1 }, Some(IndexOptions::builder().sparse(true).build())),
+                // The sweep's look for expiries whose result may not be out: normally empty.
+                index(
+                    doc! { "resolvedAt": 1 },
+                    Some(
+                        IndexOptions::builder()
+                            .name("expiryUnreported_resolvedAt".to_owned())
+                            .partial_filter_expression(doc! { (docs::EXPIRY_UNREPORTED): true })
+                            .build(),
+                    ),
+                ),
                 // The expiry sweep's: only HELD holds are in it.
                 index(
                     doc! { "expiresAt": 1 },

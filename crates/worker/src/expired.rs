@@ -171,7 +171,7 @@ async fn outcome(store: &Store, claim: &Claim) -> Result<TransferResult, StoreEr
             }
             _ => None,
         },
-        None => store.find_by_key(initiator, key).await?.filter(|r| r.status.is_terminal()),
+        None => store.find_by_key(initiator, key).await?.filter(|r| r.status.is_decided()),
     };
     Ok(record.map_or_else(|| expired(claim), |r| result_of(&r)))
 }

@@ -111,7 +111,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
 async fn execute(ctx: &Ctx, cmd: &TransferCommand) -> Settle {
     let results = &ctx.results;
     match ctx.batcher.execute(cmd.clone()).await {
-        Ok(Execution::Decided(record)) => {
+        Ok(Execution::Decided { record, hold }) => {
             if cmd.transaction_id.is_none() {
                 tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
             }
@@ -119,11 +119,11 @@ async fn execute(ctx: &Ctx, cmd: &TransferCommand) -> Settle {
             metrics::counter!("ledgerflow_transfers_total", "status" => record.status.as_str(), "reason" => reason)
                 .increment(1);
             info!(status = %record.status, failure_reason = reason, amount = record.amount.minor(), "transaction decided");
-            report_with_hold(ctx, &record).await
+            report_with_hold(results, &record, hold.as_ref()).await
         }
-        Ok(Execution::AlreadyTerminal(record)) => {
+        Ok(Execution::AlreadyTerminal { record, hold }) => {
             info!(status = %record.status, "already terminal, republishing its result");
-            report_with_hold(ctx, &record).await
+            report_with_hold(results, &record, hold.as_ref()).await
         }
         Ok(Execution::UnknownTransaction(id)) => {
             warn!(transaction_id = %id, "command names an unknown transaction, dead-lettering");
@@ -152,20 +152,13 @@ async fn execute(ctx: &Ctx, cmd: &TransferCommand) -> Settle {
 }
 
 /// Reports a decided transaction and, for a completed POST_HOLD or VOID_HOLD, the hold it
-/// settled (POSTED or VOIDED): a hold's watchers hear of its end as they heard of its start.
-async fn report_with_hold(ctx: &Ctx, record: &TransactionRecord) -> Settle {
-    let settled = report(&ctx.results, &result_of(record)).await;
-    let Some(hold) = record.hold.filter(|_| record.status == TransactionStatus::Completed) else { return settled };
-    if !matches!(settled, Settle::Ack) {
-        return settled;
-    }
-    match ctx.store.find_transaction(hold).await {
-        Ok(Some(hold)) => report(&ctx.results, &result_of(&hold)).await,
-        Ok(None) => settled,
-        Err(e) => {
-            warn!(error = %e, "could not read the settled hold to report it; retrying the command");
-            Settle::Retry
-        }
+/// settled (POSTED or VOIDED, as the commit returned it): a hold's watchers hear of its end as
+/// they heard of its start.
+async fn report_with_hold(results: &Publisher, record: &TransactionRecord, hold: Option<&TransactionRecord>) -> Settle {
+    let settled = report(results, &result_of(record)).await;
+    match hold {
+        Some(hold) if matches!(settled, Settle::Ack) => report(results, &result_of(hold)).await,
+        _ => settled,
     }
 }
 

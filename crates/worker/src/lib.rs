@@ -234,9 +234,14 @@ const HOLD_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Most holds one sweep expires before looking again at once.
 const HOLD_SWEEP_BATCH: i64 = 100;
 
-/// Expires due holds forever and publishes an EXPIRED result for each. A result whose publish
-/// fails is not retried: the hold is EXPIRED in the database, which `GET /transactions/{id}`
-/// and its long poll (it re-reads) show regardless.
+/// How long an expiry's result may stay unreported before any worker's sweep publishes it:
+/// the expiring worker publishes at once, and a copy from another meanwhile would be noise.
+const EXPIRY_REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// Expires due holds forever and publishes an EXPIRED result for each. A hold stays marked
+/// unreported until its result is confirmed, and every sweep publishes the results still
+/// unreported after [`EXPIRY_REPORT_GRACE`] (their worker failed to publish them, or died
+/// first): a watcher always hears of an expiry, at least once, as of every other decision.
 async fn expire_holds(store: Store, results: Publisher) {
     let mut tick = tokio::time::interval(HOLD_SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -253,14 +258,33 @@ async fn expire_holds(store: Store, results: Publisher) {
             for hold in &expired {
                 metrics::counter!("ledgerflow_holds_expired_total").increment(1);
                 info!(transaction_id = %hold.id, amount = hold.amount.minor(), "hold expired");
-                if let Err(e) = results.publish_result(&handler::result_of(hold)).await {
-                    warn!(transaction_id = %hold.id, error = %e, "could not publish a hold's expiry");
-                }
             }
+            report_expiries(&store, &results, &expired).await;
             if (expired.len() as i64) < HOLD_SWEEP_BATCH {
                 break;
             }
         }
+        match store.expiries_unreported(chrono::Utc::now() - EXPIRY_REPORT_GRACE, HOLD_SWEEP_BATCH).await {
+            Ok(unreported) => report_expiries(&store, &results, &unreported).await,
+            Err(e) => debug!(error = %e, "could not look for unreported expiries; trying again next round"),
+        }
+    }
+}
+
+/// Publishes the EXPIRED results of `holds` and marks those the broker confirmed as reported;
+/// the others stay unreported for a later sweep.
+async fn report_expiries(store: &Store, results: &Publisher, holds: &[ledgerflow_store::TransactionRecord]) {
+    let mut reported = Vec::with_capacity(holds.len());
+    for hold in holds {
+        match results.publish_result(&handler::result_of(hold)).await {
+            Ok(()) => reported.push(hold.id),
+            Err(e) => {
+                warn!(transaction_id = %hold.id, error = %e, "could not publish a hold's expiry; a later sweep will")
+            }
+        }
+    }
+    if let Err(e) = store.expiries_reported(&reported).await {
+        debug!(error = %e, "could not mark expiries reported; a later sweep publishes them again");
     }
 }
 

@@ -304,7 +304,7 @@ pub(super) async fn get(
     if !may_see(&state, &user, &t).await? {
         return Err(ApiError::transaction_not_found());
     }
-    if wait > 0 && !t.status.is_terminal() {
+    if wait > 0 && !t.status.is_decided() {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
         let watch = state.watchers.watch(id);
         loop {
@@ -312,7 +312,7 @@ pub(super) async fn get(
             tokio::pin!(notified);
             notified.as_mut().enable();
             t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
-            if t.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            if t.status.is_decided() || tokio::time::Instant::now() >= deadline {
                 break;
             }
             let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);

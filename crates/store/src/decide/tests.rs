@@ -59,7 +59,7 @@ fn loaded(accounts: &[&AccountHead]) -> Loaded {
 
 fn decided(outcome: &Outcome) -> &TransactionRecord {
     match outcome {
-        Ok(Execution::Decided(record)) => record,
+        Ok(Execution::Decided { record, .. }) => record,
         other => panic!("expected a decision, got {other:?}"),
     }
 }
@@ -143,6 +143,98 @@ fn a_settlement_at_or_after_expires_at_fails_even_if_the_hold_still_reads_held()
     assert!(plan.settled.is_empty() && plan.account_writes.is_empty());
 }
 
+/// Reads holding a HELD hold of 60 from `a` (100, seq 1) to `b`, reserved on both.
+fn a_held_hold_of_60() -> (Loaded, AccountHead, AccountHead, TransactionRecord) {
+    let (mut a, mut b) = (account(100, 1), account(0, 0));
+    a.account.reserved.debits = 60;
+    b.account.reserved.credits = 60;
+    let mut l = loaded(&[&a, &b]);
+    let cmd = recorded(&mut l, hold_command(a.account.id, b.account.id, 60, "auth"));
+    let id = cmd.transaction_id.expect("an id");
+    let Some(Ok(record)) = l.transactions.get_mut(&id) else { panic!("recorded") };
+    record.status = TransactionStatus::Held;
+    let held = record.clone();
+    (l, a, b, held)
+}
+
+#[test]
+fn a_completed_settlement_returns_the_hold_it_settled_and_so_does_its_repeat() {
+    let (l, _, _, held) = a_held_hold_of_60();
+    let post = settle_command(TransferKind::PostHold, &held, 60, "capture");
+    let (outcomes, _) = decide(l, &[post.clone(), post], Utc::now());
+    let Ok(Execution::Decided { record, hold: Some(hold) }) = &outcomes[0] else { panic!("{:?}", outcomes[0]) };
+    assert_eq!((hold.id, hold.status, hold.resolved_by), (held.id, TransactionStatus::Posted, Some(record.id)));
+    let Ok(Execution::AlreadyTerminal { hold: Some(again), .. }) = &outcomes[1] else { panic!("{:?}", outcomes[1]) };
+    assert_eq!(again, hold);
+}
+
+#[test]
+fn a_failed_settlement_and_a_transfer_return_no_hold() {
+    let (l, a, b, held) = a_held_hold_of_60();
+    let too_much = settle_command(TransferKind::PostHold, &held, 61, "greedy");
+    let transfer = command(TransferKind::Transfer, a.account.id, b.account.id, 10, "t");
+    let (outcomes, _) = decide(l, &[too_much, transfer], Utc::now());
+    for outcome in &outcomes {
+        assert!(matches!(outcome, Ok(Execution::Decided { hold: None, .. })), "{outcome:?}");
+    }
+}
+
+#[test]
+fn a_due_hold_expires_and_its_whole_reservation_is_released() {
+    let (l, a, b, held) = a_held_hold_of_60();
+    let at = held.expires_at.expect("a hold expires");
+    let (expired, plan) = expire(l, held.id, at);
+    let expired = expired.expect("no error").expect("expired");
+    assert_eq!((expired.id, expired.status, expired.resolved_at), (held.id, TransactionStatus::Expired, Some(at)));
+    assert_eq!((expired.resolved_by, expired.posted_amount), (None, None));
+    let none = Reserved::default();
+    let mut writes = vec![
+        AccountWrite { account: a.account.id, read: (1, Reserved { debits: 60, credits: 0 }), written: (1, none) },
+        AccountWrite { account: b.account.id, read: (0, Reserved { debits: 0, credits: 60 }), written: (0, none) },
+    ];
+    writes.sort_by_key(|w| w.account);
+    assert_eq!(plan.account_writes, writes);
+    let settled = Settled {
+        hold: held.id,
+        status: TransactionStatus::Expired,
+        posted_amount: None,
+        resolved_by: None,
+        resolved_at: at,
+    };
+    assert_eq!(plan.settled, [settled]);
+    assert!(plan.entries.is_empty() && plan.decided.is_empty() && plan.created.is_empty());
+}
+
+#[test]
+fn a_hold_not_due_or_no_longer_held_does_not_expire() {
+    let (l, _, _, held) = a_held_hold_of_60();
+    let at = held.expires_at.expect("a hold expires");
+    let (expired, plan) = expire(l, held.id, at - chrono::Duration::milliseconds(1));
+    assert!(matches!(expired, Ok(None)));
+    assert!(plan.is_empty() && plan.account_writes.is_empty());
+
+    for status in [TransactionStatus::Posted, TransactionStatus::Voided, TransactionStatus::Expired] {
+        let (mut l, _, _, held) = a_held_hold_of_60();
+        if let Some(Ok(record)) = l.transactions.get_mut(&held.id) {
+            record.status = status;
+        }
+        let (expired, plan) = expire(l, held.id, at + chrono::Duration::days(1));
+        assert!(matches!(expired, Ok(None)), "{status}");
+        assert!(plan.is_empty() && plan.account_writes.is_empty());
+    }
+    let (expired, plan) = expire(loaded(&[]), TransactionId::generate(), at);
+    assert!(matches!(expired, Ok(None)) && plan.is_empty());
+}
+
+#[test]
+fn a_hold_whose_account_is_missing_is_not_expired_by_half() {
+    let (mut l, a, _, held) = a_held_hold_of_60();
+    l.accounts.remove(&a.account.id);
+    let (expired, plan) = expire(l, held.id, held.expires_at.expect("a hold expires"));
+    assert!(matches!(expired, Err(StoreError::Corrupt { .. })), "{expired:?}");
+    assert!(plan.is_empty() && plan.account_writes.is_empty());
+}
+
 #[test]
 fn debits_of_one_account_in_a_batch_see_each_other() {
     let (a, b) = (account(150, 3), account(0, 0));
@@ -186,7 +278,7 @@ fn a_terminal_record_is_answered_without_writing() {
         record.status = TransactionStatus::Completed;
     }
     let (outcomes, plan) = decide(l, &[cmd], Utc::now());
-    assert!(matches!(&outcomes[0], Ok(Execution::AlreadyTerminal(r)) if r.id == id));
+    assert!(matches!(&outcomes[0], Ok(Execution::AlreadyTerminal { record: r, .. }) if r.id == id));
     assert!(plan.is_empty() && plan.account_writes.is_empty());
 }
 
@@ -213,7 +305,7 @@ fn an_upstream_command_is_created_once_and_its_copy_finds_it() {
     let (outcomes, plan) = decide(loaded(&[&a, &b]), &[cmd.clone(), cmd], Utc::now());
     let created = decided(&outcomes[0]);
     assert_eq!(created.status, TransactionStatus::Completed);
-    assert!(matches!(&outcomes[1], Ok(Execution::AlreadyTerminal(r)) if r.id == created.id));
+    assert!(matches!(&outcomes[1], Ok(Execution::AlreadyTerminal { record: r, .. }) if r.id == created.id));
     assert_eq!(plan.created, std::slice::from_ref(created));
     assert!(plan.decided.is_empty());
     assert_eq!(plan.entries.len(), 2);
