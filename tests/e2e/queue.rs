@@ -360,15 +360,7 @@ async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_fai
 
     // Someone else's open MongoDB transaction holds a write on Alice's account document, so
     // every posting from it conflicts until that transaction ends.
-    let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
-    let accounts = client.database(app.store.database_name()).collection::<mongodb::bson::Document>("accounts");
-    let mut blocker = client.start_session().await.unwrap();
-    blocker.start_transaction().await.unwrap();
-    accounts
-        .update_one(mongodb::bson::doc! { "_id": &a }, mongodb::bson::doc! { "$set": { "heldBy": "test" } })
-        .session(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = app.lock_account(&a).await;
 
     app.stop_worker(0).await;
     let impatient = app.store.clone().with_conflict_retry_budget(Duration::from_millis(300));
@@ -384,7 +376,7 @@ async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_fai
         "{results:?}"
     );
     assert_eq!(app.dead_letters(1).await.len(), 1);
-    blocker.abort_transaction().await.unwrap();
+    blocker.release().await;
 
     assert!(app.store.entries_of_transaction(id.parse().unwrap()).await.unwrap().is_empty());
     assert_eq!(app.balance(&alice.token, &a).await, 1_000);
@@ -440,14 +432,6 @@ async fn a_message_with_deeply_nested_headers_is_processed_without_a_crash() {
     app.teardown().await;
 }
 
-/// The sum of a counter's series in the in-process app's metrics (its workers share the
-/// gateway's recorder).
-async fn counter(app: &ledgerflow_tests::TestApp, name: &str) -> f64 {
-    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let values = text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-    values.sum()
-}
-
 /// With a per-message TTL, a message published to the retry queue without one sat at its head
 /// for ever, and every retry behind it with it. The delay is now the queue's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,28 +451,20 @@ async fn a_message_without_expiration_in_the_retry_queue_stalls_no_retry() {
 
     // Then a transfer that conflicts until released (someone else's open MongoDB transaction
     // holds Alice's account) goes round the retry queue, behind that message.
-    let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
-    let accounts = client.database(app.store.database_name()).collection::<mongodb::bson::Document>("accounts");
-    let mut blocker = client.start_session().await.unwrap();
-    blocker.start_transaction().await.unwrap();
-    accounts
-        .update_one(mongodb::bson::doc! { "_id": &a }, mongodb::bson::doc! { "$set": { "heldBy": "test" } })
-        .session(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = app.lock_account(&a).await;
     app.stop_worker(0).await;
     let impatient = app.store.clone().with_conflict_retry_budget(Duration::from_millis(300));
     let mut config = app.worker_config("impatient");
     config.max_attempts = 1_000;
     app.add_worker_with(impatient, config);
-    let retried_before = counter(&app, "ledgerflow_messages_retried_total").await;
+    let retried_before = app.metric_sum("ledgerflow_messages_retried_total").await;
     let id = app.accept_transfer(&alice, &a, &b, 100, "retried").await.transaction.id;
     let start = Instant::now();
-    while counter(&app, "ledgerflow_messages_retried_total").await <= retried_before {
+    while app.metric_sum("ledgerflow_messages_retried_total").await <= retried_before {
         assert!(start.elapsed() < DEADLINE, "the transfer was never sent to the retry queue");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    blocker.abort_transaction().await.unwrap();
+    blocker.release().await;
 
     // Its retry comes back all the same, and so do the planted commands.
     let done = app.settled(&alice, &id).await;

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use ledgerflow_domain::AccountId;
-use ledgerflow_messaging::lapin::options::BasicPublishOptions;
+use ledgerflow_messaging::lapin::Connection;
 use ledgerflow_messaging::lapin::types::{AMQPValue, FieldTable};
-use ledgerflow_messaging::lapin::{BasicProperties, Connection};
 use ledgerflow_messaging::{ATTEMPT_HEADER, PUBLISHER_HEADER};
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{
-    DEADLINE, OTHER_UPSTREAM_BROKER_USER, Pair, TestApp, UPSTREAM_BROKER_USER, amqp_uri_as, schema, spawn_app,
+    DEADLINE, OTHER_UPSTREAM_BROKER_USER, Pair, TestApp, UPSTREAM_BROKER_USER, amqp_uri_as, persistent, publish_on,
+    schema, spawn_app,
 };
 
 /// Longer than a worker takes to read the services again (every second).
@@ -32,27 +32,15 @@ fn payroll_pays(from: &str, to: &str, amount: i64, key: &str) -> Value {
     transfer("TRANSFER", from, to, amount, key, "service:payroll")
 }
 
-/// Publishes `body` on `connection` (as its broker user, which the broker vouches for in
-/// `user_id` when `vouched`), with extra headers.
+/// Publishes `body` to the transfers exchange on `connection` (as its broker user, which the
+/// broker vouches for in `user_id` when `vouched`), with extra headers.
 async fn publish(app: &TestApp, connection: &Connection, body: &Value, vouched: Option<&str>, headers: FieldTable) {
-    let ch = connection.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    let mut props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let mut props = persistent().with_headers(headers);
     if let Some(user) = vouched {
         props = props.with_user_id(user.into());
     }
-    let confirm = ch
-        .basic_publish(
-            app.topology.transfers().as_str().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(body).unwrap(),
-            props,
-        )
-        .await
-        .unwrap();
-    assert!(confirm.await.unwrap().is_ack());
-    let _ = ch.close(200, "done".into()).await;
+    let ch = connection.create_channel().await.unwrap();
+    publish_on(&ch, &app.topology.transfers(), "", &serde_json::to_vec(body).unwrap(), props).await;
 }
 
 async fn as_payroll() -> Connection {
@@ -237,23 +225,14 @@ async fn a_forged_attempt_count_is_not_believed() {
     app.fund(&a, 1_000).await;
     // Someone else's open MongoDB transaction holds Alice's account: the command conflicts
     // until it is released, and goes round the retry queue meanwhile.
-    let client = mongodb::Client::with_uri_str(ledgerflow_tests::mongodb_uri()).await.unwrap();
-    let accounts = client.database(app.store.database_name()).collection::<mongodb::bson::Document>("accounts");
-    let mut blocker = client.start_session().await.unwrap();
-    blocker.start_transaction().await.unwrap();
-    let hold = mongodb::bson::doc! { "$set": { "heldBy": "test" } };
-    accounts.update_one(mongodb::bson::doc! { "_id": &a }, hold).session(&mut blocker).await.unwrap();
+    let blocker = app.lock_account(&a).await;
     app.stop_worker(0).await;
     let impatient = app.store.clone().with_conflict_retry_budget(Duration::from_millis(300));
     let config = app.worker_config("impatient");
     assert_eq!(config.max_attempts, 3, "the test settings' attempts");
     app.add_worker_with(impatient, config);
 
-    let retried = || async {
-        let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        let sum = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        text.lines().filter(|l| l.starts_with("ledgerflow_messages_retried_total")).filter_map(sum).sum::<f64>()
-    };
+    let retried = || app.metric_sum("ledgerflow_messages_retried_total");
     let before = retried().await;
     let mut claims = FieldTable::default();
     claims.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(3));
@@ -264,7 +243,7 @@ async fn a_forged_attempt_count_is_not_believed() {
         assert!(start.elapsed() < DEADLINE, "the command was never retried (given up at once?)");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    blocker.abort_transaction().await.unwrap();
+    blocker.release().await;
 
     let done = app.wait_upstream("claims-tried").await;
     assert_eq!(done.status.to_string(), "COMPLETED", "{done:?}");

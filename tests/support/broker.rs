@@ -36,16 +36,15 @@ impl TestApp {
     /// Publishes raw bytes to the transfers exchange, as `service:test-upstream` would.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let ch = self.upstream.create_channel().await.unwrap();
-        publish_as(&ch, crate::UPSTREAM_BROKER_USER, &self.topology.transfers(), routing_key, body).await;
+        let props = persistent().with_user_id(crate::UPSTREAM_BROKER_USER.into());
+        publish_on(&ch, &self.topology.transfers(), routing_key, body, props).await;
     }
 
     /// Publishes raw bytes to the transfers exchange as broker user `user` (one of
     /// `scripts/services.sh`'s), on a connection of its own.
     pub async fn publish_raw_as(&self, user: &str, routing_key: &str, body: &[u8]) {
-        let connection = ledgerflow_messaging::connect(&crate::amqp_uri_as(user), "test-publish-as").await.unwrap();
-        let ch = connection.create_channel().await.unwrap();
-        publish_as(&ch, user, &self.topology.transfers(), routing_key, body).await;
-        ledgerflow_messaging::close(&connection, "done").await;
+        let props = persistent().with_user_id(user.into());
+        self.publish_with(&self.topology.transfers(), routing_key, body, props).await;
     }
 
     /// Publishes raw bytes with the given properties to any exchange (a publisher's own
@@ -61,11 +60,7 @@ impl TestApp {
             Some(c) => c.create_channel().await.unwrap(),
             None => self.channel().await,
         };
-        ch.confirm_select(Default::default()).await.unwrap();
-        let options = BasicPublishOptions::default();
-        let published = ch.basic_publish(exchange.into(), routing_key.into(), options, body, properties);
-        published.await.unwrap().await.unwrap();
-        let _ = ch.close(200, "done".into()).await;
+        publish_on(&ch, exchange, routing_key, body, properties).await;
         if let Some(c) = connection {
             ledgerflow_messaging::close(&c, "done").await;
         }
@@ -178,13 +173,18 @@ pub fn close_broker_connections(fragment: &str) -> usize {
     closed
 }
 
-/// Publishes persistently, confirmed, with `user` (the channel's broker user) as `user_id`:
-/// a worker refuses a command without one, and the broker one that names another user.
-async fn publish_as(ch: &Channel, user: &str, exchange: &str, routing_key: &str, body: &[u8]) {
+/// Persistent message properties, to add to.
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// Publishes on `ch` (then closed) and waits for the broker's ack. A worker refuses a command
+/// without a `user_id`, and the broker one naming a user other than the connection's.
+pub async fn publish_on(ch: &Channel, exchange: &str, routing_key: &str, body: &[u8], properties: BasicProperties) {
     ch.confirm_select(Default::default()).await.unwrap();
-    let props = BasicProperties::default().with_delivery_mode(2).with_user_id(user.into());
-    let confirm = ch.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props);
-    assert!(confirm.await.unwrap().await.unwrap().is_ack(), "the broker refused a publish as {user}");
+    let confirm =
+        ch.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties);
+    assert!(confirm.await.unwrap().await.unwrap().is_ack(), "the broker refused a publish to {exchange}");
     let _ = ch.close(200, "done".into()).await;
 }
 

@@ -14,7 +14,7 @@ pub mod processes;
 pub mod proxy;
 pub mod services;
 
-pub use broker::{close_broker_connections, ready_commands};
+pub use broker::{close_broker_connections, persistent, publish_on, ready_commands};
 pub use cli::{cli_output, ledgerflow_bin, ledgerflow_command};
 
 use std::time::{Duration, Instant};
@@ -546,6 +546,38 @@ impl TestApp {
     /// Raw access to this test's database, to tamper with what the application wrote.
     pub async fn raw_db(&self) -> mongodb::Database {
         mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(self.store.database_name())
+    }
+
+    /// Holds a write on `account`'s document in someone else's open MongoDB transaction, so
+    /// every posting on it conflicts until [`AccountLock::release`].
+    pub async fn lock_account(&self, account: &str) -> AccountLock {
+        let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+        let accounts = client.database(self.store.database_name()).collection::<mongodb::bson::Document>("accounts");
+        let mut session = client.start_session().await.unwrap();
+        session.start_transaction().await.unwrap();
+        let hold = mongodb::bson::doc! { "$set": { "heldBy": "test" } };
+        accounts.update_one(mongodb::bson::doc! { "_id": account }, hold).session(&mut session).await.unwrap();
+        AccountLock { session }
+    }
+
+    /// The sum of a metric's series in the in-process app's metrics (its workers share the
+    /// gateway's recorder).
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let value = |l: &str| l.rsplit(' ').next()?.parse::<f64>().ok();
+        text.lines().filter(|l| l.starts_with(name)).filter_map(value).sum()
+    }
+}
+
+/// A write held on an account by an open transaction (see [`TestApp::lock_account`]).
+pub struct AccountLock {
+    session: mongodb::ClientSession,
+}
+
+impl AccountLock {
+    /// Ends the transaction without effect: postings on the account go through again.
+    pub async fn release(mut self) {
+        self.session.abort_transaction().await.unwrap();
     }
 }
 
