@@ -85,8 +85,7 @@ impl Connections {
     /// The broker users LedgerFlow's own processes publish as: the configured ones and this
     /// process's own.
     pub fn trusted(&self) -> ledgerflow_messaging::TrustedUsers {
-        let own = ledgerflow_messaging::broker_user(&self.amqp_uri);
-        ledgerflow_messaging::TrustedUsers::new(self.trusted_broker_users.iter().cloned().chain(own))
+        ledgerflow_messaging::TrustedUsers::with_own(&self.trusted_broker_users, &self.amqp_uri)
     }
 }
 

@@ -29,6 +29,13 @@ impl TrustedUsers {
         Self(users.into_iter().filter(|u| !u.is_empty()).collect())
     }
 
+    /// `configured` and the user a process connecting with `uri` publishes as: a process's
+    /// own copies (retries, dead letters, replays) must be believed when they come back,
+    /// whatever the configuration says.
+    pub fn with_own(configured: &[String], uri: &str) -> Self {
+        Self::new(configured.iter().cloned().chain(crate::broker_user(uri)))
+    }
+
     pub fn contains(&self, user: &str) -> bool {
         self.0.contains(user)
     }

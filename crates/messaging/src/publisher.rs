@@ -112,11 +112,6 @@ impl Publisher {
         Self { uri: uri.into(), name: name.into(), user, topology, state: Arc::default() }
     }
 
-    /// The broker user its messages carry as `user_id`.
-    pub fn user(&self) -> Option<&str> {
-        self.user.as_deref()
-    }
-
     /// The name its connection shows on the broker, and its messages' `app_id`.
     pub fn name(&self) -> &str {
         &self.name

@@ -41,7 +41,11 @@ pub(crate) fn reserved_guard(read: i64) -> mongodb::bson::Bson {
 }
 
 /// Parses one stored field, naming the document on failure.
-fn field<T: FromStr<Err = DomainError>>(collection: &'static str, id: &str, raw: &str) -> Result<T, StoreError> {
+pub(crate) fn field<T: FromStr<Err = DomainError>>(
+    collection: &'static str,
+    id: &str,
+    raw: &str,
+) -> Result<T, StoreError> {
     raw.parse().map_err(|e: DomainError| StoreError::Corrupt { collection, id: id.to_owned(), reason: e.to_string() })
 }
 

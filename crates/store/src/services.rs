@@ -15,7 +15,7 @@ use mongodb::bson::{DateTime as BsonDateTime, doc};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
-use crate::docs::{from_bson_time, to_bson_time};
+use crate::docs::{field, from_bson_time, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::{Store, StoreError};
 
@@ -54,25 +54,18 @@ impl TryFrom<ServiceDoc> for ServiceRecord {
     type Error = StoreError;
     fn try_from(d: ServiceDoc) -> Result<Self, StoreError> {
         const C: &str = "services";
-        fn parse<T: FromStr<Err = DomainError>>(id: &str, raw: &str) -> Result<T, StoreError> {
-            raw.parse().map_err(|e: DomainError| StoreError::Corrupt {
-                collection: C,
-                id: id.to_owned(),
-                reason: e.to_string(),
-            })
-        }
         fn parse_all<T: FromStr<Err = DomainError> + Ord>(id: &str, raw: &[String]) -> Result<BTreeSet<T>, StoreError> {
-            raw.iter().map(|s| parse(id, s)).collect()
+            raw.iter().map(|s| field(C, id, s)).collect()
         }
         let id = d.name.as_str();
-        let name: ServiceName = parse(id, id)?;
+        let name: ServiceName = field(C, id, id)?;
         let grant = Grant {
             kinds: parse_all(id, &d.kinds)?,
             accounts: parse_all(id, &d.debit_accounts)?,
             owners: parse_all::<UserId>(id, &d.debit_owners)?,
             any_account: d.debit_any_account,
         };
-        let broker_user: BrokerUser = parse(id, &d.broker_user)?;
+        let broker_user: BrokerUser = field(C, id, &d.broker_user)?;
         Ok(Self {
             service: Service { name, broker_user, enabled: d.enabled, grant },
             created_at: from_bson_time(d.created_at),

@@ -138,20 +138,15 @@ impl Authority {
         })
     }
 
-    /// Whether `service` may send `request` now: its grant is read afresh (a revoke between
-    /// [`Authority::identify`] and here counts), and the debited account's owner is looked up
-    /// when the grant covers accounts by owner.
+    /// Whether `service` (as [`Authority::identify`] found it) may send `request`; the
+    /// debited account's owner is looked up only when the grant covers accounts by owner.
     pub async fn permit(&self, service: &Service, request: &TransferRequest) -> Result<Result<(), Refused>, Undecided> {
-        let current = self.service_of(service.broker_user.as_str())?.filter(|s| s.name == service.name);
-        let Some(service) = current else {
-            let why = Unauthorized::UnknownPublisher(service.broker_user.to_string());
-            return Ok(Err(Refused { why, service: Some(service.clone()) }));
-        };
         let owner = if service.needs_debit_owner(request) {
             self.store.find_account(request.from).await?.and_then(|a| a.owner_id)
         } else {
             None
         };
-        Ok(service.may_send(request, owner.as_ref()).map_err(|why| Refused { why, service: Some(service) }))
+        let refused = |why| Refused { why, service: Some(service.clone()) };
+        Ok(service.may_send(request, owner.as_ref()).map_err(refused))
     }
 }

@@ -89,10 +89,7 @@ impl WorkerConfig {
 pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken) {
     register_rare_counters();
     let results = Publisher::new(&config.amqp_uri, &format!("{}-results", config.name), config.topology.clone());
-    // The worker's own broker user is LedgerFlow's, whatever the configuration says: its
-    // retries and dead letters must be believed when they come back.
-    let trusted =
-        TrustedUsers::new(config.trusted_broker_users.iter().cloned().chain(results.user().map(str::to_owned)));
+    let trusted = TrustedUsers::with_own(&config.trusted_broker_users, &config.amqp_uri);
     let authority = Arc::new(authority::Authority::new(trusted, store.clone()));
     let registry = tokio::spawn(Arc::clone(&authority).keep_fresh());
     let ctx = Arc::new(handler::Ctx {
