@@ -11,6 +11,7 @@ mod client;
 mod contract;
 mod edges;
 mod holds;
+mod journals;
 mod ledger;
 mod limits;
 mod pipeline;

@@ -94,6 +94,9 @@ pub struct EntryBody {
     pub balance_after: i64,
     #[schema(format = DateTime)]
     pub created_at: String,
+    /// For an entry of a JOURNAL (or of its REVERSAL): the index of the leg it posts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -108,9 +111,11 @@ pub struct EntryList {
 pub struct TransactionBody {
     #[schema(format = Uuid)]
     pub id: String,
-    /// `TRANSFER`, `INITIAL_FUNDS`, `REVERSAL`, `HOLD`, `POST_HOLD` or `VOID_HOLD`.
+    /// `TRANSFER`, `INITIAL_FUNDS`, `REVERSAL`, `HOLD`, `POST_HOLD`, `VOID_HOLD` or `JOURNAL`.
     #[schema(example = "TRANSFER")]
     pub kind: String,
+    /// For a JOURNAL (and the REVERSAL of one), this and `toAccount`, `amount` and `currency`
+    /// are its first leg's; `legs` has them all.
     #[schema(format = Uuid)]
     pub from_account: String,
     #[schema(format = Uuid)]
@@ -118,6 +123,13 @@ pub struct TransactionBody {
     /// Integer minor units.
     pub amount: i64,
     pub currency: String,
+    /// For a JOURNAL: its legs, applied in order, all or none; for the REVERSAL of a journal,
+    /// the legs it moves back (the journal's, swapped, in the opposite order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legs: Option<Vec<LegBody>>,
+    /// For a FAILED journal: the index of the leg that failed it (nothing moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_leg: Option<u16>,
     /// `PENDING`, `COMPLETED` or `FAILED`; a HOLD is `HELD` once decided, then `POSTED`,
     /// `VOIDED` or `EXPIRED`.
     #[schema(example = "PENDING")]
@@ -162,6 +174,19 @@ pub struct TransactionBody {
     /// For a POST_HOLD or VOID_HOLD: the hold it settles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
+}
+
+/// One movement of a journal: a DEBIT on `fromAccount` and a CREDIT on `toAccount` of `amount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LegBody {
+    #[schema(format = Uuid)]
+    pub from_account: String,
+    #[schema(format = Uuid)]
+    pub to_account: String,
+    /// Integer minor units.
+    pub amount: i64,
+    pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -229,6 +229,25 @@ impl Client {
         self.accepted("/transactions", &body).await
     }
 
+    /// `POST /transactions` with `legs`: a JOURNAL, every leg committed or none. Each leg is
+    /// `(fromAccount, toAccount, amount)`; its currency is its accounts'.
+    pub async fn journal(
+        &self,
+        legs: &[(&str, &str, i64)],
+        idempotency_key: &str,
+        description: Option<&str>,
+    ) -> Result<Accepted> {
+        let legs: Vec<Value> = legs
+            .iter()
+            .map(|(from, to, amount)| json!({"fromAccount": from, "toAccount": to, "amount": amount}))
+            .collect();
+        let mut body = json!({ "legs": legs, "idempotencyKey": idempotency_key });
+        if let Some(description) = description {
+            body["description"] = json!(description);
+        }
+        self.accepted("/transactions", &body).await
+    }
+
     /// `POST /transactions` with `hold`: reserves the transfer's amount for `timeout_seconds`
     /// instead of moving it (a HOLD, HELD once the worker decides).
     pub async fn hold(&self, transfer: &Transfer<'_>, timeout_seconds: u32) -> Result<Accepted> {

@@ -24,6 +24,9 @@ pub struct EntryFields<'a> {
     pub balance_after: Balance,
     pub created_at_ms: i64,
     pub prev_hash: &'a str,
+    /// Which leg of a journal (or of its reversal) the entry posts; `None` for every other
+    /// transaction's entries, which hash as they always did.
+    pub leg: Option<u16>,
 }
 
 impl EntryFields<'_> {
@@ -43,6 +46,11 @@ impl EntryFields<'_> {
             &self.created_at_ms.to_string(),
             self.prev_hash,
         ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        if let Some(leg) = self.leg {
+            let part = format!("leg:{leg}");
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
@@ -66,6 +74,7 @@ mod tests {
             balance_after: Balance(100),
             created_at_ms: 1_700_000_000_000,
             prev_hash: prev,
+            leg: None,
         }
     }
 
@@ -78,6 +87,8 @@ mod tests {
         assert_ne!(h, EntryFields { amount: Amount::new(101).expect("amount"), ..base }.hash());
         assert_ne!(h, EntryFields { balance_after: Balance(99), ..base }.hash());
         assert_ne!(h, EntryFields { seq: 2, ..base }.hash());
+        assert_ne!(h, EntryFields { leg: Some(0), ..base }.hash());
+        assert_ne!(EntryFields { leg: Some(0), ..base }.hash(), EntryFields { leg: Some(1), ..base }.hash());
         assert_ne!(h, EntryFields { entry_type: EntryType::Debit, ..base }.hash());
         assert_ne!(h, EntryFields { prev_hash: &h, ..base }.hash());
     }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::fields::{opt_str, parse_object, req_str};
 use crate::{
-    AccountId, Amount, Currency, Description, DomainError, FailureReason, HoldTimeout, IdempotencyKey, Initiator,
+    AccountId, Amount, Currency, Description, DomainError, FailureReason, HoldTimeout, IdempotencyKey, Initiator, Leg,
     TransactionId, TransactionStatus, TransferKind, TransferRequest,
 };
 
@@ -51,10 +51,17 @@ struct CommandWire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     transaction_id: Option<TransactionId>,
     kind: TransferKind,
-    from_account: AccountId,
-    to_account: AccountId,
-    amount: Amount,
-    currency: Currency,
+    // A journal's (or its reversal's) movements are its legs alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_account: Option<AccountId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_account: Option<AccountId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<Currency>,
+    #[serde(skip_serializing_if = "<[Leg]>::is_empty")]
+    legs: &'a [Leg],
     idempotency_key: &'a IdempotencyKey,
     initiator: &'a Initiator,
     requested_at: String,
@@ -72,14 +79,16 @@ impl TransferCommand {
     /// The message body as published.
     pub fn to_json(&self) -> Vec<u8> {
         let r = &self.request;
+        let single = r.legs.is_empty();
         let wire = CommandWire {
             version: COMMAND_VERSION,
             transaction_id: self.transaction_id,
             kind: r.kind,
-            from_account: r.from,
-            to_account: r.to,
-            amount: r.amount,
-            currency: r.currency,
+            from_account: single.then_some(r.from),
+            to_account: single.then_some(r.to),
+            amount: single.then_some(r.amount),
+            currency: single.then_some(r.currency),
+            legs: &r.legs,
             idempotency_key: &self.idempotency_key,
             initiator: &self.initiator,
             requested_at: self.requested_at.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -148,6 +157,26 @@ impl TransferCommand {
         if timeout.is_some() && kind != TransferKind::Hold {
             return Err(DomainError::invalid("timeoutSeconds", "is only allowed on a HOLD"));
         }
+        let legs = legs(obj)?;
+        if let Some(legs) = legs {
+            if !matches!(kind, TransferKind::Journal | TransferKind::Reversal) {
+                return Err(DomainError::invalid("legs", "are only allowed on a JOURNAL or its REVERSAL"));
+            }
+            let given = [("fromAccount", from.is_some()), ("toAccount", to.is_some()), ("amount", amount.is_some())];
+            if let Some((field, _)) = given.into_iter().chain([("currency", currency.is_some())]).find(|(_, g)| *g) {
+                return Err(DomainError::invalid(field, "is not allowed beside legs: each leg names its own"));
+            }
+            let mut request = TransferRequest::journal(legs, description)?;
+            if kind == TransferKind::Reversal {
+                let original = reverses.ok_or(DomainError::Missing { field: "reverses" })?;
+                request.kind = TransferKind::Reversal;
+                request.reverses = Some(original);
+            }
+            return Ok(Command::Complete(Self { transaction_id, request, idempotency_key, initiator, requested_at }));
+        }
+        if kind == TransferKind::Journal {
+            return Err(DomainError::Missing { field: "legs" });
+        }
         if kind.resolves_hold() {
             let hold = hold.ok_or(DomainError::Missing { field: "hold" })?;
             if description.is_some() {
@@ -193,11 +222,25 @@ impl TransferCommand {
                 let timeout = timeout.ok_or(DomainError::Missing { field: "timeoutSeconds" })?;
                 TransferRequest::hold(from, to, amount, currency, description, timeout)?
             }
-            TransferKind::PostHold | TransferKind::VoidHold | TransferKind::Transfer | TransferKind::InitialFunds => {
-                TransferRequest::new(kind, from, to, amount, currency, description)?
-            }
+            TransferKind::PostHold
+            | TransferKind::VoidHold
+            | TransferKind::Journal
+            | TransferKind::Transfer
+            | TransferKind::InitialFunds => TransferRequest::new(kind, from, to, amount, currency, description)?,
         };
         Ok(Command::Complete(Self { transaction_id, request, idempotency_key, initiator, requested_at }))
+    }
+}
+
+/// A command's `legs`, if it has any: an array of [`Leg`]s, at most [`crate::journal::MAX_LEGS`].
+fn legs(obj: &Map<String, Value>) -> Result<Option<Vec<Leg>>, DomainError> {
+    match obj.get("legs") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => {
+            crate::journal::check_leg_count(items.len())?;
+            items.iter().enumerate().map(|(i, item)| Leg::from_json(i, item)).collect::<Result<_, _>>().map(Some)
+        }
+        Some(_) => Err(DomainError::invalid("legs", "must be an array of legs")),
     }
 }
 
@@ -297,6 +340,9 @@ pub struct TransferResult {
     pub failure_reason: Option<FailureReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// For a FAILED journal: the index of the leg that failed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_leg: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<IdempotencyKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -316,6 +362,7 @@ impl TransferResult {
             status,
             failure_reason,
             completed_at: completed_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            failed_leg: None,
             idempotency_key: None,
             initiator: None,
         }

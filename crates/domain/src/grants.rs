@@ -10,7 +10,7 @@
 //! The rules are pure: the worker looks up the service and, when the grant names owners, the
 //! owner of the account to debit, then asks [`Service::may_send`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -130,13 +130,24 @@ impl Unauthorized {
     }
 }
 
-/// Whether a command of this kind takes money out of a client account that the grant must
-/// cover: INITIAL_FUNDS debits the currency's funding account (the INITIAL_FUNDS grant is its
-/// permission), and a VOID_HOLD moves no money.
-fn debits_client_account(kind: TransferKind) -> bool {
-    match kind {
-        TransferKind::Transfer | TransferKind::Reversal | TransferKind::Hold | TransferKind::PostHold => true,
-        TransferKind::InitialFunds | TransferKind::VoidHold => false,
+/// The client accounts `request` takes money out of, which a grant must cover, and whether it
+/// also draws on a funding account. INITIAL_FUNDS draws on the currency's funding account and a
+/// journal's leg may (the INITIAL_FUNDS grant is the permission for both); a VOID_HOLD moves no
+/// money.
+fn debits(request: &TransferRequest) -> (Vec<AccountId>, bool) {
+    match request.kind {
+        TransferKind::InitialFunds => (Vec::new(), true),
+        TransferKind::VoidHold => (Vec::new(), false),
+        TransferKind::Journal => {
+            let debited = request.debited_accounts();
+            let funding =
+                |id: &AccountId| request.legs.iter().any(|l| l.from == *id && *id == AccountId::funding(l.currency));
+            let draws = debited.iter().any(funding);
+            (debited.into_iter().filter(|id| !funding(id)).collect(), draws)
+        }
+        TransferKind::Transfer | TransferKind::Reversal | TransferKind::Hold | TransferKind::PostHold => {
+            (request.debited_accounts(), false)
+        }
     }
 }
 
@@ -153,29 +164,44 @@ impl Service {
         }
     }
 
-    /// Whether [`Service::may_send`] needs the owner of the account `request` debits: only
-    /// when that account is not granted by id and the grant names owners.
-    pub fn needs_debit_owner(&self, request: &TransferRequest) -> bool {
-        debits_client_account(request.kind)
-            && !self.grant.any_account
-            && !self.grant.accounts.contains(&request.from)
-            && !self.grant.owners.is_empty()
+    /// The debited accounts whose owners [`Service::may_send`] needs: those not granted by id,
+    /// when the grant names owners.
+    pub fn owners_needed(&self, request: &TransferRequest) -> Vec<AccountId> {
+        if self.grant.any_account || self.grant.owners.is_empty() {
+            return Vec::new();
+        }
+        debits(request).0.into_iter().filter(|a| !self.grant.accounts.contains(a)).collect()
     }
 
-    /// Whether this service may send `request`, whose debited account belongs to
-    /// `debit_owner` (as far as the caller looked it up; see [`Service::needs_debit_owner`]).
-    pub fn may_send(&self, request: &TransferRequest, debit_owner: Option<&UserId>) -> Result<(), Unauthorized> {
+    /// Whether this service may send `request`, given the owners of its debited accounts (as
+    /// far as the caller looked them up; see [`Service::owners_needed`]).
+    pub fn may_send(
+        &self,
+        request: &TransferRequest,
+        owners: &BTreeMap<AccountId, UserId>,
+    ) -> Result<(), Unauthorized> {
         if !self.enabled {
             return Err(Unauthorized::Disabled(self.name.clone()));
         }
-        if !self.grant.kinds.contains(&request.kind) {
-            return Err(Unauthorized::KindNotGranted { service: self.name.clone(), kind: request.kind });
+        let kind_granted = |kind| {
+            if self.grant.kinds.contains(&kind) {
+                Ok(())
+            } else {
+                Err(Unauthorized::KindNotGranted { service: self.name.clone(), kind })
+            }
+        };
+        kind_granted(request.kind)?;
+        let (accounts, draws_on_funding) = debits(request);
+        if draws_on_funding {
+            kind_granted(TransferKind::InitialFunds)?;
         }
-        let covered = self.grant.any_account
-            || self.grant.accounts.contains(&request.from)
-            || debit_owner.is_some_and(|owner| self.grant.owners.contains(owner));
-        if debits_client_account(request.kind) && !covered {
-            return Err(Unauthorized::DebitNotGranted { service: self.name.clone(), account: request.from });
+        for account in accounts {
+            let covered = self.grant.any_account
+                || self.grant.accounts.contains(&account)
+                || owners.get(&account).is_some_and(|owner| self.grant.owners.contains(owner));
+            if !covered {
+                return Err(Unauthorized::DebitNotGranted { service: self.name.clone(), account });
+            }
         }
         Ok(())
     }
@@ -217,7 +243,7 @@ mod tests {
     fn nothing_is_granted_by_default() {
         let s = service(Grant::default());
         for &kind in TransferKind::ALL {
-            let refused = s.may_send(&request(kind, AccountId::generate()), None);
+            let refused = s.may_send(&request(kind, AccountId::generate()), &BTreeMap::new());
             assert!(matches!(refused, Err(Unauthorized::KindNotGranted { .. })), "{kind}: {refused:?}");
         }
     }
@@ -227,21 +253,21 @@ mod tests {
         let payroll = AccountId::generate();
         let s =
             service(Grant { kinds: kinds(&[TransferKind::Transfer]), accounts: [payroll].into(), ..Grant::default() });
-        assert_eq!(s.may_send(&request(TransferKind::Transfer, payroll), None), Ok(()));
+        assert_eq!(s.may_send(&request(TransferKind::Transfer, payroll), &BTreeMap::new()), Ok(()));
         let other = AccountId::generate();
         assert_eq!(
-            s.may_send(&request(TransferKind::Transfer, other), None),
+            s.may_send(&request(TransferKind::Transfer, other), &BTreeMap::new()),
             Err(Unauthorized::DebitNotGranted { service: s.name.clone(), account: other })
         );
-        assert!(!s.needs_debit_owner(&request(TransferKind::Transfer, other)));
+        assert!(s.owners_needed(&request(TransferKind::Transfer, other)).is_empty());
     }
 
     #[test]
     fn an_any_account_grant_covers_every_client_account() {
         let s = service(Grant { kinds: kinds(&[TransferKind::Transfer]), any_account: true, ..Grant::default() });
         let r = request(TransferKind::Transfer, AccountId::generate());
-        assert!(!s.needs_debit_owner(&r));
-        assert_eq!(s.may_send(&r, None), Ok(()));
+        assert!(s.owners_needed(&r).is_empty());
+        assert_eq!(s.may_send(&r, &BTreeMap::new()), Ok(()));
     }
 
     #[test]
@@ -253,11 +279,12 @@ mod tests {
             ..Grant::default()
         });
         let hold = request(TransferKind::Hold, AccountId::generate());
-        assert!(s.needs_debit_owner(&hold));
-        assert_eq!(s.may_send(&hold, Some(&owner)), Ok(()));
-        assert!(matches!(s.may_send(&hold, Some(&UserId::generate())), Err(Unauthorized::DebitNotGranted { .. })));
+        assert_eq!(s.owners_needed(&hold), vec![hold.from]);
+        assert_eq!(s.may_send(&hold, &[(hold.from, owner)].into()), Ok(()));
+        let stranger = [(hold.from, UserId::generate())].into();
+        assert!(matches!(s.may_send(&hold, &stranger), Err(Unauthorized::DebitNotGranted { .. })));
         // A funding account has no owner.
-        assert!(matches!(s.may_send(&hold, None), Err(Unauthorized::DebitNotGranted { .. })));
+        assert!(matches!(s.may_send(&hold, &BTreeMap::new()), Err(Unauthorized::DebitNotGranted { .. })));
     }
 
     #[test]
@@ -266,13 +293,13 @@ mod tests {
             service(Grant { kinds: kinds(&[TransferKind::InitialFunds, TransferKind::VoidHold]), ..Grant::default() });
         for kind in [TransferKind::InitialFunds, TransferKind::VoidHold] {
             let r = request(kind, AccountId::generate());
-            assert!(!s.needs_debit_owner(&r));
-            assert_eq!(s.may_send(&r, None), Ok(()));
+            assert!(s.owners_needed(&r).is_empty());
+            assert_eq!(s.may_send(&r, &BTreeMap::new()), Ok(()));
         }
         // A reversal debits a client account like a transfer.
         let s = service(Grant { kinds: kinds(&[TransferKind::Reversal]), ..Grant::default() });
         assert!(matches!(
-            s.may_send(&request(TransferKind::Reversal, AccountId::generate()), None),
+            s.may_send(&request(TransferKind::Reversal, AccountId::generate()), &BTreeMap::new()),
             Err(Unauthorized::DebitNotGranted { .. })
         ));
     }
@@ -294,7 +321,7 @@ mod tests {
             Err(Unauthorized::Disabled(s.name.clone()))
         );
         let anything = request(TransferKind::Transfer, AccountId::generate());
-        assert_eq!(s.may_send(&anything, None), Err(Unauthorized::Disabled(s.name.clone())));
+        assert_eq!(s.may_send(&anything, &BTreeMap::new()), Err(Unauthorized::Disabled(s.name.clone())));
     }
 
     #[test]
@@ -323,5 +350,36 @@ mod tests {
         for bad in ["", "has space", "quote\"", &"x".repeat(129)] {
             assert!(bad.parse::<BrokerUser>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_journal_needs_every_debited_account_granted_and_initial_funds_to_draw_on_funding() {
+        use crate::Leg;
+        let (payroll, fees, stranger) = (AccountId::generate(), AccountId::generate(), AccountId::generate());
+        let leg = |from, to| Leg::new(from, to, Amount::new(5).expect("5"), Currency::USD).expect("leg");
+        let journal = |legs| TransferRequest::journal(legs, None).expect("journal");
+        let s = service(Grant {
+            kinds: kinds(&[TransferKind::Journal]),
+            accounts: [payroll, fees].into(),
+            ..Grant::default()
+        });
+        let none = BTreeMap::new();
+        assert_eq!(s.may_send(&journal(vec![leg(payroll, stranger), leg(fees, stranger)]), &none), Ok(()));
+        // The second leg debits an account the grant does not cover.
+        assert_eq!(
+            s.may_send(&journal(vec![leg(payroll, fees), leg(stranger, payroll)]), &none),
+            Err(Unauthorized::DebitNotGranted { service: s.name.clone(), account: stranger })
+        );
+        let funding = AccountId::funding(Currency::USD);
+        let issuing = journal(vec![leg(funding, payroll), leg(payroll, fees)]);
+        assert_eq!(
+            s.may_send(&issuing, &none),
+            Err(Unauthorized::KindNotGranted { service: s.name.clone(), kind: TransferKind::InitialFunds })
+        );
+        let minter = Service {
+            grant: Grant { kinds: kinds(&[TransferKind::Journal, TransferKind::InitialFunds]), ..s.grant.clone() },
+            ..s.clone()
+        };
+        assert_eq!(minter.may_send(&issuing, &none), Ok(()));
     }
 }

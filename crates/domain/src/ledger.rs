@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{AccountLimits, Reserved, available};
-use crate::{AccountId, AccountStatus, Balance, Currency, FailureReason, TransferKind, TransferRequest};
+use crate::{AccountId, AccountStatus, Amount, Balance, Currency, FailureReason, Leg, TransferKind, TransferRequest};
 
 /// The side of a ledger entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,27 +109,28 @@ pub struct Posting {
 }
 
 /// The checks every movement and reservation passes, whatever the balances: both accounts
-/// exist, are ACTIVE and hold the request's currency, and only the kinds allowed to touch the
+/// exist, are ACTIVE and hold the movement's currency, and only the kinds allowed to touch the
 /// funding account do. `None` for an account means it does not exist.
 fn admissible<'a>(
-    request: &TransferRequest,
+    kind: TransferKind,
+    currency: Currency,
     from: Option<&'a AccountSnapshot>,
     to: Option<&'a AccountSnapshot>,
 ) -> Result<(&'a AccountSnapshot, &'a AccountSnapshot), FailureReason> {
     let (Some(from), Some(to)) = (from, to) else {
         return Err(FailureReason::AccountNotFound);
     };
-    // Only INITIAL_FUNDS may draw on the funding account, and only the reversal of one may
-    // pay into it: otherwise a plain transfer could mint or destroy money.
-    if (from.is_funding() && request.kind != TransferKind::InitialFunds)
-        || (to.is_funding() && request.kind != TransferKind::Reversal)
-    {
+    // Only INITIAL_FUNDS (and a journal's leg, which only SYSTEM or a service granted
+    // INITIAL_FUNDS may send) may draw on the funding account, and only a reversal may pay
+    // into it: otherwise a plain transfer could mint or destroy money.
+    let may_draw = matches!(kind, TransferKind::InitialFunds | TransferKind::Journal);
+    if (from.is_funding() && !may_draw) || (to.is_funding() && kind != TransferKind::Reversal) {
         return Err(FailureReason::InvalidCommand);
     }
     if from.status != AccountStatus::Active || to.status != AccountStatus::Active {
         return Err(FailureReason::AccountNotActive);
     }
-    if from.currency != request.currency || to.currency != request.currency {
+    if from.currency != currency || to.currency != currency {
         return Err(FailureReason::CurrencyMismatch);
     }
     Ok((from, to))
@@ -142,8 +143,20 @@ pub fn post_transfer(
     from: Option<&AccountSnapshot>,
     to: Option<&AccountSnapshot>,
 ) -> Result<Posting, FailureReason> {
-    let (from, to) = covered(request, from, to)?;
+    let (from, to) = covered(request.kind, request.currency, request.amount, from, to)?;
     moved(from, to, request.amount.minor())
+}
+
+/// Decides one leg of a journal, or of a journal's reversal, against its accounts as the
+/// legs before it left them: the checks of a transfer of its amount.
+pub fn post_leg(
+    kind: TransferKind,
+    leg: &Leg,
+    from: Option<&AccountSnapshot>,
+    to: Option<&AccountSnapshot>,
+) -> Result<Posting, FailureReason> {
+    let (from, to) = covered(kind, leg.currency, leg.amount, from, to)?;
+    moved(from, to, leg.amount.minor())
 }
 
 /// Decides a hold: the same checks as a transfer of its amount, which it reserves instead of
@@ -153,7 +166,7 @@ pub fn reserve(
     from: Option<&AccountSnapshot>,
     to: Option<&AccountSnapshot>,
 ) -> Result<(), FailureReason> {
-    covered(request, from, to).map(|_| ())
+    covered(request.kind, request.currency, request.amount, from, to).map(|_| ())
 }
 
 /// Decides the post of a held amount: the money was reserved, so no limit is judged again
@@ -164,18 +177,20 @@ pub fn post_held(
     from: Option<&AccountSnapshot>,
     to: Option<&AccountSnapshot>,
 ) -> Result<Posting, FailureReason> {
-    let (from, to) = admissible(request, from, to)?;
+    let (from, to) = admissible(request.kind, request.currency, from, to)?;
     moved(from, to, request.amount.minor())
 }
 
 /// [`admissible`], and the amount within the sender's `available` and the receiver's ceiling.
 fn covered<'a>(
-    request: &TransferRequest,
+    kind: TransferKind,
+    currency: Currency,
+    amount: Amount,
     from: Option<&'a AccountSnapshot>,
     to: Option<&'a AccountSnapshot>,
 ) -> Result<(&'a AccountSnapshot, &'a AccountSnapshot), FailureReason> {
-    let (from, to) = admissible(request, from, to)?;
-    let amount = request.amount.minor();
+    let (from, to) = admissible(kind, currency, from, to)?;
+    let amount = amount.minor();
     from.may_debit(amount)?;
     to.may_credit(amount)?;
     Ok((from, to))
@@ -193,7 +208,6 @@ fn moved(from: &AccountSnapshot, to: &AccountSnapshot, amount: i64) -> Result<Po
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Amount;
 
     fn account(balance: i64) -> AccountSnapshot {
         AccountSnapshot {
@@ -221,6 +235,7 @@ mod tests {
             reverses: None,
             hold: None,
             timeout: None,
+            legs: Vec::new(),
         }
     }
 
@@ -324,5 +339,23 @@ mod tests {
     fn balances_never_overflow() {
         let (a, b) = (account(10), account(i64::MAX - 5));
         assert_eq!(post_transfer(&transfer(&a, &b, 10), Some(&a), Some(&b)), Err(FailureReason::BalanceLimitExceeded));
+    }
+
+    #[test]
+    fn a_journal_leg_may_draw_on_the_funding_account_but_never_pay_into_it() {
+        let (f, b) = (funding(), account(0));
+        let one = Amount::new(1_000).expect("amount");
+        let issue = Leg::new(f.id, b.id, one, Currency::USD).expect("leg");
+        let p = post_leg(TransferKind::Journal, &issue, Some(&f), Some(&b)).expect("funding may go negative");
+        assert_eq!(p.debit_balance_after, Balance(-1_500));
+        let back = Leg::new(b.id, f.id, one, Currency::USD).expect("leg");
+        let rich = account(5_000);
+        assert_eq!(post_leg(TransferKind::Journal, &back, Some(&rich), Some(&f)), Err(FailureReason::InvalidCommand));
+        assert!(post_leg(TransferKind::Reversal, &back, Some(&rich), Some(&f)).is_ok());
+        let euros = Leg::new(b.id, rich.id, one, "EUR".parse().expect("EUR")).expect("leg");
+        assert_eq!(
+            post_leg(TransferKind::Journal, &euros, Some(&b), Some(&rich)),
+            Err(FailureReason::CurrencyMismatch)
+        );
     }
 }

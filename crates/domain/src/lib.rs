@@ -14,6 +14,7 @@ pub mod fields;
 pub mod grants;
 pub mod holds;
 mod ids;
+pub mod journal;
 mod ledger;
 pub mod limits;
 mod money;
@@ -27,8 +28,10 @@ pub use command::{
 };
 pub use error::DomainError;
 pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, RequestId, ServiceName, TransactionId, UserId};
+pub use journal::Leg;
 pub use ledger::{
-    AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_held, post_transfer, reserve,
+    AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_held, post_leg, post_transfer,
+    reserve,
 };
 pub use limits::{AccountLimits, LimitRefusal, Reserved};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};

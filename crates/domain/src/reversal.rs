@@ -4,7 +4,7 @@
 //! database transaction that would write it (the gateway's read may be stale by then). One
 //! definition, so the two can never disagree about what is reversible.
 
-use crate::{TransactionId, TransactionStatus, TransferKind, TransferRequest};
+use crate::{Description, Leg, TransactionId, TransactionStatus, TransferKind, TransferRequest};
 
 /// Why a transaction may not be reversed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,15 +53,27 @@ impl ReversalCandidate {
 }
 
 impl TransferRequest {
-    /// Whether this request is exactly the reversal of `original`: the same amount in the
-    /// same currency, between the same accounts the other way. A queue message may claim to
-    /// reverse anything; only the exact mirror is honoured.
+    /// The reversal of `original` (recorded as `id`): each of its movements moved back, a
+    /// journal's legs in the opposite order, so that a leg that spent an earlier leg's credit
+    /// is undone before that credit is.
+    pub fn reversal_of(id: TransactionId, original: &TransferRequest, reason: Option<Description>) -> Self {
+        let mut reversal = Self::reversal(id, original.from, original.to, original.amount, original.currency, reason);
+        if !original.legs.is_empty() {
+            reversal.legs = original.legs.iter().rev().map(|leg| leg.mirrored()).collect();
+            let first = reversal.legs[0];
+            (reversal.from, reversal.to, reversal.amount, reversal.currency) =
+                (first.from, first.to, first.amount, first.currency);
+        }
+        reversal
+    }
+
+    /// Whether this request is exactly the reversal of `original`: the same amounts in the
+    /// same currencies, between the same accounts the other way (a journal's legs in the
+    /// opposite order). A queue message may claim to reverse anything; only the exact mirror
+    /// is honoured.
     pub fn mirrors(&self, original: &TransferRequest) -> bool {
-        self.kind == TransferKind::Reversal
-            && self.from == original.to
-            && self.to == original.from
-            && self.amount == original.amount
-            && self.currency == original.currency
+        let expected: Vec<Leg> = original.movements().into_iter().rev().map(Leg::mirrored).collect();
+        self.kind == TransferKind::Reversal && self.movements() == expected
     }
 }
 
@@ -106,5 +118,27 @@ mod tests {
         let back =
             TransferRequest::new(TransferKind::Transfer, b, a, amount, Currency::USD, None).expect("valid request");
         assert!(!back.mirrors(&original));
+    }
+
+    #[test]
+    fn a_journal_is_reversed_leg_by_leg_in_the_opposite_order() {
+        let [a, b, c] = [AccountId::generate(), AccountId::generate(), AccountId::generate()];
+        let leg =
+            |from, to, amount| Leg::new(from, to, Amount::new(amount).expect("amount"), Currency::USD).expect("leg");
+        let original = TransferRequest::journal(vec![leg(a, b, 100), leg(b, c, 60)], None).expect("journal");
+        let id = TransactionId::generate();
+        let reversal = TransferRequest::reversal_of(id, &original, None);
+        assert_eq!(reversal.legs, vec![leg(c, b, 60), leg(b, a, 100)]);
+        assert_eq!((reversal.from, reversal.to, reversal.amount.minor()), (c, b, 60));
+        assert!(reversal.mirrors(&original));
+        // The same legs in the journal's own order would spend b's credit before it is back.
+        let mut unordered = reversal.clone();
+        unordered.legs.reverse();
+        assert!(!unordered.mirrors(&original));
+        // A plain reversal of the first leg alone is not the journal's reversal.
+        assert!(
+            !TransferRequest::reversal(id, a, b, Amount::new(100).expect("100"), Currency::USD, None)
+                .mirrors(&original)
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::{AccountId, Amount, Currency, DomainError, TransactionId};
+use crate::{AccountId, Amount, Currency, DomainError, Leg, TransactionId};
 
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $field:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -103,7 +103,8 @@ wire_enum!(
 
 wire_enum!(
     /// A transfer between two client accounts, money issued from the funding account, the
-    /// reversal of either, or the two phases of a hold: the reservation, then its post or void.
+    /// reversal of either, the two phases of a hold (the reservation, then its post or void),
+    /// or a journal of several movements committed together.
     TransferKind, "kind" {
         Transfer => "TRANSFER",
         InitialFunds => "INITIAL_FUNDS",
@@ -111,6 +112,7 @@ wire_enum!(
         Hold => "HOLD",
         PostHold => "POST_HOLD",
         VoidHold => "VOID_HOLD",
+        Journal => "JOURNAL",
     }
 );
 
@@ -236,6 +238,9 @@ pub struct TransferRequest {
     pub hold: Option<TransactionId>,
     /// How long a HOLD may stay HELD; `None` for every other kind.
     pub timeout: Option<HoldTimeout>,
+    /// A JOURNAL's legs, or those its REVERSAL moves back; empty for every other request,
+    /// whose one movement is `from`, `to`, `amount` and `currency` ([`TransferRequest::movements`]).
+    pub legs: Vec<Leg>,
 }
 
 impl TransferRequest {
@@ -256,7 +261,18 @@ impl TransferRequest {
         if !matches!(kind, TransferKind::Transfer | TransferKind::InitialFunds) {
             return Err(DomainError::invalid("kind", "reversals and holds have constructors of their own"));
         }
-        Ok(Self { kind, from, to, amount, currency, description, reverses: None, hold: None, timeout: None })
+        Ok(Self {
+            kind,
+            from,
+            to,
+            amount,
+            currency,
+            description,
+            reverses: None,
+            hold: None,
+            timeout: None,
+            legs: Vec::new(),
+        })
     }
 
     /// A hold: `amount` reserved on `from` in favour of `to` for `timeout`.
@@ -300,6 +316,7 @@ impl TransferRequest {
             reverses: None,
             hold: Some(hold),
             timeout: None,
+            legs: Vec::new(),
         })
     }
 
@@ -322,6 +339,7 @@ impl TransferRequest {
             reverses: Some(original),
             hold: None,
             timeout: None,
+            legs: Vec::new(),
         }
     }
 
@@ -344,7 +362,9 @@ impl TransferRequest {
         }
         // Only when present, so that every request recorded before holds keeps its print.
         let hold_parts = [self.hold.map(|id| format!("hold:{id}")), self.timeout.map(|t| format!("timeout:{}", t.0))];
-        for part in hold_parts.iter().flatten() {
+        // A journal's legs (and its reversal's), in order; absent from every other request.
+        let leg_parts = self.legs.iter().map(|l| format!("leg:{}:{}:{}:{}", l.from, l.to, l.amount, l.currency.code()));
+        for part in hold_parts.into_iter().flatten().chain(leg_parts) {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }

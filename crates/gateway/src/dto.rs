@@ -5,7 +5,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledgerflow_api::ErrorBody;
 pub use ledgerflow_api::{
-    AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, StatusBody, TransactionBody,
+    AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, LegBody, StatusBody, TransactionBody,
     TransactionEnvelope, TransactionList, UserBody,
 };
 use ledgerflow_domain::{Balance, TransferKind, limits};
@@ -63,6 +63,7 @@ pub fn entry(e: &EntryRecord) -> EntryBody {
         seq: e.seq,
         balance_after: e.balance_after.minor(),
         created_at: time(e.created_at),
+        leg: e.leg,
     }
 }
 
@@ -75,6 +76,18 @@ pub fn transaction(t: &TransactionRecord) -> TransactionBody {
         to_account: t.to_account.to_string(),
         amount: t.amount.minor(),
         currency: t.currency.code().to_owned(),
+        legs: (!t.legs.is_empty()).then(|| {
+            t.legs
+                .iter()
+                .map(|l| LegBody {
+                    from_account: l.from.to_string(),
+                    to_account: l.to.to_string(),
+                    amount: l.amount.minor(),
+                    currency: l.currency.code().to_owned(),
+                })
+                .collect()
+        }),
+        failed_leg: t.failed_leg,
         status: t.status.as_str().to_owned(),
         idempotency_key: t.idempotency_key.to_string(),
         description: t.description.as_ref().map(|d| d.as_str().to_owned()),

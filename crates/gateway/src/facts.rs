@@ -46,15 +46,22 @@ impl AccountFacts {
         store: &Store,
         ids: [AccountId; N],
     ) -> Result<[Option<Facts>; N], StoreError> {
-        let mut found = ids.map(|id| self.known.get(&id));
+        let found = self.get_each(store, &ids).await?;
+        let mut found = found.into_iter();
+        Ok(std::array::from_fn(|_| found.next().flatten()))
+    }
+
+    /// [`AccountFacts::get`] for any number of accounts.
+    pub(crate) async fn get_each(&self, store: &Store, ids: &[AccountId]) -> Result<Vec<Option<Facts>>, StoreError> {
+        let mut found: Vec<Option<Facts>> = ids.iter().map(|id| self.known.get(id)).collect();
         if found.iter().all(Option::is_some) {
             return Ok(found);
         }
-        let read = store.find_accounts(ids).await?;
+        let read = store.find_each_account(ids).await?;
         for ((slot, id), record) in found.iter_mut().zip(ids).zip(&read) {
             if let Some(record) = record {
                 let facts = Facts::from(record);
-                self.known.insert(id, facts);
+                self.known.insert(*id, facts);
                 *slot = Some(facts);
             }
         }

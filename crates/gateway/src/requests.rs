@@ -93,20 +93,23 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// `POST /transactions`: a transfer (`fromAccount`, `toAccount`, `amount`), a hold (the same
+/// with `hold`), or a journal (`legs` instead of the three).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TransferBody {
-    /// An account the caller owns.
-    #[schema(value_type = String, format = Uuid)]
-    pub from_account: AccountId,
-    #[schema(value_type = String, format = Uuid)]
-    pub to_account: AccountId,
-    /// Integer minor units.
-    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
-    pub amount: Amount,
+    /// An account the caller owns. Required unless `legs` is given.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub from_account: Option<AccountId>,
+    /// Required unless `legs` is given.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub to_account: Option<AccountId>,
+    /// Integer minor units. Required unless `legs` is given.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Option<Amount>,
     /// Optional: the currency the caller means to move. If given, it must be the accounts'
     /// (422 `CURRENCY_MISMATCH` otherwise), so that an amount meant in one currency is never
-    /// moved in another.
+    /// moved in another. With `legs`, each leg names its own.
     #[schema(value_type = Option<String>, example = "USD", pattern = "^[A-Z]{3}$")]
     pub currency: Option<Currency>,
     /// 1–128 visible ASCII characters; unique per caller.
@@ -117,6 +120,26 @@ pub struct TransferBody {
     /// Present: reserve the amount as a HOLD instead of moving it, to be posted or voided
     /// later, or to expire.
     pub hold: Option<HoldOptions>,
+    /// A JOURNAL of 2 to 16 legs, committed all or none, in order (a later leg may spend what
+    /// an earlier one credited). The caller must own every debited account; SYSTEM may also
+    /// debit a currency's funding account.
+    #[schema(min_items = 2, max_items = 16)]
+    pub legs: Option<Vec<LegRequest>>,
+}
+
+/// One leg of a journal.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LegRequest {
+    #[schema(value_type = String, format = Uuid)]
+    pub from_account: AccountId,
+    #[schema(value_type = String, format = Uuid)]
+    pub to_account: AccountId,
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Amount,
+    /// Optional: if given, it must be both accounts' currency (422 `CURRENCY_MISMATCH`).
+    #[schema(value_type = Option<String>, example = "EUR", pattern = "^[A-Z]{3}$")]
+    pub currency: Option<Currency>,
 }
 
 #[derive(Deserialize, ToSchema)]

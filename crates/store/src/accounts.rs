@@ -57,13 +57,20 @@ impl Store {
         &self,
         ids: [AccountId; N],
     ) -> Result<[Option<AccountRecord>; N], StoreError> {
+        let found = self.find_each_account(&ids).await?;
+        let mut found = found.into_iter();
+        Ok(std::array::from_fn(|_| found.next().flatten()))
+    }
+
+    /// Each of `ids`' accounts, in order, `None` where there is none: one query.
+    pub async fn find_each_account(&self, ids: &[AccountId]) -> Result<Vec<Option<AccountRecord>>, StoreError> {
         let wanted: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let mut cursor = self.accounts().find(doc! { "_id": { "$in": wanted } }).await?;
-        let mut found: [Option<AccountRecord>; N] = std::array::from_fn(|_| None);
+        let mut found: Vec<Option<AccountRecord>> = vec![None; ids.len()];
         while let Some(doc) = cursor.try_next().await? {
             let record = AccountRecord::try_from(doc)?;
             for (slot, id) in found.iter_mut().zip(ids) {
-                if id == record.id {
+                if *id == record.id {
                     *slot = Some(record.clone());
                 }
             }

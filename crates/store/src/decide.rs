@@ -16,7 +16,7 @@ use ledgerflow_domain::{
     GENESIS_HASH, NotReversible, Posting, Reserved, TransactionId, TransactionStatus, TransferCommand, TransferKind,
     TransferRequest, post_transfer,
 };
-use ledgerflow_domain::{post_held, reserve};
+use ledgerflow_domain::{Leg, post_held, post_leg, reserve};
 
 use crate::execute::{Execution, Outcome};
 use crate::{AccountRecord, EntryRecord, StoreError, TransactionRecord};
@@ -149,39 +149,44 @@ impl AccountState {
         }
     }
 
-    /// Appends an entry to this account's chain and returns it.
+    /// Appends an entry of `movement` (leg `leg` of a journal, or `None`) to this account's
+    /// chain and returns it.
     fn post(
         &mut self,
-        record: &TransactionRecord,
+        transaction: TransactionId,
+        movement: (Option<u16>, &Leg),
         entry_type: EntryType,
         balance_after: Balance,
         now: DateTime<Utc>,
     ) -> EntryRecord {
+        let (leg, movement) = movement;
         let fields = EntryFields {
             id: EntryId::generate(),
             account_id: self.head.account.id,
-            transaction_id: record.id,
+            transaction_id: transaction,
             entry_type,
-            amount: record.amount,
-            currency: record.currency,
+            amount: movement.amount,
+            currency: movement.currency,
             seq: self.head.account.seq + 1,
             balance_after,
             created_at_ms: now.timestamp_millis(),
             prev_hash: &self.head.hash,
+            leg,
         };
         let hash = fields.hash();
         let entry = EntryRecord {
             id: fields.id,
             account_id: fields.account_id,
-            transaction_id: record.id,
+            transaction_id: transaction,
             entry_type,
-            amount: record.amount,
-            currency: record.currency,
+            amount: movement.amount,
+            currency: movement.currency,
             seq: fields.seq,
             balance_after,
             created_at: now,
             prev_hash: std::mem::replace(&mut self.head.hash, hash.clone()),
             hash,
+            leg,
         };
         self.head.account.seq = entry.seq;
         self.head.balance = balance_after;
@@ -259,23 +264,39 @@ impl Batch {
         };
 
         let request = &cmd.request;
-        self.open_funding_account(request);
+        self.open_funding_accounts(request);
         let from = self.snapshot(request.from)?;
         let to = self.snapshot(request.to)?;
         let now = self.now;
+        let mut failed_leg = None;
         let decided = match request.kind {
             TransferKind::Hold => reserve(request, from.as_ref(), to.as_ref()).map(|()| {
                 self.reservation(request, 1);
                 TransactionStatus::Held
             }),
             TransferKind::PostHold | TransferKind::VoidHold => self.settle(cmd, &record, from.as_ref(), to.as_ref())?,
-            TransferKind::Transfer | TransferKind::InitialFunds | TransferKind::Reversal => {
+            TransferKind::Transfer | TransferKind::InitialFunds | TransferKind::Reversal if request.legs.is_empty() => {
                 match self.reversal_refusal(request)? {
                     Some(reason) => Err(reason),
                     None => post_transfer(request, from.as_ref(), to.as_ref()),
                 }
                 .map(|posting| {
                     self.post(&record, posting);
+                    if let Some(original) = request.reverses {
+                        self.mark_reversed(original, record.id);
+                    }
+                    TransactionStatus::Completed
+                })
+            }
+            TransferKind::Transfer | TransferKind::InitialFunds | TransferKind::Reversal | TransferKind::Journal => {
+                match self.reversal_refusal(request)? {
+                    Some(reason) => Err(reason),
+                    None => self.post_legs(&record, request)?.map_err(|(leg, reason)| {
+                        failed_leg = Some(leg);
+                        reason
+                    }),
+                }
+                .map(|()| {
                     if let Some(original) = request.reverses {
                         self.mark_reversed(original, record.id);
                     }
@@ -289,6 +310,7 @@ impl Batch {
         };
         record.status = status;
         record.failure_reason = reason;
+        record.failed_leg = failed_leg;
         record.completed_at = Some(now);
         self.record_decision(&record);
         let hold = self.settled_hold(&record);
@@ -311,28 +333,32 @@ impl Batch {
         record
     }
 
-    /// A currency's funding account comes into being on the first INITIAL_FUNDS that draws
-    /// on it.
-    fn open_funding_account(&mut self, request: &TransferRequest) {
-        let funding = AccountId::funding(request.currency);
-        if request.kind != TransferKind::InitialFunds || request.from != funding || self.accounts.contains_key(&funding)
-        {
+    /// A currency's funding account comes into being on the first INITIAL_FUNDS (or journal
+    /// leg) that draws on it.
+    fn open_funding_accounts(&mut self, request: &TransferRequest) {
+        if !matches!(request.kind, TransferKind::InitialFunds | TransferKind::Journal) {
             return;
         }
-        let account = AccountRecord {
-            id: funding,
-            owner_id: None,
-            status: ledgerflow_domain::AccountStatus::Active,
-            currency: request.currency,
-            seq: 0,
-            created_at: self.now,
-            reserved: Reserved::default(),
-            limits: AccountLimits::NONE,
-            peak_overdraft: 0,
-        };
-        let head = AccountHead::empty(account);
-        let state = AccountState { loaded_seq: 0, loaded_reserved: Reserved::default(), head, new: true };
-        self.accounts.insert(funding, Ok(state));
+        for leg in request.movements() {
+            let funding = AccountId::funding(leg.currency);
+            if leg.from != funding || self.accounts.contains_key(&funding) {
+                continue;
+            }
+            let account = AccountRecord {
+                id: funding,
+                owner_id: None,
+                status: ledgerflow_domain::AccountStatus::Active,
+                currency: leg.currency,
+                seq: 0,
+                created_at: self.now,
+                reserved: Reserved::default(),
+                limits: AccountLimits::NONE,
+                peak_overdraft: 0,
+            };
+            let head = AccountHead::empty(account);
+            let state = AccountState { loaded_seq: 0, loaded_reserved: Reserved::default(), head, new: true };
+            self.accounts.insert(funding, Ok(state));
+        }
     }
 
     fn snapshot(&self, id: AccountId) -> Result<Option<AccountSnapshot>, StoreError> {
@@ -450,15 +476,63 @@ impl Batch {
 
     /// Applies an allowed posting: an entry on each side, each account's state advanced.
     fn post(&mut self, record: &TransactionRecord, posting: Posting) {
+        let movement =
+            Leg { from: record.from_account, to: record.to_account, amount: record.amount, currency: record.currency };
+        self.post_movement(record.id, (None, &movement), posting);
+    }
+
+    fn post_movement(&mut self, transaction: TransactionId, movement: (Option<u16>, &Leg), posting: Posting) {
+        let (leg, m) = movement;
         let sides = [
-            (record.from_account, EntryType::Debit, posting.debit_balance_after),
-            (record.to_account, EntryType::Credit, posting.credit_balance_after),
+            (m.from, EntryType::Debit, posting.debit_balance_after),
+            (m.to, EntryType::Credit, posting.credit_balance_after),
         ];
         for (id, entry_type, balance_after) in sides {
             if let Some(Ok(state)) = self.accounts.get_mut(&id) {
-                self.plan.entries.push(state.post(record, entry_type, balance_after, self.now));
+                self.plan.entries.push(state.post(transaction, (leg, m), entry_type, balance_after, self.now));
             }
         }
+    }
+
+    /// Applies a journal's legs (or its reversal's) in order, each against the accounts as
+    /// the legs before it left them, all or none: at the first leg that may not happen, every
+    /// earlier leg's effect on the batch is undone, and that leg's index and reason returned.
+    fn post_legs(
+        &mut self,
+        record: &TransactionRecord,
+        request: &TransferRequest,
+    ) -> Result<Result<(), (u16, FailureReason)>, StoreError> {
+        let touched = request.accounts();
+        // An account that did not parse fails the command before any leg is applied.
+        for id in &touched {
+            self.snapshot(*id)?;
+        }
+        let saved: Vec<(AccountId, AccountHead)> = touched
+            .iter()
+            .filter_map(|id| match self.accounts.get(id) {
+                Some(Ok(state)) => Some((*id, state.head.clone())),
+                _ => None,
+            })
+            .collect();
+        let entries_before = self.plan.entries.len();
+        for (index, leg) in request.legs.iter().enumerate() {
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            let from = self.snapshot(leg.from)?;
+            let to = self.snapshot(leg.to)?;
+            match post_leg(request.kind, leg, from.as_ref(), to.as_ref()) {
+                Ok(posting) => self.post_movement(record.id, (Some(index), leg), posting),
+                Err(reason) => {
+                    self.plan.entries.truncate(entries_before);
+                    for (id, head) in saved {
+                        if let Some(Ok(state)) = self.accounts.get_mut(&id) {
+                            state.head = head;
+                        }
+                    }
+                    return Ok(Err((index, reason)));
+                }
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Records on the original that it was reversed, in the reversal's transaction: two

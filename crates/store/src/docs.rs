@@ -10,8 +10,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use ledgerflow_domain::holds::HeldFacts;
 use ledgerflow_domain::{
     AccountId, AccountLimits, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId,
-    EntryType, FailureReason, HoldTimeout, IdempotencyKey, Initiator, PersonName, Reserved, ReversalCandidate, Role,
-    TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
+    EntryType, FailureReason, HoldTimeout, IdempotencyKey, Initiator, Leg, PersonName, Reserved, ReversalCandidate,
+    Role, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
 };
 use mongodb::bson::DateTime as BsonDateTime;
 use serde::{Deserialize, Serialize};
@@ -243,6 +243,26 @@ pub(crate) struct TransactionDoc {
     pub resolved_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<BsonDateTime>,
+    /// A JOURNAL's legs, or those its REVERSAL moves back (absent on every other
+    /// transaction, whose one movement is `fromAccount` to `toAccount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<LegDoc>,
+    /// Beside `legs`: every account they touch, so that one multikey index finds a journal
+    /// by any of its accounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leg_accounts: Vec<String>,
+    /// For a FAILED journal: the index of the leg that failed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_leg: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LegDoc {
+    pub from_account: String,
+    pub to_account: String,
+    pub amount: i64,
+    pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +290,9 @@ pub struct TransactionRecord {
     pub posted_amount: Option<Amount>,
     pub resolved_by: Option<TransactionId>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// A journal's legs (see `TransferRequest::legs`); empty for every other transaction.
+    pub legs: Vec<Leg>,
+    pub failed_leg: Option<u16>,
 }
 
 impl TryFrom<TransactionDoc> for TransactionRecord {
@@ -301,6 +324,26 @@ impl TryFrom<TransactionDoc> for TransactionRecord {
             posted_amount: d.posted_amount.map(Amount::new).transpose().map_err(corrupt)?,
             resolved_by: d.resolved_by.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
             resolved_at: d.resolved_at.map(from_bson_time),
+            legs: d
+                .legs
+                .iter()
+                .map(|l| {
+                    let leg = Leg::new(
+                        field(C, &d.id, &l.from_account)?,
+                        field(C, &d.id, &l.to_account)?,
+                        Amount::new(l.amount).map_err(corrupt)?,
+                        field(C, &d.id, &l.currency)?,
+                    );
+                    leg.map_err(corrupt)
+                })
+                .collect::<Result<_, _>>()?,
+            failed_leg: d
+                .failed_leg
+                .map(|i| u16::try_from(i).ok().filter(|i| usize::from(*i) < d.legs.len().max(1)))
+                .map(|i| {
+                    i.ok_or_else(|| corrupt(DomainError::Invalid { field: "failedLeg", reason: "names no leg".into() }))
+                })
+                .transpose()?,
         })
     }
 }
@@ -325,6 +368,9 @@ pub(crate) struct EntryDoc {
     pub prev_hash: String,
     /// SHA-256 over this entry's fields and `prev_hash` (see `ledgerflow_domain::EntryFields`).
     pub hash: String,
+    /// Which leg of its journal (or of the journal's reversal) it posts; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +386,7 @@ pub struct EntryRecord {
     pub created_at: DateTime<Utc>,
     pub prev_hash: String,
     pub hash: String,
+    pub leg: Option<u16>,
 }
 
 impl EntryRecord {
@@ -356,6 +403,7 @@ impl EntryRecord {
             balance_after: self.balance_after,
             created_at_ms: self.created_at.timestamp_millis(),
             prev_hash: &self.prev_hash,
+            leg: self.leg,
         }
     }
 }
@@ -375,6 +423,14 @@ impl TryFrom<EntryDoc> for EntryRecord {
             seq: d.seq,
             balance_after: Balance(d.balance_after),
             created_at: from_bson_time(d.created_at),
+            leg: d
+                .leg
+                .map(|leg| {
+                    u16::try_from(leg).map_err(|_| {
+                        corrupt(DomainError::Invalid { field: "leg", reason: "must be 0 to 65535".into() })
+                    })
+                })
+                .transpose()?,
             prev_hash: d.prev_hash,
             hash: d.hash,
         })
@@ -410,6 +466,8 @@ impl TransactionRecord {
             posted_amount: None,
             resolved_by: None,
             resolved_at: None,
+            legs: r.legs.clone(),
+            failed_leg: None,
         }
     }
 
@@ -425,6 +483,7 @@ impl TransactionRecord {
             reverses: self.reverses,
             hold: self.hold,
             timeout: self.timeout,
+            legs: self.legs.clone(),
         }
     }
 
@@ -480,6 +539,22 @@ impl From<&TransactionRecord> for TransactionDoc {
             posted_amount: r.posted_amount.map(Amount::minor),
             resolved_by: r.resolved_by.map(|id| id.to_string()),
             resolved_at: r.resolved_at.map(to_bson_time),
+            legs: r
+                .legs
+                .iter()
+                .map(|l| LegDoc {
+                    from_account: l.from.to_string(),
+                    to_account: l.to.to_string(),
+                    amount: l.amount.minor(),
+                    currency: l.currency.code().to_owned(),
+                })
+                .collect(),
+            leg_accounts: if r.legs.is_empty() {
+                Vec::new()
+            } else {
+                r.request().accounts().iter().map(ToString::to_string).collect()
+            },
+            failed_leg: r.failed_leg.map(i64::from),
         }
     }
 }
@@ -498,6 +573,7 @@ impl From<&EntryRecord> for EntryDoc {
             created_at: to_bson_time(e.created_at),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
+            leg: e.leg.map(i64::from),
         }
     }
 }

@@ -146,7 +146,17 @@ impl Store {
     }
 
     async fn execute_once(&self, cmds: &[TransferCommand]) -> Result<Vec<Outcome>, StoreError> {
-        self.transact(&Reads::of_commands(cmds), |loaded, now| decide(loaded, cmds, now)).await
+        let done = self.transact(&Reads::of_commands(cmds), |loaded, now| decide(loaded, cmds, now)).await;
+        if let Err(e) = &done
+            && is_conflict(e)
+            && cmds.iter().any(|cmd| cmd.request.debited_accounts().len() > 1)
+        {
+            // A journal is routed by its first debited account; its other debits may be
+            // committed meanwhile by the workers of other partitions. Conflicts are retried
+            // like any other; counted, so an operator sees what such journals cost.
+            metrics::counter!("ledgerflow_journal_conflicts_total").increment(1);
+        }
+        done
     }
 
     /// One commit: in a snapshot transaction, loads `reads`, lets the pure `judge` decide
@@ -296,9 +306,14 @@ impl Store {
         let decided = plan.decided.iter().map(|record| {
             let reason = record.failure_reason.map(FailureReason::as_str);
             let completed_at = record.completed_at.map(to_bson_time);
+            let mut set =
+                doc! { "status": record.status.as_str(), "failureReason": reason, "completedAt": completed_at };
+            if let Some(leg) = record.failed_leg {
+                set.insert("failedLeg", i64::from(leg));
+            }
             doc! {
                 "q": { "_id": record.id.to_string(), "status": TransactionStatus::Pending.as_str() },
-                "u": { "$set": { "status": record.status.as_str(), "failureReason": reason, "completedAt": completed_at } },
+                "u": { "$set": set },
             }
         });
         let reversed = plan.reversed.iter().map(|(original, by)| {
@@ -385,7 +400,8 @@ pub(crate) struct Reads {
 
 impl Reads {
     /// A batch's: its records (by id or, for upstream commands, by key), the originals of its
-    /// reversals, the holds its posts and voids settle, and every account it names.
+    /// reversals, the holds its posts and voids settle, and every account it names (each leg's,
+    /// for a journal).
     fn of_commands(cmds: &[TransferCommand]) -> Self {
         let mut reads = Reads::default();
         for cmd in cmds {
@@ -395,7 +411,7 @@ impl Reads {
             }
             reads.ids.extend(cmd.request.reverses.map(|id| id.to_string()));
             reads.ids.extend(cmd.request.hold.map(|id| id.to_string()));
-            reads.accounts.extend([cmd.request.from, cmd.request.to]);
+            reads.accounts.extend(cmd.request.accounts());
         }
         reads.accounts.sort_unstable();
         reads.accounts.dedup();

@@ -56,6 +56,8 @@ pub struct Store {
     conflict_retry_budget: Duration,
 }
 
+/// An index older versions created on entries: one of each type per transaction.
+const RETIRED_ENTRY_PAIR_INDEX: &str = "transactionId_1_type_1";
 /// An index older versions created on transactions (`status, publishedAt, createdAt`).
 const RETIRED_PENDING_INDEX: &str = "status_1_publishedAt_1_createdAt_1";
 
@@ -102,6 +104,8 @@ impl Store {
                 index(doc! { "status": 1, "createdAt": 1 }, None),
                 index(doc! { "fromAccount": 1, "_id": -1 }, None),
                 index(doc! { "toAccount": 1, "_id": -1 }, None),
+                // Journals by any of their legs' accounts (multikey; only journals have it).
+                index(doc! { "legAccounts": 1, "_id": -1 }, Some(IndexOptions::builder().sparse(true).build())),
                 index(doc! { "initiator": 1, "_id": -1 }, None),
                 index(doc! { "reverses": 1 }, Some(IndexOptions::builder().sparse(true).build())),
                 // The sweep's look for expiries whose result may not be out: normally empty.
@@ -133,12 +137,21 @@ impl Store {
         {
             return Err(e.into());
         }
+        // One DEBIT and one CREDIT per transaction and leg (`leg` is absent, so null, on every
+        // transaction but a journal and its reversal).
         self.entries()
             .create_indexes([
                 index(doc! { "accountId": 1, "seq": -1 }, Some(unique())),
-                index(doc! { "transactionId": 1, "type": 1 }, Some(unique())),
+                index(doc! { "transactionId": 1, "type": 1, "leg": 1 }, Some(unique())),
             ])
             .await?;
+        // Its predecessor allowed one DEBIT and one CREDIT per transaction, which a journal's
+        // second leg would break; the new index is in place before it goes.
+        if let Err(e) = self.entries().drop_index(RETIRED_ENTRY_PAIR_INDEX).await
+            && !error::is_index_not_found(&e)
+        {
+            return Err(e.into());
+        }
         Ok(())
     }
 

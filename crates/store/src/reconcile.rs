@@ -378,25 +378,36 @@ fn check_transaction(
     let moves_money = t.status == TransactionStatus::Completed && t.kind != TransferKind::VoidHold;
     match t.status {
         TransactionStatus::Completed if moves_money => {
-            let debit = entries.iter().filter(|e| e.entry_type == EntryType::Debit).collect::<Vec<_>>();
-            let credit = entries.iter().filter(|e| e.entry_type == EntryType::Credit).collect::<Vec<_>>();
-            let exact = |side: &[&EntryRecord], account: AccountId| {
-                side.len() == 1
-                    && side[0].account_id == account
-                    && side[0].amount == t.amount
-                    && side[0].currency == t.currency
+            // One DEBIT and one CREDIT per movement (each leg of a journal), of its amount,
+            // on its accounts; nothing else.
+            let movements = t.request().movements();
+            let leg_of = |i: usize| if t.legs.is_empty() { None } else { u16::try_from(i).ok() };
+            let exact = |i: usize, side: EntryType, account: AccountId, amount, currency| {
+                let found: Vec<&EntryRecord> =
+                    entries.iter().filter(|e| e.leg == leg_of(i) && e.entry_type == side).collect();
+                found.len() == 1
+                    && found[0].account_id == account
+                    && found[0].amount == amount
+                    && found[0].currency == currency
             };
-            if entries.len() != 2 || !exact(&debit, t.from_account) || !exact(&credit, t.to_account) {
+            let wrong = movements.iter().enumerate().find(|(i, m)| {
+                !exact(*i, EntryType::Debit, m.from, m.amount, m.currency)
+                    || !exact(*i, EntryType::Credit, m.to, m.amount, m.currency)
+            });
+            if entries.len() != 2 * movements.len() || wrong.is_some() {
+                let (i, m) = wrong.unwrap_or((0, &movements[0]));
+                let leg = if t.legs.is_empty() { String::new() } else { format!("leg {i}: ") };
                 report.flag(
                     "completed_entries",
                     subject(),
                     format!(
-                        "expected one DEBIT on {} and one CREDIT on {} of {} {}, found {} entries",
-                        t.from_account,
-                        t.to_account,
-                        t.amount,
-                        t.currency,
-                        entries.len()
+                        "{leg}expected one DEBIT on {} and one CREDIT on {} of {} {}, found {} entries for {} movements",
+                        m.from,
+                        m.to,
+                        m.amount,
+                        m.currency,
+                        entries.len(),
+                        movements.len()
                     ),
                 );
             }

@@ -125,6 +125,7 @@ impl Head {
             balance_after,
             created_at_ms,
             prev_hash: &self.hash,
+            leg: None,
         };
         let hash = fields.hash();
         let entry = EntryDoc {
@@ -139,6 +140,7 @@ impl Head {
             created_at: mongodb::bson::DateTime::from_millis(created_at_ms),
             prev_hash: std::mem::replace(&mut self.hash, hash.clone()),
             hash,
+            leg: None,
         };
         self.seq += 1;
         self.balance = balance_after;

@@ -40,7 +40,8 @@ impl PendingWriter {
 /// Which transactions a listing returns.
 #[derive(Debug, Clone, Default)]
 pub struct TransactionFilter {
-    /// When set, only transactions this user initiated or that touch one of these accounts.
+    /// When set, only transactions this user initiated or that touch one of these accounts
+    /// (any leg's, for a journal).
     pub visible_to: Option<(Initiator, Vec<AccountId>)>,
     pub account: Option<AccountId>,
     pub status: Option<TransactionStatus>,
@@ -140,11 +141,12 @@ impl Store {
                 { "initiator": initiator.to_string() },
                 { "fromAccount": { "$in": &ids } },
                 { "toAccount": { "$in": &ids } },
+                { "legAccounts": { "$in": &ids } },
             ]});
         }
         if let Some(account) = f.account {
             let id = account.to_string();
-            clauses.push(doc! { "$or": [{ "fromAccount": &id }, { "toAccount": &id }] });
+            clauses.push(doc! { "$or": [{ "fromAccount": &id }, { "toAccount": &id }, { "legAccounts": &id }] });
         }
         if let Some(status) = f.status {
             clauses.push(doc! { "status": status.as_str() });

@@ -7,7 +7,7 @@
 //! reach every worker within about a second, with no restart; commands already queued are
 //! judged by the grant of the moment they are processed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -139,14 +139,15 @@ impl Authority {
     }
 
     /// Whether `service` (as [`Authority::identify`] found it) may send `request`; the
-    /// debited account's owner is looked up only when the grant covers accounts by owner.
+    /// debited accounts' owners are looked up only when the grant covers accounts by owner.
     pub async fn permit(&self, service: &Service, request: &TransferRequest) -> Result<Result<(), Refused>, Undecided> {
-        let owner = if service.needs_debit_owner(request) {
-            self.store.find_account(request.from).await?.and_then(|a| a.owner_id)
-        } else {
-            None
-        };
+        let mut owners = BTreeMap::new();
+        for account in service.owners_needed(request) {
+            if let Some(owner) = self.store.find_account(account).await?.and_then(|a| a.owner_id) {
+                owners.insert(account, owner);
+            }
+        }
         let refused = |why| Refused { why, service: Some(service.clone()) };
-        Ok(service.may_send(request, owner.as_ref()).map_err(refused))
+        Ok(service.may_send(request, &owners).map_err(refused))
     }
 }

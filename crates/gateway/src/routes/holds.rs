@@ -9,12 +9,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
-use ledgerflow_domain::{
-    Amount, IdempotencyKey, TransactionId, TransactionStatus, TransferKind, TransferRequest, UserId,
-};
+use ledgerflow_domain::{Amount, IdempotencyKey, TransactionId, TransactionStatus, TransferKind, TransferRequest};
 use ledgerflow_store::TransactionRecord;
 
-use super::transactions::{accept, owners, sees};
+use super::transactions::{Owners, accept, owners, sees};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -91,7 +89,8 @@ pub(super) async fn void(
     body: Body<requests::VoidHoldBody>,
 ) -> ApiResult<Response> {
     let requests::VoidHoldBody { idempotency_key: key } = body.read()?;
-    let (hold, [_, receiver]) = visible_hold(&state, &user, &id).await?;
+    let (hold, owners) = visible_hold(&state, &user, &id).await?;
+    let receiver = owners.of(hold.to_account);
     if !user.is_system() && hold.initiator != user.initiator() && receiver != Some(user.id) {
         return Err(ApiError::Forbidden(
             "only the hold's initiator, the receiving account's owner or SYSTEM may void it",
@@ -102,11 +101,7 @@ pub(super) async fn void(
 
 /// The hold `id` names and its two accounts' owners, or 404 if it is not a hold the caller
 /// may see.
-async fn visible_hold(
-    state: &AppState,
-    user: &AuthUser,
-    id: &str,
-) -> ApiResult<(TransactionRecord, [Option<UserId>; 2])> {
+async fn visible_hold(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<(TransactionRecord, Owners)> {
     let id = TransactionId::parse_field("transactionId", id)?;
     let hold = state.store.find_transaction(id).await?.filter(|t| t.kind == TransferKind::Hold);
     let hold = hold.ok_or_else(ApiError::transaction_not_found)?;

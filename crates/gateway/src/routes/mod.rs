@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 12] = [
+        let bodies: [(&str, &[&str]); 13] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
@@ -133,6 +133,7 @@ mod tests {
             ("StatusRequest", names::<requests::StatusRequest>()),
             ("LimitsRequest", names::<requests::LimitsRequest>()),
             ("TransferBody", names::<requests::TransferBody>()),
+            ("LegRequest", names::<requests::LegRequest>()),
             ("InitialFundsBody", names::<requests::InitialFundsBody>()),
             ("ReverseBody", names::<requests::ReverseBody>()),
             ("HoldOptions", names::<requests::HoldOptions>()),

@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use ledgerflow_domain::{
-    AccountId, Currency, IdempotencyKey, NotReversible, TransactionId, TransferCommand, TransferKind, TransferRequest,
-    UserId,
+    AccountId, Currency, IdempotencyKey, Leg, NotReversible, TransactionId, TransferCommand, TransferKind,
+    TransferRequest, UserId,
 };
 use ledgerflow_store::{InsertPending, TransactionFilter, TransactionRecord};
 use tracing::{Instrument, info, info_span};
@@ -45,6 +45,19 @@ pub(super) async fn create(
     request_id: RequestId,
     body: Body<requests::TransferBody>,
 ) -> ApiResult<Response> {
+    let (request, key) = transfer_request(&state, &user, body.read()?).await?;
+    accept(&state, &user, request, key, request_id.0).await
+}
+
+/// The request a [`requests::TransferBody`] asks for, judged as far as the gateway can:
+/// ownership and currency never change, so they are judged here, at once; balance and status
+/// are the worker's to judge, at the moment the money moves (it checks the currency again:
+/// upstream commands never pass through here).
+pub(super) async fn transfer_request(
+    state: &AppState,
+    user: &AuthUser,
+    body: requests::TransferBody,
+) -> ApiResult<(TransferRequest, IdempotencyKey)> {
     let requests::TransferBody {
         from_account: from,
         to_account: to,
@@ -53,7 +66,22 @@ pub(super) async fn create(
         idempotency_key: key,
         description,
         hold,
-    } = body.read()?;
+        legs,
+    } = body;
+    if let Some(legs) = legs {
+        let given = [("fromAccount", from.is_some()), ("toAccount", to.is_some()), ("amount", amount.is_some())];
+        let beside = given.into_iter().chain([("currency", asked.is_some()), ("hold", hold.is_some())]);
+        if let Some((field, _)) = beside.into_iter().find(|(_, given)| *given) {
+            let reason = "is not allowed beside legs: each leg names its own accounts, amount and currency".into();
+            return Err(ledgerflow_domain::DomainError::Invalid { field, reason }.into());
+        }
+        let legs = journal_legs(state, user, legs).await?;
+        return Ok((TransferRequest::journal(legs, description)?, key));
+    }
+    let required = |field| ledgerflow_domain::DomainError::Missing { field };
+    let from = from.ok_or(required("fromAccount"))?;
+    let to = to.ok_or(required("toAccount"))?;
+    let amount = amount.ok_or(required("amount"))?;
     if from == to {
         return Err(ledgerflow_domain::DomainError::Invalid {
             field: "toAccount",
@@ -61,9 +89,6 @@ pub(super) async fn create(
         }
         .into());
     }
-    // Ownership and currency never change, so they are judged here, at once; balance and
-    // status are the worker's to judge, at the moment the money moves (it checks the
-    // currency again: upstream commands never pass through here).
     let [source, target] = state.accounts.get(&state.store, [from, to]).await?;
     let source = source.filter(|a| a.owner == Some(user.id)).ok_or_else(ApiError::account_not_found)?;
     // A funding account only ever sends (initial funds); as a receiver it does not exist.
@@ -76,7 +101,32 @@ pub(super) async fn create(
         Some(hold) => TransferRequest::hold(from, to, amount, source.currency, description, hold.timeout_seconds)?,
         None => TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?,
     };
-    accept(&state, &user, request, key, request_id.0).await
+    Ok((request, key))
+}
+
+/// A journal's legs, judged as a transfer's accounts are: each debited account the caller's
+/// (or, for SYSTEM, a currency's funding account, as initial funds draw on it), each credited
+/// account a client's, both of the leg's currency. All accounts are looked up at once.
+async fn journal_legs(state: &AppState, user: &AuthUser, legs: Vec<requests::LegRequest>) -> ApiResult<Vec<Leg>> {
+    let ids: Vec<AccountId> = legs.iter().flat_map(|l| [l.from_account, l.to_account]).collect();
+    let facts = state.accounts.get_each(&state.store, &ids).await?;
+    let mut judged = Vec::with_capacity(legs.len());
+    for (leg, facts) in legs.into_iter().zip(facts.chunks(2)) {
+        let target = facts[1].filter(|a| a.owner.is_some()).ok_or_else(ApiError::account_not_found)?;
+        let funding = AccountId::funding(target.currency);
+        let currency = match facts[0] {
+            Some(source) if source.owner == Some(user.id) => source.currency,
+            // The funding account exists only once money was first issued from it.
+            _ if user.is_system() && leg.from_account == funding => target.currency,
+            _ => return Err(ApiError::account_not_found()),
+        };
+        if currency != target.currency {
+            return Err(ApiError::CurrencyMismatch { from: currency, to: target.currency });
+        }
+        held_as_asked(leg.currency, currency)?;
+        judged.push(Leg::new(leg.from_account, leg.to_account, leg.amount, currency)?);
+    }
+    Ok(judged)
 }
 
 #[utoipa::path(
@@ -153,17 +203,15 @@ pub(super) async fn reverse(
     if !sees(&user, &original, &owners) {
         return Err(ApiError::transaction_not_found());
     }
-    if !user.is_system() && owners[1] != Some(user.id) {
-        return Err(ApiError::Forbidden("only the receiving account's owner or SYSTEM may reverse a transaction"));
+    // Reversing takes the money back out of every account it went into: only their owner
+    // (of each one, for a journal) or SYSTEM may.
+    let movements = original.request().movements();
+    if !user.is_system() && !movements.iter().all(|m| owners.of(m.to) == Some(user.id)) {
+        return Err(ApiError::Forbidden(
+            "only the receiving account's owner (of every leg's, for a journal) or SYSTEM may reverse a transaction",
+        ));
     }
-    let request = TransferRequest::reversal(
-        original.id,
-        original.from_account,
-        original.to_account,
-        original.amount,
-        original.currency,
-        reason,
-    );
+    let request = TransferRequest::reversal_of(original.id, &original.request(), reason);
     // A retry of this very request answers with what it created, whatever happened since.
     if let Some(existing) = state.store.find_by_key(&user.initiator(), &key).await? {
         if existing.request_hash != request.fingerprint() {
@@ -249,22 +297,37 @@ pub(super) async fn accept(
     .await
 }
 
-/// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of either account. Looks
-/// the owners up only when the first two do not settle it.
+/// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of an account it touches
+/// (any leg's, for a journal). Looks the owners up only when the first two do not settle it.
 async fn may_see(state: &AppState, user: &AuthUser, t: &TransactionRecord) -> ApiResult<bool> {
     Ok(sees_outright(user, t) || sees(user, t, &owners(state, t).await?))
 }
 
-/// The owners of `t`'s sending and receiving accounts (`None` for a funding account), from
-/// the gateway's cache of what never changes about an account.
-pub(super) async fn owners(state: &AppState, t: &TransactionRecord) -> ApiResult<[Option<UserId>; 2]> {
-    let facts = state.accounts.get(&state.store, [t.from_account, t.to_account]).await?;
-    Ok(facts.map(|f| f.and_then(|f| f.owner)))
+/// The owners of the accounts `t` touches (`None` for a funding account), in the order of
+/// `TransferRequest::accounts` (a transfer's sender, then its receiver), from the gateway's
+/// cache of what never changes about an account.
+pub(super) async fn owners(state: &AppState, t: &TransactionRecord) -> ApiResult<Owners> {
+    let accounts = t.request().accounts();
+    let facts = state.accounts.get_each(&state.store, &accounts).await?;
+    Ok(Owners(accounts.into_iter().zip(facts.into_iter().map(|f| f.and_then(|f| f.owner))).collect()))
+}
+
+/// Who owns each account of a transaction: see [`owners`].
+pub(super) struct Owners(Vec<(AccountId, Option<UserId>)>);
+
+impl Owners {
+    pub(super) fn of(&self, account: AccountId) -> Option<UserId> {
+        self.0.iter().find(|(id, _)| *id == account).and_then(|(_, owner)| *owner)
+    }
+
+    fn include(&self, user: UserId) -> bool {
+        self.0.iter().any(|(_, owner)| *owner == Some(user))
+    }
 }
 
 /// [`may_see`], given `t`'s accounts' [`owners`].
-pub(super) fn sees(user: &AuthUser, t: &TransactionRecord, owners: &[Option<UserId>; 2]) -> bool {
-    sees_outright(user, t) || owners.contains(&Some(user.id))
+pub(super) fn sees(user: &AuthUser, t: &TransactionRecord, owners: &Owners) -> bool {
+    sees_outright(user, t) || owners.include(user.id)
 }
 
 /// SYSTEM and the initiator see a transaction whoever owns its accounts.

@@ -398,3 +398,59 @@ fn a_corrupt_account_fails_only_the_commands_that_touch_it() {
     assert_eq!(status(&outcomes[1]), (TransactionStatus::Completed, None));
     assert_eq!(plan.entries.len(), 2);
 }
+
+fn journal_command(legs: &[(&AccountHead, &AccountHead, i64)], key: &str) -> TransferCommand {
+    let legs = legs
+        .iter()
+        .map(|(from, to, amount)| {
+            let amount = Amount::new(*amount).expect("amount");
+            ledgerflow_domain::Leg::new(from.account.id, to.account.id, amount, Currency::USD).expect("leg")
+        })
+        .collect();
+    upstream(TransferRequest::journal(legs, None).expect("journal"), key)
+}
+
+#[test]
+fn a_journal_whose_third_leg_fails_writes_nothing_and_names_the_leg() {
+    let (a, b, c) = (account(100, 1), account(0, 0), account(5, 1));
+    let journal = journal_command(&[(&a, &b, 60), (&b, &c, 10), (&c, &a, 500)], "split");
+    // A later command of the batch sees the balances as if the journal had never been.
+    let after = command(TransferKind::Transfer, a.account.id, c.account.id, 100, "after");
+    let (outcomes, plan) = decide(loaded(&[&a, &b, &c]), &[journal, after], Utc::now());
+    let failed = decided(&outcomes[0]);
+    assert_eq!(
+        (failed.status, failed.failure_reason),
+        (TransactionStatus::Failed, Some(FailureReason::InsufficientFunds))
+    );
+    assert_eq!(failed.failed_leg, Some(2));
+    assert_eq!(status(&outcomes[1]), (TransactionStatus::Completed, None));
+    let moved: Vec<(AccountId, i64, i64)> =
+        plan.entries.iter().map(|e| (e.account_id, e.seq, e.balance_after.minor())).collect();
+    assert_eq!(moved, [(a.account.id, 2, 0), (c.account.id, 2, 105)], "only the transfer's entries");
+    assert!(plan.account_writes.iter().all(|w| w.account != b.account.id), "b is untouched");
+}
+
+#[test]
+fn a_journal_leg_spends_what_an_earlier_leg_credited() {
+    let (a, b, c) = (account(100, 1), account(0, 0), account(0, 0));
+    let journal = journal_command(&[(&a, &b, 100), (&b, &c, 30), (&b, &a, 70)], "chain");
+    let (outcomes, plan) = decide(loaded(&[&a, &b, &c]), &[journal], Utc::now());
+    let done = decided(&outcomes[0]);
+    assert_eq!((done.status, done.failed_leg), (TransactionStatus::Completed, None));
+    let entries: Vec<(Option<u16>, EntryType, AccountId, i64)> =
+        plan.entries.iter().map(|e| (e.leg, e.entry_type, e.account_id, e.balance_after.minor())).collect();
+    assert_eq!(
+        entries,
+        [
+            (Some(0), EntryType::Debit, a.account.id, 0),
+            (Some(0), EntryType::Credit, b.account.id, 100),
+            (Some(1), EntryType::Debit, b.account.id, 70),
+            (Some(1), EntryType::Credit, c.account.id, 30),
+            (Some(2), EntryType::Debit, b.account.id, 0),
+            (Some(2), EntryType::Credit, a.account.id, 70),
+        ]
+    );
+    // b's three entries chain one after the other.
+    let b_seqs: Vec<i64> = plan.entries.iter().filter(|e| e.account_id == b.account.id).map(|e| e.seq).collect();
+    assert_eq!(b_seqs, [1, 2, 3]);
+}
