@@ -51,6 +51,9 @@ async fn a_journal_whose_third_leg_lacks_funds_moves_nothing_and_one_that_chains
     let on_a2 = app.entries(&app.system.token, &a2).await;
     let legs: Vec<(Value, Value)> = on_a2.iter().map(|e| (e["type"].clone(), e["leg"].clone())).collect();
     assert_eq!(legs, [(json!("DEBIT"), json!(1)), (json!("CREDIT"), json!(0))], "newest first: {on_a2:?}");
+    let (code, out) = app.run_cli(&["admin", "transaction", &done.id]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("1: {a2} -> {} 200 USD", pair.b)) && out.contains("4 entries"), "{out}");
 
     // Bob is credited by the second leg only, and sees the journal, in his listing too.
     let bob = app.as_user(&pair.bob);

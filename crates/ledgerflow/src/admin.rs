@@ -81,6 +81,8 @@ pub async fn show_transaction(store: &Store, id: &str) -> Result<()> {
         bail!("no transaction {id}");
     };
     let mut info = table(&["field", "value"]);
+    let legs =
+        t.legs.iter().enumerate().map(|(i, l)| format!("{i}: {} -> {} {} {}", l.from, l.to, l.amount, l.currency));
     let rows: Vec<(&str, String)> = vec![
         ("id", t.id.to_string()),
         ("kind", t.kind.to_string()),
@@ -89,6 +91,8 @@ pub async fn show_transaction(store: &Store, id: &str) -> Result<()> {
         ("from", t.from_account.to_string()),
         ("to", t.to_account.to_string()),
         ("amount", format!("{} {}", t.amount, t.currency)),
+        ("legs", legs.collect::<Vec<_>>().join("\n")),
+        ("failed leg", t.failed_leg.map(|l| l.to_string()).unwrap_or_default()),
         ("initiator", t.initiator.to_string()),
         ("idempotency key", t.idempotency_key.to_string()),
         ("description", t.description.as_ref().map(|d| d.as_str().to_owned()).unwrap_or_default()),
@@ -102,11 +106,12 @@ pub async fn show_transaction(store: &Store, id: &str) -> Result<()> {
     }
     println!("{info}");
     let entries = store.entries_of_transaction(id).await?;
-    let mut e = table(&["entry", "account", "type", "amount", "seq", "balance after", "hash"]);
+    let mut e = table(&["entry", "account", "leg", "type", "amount", "seq", "balance after", "hash"]);
     for entry in &entries {
         e.add_row(vec![
             entry.id.to_string(),
             entry.account_id.to_string(),
+            entry.leg.map(|l| l.to_string()).unwrap_or_default(),
             entry.entry_type.as_str().to_owned(),
             entry.amount.to_string(),
             entry.seq.to_string(),
