@@ -221,6 +221,7 @@ mod tests {
             reverses: None,
             hold: None,
             timeout: None,
+            metadata: None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod holds;
 mod ids;
 mod ledger;
 pub mod limits;
+mod metadata;
 mod money;
 mod reversal;
 mod transaction;
@@ -31,6 +32,7 @@ pub use ledger::{
     AccountSnapshot, EntryType, MAX_ACCOUNTS_PER_USER, Posting, StatusRefusal, post_held, post_transfer, reserve,
 };
 pub use limits::{AccountLimits, LimitRefusal, Reserved};
+pub use metadata::{Metadata, MetadataKey, MetadataValue, search_term};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use reversal::{NotReversible, ReversalCandidate};
 pub use transaction::{

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::{AccountId, Amount, Currency, DomainError, TransactionId};
+use crate::{AccountId, Amount, Currency, DomainError, Metadata, TransactionId};
 
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $field:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -212,7 +212,7 @@ impl FromStr for Description {
 /// Whether `c` does not show as itself: Unicode's "other" categories (control, format such as
 /// bidirectional overrides and zero-width characters, private use, unassigned) and the line
 /// and paragraph separators. The same rule refuses them in emails.
-fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
     c.general_category_group() == GeneralCategoryGroup::Other
         || matches!(c.general_category(), GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator)
@@ -236,6 +236,8 @@ pub struct TransferRequest {
     pub hold: Option<TransactionId>,
     /// How long a HOLD may stay HELD; `None` for every other kind.
     pub timeout: Option<HoldTimeout>,
+    /// The client's own labels, never empty when present (see [`TransferRequest::with_metadata`]).
+    pub metadata: Option<Metadata>,
 }
 
 impl TransferRequest {
@@ -256,7 +258,18 @@ impl TransferRequest {
         if !matches!(kind, TransferKind::Transfer | TransferKind::InitialFunds) {
             return Err(DomainError::invalid("kind", "reversals and holds have constructors of their own"));
         }
-        Ok(Self { kind, from, to, amount, currency, description, reverses: None, hold: None, timeout: None })
+        Ok(Self {
+            kind,
+            from,
+            to,
+            amount,
+            currency,
+            description,
+            reverses: None,
+            hold: None,
+            timeout: None,
+            metadata: None,
+        })
     }
 
     /// A hold: `amount` reserved on `from` in favour of `to` for `timeout`.
@@ -300,6 +313,7 @@ impl TransferRequest {
             reverses: None,
             hold: Some(hold),
             timeout: None,
+            metadata: None,
         })
     }
 
@@ -322,7 +336,15 @@ impl TransferRequest {
             reverses: Some(original),
             hold: None,
             timeout: None,
+            metadata: None,
         }
+    }
+
+    /// The same request with the client's labels; an empty object is none, so that `{}`
+    /// keeps the fingerprint of a request without metadata.
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = metadata.and_then(Metadata::non_empty);
+        self
     }
 
     /// A digest of everything that defines the request. Two requests under one idempotency
@@ -343,7 +365,12 @@ impl TransferRequest {
             h.update(part.as_bytes());
         }
         // Only when present, so that every request recorded before holds keeps its print.
-        let hold_parts = [self.hold.map(|id| format!("hold:{id}")), self.timeout.map(|t| format!("timeout:{}", t.0))];
+        // Metadata likewise: every request recorded before it keeps its print.
+        let hold_parts = [
+            self.hold.map(|id| format!("hold:{id}")),
+            self.timeout.map(|t| format!("timeout:{}", t.0)),
+            self.metadata.as_ref().map(Metadata::fingerprint_part),
+        ];
         for part in hold_parts.iter().flatten() {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
@@ -374,6 +401,16 @@ mod tests {
         assert_eq!(base.fingerprint(), request(100, None).fingerprint());
         assert_ne!(base.fingerprint(), request(101, None).fingerprint());
         assert_ne!(base.fingerprint(), request(100, Some("rent")).fingerprint());
+        let labelled = |v: serde_json::Value| {
+            request(100, None).with_metadata(Some(Metadata::from_json_value(&v).expect("metadata"))).fingerprint()
+        };
+        assert_eq!(labelled(serde_json::json!({})), base.fingerprint(), "{{}} is no metadata");
+        assert_ne!(labelled(serde_json::json!({"order": "1"})), base.fingerprint());
+        assert_ne!(labelled(serde_json::json!({"order": "1"})), labelled(serde_json::json!({"order": "2"})));
+        assert_eq!(
+            labelled(serde_json::json!({"a": "1", "b": "2"})),
+            labelled(serde_json::json!({"b": "2", "a": "1"}))
+        );
     }
 
     #[test]
