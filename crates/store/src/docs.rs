@@ -4,14 +4,15 @@
 //! records hold domain types. Conversion fails loudly ([`StoreError::Corrupt`]) rather than
 //! guessing.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use ledgerflow_domain::holds::HeldFacts;
 use ledgerflow_domain::{
     AccountId, AccountLimits, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId,
-    EntryType, FailureReason, HoldTimeout, IdempotencyKey, Initiator, PersonName, Reserved, ReversalCandidate, Role,
-    TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
+    EntryType, FailureReason, HoldTimeout, IdempotencyKey, Initiator, Metadata, PersonName, Reserved,
+    ReversalCandidate, Role, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
 };
 use mongodb::bson::DateTime as BsonDateTime;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,21 @@ pub(crate) fn field<T: FromStr<Err = DomainError>>(
     raw: &str,
 ) -> Result<T, StoreError> {
     raw.parse().map_err(|e: DomainError| StoreError::Corrupt { collection, id: id.to_owned(), reason: e.to_string() })
+}
+
+/// Metadata as stored: an object of strings, read back through the domain's rules.
+pub(crate) type MetadataDoc = BTreeMap<String, String>;
+
+pub(crate) fn metadata_doc(m: &Metadata) -> MetadataDoc {
+    m.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_str().to_owned())).collect()
+}
+
+fn parse_metadata(collection: &'static str, id: &str, d: &MetadataDoc) -> Result<Metadata, StoreError> {
+    Metadata::from_pairs(d.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| StoreError::Corrupt {
+        collection,
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +137,9 @@ pub(crate) struct AccountDoc {
     /// The widest overdraft line the account ever had, for `reconcile` to judge old entries by.
     #[serde(default)]
     pub peak_overdraft: i64,
+    /// The owner's labels; absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataDoc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +154,8 @@ pub struct AccountRecord {
     pub limits: AccountLimits,
     /// The widest overdraft line it ever had (at least `limits.overdraft()`).
     pub peak_overdraft: i64,
+    /// The owner's labels (empty: none).
+    pub metadata: Metadata,
 }
 
 impl AccountDoc {
@@ -152,6 +173,7 @@ impl AccountDoc {
             overdraft_limit: 0,
             max_balance: None,
             peak_overdraft: 0,
+            metadata: None,
         }
     }
 }
@@ -170,6 +192,7 @@ impl From<&AccountRecord> for AccountDoc {
             overdraft_limit: a.limits.overdraft(),
             max_balance: a.limits.max_balance(),
             peak_overdraft: a.peak_overdraft,
+            metadata: (!a.metadata.is_empty()).then(|| metadata_doc(&a.metadata)),
         }
     }
 }
@@ -192,6 +215,7 @@ impl TryFrom<AccountDoc> for AccountRecord {
             },
             limits: AccountLimits::new(d.overdraft_limit, d.max_balance).map_err(|e| corrupt(e.to_string()))?,
             peak_overdraft: d.peak_overdraft.max(d.overdraft_limit),
+            metadata: d.metadata.as_ref().map(|m| parse_metadata(C, &d.id, m)).transpose()?.unwrap_or_default(),
         })
     }
 }
@@ -243,6 +267,13 @@ pub(crate) struct TransactionDoc {
     pub resolved_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<BsonDateTime>,
+    /// The client's labels, and their search terms (`key=value`, see
+    /// `Metadata::search_terms`) for the one multikey index that serves a search by any key.
+    /// Both absent when there are none, which keeps such transactions out of that index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_terms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +301,7 @@ pub struct TransactionRecord {
     pub posted_amount: Option<Amount>,
     pub resolved_by: Option<TransactionId>,
     pub resolved_at: Option<DateTime<Utc>>,
+    pub metadata: Option<Metadata>,
 }
 
 impl TryFrom<TransactionDoc> for TransactionRecord {
@@ -301,6 +333,12 @@ impl TryFrom<TransactionDoc> for TransactionRecord {
             posted_amount: d.posted_amount.map(Amount::new).transpose().map_err(corrupt)?,
             resolved_by: d.resolved_by.as_deref().map(|r| field(C, &d.id, r)).transpose()?,
             resolved_at: d.resolved_at.map(from_bson_time),
+            metadata: d
+                .metadata
+                .as_ref()
+                .map(|m| parse_metadata(C, &d.id, m))
+                .transpose()?
+                .and_then(Metadata::non_empty),
         })
     }
 }
@@ -410,6 +448,7 @@ impl TransactionRecord {
             posted_amount: None,
             resolved_by: None,
             resolved_at: None,
+            metadata: r.metadata.clone(),
         }
     }
 
@@ -425,6 +464,7 @@ impl TransactionRecord {
             reverses: self.reverses,
             hold: self.hold,
             timeout: self.timeout,
+            metadata: self.metadata.clone(),
         }
     }
 
@@ -480,6 +520,8 @@ impl From<&TransactionRecord> for TransactionDoc {
             posted_amount: r.posted_amount.map(Amount::minor),
             resolved_by: r.resolved_by.map(|id| id.to_string()),
             resolved_at: r.resolved_at.map(to_bson_time),
+            metadata: r.metadata.as_ref().map(metadata_doc),
+            metadata_terms: r.metadata.as_ref().map(Metadata::search_terms),
         }
     }
 }

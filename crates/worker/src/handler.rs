@@ -345,6 +345,7 @@ pub(crate) fn result_of(record: &TransactionRecord) -> TransferResult {
     let mut result = TransferResult::new(Some(record.id), record.status, record.failure_reason, record.completed_at);
     result.idempotency_key = Some(record.idempotency_key.clone());
     result.initiator = Some(record.initiator.clone());
+    result.metadata = record.metadata.clone();
     result
 }
 
