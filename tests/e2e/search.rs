@@ -301,3 +301,31 @@ async fn a_metadata_search_over_ten_thousand_transactions_reads_only_its_index_r
     assert!(plan.docs_examined <= 100, "{plan:?}");
     store.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_command_carries_metadata_to_its_record_and_result() {
+    let app = spawn_app().await;
+    let p = app.alice_and_bob().await;
+    app.fund(&p.a, 1_000).await;
+    let mut command = app.upstream_command(&p.a, &p.b, 250, "payroll-7");
+    command["metadata"] = json!({"payrollRun": "2026-11", "employee": "e-7"});
+    let schema = jsonschema::validator_for(&ledgerflow_tests::schema("transfer-command.v1.schema.json")).unwrap();
+    assert!(schema.is_valid(&command), "the schema takes {command}");
+    let mut bad = command.clone();
+    bad["metadata"] = json!({"bad key": "x"});
+    assert!(!schema.is_valid(&bad), "the schema refuses a bad key too");
+    app.publish_raw(&p.a, &serde_json::to_vec(&command).unwrap()).await;
+    let record = app.wait_upstream("payroll-7").await;
+    assert_eq!(record.status.to_string(), "COMPLETED");
+    assert_eq!(record.metadata.as_ref().and_then(|m| m.get("employee")), Some("e-7"));
+
+    let results = app.drain_queue(&app.topology.results(), 2, 10).await;
+    let result = results.iter().find(|r| r["idempotencyKey"] == "payroll-7").cloned().unwrap_or_default();
+    assert_eq!(result["metadata"], json!({"payrollRun": "2026-11", "employee": "e-7"}), "{results:?}");
+    let schema = jsonschema::validator_for(&ledgerflow_tests::schema("transfer-result.v1.schema.json")).unwrap();
+    assert!(results.iter().all(|r| schema.is_valid(r)), "the schema takes every result: {results:?}");
+    // SYSTEM finds it by its labels like any other.
+    let search = Search { metadata: vec![("employee", "e-7")], ..Search::default() };
+    assert_eq!(found(search, app.as_user(&app.system)).await, vec![250]);
+    app.teardown().await;
+}
