@@ -188,6 +188,7 @@ async fn an_upstream_system_and_system_send_journals() {
     let command = json!({
         "version": 1, "kind": "JOURNAL", "idempotencyKey": "settlement-7", "initiator": "service:test-upstream",
         "requestedAt": chrono::Utc::now().to_rfc3339(), "description": "marketplace order 7",
+        "metadata": {"orderId": "7"},
         "legs": [
             {"fromAccount": pair.a, "toAccount": pair.b, "amount": 500, "currency": "USD"},
             {"fromAccount": pair.b, "toAccount": a2, "amount": 50, "currency": "USD"},
@@ -202,6 +203,7 @@ async fn an_upstream_system_and_system_send_journals() {
     let done = app.wait_upstream("settlement-7").await;
     assert_eq!(done.status.to_string(), "COMPLETED");
     assert_eq!(done.legs.len(), 2);
+    assert_eq!(done.metadata.as_ref().and_then(|m| m.get("orderId")), Some("7"), "a journal keeps its metadata");
     assert_eq!(balances(&app, &[&pair.a, &pair.b, &a2]).await, [100, 450, 450]);
 
     let mut short = command.clone();

@@ -17,5 +17,6 @@ mod limits;
 mod pipeline;
 mod queue;
 mod reversals;
+mod search;
 mod services;
 mod signin;

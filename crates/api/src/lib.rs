@@ -6,6 +6,8 @@
 //! Values are as they travel: ids and times as strings (UUIDs, RFC 3339 with milliseconds),
 //! amounts and balances as integer minor units.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -47,6 +49,10 @@ pub struct AccountBody {
     pub overdraft_limit: i64,
     /// The most `balance + pendingCredits` may reach; null: no ceiling. Set by SYSTEM.
     pub max_balance: Option<i64>,
+    /// The owner's labels (`{}`: none); replaced by `PATCH /api/accounts/{id}/metadata`.
+    #[serde(default)]
+    #[schema(example = json!({"purpose": "payroll"}))]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -174,6 +180,11 @@ pub struct TransactionBody {
     /// For a POST_HOLD or VOID_HOLD: the hold it settles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
+    /// The client's labels, when the request had any (search them with
+    /// `GET /transactions?metadata.<key>=<value>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!({"orderId": "A-17"}))]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// One movement of a journal: a DEBIT on `fromAccount` and a CREDIT on `toAccount` of `amount`.

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use ledgerflow_api::{
@@ -74,6 +75,52 @@ pub struct Transfer<'a> {
     pub amount: i64,
     pub idempotency_key: &'a str,
     pub description: Option<&'a str>,
+}
+
+/// Filters of `GET /transactions`, all optional and ANDed; `Default` lists everything the
+/// caller may see. Times are RFC 3339 (`createdFrom` inclusive, `createdTo` exclusive),
+/// amounts minor units (both bounds inclusive).
+#[derive(Debug, Clone, Default)]
+pub struct Search<'a> {
+    pub account: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    /// Each key must hold exactly this value (`metadata.<key>=<value>`).
+    pub metadata: Vec<(&'a str, &'a str)>,
+    pub created_from: Option<&'a str>,
+    pub created_to: Option<&'a str>,
+    pub min_amount: Option<i64>,
+    pub max_amount: Option<i64>,
+    pub limit: Option<u32>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<&'a str>,
+}
+
+impl Search<'_> {
+    /// The query string, encoded.
+    fn query(&self) -> String {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut put = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                pairs.push((name.to_owned(), value));
+            }
+        };
+        put("account", self.account.map(str::to_owned));
+        put("status", self.status.map(str::to_owned));
+        put("kind", self.kind.map(str::to_owned));
+        put("createdFrom", self.created_from.map(str::to_owned));
+        put("createdTo", self.created_to.map(str::to_owned));
+        put("minAmount", self.min_amount.map(|a| a.to_string()));
+        put("maxAmount", self.max_amount.map(|a| a.to_string()));
+        put("limit", self.limit.map(|l| l.to_string()));
+        put("cursor", self.cursor.map(str::to_owned));
+        for (key, value) in &self.metadata {
+            pairs.push((format!("metadata.{key}"), (*value).to_owned()));
+        }
+        let mut url = reqwest::Url::parse("http://query.invalid/").expect("a constant URL");
+        url.query_pairs_mut().extend_pairs(pairs);
+        url.query().unwrap_or_default().to_owned()
+    }
 }
 
 /// A change of an account's limits, in minor units; `None`: left as it is.
@@ -192,6 +239,30 @@ impl Client {
         Ok(self.call(Method::POST, "/api/accounts", Some(&body)).await?.1)
     }
 
+    /// `POST /api/accounts` with the owner's labels (at most 16 keys).
+    pub async fn open_account_with_metadata(
+        &self,
+        currency: Option<&str>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<AccountBody> {
+        let mut body = json!({ "metadata": metadata });
+        if let Some(currency) = currency {
+            body["currency"] = json!(currency);
+        }
+        Ok(self.call(Method::POST, "/api/accounts", Some(&body)).await?.1)
+    }
+
+    /// `PATCH /api/accounts/{id}/metadata` (owner or SYSTEM): replaces the account's labels
+    /// whole (an empty map removes them).
+    pub async fn set_account_metadata(
+        &self,
+        account: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<AccountBody> {
+        let body = json!({ "metadata": metadata });
+        Ok(self.call(Method::PATCH, &format!("/api/accounts/{account}/metadata"), Some(&body)).await?.1)
+    }
+
     /// `GET /api/accounts/{id}/balance`.
     pub async fn balance(&self, account: &str) -> Result<BalanceBody> {
         Ok(self.call(Method::GET, &format!("/api/accounts/{account}/balance"), None).await?.1)
@@ -243,6 +314,25 @@ impl Client {
             .collect();
         let mut body = json!({ "legs": legs, "idempotencyKey": idempotency_key });
         if let Some(description) = description {
+            body["description"] = json!(description);
+        }
+        self.accepted("/transactions", &body).await
+    }
+
+    /// `POST /transactions` with the client's labels (part of the request under its key).
+    pub async fn transfer_with_metadata(
+        &self,
+        transfer: &Transfer<'_>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Accepted> {
+        let mut body = json!({
+            "fromAccount": transfer.from,
+            "toAccount": transfer.to,
+            "amount": transfer.amount,
+            "idempotencyKey": transfer.idempotency_key,
+            "metadata": metadata,
+        });
+        if let Some(description) = transfer.description {
             body["description"] = json!(description);
         }
         self.accepted("/transactions", &body).await
@@ -307,6 +397,22 @@ impl Client {
         let path = format!("/transactions/{id}?wait={}", seconds.min(30));
         let (_, envelope) = self.call::<TransactionEnvelope>(Method::GET, &path, None).await?;
         Ok(envelope.transaction)
+    }
+
+    /// `GET /transactions/by-key/{idempotencyKey}`: the caller's own transaction under that
+    /// key, as it stands (404 `TRANSACTION_NOT_FOUND` if it recorded none).
+    pub async fn transaction_by_key(&self, idempotency_key: &str) -> Result<TransactionBody> {
+        let mut url = reqwest::Url::parse("http://path.invalid/transactions/by-key").expect("a constant URL");
+        url.path_segments_mut()
+            .map_err(|()| Error::Unexpected { status: 0, detail: "a URL".into() })?
+            .push(idempotency_key);
+        let (_, envelope) = self.call::<TransactionEnvelope>(Method::GET, url.path(), None).await?;
+        Ok(envelope.transaction)
+    }
+
+    /// `GET /transactions` with filters: one page, newest first.
+    pub async fn search_transactions(&self, search: &Search<'_>) -> Result<TransactionList> {
+        Ok(self.call(Method::GET, &format!("/transactions?{}", search.query()), None).await?.1)
     }
 
     /// `GET /readyz`: whether the gateway can reach its database and broker now.

@@ -13,14 +13,17 @@ use serde_json::{Map, Value};
 use crate::fields::{opt_str, parse_object, req_str};
 use crate::{
     AccountId, Amount, Currency, Description, DomainError, FailureReason, HoldTimeout, IdempotencyKey, Initiator, Leg,
-    TransactionId, TransactionStatus, TransferKind, TransferRequest,
+    Metadata, TransactionId, TransactionStatus, TransferKind, TransferRequest,
 };
 
 /// The only command and result version this build speaks.
 pub const COMMAND_VERSION: u64 = 1;
 
-/// Commands larger than this are refused unread: a real one is a few hundred bytes.
-pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+/// Commands larger than this are refused unread. A typical one is a few hundred bytes; the
+/// largest legal one (16 metadata keys of 64 characters with values of 512, a description of
+/// 500 and 16 journal legs) is under 110 KiB even with every character written as a JSON
+/// `\uXXXX` escape pair (12 bytes a character), so 128 KiB refuses no legal command.
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
 
 /// A validated transfer command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +76,8 @@ struct CommandWire<'a> {
     hold: Option<TransactionId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_seconds: Option<HoldTimeout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Metadata>,
 }
 
 impl TransferCommand {
@@ -96,6 +101,7 @@ impl TransferCommand {
             reverses: r.reverses,
             hold: r.hold,
             timeout_seconds: r.timeout,
+            metadata: r.metadata.as_ref(),
         };
         serde_json::to_vec(&wire).unwrap_or_default()
     }
@@ -148,6 +154,10 @@ impl TransferCommand {
             None | Some(Value::Null) => None,
             Some(v) => Some(HoldTimeout::from_json_value(v)?),
         };
+        let metadata = match obj.get("metadata") {
+            None | Some(Value::Null) => None,
+            Some(v) => Metadata::from_json_value(v)?.non_empty(),
+        };
         if reverses.is_some() && kind != TransferKind::Reversal {
             return Err(DomainError::invalid("reverses", "is only allowed on a REVERSAL"));
         }
@@ -166,7 +176,7 @@ impl TransferCommand {
             if let Some((field, _)) = given.into_iter().chain([("currency", currency.is_some())]).find(|(_, g)| *g) {
                 return Err(DomainError::invalid(field, "is not allowed beside legs: each leg names its own"));
             }
-            let mut request = TransferRequest::journal(legs, description)?;
+            let mut request = TransferRequest::journal(legs, description)?.with_metadata(metadata);
             if kind == TransferKind::Reversal {
                 let original = reverses.ok_or(DomainError::Missing { field: "reverses" })?;
                 request.kind = TransferKind::Reversal;
@@ -193,6 +203,7 @@ impl TransferCommand {
                 idempotency_key,
                 initiator,
                 requested_at,
+                metadata,
             };
             return Ok(match (from, to, currency, amount) {
                 (Some(from), Some(to), Some(currency), Some(amount)) => {
@@ -228,6 +239,7 @@ impl TransferCommand {
             | TransferKind::Transfer
             | TransferKind::InitialFunds => TransferRequest::new(kind, from, to, amount, currency, description)?,
         };
+        let request = request.with_metadata(metadata);
         Ok(Command::Complete(Self { transaction_id, request, idempotency_key, initiator, requested_at }))
     }
 }
@@ -290,6 +302,8 @@ pub struct SettleCommand {
     pub idempotency_key: IdempotencyKey,
     pub initiator: Initiator,
     pub requested_at: DateTime<Utc>,
+    /// The settlement's own labels (a hold keeps its own).
+    pub metadata: Option<Metadata>,
 }
 
 impl SettleCommand {
@@ -311,7 +325,7 @@ impl SettleCommand {
     fn with(self, request: TransferRequest) -> TransferCommand {
         TransferCommand {
             transaction_id: self.transaction_id,
-            request,
+            request: request.with_metadata(self.metadata),
             idempotency_key: self.idempotency_key,
             initiator: self.initiator,
             requested_at: self.requested_at,
@@ -347,6 +361,10 @@ pub struct TransferResult {
     pub idempotency_key: Option<IdempotencyKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initiator: Option<Initiator>,
+    /// The transaction's metadata, when it has any, so that a consumer of results can route
+    /// an outcome by its own labels without a look-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
 }
 
 impl TransferResult {
@@ -365,6 +383,7 @@ impl TransferResult {
             failed_leg: None,
             idempotency_key: None,
             initiator: None,
+            metadata: None,
         }
     }
 
@@ -495,6 +514,49 @@ mod tests {
         };
         assert_eq!(settle.complete(&held).expect("completed").request.amount, held.amount);
         assert!(TransferCommand::parse(&serde_json::to_vec(&void).expect("json")).is_err());
+    }
+
+    #[test]
+    fn metadata_rides_every_kind_of_command_and_is_refused_by_key() {
+        let mut v = upstream();
+        v["metadata"] = json!({"order": "A-17", "batch": "7"});
+        let cmd = parse(&v).expect("valid");
+        assert_eq!(cmd.request.metadata.as_ref().and_then(|m| m.get("order")), Some("A-17"));
+        assert_eq!(TransferCommand::parse(&cmd.to_json()), Ok(cmd.clone()));
+        v["metadata"] = json!({});
+        assert_eq!(parse(&v).expect("valid").request.metadata, None, "{{}} is none");
+        v["metadata"] = json!({"bad key": "x"});
+        let err = parse(&v).expect_err("a bad key");
+        assert!(err.reason.starts_with("metadata key \"bad key\""), "{}", err.reason);
+        assert_eq!(err.idempotency_key.as_ref().map(IdempotencyKey::as_str), Some("payroll-42"));
+        let post = json!({
+            "version": 1, "kind": "POST_HOLD", "hold": "0190a0a0-0000-7000-8000-0000000000aa",
+            "idempotencyKey": "capture-1", "initiator": "service:payroll", "requestedAt": "2026-11-24T10:00:00Z",
+            "metadata": {"capture": "c-1"},
+        });
+        let Ok(Command::Settle(settle)) = Command::parse(&serde_json::to_vec(&post).expect("json")) else {
+            panic!("a settlement to complete")
+        };
+        let mut hold = upstream();
+        hold["kind"] = json!("HOLD");
+        hold["timeoutSeconds"] = json!(60);
+        hold["metadata"] = json!({"order": "A-17"});
+        let held = parse(&hold).expect("a hold").request;
+        let completed = settle.complete(&held).expect("completed");
+        assert_eq!(completed.request.metadata.as_ref().and_then(|m| m.get("capture")), Some("c-1"));
+        assert_eq!(completed.request.metadata.as_ref().and_then(|m| m.get("order")), None, "the hold keeps its own");
+    }
+
+    #[test]
+    fn the_largest_legal_metadata_fits_a_command_even_fully_escaped() {
+        let mut v = upstream();
+        let value = "\u{1f600}".repeat(512);
+        let metadata: serde_json::Map<String, Value> = (0..16).map(|i| (format!("{i:0>64}"), json!(value))).collect();
+        v["metadata"] = Value::Object(metadata);
+        v["description"] = json!("\u{1f600}".repeat(500));
+        let escaped = serde_json::to_string(&v).expect("json").replace('\u{1f600}', "\\ud83d\\ude00");
+        assert!(escaped.len() < MAX_COMMAND_BYTES - 16 * 1024, "{} bytes leave room for legs", escaped.len());
+        assert!(TransferCommand::parse(escaped.as_bytes()).is_ok());
     }
 
     #[test]

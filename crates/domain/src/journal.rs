@@ -95,6 +95,7 @@ impl TransferRequest {
             hold: None,
             timeout: None,
             legs,
+            metadata: None,
         })
     }
 

@@ -236,6 +236,7 @@ mod tests {
             hold: None,
             timeout: None,
             legs: Vec::new(),
+            metadata: None,
         }
     }
 

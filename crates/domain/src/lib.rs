@@ -17,6 +17,7 @@ mod ids;
 pub mod journal;
 mod ledger;
 pub mod limits;
+mod metadata;
 mod money;
 mod reversal;
 mod transaction;
@@ -34,6 +35,7 @@ pub use ledger::{
     reserve,
 };
 pub use limits::{AccountLimits, LimitRefusal, Reserved};
+pub use metadata::{Metadata, MetadataKey, MetadataValue, search_term};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use reversal::{NotReversible, ReversalCandidate};
 pub use transaction::{

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::{AccountId, Amount, Currency, DomainError, Leg, TransactionId};
+use crate::{AccountId, Amount, Currency, DomainError, Leg, Metadata, TransactionId};
 
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $field:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -214,7 +214,7 @@ impl FromStr for Description {
 /// Whether `c` does not show as itself: Unicode's "other" categories (control, format such as
 /// bidirectional overrides and zero-width characters, private use, unassigned) and the line
 /// and paragraph separators. The same rule refuses them in emails.
-fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
     c.general_category_group() == GeneralCategoryGroup::Other
         || matches!(c.general_category(), GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator)
@@ -241,6 +241,8 @@ pub struct TransferRequest {
     /// A JOURNAL's legs, or those its REVERSAL moves back; empty for every other request,
     /// whose one movement is `from`, `to`, `amount` and `currency` ([`TransferRequest::movements`]).
     pub legs: Vec<Leg>,
+    /// The client's own labels, never empty when present (see [`TransferRequest::with_metadata`]).
+    pub metadata: Option<Metadata>,
 }
 
 impl TransferRequest {
@@ -272,6 +274,7 @@ impl TransferRequest {
             hold: None,
             timeout: None,
             legs: Vec::new(),
+            metadata: None,
         })
     }
 
@@ -317,6 +320,7 @@ impl TransferRequest {
             hold: Some(hold),
             timeout: None,
             legs: Vec::new(),
+            metadata: None,
         })
     }
 
@@ -340,7 +344,15 @@ impl TransferRequest {
             hold: None,
             timeout: None,
             legs: Vec::new(),
+            metadata: None,
         }
+    }
+
+    /// The same request with the client's labels; an empty object is none, so that `{}`
+    /// keeps the fingerprint of a request without metadata.
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = metadata.and_then(Metadata::non_empty);
+        self
     }
 
     /// A digest of everything that defines the request. Two requests under one idempotency
@@ -361,7 +373,12 @@ impl TransferRequest {
             h.update(part.as_bytes());
         }
         // Only when present, so that every request recorded before holds keeps its print.
-        let hold_parts = [self.hold.map(|id| format!("hold:{id}")), self.timeout.map(|t| format!("timeout:{}", t.0))];
+        // Metadata likewise: every request recorded before it keeps its print.
+        let hold_parts = [
+            self.hold.map(|id| format!("hold:{id}")),
+            self.timeout.map(|t| format!("timeout:{}", t.0)),
+            self.metadata.as_ref().map(Metadata::fingerprint_part),
+        ];
         // A journal's legs (and its reversal's), in order; absent from every other request.
         let leg_parts = self.legs.iter().map(|l| format!("leg:{}:{}:{}:{}", l.from, l.to, l.amount, l.currency.code()));
         for part in hold_parts.into_iter().flatten().chain(leg_parts) {
@@ -394,6 +411,16 @@ mod tests {
         assert_eq!(base.fingerprint(), request(100, None).fingerprint());
         assert_ne!(base.fingerprint(), request(101, None).fingerprint());
         assert_ne!(base.fingerprint(), request(100, Some("rent")).fingerprint());
+        let labelled = |v: serde_json::Value| {
+            request(100, None).with_metadata(Some(Metadata::from_json_value(&v).expect("metadata"))).fingerprint()
+        };
+        assert_eq!(labelled(serde_json::json!({})), base.fingerprint(), "{{}} is no metadata");
+        assert_ne!(labelled(serde_json::json!({"order": "1"})), base.fingerprint());
+        assert_ne!(labelled(serde_json::json!({"order": "1"})), labelled(serde_json::json!({"order": "2"})));
+        assert_eq!(
+            labelled(serde_json::json!({"a": "1", "b": "2"})),
+            labelled(serde_json::json!({"b": "2", "a": "1"}))
+        );
     }
 
     #[test]

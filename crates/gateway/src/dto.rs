@@ -2,13 +2,15 @@
 //! built here from the store's records; and the error answers the OpenAPI document lists for
 //! many endpoints at once. What requests carry is in `requests`; the error mapping in `error`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledgerflow_api::ErrorBody;
 pub use ledgerflow_api::{
     AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, LegBody, StatusBody, TransactionBody,
     TransactionEnvelope, TransactionList, UserBody,
 };
-use ledgerflow_domain::{Balance, TransferKind, limits};
+use ledgerflow_domain::{Balance, Metadata, TransferKind, limits};
 use ledgerflow_store::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 
 fn time(t: DateTime<Utc>) -> String {
@@ -35,6 +37,7 @@ pub fn account(a: &AccountRecord) -> AccountBody {
         created_at: time(a.created_at),
         overdraft_limit: a.limits.overdraft(),
         max_balance: a.limits.max_balance(),
+        metadata: labels(&a.metadata),
     }
 }
 
@@ -102,7 +105,13 @@ pub fn transaction(t: &TransactionRecord) -> TransactionBody {
         resolved_by: t.resolved_by.map(|r| r.to_string()),
         resolved_at: t.resolved_at.map(time),
         hold: t.hold.map(|h| h.to_string()),
+        metadata: t.metadata.as_ref().map(labels),
     }
+}
+
+/// Metadata as answered: an object of strings.
+fn labels(m: &Metadata) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_str().to_owned())).collect()
 }
 
 /// A transaction as answered, in its envelope.

@@ -28,6 +28,10 @@ pub enum ApiError {
     Unexpected { place: &'static str, name: String, takes: &'static [&'static str] },
     #[error("query parameter `{0}` is given more than once")]
     Repeated(String),
+    /// A query parameter whose name is the client's (`metadata.<key>`) refused: `reason` is
+    /// the domain's.
+    #[error("query parameter `{name}`: {reason}")]
+    BadParameter { name: String, reason: String },
     #[error("request body must be application/json")]
     UnsupportedMediaType,
     #[error("request body exceeds {0} bytes")]
@@ -164,7 +168,7 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Validation(_) | Self::Unexpected { .. } | Self::Repeated(_) => {
+            Self::Validation(_) | Self::Unexpected { .. } | Self::Repeated(_) | Self::BadParameter { .. } => {
                 (StatusCode::BAD_REQUEST, "VALIDATION_ERROR")
             }
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON"),
@@ -234,7 +238,9 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
                 field: match &self {
                     Self::Validation(e) => Some(e.field().to_owned()),
-                    Self::Unexpected { name, .. } | Self::Repeated(name) => Some(name.clone()),
+                    Self::Unexpected { name, .. } | Self::Repeated(name) | Self::BadParameter { name, .. } => {
+                        Some(name.clone())
+                    }
                     _ => None,
                 },
                 transaction_id: match &self {

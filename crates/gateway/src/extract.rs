@@ -126,7 +126,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 }
 
 impl<T: DeserializeOwned> Query<T> {
-    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+    pub(crate) fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
         let mut values = Map::new();
         let mut repeated = None;
         for (name, value) in pairs {
@@ -325,14 +325,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_field_is_refused_at_once_before_any_value() {
-        let takes = "(fromAccount, toAccount, amount, currency, idempotencyKey, description, hold, legs)";
+        let takes = "(fromAccount, toAccount, amount, currency, idempotencyKey, description, hold, legs, metadata)";
         let Err(e) = Body::<TransferBody>::from_bytes(true, br#"{"amount":"x","fee":5,"descripton":"rent"}"#) else {
             panic!("refused by the extractor")
         };
         assert_eq!(answer(e).await, invalid("fee", &format!("field `fee` is not one this endpoint takes {takes}")));
         // Even when a field is sent as null, and on a body whose fields are all optional.
         let got = json::<CreateAccountRequest>(json!({"currency": "EUR", "role": null})).await;
-        assert_eq!(got, invalid("role", "field `role` is not one this endpoint takes (currency)"));
+        assert_eq!(got, invalid("role", "field `role` is not one this endpoint takes (currency, metadata)"));
     }
 
     #[tokio::test]
@@ -385,7 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn query_parameters_are_named_known_once_and_typed() {
-        let transactions = "(account, status, kind, limit, cursor)";
+        let transactions = "(account, status, kind, createdFrom, createdTo, minAmount, maxAmount, limit, cursor)";
         let unknown = |name: &str, takes: &str| {
             invalid(name, &format!("query parameter `{name}` is not one this endpoint takes {takes}"))
         };

@@ -15,6 +15,7 @@ pub mod hashing;
 mod republisher;
 mod requests;
 mod routes;
+mod search;
 mod sessions;
 pub mod source;
 pub mod telemetry;

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use ledgerflow_domain::{
     AccountId, AccountLimits, AccountStatus, Amount, Currency, Description, DomainError, Email, HoldTimeout,
-    IdempotencyKey, Password, PersonName, TransactionId, TransactionStatus, TransferKind, fields,
+    IdempotencyKey, Metadata, Password, PersonName, TransactionId, TransactionStatus, TransferKind, fields,
 };
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
@@ -55,6 +55,19 @@ pub struct CreateAccountRequest {
     /// A circulating ISO 4217 code (not XXX, XTS, metals, fund or superseded codes); default `USD`.
     #[schema(value_type = Option<String>, example = "USD", pattern = "^[A-Z]{3}$")]
     pub currency: Option<Currency>,
+    /// The owner's labels, as on a transfer (at most 16 keys); replaced whole by
+    /// `PATCH /api/accounts/{id}/metadata`.
+    #[schema(value_type = Option<BTreeMap<String, String>>, example = json!({"purpose": "payroll"}))]
+    pub metadata: Option<Metadata>,
+}
+
+/// `PATCH /api/accounts/{id}/metadata`: the account's labels, replacing all it had (`{}`
+/// removes them).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetadataRequest {
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"purpose": "payroll"}))]
+    pub metadata: Metadata,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -125,6 +138,12 @@ pub struct TransferBody {
     /// debit a currency's funding account.
     #[schema(min_items = 2, max_items = 16)]
     pub legs: Option<Vec<LegRequest>>,
+    /// The client's own labels: at most 16 keys of 1–64 characters of `A-Z a-z 0-9 _ . -`,
+    /// each with a string of at most 512 characters without control or invisible characters.
+    /// Part of the request under its idempotencyKey; `{}` is none. Searchable:
+    /// `GET /transactions?metadata.<key>=<value>`.
+    #[schema(value_type = Option<BTreeMap<String, String>>, example = json!({"orderId": "A-17"}))]
+    pub metadata: Option<Metadata>,
 }
 
 /// One leg of a journal.
@@ -159,6 +178,9 @@ pub struct PostHoldBody {
     /// At most the held amount; default: all of it. The rest is released.
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: Option<Amount>,
+    /// The POST_HOLD's own labels (the hold keeps its own); as on a transfer.
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub metadata: Option<Metadata>,
 }
 
 /// `POST /transactions/{id}/void`.
@@ -167,6 +189,9 @@ pub struct PostHoldBody {
 pub struct VoidHoldBody {
     #[schema(value_type = String, min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub idempotency_key: IdempotencyKey,
+    /// The VOID_HOLD's own labels (the hold keeps its own); as on a transfer.
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -183,6 +208,9 @@ pub struct InitialFundsBody {
     pub idempotency_key: IdempotencyKey,
     #[schema(value_type = Option<String>, max_length = 500)]
     pub description: Option<Description>,
+    /// As on a transfer.
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -192,6 +220,9 @@ pub struct ReverseBody {
     pub idempotency_key: IdempotencyKey,
     #[schema(value_type = Option<String>, max_length = 500)]
     pub reason: Option<Description>,
+    /// The REVERSAL's own labels (the original keeps its own); as on a transfer.
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub metadata: Option<Metadata>,
 }
 
 /// No fields: the body of a state-changing request that needs none (empty or `{}`).
@@ -216,13 +247,19 @@ pub struct PageQuery<C> {
     pub cursor: Option<C>,
 }
 
-/// `?account=&status=&kind=&limit=&cursor=`: `GET /transactions`.
+/// `?account=&status=&kind=&createdFrom=&createdTo=&minAmount=&maxAmount=&limit=&cursor=`:
+/// `GET /transactions`. Its `metadata.<key>` parameters, whose names are the client's, are
+/// read apart (`search::SearchQuery`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TransactionQuery {
     pub account: Option<AccountId>,
     pub status: Option<TransactionStatus>,
     pub kind: Option<TransferKind>,
+    pub created_from: Option<crate::search::Instant>,
+    pub created_to: Option<crate::search::Instant>,
+    pub min_amount: Option<crate::search::AmountBound>,
+    pub max_amount: Option<crate::search::AmountBound>,
     pub limit: Option<Limit>,
     pub cursor: Option<TransactionId>,
 }

@@ -4,12 +4,12 @@ use futures::{FutureExt, TryStreamExt};
 use ledgerflow_domain::limits::may_set_limits;
 use ledgerflow_domain::{
     AccountId, AccountLimits, AccountSnapshot, AccountStatus, Balance, Currency, LimitRefusal, MAX_ACCOUNTS_PER_USER,
-    StatusRefusal, UserId,
+    Metadata, StatusRefusal, UserId,
 };
 use mongodb::bson::{Document, doc};
 use mongodb::options::{ReadConcern, WriteConcern};
 
-use crate::docs::{AccountDoc, reserved_guard};
+use crate::docs::{AccountDoc, metadata_doc, reserved_guard};
 use crate::{AccountRecord, EntryRecord, MAX_PAGE, Store, StoreError};
 
 impl Store {
@@ -18,7 +18,18 @@ impl Store {
     /// `accountsOpened`, so two openings by one user at once conflict and the later one
     /// counts again: the cap holds exactly.
     pub async fn open_account(&self, owner: UserId, currency: Currency) -> Result<Option<AccountRecord>, StoreError> {
-        let doc = AccountDoc::active(AccountId::generate(), Some(owner), currency);
+        self.open_labelled_account(owner, currency, &Metadata::default()).await
+    }
+
+    /// [`Store::open_account`], with the owner's labels.
+    pub async fn open_labelled_account(
+        &self,
+        owner: UserId,
+        currency: Currency,
+        metadata: &Metadata,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let mut doc = AccountDoc::active(AccountId::generate(), Some(owner), currency);
+        doc.metadata = (!metadata.is_empty()).then(|| metadata_doc(metadata));
         let mut session = self.client.start_session().await?;
         // Owned context, not captures: the driver retries the closure on conflicts, and
         // borrowed captures trip a compiler bug (rust-lang/rust#96865) in axum handlers.

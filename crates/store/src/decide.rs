@@ -354,6 +354,7 @@ impl Batch {
                 reserved: Reserved::default(),
                 limits: AccountLimits::NONE,
                 peak_overdraft: 0,
+                metadata: Default::default(),
             };
             let head = AccountHead::empty(account);
             let state = AccountState { loaded_seq: 0, loaded_reserved: Reserved::default(), head, new: true };

@@ -4,14 +4,15 @@
 //! records hold domain types. Conversion fails loudly ([`StoreError::Corrupt`]) rather than
 //! guessing.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use ledgerflow_domain::holds::HeldFacts;
 use ledgerflow_domain::{
     AccountId, AccountLimits, AccountStatus, Amount, Balance, Currency, Description, DomainError, Email, EntryId,
-    EntryType, FailureReason, HoldTimeout, IdempotencyKey, Initiator, Leg, PersonName, Reserved, ReversalCandidate,
-    Role, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
+    EntryType, FailureReason, HoldTimeout, IdempotencyKey, Initiator, Leg, Metadata, PersonName, Reserved,
+    ReversalCandidate, Role, TransactionId, TransactionStatus, TransferCommand, TransferKind, TransferRequest, UserId,
 };
 use mongodb::bson::DateTime as BsonDateTime;
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,21 @@ pub(crate) fn field<T: FromStr<Err = DomainError>>(
     raw: &str,
 ) -> Result<T, StoreError> {
     raw.parse().map_err(|e: DomainError| StoreError::Corrupt { collection, id: id.to_owned(), reason: e.to_string() })
+}
+
+/// Metadata as stored: an object of strings, read back through the domain's rules.
+pub(crate) type MetadataDoc = BTreeMap<String, String>;
+
+pub(crate) fn metadata_doc(m: &Metadata) -> MetadataDoc {
+    m.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_str().to_owned())).collect()
+}
+
+fn parse_metadata(collection: &'static str, id: &str, d: &MetadataDoc) -> Result<Metadata, StoreError> {
+    Metadata::from_pairs(d.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| StoreError::Corrupt {
+        collection,
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +137,9 @@ pub(crate) struct AccountDoc {
     /// The widest overdraft line the account ever had, for `reconcile` to judge old entries by.
     #[serde(default)]
     pub peak_overdraft: i64,
+    /// The owner's labels; absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataDoc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +154,8 @@ pub struct AccountRecord {
     pub limits: AccountLimits,
     /// The widest overdraft line it ever had (at least `limits.overdraft()`).
     pub peak_overdraft: i64,
+    /// The owner's labels (empty: none).
+    pub metadata: Metadata,
 }
 
 impl AccountDoc {
@@ -152,6 +173,7 @@ impl AccountDoc {
             overdraft_limit: 0,
             max_balance: None,
             peak_overdraft: 0,
+            metadata: None,
         }
     }
 }
@@ -170,6 +192,7 @@ impl From<&AccountRecord> for AccountDoc {
             overdraft_limit: a.limits.overdraft(),
             max_balance: a.limits.max_balance(),
             peak_overdraft: a.peak_overdraft,
+            metadata: (!a.metadata.is_empty()).then(|| metadata_doc(&a.metadata)),
         }
     }
 }
@@ -192,6 +215,7 @@ impl TryFrom<AccountDoc> for AccountRecord {
             },
             limits: AccountLimits::new(d.overdraft_limit, d.max_balance).map_err(|e| corrupt(e.to_string()))?,
             peak_overdraft: d.peak_overdraft.max(d.overdraft_limit),
+            metadata: d.metadata.as_ref().map(|m| parse_metadata(C, &d.id, m)).transpose()?.unwrap_or_default(),
         })
     }
 }
@@ -254,6 +278,13 @@ pub(crate) struct TransactionDoc {
     /// For a FAILED journal: the index of the leg that failed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_leg: Option<i64>,
+    /// The client's labels, and their search terms (`key=value`, see
+    /// `Metadata::search_terms`) for the one multikey index that serves a search by any key.
+    /// Both absent when there are none, which keeps such transactions out of that index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_terms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,6 +324,7 @@ pub struct TransactionRecord {
     /// A journal's legs (see `TransferRequest::legs`); empty for every other transaction.
     pub legs: Vec<Leg>,
     pub failed_leg: Option<u16>,
+    pub metadata: Option<Metadata>,
 }
 
 impl TryFrom<TransactionDoc> for TransactionRecord {
@@ -344,6 +376,12 @@ impl TryFrom<TransactionDoc> for TransactionRecord {
                     i.ok_or_else(|| corrupt(DomainError::Invalid { field: "failedLeg", reason: "names no leg".into() }))
                 })
                 .transpose()?,
+            metadata: d
+                .metadata
+                .as_ref()
+                .map(|m| parse_metadata(C, &d.id, m))
+                .transpose()?
+                .and_then(Metadata::non_empty),
         })
     }
 }
@@ -468,6 +506,7 @@ impl TransactionRecord {
             resolved_at: None,
             legs: r.legs.clone(),
             failed_leg: None,
+            metadata: r.metadata.clone(),
         }
     }
 
@@ -484,6 +523,7 @@ impl TransactionRecord {
             hold: self.hold,
             timeout: self.timeout,
             legs: self.legs.clone(),
+            metadata: self.metadata.clone(),
         }
     }
 
@@ -555,6 +595,8 @@ impl From<&TransactionRecord> for TransactionDoc {
                 r.request().accounts().iter().map(ToString::to_string).collect()
             },
             failed_leg: r.failed_leg.map(i64::from),
+            metadata: r.metadata.as_ref().map(metadata_doc),
+            metadata_terms: r.metadata.as_ref().map(Metadata::search_terms),
         }
     }
 }

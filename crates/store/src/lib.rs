@@ -19,7 +19,9 @@ mod error;
 mod execute;
 mod group;
 mod holds;
+mod labels;
 mod reconcile;
+pub mod search;
 mod services;
 pub mod synthetic;
 mod transactions;
@@ -36,6 +38,7 @@ pub use error::StoreError;
 pub use execute::{Execution, Outcome};
 pub use group::{GroupCommit, Grouping};
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
+pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
 
@@ -108,6 +111,7 @@ impl Store {
                 index(doc! { "legAccounts": 1, "_id": -1 }, Some(IndexOptions::builder().sparse(true).build())),
                 index(doc! { "initiator": 1, "_id": -1 }, None),
                 index(doc! { "reverses": 1 }, Some(IndexOptions::builder().sparse(true).build())),
+                search::metadata_index(),
                 // The sweep's look for expiries whose result may not be out: normally empty.
                 index(
                     doc! { "resolvedAt": 1 },

@@ -15,6 +15,7 @@ use mongodb::error::{ErrorKind, IndexedWriteError, InsertManyError};
 
 use crate::docs::{TransactionDoc, to_bson_time};
 use crate::error::DUPLICATE_KEY;
+use crate::search::SearchFilter;
 use crate::{GroupCommit, Grouping, MAX_PAGE, Store, StoreError, TransactionRecord};
 
 /// What recording a new PENDING transaction did.
@@ -49,6 +50,8 @@ pub struct TransactionFilter {
     /// Cursor: only transactions with an id before this one (ids are time-ordered).
     pub before: Option<TransactionId>,
     pub limit: i64,
+    /// Metadata, time and amount filters (see `search`).
+    pub search: SearchFilter,
 }
 
 /// The document for a new PENDING transaction.
@@ -131,9 +134,12 @@ impl Store {
         let doc = self.transactions().find_one(key_filter(initiator, key)).await?;
         doc.map(TryInto::try_into).transpose()
     }
+}
 
-    /// Newest first.
-    pub async fn list_transactions(&self, f: &TransactionFilter) -> Result<Vec<TransactionRecord>, StoreError> {
+impl TransactionFilter {
+    /// The query of a listing (see [`Store::list_transactions`]), sorted by `_id` descending.
+    pub(crate) fn to_document(&self) -> Document {
+        let f = self;
         let mut clauses: Vec<Document> = Vec::new();
         if let Some((initiator, accounts)) = &f.visible_to {
             let ids: Vec<String> = accounts.iter().map(ToString::to_string).collect();
@@ -154,14 +160,22 @@ impl Store {
         if let Some(kind) = f.kind {
             clauses.push(doc! { "kind": kind.as_str() });
         }
+        clauses.extend(f.search.clauses());
         if let Some(before) = f.before {
             clauses.push(doc! { "_id": { "$lt": before.to_string() } });
         }
-        let filter = if clauses.is_empty() {
+        if clauses.is_empty() {
             doc! {}
         } else {
             doc! { "$and": clauses }
-        };
+        }
+    }
+}
+
+impl Store {
+    /// Newest first.
+    pub async fn list_transactions(&self, f: &TransactionFilter) -> Result<Vec<TransactionRecord>, StoreError> {
+        let filter = f.to_document();
         let docs: Vec<TransactionDoc> = self
             .transactions()
             .find(filter)

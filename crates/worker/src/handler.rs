@@ -346,6 +346,7 @@ pub(crate) fn result_of(record: &TransactionRecord) -> TransferResult {
     result.idempotency_key = Some(record.idempotency_key.clone());
     result.initiator = Some(record.initiator.clone());
     result.failed_leg = record.failed_leg;
+    result.metadata = record.metadata.clone();
     result
 }
 

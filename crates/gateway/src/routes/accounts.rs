@@ -30,15 +30,18 @@ pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, id: Accou
         dto::AuthErrors, dto::BodyErrors, dto::Unavailable,
     )
 )]
-/// `POST /api/accounts` `{currency?}`: a new ACTIVE account owned by the caller.
+/// `POST /api/accounts` `{currency?, metadata?}`: a new ACTIVE account owned by the caller.
 pub(super) async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     _: Query<requests::NoQuery>,
     body: Body<requests::CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<dto::AccountBody>)> {
-    let currency = body.read()?.currency.unwrap_or(Currency::USD).for_new_account()?;
-    let account = state.store.open_account(user.id, currency).await?.ok_or(ApiError::AccountLimitReached)?;
+    let requests::CreateAccountRequest { currency, metadata } = body.read()?;
+    let currency = currency.unwrap_or(Currency::USD).for_new_account()?;
+    let metadata = metadata.unwrap_or_default();
+    let opened = state.store.open_labelled_account(user.id, currency, &metadata).await?;
+    let account = opened.ok_or(ApiError::AccountLimitReached)?;
     Ok((StatusCode::CREATED, Json(dto::account(&account))))
 }
 

@@ -9,7 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
-use ledgerflow_domain::{Amount, IdempotencyKey, TransactionId, TransactionStatus, TransferKind, TransferRequest};
+use ledgerflow_domain::{
+    Amount, IdempotencyKey, Metadata, TransactionId, TransactionStatus, TransferKind, TransferRequest,
+};
 use ledgerflow_store::TransactionRecord;
 
 use super::transactions::{Owners, accept, owners, sees};
@@ -48,7 +50,7 @@ pub(super) async fn post(
     Path(id): Path<String>,
     body: Body<requests::PostHoldBody>,
 ) -> ApiResult<Response> {
-    let requests::PostHoldBody { idempotency_key: key, amount } = body.read()?;
+    let requests::PostHoldBody { idempotency_key: key, amount, metadata } = body.read()?;
     let (hold, _) = visible_hold(&state, &user, &id).await?;
     if !user.is_system() && hold.initiator != user.initiator() {
         return Err(ApiError::Forbidden("only the hold's initiator or SYSTEM may post it"));
@@ -57,7 +59,8 @@ pub(super) async fn post(
     if amount > hold.amount {
         return Err(ApiError::AmountExceedsHold { asked: amount.minor(), held: hold.amount.minor() });
     }
-    settle(&state, &user, &hold, TransferKind::PostHold, amount, key, request_id).await
+    let settlement = Settlement { kind: TransferKind::PostHold, amount, metadata };
+    settle(&state, &user, &hold, settlement, key, request_id).await
 }
 
 #[utoipa::path(
@@ -88,7 +91,7 @@ pub(super) async fn void(
     Path(id): Path<String>,
     body: Body<requests::VoidHoldBody>,
 ) -> ApiResult<Response> {
-    let requests::VoidHoldBody { idempotency_key: key } = body.read()?;
+    let requests::VoidHoldBody { idempotency_key: key, metadata } = body.read()?;
     let (hold, owners) = visible_hold(&state, &user, &id).await?;
     let receiver = owners.of(hold.to_account);
     if !user.is_system() && hold.initiator != user.initiator() && receiver != Some(user.id) {
@@ -96,7 +99,8 @@ pub(super) async fn void(
             "only the hold's initiator, the receiving account's owner or SYSTEM may void it",
         ));
     }
-    settle(&state, &user, &hold, TransferKind::VoidHold, hold.amount, key, request_id).await
+    let settlement = Settlement { kind: TransferKind::VoidHold, amount: hold.amount, metadata };
+    settle(&state, &user, &hold, settlement, key, request_id).await
 }
 
 /// The hold `id` names and its two accounts' owners, or 404 if it is not a hold the caller
@@ -112,18 +116,27 @@ async fn visible_hold(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<
     Ok((hold, owners))
 }
 
+/// What a POST_HOLD or VOID_HOLD does: its kind, the amount it moves (a void's: all that is
+/// held) and its own metadata (the hold keeps its own).
+struct Settlement {
+    kind: TransferKind,
+    amount: Amount,
+    metadata: Option<Metadata>,
+}
+
 /// Records and sends the settlement, unless it repeats an earlier request (answered as it
 /// stands) or the hold is, as far as the gateway can tell, no longer to be settled.
 async fn settle(
     state: &AppState,
     user: &AuthUser,
     hold: &TransactionRecord,
-    kind: TransferKind,
-    amount: Amount,
+    settlement: Settlement,
     key: IdempotencyKey,
     request_id: RequestId,
 ) -> ApiResult<Response> {
-    let request = TransferRequest::settle(kind, hold.id, hold.from_account, hold.to_account, amount, hold.currency)?;
+    let Settlement { kind, amount, metadata } = settlement;
+    let request = TransferRequest::settle(kind, hold.id, hold.from_account, hold.to_account, amount, hold.currency)?
+        .with_metadata(metadata);
     let expired = hold.expires_at.filter(|at| *at <= Utc::now());
     if hold.status == TransactionStatus::Held && expired.is_none() {
         // `accept` answers a repeat of this very request (200) as it records.

@@ -4,6 +4,8 @@ mod accounts;
 mod auth;
 mod health;
 mod holds;
+mod labels;
+mod lookup;
 mod transactions;
 
 use axum::Router;
@@ -33,11 +35,13 @@ use crate::error::ApiError;
         accounts::entries,
         accounts::set_status,
         accounts::set_limits,
+        labels::set_metadata,
         transactions::create,
         transactions::list,
         transactions::get,
         transactions::initial_funds,
         transactions::reverse,
+        lookup::by_key,
         holds::post,
         holds::void,
         health::healthz,
@@ -78,6 +82,7 @@ pub(crate) fn routes() -> Router<AppState> {
     let transactions = Router::new()
         .route("/", post(transactions::create).get(transactions::list))
         .route("/{id}", get(transactions::get))
+        .route("/by-key/{key}", get(lookup::by_key))
         .route("/{id}/reverse", post(transactions::reverse))
         .route("/{id}/post", post(holds::post))
         .route("/{id}/void", post(holds::void))
@@ -94,6 +99,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/accounts/{id}/entries", get(accounts::entries))
         .route("/api/accounts/{id}/status", patch(accounts::set_status))
         .route("/api/accounts/{id}/limits", patch(accounts::set_limits))
+        .route("/api/accounts/{id}/metadata", patch(labels::set_metadata))
         .nest("/transactions", transactions.clone())
         .nest("/api/transactions", transactions)
         .route("/healthz", get(health::healthz))
@@ -125,7 +131,7 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 13] = [
+        let bodies: [(&str, &[&str]); 14] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
@@ -139,6 +145,7 @@ mod tests {
             ("HoldOptions", names::<requests::HoldOptions>()),
             ("PostHoldBody", names::<requests::PostHoldBody>()),
             ("VoidHoldBody", names::<requests::VoidHoldBody>()),
+            ("MetadataRequest", names::<requests::MetadataRequest>()),
         ];
         for (name, takes) in bodies {
             let schema = &doc["components"]["schemas"][name];
@@ -148,7 +155,10 @@ mod tests {
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
         let none = names::<requests::NoQuery>();
-        let queries: [(&str, &str, &[&str]); 18] = [
+        // The listing also takes `metadata.<key>` parameters, read apart (`search`).
+        let with_metadata: Vec<&str> =
+            names::<requests::TransactionQuery>().iter().copied().chain(["metadata.{key}"]).collect();
+        let queries: [(&str, &str, &[&str]); 20] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -161,12 +171,14 @@ mod tests {
             ("patch", "/api/accounts/{id}/status", none),
             ("patch", "/api/accounts/{id}/limits", none),
             ("post", "/transactions", none),
-            ("get", "/transactions", names::<requests::TransactionQuery>()),
+            ("get", "/transactions", &with_metadata),
             ("get", "/transactions/{id}", names::<requests::WaitQuery>()),
             ("post", "/transactions/{id}/reverse", none),
             ("post", "/transactions/{id}/post", none),
             ("post", "/transactions/{id}/void", none),
             ("post", "/transactions/system/initial-funds", none),
+            ("patch", "/api/accounts/{id}/metadata", none),
+            ("get", "/transactions/by-key/{idempotencyKey}", none),
         ];
         for (method, path, takes) in queries {
             let op = &doc["paths"][path][method];

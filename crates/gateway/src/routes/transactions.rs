@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Body, Query, RequestId};
+use crate::search::SearchQuery;
 use crate::{dto, requests};
 
 #[utoipa::path(
@@ -67,6 +68,7 @@ pub(super) async fn transfer_request(
         description,
         hold,
         legs,
+        metadata,
     } = body;
     if let Some(legs) = legs {
         let given = [("fromAccount", from.is_some()), ("toAccount", to.is_some()), ("amount", amount.is_some())];
@@ -76,7 +78,7 @@ pub(super) async fn transfer_request(
             return Err(ledgerflow_domain::DomainError::Invalid { field, reason }.into());
         }
         let legs = journal_legs(state, user, legs).await?;
-        return Ok((TransferRequest::journal(legs, description)?, key));
+        return Ok((TransferRequest::journal(legs, description)?.with_metadata(metadata), key));
     }
     let required = |field| ledgerflow_domain::DomainError::Missing { field };
     let from = from.ok_or(required("fromAccount"))?;
@@ -101,6 +103,7 @@ pub(super) async fn transfer_request(
         Some(hold) => TransferRequest::hold(from, to, amount, source.currency, description, hold.timeout_seconds)?,
         None => TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?,
     };
+    let request = request.with_metadata(metadata);
     Ok((request, key))
 }
 
@@ -157,13 +160,20 @@ pub(super) async fn initial_funds(
     body: Body<requests::InitialFundsBody>,
 ) -> ApiResult<Response> {
     user.require_system()?;
-    let requests::InitialFundsBody { to_account: to, amount, currency: asked, idempotency_key: key, description } =
-        body.read()?;
+    let requests::InitialFundsBody {
+        to_account: to,
+        amount,
+        currency: asked,
+        idempotency_key: key,
+        description,
+        metadata,
+    } = body.read()?;
     let [target] = state.accounts.get(&state.store, [to]).await?;
     let target = target.filter(|a| a.owner.is_some()).ok_or_else(ApiError::account_not_found)?;
     held_as_asked(asked, target.currency)?;
     let from = AccountId::funding(target.currency);
-    let request = TransferRequest::new(TransferKind::InitialFunds, from, to, amount, target.currency, description)?;
+    let request = TransferRequest::new(TransferKind::InitialFunds, from, to, amount, target.currency, description)?
+        .with_metadata(metadata);
     accept(&state, &user, request, key, request_id.0).await
 }
 
@@ -197,7 +207,7 @@ pub(super) async fn reverse(
     body: Body<requests::ReverseBody>,
 ) -> ApiResult<Response> {
     let id = TransactionId::parse_field("transactionId", &id)?;
-    let requests::ReverseBody { idempotency_key: key, reason } = body.read()?;
+    let requests::ReverseBody { idempotency_key: key, reason, metadata } = body.read()?;
     let original = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
     let owners = owners(&state, &original).await?;
     if !sees(&user, &original, &owners) {
@@ -211,7 +221,7 @@ pub(super) async fn reverse(
             "only the receiving account's owner (of every leg's, for a journal) or SYSTEM may reverse a transaction",
         ));
     }
-    let request = TransferRequest::reversal_of(original.id, &original.request(), reason);
+    let request = TransferRequest::reversal_of(original.id, &original.request(), reason).with_metadata(metadata);
     // A retry of this very request answers with what it created, whatever happened since.
     if let Some(existing) = state.store.find_by_key(&user.initiator(), &key).await? {
         if existing.request_hash != request.fingerprint() {
@@ -395,21 +405,22 @@ pub(super) async fn get(
     path = "/transactions",
     tag = "transactions",
     summary = "List transactions the caller may see",
-    params(("account" = Option<String>, Query, format = Uuid, description = "only this account's"), ("status" = Option<String>, Query, pattern = "^(PENDING|COMPLETED|FAILED|HELD|POSTED|VOIDED|EXPIRED)$", description = "PENDING, COMPLETED, FAILED, or a hold's HELD, POSTED, VOIDED, EXPIRED"), ("kind" = Option<String>, Query, pattern = "^(TRANSFER|INITIAL_FUNDS|REVERSAL|HOLD|POST_HOLD|VOID_HOLD)$", description = "only this kind, e.g. HOLD (with status=HELD: the open holds)"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, min_length = 1, description = "nextCursor of the previous page")),
+    params(("account" = Option<String>, Query, format = Uuid, description = "only this account's"), ("status" = Option<String>, Query, pattern = "^(PENDING|COMPLETED|FAILED|HELD|POSTED|VOIDED|EXPIRED)$", description = "PENDING, COMPLETED, FAILED, or a hold's HELD, POSTED, VOIDED, EXPIRED"), ("kind" = Option<String>, Query, pattern = "^(TRANSFER|INITIAL_FUNDS|REVERSAL|HOLD|POST_HOLD|VOID_HOLD)$", description = "only this kind, e.g. HOLD (with status=HELD: the open holds)"), ("createdFrom" = Option<String>, Query, format = DateTime, description = "only those created at or after this RFC 3339 time"), ("createdTo" = Option<String>, Query, format = DateTime, description = "only those created before this RFC 3339 time"), ("minAmount" = Option<i64>, Query, minimum = 1, maximum = 1_000_000_000_000_000_i64, description = "only amounts of at least this many minor units"), ("maxAmount" = Option<i64>, Query, minimum = 1, maximum = 1_000_000_000_000_000_i64, description = "only amounts of at most this many minor units"), ("metadata.{key}" = Option<String>, Query, max_length = 512, description = "only those whose metadata has this exact value under `{key}` (1-64 characters of A-Z a-z 0-9 _ . -), e.g. `metadata.orderId=A-17`; any number of keys, all must match"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"), ("cursor" = Option<String>, Query, min_length = 1, description = "nextCursor of the previous page")),
     security(("bearer" = []), ("cookie" = [])),
     responses(
-        (status = 200, description = "Newest first", body = dto::TransactionList),
+        (status = 200, description = "Newest first; every filter given must match", body = dto::TransactionList),
         (status = 404, description = "ACCOUNT_NOT_FOUND (account filter)", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
 )]
-/// `GET /transactions?account=&status=&kind=&limit=&cursor=`: newest first.
+/// `GET /transactions?account=&status=&kind=&createdFrom=&createdTo=&minAmount=&maxAmount=&metadata.<key>=&limit=&cursor=`:
+/// newest first.
 pub(super) async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    query: Query<requests::TransactionQuery>,
+    query: SearchQuery,
 ) -> ApiResult<Json<dto::TransactionList>> {
-    let requests::TransactionQuery { account, status, kind, limit, cursor: before } = query.read()?;
+    let (requests::TransactionQuery { account, status, kind, limit, cursor: before, .. }, search) = query.read()?;
     let limit = limit.unwrap_or_default().get();
     let account = match account {
         Some(id) => Some(visible_account(&state, &user, id).await?.id),
@@ -420,7 +431,7 @@ pub(super) async fn list(
     } else {
         Some((user.initiator(), state.store.account_ids_of(user.id).await?))
     };
-    let filter = TransactionFilter { visible_to, account, status, kind, before, limit };
+    let filter = TransactionFilter { visible_to, account, status, kind, before, limit, search };
     let found = state.store.list_transactions(&filter).await?;
     let next = (found.len() as i64 == limit).then(|| found.last().map(|t| t.id)).flatten();
     Ok(Json(dto::TransactionList {

@@ -15,6 +15,7 @@ fn account(balance: i64, seq: i64) -> AccountHead {
         reserved: Reserved::default(),
         limits: AccountLimits::NONE,
         peak_overdraft: 0,
+        metadata: Default::default(),
     };
     let hash = if seq == 0 { GENESIS_HASH.to_owned() } else { format!("head-of-{seq}") };
     AccountHead { account, balance: Balance(balance), hash }
