@@ -17,7 +17,7 @@ fn account(balance: i64, seq: i64) -> AccountHead {
         peak_overdraft: 0,
     };
     let hash = if seq == 0 { GENESIS_HASH.to_owned() } else { format!("head-of-{seq}") };
-    AccountHead { account, balance: Balance(balance), hash }
+    AccountHead { account, balance: Balance(balance), hash, last_at: None }
 }
 
 fn command(kind: TransferKind, from: AccountId, to: AccountId, amount: i64, key: &str) -> TransferCommand {
@@ -397,4 +397,39 @@ fn a_corrupt_account_fails_only_the_commands_that_touch_it() {
     assert!(matches!(&outcomes[0], Err(StoreError::Corrupt { .. })));
     assert_eq!(status(&outcomes[1]), (TransactionStatus::Completed, None));
     assert_eq!(plan.entries.len(), 2);
+}
+
+#[test]
+fn an_entry_is_never_stamped_before_its_accounts_previous_entry() {
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 3);
+    let ahead = now + chrono::Duration::seconds(90);
+    let (mut a, b) = (account(100, 1), account(0, 0));
+    // The worker that wrote `a`'s latest entry had a clock 90 s ahead of this one's.
+    a.last_at = Some(ahead);
+    let first = command(TransferKind::Transfer, a.account.id, b.account.id, 10, "first");
+    let second = command(TransferKind::Transfer, b.account.id, a.account.id, 5, "second");
+    let (outcomes, plan) = decide(loaded(&[&a, &b]), &[first, second], now);
+    assert!(outcomes.iter().all(|o| status(o).0 == TransactionStatus::Completed));
+    let stamps = |id: AccountId| -> Vec<_> {
+        plan.entries.iter().filter(|e| e.account_id == id).map(|e| (e.seq, e.created_at)).collect()
+    };
+    // `a`'s entries carry its previous entry's instant; `b`, whose history is empty, the
+    // worker's own `now`, and the hash covers the instant written.
+    assert_eq!(stamps(a.account.id), [(2, ahead), (3, ahead)]);
+    assert_eq!(stamps(b.account.id), [(1, now), (2, now)]);
+    for e in &plan.entries {
+        let fields = EntryFields {
+            id: e.id,
+            account_id: e.account_id,
+            transaction_id: e.transaction_id,
+            entry_type: e.entry_type,
+            amount: e.amount,
+            currency: e.currency,
+            seq: e.seq,
+            balance_after: e.balance_after,
+            created_at_ms: e.created_at.timestamp_millis(),
+            prev_hash: &e.prev_hash,
+        };
+        assert_eq!(fields.hash(), e.hash, "seq {} of {}", e.seq, e.account_id);
+    }
 }
