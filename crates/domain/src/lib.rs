@@ -18,6 +18,7 @@ mod ledger;
 pub mod limits;
 mod money;
 mod reversal;
+mod statement;
 mod transaction;
 mod user;
 
@@ -33,6 +34,7 @@ pub use ledger::{
 pub use limits::{AccountLimits, LimitRefusal, Reserved};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use reversal::{NotReversible, ReversalCandidate};
+pub use statement::{MAX_STATEMENT_DAYS, Moment, StatementTotals, StatementWindow};
 pub use transaction::{
     AccountStatus, Description, FailureReason, HoldTimeout, TransactionStatus, TransferKind, TransferRequest,
 };

@@ -14,7 +14,7 @@
 use chrono::Utc;
 use futures::TryStreamExt as _;
 use ledgerflow_domain::{Amount, Balance, EntryFields, EntryId, EntryType, GENESIS_HASH, TransactionId};
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::doc;
 
 use crate::docs::EntryDoc;
 use crate::{AccountRecord, Progress, Store, StoreError};
@@ -24,14 +24,7 @@ const INSERT_BATCH: i64 = 10_000;
 /// What each synthetic entry credits, in minor units.
 const ENTRY_MINOR: i64 = 1;
 
-/// How MongoDB runs the balance read ([`Store::balance`]), from its `explain`: 1 and 1 at any
-/// history length if the `(accountId, seq)` index does its job. -1 where the server's answer
-/// lacks a figure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadPlan {
-    pub keys_examined: i64,
-    pub docs_examined: i64,
-}
+pub use crate::statements::ReadPlan;
 
 /// The latest entry of an account's chain: where the next one continues from.
 struct Head {
@@ -83,14 +76,7 @@ impl Store {
         let query = doc! {
             "find": "entries", "filter": { "accountId": account.id.to_string() }, "sort": { "seq": -1 }, "limit": 1,
         };
-        let answer = self.db.run_command(doc! { "explain": query, "verbosity": "executionStats" }).await?;
-        let stats = answer.get_document("executionStats").map_err(|e| {
-            StoreError::Database(mongodb::error::Error::custom(format!("explain: executionStats: {e}")))
-        })?;
-        Ok(ReadPlan {
-            keys_examined: int_field(stats, "totalKeysExamined"),
-            docs_examined: int_field(stats, "totalDocsExamined"),
-        })
+        self.explain(query).await
     }
 
     /// The account's latest entry, or the genesis of an empty chain.
@@ -143,15 +129,5 @@ impl Head {
         self.seq += 1;
         self.balance = balance_after;
         entry
-    }
-}
-
-/// A count from `explain`, whichever numeric type the server chose; -1 if absent.
-fn int_field(d: &Document, key: &str) -> i64 {
-    match d.get(key) {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(f)) => *f as i64,
-        _ => -1,
     }
 }

@@ -4,6 +4,7 @@ mod accounts;
 mod auth;
 mod health;
 mod holds;
+mod statements;
 mod transactions;
 
 use axum::Router;
@@ -31,6 +32,7 @@ use crate::error::ApiError;
         accounts::get,
         accounts::balance,
         accounts::entries,
+        statements::statement,
         accounts::set_status,
         accounts::set_limits,
         transactions::create,
@@ -92,6 +94,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/accounts/{id}", get(accounts::get))
         .route("/api/accounts/{id}/balance", get(accounts::balance))
         .route("/api/accounts/{id}/entries", get(accounts::entries))
+        .route("/api/accounts/{id}/statement", get(statements::statement))
         .route("/api/accounts/{id}/status", patch(accounts::set_status))
         .route("/api/accounts/{id}/limits", patch(accounts::set_limits))
         .nest("/transactions", transactions.clone())
@@ -147,7 +150,7 @@ mod tests {
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
         let none = names::<requests::NoQuery>();
-        let queries: [(&str, &str, &[&str]); 18] = [
+        let queries: [(&str, &str, &[&str]); 19] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -155,7 +158,8 @@ mod tests {
             ("post", "/api/accounts", none),
             ("get", "/api/accounts", names::<requests::PageQuery<AccountId>>()),
             ("get", "/api/accounts/{id}", none),
-            ("get", "/api/accounts/{id}/balance", none),
+            ("get", "/api/accounts/{id}/balance", names::<requests::BalanceQuery>()),
+            ("get", "/api/accounts/{id}/statement", names::<requests::StatementQuery>()),
             ("get", "/api/accounts/{id}/entries", names::<requests::PageQuery<EntryCursor>>()),
             ("patch", "/api/accounts/{id}/status", none),
             ("patch", "/api/accounts/{id}/limits", none),
