@@ -11,7 +11,7 @@
 //! to a COMPLETED transaction) flag every one of them.
 #![cfg(feature = "synthetic")]
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
 use ledgerflow_domain::{Amount, Balance, EntryFields, EntryId, EntryType, GENESIS_HASH, TransactionId};
 use mongodb::bson::doc;
@@ -77,6 +77,13 @@ impl Store {
             "find": "entries", "filter": { "accountId": account.id.to_string() }, "sort": { "seq": -1 }, "limit": 1,
         };
         self.explain(query).await
+    }
+
+    /// When the entry `seq` of `account` was stamped, if it exists: an instant inside a
+    /// synthetic history for the bench's reads as of an instant.
+    pub async fn entry_time(&self, account: &AccountRecord, seq: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let entry = self.entries().find_one(doc! { "accountId": account.id.to_string(), "seq": seq }).await?;
+        Ok(entry.map(|e| crate::docs::from_bson_time(e.created_at)))
     }
 
     /// The account's latest entry, or the genesis of an empty chain.
