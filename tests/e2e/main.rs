@@ -20,3 +20,4 @@ mod reversals;
 mod search;
 mod services;
 mod signin;
+mod statements;

@@ -71,13 +71,16 @@ pub struct BalanceBody {
     #[schema(format = Uuid)]
     pub account_id: String,
     pub currency: String,
-    /// Posted money: the latest ledger entry's `balanceAfter`.
+    /// Posted money: the latest ledger entry's `balanceAfter` (with `asOf`: that of the last
+    /// entry at or before the instant, 0 before the first).
     pub balance: i64,
-    /// Reserved by HELD holds that debit this account.
+    /// Reserved by HELD holds that debit this account (with `asOf`: by the holds HELD at the
+    /// instant and not yet past their `expiresAt`).
     pub pending_debits: i64,
-    /// Reserved by HELD holds that credit this account.
+    /// Reserved by HELD holds that credit this account (with `asOf`: as for `pendingDebits`).
     pub pending_credits: i64,
-    /// What a new debit may take: `balance − pendingDebits + overdraftLimit`.
+    /// What a new debit may take: `balance − pendingDebits + overdraftLimit` (with `asOf`: of
+    /// the figures at the instant, and today's overdraft line).
     pub available: i64,
     pub overdraft_limit: i64,
 }
@@ -109,6 +112,34 @@ pub struct EntryBody {
 #[serde(rename_all = "camelCase")]
 pub struct EntryList {
     pub entries: Vec<EntryBody>,
+    pub next_cursor: Option<String>,
+}
+
+/// An account's statement over `from <= createdAt < to`, in integer minor units:
+/// `openingBalance + totalCredits − totalDebits = closingBalance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatementBody {
+    #[schema(format = Uuid)]
+    pub account_id: String,
+    pub currency: String,
+    /// The window's start, inclusive.
+    #[schema(format = DateTime)]
+    pub from: String,
+    /// The window's end, exclusive.
+    #[schema(format = DateTime)]
+    pub to: String,
+    /// The balance as of just before `from`: the `balanceAfter` of the last earlier entry, or 0.
+    pub opening_balance: i64,
+    /// The balance as of just before `to`.
+    pub closing_balance: i64,
+    /// Over the whole window, not only this page.
+    pub total_debits: i64,
+    pub total_credits: i64,
+    pub entry_count: i64,
+    /// This page of the window's entries, oldest first.
+    pub entries: Vec<EntryBody>,
+    /// Pass as `cursor` (with the same `from` and `to`) for the next page; null on the last.
     pub next_cursor: Option<String>,
 }
 

@@ -14,6 +14,7 @@ use crate::metrics::Batching;
 use crate::pair_figures::{HoldsPhase, PairFigures};
 use crate::reads::ReadFigures;
 use crate::report::LoadReport;
+use ledgerflow_store::ReadPlan;
 
 impl LoadReport {
     pub fn render(&self, args: &BenchArgs) -> String {
@@ -163,20 +164,27 @@ fn batching_line(b: Batching) -> String {
     )
 }
 
-/// The `--balance-reads` report: one table row per history length.
+/// The `--balance-reads` report: one table row per history length and kind of read.
 pub fn render_reads(rows: &[ReadFigures], reads: u32) -> String {
-    let header = ["entries", "insert s", "p50 ms", "p95 ms", "p99 ms", "max ms", "keys examined", "docs examined"];
+    let header =
+        ["entries", "read", "insert s", "p50 ms", "p95 ms", "p99 ms", "max ms", "keys examined", "docs examined"];
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| {
-            let mut row = vec![r.entries.to_string(), format!("{:.1}", r.insert.as_secs_f64())];
-            row.extend(Percentiles::cells(Some(r.latency)));
-            row.extend([r.plan.keys_examined.to_string(), r.plan.docs_examined.to_string()]);
-            row
+        .flat_map(|r| {
+            let line = |read: &str, insert: String, latency, plan: ReadPlan| {
+                let mut row = vec![r.entries.to_string(), read.to_owned(), insert];
+                row.extend(Percentiles::cells(Some(latency)));
+                row.extend([plan.keys_examined.to_string(), plan.docs_examined.to_string()]);
+                row
+            };
+            [
+                line("latest", format!("{:.1}", r.insert.as_secs_f64()), r.latency, r.plan),
+                line("asOf middle", String::new(), r.as_of_latency, r.as_of_plan),
+            ]
         })
         .collect();
     format!(
-        "ledgerflow bench --balance-reads: {reads} sequential Store::balance reads per history length, one account\n\n{}",
+        "ledgerflow bench --balance-reads: {reads} sequential Store::balance reads per history length, one account, and as many Store::balance_as_of reads at its middle entry's instant\n\n{}",
         table(&header, &body)
     )
 }

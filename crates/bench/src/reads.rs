@@ -1,11 +1,13 @@
 //! `--balance-reads`: shows that reading a balance costs the same at any history length. One
 //! account's history is grown to each `--entries` length in turn (a synthetic history, through
 //! the store's API for it), and `--reads` sequential `Store::balance` calls are timed at each,
-//! with MongoDB's own account of the index keys and documents one read examines.
+//! with MongoDB's own account of the index keys and documents one read examines; and as many
+//! `Store::balance_as_of` reads of the instant of the history's middle entry, likewise.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use chrono::{DateTime, Utc};
 use ledgerflow_domain::{AccountId, Balance, Currency, UserId};
 use ledgerflow_store::Store;
 use ledgerflow_store::synthetic::ReadPlan;
@@ -26,6 +28,10 @@ pub struct ReadFigures {
     /// From `explain`: 1 key and 1 document whatever the history length, if the
     /// `(accountId, seq)` index does its job.
     pub plan: ReadPlan,
+    /// The same for `Store::balance_as_of` at the instant of the middle entry: 1 and 1 too, if
+    /// the `(accountId, createdAt, seq)` index does its job.
+    pub as_of_latency: Percentiles,
+    pub as_of_plan: ReadPlan,
 }
 
 impl Bench {
@@ -79,7 +85,11 @@ impl Bench {
             length = entries;
             let latency = time_balance_reads(store, account.id, self.args.reads as usize, balance).await?;
             let plan = store.explain_balance_read(&account).await.context("explain")?;
-            rows.push(ReadFigures { entries, insert, latency, plan });
+            let middle = store.entry_time(&account, (target / 2).max(1)).await?.context("the middle entry")?;
+            let reads = self.args.reads as usize;
+            let as_of_latency = time_balance_as_of_reads(store, account.id, reads, middle, balance).await?;
+            let as_of_plan = store.explain_balance_as_of(account.id, middle).await.context("explain")?;
+            rows.push(ReadFigures { entries, insert, latency, plan, as_of_latency, as_of_plan });
         }
         Ok(rows)
     }
@@ -95,6 +105,28 @@ async fn time_balance_reads(store: &Store, account: AccountId, reads: usize, exp
         let balance = store.balance(account).await?;
         samples.push(started.elapsed());
         ensure!(balance == expected, "balance read {balance}, expected {expected}");
+    }
+    Percentiles::of(samples).context("no balance reads")
+}
+
+/// Times reads of the balance as of `at`, which must lie within the history: one synthetic
+/// entry credits 1, so the balance then is between 1 and the whole history's.
+async fn time_balance_as_of_reads(
+    store: &Store,
+    account: AccountId,
+    reads: usize,
+    at: DateTime<Utc>,
+    latest: Balance,
+) -> Result<Percentiles> {
+    for _ in 0..WARMUP_READS {
+        store.balance_as_of(account, at).await?;
+    }
+    let mut samples = Vec::with_capacity(reads);
+    for _ in 0..reads {
+        let started = Instant::now();
+        let balance = store.balance_as_of(account, at).await?;
+        samples.push(started.elapsed());
+        ensure!(Balance(1) <= balance && balance <= latest, "balance as of {at} read {balance}, latest {latest}");
     }
     Percentiles::of(samples).context("no balance reads")
 }

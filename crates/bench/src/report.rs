@@ -270,6 +270,10 @@ struct SizeJson {
     latency_ms: Percentiles,
     keys_examined: i64,
     docs_examined: i64,
+    /// `Store::balance_as_of` at the middle entry's instant.
+    as_of_latency_ms: Percentiles,
+    as_of_keys_examined: i64,
+    as_of_docs_examined: i64,
 }
 
 pub fn reads_json(rows: &[ReadFigures], reads: u32) -> ReadsJson {
@@ -281,6 +285,9 @@ pub fn reads_json(rows: &[ReadFigures], reads: u32) -> ReadsJson {
             latency_ms: r.latency,
             keys_examined: r.plan.keys_examined,
             docs_examined: r.plan.docs_examined,
+            as_of_latency_ms: r.as_of_latency,
+            as_of_keys_examined: r.as_of_plan.keys_examined,
+            as_of_docs_examined: r.as_of_plan.docs_examined,
         })
         .collect();
     ReadsJson { mode: "balance-reads", reads, sizes }

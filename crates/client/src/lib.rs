@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use ledgerflow_api::{
-    AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, ErrorBody, ErrorDetail, StatusBody,
-    TransactionBody, TransactionEnvelope, TransactionList, UserBody,
+    AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, ErrorBody, ErrorDetail, StatementBody,
+    StatusBody, TransactionBody, TransactionEnvelope, TransactionList, UserBody,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -129,6 +129,23 @@ pub struct Limits {
     pub overdraft_limit: Option<i64>,
     /// `Some(None)` removes the ceiling.
     pub max_balance: Option<Option<i64>>,
+}
+
+/// Which page of which statement: `from` and `to` are RFC 3339 instants (`from` inclusive,
+/// `to` exclusive); `limit` and `cursor` as for any list, `None` for the defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct StatementQuery<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub limit: Option<i64>,
+    pub cursor: Option<&'a str>,
+}
+
+/// `path?name=value&…`, each pair form-encoded (an offset's `+` would otherwise be a space).
+fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse("http://query.invalid/").expect("a constant URL");
+    url.query_pairs_mut().extend_pairs(pairs);
+    format!("{path}?{}", url.query().unwrap_or_default())
 }
 
 /// A money movement the gateway took: new (202, PENDING) or a repeat of an earlier request
@@ -266,6 +283,22 @@ impl Client {
     /// `GET /api/accounts/{id}/balance`.
     pub async fn balance(&self, account: &str) -> Result<BalanceBody> {
         Ok(self.call(Method::GET, &format!("/api/accounts/{account}/balance"), None).await?.1)
+    }
+
+    /// `GET /api/accounts/{id}/balance?asOf=`: the balance as of an RFC 3339 instant.
+    pub async fn balance_as_of(&self, account: &str, as_of: &str) -> Result<BalanceBody> {
+        let path = with_query(&format!("/api/accounts/{account}/balance"), &[("asOf", as_of)]);
+        Ok(self.call(Method::GET, &path, None).await?.1)
+    }
+
+    /// `GET /api/accounts/{id}/statement`: one page of the statement over a window.
+    pub async fn statement(&self, account: &str, query: &StatementQuery<'_>) -> Result<StatementBody> {
+        let limit = query.limit.map(|l| l.to_string());
+        let mut pairs = vec![("from", query.from), ("to", query.to)];
+        pairs.extend(limit.as_deref().map(|l| ("limit", l)));
+        pairs.extend(query.cursor.map(|c| ("cursor", c)));
+        let path = with_query(&format!("/api/accounts/{account}/statement"), &pairs);
+        Ok(self.call(Method::GET, &path, None).await?.1)
     }
 
     /// `GET /api/accounts/{id}/entries`: the newest entries first.

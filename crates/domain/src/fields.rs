@@ -224,6 +224,7 @@ deserialize_from_str!(
     crate::Email,
     crate::Password,
     crate::PersonName,
+    crate::Moment,
 );
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod limits;
 mod metadata;
 mod money;
 mod reversal;
+mod statement;
 mod transaction;
 mod user;
 
@@ -38,6 +39,7 @@ pub use limits::{AccountLimits, LimitRefusal, Reserved};
 pub use metadata::{Metadata, MetadataKey, MetadataValue, search_term};
 pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use reversal::{NotReversible, ReversalCandidate};
+pub use statement::{MAX_STATEMENT_DAYS, Moment, StatementTotals, StatementWindow};
 pub use transaction::{
     AccountStatus, Description, FailureReason, HoldTimeout, TransactionStatus, TransferKind, TransferRequest,
 };

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledgerflow_api::ErrorBody;
 pub use ledgerflow_api::{
-    AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, LegBody, StatusBody, TransactionBody,
-    TransactionEnvelope, TransactionList, UserBody,
+    AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, LegBody, StatementBody, StatusBody,
+    TransactionBody, TransactionEnvelope, TransactionList, UserBody,
 };
-use ledgerflow_domain::{Balance, Metadata, TransferKind, limits};
-use ledgerflow_store::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
+use ledgerflow_domain::{Balance, Metadata, Reserved, StatementWindow, TransferKind, limits};
+use ledgerflow_store::{AccountRecord, EntryRecord, StatementPage, TransactionRecord, UserRecord};
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -52,6 +52,34 @@ pub fn balance(a: &AccountRecord, posted: Balance) -> BalanceBody {
         pending_credits: a.reserved.credits,
         available: limits::available(posted, a.reserved, a.limits),
         overdraft_limit: a.limits.overdraft(),
+    }
+}
+
+/// An account's balance as of a past instant: posted money and reservations as they stood
+/// then, against today's overdraft line (limits keep no history).
+pub fn balance_as_of(a: &AccountRecord, posted: Balance, reserved: Reserved) -> BalanceBody {
+    BalanceBody {
+        pending_debits: reserved.debits,
+        pending_credits: reserved.credits,
+        available: limits::available(posted, reserved, a.limits),
+        ..balance(a, posted)
+    }
+}
+
+/// One page of a statement as answered.
+pub fn statement(a: &AccountRecord, window: StatementWindow, page: &StatementPage) -> StatementBody {
+    StatementBody {
+        account_id: a.id.to_string(),
+        currency: a.currency.code().to_owned(),
+        from: time(window.from()),
+        to: time(window.to()),
+        opening_balance: page.opening.minor(),
+        closing_balance: page.closing.minor(),
+        total_debits: page.totals.debits,
+        total_credits: page.totals.credits,
+        entry_count: page.totals.entries,
+        entries: page.entries.iter().map(entry).collect(),
+        next_cursor: page.next_after.map(|seq| seq.to_string()),
     }
 }
 

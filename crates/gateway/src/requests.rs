@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use ledgerflow_domain::{
     AccountId, AccountLimits, AccountStatus, Amount, Currency, Description, DomainError, Email, HoldTimeout,
-    IdempotencyKey, Metadata, Password, PersonName, TransactionId, TransactionStatus, TransferKind, fields,
+    IdempotencyKey, Metadata, Moment, Password, PersonName, TransactionId, TransactionStatus, TransferKind, fields,
 };
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
@@ -262,6 +262,24 @@ pub struct TransactionQuery {
     pub max_amount: Option<crate::search::AmountBound>,
     pub limit: Option<Limit>,
     pub cursor: Option<TransactionId>,
+}
+
+/// `?asOf=`: `GET /api/accounts/{id}/balance`, now or as of a past instant.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BalanceQuery {
+    pub as_of: Option<Moment>,
+}
+
+/// `?from=&to=&limit=&cursor=`: `GET /api/accounts/{id}/statement`, the entries with
+/// `from <= createdAt < to`; the cursor is the `seq` of the previous page's last entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementQuery {
+    pub from: Moment,
+    pub to: Moment,
+    pub limit: Option<Limit>,
+    pub cursor: Option<EntryCursor>,
 }
 
 /// `?wait=`: `GET /transactions/{id}`.

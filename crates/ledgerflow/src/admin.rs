@@ -4,7 +4,9 @@
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use ledgerflow_domain::grants::{BrokerUser, Grant};
-use ledgerflow_domain::{AccountId, AccountStatus, Command, Email, ServiceName, TransactionId, TransferKind, UserId};
+use ledgerflow_domain::{
+    AccountId, AccountStatus, Command, Email, Moment, ServiceName, StatementWindow, TransactionId, TransferKind, UserId,
+};
 use ledgerflow_messaging::{Topology, TrustedUsers};
 use ledgerflow_store::{ServiceRecord, Store};
 
@@ -272,4 +274,59 @@ fn print_service(r: &ServiceRecord) {
     println!("  kinds           {}", join(s.grant.kinds.iter().map(|k| k.as_str())));
     println!("  may debit       {}", debits(&s.grant));
     println!("  changed         {}", r.updated_at.format("%Y-%m-%d %H:%M:%S"));
+}
+
+/// `ledgerflow admin statement`: the figures `GET /api/accounts/{id}/statement` answers, over
+/// the whole window (every page), as a text table or as CSV.
+pub async fn statement(store: &Store, account: &str, from: &str, to: &str, csv: bool) -> Result<()> {
+    let id: AccountId = account.parse().context("not an account id")?;
+    let (from, to) = (from.parse::<Moment>().context("--from")?, to.parse::<Moment>().context("--to")?);
+    let window = StatementWindow::new(from, to, chrono::Utc::now()).context("the window")?;
+    let Some(account) = store.find_account(id).await? else { bail!("no account {id}") };
+    let mut page = store.statement(id, window, ledgerflow_store::MAX_PAGE, None).await?;
+    let mut entries = std::mem::take(&mut page.entries);
+    while let Some(after) = page.next_after {
+        page = store.statement(id, window, ledgerflow_store::MAX_PAGE, Some(after)).await?;
+        entries.append(&mut page.entries);
+    }
+    let millis = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let (from, to) = (millis(window.from()), millis(window.to()));
+    let totals = page.totals;
+    if csv {
+        // Every value is a UUID, an integer, an entry type or an RFC 3339 instant: none holds
+        // a comma, a quote or a line break, so no field needs quoting.
+        println!("row,seq,createdAt,type,amount,balanceAfter,transactionId");
+        println!("opening,,{from},,,{},", page.opening);
+        for e in &entries {
+            let (seq, at, kind, amount) = (e.seq, millis(e.created_at), e.entry_type.as_str(), e.amount);
+            println!("entry,{seq},{at},{kind},{amount},{},{}", e.balance_after, e.transaction_id);
+        }
+        println!("debits,,,DEBIT,{},,", totals.debits);
+        println!("credits,,,CREDIT,{},,", totals.credits);
+        println!("closing,,{to},,,{},", page.closing);
+        return Ok(());
+    }
+    println!("account {id} ({}), from {from} (inclusive) to {to} (exclusive)", account.currency);
+    let mut t = table(&["seq", "created", "type", "amount", "balance after", "transaction"]);
+    for e in &entries {
+        t.add_row(vec![
+            e.seq.to_string(),
+            millis(e.created_at),
+            e.entry_type.as_str().to_owned(),
+            e.amount.to_string(),
+            e.balance_after.to_string(),
+            e.transaction_id.to_string(),
+        ]);
+    }
+    let mut figures = table(&["opening balance", "total debits", "total credits", "closing balance", "entries"]);
+    figures.add_row(vec![
+        page.opening.to_string(),
+        totals.debits.to_string(),
+        totals.credits.to_string(),
+        page.closing.to_string(),
+        totals.entries.to_string(),
+    ]);
+    println!("{t}");
+    println!("{figures}");
+    Ok(())
 }

@@ -213,6 +213,27 @@ enum Admin {
         /// The transaction id.
         id: String,
     },
+    /// Print an account's statement over a window of time: its entries with
+    /// `from <= createdAt < to`, oldest first, the balances that open and close it and its
+    /// totals, as `GET /api/accounts/{id}/statement` answers them.
+    #[command(
+        after_help = "Example:\n  ledgerflow admin statement 0190a0a0-0000-7000-8000-000000000001 --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --csv"
+    )]
+    Statement {
+        /// The account id.
+        account: String,
+        /// The window's start, inclusive: RFC 3339, at most millisecond precision.
+        #[arg(long)]
+        from: String,
+        /// The window's end, exclusive: later than --from, not in the future, at most 366 days
+        /// after it.
+        #[arg(long)]
+        to: String,
+        /// CSV with a header row instead of tables: an `opening` row, one `entry` row each,
+        /// `debits` and `credits` rows (the totals), and a `closing` row.
+        #[arg(long)]
+        csv: bool,
+    },
     /// End every session of a user: its tokens are refused from now on (by every gateway
     /// within seconds), say after one leaked. It signs in again for a new one.
     #[command(after_help = "Example:\n  ledgerflow admin sign-out --email ops@example.com")]
@@ -341,6 +362,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Admin(Admin::Accounts(Accounts::Close { account })) => {
             with_store(conn, async |store| admin::set_status(store, &account, AccountStatus::Closed).await).await?;
+        }
+        Command::Admin(Admin::Statement { account, from, to, csv }) => {
+            with_store(conn, async |store| admin::statement(store, &account, &from, &to, csv).await).await?;
         }
         Command::Admin(Admin::SignOut { email }) => {
             with_store(conn, async |store| admin::sign_out(store, &email).await).await?;

@@ -28,12 +28,16 @@ pub(crate) struct AccountHead {
     pub balance: Balance,
     /// The latest entry's hash, which the next entry chains to.
     pub hash: String,
+    /// The latest entry's `createdAt`: no later entry is stamped earlier, whatever the clock
+    /// of the worker that writes it, so that "the last entry at or before an instant" is one
+    /// entry, found by one indexed lookup.
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 impl AccountHead {
     /// An account with no entries yet.
     pub fn empty(account: AccountRecord) -> Self {
-        Self { account, balance: Balance::ZERO, hash: GENESIS_HASH.to_owned() }
+        Self { account, balance: Balance::ZERO, hash: GENESIS_HASH.to_owned(), last_at: None }
     }
 }
 
@@ -160,6 +164,8 @@ impl AccountState {
         now: DateTime<Utc>,
     ) -> EntryRecord {
         let (leg, movement) = movement;
+        let now = self.head.last_at.map_or(now, |last| last.max(now));
+        self.head.last_at = Some(now);
         let fields = EntryFields {
             id: EntryId::generate(),
             account_id: self.head.account.id,

@@ -254,6 +254,7 @@ impl Store {
                 {
                     head.balance = Balance(entry.balance_after);
                     head.hash = entry.hash;
+                    head.last_at = Some(crate::docs::from_bson_time(entry.created_at));
                     found_heads.insert(id);
                 }
             }

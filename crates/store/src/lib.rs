@@ -23,6 +23,7 @@ mod labels;
 mod reconcile;
 pub mod search;
 mod services;
+mod statements;
 pub mod synthetic;
 mod transactions;
 mod users;
@@ -40,6 +41,7 @@ pub use group::{GroupCommit, Grouping};
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
 pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};
+pub use statements::{EntryMark, ReadPlan, StatementPage};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
 
 /// Connections per process to MongoDB unless the URI sets `maxPoolSize`.
@@ -147,6 +149,29 @@ impl Store {
             .create_indexes([
                 index(doc! { "accountId": 1, "seq": -1 }, Some(unique())),
                 index(doc! { "transactionId": 1, "type": 1, "leg": 1 }, Some(unique())),
+                // Balances as of an instant: an account's last entry at or before it.
+                index(
+                    doc! { "accountId": 1, "createdAt": 1, "seq": 1 },
+                    Some(IndexOptions::builder().name(statements::ENTRIES_BY_TIME.to_owned()).build()),
+                ),
+            ])
+            .await?;
+        // Reservations as of an instant: the holds that can have been HELD then, by expiry.
+        let holds = |side: &str, name: &str| {
+            index(
+                doc! { side: 1, "expiresAt": 1 },
+                Some(
+                    IndexOptions::builder()
+                        .name(name.to_owned())
+                        .partial_filter_expression(doc! { "kind": ledgerflow_domain::TransferKind::Hold.as_str() })
+                        .build(),
+                ),
+            )
+        };
+        self.transactions()
+            .create_indexes([
+                holds("fromAccount", statements::HOLDS_FROM_BY_EXPIRY),
+                holds("toAccount", statements::HOLDS_TO_BY_EXPIRY),
             ])
             .await?;
         // Its predecessor allowed one DEBIT and one CREDIT per transaction, which a journal's

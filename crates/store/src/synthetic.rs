@@ -11,10 +11,10 @@
 //! to a COMPLETED transaction) flag every one of them.
 #![cfg(feature = "synthetic")]
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
 use ledgerflow_domain::{Amount, Balance, EntryFields, EntryId, EntryType, GENESIS_HASH, TransactionId};
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::doc;
 
 use crate::docs::EntryDoc;
 use crate::{AccountRecord, Progress, Store, StoreError};
@@ -24,14 +24,7 @@ const INSERT_BATCH: i64 = 10_000;
 /// What each synthetic entry credits, in minor units.
 const ENTRY_MINOR: i64 = 1;
 
-/// How MongoDB runs the balance read ([`Store::balance`]), from its `explain`: 1 and 1 at any
-/// history length if the `(accountId, seq)` index does its job. -1 where the server's answer
-/// lacks a figure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadPlan {
-    pub keys_examined: i64,
-    pub docs_examined: i64,
-}
+pub use crate::statements::ReadPlan;
 
 /// The latest entry of an account's chain: where the next one continues from.
 struct Head {
@@ -83,14 +76,14 @@ impl Store {
         let query = doc! {
             "find": "entries", "filter": { "accountId": account.id.to_string() }, "sort": { "seq": -1 }, "limit": 1,
         };
-        let answer = self.db.run_command(doc! { "explain": query, "verbosity": "executionStats" }).await?;
-        let stats = answer.get_document("executionStats").map_err(|e| {
-            StoreError::Database(mongodb::error::Error::custom(format!("explain: executionStats: {e}")))
-        })?;
-        Ok(ReadPlan {
-            keys_examined: int_field(stats, "totalKeysExamined"),
-            docs_examined: int_field(stats, "totalDocsExamined"),
-        })
+        self.explain(query).await
+    }
+
+    /// When the entry `seq` of `account` was stamped, if it exists: an instant inside a
+    /// synthetic history for the bench's reads as of an instant.
+    pub async fn entry_time(&self, account: &AccountRecord, seq: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let entry = self.entries().find_one(doc! { "accountId": account.id.to_string(), "seq": seq }).await?;
+        Ok(entry.map(|e| crate::docs::from_bson_time(e.created_at)))
     }
 
     /// The account's latest entry, or the genesis of an empty chain.
@@ -145,15 +138,5 @@ impl Head {
         self.seq += 1;
         self.balance = balance_after;
         entry
-    }
-}
-
-/// A count from `explain`, whichever numeric type the server chose; -1 if absent.
-fn int_field(d: &Document, key: &str) -> i64 {
-    match d.get(key) {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(f)) => *f as i64,
-        _ => -1,
     }
 }

@@ -102,24 +102,34 @@ pub(super) async fn get(
     path = "/api/accounts/{id}/balance",
     tag = "accounts",
     summary = "Get an account's balance",
-    params(("id" = String, Path, format = Uuid, description = "UUID")),
+    params(
+        ("id" = String, Path, format = Uuid, description = "UUID"),
+        ("asOf" = Option<String>, Query, format = DateTime, description = "RFC 3339, at most millisecond precision, not in the future: the balance as of that instant (the `balanceAfter` of the last entry at or before it, 0 before the first), reservations by the holds HELD then and not past their expiry, against today's overdraft line"),
+    ),
     security(("bearer" = []), ("cookie" = [])),
     responses(
-        (status = 200, description = "Posted balance from the latest ledger entry; reservations and limits from the account", body = dto::BalanceBody),
+        (status = 200, description = "Posted balance from the latest ledger entry (or the last at or before asOf); reservations and limits from the account (or from the holds HELD at asOf)", body = dto::BalanceBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
         dto::AuthErrors, dto::Unavailable,
     )
 )]
-/// `GET /api/accounts/{id}/balance`: derived from the latest ledger entry.
+/// `GET /api/accounts/{id}/balance?asOf=`: derived from the latest ledger entry, or from the
+/// last one at or before `asOf`.
 pub(super) async fn balance(
     State(state): State<AppState>,
     user: AuthUser,
-    _: Query<requests::NoQuery>,
+    query: Query<requests::BalanceQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<dto::BalanceBody>> {
     let account = visible_account(&state, &user, AccountId::parse_field("accountId", &id)?).await?;
-    let balance = state.store.balance(account.id).await?;
-    Ok(Json(dto::balance(&account, balance)))
+    let Some(as_of) = query.read()?.as_of else {
+        let balance = state.store.balance(account.id).await?;
+        return Ok(Json(dto::balance(&account, balance)));
+    };
+    let at = as_of.as_of(chrono::Utc::now())?;
+    let (balance, reserved) =
+        tokio::try_join!(state.store.balance_as_of(account.id, at), state.store.reserved_as_of(account.id, at))?;
+    Ok(Json(dto::balance_as_of(&account, balance, reserved)))
 }
 
 #[utoipa::path(

@@ -6,6 +6,7 @@ mod health;
 mod holds;
 mod labels;
 mod lookup;
+mod statements;
 mod transactions;
 
 use axum::Router;
@@ -33,6 +34,7 @@ use crate::error::ApiError;
         accounts::get,
         accounts::balance,
         accounts::entries,
+        statements::statement,
         accounts::set_status,
         accounts::set_limits,
         labels::set_metadata,
@@ -97,6 +99,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/accounts/{id}", get(accounts::get))
         .route("/api/accounts/{id}/balance", get(accounts::balance))
         .route("/api/accounts/{id}/entries", get(accounts::entries))
+        .route("/api/accounts/{id}/statement", get(statements::statement))
         .route("/api/accounts/{id}/status", patch(accounts::set_status))
         .route("/api/accounts/{id}/limits", patch(accounts::set_limits))
         .route("/api/accounts/{id}/metadata", patch(labels::set_metadata))
@@ -158,7 +161,7 @@ mod tests {
         // The listing also takes `metadata.<key>` parameters, read apart (`search`).
         let with_metadata: Vec<&str> =
             names::<requests::TransactionQuery>().iter().copied().chain(["metadata.{key}"]).collect();
-        let queries: [(&str, &str, &[&str]); 20] = [
+        let queries: [(&str, &str, &[&str]); 21] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -166,7 +169,8 @@ mod tests {
             ("post", "/api/accounts", none),
             ("get", "/api/accounts", names::<requests::PageQuery<AccountId>>()),
             ("get", "/api/accounts/{id}", none),
-            ("get", "/api/accounts/{id}/balance", none),
+            ("get", "/api/accounts/{id}/balance", names::<requests::BalanceQuery>()),
+            ("get", "/api/accounts/{id}/statement", names::<requests::StatementQuery>()),
             ("get", "/api/accounts/{id}/entries", names::<requests::PageQuery<EntryCursor>>()),
             ("patch", "/api/accounts/{id}/status", none),
             ("patch", "/api/accounts/{id}/limits", none),

@@ -18,7 +18,7 @@ fn account(balance: i64, seq: i64) -> AccountHead {
         metadata: Default::default(),
     };
     let hash = if seq == 0 { GENESIS_HASH.to_owned() } else { format!("head-of-{seq}") };
-    AccountHead { account, balance: Balance(balance), hash }
+    AccountHead { account, balance: Balance(balance), hash, last_at: None }
 }
 
 fn command(kind: TransferKind, from: AccountId, to: AccountId, amount: i64, key: &str) -> TransferCommand {
@@ -454,4 +454,40 @@ fn a_journal_leg_spends_what_an_earlier_leg_credited() {
     // b's three entries chain one after the other.
     let b_seqs: Vec<i64> = plan.entries.iter().filter(|e| e.account_id == b.account.id).map(|e| e.seq).collect();
     assert_eq!(b_seqs, [1, 2, 3]);
+}
+
+#[test]
+fn an_entry_is_never_stamped_before_its_accounts_previous_entry() {
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 3);
+    let ahead = now + chrono::Duration::seconds(90);
+    let (mut a, b) = (account(100, 1), account(0, 0));
+    // The worker that wrote `a`'s latest entry had a clock 90 s ahead of this one's.
+    a.last_at = Some(ahead);
+    let first = command(TransferKind::Transfer, a.account.id, b.account.id, 10, "first");
+    let second = command(TransferKind::Transfer, b.account.id, a.account.id, 5, "second");
+    let (outcomes, plan) = decide(loaded(&[&a, &b]), &[first, second], now);
+    assert!(outcomes.iter().all(|o| status(o).0 == TransactionStatus::Completed));
+    let stamps = |id: AccountId| -> Vec<_> {
+        plan.entries.iter().filter(|e| e.account_id == id).map(|e| (e.seq, e.created_at)).collect()
+    };
+    // `a`'s entries carry its previous entry's instant; `b`, whose history is empty, the
+    // worker's own `now`, and the hash covers the instant written.
+    assert_eq!(stamps(a.account.id), [(2, ahead), (3, ahead)]);
+    assert_eq!(stamps(b.account.id), [(1, now), (2, now)]);
+    for e in &plan.entries {
+        let fields = EntryFields {
+            id: e.id,
+            account_id: e.account_id,
+            transaction_id: e.transaction_id,
+            entry_type: e.entry_type,
+            amount: e.amount,
+            currency: e.currency,
+            seq: e.seq,
+            balance_after: e.balance_after,
+            created_at_ms: e.created_at.timestamp_millis(),
+            prev_hash: &e.prev_hash,
+            leg: e.leg,
+        };
+        assert_eq!(fields.hash(), e.hash, "seq {} of {}", e.seq, e.account_id);
+    }
 }
