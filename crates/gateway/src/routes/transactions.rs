@@ -45,6 +45,19 @@ pub(super) async fn create(
     request_id: RequestId,
     body: Body<requests::TransferBody>,
 ) -> ApiResult<Response> {
+    let (request, key) = transfer_request(&state, &user, body.read()?).await?;
+    accept(&state, &user, request, key, request_id.0).await
+}
+
+/// The request a [`requests::TransferBody`] asks for, judged as far as the gateway can:
+/// ownership and currency never change, so they are judged here, at once; balance and status
+/// are the worker's to judge, at the moment the money moves (it checks the currency again:
+/// upstream commands never pass through here).
+pub(super) async fn transfer_request(
+    state: &AppState,
+    user: &AuthUser,
+    body: requests::TransferBody,
+) -> ApiResult<(TransferRequest, IdempotencyKey)> {
     let requests::TransferBody {
         from_account: from,
         to_account: to,
@@ -53,7 +66,7 @@ pub(super) async fn create(
         idempotency_key: key,
         description,
         hold,
-    } = body.read()?;
+    } = body;
     if from == to {
         return Err(ledgerflow_domain::DomainError::Invalid {
             field: "toAccount",
@@ -61,9 +74,6 @@ pub(super) async fn create(
         }
         .into());
     }
-    // Ownership and currency never change, so they are judged here, at once; balance and
-    // status are the worker's to judge, at the moment the money moves (it checks the
-    // currency again: upstream commands never pass through here).
     let [source, target] = state.accounts.get(&state.store, [from, to]).await?;
     let source = source.filter(|a| a.owner == Some(user.id)).ok_or_else(ApiError::account_not_found)?;
     // A funding account only ever sends (initial funds); as a receiver it does not exist.
@@ -76,7 +86,7 @@ pub(super) async fn create(
         Some(hold) => TransferRequest::hold(from, to, amount, source.currency, description, hold.timeout_seconds)?,
         None => TransferRequest::new(TransferKind::Transfer, from, to, amount, source.currency, description)?,
     };
-    accept(&state, &user, request, key, request_id.0).await
+    Ok((request, key))
 }
 
 #[utoipa::path(
