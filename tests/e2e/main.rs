@@ -18,3 +18,4 @@ mod queue;
 mod reversals;
 mod services;
 mod signin;
+mod submit_batch;

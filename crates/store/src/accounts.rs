@@ -71,6 +71,14 @@ impl Store {
         Ok(found)
     }
 
+    /// Those of `ids` that exist, in one query, in no particular order.
+    pub async fn accounts_among(&self, ids: &[AccountId]) -> Result<Vec<AccountRecord>, StoreError> {
+        let wanted: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let cursor = self.accounts().find(doc! { "_id": { "$in": wanted } }).await?;
+        let docs: Vec<_> = cursor.try_collect().await?;
+        docs.into_iter().map(AccountRecord::try_from).collect()
+    }
+
     pub async fn find_account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {
         let doc = self.accounts().find_one(doc! { "_id": id.to_string() }).await?;
         doc.map(TryInto::try_into).transpose()

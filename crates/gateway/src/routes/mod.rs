@@ -2,11 +2,13 @@
 
 mod accounts;
 mod auth;
+mod batch;
 mod health;
 mod holds;
 mod transactions;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
 
 use crate::AppState;
@@ -34,6 +36,7 @@ use crate::error::ApiError;
         accounts::set_status,
         accounts::set_limits,
         transactions::create,
+        batch::submit,
         transactions::list,
         transactions::get,
         transactions::initial_funds,
@@ -77,6 +80,8 @@ pub(crate) fn routes() -> Router<AppState> {
     // each is also served under `/api`.
     let transactions = Router::new()
         .route("/", post(transactions::create).get(transactions::list))
+        // A batch's body is up to a thousand of the others'.
+        .route("/batch", post(batch::submit).layer(DefaultBodyLimit::max(batch::MAX_BATCH_BODY_BYTES)))
         .route("/{id}", get(transactions::get))
         .route("/{id}/reverse", post(transactions::reverse))
         .route("/{id}/post", post(holds::post))
@@ -125,7 +130,7 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 12] = [
+        let bodies: [(&str, &[&str]); 13] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
@@ -138,6 +143,7 @@ mod tests {
             ("HoldOptions", names::<requests::HoldOptions>()),
             ("PostHoldBody", names::<requests::PostHoldBody>()),
             ("VoidHoldBody", names::<requests::VoidHoldBody>()),
+            ("BatchBody", names::<requests::BatchBody>()),
         ];
         for (name, takes) in bodies {
             let schema = &doc["components"]["schemas"][name];
@@ -147,7 +153,7 @@ mod tests {
             assert_eq!(schema["additionalProperties"], Value::Bool(false), "{name}");
         }
         let none = names::<requests::NoQuery>();
-        let queries: [(&str, &str, &[&str]); 18] = [
+        let queries: [(&str, &str, &[&str]); 19] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -166,6 +172,7 @@ mod tests {
             ("post", "/transactions/{id}/post", none),
             ("post", "/transactions/{id}/void", none),
             ("post", "/transactions/system/initial-funds", none),
+            ("post", "/transactions/batch", none),
         ];
         for (method, path, takes) in queries {
             let op = &doc["paths"][path][method];
