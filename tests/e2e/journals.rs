@@ -222,3 +222,29 @@ async fn an_upstream_system_and_system_send_journals() {
     app.assert_reconciles().await;
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_carries_journals_beside_transfers_each_answered_as_alone() {
+    let app = spawn_app().await;
+    let pair = app.alice_and_bob().await;
+    let a2 = app.open_account(&pair.alice).await;
+    app.fund(&pair.a, 1_000).await;
+    let alice = app.as_user(&pair.alice);
+    let leg = |from: &str, to: &str, amount: i64| json!({"fromAccount": from, "toAccount": to, "amount": amount});
+    let items = [
+        json!({"idempotencyKey": "b-journal", "legs": [leg(&pair.a, &a2, 300), leg(&a2, &pair.b, 100)]}),
+        json!({"idempotencyKey": "b-transfer", "fromAccount": pair.a, "toAccount": pair.b, "amount": 50}),
+        json!({"idempotencyKey": "b-bad", "legs": [leg(&pair.a, &pair.b, 5)]}),
+    ];
+    let answer = alice.batch(&items).await.unwrap().items;
+    let statuses: Vec<u16> = answer.iter().map(|i| i.status).collect();
+    assert_eq!(statuses, [202, 202, 400], "{answer:?}");
+    assert_eq!(answer[2].error.as_ref().and_then(|e| e.field.as_deref()), Some("legs"));
+    let journal = answer[0].transaction.as_ref().expect("the journal");
+    assert_eq!(journal.kind, "JOURNAL");
+    assert_eq!(alice.wait(&journal.id, 30).await.unwrap().status, "COMPLETED");
+    let transfer = answer[1].transaction.as_ref().expect("the transfer");
+    assert_eq!(alice.wait(&transfer.id, 30).await.unwrap().status, "COMPLETED");
+    assert_eq!(balances(&app, &[&pair.a, &a2, &pair.b]).await, [650, 200, 150]);
+    app.teardown().await;
+}

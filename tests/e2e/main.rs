@@ -21,3 +21,4 @@ mod search;
 mod services;
 mod signin;
 mod statements;
+mod submit_batch;

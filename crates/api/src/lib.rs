@@ -269,3 +269,25 @@ pub struct ErrorDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<String>,
 }
+
+/// The answer to `POST /transactions/batch`: one result per item, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BatchResults {
+    pub items: Vec<BatchItemResult>,
+}
+
+/// What one item of a batch got: the status and body it would have got sent alone to
+/// `POST /transactions`, the body unwrapped (`transaction` for 202 and 200, `error` otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BatchItemResult {
+    /// The item's place in the request's `items`, from 0.
+    pub index: usize,
+    /// 202 new and PENDING, 200 a repeat of an earlier request with the same idempotencyKey,
+    /// or the 4xx/503 of the error.
+    #[schema(example = 202)]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TransactionBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}

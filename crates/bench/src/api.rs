@@ -89,6 +89,30 @@ impl Api {
         new_transaction(self.client.signed_in(token).transfer(&transfer).await)
     }
 
+    /// Submits transfers as one `POST /transactions/batch` of the token's user: for each, in
+    /// order, the transaction id of a 202 or why it was not accepted (as [`Self::transfer`]).
+    pub async fn batch(&self, token: &str, transfers: &[Transfer<'_>]) -> Vec<Result<String, String>> {
+        let items: Vec<_> = transfers.iter().map(Transfer::to_json).collect();
+        match self.client.signed_in(token).batch(&items).await {
+            Ok(answer) if answer.items.len() == transfers.len() => answer
+                .items
+                .into_iter()
+                .map(|item| match (item.status, item.transaction, item.error) {
+                    (202, Some(t), _) => Ok(t.id),
+                    (status, _, Some(e)) => Err(format!("HTTP {status} {}", e.code)),
+                    (status, _, None) => Err(format!("HTTP {status}")),
+                })
+                .collect(),
+            Ok(answer) => {
+                vec![Err(format!("a batch of {} got {} answers", transfers.len(), answer.items.len())); transfers.len()]
+            }
+            Err(e) => {
+                let why = new_transaction(Err(e)).err().unwrap_or_default();
+                vec![Err(why); transfers.len()]
+            }
+        }
+    }
+
     /// Submits a hold of `amount` for `timeout_seconds`: as [`Self::transfer`].
     pub async fn hold(&self, token: &str, t: &HoldRequest<'_>) -> Result<String, String> {
         let (from, to) = (t.from.to_string(), t.to.to_string());

@@ -22,7 +22,7 @@ and their ledger is reconciled after the load: the run fails if any invariant do
 With --target the bench drives a running gateway instead; its users, accounts and transfers stay \
 in that ledger, and outcomes are read from the configured --amqp-prefix's results exchange.\n\
 The gateway and workers it starts are the `ledgerflow` executable next to this one.\n\n\
-Examples:\n  ledgerflow bench --raw\n  ledgerflow bench --rate 50%\n  ledgerflow bench --hot --transfers 5000\n  ledgerflow bench --direct\n  \
+Examples:\n  ledgerflow bench --raw\n  ledgerflow bench --rate 50%\n  ledgerflow bench --hot --transfers 5000\n  ledgerflow bench --direct\n  ledgerflow bench --batch 100\n  \
 ledgerflow bench --holds --transfers 5000\n  \
 ledgerflow bench --balance-reads --entries 1000,1000000\n  \
 LEDGERFLOW_SYSTEM_PASSWORD=… ledgerflow bench --target http://127.0.0.1:8080 --system-email ops@example.com"
@@ -87,6 +87,11 @@ pub struct BenchArgs {
     /// Publish commands straight to the transfers exchange (as an upstream system) instead of HTTP.
     #[arg(long)]
     pub direct: bool,
+    /// Submit over HTTP in batches of N (`POST /transactions/batch`, each batch one user's);
+    /// then, in the same run, the same number of transfers as single requests and with
+    /// --direct, and report completed/s of the three and the batch's ratios to the other two.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with_all = ["direct", "rate", "holds", "balance_reads"])]
+    pub batch: Option<u32>,
     /// Also run the floor reference: the same transfers through Store::execute, no HTTP, no queue.
     #[arg(long)]
     pub raw: bool,
@@ -142,9 +147,15 @@ impl BenchArgs {
         self.concurrency as usize
     }
 
-    /// How transfers are submitted: `http` or `direct` (to the exchange).
+    /// How transfers are submitted: `http`, `direct` (to the exchange) or `batch`.
     pub fn mode(&self) -> &'static str {
-        if self.direct { "direct" } else { "http" }
+        if self.direct {
+            "direct"
+        } else if self.batch.is_some() {
+            "batch"
+        } else {
+            "http"
+        }
     }
 
     /// Which accounts send: `random` or `hot` (mostly one).

@@ -74,6 +74,19 @@ impl LoadReport {
         if let Some(b) = self.batching {
             let _ = writeln!(out, "workers:    {}", batching_line(b));
         }
+        if let Some(c) = self.compared {
+            let ratio = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.3}"));
+            let _ = writeln!(
+                out,
+                "completed/s: batch of {} {:.1}, single requests {:.1}, direct {:.1}; batch ÷ single {}, batch ÷ direct {}",
+                c.batch,
+                c.batch_per_s,
+                c.http_per_s,
+                c.direct_per_s,
+                ratio(c.vs_http),
+                ratio(c.vs_direct)
+            );
+        }
         if let Some(holds) = &self.holds {
             self.render_holds(holds, &mut out);
         }

@@ -37,6 +37,36 @@ pub struct LoadReport {
     pub cpu_s: BTreeMap<String, f64>,
     /// The run's own ledger checked after the load.
     pub ledger: Option<ReconcileReport>,
+    /// With `--batch N`: the batches' completed/s against single requests' and `--direct`'s.
+    pub compared: Option<BatchComparison>,
+}
+
+/// `--batch N`'s figures: end-to-end completed/s of the same number of transfers submitted in
+/// batches of N, one per request, and straight to the queue, in one run, and the ratios.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BatchComparison {
+    pub batch: u32,
+    pub batch_per_s: f64,
+    pub http_per_s: f64,
+    pub direct_per_s: f64,
+    /// batch ÷ single-request HTTP.
+    pub vs_http: Option<f64>,
+    /// batch ÷ direct.
+    pub vs_direct: Option<f64>,
+}
+
+impl BatchComparison {
+    pub fn of(batch: u32, batch_per_s: f64, http_per_s: f64, direct_per_s: f64) -> Self {
+        let ratio = |of: f64| (of > 0.0).then(|| round(batch_per_s / of, 3));
+        Self {
+            batch,
+            batch_per_s,
+            http_per_s,
+            direct_per_s,
+            vs_http: ratio(http_per_s),
+            vs_direct: ratio(direct_per_s),
+        }
+    }
 }
 
 impl LoadReport {
@@ -83,6 +113,7 @@ impl LoadReport {
             maximum: self.maximum,
             raw_per_s: self.raw.as_ref().map(|raw| raw.per_s),
             raw: self.raw.as_ref().map(RawJson::from),
+            batch_comparison: self.compared,
             holds: self
                 .holds
                 .as_ref()
@@ -94,7 +125,7 @@ impl LoadReport {
 /// A load run's `--json` report.
 #[derive(Serialize)]
 pub struct LoadJson<'a> {
-    /// `http` or `direct`.
+    /// `http`, `direct` or `batch`.
     mode: &'static str,
     /// `random` or `hot`.
     pattern: &'static str,
@@ -131,6 +162,8 @@ pub struct LoadJson<'a> {
     raw_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<RawJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_comparison: Option<BatchComparison>,
     #[serde(skip_serializing_if = "Option::is_none")]
     holds: Option<HoldsJson<'a>>,
 }

@@ -20,12 +20,12 @@ use crate::cluster::Cluster;
 use crate::figures::Maximum;
 use crate::ledger::ledger_summary;
 use crate::listener::ResultListener;
-use crate::load::Phase;
+use crate::load::{Phase, Via};
 use crate::metrics::Batching;
 use crate::pair_figures::HoldsPhase;
 use crate::plan::{Planned, plan};
 use crate::progress::Bars;
-use crate::report::LoadReport;
+use crate::report::{BatchComparison, LoadReport};
 use crate::sampling::{CpuTimes, RssSampler};
 use crate::sandbox::{Credentials, Sandbox};
 use crate::setup::Funded;
@@ -162,13 +162,29 @@ impl Session<'_> {
         };
         let rate = args.rate.map(|r| r.per_second(maximum.map_or(0.0, |m| m.completed_per_s)));
         let plan = bench.new_plan();
-        let timed = Phase::timed(&bench.sandbox, rate, args.samples.as_deref());
+        let timed = Phase::timed(&bench.sandbox, Via::of(args), rate, args.samples.as_deref());
         let (load, cost) = self.costed(self.run_transfers(&accounts, &plan, &timed)).await?;
+        let compared = match args.batch {
+            Some(n) => Some(self.compare_batch(&accounts, n, load.completed_per_s).await?),
+            None => None,
+        };
         let holds = if args.holds { Some(self.holds(&accounts).await?) } else { None };
         let raw = if args.raw { Some(bench.raw_phase(&plan).await?) } else { None };
         let ledger = if bench.sandbox.owned { Some(bench.check_ledger().await?) } else { None };
         let (cpu_s, batching) = (cost.cpu_s, cost.batching);
-        Ok(LoadReport { setup, load, maximum, rate, holds, raw, batching, cpu_s, ledger, ..LoadReport::default() })
+        Ok(LoadReport {
+            setup,
+            load,
+            maximum,
+            rate,
+            holds,
+            raw,
+            batching,
+            cpu_s,
+            ledger,
+            compared,
+            ..LoadReport::default()
+        })
     }
 
     /// `--holds`: as many hold-then-post pairs as transfers, once the transfers' writes are on
@@ -182,6 +198,23 @@ impl Session<'_> {
         let plan = self.bench.new_plan();
         let (pairs, cost) = self.costed(self.run_pairs(accounts, &plan, timeout)).await?;
         Ok(HoldsPhase { pairs, timeout_seconds: timeout.seconds(), cpu_s: cost.cpu_s, batching: cost.batching })
+    }
+
+    /// `--batch N`: after the batches, the same number of transfers as single HTTP requests,
+    /// then published with `--direct`, each on a fresh plan once the previous load's writes
+    /// are on disk (as between `--rate N%`'s two loads).
+    async fn compare_batch(&self, accounts: &Arc<Vec<Funded>>, n: u32, batch_per_s: f64) -> Result<BatchComparison> {
+        let mut per_s = [0.0; 2];
+        for (slot, via, labels) in [
+            (0, Via::Http, ["http: submitted", "http: finished"]),
+            (1, Via::Direct, ["direct: submitted", "direct: finished"]),
+        ] {
+            self.bench.checkpoint().await;
+            tokio::time::sleep(SETTLE).await;
+            let phase = Phase::compared(&self.bench.sandbox, via, labels);
+            per_s[slot] = self.run_transfers(accounts, &self.bench.new_plan(), &phase).await?.completed_per_s;
+        }
+        Ok(BatchComparison::of(n, batch_per_s, per_s[0], per_s[1]))
     }
 
     /// Runs a load and reads what the machine and the started processes spent on it.
@@ -200,7 +233,7 @@ impl Session<'_> {
     /// measures a steady state, not the write-out of what this one left in MongoDB's cache:
     /// it is written out now, then the processes settle.
     async fn measure_maximum(&self, accounts: &Arc<Vec<Funded>>, percent: u8) -> Result<Maximum> {
-        let unpaced = Phase::maximum(&self.bench.sandbox);
+        let unpaced = Phase::maximum(&self.bench.sandbox, Via::of(&self.bench.args));
         let figures = self.run_transfers(accounts, &self.bench.new_plan(), &unpaced).await?;
         self.bench.checkpoint().await;
         tokio::time::sleep(SETTLE).await;

@@ -53,7 +53,8 @@ impl Session<'_> {
                 bail!("{} of {} fundings FAILED (e.g. {:?})", failed.len(), ids.len(), first.reason);
             }
         }
-        if self.bench.args.direct {
+        // `--batch` compares itself with `--direct` in the same run.
+        if self.bench.args.direct || self.bench.args.batch.is_some() {
             self.register_service(&accounts).await?;
         }
         Ok(accounts)

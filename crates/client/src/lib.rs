@@ -24,6 +24,7 @@ pub use ledgerflow_api::{
     AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, ErrorBody, ErrorDetail, StatementBody,
     StatusBody, TransactionBody, TransactionEnvelope, TransactionList, UserBody,
 };
+pub use ledgerflow_api::{BatchItemResult, BatchResults};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -120,6 +121,22 @@ impl Search<'_> {
         let mut url = reqwest::Url::parse("http://query.invalid/").expect("a constant URL");
         url.query_pairs_mut().extend_pairs(pairs);
         url.query().unwrap_or_default().to_owned()
+    }
+}
+
+impl Transfer<'_> {
+    /// The transfer as a `POST /transactions` body, e.g. for an item of [`Client::batch`].
+    pub fn to_json(&self) -> Value {
+        let mut body = json!({
+            "fromAccount": self.from,
+            "toAccount": self.to,
+            "amount": self.amount,
+            "idempotencyKey": self.idempotency_key,
+        });
+        if let Some(description) = self.description {
+            body["description"] = json!(description);
+        }
+        body
     }
 }
 
@@ -369,6 +386,14 @@ impl Client {
             body["description"] = json!(description);
         }
         self.accepted("/transactions", &body).await
+    }
+
+    /// `POST /transactions/batch`: up to 1,000 `POST /transactions` bodies (transfers, holds)
+    /// at once, each answered in order as it would be alone; the batch succeeds as a whole
+    /// even when some of its items are refused (see each item's `status`).
+    pub async fn batch(&self, items: &[Value]) -> Result<BatchResults> {
+        let body = json!({ "items": items });
+        Ok(self.call(Method::POST, "/transactions/batch", Some(&body)).await?.1)
     }
 
     /// `POST /transactions` with `hold`: reserves the transfer's amount for `timeout_seconds`

@@ -206,6 +206,30 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status and the error object this error answers with: a whole response's, or one
+    /// item's of a batch.
+    pub fn detail(&self) -> (StatusCode, ErrorDetail) {
+        let (status, code) = self.status_and_code();
+        let detail = ErrorDetail {
+            code: code.to_owned(),
+            message: self.to_string(),
+            field: match self {
+                Self::Validation(e) => Some(e.field().to_owned()),
+                Self::Unexpected { name, .. } | Self::Repeated(name) | Self::BadParameter { name, .. } => {
+                    Some(name.clone())
+                }
+                _ => None,
+            },
+            transaction_id: match self {
+                Self::PublishDeferred(id) => Some(id.to_string()),
+                _ => None,
+            },
+        };
+        (status, detail)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -231,24 +255,8 @@ impl From<MessagingError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.to_owned(),
-                message: self.to_string(),
-                field: match &self {
-                    Self::Validation(e) => Some(e.field().to_owned()),
-                    Self::Unexpected { name, .. } | Self::Repeated(name) | Self::BadParameter { name, .. } => {
-                        Some(name.clone())
-                    }
-                    _ => None,
-                },
-                transaction_id: match &self {
-                    Self::PublishDeferred(id) => Some(id.to_string()),
-                    _ => None,
-                },
-            },
-        };
+        let (status, error) = self.detail();
+        let body = ErrorBody { error };
         let retry_after = match self {
             Self::TooManyAttempts(secs) => Some(HeaderValue::from(secs)),
             // Its own earlier checks end within a second or so.

@@ -33,25 +33,30 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let is_json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
-        // A body declared too large is refused before waiting for any of it.
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
-        }
-        // The whole body within the deadline, not merely some bytes now and then: a client
-        // trickling one byte at a time would otherwise hold its request, and a graceful
-        // shutdown waiting for it, for as long as it liked.
-        let deadline = state.config.body_deadline;
-        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
-        let bytes = read.map_err(|_| ApiError::RequestTimeout(deadline.as_secs_f64()))?.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-            }
-            other => ApiError::InvalidJson(other.body_text()),
-        })?;
+        let (is_json, bytes) = receive(req, state, MAX_BODY_BYTES).await?;
         Self::from_bytes(is_json, &bytes)
     }
+}
+
+/// A request's whole body, of at most `limit` bytes (the route's `DefaultBodyLimit` must
+/// admit as much), and whether its `Content-Type` says JSON.
+pub(crate) async fn receive(req: Request, state: &AppState, limit: usize) -> Result<(bool, Bytes), ApiError> {
+    let is_json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
+    // A body declared too large is refused before waiting for any of it.
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    // The whole body within the deadline, not merely some bytes now and then: a client
+    // trickling one byte at a time would otherwise hold its request, and a graceful
+    // shutdown waiting for it, for as long as it liked.
+    let deadline = state.config.body_deadline;
+    let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
+    let bytes = read.map_err(|_| ApiError::RequestTimeout(deadline.as_secs_f64()))?.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => ApiError::PayloadTooLarge(limit),
+        other => ApiError::InvalidJson(other.body_text()),
+    })?;
+    Ok((is_json, bytes))
 }
 
 impl<T: DeserializeOwned> Body<T> {
@@ -83,7 +88,10 @@ impl<T> Body<T> {
 
 /// Reads `values` into `T`: `Err` for a name `T` does not have, `Ok(Err)` for a bad value,
 /// which the handler reports when it reads it.
-fn read_into<T: DeserializeOwned>(place: &'static str, values: Map<String, Value>) -> Result<ApiResult<T>, ApiError> {
+pub(crate) fn read_into<T: DeserializeOwned>(
+    place: &'static str,
+    values: Map<String, Value>,
+) -> Result<ApiResult<T>, ApiError> {
     match from_values(values) {
         Ok(read) => Ok(Ok(read)),
         Err(e @ FieldError::Unknown { .. }) => Err(ApiError::from_values(place, e)),

@@ -67,4 +67,19 @@ impl AccountFacts {
         }
         Ok(found)
     }
+
+    /// Reads the facts of those of `ids` not yet known in one query, so that the requests
+    /// naming them next (a batch's items) find them here instead of reading one by one.
+    pub(crate) async fn prefetch(&self, store: &Store, ids: &[AccountId]) -> Result<(), StoreError> {
+        let mut unknown: Vec<AccountId> = ids.iter().copied().filter(|id| !self.known.contains_key(id)).collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        for record in store.accounts_among(&unknown).await? {
+            self.known.insert(record.id, Facts::from(&record));
+        }
+        Ok(())
+    }
 }

@@ -379,3 +379,16 @@ impl FromStr for WaitSecs {
         })
     }
 }
+
+/// `POST /transactions/batch`. Read by `routes::batch`'s own reader, which keeps each item as
+/// written so that it is judged exactly as `POST /transactions` judges a body alone; this
+/// type gives the batch's names to that reader and to the document.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BatchBody {
+    /// 1 to 1,000 requests, each exactly a `POST /transactions` body (a transfer, or a hold
+    /// with `hold`), each answered as it would be alone.
+    #[schema(min_items = 1, max_items = 1000)]
+    #[expect(dead_code, reason = "the reader reads the items apart, each as a body of its own; this names them")]
+    pub items: Vec<TransferBody>,
+}

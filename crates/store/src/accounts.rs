@@ -75,18 +75,16 @@ impl Store {
 
     /// Each of `ids`' accounts, in order, `None` where there is none: one query.
     pub async fn find_each_account(&self, ids: &[AccountId]) -> Result<Vec<Option<AccountRecord>>, StoreError> {
+        let found = self.accounts_among(ids).await?;
+        Ok(ids.iter().map(|id| found.iter().find(|record| record.id == *id).cloned()).collect())
+    }
+
+    /// Those of `ids` that exist, in one query, in no particular order.
+    pub async fn accounts_among(&self, ids: &[AccountId]) -> Result<Vec<AccountRecord>, StoreError> {
         let wanted: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        let mut cursor = self.accounts().find(doc! { "_id": { "$in": wanted } }).await?;
-        let mut found: Vec<Option<AccountRecord>> = vec![None; ids.len()];
-        while let Some(doc) = cursor.try_next().await? {
-            let record = AccountRecord::try_from(doc)?;
-            for (slot, id) in found.iter_mut().zip(ids) {
-                if *id == record.id {
-                    *slot = Some(record.clone());
-                }
-            }
-        }
-        Ok(found)
+        let cursor = self.accounts().find(doc! { "_id": { "$in": wanted } }).await?;
+        let docs: Vec<_> = cursor.try_collect().await?;
+        docs.into_iter().map(AccountRecord::try_from).collect()
     }
 
     pub async fn find_account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod auth;
+mod batch;
 mod health;
 mod holds;
 mod labels;
@@ -10,6 +11,7 @@ mod statements;
 mod transactions;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
 
 use crate::AppState;
@@ -39,6 +41,7 @@ use crate::error::ApiError;
         accounts::set_limits,
         labels::set_metadata,
         transactions::create,
+        batch::submit,
         transactions::list,
         transactions::get,
         transactions::initial_funds,
@@ -83,6 +86,8 @@ pub(crate) fn routes() -> Router<AppState> {
     // each is also served under `/api`.
     let transactions = Router::new()
         .route("/", post(transactions::create).get(transactions::list))
+        // A batch's body is up to a thousand of the others'.
+        .route("/batch", post(batch::submit).layer(DefaultBodyLimit::max(batch::MAX_BATCH_BODY_BYTES)))
         .route("/{id}", get(transactions::get))
         .route("/by-key/{key}", get(lookup::by_key))
         .route("/{id}/reverse", post(transactions::reverse))
@@ -134,7 +139,7 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 14] = [
+        let bodies: [(&str, &[&str]); 15] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
@@ -149,6 +154,7 @@ mod tests {
             ("PostHoldBody", names::<requests::PostHoldBody>()),
             ("VoidHoldBody", names::<requests::VoidHoldBody>()),
             ("MetadataRequest", names::<requests::MetadataRequest>()),
+            ("BatchBody", names::<requests::BatchBody>()),
         ];
         for (name, takes) in bodies {
             let schema = &doc["components"]["schemas"][name];
@@ -161,7 +167,7 @@ mod tests {
         // The listing also takes `metadata.<key>` parameters, read apart (`search`).
         let with_metadata: Vec<&str> =
             names::<requests::TransactionQuery>().iter().copied().chain(["metadata.{key}"]).collect();
-        let queries: [(&str, &str, &[&str]); 21] = [
+        let queries: [(&str, &str, &[&str]); 22] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -183,6 +189,7 @@ mod tests {
             ("post", "/transactions/system/initial-funds", none),
             ("patch", "/api/accounts/{id}/metadata", none),
             ("get", "/transactions/by-key/{idempotencyKey}", none),
+            ("post", "/transactions/batch", none),
         ];
         for (method, path, takes) in queries {
             let op = &doc["paths"][path][method];

@@ -260,51 +260,104 @@ pub(super) async fn accept(
     key: IdempotencyKey,
     request_id: Option<String>,
 ) -> ApiResult<Response> {
-    let cmd = TransferCommand {
-        transaction_id: Some(TransactionId::generate()),
-        request,
-        idempotency_key: key,
-        initiator: user.initiator(),
-        requested_at: Utc::now(),
-    };
-    let span = info_span!("transfer", transaction_id = tracing::field::Empty, idempotency_key = %cmd.idempotency_key);
+    let cmd = command(user, request, key);
     async {
         // Both waits are on every transfer's path to its 202: the grouped, journaled insert
         // (lingering included) and the broker's confirm. Timed so an operator can tell which.
         let started = Instant::now();
         let inserted = state.pending.insert(cmd.clone()).await?;
         metrics::histogram!("ledgerflow_pending_insert_seconds").record(started.elapsed().as_secs_f64());
-        match inserted {
-            InsertPending::Existing(existing) => {
-                tracing::Span::current().record("transaction_id", tracing::field::display(existing.id));
-                if existing.request_hash != cmd.request.fingerprint() {
-                    return Err(ApiError::IdempotencyKeyReused);
-                }
-                info!(status = %existing.status, "repeated request, returning the recorded transaction");
-                Ok((StatusCode::OK, Json(dto::envelope(&existing))).into_response())
-            }
-            InsertPending::Created(record) => {
-                tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
-                let started = Instant::now();
-                let published = state.publisher.publish_command(&cmd, request_id.as_deref()).await;
-                metrics::histogram!("ledgerflow_publish_confirm_seconds").record(started.elapsed().as_secs_f64());
-                if let Err(e) = published {
-                    tracing::warn!(error = %e, "publish failed; the republisher will send it");
-                    metrics::counter!("ledgerflow_publish_failures_total").increment(1);
-                    return Err(ApiError::PublishDeferred(record.id));
-                }
-                info!(amount = record.amount.minor(), kind = %record.kind, "transfer accepted");
-                metrics::counter!("ledgerflow_transfers_accepted_total", "kind" => record.kind.as_str()).increment(1);
-                let mut headers = HeaderMap::new();
-                if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{}", record.id)) {
-                    headers.insert(header::LOCATION, location);
-                }
-                Ok((StatusCode::ACCEPTED, headers, Json(dto::envelope(&record))).into_response())
-            }
+        Ok(settle(state, &cmd, inserted, request_id.as_deref()).await?.into_response())
+    }
+    .instrument(transfer_span(&cmd))
+    .await
+}
+
+/// The command for a request `user` makes under `key`, with a new transaction id.
+pub(super) fn command(user: &AuthUser, request: TransferRequest, key: IdempotencyKey) -> TransferCommand {
+    TransferCommand {
+        transaction_id: Some(TransactionId::generate()),
+        request,
+        idempotency_key: key,
+        initiator: user.initiator(),
+        requested_at: Utc::now(),
+    }
+}
+
+/// The span of one transfer's acceptance; [`settle`] names its transaction in it.
+pub(super) fn transfer_span(cmd: &TransferCommand) -> tracing::Span {
+    info_span!("transfer", transaction_id = tracing::field::Empty, idempotency_key = %cmd.idempotency_key)
+}
+
+/// A transfer the gateway took.
+pub(super) enum Accepted {
+    /// Recorded now and published: 202.
+    New(TransactionRecord),
+    /// Recorded earlier under the same key, for the same request: 200.
+    Repeat(TransactionRecord),
+}
+
+impl Accepted {
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            Self::New(_) => StatusCode::ACCEPTED,
+            Self::Repeat(_) => StatusCode::OK,
         }
     }
-    .instrument(span)
-    .await
+
+    pub(super) fn record(&self) -> &TransactionRecord {
+        match self {
+            Self::New(record) | Self::Repeat(record) => record,
+        }
+    }
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        let mut headers = HeaderMap::new();
+        if let Self::New(record) = &self
+            && let Ok(location) = HeaderValue::from_str(&format!("/transactions/{}", record.id))
+        {
+            headers.insert(header::LOCATION, location);
+        }
+        (self.status(), headers, Json(dto::envelope(self.record()))).into_response()
+    }
+}
+
+/// What recording `cmd` did, made an answer (in the transfer's span): a repeat's record, or a
+/// 409 if the key was used for another request; a new record is published first, with the
+/// broker's confirm (503 `BROKER_UNAVAILABLE` with its id if there is none: the republisher
+/// sends it later).
+pub(super) async fn settle(
+    state: &AppState,
+    cmd: &TransferCommand,
+    inserted: InsertPending,
+    request_id: Option<&str>,
+) -> ApiResult<Accepted> {
+    match inserted {
+        InsertPending::Existing(existing) => {
+            tracing::Span::current().record("transaction_id", tracing::field::display(existing.id));
+            if existing.request_hash != cmd.request.fingerprint() {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            info!(status = %existing.status, "repeated request, returning the recorded transaction");
+            Ok(Accepted::Repeat(existing))
+        }
+        InsertPending::Created(record) => {
+            tracing::Span::current().record("transaction_id", tracing::field::display(record.id));
+            let started = Instant::now();
+            let published = state.publisher.publish_command(cmd, request_id).await;
+            metrics::histogram!("ledgerflow_publish_confirm_seconds").record(started.elapsed().as_secs_f64());
+            if let Err(e) = published {
+                tracing::warn!(error = %e, "publish failed; the republisher will send it");
+                metrics::counter!("ledgerflow_publish_failures_total").increment(1);
+                return Err(ApiError::PublishDeferred(record.id));
+            }
+            info!(amount = record.amount.minor(), kind = %record.kind, "transfer accepted");
+            metrics::counter!("ledgerflow_transfers_accepted_total", "kind" => record.kind.as_str()).increment(1);
+            Ok(Accepted::New(record))
+        }
+    }
 }
 
 /// Whether `user` may see `t`: SYSTEM, its initiator, or the owner of an account it touches
