@@ -49,7 +49,7 @@ impl<'de> Visitor<'de> for UniqueKeys {
             if map.contains_key(&key) {
                 return Err(de::Error::custom(format_args!("key `{key}` appears twice")));
             }
-            let value = access.next_value()?;
+            let value = access.next_value_seed(UniqueValue)?;
             map.insert(key, value);
         }
         Ok(Some(map))
@@ -82,6 +82,78 @@ impl<'de> Visitor<'de> for UniqueKeys {
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(None)
+    }
+}
+
+/// Reads any JSON value as `serde_json::Value` does, but refuses a key that appears twice in
+/// any object within it: a leg's `{"amount":5,"amount":500}` or a hold's
+/// `{"timeoutSeconds":1,"timeoutSeconds":2}` is as ambiguous as a repeated top-level key.
+struct UniqueValue;
+
+impl<'de> de::DeserializeSeed<'de> for UniqueValue {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
+                return Err(de::Error::custom(format_args!("key `{key}` appears twice")));
+            }
+            map.insert(key, access.next_value_seed(UniqueValue)?);
+        }
+        Ok(Value::Object(map))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = access.next_element_seed(UniqueValue)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 }
 
@@ -240,6 +312,17 @@ mod tests {
         assert_eq!(Value::Object(map), json!({"amount": 100, "nested": {"a": [1, {"b": null}]}}));
         let twice = parse_object(br#"{"amount":100,"to":"x","amount":5}"#).expect_err("a repeated key");
         assert!(matches!(&twice, ObjectError::Syntax(m) if m.contains("`amount` appears twice")), "{twice:?}");
+        // At any depth: in a leg of a journal, in a hold's options, in an object in an array.
+        for nested in [
+            &br#"{"legs":[{"amount":5,"amount":500}]}"#[..],
+            br#"{"hold":{"timeoutSeconds":1,"timeoutSeconds":2}}"#,
+            br#"{"a":[1,[{"b":{"c":1,"c":2}}]]}"#,
+        ] {
+            let twice = parse_object(nested).expect_err("a repeated nested key");
+            assert!(matches!(&twice, ObjectError::Syntax(m) if m.contains("appears twice")), "{twice:?}");
+        }
+        let numbers = parse_object(br#"{"n":[-1,18446744073709551615,1.5,1e3]}"#).expect("numbers");
+        assert_eq!(Value::Object(numbers), json!({"n": [-1, 18_446_744_073_709_551_615_u64, 1.5, 1000.0]}));
         for other in [&b"[1,{\"a\":2}]"[..], b"\"x\"", b"1", b"-1", b"1.5", b"true", b"null"] {
             assert_eq!(parse_object(other), Err(ObjectError::NotAnObject), "{}", String::from_utf8_lossy(other));
         }

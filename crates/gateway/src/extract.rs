@@ -355,6 +355,11 @@ mod tests {
         let twice = format!(r#"{{"fromAccount":"{A}","amount":1,"amount":2}}"#);
         let message = "request body is not valid JSON: key `amount` appears twice at line 1 column 73";
         assert_eq!(body(true, twice.as_bytes()).await, invalid_json(message));
+        // Inside a journal's leg too: which amount was meant cannot be known.
+        let nested = format!(r#"{{"idempotencyKey":"k","legs":[{{"fromAccount":"{A}","amount":1,"amount":2}}]}}"#);
+        let (status, code, _, message) = body(true, nested.as_bytes()).await;
+        assert_eq!((status, code.as_str()), (400, "INVALID_JSON"));
+        assert!(message.contains("key `amount` appears twice"), "{message}");
         let media = (415, "UNSUPPORTED_MEDIA_TYPE".into(), Value::Null, "request body must be application/json".into());
         assert_eq!(body(false, b"{}").await, media);
         // An empty body sent as JSON is `{}`; sent as anything else (a form's shape), it is
