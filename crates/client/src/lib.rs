@@ -338,16 +338,7 @@ impl Client {
 
     /// `POST /transactions`.
     pub async fn transfer(&self, transfer: &Transfer<'_>) -> Result<Accepted> {
-        let mut body = json!({
-            "fromAccount": transfer.from,
-            "toAccount": transfer.to,
-            "amount": transfer.amount,
-            "idempotencyKey": transfer.idempotency_key,
-        });
-        if let Some(description) = transfer.description {
-            body["description"] = json!(description);
-        }
-        self.accepted("/transactions", &body).await
+        self.accepted("/transactions", &transfer.to_json()).await
     }
 
     /// `POST /transactions` with `legs`: a JOURNAL, every leg committed or none. Each leg is
@@ -375,16 +366,8 @@ impl Client {
         transfer: &Transfer<'_>,
         metadata: &BTreeMap<String, String>,
     ) -> Result<Accepted> {
-        let mut body = json!({
-            "fromAccount": transfer.from,
-            "toAccount": transfer.to,
-            "amount": transfer.amount,
-            "idempotencyKey": transfer.idempotency_key,
-            "metadata": metadata,
-        });
-        if let Some(description) = transfer.description {
-            body["description"] = json!(description);
-        }
+        let mut body = transfer.to_json();
+        body["metadata"] = json!(metadata);
         self.accepted("/transactions", &body).await
     }
 
@@ -399,16 +382,8 @@ impl Client {
     /// `POST /transactions` with `hold`: reserves the transfer's amount for `timeout_seconds`
     /// instead of moving it (a HOLD, HELD once the worker decides).
     pub async fn hold(&self, transfer: &Transfer<'_>, timeout_seconds: u32) -> Result<Accepted> {
-        let mut body = json!({
-            "fromAccount": transfer.from,
-            "toAccount": transfer.to,
-            "amount": transfer.amount,
-            "idempotencyKey": transfer.idempotency_key,
-            "hold": { "timeoutSeconds": timeout_seconds },
-        });
-        if let Some(description) = transfer.description {
-            body["description"] = json!(description);
-        }
+        let mut body = transfer.to_json();
+        body["hold"] = json!({ "timeoutSeconds": timeout_seconds });
         self.accepted("/transactions", &body).await
     }
 

@@ -125,12 +125,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Query(pairs) =
-            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::Validation(DomainError::Invalid { field: "query", reason: e.body_text() }))?;
-        Self::from_pairs(pairs)
+        Self::from_pairs(query_pairs(parts, state).await?)
     }
+}
+
+/// A request's query string as the name and value pairs given, in order.
+pub(crate) async fn query_pairs<S: Send + Sync>(parts: &mut Parts, state: &S) -> ApiResult<Vec<(String, String)>> {
+    let axum::extract::Query(pairs) = axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::Validation(DomainError::Invalid { field: "query", reason: e.body_text() }))?;
+    Ok(pairs)
 }
 
 impl<T: DeserializeOwned> Query<T> {

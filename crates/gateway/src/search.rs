@@ -32,11 +32,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SearchQuery {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Query(pairs) =
-            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::Validation(DomainError::Invalid { field: "query", reason: e.body_text() }))?;
-        Self::from_pairs(pairs)
+        Self::from_pairs(crate::extract::query_pairs(parts, state).await?)
     }
 }
 
