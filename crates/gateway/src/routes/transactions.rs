@@ -72,8 +72,8 @@ pub(super) async fn transfer_request(
     } = body;
     if let Some(legs) = legs {
         let given = [("fromAccount", from.is_some()), ("toAccount", to.is_some()), ("amount", amount.is_some())];
-        let beside = given.into_iter().chain([("currency", asked.is_some()), ("hold", hold.is_some())]);
-        if let Some((field, _)) = beside.into_iter().find(|(_, given)| *given) {
+        let mut beside = given.into_iter().chain([("currency", asked.is_some()), ("hold", hold.is_some())]);
+        if let Some((field, _)) = beside.find(|(_, given)| *given) {
             let reason = "is not allowed beside legs: each leg names its own accounts, amount and currency".into();
             return Err(ledgerflow_domain::DomainError::Invalid { field, reason }.into());
         }

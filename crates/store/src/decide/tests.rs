@@ -475,19 +475,6 @@ fn an_entry_is_never_stamped_before_its_accounts_previous_entry() {
     assert_eq!(stamps(a.account.id), [(2, ahead), (3, ahead)]);
     assert_eq!(stamps(b.account.id), [(1, now), (2, now)]);
     for e in &plan.entries {
-        let fields = EntryFields {
-            id: e.id,
-            account_id: e.account_id,
-            transaction_id: e.transaction_id,
-            entry_type: e.entry_type,
-            amount: e.amount,
-            currency: e.currency,
-            seq: e.seq,
-            balance_after: e.balance_after,
-            created_at_ms: e.created_at.timestamp_millis(),
-            prev_hash: &e.prev_hash,
-            leg: e.leg,
-        };
-        assert_eq!(fields.hash(), e.hash, "seq {} of {}", e.seq, e.account_id);
+        assert_eq!(e.chain_fields().hash(), e.hash, "seq {} of {}", e.seq, e.account_id);
     }
 }
