@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use ledgerflow_testkit::Gateway;
-use ledgerflow_tests::{DEADLINE, Pair, Session, TestApp, spawn_app, spawn_app_with};
+use ledgerflow_tests::{DEADLINE, Pair, Session, TestApp, close_broker_connections, spawn_app, spawn_app_with};
 
 const BINDINGS: &str = "ledgerflow_gateway_result_bindings";
 const RECEIVED: &str = "ledgerflow_gateway_results_received_total";
@@ -130,6 +130,41 @@ async fn a_wait_on_one_gateway_ends_promptly_for_a_transfer_another_accepted() {
     assert_eq!(app.metric_at(&other.base, RECEIVED).await, Some(1.0));
     metric_reaches(&app, &other.base, BINDINGS, 0.0).await;
     drop(other);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_lost_its_result_link_binds_the_ids_still_waited_on_again() {
+    let mut app = spawn_app_with(0).await;
+    let mut gateway = app.spawn_gateway_process("waiters-relinked").await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
+    let ids = accepted_through(&app, &app.base, &alice, (&a, &b), 1).await;
+    let waits = wait_through(&gateway.base, &alice, &ids);
+    metric_reaches(&app, &gateway.base, BINDINGS, 1.0).await;
+
+    // Cut the watcher's connection (named after this test's prefix) from the broker's side.
+    let watcher = format!("{}-gateway-results", app.topology.prefix());
+    let by = Instant::now() + DEADLINE;
+    while close_broker_connections(&watcher) == 0 {
+        assert!(Instant::now() < by, "the gateway's result watcher never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It says so once its bindings are gone with the queue (the gauge falls to 0 first)...
+    while !gateway.process.log_text().contains("result watcher lost the broker") {
+        assert!(gateway.process.exited().is_none(), "{}", gateway.process.tail(20));
+        assert!(Instant::now() < by, "the gateway never noticed: {}", gateway.process.tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...then binds the id still waited on to its new queue.
+    metric_reaches(&app, &gateway.base, BINDINGS, 1.0).await;
+
+    app.add_worker();
+    for wait in waits {
+        assert_eq!(wait.await.unwrap(), "FAILED");
+    }
+    // The result reached the new queue: the wait was not left to its re-reads.
+    assert_eq!(app.metric_at(&gateway.base, RECEIVED).await, Some(1.0));
+    drop(gateway);
     app.teardown().await;
 }
 

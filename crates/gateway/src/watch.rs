@@ -270,7 +270,9 @@ async fn consume(
     watchers: &Watchers,
     shutdown: &CancellationToken,
 ) -> Result<(), MessagingError> {
-    let connection = connect(uri, "ledgerflow-gateway-results").await?;
+    // Named after the prefix (`ledgerflow-gateway-results` by default): the deployment's own
+    // on a shared broker, and a test's own on the test broker.
+    let connection = connect(uri, &format!("{}-gateway-results", topology.prefix())).await?;
     let channel = connection.create_channel().await?;
     let (chosen, mut consumer) = topology.follow_chosen_results(&channel, "ledgerflow-gateway-results").await?;
     let mut bound = HashSet::new();
