@@ -38,7 +38,9 @@ impl Publisher {
         self.publish(&exchange, &cmd.request.from.to_string(), &cmd.to_json(), props).await
     }
 
-    /// Publishes a result to the results exchange, correlated with its transaction.
+    /// Publishes a result to the results exchange, correlated with its transaction. The routing
+    /// key is the transaction id (empty without one): the fanout ignores it, and the
+    /// by-transaction exchange behind it routes by it to the gateways waiting on that id.
     pub async fn publish_result(&self, result: &TransferResult) -> Result<(), MessagingError> {
         let id = result.transaction_id.map(|id| id.to_string()).unwrap_or_default();
         let props = BasicProperties::default()
