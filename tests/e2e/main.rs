@@ -10,6 +10,7 @@ mod batch;
 mod client;
 mod contract;
 mod edges;
+mod events;
 mod holds;
 mod journals;
 mod ledger;

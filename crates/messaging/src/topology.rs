@@ -139,6 +139,13 @@ impl Topology {
         format!("{}.results.by-transaction", self.prefix)
     }
 
+    /// Topic exchange of the event stream: every change of every transaction, routed by
+    /// `<type>.<currency>` (`transaction.completed.EUR`). LedgerFlow binds no queue to it:
+    /// consumers bind their own, with the patterns they want.
+    pub fn events(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
     /// Declares everything, idempotently; gateway and worker both call it at (re)connect, so
     /// neither depends on the other having started first. Needs the broker's
     /// `rabbitmq_consistent_hash_exchange` plugin (shipped with RabbitMQ, enabled by
@@ -150,6 +157,7 @@ impl Topology {
         for name in [self.transfers(), self.dead_letters(), self.results(), self.retry(), self.retired_retry()] {
             ch.exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
         }
+        ch.exchange_declare(self.events().as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
         let hashing = ExchangeKind::Custom("x-consistent-hash".into());
         ch.exchange_declare(self.partitioner().as_str().into(), hashing, durable, FieldTable::default()).await?;
         // Exchange-to-exchange: publishers keep one entry point whatever the partitioning.
@@ -308,7 +316,7 @@ impl Topology {
         }
         // Bound to the results exchange: deleted before it.
         ch.exchange_delete(self.results_by_transaction().as_str().into(), ExchangeDeleteOptions::default()).await?;
-        for name in queues.iter().chain([&self.transfers(), &self.partitioner()]) {
+        for name in queues.iter().chain([&self.transfers(), &self.partitioner(), &self.events()]) {
             ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())
