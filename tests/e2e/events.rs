@@ -371,6 +371,12 @@ async fn a_relay_that_lost_its_lease_can_neither_number_nor_mark_anything() {
     let second = store.claim_relay("second", None, DEADLINE).await.unwrap().expect("run out: taken over");
     assert!(second.epoch > first.epoch);
     assert_eq!(store.claim_relay("first", Some(first), DEADLINE).await.unwrap(), None, "no renewal after a takeover");
+    // A holder that stopped leading after an error takes its own lease again at once, under a
+    // new epoch, which fences off what the old one still had in flight.
+    let old = second;
+    let second = store.claim_relay("second", None, DEADLINE).await.unwrap().expect("its own lease");
+    assert!(second.epoch > old.epoch);
+    assert_eq!(store.claim_relay("second", Some(old), DEADLINE).await.unwrap(), None);
 
     // A change waits in the outbox: an acceptance, with no worker to decide it.
     let pair = app.alice_and_bob().await;

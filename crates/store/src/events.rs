@@ -383,9 +383,9 @@ impl Store {
         self.events().find_one(doc! { "_id": id }).await?.map(TryInto::try_into).transpose()
     }
 
-    /// Takes the relay's lease for `ttl` if `holder` has it (`current`) or nobody holds it
-    /// unexpired; a new holder gets a new epoch, which fences off every write of the last one.
-    /// `None` while another holds it.
+    /// With `current`, renews that lease for `ttl` if it is still `holder`'s. Without, takes
+    /// the lease if nobody else holds it unexpired, under a new epoch, which fences off every
+    /// write of the last holder. `None` while another holds it.
     pub async fn claim_relay(
         &self,
         holder: &str,
@@ -412,7 +412,12 @@ impl Store {
         let taken = self
             .relay_states()
             .find_one_and_update(
-                doc! { "_id": RELAY_STATE, "leaseUntil": { "$lt": to_bson_time(now) } },
+                // Its own lease too: a holder that stopped leading after an error takes it
+                // again at once, under a new epoch, rather than wait for it to run out.
+                doc! {
+                    "_id": RELAY_STATE,
+                    "$or": [{ "leaseUntil": { "$lt": to_bson_time(now) } }, { "holder": holder }],
+                },
                 doc! { "$set": { "holder": holder, "leaseUntil": until }, "$inc": { "epoch": 1_i64 } },
             )
             .return_document(ReturnDocument::After)
