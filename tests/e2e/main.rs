@@ -22,3 +22,4 @@ mod services;
 mod signin;
 mod statements;
 mod submit_batch;
+mod webhooks;

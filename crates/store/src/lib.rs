@@ -16,6 +16,7 @@ mod audit;
 mod decide;
 mod docs;
 mod error;
+mod event_feed;
 mod execute;
 mod group;
 mod holds;
@@ -27,6 +28,7 @@ mod statements;
 pub mod synthetic;
 mod transactions;
 mod users;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -36,6 +38,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
+pub use event_feed::FeedEvent;
 pub use execute::{Execution, Outcome};
 pub use group::{GroupCommit, Grouping};
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
@@ -43,6 +46,10 @@ pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};
 pub use statements::{EntryMark, ReadPlan, StatementPage};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
+pub use webhooks::{
+    Attempt, AttemptOutcome, DeliveryBacklog, DeliveryRecord, DeliveryStatus, NewDelivery, NewWebhook, WebhookRecord,
+    WebhookSecret,
+};
 
 /// Connections per process to MongoDB unless the URI sets `maxPoolSize`.
 const DEFAULT_MAX_POOL_SIZE: u32 = 100;
@@ -181,6 +188,7 @@ impl Store {
         {
             return Err(e.into());
         }
+        self.ensure_webhook_indexes().await?;
         Ok(())
     }
 

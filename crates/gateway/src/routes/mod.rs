@@ -9,6 +9,9 @@ mod labels;
 mod lookup;
 mod statements;
 mod transactions;
+mod webhooks;
+
+pub use webhooks::MAX_WEBHOOKS_PER_USER;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -51,6 +54,12 @@ use crate::error::ApiError;
         holds::void,
         health::healthz,
         health::readyz,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::delete,
+        webhooks::deliveries,
+        webhooks::redeliver,
     ),
     modifiers(&Security),
     tags(
@@ -58,6 +67,7 @@ use crate::error::ApiError;
         (name = "accounts", description = "Accounts, balances and ledger entries"),
         (name = "transactions", description = "Transfers: accepted with 202, decided by a worker"),
         (name = "health", description = "Probes"),
+        (name = "webhooks", description = "Signed HTTP deliveries of events, and their attempts"),
     )
 )]
 pub struct ApiDoc;
@@ -114,6 +124,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(ledgerflow_telemetry::render))
         .route("/openapi.json", get(openapi_json))
+        .route("/api/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/api/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
+        .route("/api/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/api/events/{id}/redeliver", post(webhooks::redeliver))
         .fallback(|| async { ApiError::NotFound { code: "NOT_FOUND", what: "route" } })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
@@ -139,7 +153,7 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 15] = [
+        let bodies: [(&str, &[&str]); 16] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
@@ -155,6 +169,7 @@ mod tests {
             ("VoidHoldBody", names::<requests::VoidHoldBody>()),
             ("MetadataRequest", names::<requests::MetadataRequest>()),
             ("BatchBody", names::<requests::BatchBody>()),
+            ("WebhookRequest", names::<requests::WebhookRequest>()),
         ];
         for (name, takes) in bodies {
             let schema = &doc["components"]["schemas"][name];
@@ -167,7 +182,7 @@ mod tests {
         // The listing also takes `metadata.<key>` parameters, read apart (`search`).
         let with_metadata: Vec<&str> =
             names::<requests::TransactionQuery>().iter().copied().chain(["metadata.{key}"]).collect();
-        let queries: [(&str, &str, &[&str]); 22] = [
+        let queries: [(&str, &str, &[&str]); 28] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -190,6 +205,12 @@ mod tests {
             ("patch", "/api/accounts/{id}/metadata", none),
             ("get", "/transactions/by-key/{idempotencyKey}", none),
             ("post", "/transactions/batch", none),
+            ("post", "/api/webhooks", none),
+            ("get", "/api/webhooks", none),
+            ("get", "/api/webhooks/{id}", none),
+            ("delete", "/api/webhooks/{id}", none),
+            ("get", "/api/webhooks/{id}/deliveries", names::<requests::PageQuery<EntryCursor>>()),
+            ("post", "/api/events/{id}/redeliver", none),
         ];
         for (method, path, takes) in queries {
             let op = &doc["paths"][path][method];

@@ -1,0 +1,557 @@
+//! Webhooks: registration rules, and deliveries by real dispatchers (in process, built from
+//! the real settings) to real HTTP receivers on loopback ports of this test.
+//!
+//! Events come from [`stand_in_event`] until the outbox lands: documents written into `events`
+//! exactly as the event contract lays them out, for real transactions made through the
+//! gateway and the workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use ledgerflow::settings::{DispatcherSettings, WebhookPolicySettings, from_env};
+use ledgerflow_store::Store;
+use ledgerflow_tests::serde_json::{Value, json};
+use ledgerflow_tests::{DEADLINE, Session, TestApp, assert_error, mongodb_uri, spawn_app_configured};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const EVERY_TYPE: [&str; 8] = [
+    "transaction.accepted",
+    "transaction.completed",
+    "transaction.failed",
+    "transaction.held",
+    "transaction.posted",
+    "transaction.voided",
+    "transaction.expired",
+    "transaction.reversed",
+];
+
+/// The README's verification, word for word: HMAC-SHA256 of `"<t>.<raw body>"` under the
+/// whole secret, compared in constant time, refused outside the tolerance window.
+fn verify(secret: &str, header: &str, raw_body: &[u8], now: i64, tolerance_secs: i64) -> bool {
+    let mut t = None;
+    let mut candidates = Vec::new();
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => candidates.push(v),
+            _ => {}
+        }
+    }
+    let Some(t) = t else { return false };
+    if (now - t).abs() > tolerance_secs {
+        return false;
+    }
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return false };
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(raw_body);
+    candidates.iter().any(|c| hex::decode(c).is_ok_and(|sig| mac.clone().verify_slice(&sig).is_ok()))
+}
+
+/// One request a receiver got.
+#[derive(Clone)]
+struct Hit {
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+impl Hit {
+    fn event_id(&self) -> i64 {
+        self.headers["ledgerflow-event-id"].to_str().unwrap().parse().unwrap()
+    }
+}
+
+/// How a receiver answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Accept,
+    /// 500 to its first `n` requests, then 200.
+    FailFirst(usize),
+    /// 200 after this long.
+    Slow(Duration),
+}
+
+/// An HTTP endpoint of this test: records every request, answers as told.
+struct Receiver {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    async fn start(behaviour: Behaviour) -> Receiver {
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), behaviour)
+    }
+
+    fn on(listener: TcpListener, behaviour: Behaviour) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let state = (Arc::clone(&hits), behaviour);
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state);
+        let until = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned()).await.unwrap();
+        });
+        Receiver { addr, hits, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    fn event_ids(&self) -> Vec<i64> {
+        self.hits().iter().map(Hit::event_id).collect()
+    }
+
+    /// Waits until it has received every one of `ids` (at least once).
+    async fn wait_for(&self, ids: &BTreeSet<i64>) {
+        let start = Instant::now();
+        loop {
+            let got: BTreeSet<i64> = self.event_ids().into_iter().collect();
+            if ids.is_subset(&got) {
+                return;
+            }
+            let missing: Vec<_> = ids.difference(&got).take(10).collect();
+            assert!(start.elapsed() < DEADLINE, "still missing events {missing:?} after {DEADLINE:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn hook(
+    State((hits, behaviour)): State<(Arc<Mutex<Vec<Hit>>>, Behaviour)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let seen = {
+        let mut hits = hits.lock().unwrap();
+        hits.push(Hit { headers, body, at: Instant::now() });
+        hits.len()
+    };
+    match behaviour {
+        Behaviour::Accept => StatusCode::OK,
+        Behaviour::FailFirst(n) if seen <= n => StatusCode::INTERNAL_SERVER_ERROR,
+        Behaviour::FailFirst(_) => StatusCode::NO_CONTENT,
+        Behaviour::Slow(pause) => {
+            tokio::time::sleep(pause).await;
+            StatusCode::OK
+        }
+    }
+}
+
+/// A system whose gateway lets webhooks reach this test's loopback receivers over http.
+async fn spawn_open_app(workers: usize) -> TestApp {
+    spawn_app_configured(workers, |gateway| {
+        gateway.webhooks.webhook_allow_http = true;
+        gateway.webhooks.webhook_allow_private = true;
+    })
+    .await
+}
+
+/// A dispatcher in this process, as `ledgerflow dispatcher` builds it from its settings, with
+/// a store of its own and retries in fractions of a second.
+fn start_dispatcher(app: &TestApp, name: &str) -> (CancellationToken, JoinHandle<()>) {
+    let policy = WebhookPolicySettings { webhook_allow_http: true, webhook_allow_private: true };
+    let mut settings: DispatcherSettings = from_env().unwrap();
+    settings.dispatcher_name = Some(name.to_owned());
+    settings.webhook_retry_base = Duration::from_millis(200).into();
+    settings.webhook_retry_cap = Duration::from_secs(1).into();
+    let mut config = settings.config(&policy);
+    config.poll_interval = Duration::from_millis(50);
+    let (uri, db) = (app.settings.connections.mongodb_uri.clone(), app.settings.connections.mongodb_db.clone());
+    let stop = CancellationToken::new();
+    let until = stop.clone();
+    let handle = tokio::spawn(async move {
+        let store = Store::connect(&uri, &db).await.unwrap();
+        ledgerflow_dispatcher::run(store, config, until).await;
+    });
+    (stop, handle)
+}
+
+async fn stop_dispatcher((stop, handle): (CancellationToken, JoinHandle<()>)) {
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, handle).await.expect("the dispatcher stops in time").unwrap();
+}
+
+/// Registers a webhook; returns its id and secret.
+async fn register_webhook(app: &TestApp, user: &Session, url: &str, types: &[&str]) -> (String, String) {
+    let body = json!({ "url": url, "types": types });
+    let (status, created) = app.call("POST", "/api/webhooks", Some(&user.token), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned())
+}
+
+/// STAND-IN for the outbox (issue 29), until it lands on main: writes the event `id` of type
+/// `kind` for the transaction `transaction_id` into `events`, as the contract lays it out,
+/// from what GET /transactions/{id} shows and the accounts' balances now.
+async fn stand_in_event(app: &TestApp, id: i64, kind: &str, transaction_id: &str) {
+    use mongodb::bson::{Bson, DateTime, doc, to_bson};
+    let (_, shown) = app.call("GET", &format!("/transactions/{transaction_id}"), Some(&app.system.token), None).await;
+    let transaction = &shown["transaction"];
+    let mut account_ids: Vec<String> = Vec::new();
+    for side in ["fromAccount", "toAccount"] {
+        if let Some(account) = transaction[side].as_str() {
+            account_ids.push(account.to_owned());
+        }
+    }
+    let mut accounts = Vec::new();
+    for account in &account_ids {
+        let (_, balance) =
+            app.call("GET", &format!("/api/accounts/{account}/balance"), Some(&app.system.token), None).await;
+        let seq = app.store.find_account(account.parse().unwrap()).await.unwrap().map_or(0, |a| a.seq);
+        if balance["balance"].is_i64() {
+            accounts.push(doc! {
+                "accountId": account,
+                "seq": seq,
+                "balance": balance["balance"].as_i64().unwrap(),
+                "available": balance["available"].as_i64().unwrap(),
+            });
+        }
+    }
+    let db = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(app.store.database_name());
+    let record = db.collection::<mongodb::bson::Document>("transactions");
+    let record = record.find_one(doc! { "_id": transaction_id }).await.unwrap().unwrap();
+    let event = doc! {
+        "_id": id,
+        "type": kind,
+        "createdAt": DateTime::now(),
+        "transactionId": transaction_id,
+        "transaction": to_bson(transaction).unwrap(),
+        "accounts": accounts,
+        "currency": transaction["currency"].as_str().unwrap(),
+        "accountIds": account_ids.iter().map(|a| Bson::String(a.clone())).collect::<Vec<_>>(),
+        "initiator": record.get_str("initiator").unwrap(),
+    };
+    db.collection::<mongodb::bson::Document>("events").insert_one(event).await.unwrap();
+}
+
+/// Funds `account` for real and returns the funding transaction's id, COMPLETED.
+async fn funded(app: &TestApp, account: &str, amount: i64) -> String {
+    let id = app.request_funding(account, amount).await;
+    let done = app.wait_terminal(&app.system.token, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    id
+}
+
+async fn deliveries(app: &TestApp, user: &Session, webhook: &str) -> Value {
+    let (status, body) = app.call("GET", &format!("/api/webhooks/{webhook}/deliveries"), Some(&user.token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// The webhook's deliveries once its newest has `attempts` attempts and is no longer PENDING.
+async fn settled_delivery(app: &TestApp, user: &Session, webhook: &str, attempts: usize) -> Value {
+    let start = Instant::now();
+    loop {
+        let listed = deliveries(app, user, webhook).await;
+        let newest = &listed["deliveries"][0];
+        if newest["status"] != "PENDING" && newest["attempts"].as_array().is_some_and(|a| a.len() == attempts) {
+            return listed;
+        }
+        assert!(start.elapsed() < DEADLINE, "not settled: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn webhook_registration_refuses_unsafe_or_foreign_endpoints() {
+    // The production defaults: https only, public addresses only.
+    let app = ledgerflow_tests::spawn_app().await;
+    let pair = app.alice_and_bob().await;
+    let register = |body: Value| app.call("POST", "/api/webhooks", Some(&pair.alice.token), Some(body));
+    let public = "https://93.184.215.14/hook";
+    for (body, field) in [
+        (json!({"url": "http://93.184.215.14/hook", "types": ["transaction.completed"]}), "url"),
+        (json!({"url": "https://127.0.0.1/hook", "types": ["transaction.completed"]}), "url"),
+        (json!({"url": "https://169.254.169.254/latest/meta-data", "types": ["transaction.completed"]}), "url"),
+        (json!({"url": "https://[::1]/hook", "types": ["transaction.completed"]}), "url"),
+        (json!({"url": "https://user:pw@93.184.215.14/hook", "types": ["transaction.completed"]}), "url"),
+        (json!({"url": public, "types": ["transaction.settled"]}), "types"),
+        (json!({"url": public, "types": []}), "types"),
+        (json!({"url": public, "types": ["transaction.completed"], "accounts": [pair.b]}), "accounts"),
+        (json!({"url": public, "types": ["transaction.completed"], "accounts": []}), "accounts"),
+        (json!({"url": public, "types": ["transaction.completed"], "secret": "mine"}), "secret"),
+    ] {
+        let answer = register(body.clone()).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(answer.1["error"]["field"], field, "{body}: {}", answer.1);
+    }
+    // Her own account, on a public address, is fine.
+    let ok = json!({"url": public, "types": ["transaction.completed"], "accounts": [pair.a]});
+    let (status, created) = register(ok).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["accounts"], json!([pair.a]));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_webhooks_secret_is_shown_once_and_only_to_its_owner() {
+    let app = spawn_open_app(0).await;
+    let pair = app.alice_and_bob().await;
+    let body = json!({"url": "http://127.0.0.1:9/hook", "types": ["transaction.completed", "transaction.failed"]});
+    let (status, created) = app.call("POST", "/api/webhooks", Some(&pair.alice.token), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_") && secret.len() == 6 + 64, "{secret}");
+    let id = created["id"].as_str().unwrap();
+    let path = format!("/api/webhooks/{id}");
+    let (status, shown) = app.call("GET", &path, Some(&pair.alice.token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(shown.get("secret").is_none() && !shown.to_string().contains(secret), "{shown}");
+    assert_eq!(shown["types"], json!(["transaction.completed", "transaction.failed"]));
+    let (_, listed) = app.call("GET", "/api/webhooks", Some(&pair.alice.token), None).await;
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(secret), "{listed}");
+    // Bob sees nothing of hers, not even that it exists.
+    let (_, bobs) = app.call("GET", "/api/webhooks", Some(&pair.bob.token), None).await;
+    assert_eq!(bobs["webhooks"], json!([]));
+    for (method, path) in [("GET", path.clone()), ("DELETE", path.clone()), ("GET", format!("{path}/deliveries"))] {
+        let answer = app.call(method, &path, Some(&pair.bob.token), None).await;
+        assert_error(&answer, StatusCode::NOT_FOUND, "WEBHOOK_NOT_FOUND");
+    }
+    let (status, _) = app.call("DELETE", &path, Some(&pair.alice.token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_error(
+        &app.call("GET", &path, Some(&pair.alice.token), None).await,
+        StatusCode::NOT_FOUND,
+        "WEBHOOK_NOT_FOUND",
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_delivered_event_is_signed_over_its_raw_body() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let (webhook, secret) = register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
+    let funding = funded(&app, &pair.a, 10_000).await;
+    stand_in_event(&app, 1, "transaction.completed", &funding).await;
+    let dispatcher = start_dispatcher(&app, "dispatcher-a");
+    receiver.wait_for(&BTreeSet::from([1])).await;
+    let hit = &receiver.hits()[0];
+    let header = |name: &str| hit.headers[name].to_str().unwrap().to_owned();
+    assert_eq!(header("content-type"), "application/json");
+    assert_eq!(header("ledgerflow-event-id"), "1");
+    assert_eq!(header("ledgerflow-event-type"), "transaction.completed");
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        verify(&secret, &header("ledgerflow-signature"), &hit.body, now, 300),
+        "{}",
+        header("ledgerflow-signature")
+    );
+    // The signature is over these bytes: the same JSON written any other way fails.
+    let event: Value = ledgerflow_tests::serde_json::from_slice(&hit.body).unwrap();
+    let rewritten = ledgerflow_tests::serde_json::to_vec_pretty(&event).unwrap();
+    assert!(!verify(&secret, &header("ledgerflow-signature"), &rewritten, now, 300));
+    assert!(!verify("whsec_another", &header("ledgerflow-signature"), &hit.body, now, 300));
+    assert!(!verify(&secret, &header("ledgerflow-signature"), &hit.body, now + 3600, 300), "outside the window");
+    // The public event: no internal field.
+    let keys: BTreeSet<&str> = event.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, BTreeSet::from(["id", "type", "createdAt", "transactionId", "transaction", "accounts"]));
+    assert_eq!((event["id"].clone(), event["transactionId"].clone()), (json!(1), json!(funding)));
+    assert_eq!(event["transaction"]["status"], "COMPLETED");
+    let mine = event["accounts"].as_array().unwrap().iter().find(|a| a["accountId"] == pair.a.as_str()).unwrap();
+    assert_eq!(mine["balance"], 10_000, "{event}");
+    let listed = settled_delivery(&app, &pair.alice, &webhook, 1).await;
+    let delivery = &listed["deliveries"][0];
+    assert_eq!((delivery["eventId"].clone(), delivery["status"].clone()), (json!(1), json!("DELIVERED")), "{listed}");
+    assert_eq!(delivery["attempts"][0]["statusCode"], 200, "{listed}");
+    stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let receiver = Receiver::start(Behaviour::FailFirst(3)).await;
+    let (webhook, _) = register_webhook(&app, &pair.alice, &receiver.url(), &EVERY_TYPE).await;
+    let funding = funded(&app, &pair.a, 500).await;
+    stand_in_event(&app, 7, "transaction.completed", &funding).await;
+    let dispatcher = start_dispatcher(&app, "dispatcher-a");
+    let start = Instant::now();
+    loop {
+        let listed = deliveries(&app, &pair.alice, &webhook).await;
+        if listed["deliveries"][0]["status"] == "DELIVERED" {
+            let codes: Vec<&Value> =
+                listed["deliveries"][0]["attempts"].as_array().unwrap().iter().map(|a| &a["statusCode"]).collect();
+            assert_eq!(codes, [&json!(500), &json!(500), &json!(500), &json!(204)], "{listed}");
+            let failed = &listed["deliveries"][0]["attempts"][0];
+            assert!(failed["durationMs"].is_i64() && failed["at"].is_string(), "{listed}");
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "not delivered: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(receiver.event_ids(), [7, 7, 7, 7]);
+    stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_receiver_down_during_a_burst_receives_every_event_once_back() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    // A port nothing listens on yet: connections are refused.
+    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let url = format!("http://{addr}/hook");
+    let (webhook, _) = register_webhook(&app, &pair.alice, &url, &["transaction.completed"]).await;
+    let funding = funded(&app, &pair.a, 500).await;
+    let ids: BTreeSet<i64> = (1..=200).collect();
+    for id in &ids {
+        stand_in_event(&app, *id, "transaction.completed", &funding).await;
+    }
+    let dispatcher = start_dispatcher(&app, "dispatcher-a");
+    // Down while the dispatcher works through the burst: every first attempt fails.
+    let start = Instant::now();
+    loop {
+        let listed = deliveries(&app, &pair.alice, &webhook).await;
+        let tried = listed["deliveries"].as_array().unwrap().iter().filter(|d| d["attempts"][0].is_object()).count();
+        if tried >= 20 {
+            assert!(listed["deliveries"][0]["attempts"][0]["error"].is_string(), "{listed}");
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "no attempts made: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let receiver = Receiver::on(TcpListener::bind(addr).await.unwrap(), Behaviour::Accept);
+    receiver.wait_for(&ids).await;
+    stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn two_dispatchers_never_send_an_event_twice_in_a_clean_run() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
+    let funding = funded(&app, &pair.a, 500).await;
+    let (first, second) = (start_dispatcher(&app, "dispatcher-a"), start_dispatcher(&app, "dispatcher-b"));
+    let ids: BTreeSet<i64> = (1..=300).collect();
+    for id in &ids {
+        stand_in_event(&app, *id, "transaction.completed", &funding).await;
+    }
+    receiver.wait_for(&ids).await;
+    // Anything sent twice would have arrived by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for id in receiver.event_ids() {
+        *counts.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    stop_dispatcher(first).await;
+    stop_dispatcher(second).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_users_webhook_never_receives_another_users_events() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let (alices, bobs, systems) = (
+        Receiver::start(Behaviour::Accept).await,
+        Receiver::start(Behaviour::Accept).await,
+        Receiver::start(Behaviour::Accept).await,
+    );
+    register_webhook(&app, &pair.alice, &alices.url(), &EVERY_TYPE).await;
+    register_webhook(&app, &pair.bob, &bobs.url(), &EVERY_TYPE).await;
+    register_webhook(&app, &app.system, &systems.url(), &EVERY_TYPE).await;
+    let fund_a = funded(&app, &pair.a, 1_000).await;
+    let fund_b = funded(&app, &pair.b, 1_000).await;
+    let (status, sent) = app.transfer(&pair.alice, &pair.a, &pair.b, json!(100), "a-to-b").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    let a_to_b = sent["transaction"]["id"].as_str().unwrap().to_owned();
+    app.wait_terminal(&pair.alice.token, &a_to_b).await;
+    stand_in_event(&app, 1, "transaction.completed", &fund_a).await;
+    stand_in_event(&app, 2, "transaction.completed", &fund_b).await;
+    stand_in_event(&app, 3, "transaction.completed", &a_to_b).await;
+    let dispatcher = start_dispatcher(&app, "dispatcher-a");
+    systems.wait_for(&BTreeSet::from([1, 2, 3])).await;
+    alices.wait_for(&BTreeSet::from([1, 3])).await;
+    bobs.wait_for(&BTreeSet::from([2, 3])).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = |r: &Receiver| r.event_ids().into_iter().collect::<BTreeSet<_>>();
+    assert_eq!(got(&alices), BTreeSet::from([1, 3]), "Alice gets her funding and her transfer, not Bob's funding");
+    assert_eq!(got(&bobs), BTreeSet::from([2, 3]), "Bob gets his funding and what he was sent");
+    // Redelivering someone else's event is refused as if it did not exist.
+    let answer = app.call("POST", "/api/events/2/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
+    assert_error(&answer, StatusCode::NOT_FOUND, "EVENT_NOT_FOUND");
+    stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_delay_a_fast_one() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let slow = Receiver::start(Behaviour::Slow(Duration::from_secs(5))).await;
+    let fast = Receiver::start(Behaviour::Accept).await;
+    register_webhook(&app, &pair.alice, &slow.url(), &["transaction.completed"]).await;
+    register_webhook(&app, &pair.alice, &fast.url(), &["transaction.completed"]).await;
+    let funding = funded(&app, &pair.a, 500).await;
+    let ids: BTreeSet<i64> = (1..=20).collect();
+    for id in &ids {
+        stand_in_event(&app, *id, "transaction.completed", &funding).await;
+    }
+    let start = Instant::now();
+    let dispatcher = start_dispatcher(&app, "dispatcher-a");
+    fast.wait_for(&ids).await;
+    let fast_done = fast.hits().iter().map(|h| h.at).max().unwrap() - start;
+    // The slow endpoint holds its few places for 5 s per attempt: 20 of them take 25 s.
+    assert!(fast_done < Duration::from_secs(3), "the fast endpoint took {fast_done:?}");
+    assert!(slow.hits().len() < ids.len(), "the slow endpoint is still being served");
+    stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn redeliver_sends_an_event_again() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let (webhook, _) = register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
+    let funding = funded(&app, &pair.a, 500).await;
+    stand_in_event(&app, 5, "transaction.completed", &funding).await;
+    let dispatcher = start_dispatcher(&app, "dispatcher-a");
+    receiver.wait_for(&BTreeSet::from([5])).await;
+    let (status, queued) = app.call("POST", "/api/events/5/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    assert_eq!(queued, json!({"eventId": 5, "webhookIds": [webhook]}));
+    let start = Instant::now();
+    while receiver.event_ids().len() < 2 {
+        assert!(start.elapsed() < DEADLINE, "not redelivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.event_ids(), [5, 5]);
+    let listed = settled_delivery(&app, &pair.alice, &webhook, 2).await;
+    assert_eq!(listed["deliveries"][0]["status"], "DELIVERED", "{listed}");
+    let unknown = app.call("POST", "/api/events/999/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "EVENT_NOT_FOUND");
+    stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
