@@ -555,3 +555,47 @@ async fn redeliver_sends_an_event_again() {
     stop_dispatcher(dispatcher).await;
     app.teardown().await;
 }
+
+/// `ledgerflow dispatcher` as its own process, configured by its environment alone, delivers
+/// and serves its metrics on a port of its own.
+#[tokio::test]
+async fn a_dispatcher_process_delivers_and_reports_its_metrics() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let receiver = Receiver::start(Behaviour::FailFirst(1)).await;
+    register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
+    let funding = funded(&app, &pair.a, 500).await;
+    stand_in_event(&app, 1, "transaction.completed", &funding).await;
+    let metrics = ledgerflow_testkit::free_local_addr().unwrap();
+    let mut command = app.cli();
+    command
+        .arg("dispatcher")
+        .env("LEDGERFLOW_WEBHOOK_ALLOW_HTTP", "true")
+        .env("LEDGERFLOW_WEBHOOK_ALLOW_PRIVATE", "true")
+        .env("LEDGERFLOW_WEBHOOK_RETRY_BASE", "100ms")
+        .env("LEDGERFLOW_DISPATCHER_METRICS_ADDR", metrics.to_string());
+    let mut process = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
+    receiver.wait_for(&BTreeSet::from([1])).await;
+    let start = Instant::now();
+    let wanted = [
+        "ledgerflow_webhook_deliveries_total{outcome=\"retried\"} 1",
+        "ledgerflow_webhook_deliveries_total{outcome=\"delivered\"} 1",
+        "ledgerflow_webhook_retry_backlog",
+        "ledgerflow_webhook_oldest_undelivered_seconds",
+    ];
+    loop {
+        let text = match app.http.get(format!("http://{metrics}/metrics")).send().await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if wanted.iter().all(|w| text.contains(w)) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "metrics never showed {wanted:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(receiver.event_ids(), [1, 1], "a failed attempt, then the delivery");
+    process.start_kill().unwrap();
+    let _ = process.wait().await;
+    app.teardown().await;
+}
