@@ -86,3 +86,50 @@ fn deliveries(
     }
     made
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration as Span, Utc};
+    use ledgerflow_domain::webhooks::{EventType, EventTypes};
+    use ledgerflow_domain::{Initiator, WebhookId};
+    use ledgerflow_store::WebhookSecret;
+
+    use super::*;
+
+    fn webhook(owner: UserId, created_at: chrono::DateTime<Utc>) -> WebhookRecord {
+        WebhookRecord {
+            id: WebhookId::generate(),
+            owner,
+            owner_role: Role::User,
+            url: "https://example.com/".parse().expect("a URL"),
+            types: EventTypes::new([EventType::Completed]).expect("types"),
+            accounts: None,
+            secret: WebhookSecret::from_random([1; 32]),
+            created_at,
+            deleted: false,
+        }
+    }
+
+    fn event(id: i64, initiator: UserId, created_at: chrono::DateTime<Utc>) -> FeedEvent {
+        FeedEvent {
+            id,
+            event_type: EventType::Completed,
+            created_at,
+            account_ids: Vec::new(),
+            initiator: Initiator::User(initiator),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_webhook_is_sent_what_happens_after_it_is_registered_and_its_owner_may_see() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let now = Utc::now();
+        let hers = webhook(alice, now);
+        let events =
+            [event(1, alice, now - Span::seconds(1)), event(2, alice, now), event(3, bob, now + Span::seconds(1))];
+        let made = deliveries(&events, std::slice::from_ref(&hers), &BTreeMap::new());
+        let sent: Vec<(WebhookId, i64)> = made.iter().map(|d| (d.webhook_id, d.event_id)).collect();
+        assert_eq!(sent, [(hers.id, 2)], "not the older event, nor Bob's");
+    }
+}
