@@ -1,9 +1,7 @@
 //! Webhooks: registration rules, and deliveries by real dispatchers (in process, built from
-//! the real settings) to real HTTP receivers on loopback ports of this test.
-//!
-//! Events come from [`stand_in_event`] until the outbox lands: documents written into `events`
-//! exactly as the event contract lays them out, for real transactions made through the
-//! gateway and the workers.
+//! the real settings, and one `ledgerflow dispatcher` process) to real HTTP receivers on
+//! loopback ports of this test. The events are the real pipeline's: transfers through the
+//! gateway, committed by a worker, sequenced by its relay.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -17,22 +15,11 @@ use hmac::{Hmac, Mac};
 use ledgerflow::settings::{DispatcherSettings, WebhookPolicySettings, from_env};
 use ledgerflow_store::Store;
 use ledgerflow_tests::serde_json::{Value, json};
-use ledgerflow_tests::{DEADLINE, Session, TestApp, assert_error, mongodb_uri, spawn_app_configured};
+use ledgerflow_tests::{DEADLINE, Session, TestApp, assert_error, spawn_app_configured};
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-const EVERY_TYPE: [&str; 8] = [
-    "transaction.accepted",
-    "transaction.completed",
-    "transaction.failed",
-    "transaction.held",
-    "transaction.posted",
-    "transaction.voided",
-    "transaction.expired",
-    "transaction.reversed",
-];
 
 /// The README's verification, word for word: HMAC-SHA256 of `"<t>.<raw body>"` under the
 /// whole secret, compared in constant time, refused outside the tolerance window.
@@ -65,6 +52,11 @@ struct Hit {
 }
 
 impl Hit {
+    fn transaction_id(&self) -> String {
+        let body: Value = ledgerflow_tests::serde_json::from_slice(&self.body).unwrap();
+        body["transactionId"].as_str().unwrap().to_owned()
+    }
+
     fn event_id(&self) -> i64 {
         self.headers["ledgerflow-event-id"].to_str().unwrap().parse().unwrap()
     }
@@ -115,6 +107,10 @@ impl Receiver {
 
     fn event_ids(&self) -> Vec<i64> {
         self.hits().iter().map(Hit::event_id).collect()
+    }
+
+    fn transaction_ids(&self) -> BTreeSet<String> {
+        self.hits().iter().map(Hit::transaction_id).collect()
     }
 
     /// Waits until it has received every one of `ids` (at least once).
@@ -201,48 +197,49 @@ async fn register_webhook(app: &TestApp, user: &Session, url: &str, types: &[&st
     (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned())
 }
 
-/// STAND-IN for the outbox (issue 29), until it lands on main: writes the event `id` of type
-/// `kind` for the transaction `transaction_id` into `events`, as the contract lays it out,
-/// from what GET /transactions/{id} shows and the accounts' balances now.
-async fn stand_in_event(app: &TestApp, id: i64, kind: &str, transaction_id: &str) {
-    use mongodb::bson::{Bson, DateTime, doc, to_bson};
-    let (_, shown) = app.call("GET", &format!("/transactions/{transaction_id}"), Some(&app.system.token), None).await;
-    let transaction = &shown["transaction"];
-    let mut account_ids: Vec<String> = Vec::new();
-    for side in ["fromAccount", "toAccount"] {
-        if let Some(account) = transaction[side].as_str() {
-            account_ids.push(account.to_owned());
+/// The ids of the events of `kind` that `user` may see, once there are at least `n` of them
+/// (the relay sequences them shortly after their transactions commit).
+async fn visible_events(app: &TestApp, user: &Session, kind: &str, n: usize) -> BTreeSet<i64> {
+    let start = Instant::now();
+    loop {
+        let mut ids = BTreeSet::new();
+        let mut after = 0;
+        loop {
+            let path = format!("/api/events?types={kind}&after={after}&limit=100");
+            let (status, page) = app.call("GET", &path, Some(&user.token), None).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            ids.extend(page["events"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()));
+            if page["hasMore"] != true {
+                break;
+            }
+            after = *ids.last().unwrap();
         }
-    }
-    let mut accounts = Vec::new();
-    for account in &account_ids {
-        let (_, balance) =
-            app.call("GET", &format!("/api/accounts/{account}/balance"), Some(&app.system.token), None).await;
-        let seq = app.store.find_account(account.parse().unwrap()).await.unwrap().map_or(0, |a| a.seq);
-        if balance["balance"].is_i64() {
-            accounts.push(doc! {
-                "accountId": account,
-                "seq": seq,
-                "balance": balance["balance"].as_i64().unwrap(),
-                "available": balance["available"].as_i64().unwrap(),
-            });
+        if ids.len() >= n {
+            return ids;
         }
+        assert!(start.elapsed() < DEADLINE, "{n} {kind} events in time, got {}", ids.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let db = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(app.store.database_name());
-    let record = db.collection::<mongodb::bson::Document>("transactions");
-    let record = record.find_one(doc! { "_id": transaction_id }).await.unwrap().unwrap();
-    let event = doc! {
-        "_id": id,
-        "type": kind,
-        "createdAt": DateTime::now(),
-        "transactionId": transaction_id,
-        "transaction": to_bson(transaction).unwrap(),
-        "accounts": accounts,
-        "currency": transaction["currency"].as_str().unwrap(),
-        "accountIds": account_ids.iter().map(|a| Bson::String(a.clone())).collect::<Vec<_>>(),
-        "initiator": record.get_str("initiator").unwrap(),
-    };
-    db.collection::<mongodb::bson::Document>("events").insert_one(event).await.unwrap();
+}
+
+/// `user` sends `n` transfers of 1 from `from` to `to` in one batch and waits for them all.
+async fn transfers(app: &TestApp, user: &Session, from: &str, to: &str, n: usize) -> Vec<String> {
+    let items: Vec<Value> = (0..n)
+        .map(|i| json!({"fromAccount": from, "toAccount": to, "amount": 1, "idempotencyKey": format!("burst-{i}")}))
+        .collect();
+    let (status, answer) =
+        app.call("POST", "/transactions/batch", Some(&user.token), Some(json!({"items": items}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let ids: Vec<String> = answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["transaction"]["id"].as_str().unwrap_or_else(|| panic!("{item}")).to_owned())
+        .collect();
+    for id in &ids {
+        assert_eq!(app.wait_terminal(&user.token, id).await["status"], "COMPLETED");
+    }
+    ids
 }
 
 /// Funds `account` for real and returns the funding transaction's id, COMPLETED.
@@ -345,14 +342,15 @@ async fn a_delivered_event_is_signed_over_its_raw_body() {
     let pair = app.alice_and_bob().await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     let (webhook, secret) = register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
-    let funding = funded(&app, &pair.a, 10_000).await;
-    stand_in_event(&app, 1, "transaction.completed", &funding).await;
     let dispatcher = start_dispatcher(&app, "dispatcher-a");
-    receiver.wait_for(&BTreeSet::from([1])).await;
+    let funding = funded(&app, &pair.a, 10_000).await;
+    let ids = visible_events(&app, &pair.alice, "transaction.completed", 1).await;
+    receiver.wait_for(&ids).await;
     let hit = &receiver.hits()[0];
     let header = |name: &str| hit.headers[name].to_str().unwrap().to_owned();
+    let id = *ids.first().unwrap();
     assert_eq!(header("content-type"), "application/json");
-    assert_eq!(header("ledgerflow-event-id"), "1");
+    assert_eq!(header("ledgerflow-event-id"), id.to_string());
     assert_eq!(header("ledgerflow-event-type"), "transaction.completed");
     let now = chrono::Utc::now().timestamp();
     assert!(
@@ -366,16 +364,19 @@ async fn a_delivered_event_is_signed_over_its_raw_body() {
     assert!(!verify(&secret, &header("ledgerflow-signature"), &rewritten, now, 300));
     assert!(!verify("whsec_another", &header("ledgerflow-signature"), &hit.body, now, 300));
     assert!(!verify(&secret, &header("ledgerflow-signature"), &hit.body, now + 3600, 300), "outside the window");
-    // The public event: no internal field.
+    // The public event, as the events API shows it: no internal field.
     let keys: BTreeSet<&str> = event.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, BTreeSet::from(["id", "type", "createdAt", "transactionId", "transaction", "accounts"]));
-    assert_eq!((event["id"].clone(), event["transactionId"].clone()), (json!(1), json!(funding)));
+    assert_eq!((event["id"].clone(), event["transactionId"].clone()), (json!(id), json!(funding)));
     assert_eq!(event["transaction"]["status"], "COMPLETED");
+    let (_, listed) = app.call("GET", &format!("/api/events?after={}", id - 1), Some(&pair.alice.token), None).await;
+    assert_eq!(listed["events"][0], event, "the webhook's body is the events API's event");
+    // The balances as of the change.
     let mine = event["accounts"].as_array().unwrap().iter().find(|a| a["accountId"] == pair.a.as_str()).unwrap();
     assert_eq!(mine["balance"], 10_000, "{event}");
     let listed = settled_delivery(&app, &pair.alice, &webhook, 1).await;
     let delivery = &listed["deliveries"][0];
-    assert_eq!((delivery["eventId"].clone(), delivery["status"].clone()), (json!(1), json!("DELIVERED")), "{listed}");
+    assert_eq!((delivery["eventId"].clone(), delivery["status"].clone()), (json!(id), json!("DELIVERED")), "{listed}");
     assert_eq!(delivery["attempts"][0]["statusCode"], 200, "{listed}");
     stop_dispatcher(dispatcher).await;
     app.teardown().await;
@@ -386,25 +387,18 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth() {
     let app = spawn_open_app(1).await;
     let pair = app.alice_and_bob().await;
     let receiver = Receiver::start(Behaviour::FailFirst(3)).await;
-    let (webhook, _) = register_webhook(&app, &pair.alice, &receiver.url(), &EVERY_TYPE).await;
-    let funding = funded(&app, &pair.a, 500).await;
-    stand_in_event(&app, 7, "transaction.completed", &funding).await;
+    let (webhook, _) = register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
     let dispatcher = start_dispatcher(&app, "dispatcher-a");
-    let start = Instant::now();
-    loop {
-        let listed = deliveries(&app, &pair.alice, &webhook).await;
-        if listed["deliveries"][0]["status"] == "DELIVERED" {
-            let codes: Vec<&Value> =
-                listed["deliveries"][0]["attempts"].as_array().unwrap().iter().map(|a| &a["statusCode"]).collect();
-            assert_eq!(codes, [&json!(500), &json!(500), &json!(500), &json!(204)], "{listed}");
-            let failed = &listed["deliveries"][0]["attempts"][0];
-            assert!(failed["durationMs"].is_i64() && failed["at"].is_string(), "{listed}");
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "not delivered: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(receiver.event_ids(), [7, 7, 7, 7]);
+    funded(&app, &pair.a, 500).await;
+    let id = *visible_events(&app, &pair.alice, "transaction.completed", 1).await.first().unwrap();
+    let listed = settled_delivery(&app, &pair.alice, &webhook, 4).await;
+    let delivery = &listed["deliveries"][0];
+    assert_eq!((delivery["eventId"].clone(), delivery["status"].clone()), (json!(id), json!("DELIVERED")), "{listed}");
+    let codes: Vec<&Value> = delivery["attempts"].as_array().unwrap().iter().map(|a| &a["statusCode"]).collect();
+    assert_eq!(codes, [&json!(500), &json!(500), &json!(500), &json!(204)], "{listed}");
+    let failed = &delivery["attempts"][0];
+    assert!(failed["durationMs"].is_i64() && failed["at"].is_string(), "{listed}");
+    assert_eq!(receiver.event_ids(), [id, id, id, id]);
     stop_dispatcher(dispatcher).await;
     app.teardown().await;
 }
@@ -419,22 +413,18 @@ async fn a_receiver_down_during_a_burst_receives_every_event_once_back() {
     drop(reserved);
     let url = format!("http://{addr}/hook");
     let (webhook, _) = register_webhook(&app, &pair.alice, &url, &["transaction.completed"]).await;
-    let funding = funded(&app, &pair.a, 500).await;
-    let ids: BTreeSet<i64> = (1..=200).collect();
-    for id in &ids {
-        stand_in_event(&app, *id, "transaction.completed", &funding).await;
-    }
     let dispatcher = start_dispatcher(&app, "dispatcher-a");
-    // Down while the dispatcher works through the burst: every first attempt fails.
+    app.fund(&pair.a, 1_000_000).await;
+    // The burst, while the receiver is down: every attempt fails.
+    transfers(&app, &pair.alice, &pair.a, &pair.b, BURST).await;
+    let ids = visible_events(&app, &pair.alice, "transaction.completed", BURST + 1).await;
     let start = Instant::now();
     loop {
         let listed = deliveries(&app, &pair.alice, &webhook).await;
-        let tried = listed["deliveries"].as_array().unwrap().iter().filter(|d| d["attempts"][0].is_object()).count();
-        if tried >= 20 {
-            assert!(listed["deliveries"][0]["attempts"][0]["error"].is_string(), "{listed}");
+        if listed["deliveries"].as_array().unwrap().iter().any(|d| d["attempts"][0]["error"].is_string()) {
             break;
         }
-        assert!(start.elapsed() < DEADLINE, "no attempts made: {listed}");
+        assert!(start.elapsed() < DEADLINE, "no failed attempt recorded: {listed}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let receiver = Receiver::on(TcpListener::bind(addr).await.unwrap(), Behaviour::Accept);
@@ -443,18 +433,19 @@ async fn a_receiver_down_during_a_burst_receives_every_event_once_back() {
     app.teardown().await;
 }
 
+/// Transfers in the bursts of these tests: each is one `transaction.completed` event.
+const BURST: usize = 200;
+
 #[tokio::test]
 async fn two_dispatchers_never_send_an_event_twice_in_a_clean_run() {
     let app = spawn_open_app(1).await;
     let pair = app.alice_and_bob().await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
-    let funding = funded(&app, &pair.a, 500).await;
     let (first, second) = (start_dispatcher(&app, "dispatcher-a"), start_dispatcher(&app, "dispatcher-b"));
-    let ids: BTreeSet<i64> = (1..=300).collect();
-    for id in &ids {
-        stand_in_event(&app, *id, "transaction.completed", &funding).await;
-    }
+    app.fund(&pair.a, 1_000_000).await;
+    transfers(&app, &pair.alice, &pair.a, &pair.b, BURST).await;
+    let ids = visible_events(&app, &pair.alice, "transaction.completed", BURST + 1).await;
     receiver.wait_for(&ids).await;
     // Anything sent twice would have arrived by now.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -464,6 +455,7 @@ async fn two_dispatchers_never_send_an_event_twice_in_a_clean_run() {
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), ids);
     stop_dispatcher(first).await;
     stop_dispatcher(second).await;
     app.teardown().await;
@@ -478,28 +470,30 @@ async fn a_users_webhook_never_receives_another_users_events() {
         Receiver::start(Behaviour::Accept).await,
         Receiver::start(Behaviour::Accept).await,
     );
-    register_webhook(&app, &pair.alice, &alices.url(), &EVERY_TYPE).await;
-    register_webhook(&app, &pair.bob, &bobs.url(), &EVERY_TYPE).await;
-    register_webhook(&app, &app.system, &systems.url(), &EVERY_TYPE).await;
+    let completed = ["transaction.completed"];
+    register_webhook(&app, &pair.alice, &alices.url(), &completed).await;
+    register_webhook(&app, &pair.bob, &bobs.url(), &completed).await;
+    register_webhook(&app, &app.system, &systems.url(), &completed).await;
+    let dispatcher = start_dispatcher(&app, "dispatcher-a");
     let fund_a = funded(&app, &pair.a, 1_000).await;
     let fund_b = funded(&app, &pair.b, 1_000).await;
     let (status, sent) = app.transfer(&pair.alice, &pair.a, &pair.b, json!(100), "a-to-b").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
     let a_to_b = sent["transaction"]["id"].as_str().unwrap().to_owned();
     app.wait_terminal(&pair.alice.token, &a_to_b).await;
-    stand_in_event(&app, 1, "transaction.completed", &fund_a).await;
-    stand_in_event(&app, 2, "transaction.completed", &fund_b).await;
-    stand_in_event(&app, 3, "transaction.completed", &a_to_b).await;
-    let dispatcher = start_dispatcher(&app, "dispatcher-a");
-    systems.wait_for(&BTreeSet::from([1, 2, 3])).await;
-    alices.wait_for(&BTreeSet::from([1, 3])).await;
-    bobs.wait_for(&BTreeSet::from([2, 3])).await;
+    systems.wait_for(&visible_events(&app, &app.system, "transaction.completed", 3).await).await;
+    alices.wait_for(&visible_events(&app, &pair.alice, "transaction.completed", 2).await).await;
+    bobs.wait_for(&visible_events(&app, &pair.bob, "transaction.completed", 2).await).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let got = |r: &Receiver| r.event_ids().into_iter().collect::<BTreeSet<_>>();
-    assert_eq!(got(&alices), BTreeSet::from([1, 3]), "Alice gets her funding and her transfer, not Bob's funding");
-    assert_eq!(got(&bobs), BTreeSet::from([2, 3]), "Bob gets his funding and what he was sent");
+    let set = |ids: &[&String]| ids.iter().map(|s| (*s).clone()).collect::<BTreeSet<String>>();
+    assert_eq!(alices.transaction_ids(), set(&[&fund_a, &a_to_b]), "Alice: her funding and her transfer");
+    assert_eq!(bobs.transaction_ids(), set(&[&fund_b, &a_to_b]), "Bob: his funding and what he was sent");
+    assert_eq!(systems.transaction_ids(), set(&[&fund_a, &fund_b, &a_to_b]), "SYSTEM: everything");
+    assert_eq!((alices.hits().len(), bobs.hits().len()), (2, 2), "each event once");
     // Redelivering someone else's event is refused as if it did not exist.
-    let answer = app.call("POST", "/api/events/2/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
+    let bobs_own = bobs.hits().iter().find(|h| h.transaction_id() == fund_b).unwrap().event_id();
+    let path = format!("/api/events/{bobs_own}/redeliver");
+    let answer = app.call("POST", &path, Some(&pair.alice.token), Some(json!({}))).await;
     assert_error(&answer, StatusCode::NOT_FOUND, "EVENT_NOT_FOUND");
     stop_dispatcher(dispatcher).await;
     app.teardown().await;
@@ -513,16 +507,15 @@ async fn a_slow_endpoint_does_not_delay_a_fast_one() {
     let fast = Receiver::start(Behaviour::Accept).await;
     register_webhook(&app, &pair.alice, &slow.url(), &["transaction.completed"]).await;
     register_webhook(&app, &pair.alice, &fast.url(), &["transaction.completed"]).await;
-    let funding = funded(&app, &pair.a, 500).await;
-    let ids: BTreeSet<i64> = (1..=20).collect();
-    for id in &ids {
-        stand_in_event(&app, *id, "transaction.completed", &funding).await;
-    }
+    app.fund(&pair.a, 1_000).await;
+    transfers(&app, &pair.alice, &pair.a, &pair.b, 20).await;
+    let ids = visible_events(&app, &pair.alice, "transaction.completed", 21).await;
+    // Every event is there before the dispatcher starts: both endpoints are due at once.
     let start = Instant::now();
     let dispatcher = start_dispatcher(&app, "dispatcher-a");
     fast.wait_for(&ids).await;
     let fast_done = fast.hits().iter().map(|h| h.at).max().unwrap() - start;
-    // The slow endpoint holds its few places for 5 s per attempt: 20 of them take 25 s.
+    // The slow endpoint holds its few places for 5 s per attempt: 21 of them take 25 s.
     assert!(fast_done < Duration::from_secs(3), "the fast endpoint took {fast_done:?}");
     assert!(slow.hits().len() < ids.len(), "the slow endpoint is still being served");
     stop_dispatcher(dispatcher).await;
@@ -535,22 +528,25 @@ async fn redeliver_sends_an_event_again() {
     let pair = app.alice_and_bob().await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     let (webhook, _) = register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
-    let funding = funded(&app, &pair.a, 500).await;
-    stand_in_event(&app, 5, "transaction.completed", &funding).await;
     let dispatcher = start_dispatcher(&app, "dispatcher-a");
-    receiver.wait_for(&BTreeSet::from([5])).await;
-    let (status, queued) = app.call("POST", "/api/events/5/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
+    funded(&app, &pair.a, 500).await;
+    let ids = visible_events(&app, &pair.alice, "transaction.completed", 1).await;
+    let id = *ids.first().unwrap();
+    receiver.wait_for(&ids).await;
+    settled_delivery(&app, &pair.alice, &webhook, 1).await;
+    let path = format!("/api/events/{id}/redeliver");
+    let (status, queued) = app.call("POST", &path, Some(&pair.alice.token), Some(json!({}))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
-    assert_eq!(queued, json!({"eventId": 5, "webhookIds": [webhook]}));
+    assert_eq!(queued, json!({"eventId": id, "webhookIds": [webhook]}));
     let start = Instant::now();
     while receiver.event_ids().len() < 2 {
         assert!(start.elapsed() < DEADLINE, "not redelivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(receiver.event_ids(), [5, 5]);
+    assert_eq!(receiver.event_ids(), [id, id]);
     let listed = settled_delivery(&app, &pair.alice, &webhook, 2).await;
     assert_eq!(listed["deliveries"][0]["status"], "DELIVERED", "{listed}");
-    let unknown = app.call("POST", "/api/events/999/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
+    let unknown = app.call("POST", "/api/events/999999/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "EVENT_NOT_FOUND");
     stop_dispatcher(dispatcher).await;
     app.teardown().await;
@@ -564,8 +560,6 @@ async fn a_dispatcher_process_delivers_and_reports_its_metrics() {
     let pair = app.alice_and_bob().await;
     let receiver = Receiver::start(Behaviour::FailFirst(1)).await;
     register_webhook(&app, &pair.alice, &receiver.url(), &["transaction.completed"]).await;
-    let funding = funded(&app, &pair.a, 500).await;
-    stand_in_event(&app, 1, "transaction.completed", &funding).await;
     let metrics = ledgerflow_testkit::free_local_addr().unwrap();
     let mut command = app.cli();
     command
@@ -575,7 +569,9 @@ async fn a_dispatcher_process_delivers_and_reports_its_metrics() {
         .env("LEDGERFLOW_WEBHOOK_RETRY_BASE", "100ms")
         .env("LEDGERFLOW_DISPATCHER_METRICS_ADDR", metrics.to_string());
     let mut process = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
-    receiver.wait_for(&BTreeSet::from([1])).await;
+    funded(&app, &pair.a, 500).await;
+    let ids = visible_events(&app, &pair.alice, "transaction.completed", 1).await;
+    receiver.wait_for(&ids).await;
     let start = Instant::now();
     let wanted = [
         "ledgerflow_webhook_deliveries_total{outcome=\"retried\"} 1",
@@ -594,7 +590,8 @@ async fn a_dispatcher_process_delivers_and_reports_its_metrics() {
         assert!(start.elapsed() < DEADLINE, "metrics never showed {wanted:?}:\n{text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(receiver.event_ids(), [1, 1], "a failed attempt, then the delivery");
+    let id = *ids.first().unwrap();
+    assert_eq!(receiver.event_ids(), [id, id], "a failed attempt, then the delivery");
     process.start_kill().unwrap();
     let _ = process.wait().await;
     app.teardown().await;

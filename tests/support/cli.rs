@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ledgerflow::Settings;
 use ledgerflow::settings::WorkerSettings;
-use ledgerflow_testkit::{Launcher, Worker};
+use ledgerflow_testkit::{Gateway, Launcher, Worker};
 use serde_json::Value;
 
 use crate::{DEADLINE, TestApp};
@@ -102,5 +102,45 @@ impl TestApp {
     pub async fn assert_reconciles(&self) {
         let (code, report) = self.reconcile(&[]).await;
         assert_eq!(code, 0, "reconcile passes: {report}");
+    }
+}
+
+/// Tries to start a gateway process whose probed free port another process took first.
+const GATEWAY_TRIES: usize = 3;
+
+impl TestApp {
+    /// Starts `ledgerflow gateway` as a real process on this app's database and queues, named
+    /// `name`, and waits until it is ready. Its `/metrics` are its own, which an in-process
+    /// gateway's (sharing the test's recorder) are not.
+    pub async fn spawn_gateway_process(&self, name: &str) -> Gateway {
+        let by = std::time::Instant::now() + DEADLINE;
+        for _ in 0..GATEWAY_TRIES {
+            let mut gateway = self.launcher().gateway(&self.settings, name).unwrap_or_else(|e| panic!("{e:#}"));
+            let client = ledgerflow_client::Client::new(&gateway.base);
+            loop {
+                if client.ready().await {
+                    return gateway;
+                }
+                // It exits at start when the port was taken between the probe and its bind.
+                if gateway.process.exited().is_some() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < by,
+                    "gateway {name} not ready in time: {}",
+                    gateway.process.tail(30)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("gateway {name} did not start in {GATEWAY_TRIES} tries (see its log)")
+    }
+
+    /// The value of an unlabelled metric `name` on the Prometheus page at `base` (a gateway's
+    /// URL), or `None` while it does not show it.
+    pub async fn metric_at(&self, base: &str, name: &str) -> Option<f64> {
+        let resp = self.http.get(format!("{base}/metrics")).send().await.ok()?;
+        let text = resp.text().await.ok()?;
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 }

@@ -243,6 +243,58 @@ pub struct TransactionList {
     pub next_cursor: Option<String>,
 }
 
+/// A change of a transaction, as the events API, the `ledgerflow.events` exchange and webhooks
+/// carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventBody {
+    /// Increases in commit order: an event of a change committed after another's has a larger
+    /// id. Unique; not gap-free. Receivers dedupe by it.
+    #[schema(example = 42)]
+    pub id: i64,
+    /// `transaction.accepted`, `transaction.completed`, `transaction.failed`,
+    /// `transaction.held`, `transaction.posted`, `transaction.voided`, `transaction.expired` or
+    /// `transaction.reversed`.
+    #[serde(rename = "type")]
+    #[schema(example = "transaction.completed")]
+    pub event_type: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = Uuid)]
+    pub transaction_id: String,
+    /// The transaction as `GET /transactions/{id}` showed it right after the change.
+    pub transaction: TransactionBody,
+    /// The accounts the change touched, as of the change (empty when it moved nothing: an
+    /// acceptance, a failure decided before any account was read).
+    pub accounts: Vec<EventAccountBody>,
+}
+
+/// An account as of an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventAccountBody {
+    #[schema(format = Uuid)]
+    pub account_id: String,
+    /// The sequence number of its latest entry.
+    pub seq: i64,
+    /// Posted balance, integer minor units.
+    pub balance: i64,
+    /// `balance - pendingDebits + overdraftLimit`.
+    pub available: i64,
+}
+
+/// A page of events, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventList {
+    pub events: Vec<EventBody>,
+    /// Whether more events matched than this page holds.
+    pub has_more: bool,
+    /// Pass as `after` for the next page: the last event's id (or the `after` given, when the
+    /// page is empty), so a consumer keeps polling with it.
+    pub next_cursor: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusBody {
     #[schema(example = "ok")]

@@ -24,7 +24,7 @@ pub use ledgerflow_api::{
     AccountBody, AccountList, AuthBody, BalanceBody, EntryBody, EntryList, ErrorBody, ErrorDetail, StatementBody,
     StatusBody, TransactionBody, TransactionEnvelope, TransactionList, UserBody,
 };
-pub use ledgerflow_api::{BatchItemResult, BatchResults};
+pub use ledgerflow_api::{BatchItemResult, BatchResults, EventAccountBody, EventBody, EventList};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -156,6 +156,16 @@ pub struct StatementQuery<'a> {
     pub to: &'a str,
     pub limit: Option<i64>,
     pub cursor: Option<&'a str>,
+}
+
+/// Which events: after an id (0: from the oldest kept), of some types (comma-separated), of
+/// one account; `None` for the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventQuery<'a> {
+    pub after: i64,
+    pub types: Option<&'a str>,
+    pub account: Option<&'a str>,
+    pub limit: Option<i64>,
 }
 
 /// `path?name=value&…`, each pair form-encoded (an offset's `+` would otherwise be a space).
@@ -316,6 +326,16 @@ impl Client {
         pairs.extend(query.cursor.map(|c| ("cursor", c)));
         let path = with_query(&format!("/api/accounts/{account}/statement"), &pairs);
         Ok(self.call(Method::GET, &path, None).await?.1)
+    }
+
+    /// `GET /api/events`: a page of the events the caller may see, oldest first.
+    pub async fn events(&self, query: &EventQuery<'_>) -> Result<EventList> {
+        let (after, limit) = (query.after.to_string(), query.limit.map(|l| l.to_string()));
+        let mut pairs = vec![("after", after.as_str())];
+        pairs.extend(query.types.map(|t| ("types", t)));
+        pairs.extend(query.account.map(|a| ("account", a)));
+        pairs.extend(limit.as_deref().map(|l| ("limit", l)));
+        Ok(self.call(Method::GET, &with_query("/api/events", &pairs), None).await?.1)
     }
 
     /// `GET /api/accounts/{id}/entries`: the newest entries first.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ledgerflow_domain::WebhookId;
 use ledgerflow_domain::webhooks::{UrlHost, UrlPolicy};
-use ledgerflow_store::{Attempt, AttemptOutcome, DeliveryRecord, FeedEvent, Store, WebhookRecord};
+use ledgerflow_store::{Attempt, AttemptOutcome, DeliveryRecord, EventRecord, Store, WebhookRecord};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -153,14 +153,16 @@ async fn attempt(store: Store, config: Arc<DispatcherConfig>, delivery: Delivery
 async fn send(store: &Store, policy: UrlPolicy, delivery: &DeliveryRecord) -> Result<u16, AttemptError> {
     let webhook = store.find_webhook(delivery.webhook_id).await?;
     let webhook = webhook.filter(|w| !w.deleted).ok_or(AttemptError::Gone("the webhook was deleted"))?;
-    let event = store.feed_event(delivery.event_id).await?.ok_or(AttemptError::Gone("the event is no longer kept"))?;
+    let event = store.find_event(delivery.event_id).await?.ok_or(AttemptError::Gone("the event is no longer kept"))?;
     post(policy, &webhook, &event).await
 }
 
 /// POSTs `event` to `webhook`, connecting only to addresses `policy` allows, resolved now and
 /// used as resolved (a name cannot be re-pointed between the check and the connection).
-async fn post(policy: UrlPolicy, webhook: &WebhookRecord, event: &FeedEvent) -> Result<u16, AttemptError> {
+async fn post(policy: UrlPolicy, webhook: &WebhookRecord, event: &EventRecord) -> Result<u16, AttemptError> {
     policy.check_scheme(&webhook.url).map_err(AttemptError::Refused)?;
+    // Serialised once: these bytes are both signed and sent.
+    let body = serde_json::to_vec(&event.body()).map_err(|e| AttemptError::Request(e.to_string()))?;
     let mut client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(ATTEMPT_TIMEOUT)
@@ -183,8 +185,8 @@ async fn post(policy: UrlPolicy, webhook: &WebhookRecord, event: &FeedEvent) -> 
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("LedgerFlow-Event-Id", event.id.to_string())
         .header("LedgerFlow-Event-Type", event.event_type.as_str())
-        .header("LedgerFlow-Signature", sign::signature_header(webhook.secret.expose(), now, &event.body))
-        .body(event.body.clone())
+        .header("LedgerFlow-Signature", sign::signature_header(webhook.secret.expose(), now, &body))
+        .body(body)
         .send()
         .await
         .map_err(request_error)?;

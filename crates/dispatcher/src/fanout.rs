@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledgerflow_domain::{AccountId, Role, UserId};
-use ledgerflow_store::{FeedEvent, NewDelivery, Store, StoreError, WebhookRecord};
+use ledgerflow_store::{EventFacts, EventFilter, NewDelivery, Store, StoreError, WebhookRecord};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::DispatcherConfig;
 
 /// Events read per pass: a pass is one read of the webhooks and one insert.
-const EVENTS_PER_PASS: i64 = 500;
+const EVENTS_PER_PASS: i64 = 100;
 /// Wait after a failed pass.
 const AFTER_ERROR: Duration = Duration::from_secs(1);
 
@@ -49,7 +49,7 @@ pub(crate) async fn run(
 /// One pass; the number of events read.
 async fn pass(store: &Store) -> Result<usize, StoreError> {
     let after = store.fanout_checkpoint().await?;
-    let events = store.feed_events_after(after, EVENTS_PER_PASS).await?;
+    let events = store.events_after(&EventFilter { after, limit: EVENTS_PER_PASS, ..EventFilter::default() }).await?;
     let Some(last) = events.last().map(|e| e.id) else { return Ok(0) };
     let webhooks = store.live_webhooks().await?;
     let mut owned: BTreeMap<UserId, BTreeSet<AccountId>> = BTreeMap::new();
@@ -58,7 +58,8 @@ async fn pass(store: &Store) -> Result<usize, StoreError> {
             place.insert(store.account_ids_of(webhook.owner).await?.into_iter().collect());
         }
     }
-    let deliveries = deliveries(&events, &webhooks, &owned);
+    let facts: Vec<EventFacts<'_>> = events.iter().map(|e| e.facts()).collect();
+    let deliveries = deliveries(&facts, &webhooks, &owned);
     store.insert_deliveries(&deliveries).await?;
     store.advance_fanout_checkpoint(last).await?;
     Ok(events.len())
@@ -67,7 +68,7 @@ async fn pass(store: &Store) -> Result<usize, StoreError> {
 /// Who gets what: each event to each webhook that receives it and was registered when it
 /// happened (a new webhook is not sent the history; a redelivery asks for an event by name).
 fn deliveries(
-    events: &[FeedEvent],
+    events: &[EventFacts<'_>],
     webhooks: &[WebhookRecord],
     owned: &BTreeMap<UserId, BTreeSet<AccountId>>,
 ) -> Vec<NewDelivery> {
@@ -90,8 +91,8 @@ fn deliveries(
 #[cfg(test)]
 mod tests {
     use chrono::{Duration as Span, Utc};
-    use ledgerflow_domain::webhooks::{EventType, EventTypes};
-    use ledgerflow_domain::{Initiator, WebhookId};
+    use ledgerflow_domain::webhooks::EventTypes;
+    use ledgerflow_domain::{EventType, WebhookId};
     use ledgerflow_store::WebhookSecret;
 
     use super::*;
@@ -110,15 +111,8 @@ mod tests {
         }
     }
 
-    fn event(id: i64, initiator: UserId, created_at: chrono::DateTime<Utc>) -> FeedEvent {
-        FeedEvent {
-            id,
-            event_type: EventType::Completed,
-            created_at,
-            account_ids: Vec::new(),
-            initiator: Initiator::User(initiator),
-            body: Vec::new(),
-        }
+    fn event(id: i64, initiator: &str, created_at: chrono::DateTime<Utc>) -> EventFacts<'_> {
+        EventFacts { id, event_type: EventType::Completed, created_at, initiator, account_ids: &[] }
     }
 
     #[test]
@@ -126,8 +120,9 @@ mod tests {
         let (alice, bob) = (UserId::generate(), UserId::generate());
         let now = Utc::now();
         let hers = webhook(alice, now);
+        let (alice, bob) = (alice.to_string(), bob.to_string());
         let events =
-            [event(1, alice, now - Span::seconds(1)), event(2, alice, now), event(3, bob, now + Span::seconds(1))];
+            [event(1, &alice, now - Span::seconds(1)), event(2, &alice, now), event(3, &bob, now + Span::seconds(1))];
         let made = deliveries(&events, std::slice::from_ref(&hers), &BTreeMap::new());
         let sent: Vec<(WebhookId, i64)> = made.iter().map(|d| (d.webhook_id, d.event_id)).collect();
         assert_eq!(sent, [(hers.id, 2)], "not the older event, nor Bob's");

@@ -298,7 +298,7 @@ deserialize_from_str!(
     crate::PersonName,
     crate::Moment,
     crate::WebhookId,
-    crate::webhooks::EventType,
+    crate::EventType,
     crate::webhooks::WebhookUrl,
 );
 

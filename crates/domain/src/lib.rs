@@ -43,6 +43,6 @@ pub use money::{Amount, Balance, Currency, MAX_AMOUNT_MINOR};
 pub use reversal::{NotReversible, ReversalCandidate};
 pub use statement::{MAX_STATEMENT_DAYS, Moment, StatementTotals, StatementWindow};
 pub use transaction::{
-    AccountStatus, Description, FailureReason, HoldTimeout, TransactionStatus, TransferKind, TransferRequest,
+    AccountStatus, Description, EventType, FailureReason, HoldTimeout, TransactionStatus, TransferKind, TransferRequest,
 };
 pub use user::{Email, Password, PersonName, Role};

@@ -116,6 +116,37 @@ wire_enum!(
     }
 );
 
+wire_enum!(
+    /// What a change of a transaction is called on the event stream (`ledgerflow.events`, the
+    /// events API and webhooks): one per status a transaction enters, and the original's
+    /// `transaction.reversed` when a reversal of it completes.
+    EventType, "type" {
+        Accepted => "transaction.accepted",
+        Completed => "transaction.completed",
+        Failed => "transaction.failed",
+        Held => "transaction.held",
+        Posted => "transaction.posted",
+        Voided => "transaction.voided",
+        Expired => "transaction.expired",
+        Reversed => "transaction.reversed",
+    }
+);
+
+impl EventType {
+    /// The event of a transaction entering `status`: PENDING is its acceptance.
+    pub fn entering(status: TransactionStatus) -> Self {
+        match status {
+            TransactionStatus::Pending => EventType::Accepted,
+            TransactionStatus::Completed => EventType::Completed,
+            TransactionStatus::Failed => EventType::Failed,
+            TransactionStatus::Held => EventType::Held,
+            TransactionStatus::Posted => EventType::Posted,
+            TransactionStatus::Voided => EventType::Voided,
+            TransactionStatus::Expired => EventType::Expired,
+        }
+    }
+}
+
 impl TransactionStatus {
     /// Decided by a worker: no longer PENDING. Its command has had its effect, so a repeat of
     /// it does nothing more and a result can be reported. Not the same as final: a HELD hold
@@ -403,6 +434,17 @@ mod tests {
             description.map(|d| d.parse().expect("description")),
         )
         .expect("valid request")
+    }
+
+    #[test]
+    fn every_status_entered_has_its_own_event_type() {
+        let types: std::collections::HashSet<EventType> =
+            TransactionStatus::ALL.iter().map(|s| EventType::entering(*s)).collect();
+        assert_eq!(types.len(), TransactionStatus::ALL.len());
+        assert!(!types.contains(&EventType::Reversed), "a reversal is not a status of the original");
+        assert_eq!(EventType::entering(TransactionStatus::Pending).as_str(), "transaction.accepted");
+        assert_eq!("transaction.posted".parse::<EventType>().ok(), Some(EventType::Posted));
+        assert!("transaction.unknown".parse::<EventType>().is_err());
     }
 
     #[test]

@@ -289,6 +289,16 @@ pub struct WaitQuery {
     pub wait: Option<WaitSecs>,
 }
 
+/// `?after=&types=&account=&limit=`: `GET /api/events`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    pub after: Option<EventCursor>,
+    pub types: Option<EventTypes>,
+    pub account: Option<AccountId>,
+    pub limit: Option<Limit>,
+}
+
 /// Implements `Deserialize` through `FromStr`, as the domain's string-borne types do.
 macro_rules! deserialize_from_str {
     ($($name:ty),+) => {
@@ -302,7 +312,7 @@ macro_rules! deserialize_from_str {
     };
 }
 
-deserialize_from_str!(Limit, EntryCursor, WaitSecs);
+deserialize_from_str!(Limit, EntryCursor, WaitSecs, EventCursor, EventTypes);
 
 /// `limit`: a page size from 1 to `MAX_PAGE`, 20 unless given.
 #[derive(Debug, Clone, Copy)]
@@ -356,6 +366,47 @@ impl FromStr for EntryCursor {
     }
 }
 
+/// `after` of `GET /api/events`: an event id (`0`, or none: from the oldest kept).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventCursor(i64);
+
+impl EventCursor {
+    pub fn id(self) -> i64 {
+        self.0
+    }
+}
+
+impl FromStr for EventCursor {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        s.parse::<i64>().ok().filter(|n| *n >= 0).map(Self).ok_or(DomainError::Invalid {
+            field: "after",
+            reason: "must be an event id (a whole number, 0 for the oldest kept)".into(),
+        })
+    }
+}
+
+/// `types` of `GET /api/events`: event types, comma-separated.
+#[derive(Debug, Clone, Default)]
+pub struct EventTypes(Vec<ledgerflow_domain::EventType>);
+
+impl EventTypes {
+    pub fn into_vec(self) -> Vec<ledgerflow_domain::EventType> {
+        self.0
+    }
+}
+
+impl FromStr for EventTypes {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        // `split` yields at least one piece, and an empty one is no type: never an empty list.
+        let types = s.split(',').map(|t| t.trim().parse()).collect::<Result<Vec<_>, DomainError>>();
+        types.map(Self).map_err(|e| DomainError::Invalid { field: "types", reason: e.reason().to_owned() })
+    }
+}
+
 /// `wait`: how long to hold a PENDING transaction for its outcome, in whole seconds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WaitSecs(u64);
@@ -405,7 +456,7 @@ pub struct WebhookRequest {
     /// The event types to receive, at least one: `transaction.accepted`, `.completed`,
     /// `.failed`, `.held`, `.posted`, `.voided`, `.expired`, `.reversed`.
     #[schema(value_type = Vec<String>, min_items = 1, max_items = 8, example = json!(["transaction.completed"]))]
-    pub types: Vec<ledgerflow_domain::webhooks::EventType>,
+    pub types: Vec<ledgerflow_domain::EventType>,
     /// Only events naming one of these accounts (the caller's own; SYSTEM any); left out:
     /// every event the caller may see.
     #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 100)]

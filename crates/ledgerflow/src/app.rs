@@ -155,7 +155,11 @@ pub async fn open_store(connections: &Connections, patience: Option<Duration>) -
     let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
-        match store.ensure_indexes().await {
+        let indexed = async {
+            store.ensure_indexes().await?;
+            store.ensure_event_indexes(connections.events_retention.into()).await
+        };
+        match indexed.await {
             Ok(()) => return Ok(store),
             Err(e) if patience.is_some_and(|p| started.elapsed() >= p) => {
                 return Err(e).with_context(|| format!("MongoDB unreachable for {:.1?}", started.elapsed()));

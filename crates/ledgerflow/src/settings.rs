@@ -68,6 +68,11 @@ pub struct Connections {
     /// every upstream service a broker user of its own, never one of these.
     #[arg(long, global = true, env = "LEDGERFLOW_TRUSTED_BROKER_USERS", value_delimiter = ',')]
     pub trusted_broker_users: Vec<String>,
+    /// How long events are kept for `GET /api/events` and webhooks' redeliveries (e.g. 30d,
+    /// 72h): a TTL index, changed in place when this changes. Every process of a deployment
+    /// must use the same value.
+    #[arg(long, global = true, env = "LEDGERFLOW_EVENTS_RETENTION", default_value = "30d")]
+    pub events_retention: humantime::Duration,
 }
 
 impl Connections {
@@ -84,6 +89,7 @@ impl Connections {
             ("LEDGERFLOW_PARTITIONS", self.partitions.to_string()),
             ("LEDGERFLOW_RETRY_DELAY", self.retry_delay.to_string()),
             ("LEDGERFLOW_TRUSTED_BROKER_USERS", self.trusted_broker_users.join(",")),
+            ("LEDGERFLOW_EVENTS_RETENTION", self.events_retention.to_string()),
         ]
     }
 

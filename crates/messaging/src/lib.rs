@@ -14,6 +14,8 @@
 //!                                               ──▶ (ledgerflow.transfers.expired) ──▶ workers: FAILED EXPIRED
 //!  workers ─▶ [ledgerflow.transfers.retry.2000ms] fanout ─▶ (…retry.2000ms) ── queue TTL ──▶ [ledgerflow.transfers]
 //!  workers ─────▶ [ledgerflow.results] fanout ─────────▶ (ledgerflow.results)
+//!       routing key = transaction id   └──▶ [ledgerflow.results.by-transaction] direct
+//!                                               ──▶ each gateway's private queue, bound per awaited id
 //! ```
 //!
 //! The retry queue's delay is a queue-level TTL, part of its name (`--retry-delay`); the
@@ -49,4 +51,4 @@ pub use expired::{Expirations, ExpiredCommand};
 pub use lapin;
 pub use partitions::{Fed, Partitions};
 pub use publisher::{Publisher, QueueState, broker_user, close, connect};
-pub use topology::{DEFAULT_PARTITIONS, DEFAULT_RETRY_DELAY, Topology};
+pub use topology::{ChosenResults, DEFAULT_PARTITIONS, DEFAULT_RETRY_DELAY, Topology};

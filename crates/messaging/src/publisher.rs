@@ -251,10 +251,7 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), MessagingError> {
         let (channel, generation) = self.channel().await?;
-        let mut properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
-        if let Some(user) = &self.user {
-            properties = properties.with_user_id(user.as_ref().into());
-        }
+        let properties = self.persistent(properties);
         // One bound over sending and confirming: a half-dead connection can stall either.
         let attempt = async {
             let confirm = channel
@@ -272,7 +269,60 @@ impl Publisher {
                 Confirmation::Nack(_) | Confirmation::NotRequested => Err(MessagingError::Nacked),
             }
         };
-        let result = match tokio::time::timeout(CONFIRM_TIMEOUT, attempt).await {
+        self.settle(generation, tokio::time::timeout(CONFIRM_TIMEOUT, attempt).await).await
+    }
+
+    /// Publishes `messages` (routing key, body, properties) persistently to `exchange`, in
+    /// order on the one channel, then waits for all their confirms: one round trip's wait for
+    /// the lot. Not mandatory: an exchange nobody has bound a queue to yet takes them (the
+    /// event stream's, whose consumers come and go). Errs if any is not confirmed; which of
+    /// them the broker took is then unknown, so the caller sends them all again.
+    pub(crate) async fn publish_all(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Vec<u8>, BasicProperties)>,
+    ) -> Result<(), MessagingError> {
+        let (channel, generation) = self.channel().await?;
+        let attempt = async {
+            let mut confirms = Vec::with_capacity(messages.len());
+            for (routing_key, body, properties) in messages {
+                let properties = self.persistent(properties);
+                let publish = channel.basic_publish(
+                    exchange.into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                );
+                confirms.push(publish.await?);
+            }
+            for confirm in confirms {
+                match confirm.await? {
+                    Confirmation::Ack(_) => {}
+                    Confirmation::Nack(_) | Confirmation::NotRequested => return Err(MessagingError::Nacked),
+                }
+            }
+            Ok(())
+        };
+        self.settle(generation, tokio::time::timeout(CONFIRM_TIMEOUT, attempt).await).await
+    }
+
+    /// Persistent JSON, with this publisher's broker user as `user_id`.
+    fn persistent(&self, properties: BasicProperties) -> BasicProperties {
+        let mut properties = properties.with_delivery_mode(2).with_content_type("application/json".into());
+        if let Some(user) = &self.user {
+            properties = properties.with_user_id(user.as_ref().into());
+        }
+        properties
+    }
+
+    /// What a publish's outcome means for the link it went over.
+    async fn settle(
+        &self,
+        generation: u64,
+        outcome: Result<Result<(), MessagingError>, tokio::time::error::Elapsed>,
+    ) -> Result<(), MessagingError> {
+        let result = match outcome {
             Ok(result) => result,
             Err(_) => Err(MessagingError::ConfirmTimeout(CONFIRM_TIMEOUT)),
         };

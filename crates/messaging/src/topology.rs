@@ -6,6 +6,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer, ExchangeKind};
+use ledgerflow_domain::TransactionId;
 
 use crate::MessagingError;
 
@@ -131,6 +132,20 @@ impl Topology {
         format!("{}.results", self.prefix)
     }
 
+    /// Direct exchange fed by the [`Self::results`] fanout (exchange to exchange), which routes
+    /// each result by its routing key, the transaction id: a gateway binds its own queue here
+    /// under the ids its long polls wait on, and so receives their results and no others.
+    pub fn results_by_transaction(&self) -> String {
+        format!("{}.results.by-transaction", self.prefix)
+    }
+
+    /// Topic exchange of the event stream: every change of every transaction, routed by
+    /// `<type>.<currency>` (`transaction.completed.EUR`). LedgerFlow binds no queue to it:
+    /// consumers bind their own, with the patterns they want.
+    pub fn events(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
     /// Declares everything, idempotently; gateway and worker both call it at (re)connect, so
     /// neither depends on the other having started first. Needs the broker's
     /// `rabbitmq_consistent_hash_exchange` plugin (shipped with RabbitMQ, enabled by
@@ -142,12 +157,26 @@ impl Topology {
         for name in [self.transfers(), self.dead_letters(), self.results(), self.retry(), self.retired_retry()] {
             ch.exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
         }
+        ch.exchange_declare(self.events().as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
         let hashing = ExchangeKind::Custom("x-consistent-hash".into());
         ch.exchange_declare(self.partitioner().as_str().into(), hashing, durable, FieldTable::default()).await?;
         // Exchange-to-exchange: publishers keep one entry point whatever the partitioning.
         ch.exchange_bind(
             self.partitioner().as_str().into(),
             self.transfers().as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        // The fanout keeps delivering every result to the durable results queue (and to
+        // whoever follows all of them); this copy only reaches the queues bound to its id.
+        let by_transaction = self.results_by_transaction();
+        ch.exchange_declare(by_transaction.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .await?;
+        ch.exchange_bind(
+            by_transaction.as_str().into(),
+            self.results().as_str().into(),
             "".into(),
             ExchangeBindOptions::default(),
             FieldTable::default(),
@@ -253,6 +282,29 @@ impl Topology {
         Ok(ch.basic_consume(queue.name().clone(), consumer_tag.into(), no_ack, FieldTable::default()).await?)
     }
 
+    /// Follows the results of chosen transactions only: a private queue (deleted with the
+    /// channel), consumed without acks, that receives nothing until
+    /// [`ChosenResults::bind`] names a transaction. For long polling: a gateway receives
+    /// what its own waiters need, however many gateways run.
+    pub async fn follow_chosen_results(
+        &self,
+        ch: &Channel,
+        consumer_tag: &str,
+    ) -> Result<(ChosenResults, Consumer), MessagingError> {
+        self.declare(ch).await?;
+        let own = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = ch.queue_declare("".into(), own, FieldTable::default()).await?;
+        let no_ack = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
+        let consumer =
+            ch.basic_consume(queue.name().clone(), consumer_tag.into(), no_ack, FieldTable::default()).await?;
+        let chosen = ChosenResults {
+            channel: ch.clone(),
+            queue: queue.name().to_string(),
+            exchange: self.results_by_transaction(),
+        };
+        Ok((chosen, consumer))
+    }
+
     /// Deletes everything (tests and throwaway environments only).
     pub async fn delete(&self, ch: &Channel) -> Result<(), MessagingError> {
         for queue in self.partitions() {
@@ -262,10 +314,43 @@ impl Topology {
         for name in queues.iter().chain([&self.workers()]) {
             ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
         }
-        for name in queues.iter().chain([&self.transfers(), &self.partitioner()]) {
+        // Bound to the results exchange: deleted before it.
+        ch.exchange_delete(self.results_by_transaction().as_str().into(), ExchangeDeleteOptions::default()).await?;
+        for name in queues.iter().chain([&self.transfers(), &self.partitioner(), &self.events()]) {
             ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await?;
         }
         Ok(())
+    }
+}
+
+/// The private queue of [`Topology::follow_chosen_results`], and which transactions' results
+/// it receives. Each call waits for the broker's answer, so a result published after
+/// [`Self::bind`] returns reaches the queue.
+#[derive(Clone)]
+pub struct ChosenResults {
+    channel: Channel,
+    queue: String,
+    exchange: String,
+}
+
+impl ChosenResults {
+    /// From now on, the results of transaction `id` reach the queue (binding it twice is one
+    /// binding: the caller counts its waiters).
+    pub async fn bind(&self, id: TransactionId) -> Result<(), MessagingError> {
+        let key = id.to_string();
+        let (queue, exchange) = (self.queue.as_str(), self.exchange.as_str());
+        let options = QueueBindOptions::default();
+        Ok(self
+            .channel
+            .queue_bind(queue.into(), exchange.into(), key.as_str().into(), options, FieldTable::default())
+            .await?)
+    }
+
+    /// No more results of transaction `id` reach the queue.
+    pub async fn unbind(&self, id: TransactionId) -> Result<(), MessagingError> {
+        let key = id.to_string();
+        let (queue, exchange) = (self.queue.as_str(), self.exchange.as_str());
+        Ok(self.channel.queue_unbind(queue.into(), exchange.into(), key.as_str().into(), FieldTable::default()).await?)
     }
 }
 

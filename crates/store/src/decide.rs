@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use ledgerflow_domain::holds::may_settle;
 use ledgerflow_domain::{
-    AccountId, AccountLimits, AccountSnapshot, Amount, Balance, EntryFields, EntryId, EntryType, FailureReason,
-    GENESIS_HASH, NotReversible, Posting, Reserved, TransactionId, TransactionStatus, TransferCommand, TransferKind,
-    TransferRequest, post_transfer,
+    AccountId, AccountLimits, AccountSnapshot, Amount, Balance, EntryFields, EntryId, EntryType, EventType,
+    FailureReason, GENESIS_HASH, NotReversible, Posting, Reserved, TransactionId, TransactionStatus, TransferCommand,
+    TransferKind, TransferRequest, limits, post_transfer,
 };
 use ledgerflow_domain::{Leg, post_held, post_leg, reserve};
 
+use crate::events::{EventAccount, EventDraft};
 use crate::execute::{Execution, Outcome};
 use crate::{AccountRecord, EntryRecord, StoreError, TransactionRecord};
 
@@ -99,6 +100,9 @@ pub(crate) struct Plan {
     pub reversed: Vec<(TransactionId, TransactionId)>,
     /// Holds recorded before this batch that it settled (a guarded update from HELD).
     pub settled: Vec<Settled>,
+    /// The events of every change above, in the order the changes were decided: written to
+    /// the outbox in the same transaction.
+    pub events: Vec<EventDraft>,
 }
 
 impl Plan {
@@ -141,6 +145,17 @@ struct AccountState {
 }
 
 impl AccountState {
+    /// The account as an event of the change just decided shows it.
+    fn event_account(&self) -> EventAccount {
+        let account = &self.head.account;
+        EventAccount {
+            account_id: account.id.to_string(),
+            seq: account.seq,
+            balance: self.head.balance.minor(),
+            available: limits::available(self.head.balance, account.reserved, account.limits),
+        }
+    }
+
     fn snapshot(&self) -> AccountSnapshot {
         let account = &self.head.account;
         AccountSnapshot {
@@ -320,7 +335,37 @@ impl Batch {
         record.completed_at = Some(now);
         self.record_decision(&record);
         let hold = self.settled_hold(&record);
+        self.decision_events(&record, hold.as_ref());
         Ok(Execution::Decided { record, hold })
+    }
+
+    /// The events of a decision: the transaction's, then, when it completed, the original it
+    /// reversed or the hold it settled, each with its accounts as the decision left them.
+    fn decision_events(&mut self, record: &TransactionRecord, hold: Option<&TransactionRecord>) {
+        self.event(EventType::entering(record.status), record);
+        if record.status != TransactionStatus::Completed {
+            return;
+        }
+        if let Some(Ok(original)) = record.reverses.and_then(|id| self.record(id)) {
+            self.event(EventType::Reversed, &original);
+        }
+        if let Some(hold) = hold {
+            self.event(EventType::entering(hold.status), hold);
+        }
+    }
+
+    fn event(&mut self, event_type: EventType, record: &TransactionRecord) {
+        let accounts = record
+            .request()
+            .accounts()
+            .iter()
+            .filter_map(|id| match self.accounts.get(id) {
+                Some(Ok(state)) => Some(state.event_account()),
+                _ => None,
+            })
+            .collect();
+        let draft = EventDraft { event_type, record: record.clone(), accounts, at: self.now };
+        self.plan.events.push(draft);
     }
 
     /// For a COMPLETED POST_HOLD or VOID_HOLD, the hold it settled as the batch now sees it.
@@ -333,6 +378,7 @@ impl Batch {
     /// decision, and a copy later in the batch finds it by key.
     fn create(&mut self, cmd: &TransferCommand) -> TransactionRecord {
         let record = TransactionRecord::pending(TransactionId::generate(), cmd, self.now);
+        self.plan.events.push(EventDraft::entering(&record, self.now));
         self.by_key.insert((record.initiator.to_string(), record.idempotency_key.as_str().to_owned()), record.id);
         self.transactions.insert(record.id, Ok(record.clone()));
         self.created.push(record.id);
@@ -453,7 +499,11 @@ impl Batch {
             resolved_at: self.now,
         };
         self.mark_settled(settled);
-        Ok(self.record(id).and_then(Result::ok))
+        let expired = self.record(id).and_then(Result::ok);
+        if let Some(hold) = &expired {
+            self.event(EventType::Expired, hold);
+        }
+        Ok(expired)
     }
 
     /// Adds (`sign` 1) or releases (`sign` -1) a hold's reservation on both its accounts.

@@ -348,7 +348,7 @@ impl Store {
             let created: Vec<TransactionDoc> = plan.created.iter().map(TransactionDoc::from).collect();
             self.transactions().insert_many(created).session(&mut *s).await?;
         }
-        Ok(())
+        self.write_events(s, &plan.events).await
     }
 
     /// Runs several guarded update statements in one round trip (the `update` command; the
@@ -459,7 +459,7 @@ where
 }
 
 /// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).
-async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
+pub(crate) async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
     let mut tries = 0;
     loop {
         match session.commit_transaction().await {
@@ -474,7 +474,7 @@ async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
 }
 
 /// Errors after which re-running the whole transaction is safe and may succeed.
-fn is_retryable(e: &StoreError) -> bool {
+pub(crate) fn is_retryable(e: &StoreError) -> bool {
     is_conflict(e)
         || matches!(e, StoreError::Database(e)
             if e.contains_label(TRANSIENT_TRANSACTION_ERROR) || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT))

@@ -16,12 +16,13 @@ mod audit;
 mod decide;
 mod docs;
 mod error;
-mod event_feed;
+pub mod events;
 mod execute;
 mod group;
 mod holds;
 mod labels;
 mod reconcile;
+pub mod render;
 pub mod search;
 mod services;
 mod statements;
@@ -38,7 +39,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
-pub use event_feed::FeedEvent;
+pub use events::{EventAccount, EventFilter, EventRecord, OutboxFeed, RelayLease};
 pub use execute::{Execution, Outcome};
 pub use group::{GroupCommit, Grouping};
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
@@ -47,8 +48,8 @@ pub use services::{ServiceRecord, ServiceTaken};
 pub use statements::{EntryMark, ReadPlan, StatementPage};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
 pub use webhooks::{
-    Attempt, AttemptOutcome, DeliveryBacklog, DeliveryRecord, DeliveryStatus, NewDelivery, NewWebhook, WebhookRecord,
-    WebhookSecret,
+    Attempt, AttemptOutcome, DeliveryBacklog, DeliveryRecord, DeliveryStatus, EventFacts, NewDelivery, NewWebhook,
+    WebhookRecord, WebhookSecret,
 };
 
 /// Connections per process to MongoDB unless the URI sets `maxPoolSize`.

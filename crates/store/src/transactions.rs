@@ -10,11 +10,13 @@ use ledgerflow_domain::{
     AccountId, FailureReason, IdempotencyKey, Initiator, TransactionId, TransactionStatus, TransferCommand,
     TransferKind,
 };
+use mongodb::ClientSession;
 use mongodb::bson::{Document, doc};
-use mongodb::error::{ErrorKind, IndexedWriteError, InsertManyError};
+use mongodb::options::{ReadConcern, ReturnDocument, WriteConcern};
 
 use crate::docs::{TransactionDoc, to_bson_time};
-use crate::error::DUPLICATE_KEY;
+use crate::events::EventDraft;
+use crate::execute::{commit, is_retryable, retrying};
 use crate::search::SearchFilter;
 use crate::{GroupCommit, Grouping, MAX_PAGE, Store, StoreError, TransactionRecord};
 
@@ -54,11 +56,6 @@ pub struct TransactionFilter {
     pub search: SearchFilter,
 }
 
-/// The document for a new PENDING transaction.
-pub(crate) fn pending_doc(id: TransactionId, cmd: &TransferCommand) -> TransactionDoc {
-    TransactionDoc::from(&TransactionRecord::pending(id, cmd, Utc::now()))
-}
-
 pub(crate) fn key_filter(initiator: &Initiator, key: &IdempotencyKey) -> Document {
     doc! { "idempotencyScope": initiator.to_string(), "idempotencyKey": key.as_str() }
 }
@@ -71,43 +68,92 @@ impl Store {
         results.pop().unwrap_or(Err(StoreError::Contention { attempts: 0 }))
     }
 
-    /// [`Store::insert_pending`] for several commands in one unordered insert: one result
-    /// per command, in order, each what inserting it alone would have given (a duplicate key
-    /// fails its own document, not its neighbours).
+    /// [`Store::insert_pending`] for several commands in one transaction, which also writes
+    /// each new record's `transaction.accepted` event to the outbox: one result per command,
+    /// in order, each what inserting it alone would have given (a reused key answers with what
+    /// it recorded then; a key used twice in the group, with the group's first record).
     pub async fn insert_pending_many(&self, cmds: &[TransferCommand]) -> Vec<Result<InsertPending, StoreError>> {
-        let docs: Vec<TransactionDoc> = cmds
+        let now = Utc::now();
+        // Ids are fixed before the first attempt, so that a retried transaction records the
+        // same transactions the callers were told about.
+        let records: Vec<TransactionRecord> = cmds
             .iter()
-            .map(|cmd| pending_doc(cmd.transaction_id.unwrap_or_else(TransactionId::generate), cmd))
+            .map(|cmd| TransactionRecord::pending(cmd.transaction_id.unwrap_or_else(TransactionId::generate), cmd, now))
             .collect();
-        let refused: HashMap<usize, IndexedWriteError> =
-            match self.transactions().insert_many(&docs).ordered(false).await {
-                Ok(_) => HashMap::new(),
-                Err(e) => match e.kind.as_ref() {
-                    // Without a write concern error, every document not listed was written.
-                    ErrorKind::InsertMany(InsertManyError { write_errors, write_concern_error: None, .. }) => {
-                        write_errors.iter().flatten().map(|w| (w.index, w.clone())).collect()
-                    }
-                    _ => return cmds.iter().map(|_| Err(StoreError::from(e.clone()))).collect(),
-                },
-            };
-        let mut results = Vec::with_capacity(cmds.len());
-        for (i, (cmd, doc)) in cmds.iter().zip(docs).enumerate() {
-            results.push(match refused.get(&i) {
-                None => doc.try_into().map(InsertPending::Created),
-                Some(w) if w.code == DUPLICATE_KEY => {
-                    match self.find_by_key(&cmd.initiator, &cmd.idempotency_key).await {
-                        Ok(Some(existing)) => Ok(InsertPending::Existing(existing)),
-                        // The only unique index besides _id is the key; a vanished row means a retry.
-                        Ok(None) => Err(StoreError::Contention { attempts: 1 }),
-                        Err(e) => Err(e),
-                    }
-                }
-                Some(w) => {
-                    Err(StoreError::Write { collection: "transactions", code: w.code, message: w.message.clone() })
+        match retrying(self.conflict_retry_budget, || self.insert_pending_once(&records)).await {
+            Ok(results) => results,
+            Err((e, attempts)) => {
+                let e = if is_retryable(&e) { StoreError::Contention { attempts } } else { e };
+                cmds.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
+    }
+
+    async fn insert_pending_once(
+        &self,
+        records: &[TransactionRecord],
+    ) -> Result<Vec<Result<InsertPending, StoreError>>, StoreError> {
+        let mut session = self.client.start_session().await?;
+        session
+            .start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::majority())
+            .await?;
+        match self.insert_pending_in(&mut session, records).await {
+            Ok((results, true)) => {
+                commit(&mut session).await?;
+                Ok(results)
+            }
+            Ok((results, false)) => {
+                session.abort_transaction().await?;
+                Ok(results)
+            }
+            Err(e) => {
+                // Best effort: the server also aborts it when the session ends.
+                let _ = session.abort_transaction().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The transaction's work: looks the keys up, inserts the new records and their events.
+    /// Returns the results and whether anything was written. A record another gateway
+    /// inserts meanwhile under one of the keys makes the insert fail with a duplicate key (or
+    /// a write conflict), and the whole transaction is retried, finding it this time.
+    async fn insert_pending_in(
+        &self,
+        s: &mut ClientSession,
+        records: &[TransactionRecord],
+    ) -> Result<(Vec<Result<InsertPending, StoreError>>, bool), StoreError> {
+        type Key = (String, String);
+        let key_of = |r: &TransactionRecord| (r.initiator.to_string(), r.idempotency_key.as_str().to_owned());
+        let keys: Vec<Document> = records.iter().map(|r| key_filter(&r.initiator, &r.idempotency_key)).collect();
+        let mut known: HashMap<Key, Result<TransactionRecord, StoreError>> = HashMap::new();
+        let mut found = self.transactions().find(doc! { "$or": keys }).session(&mut *s).await?;
+        while let Some(doc) = found.next(&mut *s).await.transpose()? {
+            let key = (doc.idempotency_scope.clone(), doc.idempotency_key.clone());
+            known.insert(key, TransactionRecord::try_from(doc));
+        }
+        let mut fresh = Vec::new();
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            results.push(match known.get(&key_of(record)) {
+                Some(existing) => existing.clone().map(InsertPending::Existing),
+                None => {
+                    known.insert(key_of(record), Ok(record.clone()));
+                    fresh.push(record);
+                    Ok(InsertPending::Created(record.clone()))
                 }
             });
         }
-        results
+        if fresh.is_empty() {
+            return Ok((results, false));
+        }
+        let docs: Vec<TransactionDoc> = fresh.iter().map(|r| TransactionDoc::from(*r)).collect();
+        self.transactions().insert_many(docs).session(&mut *s).await?;
+        let events: Vec<EventDraft> = fresh.iter().map(|r| EventDraft::entering(r, r.created_at)).collect();
+        self.write_events(s, &events).await?;
+        Ok((results, true))
     }
 
     /// A writer that records the PENDING transactions of concurrent callers in shared inserts
@@ -239,22 +285,61 @@ impl Store {
     }
 
     /// Marks a still-PENDING transaction FAILED (used for commands that can never be
-    /// processed). Returns the record as it now stands, or `None` if there is none.
+    /// processed), with its `transaction.failed` event in the same transaction. Returns the
+    /// record as it now stands, or `None` if there is none.
     pub async fn fail_pending(
         &self,
         id: TransactionId,
         reason: FailureReason,
     ) -> Result<Option<TransactionRecord>, StoreError> {
-        self.transactions()
-            .update_one(
-                doc! { "_id": id.to_string(), "status": TransactionStatus::Pending.as_str() },
-                doc! { "$set": {
-                    "status": TransactionStatus::Failed.as_str(),
-                    "failureReason": reason.as_str(),
-                    "completedAt": to_bson_time(Utc::now()),
-                }},
-            )
-            .await?;
-        self.find_transaction(id).await
+        let failed = retrying(self.conflict_retry_budget, || self.fail_pending_once(id, reason)).await;
+        match failed.map_err(|(e, _)| e)? {
+            Some(record) => Ok(Some(record)),
+            None => self.find_transaction(id).await,
+        }
+    }
+
+    async fn fail_pending_once(
+        &self,
+        id: TransactionId,
+        reason: FailureReason,
+    ) -> Result<Option<TransactionRecord>, StoreError> {
+        let mut session = self.client.start_session().await?;
+        session.start_transaction().write_concern(WriteConcern::majority()).await?;
+        let now = Utc::now();
+        let failed = async {
+            let doc = self
+                .transactions()
+                .find_one_and_update(
+                    doc! { "_id": id.to_string(), "status": TransactionStatus::Pending.as_str() },
+                    doc! { "$set": {
+                        "status": TransactionStatus::Failed.as_str(),
+                        "failureReason": reason.as_str(),
+                        "completedAt": to_bson_time(now),
+                    }},
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut session)
+                .await?;
+            let Some(doc) = doc else { return Ok(None) };
+            let record = TransactionRecord::try_from(doc)?;
+            self.write_events(&mut session, &[EventDraft::entering(&record, now)]).await?;
+            Ok::<_, StoreError>(Some(record))
+        }
+        .await;
+        match failed {
+            Ok(Some(record)) => {
+                commit(&mut session).await?;
+                Ok(Some(record))
+            }
+            Ok(None) => {
+                session.abort_transaction().await?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                Err(e)
+            }
+        }
     }
 }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use ledgerflow_domain::webhooks::{EventType, EventTypes, WebhookUrl};
-use ledgerflow_domain::{AccountId, Initiator, Role, UserId, WebhookId};
+use ledgerflow_domain::webhooks::{EventTypes, WebhookUrl};
+use ledgerflow_domain::{AccountId, EventType, Initiator, Role, UserId, WebhookId};
 use mongodb::bson::{Bson, DateTime as BsonDateTime, Document, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::{IndexOptions, ReturnDocument};
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::docs::{field, from_bson_time, to_bson_time};
 use crate::error::{DUPLICATE_KEY, is_duplicate_key};
-use crate::event_feed::FeedEvent;
+use crate::events::EventRecord;
 use crate::{Store, StoreError};
 
 /// Attempts a delivery keeps in its history (the oldest go first): at the default schedule, a
@@ -134,15 +134,40 @@ impl TryFrom<WebhookDoc> for WebhookRecord {
     }
 }
 
+/// What decides which webhooks receive an event.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFacts<'a> {
+    pub id: i64,
+    pub event_type: EventType,
+    pub created_at: DateTime<Utc>,
+    /// The initiator's idempotency scope (a user id, or `service:<name>`).
+    pub initiator: &'a str,
+    /// Every account the transaction names.
+    pub account_ids: &'a [AccountId],
+}
+
+impl EventRecord {
+    pub fn facts(&self) -> EventFacts<'_> {
+        EventFacts {
+            id: self.id,
+            event_type: self.event_type,
+            created_at: self.created_at,
+            initiator: &self.initiator,
+            account_ids: &self.account_ids,
+        }
+    }
+}
+
 impl WebhookRecord {
     /// Whether this webhook is to receive `event`: one of its types, naming one of its
     /// accounts if it lists any, and one its owner may see (SYSTEM every event; a USER those
-    /// it asked for and those naming an account of its own, `owned`).
-    pub fn receives(&self, event: &FeedEvent, owned: &BTreeSet<AccountId>) -> bool {
+    /// it asked for and those naming an account of its own, `owned`: the rule of
+    /// `GET /transactions/{id}`).
+    pub fn receives(&self, event: &EventFacts<'_>, owned: &BTreeSet<AccountId>) -> bool {
         let names_any = |set: &BTreeSet<AccountId>| event.account_ids.iter().any(|a| set.contains(a));
         let visible = match self.owner_role {
             Role::System => true,
-            Role::User => event.initiator == Initiator::User(self.owner) || names_any(owned),
+            Role::User => event.initiator == Initiator::User(self.owner).to_string() || names_any(owned),
         };
         visible && self.types.contains(event.event_type) && self.accounts.as_ref().is_none_or(names_any)
     }
@@ -579,15 +604,8 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
 mod tests {
     use super::*;
 
-    fn event(event_type: EventType, initiator: UserId, accounts: &[AccountId]) -> FeedEvent {
-        FeedEvent {
-            id: 1,
-            event_type,
-            created_at: Utc::now(),
-            account_ids: accounts.to_vec(),
-            initiator: Initiator::User(initiator),
-            body: Vec::new(),
-        }
+    fn event<'a>(event_type: EventType, initiator: &'a str, account_ids: &'a [AccountId]) -> EventFacts<'a> {
+        EventFacts { id: 1, event_type, created_at: Utc::now(), initiator, account_ids }
     }
 
     fn webhook(owner: UserId, owner_role: Role, accounts: Option<&[AccountId]>) -> WebhookRecord {
@@ -609,13 +627,15 @@ mod tests {
         let (alice, bob) = (UserId::generate(), UserId::generate());
         let (a, b) = (AccountId::generate(), AccountId::generate());
         let alices: BTreeSet<AccountId> = [a].into();
+        let (alice_scope, bob_scope) = (alice.to_string(), bob.to_string());
         let hook = webhook(alice, Role::User, None);
-        assert!(hook.receives(&event(EventType::Completed, bob, &[b, a]), &alices), "credits her account");
-        assert!(hook.receives(&event(EventType::Completed, alice, &[b]), &alices), "she asked for it");
-        assert!(!hook.receives(&event(EventType::Completed, bob, &[b]), &alices), "Bob's alone");
-        assert!(!hook.receives(&event(EventType::Failed, alice, &[a]), &alices), "not its type");
+        assert!(hook.receives(&event(EventType::Completed, &bob_scope, &[b, a]), &alices), "credits her account");
+        assert!(hook.receives(&event(EventType::Completed, &alice_scope, &[b]), &alices), "she asked for it");
+        assert!(!hook.receives(&event(EventType::Completed, &bob_scope, &[b]), &alices), "Bob's alone");
+        assert!(!hook.receives(&event(EventType::Failed, &alice_scope, &[a]), &alices), "not its type");
+        assert!(!hook.receives(&event(EventType::Completed, "service:payroll", &[b]), &alices), "a service's");
         let system = webhook(UserId::generate(), Role::System, None);
-        assert!(system.receives(&event(EventType::Completed, bob, &[b]), &BTreeSet::new()));
+        assert!(system.receives(&event(EventType::Completed, &bob_scope, &[b]), &BTreeSet::new()));
     }
 
     #[test]
@@ -623,9 +643,10 @@ mod tests {
         let alice = UserId::generate();
         let (a1, a2) = (AccountId::generate(), AccountId::generate());
         let hers: BTreeSet<AccountId> = [a1, a2].into();
+        let scope = alice.to_string();
         let hook = webhook(alice, Role::User, Some(&[a1]));
-        assert!(hook.receives(&event(EventType::Completed, alice, &[a1]), &hers));
-        assert!(!hook.receives(&event(EventType::Completed, alice, &[a2]), &hers));
+        assert!(hook.receives(&event(EventType::Completed, &scope, &[a1]), &hers));
+        assert!(!hook.receives(&event(EventType::Completed, &scope, &[a2]), &hers));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod authority;
 mod batcher;
 mod expired;
 mod handler;
+mod relay;
 mod share;
 
 use std::sync::Arc;
@@ -116,6 +117,10 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
         topology: config.topology.clone(),
     };
     let expirations = tokio::spawn(expired::run(Arc::clone(&ctx), observer, shutdown.clone()));
+    // Every worker stands ready to relay the event stream; one at a time leads.
+    let events = Publisher::new(&config.amqp_uri, &format!("{}-events", config.name), config.topology.clone());
+    let holder = format!("{}-{}-{}", config.name, std::process::id(), uuid::Uuid::new_v4().simple());
+    let relay = tokio::spawn(relay::run(ctx.store.clone(), events, holder, shutdown.clone()));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match consume(&ctx, &config, &workers, &shutdown).await {
@@ -136,6 +141,10 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
     // It stops on `shutdown` by itself, settling what it holds; bounded like every step.
     if tokio::time::timeout(OBSERVER_STOP_LIMIT, expirations).await.is_err() {
         warn!(worker = %config.name, "the expired commands' observer did not stop in time");
+    }
+    // It hands its lease over on `shutdown`, so another worker leads at once.
+    if tokio::time::timeout(OBSERVER_STOP_LIMIT, relay).await.is_err() {
+        warn!(worker = %config.name, "the event relay did not stop in time");
     }
     registry.abort();
     results.close().await;

@@ -3,6 +3,7 @@
 mod accounts;
 mod auth;
 mod batch;
+mod events;
 mod health;
 mod holds;
 mod labels;
@@ -52,6 +53,7 @@ use crate::error::ApiError;
         lookup::by_key,
         holds::post,
         holds::void,
+        events::list,
         health::healthz,
         health::readyz,
         webhooks::create,
@@ -66,6 +68,7 @@ use crate::error::ApiError;
         (name = "auth", description = "Registration and sign-in"),
         (name = "accounts", description = "Accounts, balances and ledger entries"),
         (name = "transactions", description = "Transfers: accepted with 202, decided by a worker"),
+        (name = "events", description = "The event stream: every change of every transaction, in commit order"),
         (name = "health", description = "Probes"),
         (name = "webhooks", description = "Signed HTTP deliveries of events, and their attempts"),
     )
@@ -118,6 +121,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/accounts/{id}/status", patch(accounts::set_status))
         .route("/api/accounts/{id}/limits", patch(accounts::set_limits))
         .route("/api/accounts/{id}/metadata", patch(labels::set_metadata))
+        .route("/api/events", get(events::list))
         .nest("/transactions", transactions.clone())
         .nest("/api/transactions", transactions)
         .route("/healthz", get(health::healthz))
@@ -182,7 +186,7 @@ mod tests {
         // The listing also takes `metadata.<key>` parameters, read apart (`search`).
         let with_metadata: Vec<&str> =
             names::<requests::TransactionQuery>().iter().copied().chain(["metadata.{key}"]).collect();
-        let queries: [(&str, &str, &[&str]); 28] = [
+        let queries: [(&str, &str, &[&str]); 29] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -205,6 +209,7 @@ mod tests {
             ("patch", "/api/accounts/{id}/metadata", none),
             ("get", "/transactions/by-key/{idempotencyKey}", none),
             ("post", "/transactions/batch", none),
+            ("get", "/api/events", names::<requests::EventQuery>()),
             ("post", "/api/webhooks", none),
             ("get", "/api/webhooks", none),
             ("get", "/api/webhooks/{id}", none),

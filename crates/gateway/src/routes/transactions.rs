@@ -432,7 +432,8 @@ pub(super) async fn get(
     }
     if wait > 0 && !t.status.is_decided() {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-        let watch = state.watchers.watch(id);
+        // Bound to this id's results before the first re-read, so none can slip in between.
+        let watch = state.watchers.watch(id, deadline).await;
         loop {
             let notified = watch.notify.notified();
             tokio::pin!(notified);

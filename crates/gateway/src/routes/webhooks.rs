@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledgerflow_domain::webhooks::{EventTypes, UrlHost, UrlPolicy, WebhookUrl};
-use ledgerflow_domain::{AccountId, DomainError, Initiator, Role, WebhookId};
+use ledgerflow_domain::{AccountId, DomainError, Role, WebhookId};
 use ledgerflow_store::{DeliveryRecord, DeliveryStatus, NewWebhook, WebhookRecord, WebhookSecret};
 
 use crate::AppState;
@@ -309,19 +309,18 @@ pub(super) async fn redeliver(
     let id = id.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::Validation(DomainError::Invalid { field: "eventId", reason: "must be a positive integer".into() })
     })?;
-    let event = state.store.feed_event(id).await?.ok_or_else(not_found)?;
+    let event = state.store.find_event(id).await?.ok_or_else(not_found)?;
     let owned: BTreeSet<AccountId> = match user.role {
         Role::System => BTreeSet::new(),
         Role::User => state.store.account_ids_of(user.id).await?.into_iter().collect(),
     };
-    let visible = user.is_system()
-        || event.initiator == Initiator::User(user.id)
-        || event.account_ids.iter().any(|a| owned.contains(a));
-    if !visible {
+    let owned_list: Vec<AccountId> = owned.iter().copied().collect();
+    if !user.is_system() && !event.visible_to(user.id, &owned_list) {
         return Err(not_found());
     }
     let webhooks = state.store.list_webhooks(user.id, MAX_WEBHOOKS_PER_USER as i64).await?;
-    let matching: Vec<WebhookId> = webhooks.iter().filter(|w| w.receives(&event, &owned)).map(|w| w.id).collect();
+    let matching: Vec<WebhookId> =
+        webhooks.iter().filter(|w| w.receives(&event.facts(), &owned)).map(|w| w.id).collect();
     state.store.redeliver(&matching, event.id, event.created_at).await?;
     tracing::info!(event_id = event.id, webhooks = matching.len(), by = %user.id, "event queued for redelivery");
     let webhook_ids = matching.iter().map(ToString::to_string).collect();

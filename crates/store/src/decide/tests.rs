@@ -478,3 +478,71 @@ fn an_entry_is_never_stamped_before_its_accounts_previous_entry() {
         assert_eq!(e.chain_fields().hash(), e.hash, "seq {} of {}", e.seq, e.account_id);
     }
 }
+
+/// `(type, transaction)` of each event a plan writes, in order.
+fn events(plan: &Plan) -> Vec<(EventType, TransactionId)> {
+    plan.events.iter().map(|e| (e.event_type, e.record.id)).collect()
+}
+
+#[test]
+fn each_change_has_its_event_with_the_accounts_as_it_left_them() {
+    let (a, b) = (account(100, 1), account(0, 0));
+    let mut l = loaded(&[&a, &b]);
+    let paid = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 30, "paid"));
+    let short = recorded(&mut l, command(TransferKind::Transfer, a.account.id, b.account.id, 500, "short"));
+    let repeat = paid.clone();
+    let (outcomes, plan) = decide(l, &[paid, short, repeat], Utc::now());
+    let (paid, short) = (decided(&outcomes[0]), decided(&outcomes[1]));
+    // The repeat changed nothing, so it has no event.
+    assert_eq!(events(&plan), [(EventType::Completed, paid.id), (EventType::Failed, short.id)]);
+    let shown = |i: usize| -> Vec<(String, i64, i64, i64)> {
+        plan.events[i].accounts.iter().map(|x| (x.account_id.clone(), x.balance, x.available, x.seq)).collect()
+    };
+    let (a_id, b_id) = (a.account.id.to_string(), b.account.id.to_string());
+    assert_eq!(shown(0), [(a_id.clone(), 70, 70, 2), (b_id.clone(), 30, 30, 1)]);
+    assert_eq!(shown(1), [(a_id, 70, 70, 2), (b_id, 30, 30, 1)], "as the batch stood when it failed");
+    assert_eq!(plan.events[0].record.status, TransactionStatus::Completed);
+}
+
+#[test]
+fn an_upstream_command_is_accepted_and_decided_in_one_plan() {
+    let (a, b) = (account(100, 1), account(0, 0));
+    let cmd = command(TransferKind::Transfer, a.account.id, b.account.id, 30, "payroll-7");
+    let (outcomes, plan) = decide(loaded(&[&a, &b]), &[cmd.clone(), cmd], Utc::now());
+    let id = decided(&outcomes[0]).id;
+    assert_eq!(events(&plan), [(EventType::Accepted, id), (EventType::Completed, id)]);
+    assert_eq!(plan.events[0].record.status, TransactionStatus::Pending);
+    assert!(plan.events[0].accounts.is_empty());
+}
+
+#[test]
+fn a_post_is_followed_by_its_holds_end_and_a_reversal_by_its_originals() {
+    let (l, _, _, held) = a_held_hold_of_60();
+    let post = settle_command(TransferKind::PostHold, &held, 60, "capture");
+    let (outcomes, plan) = decide(l, &[post], Utc::now());
+    let post = decided(&outcomes[0]).id;
+    // An upstream post: created in this batch, so accepted first.
+    let expected = [(EventType::Accepted, post), (EventType::Completed, post), (EventType::Posted, held.id)];
+    assert_eq!(events(&plan), expected);
+    assert_eq!(plan.events[2].record.resolved_by, Some(post));
+
+    let (l, a, b, original) = a_completed_transfer_of_100();
+    let undo = TransferRequest::reversal(original.id, a.account.id, b.account.id, original.amount, Currency::USD, None);
+    let (outcomes, plan) = decide(l, &[upstream(undo, "undo")], Utc::now());
+    let reversal = decided(&outcomes[0]).id;
+    let expected =
+        [(EventType::Accepted, reversal), (EventType::Completed, reversal), (EventType::Reversed, original.id)];
+    assert_eq!(events(&plan), expected);
+    assert_eq!(plan.events[2].record.reversed_by, Some(reversal));
+}
+
+#[test]
+fn an_expiry_has_its_event() {
+    let (l, a, _, held) = a_held_hold_of_60();
+    let at = held.expires_at.expect("a hold expires");
+    let (expired, plan) = expire(l, held.id, at);
+    assert!(expired.expect("no error").is_some());
+    assert_eq!(events(&plan), [(EventType::Expired, held.id)]);
+    let shown = &plan.events[0].accounts[0];
+    assert_eq!((shown.account_id.clone(), shown.available), (a.account.id.to_string(), 100), "released");
+}

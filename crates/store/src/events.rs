@@ -1,0 +1,578 @@
+//! The event stream: a transactional outbox, and the sequenced events made of it.
+//!
+//! Every change of a transaction (accepted PENDING, decided, a hold settled or expired, an
+//! original reversed) inserts an **outbox** document in the MongoDB transaction that makes the
+//! change: no change commits without its event, and no event without its change, whatever
+//! crashes when. Outbox documents carry no public id, because a transaction cannot know where
+//! it falls in commit order until it has committed.
+//!
+//! The relay (one leader among the worker processes, [`Store::claim_relay`]) reads the outbox
+//! inserts through a change stream, which MongoDB delivers in commit order, and moves them into
+//! `events` under increasing ids, in one transaction that also deletes them from the outbox and
+//! stores the change stream's resume token: an event's id is its place in commit order, so a
+//! reader that has seen every id up to `n` never later finds an event below `n`, and `after=n`
+//! is a gap-free cursor. Every write of the relay is fenced by its lease's epoch: a relay that
+//! lost its lease (paused, partitioned) can no longer sequence or mark anything. The relay then
+//! publishes the events above the last one confirmed, in order, and records how far it got.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use ledgerflow_api::{EventAccountBody, EventBody, TransactionBody};
+use ledgerflow_domain::{AccountId, Currency, EventType, Initiator, TransactionId, UserId};
+use mongodb::bson::{self, Bson, DateTime as BsonDateTime, Document, doc};
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
+use mongodb::options::{ReturnDocument, WriteConcern};
+use mongodb::{ClientSession, Collection};
+use serde::{Deserialize, Serialize};
+
+use crate::docs::{from_bson_time, to_bson_time};
+use crate::error::is_duplicate_key;
+use crate::{Store, StoreError, TransactionRecord, render};
+
+/// The state of the relay's single stream: one document in `relay`.
+const RELAY_STATE: &str = "events";
+/// Change stream error: the resume token fell off the oplog.
+const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+
+/// An account as an event shows it: as of the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventAccount {
+    pub account_id: String,
+    pub seq: i64,
+    pub balance: i64,
+    pub available: i64,
+}
+
+/// An event decided by a commit, before it is written to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventDraft {
+    pub event_type: EventType,
+    /// The transaction as it stands after the change.
+    pub record: TransactionRecord,
+    pub accounts: Vec<EventAccount>,
+    pub at: DateTime<Utc>,
+}
+
+impl EventDraft {
+    /// The event of `record` having just entered its status (acceptance for PENDING), with no
+    /// balance of its own: for acceptances and for failures decided outside a commit.
+    pub fn entering(record: &TransactionRecord, at: DateTime<Utc>) -> Self {
+        Self { event_type: EventType::entering(record.status), record: record.clone(), accounts: Vec::new(), at }
+    }
+}
+
+/// An outbox or event document. `I` is the id: a UUID in the outbox, the sequence number in
+/// `events`. Besides what the public event shows, it keeps what routing and visibility need.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventDoc<I> {
+    #[serde(rename = "_id")]
+    id: I,
+    #[serde(rename = "type")]
+    event_type: String,
+    created_at: BsonDateTime,
+    transaction_id: String,
+    /// The transaction exactly as `GET /transactions/{id}` showed it then.
+    transaction: Document,
+    accounts: Vec<EventAccount>,
+    /// The routing key's currency: a journal's first leg's.
+    currency: String,
+    /// Every account the transaction names (each leg's, for a journal): who may see it.
+    account_ids: Vec<String>,
+    /// The idempotency scope of its initiator (a user id, or `service:<name>`).
+    initiator: String,
+}
+
+impl EventDoc<String> {
+    fn outbox(draft: &EventDraft) -> Result<Self, StoreError> {
+        let record = &draft.record;
+        let body = render::transaction(record);
+        let transaction = bson::to_document(&body).map_err(|e| StoreError::Corrupt {
+            collection: "outbox",
+            id: record.id.to_string(),
+            reason: format!("transaction not representable: {e}"),
+        })?;
+        Ok(Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            event_type: draft.event_type.as_str().to_owned(),
+            created_at: to_bson_time(draft.at),
+            transaction_id: record.id.to_string(),
+            transaction,
+            accounts: draft.accounts.clone(),
+            currency: record.currency.code().to_owned(),
+            account_ids: record.request().accounts().iter().map(ToString::to_string).collect(),
+            initiator: record.initiator.to_string(),
+        })
+    }
+
+    fn sequenced(self, id: i64) -> EventDoc<i64> {
+        let EventDoc {
+            event_type,
+            created_at,
+            transaction_id,
+            transaction,
+            accounts,
+            currency,
+            account_ids,
+            initiator,
+            ..
+        } = self;
+        EventDoc { id, event_type, created_at, transaction_id, transaction, accounts, currency, account_ids, initiator }
+    }
+}
+
+/// An event as stored in `events`: its public body, and what routing and visibility need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub event_type: EventType,
+    pub created_at: DateTime<Utc>,
+    pub transaction_id: TransactionId,
+    pub transaction: TransactionBody,
+    pub accounts: Vec<EventAccount>,
+    pub currency: Currency,
+    pub account_ids: Vec<AccountId>,
+    /// The initiator's idempotency scope, as stored (a user id, or `service:<name>`).
+    pub initiator: String,
+}
+
+impl EventRecord {
+    /// What the events API, the stream and webhooks show.
+    pub fn body(&self) -> EventBody {
+        EventBody {
+            id: self.id,
+            event_type: self.event_type.as_str().to_owned(),
+            created_at: render::time(self.created_at),
+            transaction_id: self.transaction_id.to_string(),
+            transaction: self.transaction.clone(),
+            accounts: self
+                .accounts
+                .iter()
+                .map(|a| EventAccountBody {
+                    account_id: a.account_id.clone(),
+                    seq: a.seq,
+                    balance: a.balance,
+                    available: a.available,
+                })
+                .collect(),
+        }
+    }
+
+    /// The routing key on `ledgerflow.events`: `<type>.<currency>`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.event_type.as_str(), self.currency.code())
+    }
+
+    /// Whether `user`, owning `accounts`, may see it: it initiated the transaction or owns one
+    /// of its accounts (the rule of `GET /transactions/{id}`).
+    pub fn visible_to(&self, user: UserId, accounts: &[AccountId]) -> bool {
+        self.initiator == Initiator::User(user).to_string() || self.account_ids.iter().any(|a| accounts.contains(a))
+    }
+}
+
+impl TryFrom<EventDoc<i64>> for EventRecord {
+    type Error = StoreError;
+    fn try_from(d: EventDoc<i64>) -> Result<Self, StoreError> {
+        let id = d.id.to_string();
+        let corrupt = |reason: String| StoreError::Corrupt { collection: "events", id: id.clone(), reason };
+        let parse = |what: &str, e: &dyn std::fmt::Display| corrupt(format!("{what}: {e}"));
+        Ok(Self {
+            id: d.id,
+            event_type: d.event_type.parse().map_err(|e| parse("type", &e))?,
+            created_at: from_bson_time(d.created_at),
+            transaction_id: d.transaction_id.parse().map_err(|e| parse("transactionId", &e))?,
+            transaction: bson::from_document(d.transaction).map_err(|e| parse("transaction", &e))?,
+            accounts: d.accounts,
+            currency: d.currency.parse().map_err(|e| parse("currency", &e))?,
+            account_ids: d
+                .account_ids
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e| parse("accountIds", &e))?,
+            initiator: d.initiator,
+        })
+    }
+}
+
+/// Which events a reader wants: after a cursor, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only events with a greater id.
+    pub after: i64,
+    /// Only these types (any, when empty).
+    pub types: Vec<EventType>,
+    /// Only events of transactions naming this account.
+    pub account: Option<AccountId>,
+    /// When set, only events this user may see (it initiated the transaction or owns one of
+    /// these accounts).
+    pub visible_to: Option<(UserId, Vec<AccountId>)>,
+    pub limit: i64,
+}
+
+impl EventFilter {
+    fn to_document(&self) -> Document {
+        let mut clauses = vec![doc! { "_id": { "$gt": self.after } }];
+        if !self.types.is_empty() {
+            let types: Vec<&str> = self.types.iter().map(|t| t.as_str()).collect();
+            clauses.push(doc! { "type": { "$in": types } });
+        }
+        if let Some(account) = self.account {
+            clauses.push(doc! { "accountIds": account.to_string() });
+        }
+        if let Some((user, accounts)) = &self.visible_to {
+            let accounts: Vec<String> = accounts.iter().map(ToString::to_string).collect();
+            clauses.push(doc! { "$or": [
+                { "initiator": Initiator::User(*user).to_string() },
+                { "accountIds": { "$in": accounts } },
+            ] });
+        }
+        doc! { "$and": clauses }
+    }
+}
+
+/// A relay's hold on the stream: valid while `epoch` is the stored one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLease {
+    pub epoch: i64,
+}
+
+/// Where the relay stands: the next id to give, the last id whose publish was confirmed, and
+/// the change stream's resume token (none before the first sequencing).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RelayState {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(default)]
+    holder: Option<String>,
+    #[serde(default)]
+    epoch: i64,
+    #[serde(default = "epoch_start")]
+    lease_until: BsonDateTime,
+    #[serde(default)]
+    last_id: i64,
+    #[serde(default)]
+    published: i64,
+    #[serde(default)]
+    token: Option<ResumeToken>,
+}
+
+fn epoch_start() -> BsonDateTime {
+    BsonDateTime::from_millis(0)
+}
+
+impl Default for RelayState {
+    /// Nobody's, nothing numbered yet.
+    fn default() -> Self {
+        Self {
+            id: RELAY_STATE.to_owned(),
+            holder: None,
+            epoch: 0,
+            lease_until: epoch_start(),
+            last_id: 0,
+            published: 0,
+            token: None,
+        }
+    }
+}
+
+/// The outbox's inserts, in commit order, from a change stream.
+pub struct OutboxFeed {
+    stream: ChangeStream<ChangeStreamEvent<Document>>,
+}
+
+impl OutboxFeed {
+    /// The ids of up to `max` outbox documents inserted since the last call, in commit order;
+    /// waits up to the stream's await time for the first. Errors when the stream's history is
+    /// lost ([`StoreError::is_history_lost`]) or the server is unreachable.
+    pub async fn next_ids(&mut self, max: usize) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        while ids.len() < max {
+            let Some(event) = self.stream.next_if_any().await? else { break };
+            if let Some(Bson::String(id)) = event.document_key.as_ref().and_then(|k| k.get("_id")) {
+                ids.push(id.clone());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Where to resume after what [`Self::next_ids`] returned.
+    pub fn resume_token(&self) -> Option<ResumeToken> {
+        self.stream.resume_token()
+    }
+}
+
+impl StoreError {
+    /// The change stream's resume point is gone from the oplog: start again from the outbox.
+    pub fn is_history_lost(&self) -> bool {
+        matches!(self, StoreError::Database(e)
+            if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == CHANGE_STREAM_HISTORY_LOST))
+    }
+}
+
+impl Store {
+    fn outbox(&self) -> Collection<EventDoc<String>> {
+        self.db.collection("outbox")
+    }
+
+    fn events(&self) -> Collection<EventDoc<i64>> {
+        self.db.collection("events")
+    }
+
+    fn relay_states(&self) -> Collection<RelayState> {
+        self.db.collection("relay")
+    }
+
+    /// Writes `drafts` to the outbox in the caller's transaction.
+    pub(crate) async fn write_events(&self, s: &mut ClientSession, drafts: &[EventDraft]) -> Result<(), StoreError> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let docs = drafts.iter().map(EventDoc::outbox).collect::<Result<Vec<_>, _>>()?;
+        self.outbox().insert_many(docs).session(s).await?;
+        Ok(())
+    }
+
+    /// Indexes of the events: readers' cursors by account and by initiator, and the retention
+    /// (a TTL index on `createdAt`; changed in place when `retention` changes).
+    pub async fn ensure_event_indexes(&self, retention: Duration) -> Result<(), StoreError> {
+        let index = |keys| mongodb::IndexModel::builder().keys(keys).build();
+        self.events()
+            .create_indexes([index(doc! { "accountIds": 1, "_id": 1 }), index(doc! { "initiator": 1, "_id": 1 })])
+            .await?;
+        let seconds = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        let ttl =
+            mongodb::options::IndexOptions::builder().name("createdAt_ttl".to_owned()).expire_after(retention).build();
+        let model = mongodb::IndexModel::builder().keys(doc! { "createdAt": 1 }).options(ttl).build();
+        if let Err(e) = self.events().create_index(model).await {
+            // Same name, other options: the retention changed; change the index in place.
+            // IndexOptionsConflict (85) or IndexKeySpecsConflict (86).
+            if !matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 85 || c.code == 86) {
+                return Err(e.into());
+            }
+            self.db
+                .run_command(doc! {
+                    "collMod": "events",
+                    "index": { "name": "createdAt_ttl", "expireAfterSeconds": seconds },
+                })
+                .await?;
+        }
+        self.outbox().create_index(index(doc! { "createdAt": 1, "_id": 1 })).await?;
+        Ok(())
+    }
+
+    /// Events after `f.after`, oldest first, at most `f.limit`.
+    pub async fn events_after(&self, f: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+        let docs: Vec<EventDoc<i64>> = self
+            .events()
+            .find(f.to_document())
+            .sort(doc! { "_id": 1 })
+            .limit(f.limit.clamp(1, crate::MAX_PAGE + 1))
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    pub async fn find_event(&self, id: i64) -> Result<Option<EventRecord>, StoreError> {
+        self.events().find_one(doc! { "_id": id }).await?.map(TryInto::try_into).transpose()
+    }
+
+    /// Takes the relay's lease for `ttl` if `holder` has it (`current`) or nobody holds it
+    /// unexpired; a new holder gets a new epoch, which fences off every write of the last one.
+    /// `None` while another holds it.
+    pub async fn claim_relay(
+        &self,
+        holder: &str,
+        current: Option<RelayLease>,
+        ttl: Duration,
+    ) -> Result<Option<RelayLease>, StoreError> {
+        let now = Utc::now();
+        let until = to_bson_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        if let Some(lease) = current {
+            let renewed = self
+                .relay_states()
+                .update_one(
+                    doc! { "_id": RELAY_STATE, "holder": holder, "epoch": lease.epoch },
+                    doc! { "$set": { "leaseUntil": until } },
+                )
+                .await?;
+            return Ok((renewed.matched_count == 1).then_some(lease));
+        }
+        if let Err(e) = self.relay_states().insert_one(RelayState::default()).await
+            && !is_duplicate_key(&e)
+        {
+            return Err(e.into());
+        }
+        let taken = self
+            .relay_states()
+            .find_one_and_update(
+                doc! { "_id": RELAY_STATE, "leaseUntil": { "$lt": to_bson_time(now) } },
+                doc! { "$set": { "holder": holder, "leaseUntil": until }, "$inc": { "epoch": 1_i64 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        Ok(taken.map(|state| RelayLease { epoch: state.epoch }))
+    }
+
+    /// Gives the lease up (on shutdown), so that another relay takes over at once.
+    pub async fn release_relay(&self, holder: &str, lease: RelayLease) -> Result<(), StoreError> {
+        self.relay_states()
+            .update_one(
+                doc! { "_id": RELAY_STATE, "holder": holder, "epoch": lease.epoch },
+                doc! { "$set": { "leaseUntil": epoch_start() } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Follows the outbox's inserts from the stored resume token, or from now when there is
+    /// none (then [`Store::unsequenced`] finds what came before).
+    pub async fn outbox_feed(&self, resume: bool, wait: Duration) -> Result<(OutboxFeed, bool), StoreError> {
+        let token = if resume { self.relay_state().await?.and_then(|s| s.token) } else { None };
+        let resumed = token.is_some();
+        let stream = self
+            .outbox()
+            .clone_with_type::<Document>()
+            .watch()
+            .pipeline([doc! { "$match": { "operationType": "insert" } }, doc! { "$project": { "fullDocument": 0 } }])
+            .resume_after(token)
+            .max_await_time(wait)
+            .await?;
+        Ok((OutboxFeed { stream: stream.with_type() }, resumed))
+    }
+
+    async fn relay_state(&self) -> Result<Option<RelayState>, StoreError> {
+        Ok(self.relay_states().find_one(doc! { "_id": RELAY_STATE }).await?)
+    }
+
+    /// Up to `limit` outbox ids in the order their changes were decided: what to sequence
+    /// when no change stream position is known (the first start, or one lost off the oplog).
+    pub async fn unsequenced(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let docs: Vec<Document> = self
+            .outbox()
+            .clone_with_type::<Document>()
+            .find(doc! {})
+            .sort(doc! { "createdAt": 1, "_id": 1 })
+            .projection(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
+    }
+
+    /// Moves the outbox documents `ids` (in this order; those already moved are skipped) into
+    /// `events` under the next ids, and stores `token` as where the stream resumes, in one
+    /// transaction fenced by `lease`. Returns how many were sequenced, or
+    /// [`StoreError::Contention`] when the lease is lost.
+    pub async fn sequence(
+        &self,
+        lease: RelayLease,
+        ids: &[String],
+        token: Option<ResumeToken>,
+    ) -> Result<usize, StoreError> {
+        let mut session = self.client.start_session().await?;
+        session.start_transaction().write_concern(WriteConcern::majority()).await?;
+        let done = self.sequence_in(&mut session, lease, ids, token).await;
+        match done {
+            Ok(n) => {
+                crate::execute::commit(&mut session).await?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn sequence_in(
+        &self,
+        s: &mut ClientSession,
+        lease: RelayLease,
+        ids: &[String],
+        token: Option<ResumeToken>,
+    ) -> Result<usize, StoreError> {
+        let state = self
+            .relay_states()
+            .find_one(doc! { "_id": RELAY_STATE, "epoch": lease.epoch })
+            .session(&mut *s)
+            .await?
+            .ok_or(StoreError::Contention { attempts: 0 })?;
+        let mut found: std::collections::HashMap<String, EventDoc<String>> = self
+            .outbox()
+            .find(doc! { "_id": { "$in": ids } })
+            .session(&mut *s)
+            .await?
+            .stream(&mut *s)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        let moving: Vec<EventDoc<String>> = ids.iter().filter_map(|id| found.remove(id)).collect();
+        let n = moving.len();
+        let mut set = doc! { "lastId": state.last_id + n as i64 };
+        if let Some(token) = token {
+            set.insert(
+                "token",
+                bson::to_bson(&token).map_err(|e| StoreError::Corrupt {
+                    collection: "relay",
+                    id: RELAY_STATE.to_owned(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        if n > 0 {
+            let moved: Vec<String> = moving.iter().map(|d| d.id.clone()).collect();
+            let events: Vec<EventDoc<i64>> =
+                moving.into_iter().zip(state.last_id + 1..).map(|(d, id)| d.sequenced(id)).collect();
+            self.events().insert_many(events).session(&mut *s).await?;
+            self.outbox().delete_many(doc! { "_id": { "$in": moved } }).session(&mut *s).await?;
+        }
+        let fenced = self
+            .relay_states()
+            .update_one(
+                doc! { "_id": RELAY_STATE, "epoch": lease.epoch, "lastId": state.last_id },
+                doc! { "$set": set },
+            )
+            .session(&mut *s)
+            .await?;
+        if fenced.matched_count != 1 {
+            return Err(StoreError::Contention { attempts: 0 });
+        }
+        Ok(n)
+    }
+
+    /// Up to `limit` sequenced events not yet confirmed published, in order.
+    pub async fn unpublished(&self, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
+        let published = self.relay_state().await?.map_or(0, |s| s.published);
+        let filter = EventFilter { after: published, limit, ..EventFilter::default() };
+        let docs: Vec<EventDoc<i64>> =
+            self.events().find(filter.to_document()).sort(doc! { "_id": 1 }).limit(limit).await?.try_collect().await?;
+        docs.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Records that every event up to `id` is confirmed published (fenced by `lease`).
+    pub async fn mark_published(&self, lease: RelayLease, id: i64) -> Result<bool, StoreError> {
+        let marked = self
+            .relay_states()
+            .update_one(doc! { "_id": RELAY_STATE, "epoch": lease.epoch }, doc! { "$max": { "published": id } })
+            .await?;
+        Ok(marked.matched_count == 1)
+    }
+
+    /// How many changes wait in the outbox, and how many sequenced events wait to be
+    /// published: the relay's backlog.
+    pub async fn relay_backlog(&self) -> Result<(u64, i64), StoreError> {
+        let outbox = self.outbox().estimated_document_count().await?;
+        let state = self.relay_state().await?.unwrap_or_default();
+        Ok((outbox, state.last_id - state.published))
+    }
+}
