@@ -12,6 +12,9 @@
 //! `lockedUntil` (a lease) in one `findOneAndUpdate`, so two dispatchers never hold the same
 //! attempt, and the attempt's outcome is written only while the lease is still its own.
 //!
+//! A delivery that settled (DELIVERED or FAILED) carries `settledAt` and is removed
+//! [`DELIVERY_HISTORY`] later by a TTL index.
+//!
 //! `dispatcherCheckpoints`: `{_id: "fanout", after}`, the last event id whose deliveries are
 //! all inserted; only ever raised (`$max`).
 
@@ -36,6 +39,10 @@ use crate::{Store, StoreError};
 /// Attempts a delivery keeps in its history (the oldest go first): at the default schedule, a
 /// 72-hour horizon is about 80 attempts.
 const ATTEMPTS_KEPT: i32 = 100;
+
+/// How long a DELIVERED or FAILED delivery stays listed (and redeliverable from its webhook's
+/// history) after it settled: as long as events are kept by default.
+pub const DELIVERY_HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A webhook's signing secret: `whsec_` and 64 hex digits. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -337,6 +344,8 @@ impl Store {
                 index(doc! { "nextAttemptAt": 1 }, Some(pending("pending_nextAttemptAt"))),
                 // The gauge of the oldest undelivered event.
                 index(doc! { "eventCreatedAt": 1 }, Some(pending("pending_eventCreatedAt"))),
+                // Settled deliveries go after a while; PENDING ones have no `settledAt`.
+                index(doc! { "settledAt": 1 }, Some(IndexOptions::builder().expire_after(DELIVERY_HISTORY).build())),
             ])
             .await?;
         Ok(())
@@ -495,21 +504,27 @@ impl Store {
             AttemptOutcome::RetryAt(at) => (DeliveryStatus::Pending, at),
             AttemptOutcome::Failed => (DeliveryStatus::Failed, attempt.at),
         };
-        let attempt = mongodb::bson::to_bson(attempt).map_err(|e| StoreError::Corrupt {
+        let attempt_doc = mongodb::bson::to_bson(attempt).map_err(|e| StoreError::Corrupt {
             collection: "deliveries",
             id: delivery.webhook_id.to_string(),
             reason: e.to_string(),
         })?;
+        let mut set = doc! {
+            "status": status.as_str(),
+            "nextAttemptAt": to_bson_time(next),
+            "lockedUntil": EPOCH,
+            "lockedBy": Bson::Null,
+        };
+        // A settled delivery is kept for DELIVERY_HISTORY (the TTL index on `settledAt`); a
+        // PENDING one has no `settledAt` and is never expired.
+        if status != DeliveryStatus::Pending {
+            set.insert("settledAt", to_bson_time(attempt.at));
+        }
         let update = doc! {
-            "$push": { "attempts": { "$each": [attempt], "$slice": -ATTEMPTS_KEPT } },
+            "$push": { "attempts": { "$each": [attempt_doc], "$slice": -ATTEMPTS_KEPT } },
             "$inc": { "tries": 1 },
-            "$min": { "firstAttemptAt": to_bson_time(delivery.first_attempt_at.unwrap_or_else(Utc::now)) },
-            "$set": {
-                "status": status.as_str(),
-                "nextAttemptAt": to_bson_time(next),
-                "lockedUntil": EPOCH,
-                "lockedBy": Bson::Null,
-            },
+            "$min": { "firstAttemptAt": to_bson_time(delivery.first_attempt_at.unwrap_or(attempt.at)) },
+            "$set": set,
         };
         Ok(self.deliveries().update_one(filter, update).await?.matched_count == 1)
     }
@@ -533,7 +548,7 @@ impl Store {
                     "lockedBy": Bson::Null,
                     "tries": 0_i64,
                 },
-                "$unset": { "firstAttemptAt": "" },
+                "$unset": { "firstAttemptAt": "", "settledAt": "" },
                 "$setOnInsert": {
                     "eventCreatedAt": to_bson_time(event_created_at),
                     "attempts": [],
