@@ -167,11 +167,21 @@ async fn spawn_open_app(workers: usize) -> TestApp {
 /// A dispatcher in this process, as `ledgerflow dispatcher` builds it from its settings, with
 /// a store of its own and retries in fractions of a second.
 fn start_dispatcher(app: &TestApp, name: &str) -> (CancellationToken, JoinHandle<()>) {
+    start_dispatcher_with(app, name, |_| {})
+}
+
+/// [`start_dispatcher`], with its settings changed by `configure`.
+fn start_dispatcher_with(
+    app: &TestApp,
+    name: &str,
+    configure: impl FnOnce(&mut DispatcherSettings),
+) -> (CancellationToken, JoinHandle<()>) {
     let policy = WebhookPolicySettings { webhook_allow_http: true, webhook_allow_private: true };
     let mut settings: DispatcherSettings = from_env().unwrap();
     settings.dispatcher_name = Some(name.to_owned());
     settings.webhook_retry_base = Duration::from_millis(200).into();
     settings.webhook_retry_cap = Duration::from_secs(1).into();
+    configure(&mut settings);
     let mut config = settings.config(&policy);
     config.poll_interval = Duration::from_millis(50);
     let (uri, db) = (app.settings.connections.mongodb_uri.clone(), app.settings.connections.mongodb_db.clone());
@@ -594,5 +604,45 @@ async fn a_dispatcher_process_delivers_and_reports_its_metrics() {
     assert_eq!(receiver.event_ids(), [id, id], "a failed attempt, then the delivery");
     process.start_kill().unwrap();
     let _ = process.wait().await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_delivery_failing_past_its_horizon_is_failed_and_redeliverable() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let (webhook, _) =
+        register_webhook(&app, &pair.alice, &format!("http://{addr}/hook"), &["transaction.completed"]).await;
+    let dispatcher = start_dispatcher_with(&app, "dispatcher-a", |settings| {
+        settings.webhook_retry_horizon = Duration::from_secs(1).into();
+    });
+    funded(&app, &pair.a, 500).await;
+    let id = *visible_events(&app, &pair.alice, "transaction.completed", 1).await.first().unwrap();
+    let start = Instant::now();
+    let failed = loop {
+        let listed = deliveries(&app, &pair.alice, &webhook).await;
+        if listed["deliveries"][0]["status"] == "FAILED" {
+            break listed;
+        }
+        assert!(start.elapsed() < DEADLINE, "never given up: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let delivery = &failed["deliveries"][0];
+    assert_eq!(delivery["eventId"], id);
+    assert!(delivery["nextAttemptAt"].is_null(), "nothing more is due: {failed}");
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert!(attempts.iter().all(|a| a["statusCode"].is_null() && a["error"].is_string()), "{failed}");
+    // Back up, the owner asks for it again: it goes out at once.
+    let receiver = Receiver::on(TcpListener::bind(addr).await.unwrap(), Behaviour::Accept);
+    let path = format!("/api/events/{id}/redeliver");
+    let (status, queued) = app.call("POST", &path, Some(&pair.alice.token), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    receiver.wait_for(&BTreeSet::from([id])).await;
+    let listed = settled_delivery(&app, &pair.alice, &webhook, attempts.len() + 1).await;
+    assert_eq!(listed["deliveries"][0]["status"], "DELIVERED", "{listed}");
+    stop_dispatcher(dispatcher).await;
     app.teardown().await;
 }
