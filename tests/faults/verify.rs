@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use ledgerflow_domain::EventType;
+use ledgerflow_store::{EventFilter, TransactionRecord};
 use ledgerflow_tests::processes::Cluster;
 use ledgerflow_tests::serde_json::{Value, json};
 
@@ -131,6 +133,7 @@ pub async fn verify(c: &Cluster, w: &Workload, sent: &[Sent], extra: Extra) -> T
         assert!(per_id.contains_key(id.as_str()), "no result was published for {id}");
     }
     let duplicate_results = per_id.values().map(|v| v.len() - 1).sum();
+    verify_events(c, &records).await;
     Tally { accepted, deferred, completed, failed, duplicate_results, results }
 }
 
@@ -160,5 +163,34 @@ pub async fn wait_progress(c: &Cluster, n: u64) {
             c.procs.workers.last().unwrap().process.tail(20)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The event stream: every tracked transaction has exactly two events, its acceptance and its
+/// decision (no change without its event, none twice), and the relay numbered and published
+/// every one of them, whichever process the fault hit.
+async fn verify_events(c: &Cluster, records: &[TransactionRecord]) {
+    let start = Instant::now();
+    loop {
+        let (outbox, unpublished) = c.store.relay_backlog().await.unwrap();
+        if (outbox, unpublished) == (0, 0) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the relay is stuck: {outbox} events unnumbered, {unpublished} unpublished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut per_transaction: HashMap<String, Vec<EventType>> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = c.store.events_after(&EventFilter { after, limit: 100, ..EventFilter::default() }).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for event in page {
+            per_transaction.entry(event.transaction_id.to_string()).or_default().push(event.event_type);
+        }
+    }
+    for t in records {
+        let got = per_transaction.get(&t.id.to_string()).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(got, [EventType::Accepted, EventType::entering(t.status)], "the events of {t:?}");
     }
 }
