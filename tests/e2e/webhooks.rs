@@ -444,7 +444,7 @@ async fn a_receiver_down_during_a_burst_receives_every_event_once_back() {
 }
 
 /// Transfers in the bursts of these tests: each is one `transaction.completed` event.
-const BURST: usize = 200;
+const BURST: usize = 500;
 
 #[tokio::test]
 async fn two_dispatchers_never_send_an_event_twice_in_a_clean_run() {
