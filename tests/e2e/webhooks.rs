@@ -201,10 +201,8 @@ async fn stop_dispatcher((stop, handle): (CancellationToken, JoinHandle<()>)) {
 
 /// Registers a webhook; returns its id and secret.
 async fn register_webhook(app: &TestApp, user: &Session, url: &str, types: &[&str]) -> (String, String) {
-    let body = json!({ "url": url, "types": types });
-    let (status, created) = app.call("POST", "/api/webhooks", Some(&user.token), Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned())
+    let created = app.must("register a webhook", app.as_user(user).register_webhook(url, types, None).await);
+    (created.id, created.secret)
 }
 
 /// The ids of the events of `kind` that `user` may see, once there are at least `n` of them
@@ -336,8 +334,10 @@ async fn a_webhooks_secret_is_shown_once_and_only_to_its_owner() {
         let answer = app.call(method, &path, Some(&pair.bob.token), None).await;
         assert_error(&answer, StatusCode::NOT_FOUND, "WEBHOOK_NOT_FOUND");
     }
-    let (status, _) = app.call("DELETE", &path, Some(&pair.alice.token), None).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    let alice = app.as_user(&pair.alice);
+    assert_eq!(app.must("get", alice.webhook(id).await).url, "http://127.0.0.1:9/hook");
+    app.must("delete", alice.delete_webhook(id).await);
+    assert_eq!(app.must("list", alice.webhooks().await).webhooks, []);
     assert_error(
         &app.call("GET", &path, Some(&pair.alice.token), None).await,
         StatusCode::NOT_FOUND,
@@ -544,10 +544,8 @@ async fn redeliver_sends_an_event_again() {
     let id = *ids.first().unwrap();
     receiver.wait_for(&ids).await;
     settled_delivery(&app, &pair.alice, &webhook, 1).await;
-    let path = format!("/api/events/{id}/redeliver");
-    let (status, queued) = app.call("POST", &path, Some(&pair.alice.token), Some(json!({}))).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
-    assert_eq!(queued, json!({"eventId": id, "webhookIds": [webhook]}));
+    let queued = app.must("redeliver", app.as_user(&pair.alice).redeliver(id).await);
+    assert_eq!((queued.event_id, queued.webhook_ids), (id, vec![webhook.clone()]));
     let start = Instant::now();
     while receiver.event_ids().len() < 2 {
         assert!(start.elapsed() < DEADLINE, "not redelivered");
