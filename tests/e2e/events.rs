@@ -358,3 +358,38 @@ async fn the_relay_hands_over_when_its_worker_stops_and_nothing_is_lost() {
     }
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_lost_its_lease_can_neither_number_nor_mark_anything() {
+    // No worker, so no relay but the two this test plays.
+    let app = spawn_app_with(0).await;
+    let store = &app.store;
+    let short = Duration::from_millis(300);
+    let first = store.claim_relay("first", None, short).await.unwrap().expect("nobody holds it");
+    assert_eq!(store.claim_relay("second", None, DEADLINE).await.unwrap(), None, "held by the first");
+    tokio::time::sleep(short * 2).await;
+    let second = store.claim_relay("second", None, DEADLINE).await.unwrap().expect("run out: taken over");
+    assert!(second.epoch > first.epoch);
+    assert_eq!(store.claim_relay("first", Some(first), DEADLINE).await.unwrap(), None, "no renewal after a takeover");
+
+    // A change waits in the outbox: an acceptance, with no worker to decide it.
+    let pair = app.alice_and_bob().await;
+    let k = key();
+    let transfer = Transfer { from: &pair.a, to: &pair.b, amount: 5, idempotency_key: &k, description: None };
+    app.as_user(&pair.alice).transfer(&transfer).await.unwrap();
+    let waiting = store.unsequenced(10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+
+    let deposed = store.sequence(first, &waiting, None).await;
+    assert!(matches!(deposed, Err(ledgerflow_store::StoreError::Contention { .. })), "{deposed:?}");
+    assert_eq!(store.sequence(second, &waiting, None).await.unwrap(), 1);
+    assert_eq!(store.sequence(second, &waiting, None).await.unwrap(), 0, "numbered once");
+    assert!(store.unsequenced(10).await.unwrap().is_empty());
+    assert_eq!(store.relay_backlog().await.unwrap(), (0, 1), "numbered, not yet published");
+    assert!(!store.mark_published(first, 1).await.unwrap(), "the deposed relay marks nothing");
+    assert!(store.mark_published(second, 1).await.unwrap());
+    assert_eq!(store.relay_backlog().await.unwrap(), (0, 0));
+    let events = all_events(&app.as_user(&pair.alice), EventQuery::default(), 100).await;
+    assert_eq!((events.len(), events[0].id, events[0].event_type.as_str()), (1, 1, "transaction.accepted"));
+    app.teardown().await;
+}
