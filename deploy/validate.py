@@ -325,8 +325,16 @@ class Rules:
                 self.fail(w, "reconcile needs concurrencyPolicy Forbid and backoffLimit 0 (failures must stay visible)")
             if not job.get("activeDeadlineSeconds"):
                 self.fail(w, "reconcile needs jobTemplate.spec.activeDeadlineSeconds")
+        elif role == ("dispatcher", "Deployment"):
+            env = {e.get("name"): e for e in first.get("env", [])}
+            # Loosened, the dispatcher would post to the cluster's own services at a user's say.
+            for unsafe in ("LEDGERFLOW_WEBHOOK_ALLOW_HTTP", "LEDGERFLOW_WEBHOOK_ALLOW_PRIVATE"):
+                if str(get(env, unsafe, "value", default="false")).lower() == "true":
+                    self.fail(w, f"{unsafe} must not be true in a deployment")
+            if (pod.get("terminationGracePeriodSeconds") or 30) < 15:
+                self.fail(w, "the dispatcher needs terminationGracePeriodSeconds >= 15 to finish its attempts")
         else:
-            self.fail(w, f"unknown workload {role}: the checks know gateway, worker (Deployments), reconcile (CronJob)")
+            self.fail(w, f"unknown workload {role}: the checks know gateway, worker, dispatcher (Deployments), reconcile (CronJob)")
 
     def container(self, w: dict, c: dict) -> None:
         where = f"container {c.get('name')}"

@@ -290,6 +290,10 @@ fn exported_names(text: &str) -> BTreeSet<String> {
 async fn rules_and_dashboard_name_only_exported_metrics() {
     let app = spawn_app_with(0).await;
     let (worker, port) = app.spawn_worker_with_metrics("monitoring");
+    // A dispatcher in this process: its metrics go to the recorder the gateway serves.
+    let dispatching = tokio_util::sync::CancellationToken::new();
+    let config = ledgerflow_dispatcher::DispatcherConfig::new("monitoring", Default::default());
+    let dispatcher = tokio::spawn(ledgerflow_dispatcher::run(app.store.clone(), config, dispatching.clone()));
     let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
     app.fund(&a, 100).await;
     let (status, body) = app.transfer(&alice, &a, &b, json!(40), "monitoring-1").await;
@@ -311,7 +315,15 @@ async fn rules_and_dashboard_name_only_exported_metrics() {
         assert!(started.elapsed() < DEADLINE, "the worker never reported its metrics:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let gateway_text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // The dispatcher's gauges are read from MongoDB as it starts: wait for them.
+    let gateway_text = loop {
+        let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if exported_names(&text).contains("ledgerflow_webhook_oldest_undelivered_seconds") {
+            break text;
+        }
+        assert!(started.elapsed() < DEADLINE, "the dispatcher never reported its metrics:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let exported: BTreeSet<String> =
         exported_names(&gateway_text).into_iter().chain(exported_names(&worker_text)).collect();
     assert!(exported.contains("ledgerflow_pending_oldest_age_seconds"), "{gateway_text}");
@@ -335,5 +347,7 @@ async fn rules_and_dashboard_name_only_exported_metrics() {
         unknown.join("\n  ")
     );
     drop(worker);
+    dispatching.cancel();
+    dispatcher.await.unwrap();
     app.teardown().await;
 }

@@ -24,3 +24,4 @@ mod signin;
 mod statements;
 mod submit_batch;
 mod waiters;
+mod webhooks;

@@ -343,3 +343,91 @@ pub struct BatchItemResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
 }
+
+/// A registered webhook, as listed (never with its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookBody {
+    #[schema(format = Uuid)]
+    pub id: String,
+    #[schema(example = "https://hooks.example.com/ledgerflow")]
+    pub url: String,
+    /// The event types it receives.
+    #[schema(example = json!(["transaction.completed", "transaction.failed"]))]
+    pub types: Vec<String>,
+    /// Only events naming one of these accounts; null: every event its owner may see.
+    pub accounts: Option<Vec<String>>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// A webhook just registered: the only answer that shows its signing secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookCreated {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub url: String,
+    pub types: Vec<String>,
+    pub accounts: Option<Vec<String>>,
+    /// The HMAC-SHA256 key of its `LedgerFlow-Signature` headers (`whsec_` and 64 hex
+    /// digits). Shown once: keep it.
+    #[schema(example = "whsec_5f0c…")]
+    pub secret: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookBody>,
+}
+
+/// One try at sending an event to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAttemptBody {
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// The endpoint's HTTP status, when it answered.
+    pub status_code: Option<u16>,
+    pub duration_ms: i64,
+    /// Why the attempt did not succeed, beyond its status (a timeout, a refused connection,
+    /// an address the endpoint may not have).
+    pub error: Option<String>,
+}
+
+/// The delivery of one event to one webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryBody {
+    pub event_id: i64,
+    /// `PENDING` (to be tried, or tried again at `nextAttemptAt`), `DELIVERED` or `FAILED`
+    /// (given up; `POST /api/events/{id}/redeliver` queues it again).
+    #[schema(example = "DELIVERED")]
+    pub status: String,
+    /// The latest attempts (at most 100), oldest first.
+    pub attempts: Vec<DeliveryAttemptBody>,
+    /// While PENDING: when the next attempt is due.
+    #[schema(format = DateTime)]
+    pub next_attempt_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryList {
+    /// Newest event first.
+    pub deliveries: Vec<DeliveryBody>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The answer to `POST /api/events/{id}/redeliver`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedeliveryBody {
+    pub event_id: i64,
+    /// The caller's webhooks the event is queued for again (those whose types and accounts
+    /// match it).
+    pub webhook_ids: Vec<String>,
+}

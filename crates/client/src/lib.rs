@@ -25,6 +25,9 @@ pub use ledgerflow_api::{
     StatusBody, TransactionBody, TransactionEnvelope, TransactionList, UserBody,
 };
 pub use ledgerflow_api::{BatchItemResult, BatchResults, EventAccountBody, EventBody, EventList};
+pub use ledgerflow_api::{
+    DeliveryAttemptBody, DeliveryBody, DeliveryList, RedeliveryBody, WebhookBody, WebhookCreated, WebhookList,
+};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -476,5 +479,47 @@ impl Client {
     /// `GET /transactions`: the first page of the signed-in user's transactions, newest first.
     pub async fn transactions(&self) -> Result<TransactionList> {
         Ok(self.call(Method::GET, "/transactions", None).await?.1)
+    }
+}
+
+/// Webhooks ([docs/api.md](../../docs/api.md#webhooks)).
+impl Client {
+    /// `POST /api/webhooks`: the answer carries the signing secret, shown this once.
+    pub async fn register_webhook(
+        &self,
+        url: &str,
+        types: &[&str],
+        accounts: Option<&[&str]>,
+    ) -> Result<WebhookCreated> {
+        let mut body = json!({ "url": url, "types": types });
+        if let Some(accounts) = accounts {
+            body["accounts"] = json!(accounts);
+        }
+        Ok(self.call(Method::POST, "/api/webhooks", Some(&body)).await?.1)
+    }
+
+    /// `GET /api/webhooks`: the caller's own, without secrets.
+    pub async fn webhooks(&self) -> Result<WebhookList> {
+        Ok(self.call(Method::GET, "/api/webhooks", None).await?.1)
+    }
+
+    /// `GET /api/webhooks/{id}`.
+    pub async fn webhook(&self, id: &str) -> Result<WebhookBody> {
+        Ok(self.call(Method::GET, &format!("/api/webhooks/{id}"), None).await?.1)
+    }
+
+    /// `DELETE /api/webhooks/{id}`.
+    pub async fn delete_webhook(&self, id: &str) -> Result<()> {
+        self.call::<Value>(Method::DELETE, &format!("/api/webhooks/{id}"), None).await.map(|_| ())
+    }
+
+    /// `GET /api/webhooks/{id}/deliveries`: the newest page, newest event first.
+    pub async fn webhook_deliveries(&self, id: &str) -> Result<DeliveryList> {
+        Ok(self.call(Method::GET, &format!("/api/webhooks/{id}/deliveries"), None).await?.1)
+    }
+
+    /// `POST /api/events/{id}/redeliver`: the caller's webhooks the event is queued for again.
+    pub async fn redeliver(&self, event_id: i64) -> Result<RedeliveryBody> {
+        Ok(self.call(Method::POST, &format!("/api/events/{event_id}/redeliver"), Some(&json!({}))).await?.1)
     }
 }

@@ -297,6 +297,9 @@ deserialize_from_str!(
     crate::Password,
     crate::PersonName,
     crate::Moment,
+    crate::WebhookId,
+    crate::EventType,
+    crate::webhooks::WebhookUrl,
 );
 
 #[cfg(test)]

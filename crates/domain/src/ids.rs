@@ -72,6 +72,10 @@ uuid_id!(
     /// One ledger entry (a DEBIT or a CREDIT row).
     EntryId, "entryId"
 );
+uuid_id!(
+    /// A registered webhook endpoint.
+    WebhookId, "webhookId"
+);
 
 /// Namespace for the deterministic funding-account ids (UUID v5).
 const FUNDING_NAMESPACE: Uuid = Uuid::from_u128(0x6c65_6467_6572_666c_6f77_2d66_756e_6473);

@@ -23,12 +23,14 @@ mod reversal;
 mod statement;
 mod transaction;
 mod user;
+pub mod webhooks;
 
 pub use chain::{EntryFields, GENESIS_HASH};
 pub use command::{
     COMMAND_VERSION, Command, CommandError, MAX_COMMAND_BYTES, SettleCommand, TransferCommand, TransferResult,
 };
 pub use error::DomainError;
+pub use ids::WebhookId;
 pub use ids::{AccountId, EntryId, IdempotencyKey, Initiator, RequestId, ServiceName, TransactionId, UserId};
 pub use journal::Leg;
 pub use ledger::{

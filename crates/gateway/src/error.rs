@@ -95,6 +95,8 @@ pub enum ApiError {
     PublishDeferred(ledgerflow_domain::TransactionId),
     #[error("{0}")]
     Unavailable(&'static str),
+    #[error("a user may have at most {} webhooks", crate::routes::MAX_WEBHOOKS_PER_USER)]
+    WebhookLimitReached,
     #[error("internal error")]
     Internal,
 }
@@ -201,6 +203,7 @@ impl ApiError {
             Self::NotReversible(_) => (StatusCode::CONFLICT, "NOT_REVERSIBLE"),
             Self::PublishDeferred(_) => (StatusCode::SERVICE_UNAVAILABLE, "BROKER_UNAVAILABLE"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            Self::WebhookLimitReached => (StatusCode::CONFLICT, "WEBHOOK_LIMIT_REACHED"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         }
     }

@@ -81,6 +81,8 @@ pub struct GatewayConfig {
     /// Longest wait, once a shutdown is asked for, for open requests to finish; past it the
     /// gateway stops anyway (a client that never reads its response cannot hold it up).
     pub drain_limit: Duration,
+    /// Which webhook URLs may be registered (the dispatcher holds deliveries to the same).
+    pub webhook_policy: ledgerflow_domain::webhooks::UrlPolicy,
 }
 
 impl GatewayConfig {
@@ -100,6 +102,7 @@ impl GatewayConfig {
             body_deadline: Duration::from_secs(10),
             head_deadline: Duration::from_secs(10),
             drain_limit: Duration::from_secs(10),
+            webhook_policy: ledgerflow_domain::webhooks::UrlPolicy::default(),
         }
     }
 }

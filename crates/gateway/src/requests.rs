@@ -443,3 +443,22 @@ pub struct BatchBody {
     #[expect(dead_code, reason = "the reader reads the items apart, each as a body of its own; this names them")]
     pub items: Vec<TransferBody>,
 }
+
+/// `POST /api/webhooks`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookRequest {
+    /// Where events are POSTed: an absolute `https://` URL without credentials or fragment
+    /// (`http://` only where the deployment allows it), whose host resolves to public
+    /// addresses only (unless the deployment allows private ones).
+    #[schema(value_type = String, max_length = 2048, example = "https://hooks.example.com/ledgerflow")]
+    pub url: ledgerflow_domain::webhooks::WebhookUrl,
+    /// The event types to receive, at least one: `transaction.accepted`, `.completed`,
+    /// `.failed`, `.held`, `.posted`, `.voided`, `.expired`, `.reversed`.
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 8, example = json!(["transaction.completed"]))]
+    pub types: Vec<ledgerflow_domain::EventType>,
+    /// Only events naming one of these accounts (the caller's own; SYSTEM any); left out:
+    /// every event the caller may see.
+    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 100)]
+    pub accounts: Option<Vec<AccountId>>,
+}

@@ -3,6 +3,7 @@
 //! build their systems through it too.
 
 pub mod app;
+pub mod dispatch;
 pub mod settings;
 
 pub use app::App;

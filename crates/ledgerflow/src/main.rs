@@ -14,6 +14,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ledgerflow::app::{ensure_system_user, open_store, runtime, shutdown_on_signal};
 use ledgerflow::settings::{Connections, GatewaySettings, ONE_SHOT_PATIENCE, WorkerSettings};
+use ledgerflow::settings::{DispatcherSettings, WebhookPolicySettings};
 use ledgerflow::{App, Settings};
 use ledgerflow_domain::AccountStatus;
 use ledgerflow_store::{ReconcileOptions, Store};
@@ -50,6 +51,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start and never moved about")]
 enum Command {
     /// Run the HTTP gateway.
     Gateway(GatewaySettings),
@@ -85,6 +87,17 @@ Examples:\n  ledgerflow reconcile\n  ledgerflow reconcile --json --max-pending-a
     /// Load-test the whole pipeline (or time balance reads) and print a summary (runs
     /// `ledgerflow-bench`; `ledgerflow bench --help` lists its options).
     Bench(bench::BenchArgs),
+    /// Run a webhook dispatcher: sends events to registered webhooks, signed, with retries.
+    /// Several may run; they share the work without sending an attempt twice.
+    Dispatcher(DispatcherArgs),
+}
+
+#[derive(Args)]
+struct DispatcherArgs {
+    #[command(flatten)]
+    policy: WebhookPolicySettings,
+    #[command(flatten)]
+    dispatcher: DispatcherSettings,
 }
 
 #[derive(Args)]
@@ -99,6 +112,10 @@ struct UpArgs {
     /// Development mode: invent a JWT secret when none is set and allow non-Secure cookies.
     #[arg(long)]
     dev: bool,
+    /// The webhook dispatcher it runs beside them (delivering under the gateway's webhook
+    /// settings).
+    #[command(flatten)]
+    dispatcher: DispatcherSettings,
 }
 
 #[derive(Subcommand)]
@@ -334,6 +351,8 @@ async fn run(cli: Cli) -> Result<()> {
             if up.dev {
                 up.gateway.cookie_secure = false;
             }
+            let policy = up.gateway.webhooks.clone();
+            let dispatcher_connections = connections.clone();
             let settings = Settings {
                 connections,
                 gateway: Some(up.gateway),
@@ -341,7 +360,22 @@ async fn run(cli: Cli) -> Result<()> {
                 workers: up.workers,
                 threads,
             };
-            App::build(&settings).await?.run_until_stopped(shutdown_on_signal()).await?;
+            let shutdown = shutdown_on_signal();
+            let dispatcher = tokio::spawn(ledgerflow::dispatch::run(
+                dispatcher_connections,
+                policy,
+                up.dispatcher,
+                shutdown.clone(),
+            ));
+            let ran = async { App::build(&settings).await?.run_until_stopped(shutdown.clone()).await }.await;
+            // The gateway stopped (asked to, or failing): the dispatcher stops with it.
+            shutdown.cancel();
+            let dispatched = dispatcher.await;
+            ran?;
+            dispatched.map_err(|e| anyhow::anyhow!("the dispatcher failed: {e}"))??;
+        }
+        Command::Dispatcher(DispatcherArgs { policy, dispatcher }) => {
+            ledgerflow::dispatch::run(connections, policy, dispatcher, shutdown_on_signal()).await?;
         }
         // Forwarded in `main`, before any runtime starts.
         Command::Bench(_) => unreachable!("ledgerflow bench is forwarded before the runtime starts"),
@@ -444,7 +478,7 @@ mod tests {
         let mut cli = Cli::command();
         cli.build();
         let mut declared = BTreeMap::new();
-        for sub in ["gateway", "worker", "up"] {
+        for sub in ["gateway", "worker", "up", "dispatcher"] {
             let sub = cli.find_subcommand(sub).expect("a service subcommand");
             for arg in sub.get_arguments().chain(cli.get_arguments()) {
                 let Some(env) = arg.get_env() else { continue };
@@ -459,9 +493,24 @@ mod tests {
     /// added without its place in `child_env` would silently take its default in children.
     #[test]
     fn child_processes_get_every_setting() {
-        let cli = Cli::try_parse_from(["ledgerflow", "up", "--jwt-secret", "j", "--system-email", "e", "--name", "n"])
-            .expect("arguments parse");
+        let cli = Cli::try_parse_from([
+            "ledgerflow",
+            "up",
+            "--jwt-secret",
+            "j",
+            "--system-email",
+            "e",
+            "--name",
+            "n",
+            "--dispatcher-name",
+            "d",
+            "--dispatcher-metrics-addr",
+            "127.0.0.1:9091",
+        ])
+        .expect("arguments parse");
         let Command::Up(up) = cli.command else { panic!("an up command") };
+        // The dispatcher `up` runs renders its own (no child process runs one yet).
+        let dispatcher_env = up.dispatcher.env();
         let mut worker = up.worker;
         worker.metrics_addr = Some("127.0.0.1:9090".parse().expect("an address"));
         let mut gateway = up.gateway;
@@ -475,7 +524,8 @@ mod tests {
             workers: 1,
             threads: 1,
         };
-        let mut rendered: Vec<&str> = settings.child_env().iter().map(|(name, _)| *name).collect();
+        let mut rendered: Vec<&str> =
+            settings.child_env().iter().chain(&dispatcher_env).map(|(name, _)| *name).collect();
         rendered.sort_unstable();
         assert_eq!(rendered, declared().keys().map(String::as_str).collect::<Vec<_>>());
         // Secrets reach the child, and only there.

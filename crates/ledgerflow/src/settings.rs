@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use clap::Args;
 use clap::builder::TypedValueParser as _;
+use ledgerflow_dispatcher::{
+    DEFAULT_CONCURRENCY, DEFAULT_PER_ENDPOINT, DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_RETRY_HORIZON,
+    DispatcherConfig, RetryPolicy,
+};
+use ledgerflow_domain::webhooks::UrlPolicy;
 use ledgerflow_gateway::{
     DEFAULT_INSERT_LINGER, DEFAULT_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_WINDOW, DEFAULT_REPUBLISH_AFTER,
     DEFAULT_REPUBLISH_INTERVAL, DEFAULT_SESSION_RECHECK, DEFAULT_SLOTS_PER_CLIENT, GatewayConfig, ProxyHeader,
@@ -187,6 +192,9 @@ pub struct GatewaySettings {
     pub head_deadline: Option<Duration>,
     #[arg(skip)]
     pub drain_limit: Option<Duration>,
+    /// Which webhook URLs may be registered.
+    #[command(flatten)]
+    pub webhooks: WebhookPolicySettings,
 }
 
 impl GatewaySettings {
@@ -206,6 +214,7 @@ impl GatewaySettings {
         config.body_deadline = self.body_deadline.unwrap_or(config.body_deadline);
         config.head_deadline = self.head_deadline.unwrap_or(config.head_deadline);
         config.drain_limit = self.drain_limit.unwrap_or(config.drain_limit);
+        config.webhook_policy = self.webhooks.policy();
         config
     }
 
@@ -243,6 +252,7 @@ impl GatewaySettings {
         if let Some(password) = &self.system_password {
             env.push(("LEDGERFLOW_SYSTEM_PASSWORD", password.expose_secret().to_owned()));
         }
+        env.extend(self.webhooks.env());
         env
     }
 }
@@ -363,3 +373,94 @@ pub fn from_env<T: Args>() -> Result<T, clap::Error> {
 /// enough for a replica-set election, short enough that a scheduled reconcile reports an
 /// outage instead of hanging. Services (`gateway`, `worker`, `up`) wait as long as it takes.
 pub const ONE_SHOT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Where webhooks may deliver: read by the gateway (registration) and the dispatcher (every
+/// attempt), which must agree.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WebhookPolicySettings {
+    /// Let webhooks use plain http:// URLs (development and tests only: deliveries are then
+    /// readable and forgeable on the way).
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_http: bool,
+    /// Let webhooks reach loopback, private, link-local (the cloud metadata service included),
+    /// CGNAT and unique-local addresses (development and tests only).
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+}
+
+impl WebhookPolicySettings {
+    pub fn policy(&self) -> UrlPolicy {
+        UrlPolicy { allow_http: self.webhook_allow_http, allow_private: self.webhook_allow_private }
+    }
+
+    pub fn env(&self) -> Vec<EnvVar> {
+        vec![
+            ("LEDGERFLOW_WEBHOOK_ALLOW_HTTP", self.webhook_allow_http.to_string()),
+            ("LEDGERFLOW_WEBHOOK_ALLOW_PRIVATE", self.webhook_allow_private.to_string()),
+        ]
+    }
+}
+
+/// A webhook dispatcher's settings (`ledgerflow dispatcher`, and the one `ledgerflow up` runs).
+#[derive(Args, Debug, Clone)]
+pub struct DispatcherSettings {
+    /// Name shown in logs and on the deliveries it claims.
+    #[arg(long, env = "LEDGERFLOW_DISPATCHER_NAME")]
+    pub dispatcher_name: Option<String>,
+    /// Webhook deliveries in flight at once.
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    pub webhook_concurrency: usize,
+    /// Deliveries in flight at once to one webhook: what one slow endpoint can hold.
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = DEFAULT_PER_ENDPOINT,
+          value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
+    pub webhook_endpoint_concurrency: usize,
+    /// The longest first retry delay of a failed delivery; it doubles with each try (each
+    /// delay is drawn at random below it).
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_RETRY_BASE", default_value_t = DEFAULT_RETRY_BASE.into())]
+    pub webhook_retry_base: humantime::Duration,
+    /// The longest retry delay.
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_RETRY_CAP", default_value_t = DEFAULT_RETRY_CAP.into())]
+    pub webhook_retry_cap: humantime::Duration,
+    /// How long after its first attempt a delivery is retried before it is marked FAILED.
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_RETRY_HORIZON", default_value_t = DEFAULT_RETRY_HORIZON.into())]
+    pub webhook_retry_horizon: humantime::Duration,
+    /// Serve the dispatcher's Prometheus metrics at http://<addr>/metrics; off when unset
+    /// (under `up`, the gateway's /metrics has them too).
+    #[arg(long, env = "LEDGERFLOW_DISPATCHER_METRICS_ADDR")]
+    pub dispatcher_metrics_addr: Option<SocketAddr>,
+}
+
+impl DispatcherSettings {
+    /// The configuration of this process's dispatcher, delivering under `policy`.
+    pub fn config(&self, policy: &WebhookPolicySettings) -> DispatcherConfig {
+        let name =
+            self.dispatcher_name.clone().unwrap_or_else(|| format!("ledgerflow-dispatcher-{}", std::process::id()));
+        let mut config = DispatcherConfig::new(name, policy.policy());
+        config.concurrency = self.webhook_concurrency;
+        config.per_endpoint = self.webhook_endpoint_concurrency;
+        config.retry = RetryPolicy {
+            base: self.webhook_retry_base.into(),
+            cap: self.webhook_retry_cap.into(),
+            horizon: self.webhook_retry_horizon.into(),
+        };
+        config
+    }
+
+    pub fn env(&self) -> Vec<EnvVar> {
+        let mut env = vec![
+            ("LEDGERFLOW_WEBHOOK_CONCURRENCY", self.webhook_concurrency.to_string()),
+            ("LEDGERFLOW_WEBHOOK_ENDPOINT_CONCURRENCY", self.webhook_endpoint_concurrency.to_string()),
+            ("LEDGERFLOW_WEBHOOK_RETRY_BASE", self.webhook_retry_base.to_string()),
+            ("LEDGERFLOW_WEBHOOK_RETRY_CAP", self.webhook_retry_cap.to_string()),
+            ("LEDGERFLOW_WEBHOOK_RETRY_HORIZON", self.webhook_retry_horizon.to_string()),
+        ];
+        if let Some(name) = &self.dispatcher_name {
+            env.push(("LEDGERFLOW_DISPATCHER_NAME", name.clone()));
+        }
+        if let Some(addr) = self.dispatcher_metrics_addr {
+            env.push(("LEDGERFLOW_DISPATCHER_METRICS_ADDR", addr.to_string()));
+        }
+        env
+    }
+}

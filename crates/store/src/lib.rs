@@ -29,6 +29,7 @@ mod statements;
 pub mod synthetic;
 mod transactions;
 mod users;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -46,6 +47,10 @@ pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};
 pub use statements::{EntryMark, ReadPlan, StatementPage};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
+pub use webhooks::{
+    Attempt, AttemptOutcome, DeliveryBacklog, DeliveryRecord, DeliveryStatus, EventFacts, NewDelivery, NewWebhook,
+    WebhookRecord, WebhookSecret,
+};
 
 /// Connections per process to MongoDB unless the URI sets `maxPoolSize`.
 const DEFAULT_MAX_POOL_SIZE: u32 = 100;
@@ -184,6 +189,7 @@ impl Store {
         {
             return Err(e.into());
         }
+        self.ensure_webhook_indexes().await?;
         Ok(())
     }
 

@@ -10,6 +10,9 @@ mod labels;
 mod lookup;
 mod statements;
 mod transactions;
+mod webhooks;
+
+pub use webhooks::MAX_WEBHOOKS_PER_USER;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -53,6 +56,12 @@ use crate::error::ApiError;
         events::list,
         health::healthz,
         health::readyz,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::delete,
+        webhooks::deliveries,
+        webhooks::redeliver,
     ),
     modifiers(&Security),
     tags(
@@ -61,6 +70,7 @@ use crate::error::ApiError;
         (name = "transactions", description = "Transfers: accepted with 202, decided by a worker"),
         (name = "events", description = "The event stream: every change of every transaction, in commit order"),
         (name = "health", description = "Probes"),
+        (name = "webhooks", description = "Signed HTTP deliveries of events, and their attempts"),
     )
 )]
 pub struct ApiDoc;
@@ -118,6 +128,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(ledgerflow_telemetry::render))
         .route("/openapi.json", get(openapi_json))
+        .route("/api/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/api/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
+        .route("/api/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/api/events/{id}/redeliver", post(webhooks::redeliver))
         .fallback(|| async { ApiError::NotFound { code: "NOT_FOUND", what: "route" } })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
@@ -143,7 +157,7 @@ mod tests {
     #[test]
     fn every_request_takes_exactly_the_names_its_document_gives() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-        let bodies: [(&str, &[&str]); 15] = [
+        let bodies: [(&str, &[&str]); 16] = [
             ("RegisterRequest", names::<requests::RegisterRequest>()),
             ("LoginRequest", names::<requests::LoginRequest>()),
             ("PasswordChangeRequest", names::<requests::PasswordChangeRequest>()),
@@ -159,6 +173,7 @@ mod tests {
             ("VoidHoldBody", names::<requests::VoidHoldBody>()),
             ("MetadataRequest", names::<requests::MetadataRequest>()),
             ("BatchBody", names::<requests::BatchBody>()),
+            ("WebhookRequest", names::<requests::WebhookRequest>()),
         ];
         for (name, takes) in bodies {
             let schema = &doc["components"]["schemas"][name];
@@ -171,7 +186,7 @@ mod tests {
         // The listing also takes `metadata.<key>` parameters, read apart (`search`).
         let with_metadata: Vec<&str> =
             names::<requests::TransactionQuery>().iter().copied().chain(["metadata.{key}"]).collect();
-        let queries: [(&str, &str, &[&str]); 23] = [
+        let queries: [(&str, &str, &[&str]); 29] = [
             ("post", "/api/auth/register", none),
             ("post", "/api/auth/login", none),
             ("post", "/api/auth/logout", none),
@@ -195,6 +210,12 @@ mod tests {
             ("get", "/transactions/by-key/{idempotencyKey}", none),
             ("post", "/transactions/batch", none),
             ("get", "/api/events", names::<requests::EventQuery>()),
+            ("post", "/api/webhooks", none),
+            ("get", "/api/webhooks", none),
+            ("get", "/api/webhooks/{id}", none),
+            ("delete", "/api/webhooks/{id}", none),
+            ("get", "/api/webhooks/{id}/deliveries", names::<requests::PageQuery<EntryCursor>>()),
+            ("post", "/api/events/{id}/redeliver", none),
         ];
         for (method, path, takes) in queries {
             let op = &doc["paths"][path][method];
