@@ -81,10 +81,8 @@ impl Store {
     }
 
     async fn execute_alone(&self, cmd: &TransferCommand) -> Outcome {
-        let outcomes = self
-            .with_retries(std::slice::from_ref(cmd), self.conflict_retry_budget)
-            .await
-            .map_err(|(e, attempts)| if is_retryable(&e) { StoreError::Contention { attempts } } else { e })?;
+        let outcomes =
+            self.with_retries(std::slice::from_ref(cmd), self.conflict_retry_budget).await.map_err(given_up)?;
         outcomes.into_iter().next().unwrap_or(Err(StoreError::Contention { attempts: 0 }))
     }
 
@@ -128,8 +126,8 @@ impl Store {
                     }
                     outcomes
                 }
-                Err((e, attempts)) => {
-                    let e = if is_retryable(&e) { StoreError::Contention { attempts } } else { e };
+                Err(gave_up) => {
+                    let e = given_up(gave_up);
                     cmds.iter().map(|_| Err(e.clone())).collect()
                 }
             }
@@ -458,6 +456,12 @@ where
     result.map_err(|e| (e, attempts))
 }
 
+/// What a caller is told when [`retrying`] gave up: `Contention` when trying again later may
+/// succeed (with the attempts made), else the error itself.
+pub(crate) fn given_up((e, attempts): (StoreError, u32)) -> StoreError {
+    if is_retryable(&e) { StoreError::Contention { attempts } } else { e }
+}
+
 /// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).
 pub(crate) async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
     let mut tries = 0;
@@ -474,7 +478,7 @@ pub(crate) async fn commit(session: &mut ClientSession) -> Result<(), StoreError
 }
 
 /// Errors after which re-running the whole transaction is safe and may succeed.
-pub(crate) fn is_retryable(e: &StoreError) -> bool {
+fn is_retryable(e: &StoreError) -> bool {
     is_conflict(e)
         || matches!(e, StoreError::Database(e)
             if e.contains_label(TRANSIENT_TRANSACTION_ERROR) || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT))

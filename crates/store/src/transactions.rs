@@ -16,7 +16,7 @@ use mongodb::options::{ReadConcern, ReturnDocument, WriteConcern};
 
 use crate::docs::{TransactionDoc, to_bson_time};
 use crate::events::EventDraft;
-use crate::execute::{commit, is_retryable, retrying};
+use crate::execute::{commit, given_up, retrying};
 use crate::search::SearchFilter;
 use crate::{GroupCommit, Grouping, MAX_PAGE, Store, StoreError, TransactionRecord};
 
@@ -82,8 +82,8 @@ impl Store {
             .collect();
         match retrying(self.conflict_retry_budget, || self.insert_pending_once(&records)).await {
             Ok(results) => results,
-            Err((e, attempts)) => {
-                let e = if is_retryable(&e) { StoreError::Contention { attempts } } else { e };
+            Err(gave_up) => {
+                let e = given_up(gave_up);
                 cmds.iter().map(|_| Err(e.clone())).collect()
             }
         }
@@ -293,7 +293,7 @@ impl Store {
         reason: FailureReason,
     ) -> Result<Option<TransactionRecord>, StoreError> {
         let failed = retrying(self.conflict_retry_budget, || self.fail_pending_once(id, reason)).await;
-        match failed.map_err(|(e, _)| e)? {
+        match failed.map_err(given_up)? {
             Some(record) => Ok(Some(record)),
             None => self.find_transaction(id).await,
         }

@@ -17,6 +17,29 @@ pub(crate) async fn visible_account(state: &AppState, user: &AuthUser, id: Accou
     if user.is_system() || account.owner_id == Some(user.id) { Ok(account) } else { Err(ApiError::account_not_found()) }
 }
 
+/// Whose view a listing takes, for the listings of transactions and of events: filtered by
+/// `account`, that account (the caller's own, 404 otherwise) and nothing more; unfiltered, for
+/// a USER the accounts it owns, on which (with what it initiated) what it may see rests, and
+/// for SYSTEM nothing, as it sees all.
+pub(crate) struct ListingScope {
+    pub account: Option<AccountId>,
+    pub own_accounts: Option<Vec<AccountId>>,
+}
+
+pub(crate) async fn listing_scope(
+    state: &AppState,
+    user: &AuthUser,
+    account: Option<AccountId>,
+) -> ApiResult<ListingScope> {
+    let account = match account {
+        Some(id) => Some(visible_account(state, user, id).await?.id),
+        None => None,
+    };
+    let own_accounts =
+        if user.is_system() || account.is_some() { None } else { Some(state.store.account_ids_of(user.id).await?) };
+    Ok(ListingScope { account, own_accounts })
+}
+
 #[utoipa::path(
     post,
     path = "/api/accounts",

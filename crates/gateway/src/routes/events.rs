@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use ledgerflow_store::EventFilter;
 
-use super::accounts::visible_account;
+use super::accounts::{ListingScope, listing_scope};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiResult, ErrorBody};
@@ -41,15 +41,8 @@ pub(super) async fn list(
     let requests::EventQuery { after, types, account, limit } = query.read()?;
     let after = after.unwrap_or_default().id();
     let limit = limit.unwrap_or_default().get();
-    let account = match account {
-        Some(id) => Some(visible_account(&state, &user, id).await?.id),
-        None => None,
-    };
-    let visible_to = if user.is_system() || account.is_some() {
-        None
-    } else {
-        Some((user.id, state.store.account_ids_of(user.id).await?))
-    };
+    let ListingScope { account, own_accounts } = listing_scope(&state, &user, account).await?;
+    let visible_to = own_accounts.map(|accounts| (user.id, accounts));
     let types = types.map(requests::EventTypes::into_vec).unwrap_or_default();
     // One more than the page, to tell whether there is more.
     let filter = EventFilter { after, types, account, visible_to, limit: limit + 1 };

@@ -12,7 +12,7 @@ use ledgerflow_domain::{
 use ledgerflow_store::{InsertPending, TransactionFilter, TransactionRecord};
 use tracing::{Instrument, info, info_span};
 
-use super::accounts::visible_account;
+use super::accounts::{ListingScope, listing_scope};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -476,15 +476,8 @@ pub(super) async fn list(
 ) -> ApiResult<Json<dto::TransactionList>> {
     let (requests::TransactionQuery { account, status, kind, limit, cursor: before, .. }, search) = query.read()?;
     let limit = limit.unwrap_or_default().get();
-    let account = match account {
-        Some(id) => Some(visible_account(&state, &user, id).await?.id),
-        None => None,
-    };
-    let visible_to = if user.is_system() || account.is_some() {
-        None
-    } else {
-        Some((user.initiator(), state.store.account_ids_of(user.id).await?))
-    };
+    let ListingScope { account, own_accounts } = listing_scope(&state, &user, account).await?;
+    let visible_to = own_accounts.map(|accounts| (user.initiator(), accounts));
     let filter = TransactionFilter { visible_to, account, status, kind, before, limit, search };
     let found = state.store.list_transactions(&filter).await?;
     let next = (found.len() as i64 == limit).then(|| found.last().map(|t| t.id)).flatten();
