@@ -34,6 +34,8 @@ use crate::{Store, StoreError, TransactionRecord, render};
 
 /// The state of the relay's single stream: one document in `relay`.
 const RELAY_STATE: &str = "events";
+/// Most outbox changes the relay's change stream fetches at once.
+const FEED_BATCH: u32 = 256;
 /// Change stream error: the resume token fell off the oplog.
 const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 
@@ -448,6 +450,9 @@ impl Store {
             .pipeline([doc! { "$match": { "operationType": "insert" } }, doc! { "$project": { "fullDocument": 0 } }])
             .resume_after(token)
             .max_await_time(wait)
+            // The relay takes a few hundred at a time; the driver's default batch (up to 16 MB
+            // of changes) only inflates the leading worker's memory.
+            .batch_size(FEED_BATCH)
             .await?;
         Ok((OutboxFeed { stream: stream.with_type() }, resumed))
     }
