@@ -53,7 +53,10 @@ pub(crate) async fn run(store: Store, publisher: Publisher, holder: String, shut
                 info!(relay = %holder, epoch = lease.epoch, "leading the event relay");
                 metrics::gauge!("ledgerflow_relay_leading").set(1.0);
                 let led = lead(&store, &publisher, &holder, lease, &shutdown).await;
-                metrics::gauge!("ledgerflow_relay_leading").set(0.0);
+                // Only a leader samples the backlog: a former one must not keep showing its last.
+                for gauge in ["ledgerflow_relay_leading", "ledgerflow_events_outbox", "ledgerflow_events_unpublished"] {
+                    metrics::gauge!(gauge).set(0.0);
+                }
                 match led {
                     Ok(lease) => {
                         // Stopping: hand over at once rather than after the lease runs out.
