@@ -20,6 +20,12 @@ use crate::execute::{commit, given_up, retrying};
 use crate::search::SearchFilter;
 use crate::{GroupCommit, Grouping, MAX_PAGE, Store, StoreError, TransactionRecord};
 
+/// How long recording (or failing) a PENDING transaction retries a conflict or a transient
+/// error: a gateway racing another on one key wins or loses at the second try. Short, because
+/// an outage makes the driver label every error transient, and the caller must answer 503
+/// while its client still waits, not after a budget made for workers' batches.
+const PENDING_RETRY_BUDGET: Duration = Duration::from_secs(1);
+
 /// What recording a new PENDING transaction did.
 #[derive(Debug)]
 pub enum InsertPending {
@@ -80,7 +86,7 @@ impl Store {
             .iter()
             .map(|cmd| TransactionRecord::pending(cmd.transaction_id.unwrap_or_else(TransactionId::generate), cmd, now))
             .collect();
-        match retrying(self.conflict_retry_budget, || self.insert_pending_once(&records)).await {
+        match retrying(PENDING_RETRY_BUDGET, || self.insert_pending_once(&records)).await {
             Ok(results) => results,
             Err(gave_up) => {
                 let e = given_up(gave_up);
@@ -292,7 +298,7 @@ impl Store {
         id: TransactionId,
         reason: FailureReason,
     ) -> Result<Option<TransactionRecord>, StoreError> {
-        let failed = retrying(self.conflict_retry_budget, || self.fail_pending_once(id, reason)).await;
+        let failed = retrying(PENDING_RETRY_BUDGET, || self.fail_pending_once(id, reason)).await;
         match failed.map_err(given_up)? {
             Some(record) => Ok(Some(record)),
             None => self.find_transaction(id).await,
