@@ -12,7 +12,7 @@ use ledgerflow_domain::{
 };
 use mongodb::ClientSession;
 use mongodb::bson::{Document, doc};
-use mongodb::options::{ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::options::{ReturnDocument, WriteConcern};
 
 use crate::docs::{TransactionDoc, to_bson_time};
 use crate::events::EventDraft;
@@ -100,11 +100,11 @@ impl Store {
         records: &[TransactionRecord],
     ) -> Result<Vec<Result<InsertPending, StoreError>>, StoreError> {
         let mut session = self.client.start_session().await?;
-        session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .await?;
+        // Local, not snapshot, reads: a repeat must be answered with its transaction as it
+        // stands now, and a snapshot transaction reads the majority-committed snapshot, which
+        // was seen to lag a worker's just-acknowledged decision (a repeat answered PENDING
+        // after its client had waited for COMPLETED). The unique key index guards the insert.
+        session.start_transaction().write_concern(WriteConcern::majority()).await?;
         match self.insert_pending_in(&mut session, records).await {
             Ok((results, true)) => {
                 commit(&mut session).await?;
