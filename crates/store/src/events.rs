@@ -368,16 +368,16 @@ impl Store {
         Ok(())
     }
 
-    /// Events after `f.after`, oldest first, at most `f.limit`.
+    /// Events after `f.after`, oldest first, at most `f.limit` (a page: at most one more than
+    /// `MAX_PAGE`, so a reader can tell whether there is more).
     pub async fn events_after(&self, f: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
-        let docs: Vec<EventDoc<i64>> = self
-            .events()
-            .find(f.to_document())
-            .sort(doc! { "_id": 1 })
-            .limit(f.limit.clamp(1, crate::MAX_PAGE + 1))
-            .await?
-            .try_collect()
-            .await?;
+        self.find_events(f, f.limit.clamp(1, crate::MAX_PAGE + 1)).await
+    }
+
+    /// The events `f` selects, oldest first, at most `limit`.
+    async fn find_events(&self, f: &EventFilter, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
+        let docs: Vec<EventDoc<i64>> =
+            self.events().find(f.to_document()).sort(doc! { "_id": 1 }).limit(limit).await?.try_collect().await?;
         docs.into_iter().map(TryInto::try_into).collect()
     }
 
@@ -563,10 +563,8 @@ impl Store {
     /// Up to `limit` sequenced events not yet confirmed published, in order.
     pub async fn unpublished(&self, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
         let published = self.relay_state().await?.map_or(0, |s| s.published);
-        let filter = EventFilter { after: published, limit, ..EventFilter::default() };
-        let docs: Vec<EventDoc<i64>> =
-            self.events().find(filter.to_document()).sort(doc! { "_id": 1 }).limit(limit).await?.try_collect().await?;
-        docs.into_iter().map(TryInto::try_into).collect()
+        // The relay's batch, larger than a reader's page.
+        self.find_events(&EventFilter { after: published, ..EventFilter::default() }, limit).await
     }
 
     /// Records that every event up to `id` is confirmed published (fenced by `lease`).
