@@ -4,16 +4,13 @@
 //! gateway, committed by a worker, sequenced by its relay.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use hmac::{Hmac, Mac};
 use ledgerflow::settings::{DispatcherSettings, WebhookPolicySettings, from_env};
 use ledgerflow_store::Store;
+use ledgerflow_tests::receiver::{Behaviour, Receiver};
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{DEADLINE, Session, TestApp, assert_error, spawn_app_configured};
 use sha2::Sha256;
@@ -41,118 +38,6 @@ fn verify(secret: &str, header: &str, raw_body: &[u8], now: i64, tolerance_secs:
     mac.update(format!("{t}.").as_bytes());
     mac.update(raw_body);
     candidates.iter().any(|c| hex::decode(c).is_ok_and(|sig| mac.clone().verify_slice(&sig).is_ok()))
-}
-
-/// One request a receiver got.
-#[derive(Clone)]
-struct Hit {
-    headers: HeaderMap,
-    body: Bytes,
-    at: Instant,
-}
-
-impl Hit {
-    fn transaction_id(&self) -> String {
-        let body: Value = ledgerflow_tests::serde_json::from_slice(&self.body).unwrap();
-        body["transactionId"].as_str().unwrap().to_owned()
-    }
-
-    fn event_id(&self) -> i64 {
-        self.headers["ledgerflow-event-id"].to_str().unwrap().parse().unwrap()
-    }
-}
-
-/// How a receiver answers.
-#[derive(Clone, Copy)]
-enum Behaviour {
-    Accept,
-    /// 500 to its first `n` requests, then 200.
-    FailFirst(usize),
-    /// 200 after this long.
-    Slow(Duration),
-}
-
-/// An HTTP endpoint of this test: records every request, answers as told.
-struct Receiver {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    stop: CancellationToken,
-}
-
-impl Receiver {
-    async fn start(behaviour: Behaviour) -> Receiver {
-        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), behaviour)
-    }
-
-    fn on(listener: TcpListener, behaviour: Behaviour) -> Receiver {
-        let addr = listener.local_addr().unwrap();
-        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let stop = CancellationToken::new();
-        let state = (Arc::clone(&hits), behaviour);
-        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state);
-        let until = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned()).await.unwrap();
-        });
-        Receiver { addr, hits, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    fn event_ids(&self) -> Vec<i64> {
-        self.hits().iter().map(Hit::event_id).collect()
-    }
-
-    fn transaction_ids(&self) -> BTreeSet<String> {
-        self.hits().iter().map(Hit::transaction_id).collect()
-    }
-
-    /// Waits until it has received every one of `ids` (at least once).
-    async fn wait_for(&self, ids: &BTreeSet<i64>) {
-        let start = Instant::now();
-        loop {
-            let got: BTreeSet<i64> = self.event_ids().into_iter().collect();
-            if ids.is_subset(&got) {
-                return;
-            }
-            let missing: Vec<_> = ids.difference(&got).take(10).collect();
-            assert!(start.elapsed() < DEADLINE, "still missing events {missing:?} after {DEADLINE:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn hook(
-    State((hits, behaviour)): State<(Arc<Mutex<Vec<Hit>>>, Behaviour)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let seen = {
-        let mut hits = hits.lock().unwrap();
-        hits.push(Hit { headers, body, at: Instant::now() });
-        hits.len()
-    };
-    match behaviour {
-        Behaviour::Accept => StatusCode::OK,
-        Behaviour::FailFirst(n) if seen <= n => StatusCode::INTERNAL_SERVER_ERROR,
-        Behaviour::FailFirst(_) => StatusCode::NO_CONTENT,
-        Behaviour::Slow(pause) => {
-            tokio::time::sleep(pause).await;
-            StatusCode::OK
-        }
-    }
 }
 
 /// A system whose gateway lets webhooks reach this test's loopback receivers over http.
@@ -355,7 +240,7 @@ async fn a_delivered_event_is_signed_over_its_raw_body() {
     let dispatcher = start_dispatcher(&app, "dispatcher-a");
     let funding = funded(&app, &pair.a, 10_000).await;
     let ids = visible_events(&app, &pair.alice, "transaction.completed", 1).await;
-    receiver.wait_for(&ids).await;
+    receiver.wait_for(&ids, DEADLINE).await;
     let hit = &receiver.hits()[0];
     let header = |name: &str| hit.headers[name].to_str().unwrap().to_owned();
     let id = *ids.first().unwrap();
@@ -438,7 +323,7 @@ async fn a_receiver_down_during_a_burst_receives_every_event_once_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let receiver = Receiver::on(TcpListener::bind(addr).await.unwrap(), Behaviour::Accept);
-    receiver.wait_for(&ids).await;
+    receiver.wait_for(&ids, DEADLINE).await;
     stop_dispatcher(dispatcher).await;
     app.teardown().await;
 }
@@ -456,7 +341,7 @@ async fn two_dispatchers_never_send_an_event_twice_in_a_clean_run() {
     app.fund(&pair.a, 1_000_000).await;
     transfers(&app, &pair.alice, &pair.a, &pair.b, BURST).await;
     let ids = visible_events(&app, &pair.alice, "transaction.completed", BURST + 1).await;
-    receiver.wait_for(&ids).await;
+    receiver.wait_for(&ids, DEADLINE).await;
     // Anything sent twice would have arrived by now.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
@@ -491,9 +376,9 @@ async fn a_users_webhook_never_receives_another_users_events() {
     assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
     let a_to_b = sent["transaction"]["id"].as_str().unwrap().to_owned();
     app.wait_terminal(&pair.alice.token, &a_to_b).await;
-    systems.wait_for(&visible_events(&app, &app.system, "transaction.completed", 3).await).await;
-    alices.wait_for(&visible_events(&app, &pair.alice, "transaction.completed", 2).await).await;
-    bobs.wait_for(&visible_events(&app, &pair.bob, "transaction.completed", 2).await).await;
+    systems.wait_for(&visible_events(&app, &app.system, "transaction.completed", 3).await, DEADLINE).await;
+    alices.wait_for(&visible_events(&app, &pair.alice, "transaction.completed", 2).await, DEADLINE).await;
+    bobs.wait_for(&visible_events(&app, &pair.bob, "transaction.completed", 2).await, DEADLINE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let set = |ids: &[&String]| ids.iter().map(|s| (*s).clone()).collect::<BTreeSet<String>>();
     assert_eq!(alices.transaction_ids(), set(&[&fund_a, &a_to_b]), "Alice: her funding and her transfer");
@@ -523,7 +408,7 @@ async fn a_slow_endpoint_does_not_delay_a_fast_one() {
     // Every event is there before the dispatcher starts: both endpoints are due at once.
     let start = Instant::now();
     let dispatcher = start_dispatcher(&app, "dispatcher-a");
-    fast.wait_for(&ids).await;
+    fast.wait_for(&ids, DEADLINE).await;
     let fast_done = fast.hits().iter().map(|h| h.at).max().unwrap() - start;
     // The slow endpoint holds its few places for 5 s per attempt: 21 of them take 25 s.
     assert!(fast_done < Duration::from_secs(3), "the fast endpoint took {fast_done:?}");
@@ -542,7 +427,7 @@ async fn redeliver_sends_an_event_again() {
     funded(&app, &pair.a, 500).await;
     let ids = visible_events(&app, &pair.alice, "transaction.completed", 1).await;
     let id = *ids.first().unwrap();
-    receiver.wait_for(&ids).await;
+    receiver.wait_for(&ids, DEADLINE).await;
     settled_delivery(&app, &pair.alice, &webhook, 1).await;
     let queued = app.must("redeliver", app.as_user(&pair.alice).redeliver(id).await);
     assert_eq!((queued.event_id, queued.webhook_ids), (id, vec![webhook.clone()]));
@@ -579,7 +464,7 @@ async fn a_dispatcher_process_delivers_and_reports_its_metrics() {
     let mut process = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
     funded(&app, &pair.a, 500).await;
     let ids = visible_events(&app, &pair.alice, "transaction.completed", 1).await;
-    receiver.wait_for(&ids).await;
+    receiver.wait_for(&ids, DEADLINE).await;
     let start = Instant::now();
     let wanted = [
         "ledgerflow_webhook_deliveries_total{outcome=\"retried\"} 1",
@@ -638,7 +523,7 @@ async fn a_delivery_failing_past_its_horizon_is_failed_and_redeliverable() {
     let path = format!("/api/events/{id}/redeliver");
     let (status, queued) = app.call("POST", &path, Some(&pair.alice.token), Some(json!({}))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
-    receiver.wait_for(&BTreeSet::from([id])).await;
+    receiver.wait_for(&BTreeSet::from([id]), DEADLINE).await;
     let listed = settled_delivery(&app, &pair.alice, &webhook, attempts.len() + 1).await;
     assert_eq!(listed["deliveries"][0]["status"], "DELIVERED", "{listed}");
     stop_dispatcher(dispatcher).await;

@@ -1,12 +1,13 @@
 //! What every fault test checks once the fault is over: the invariants of the module
 //! documentation of `main.rs`, and the `FAULTS` summary line.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ledgerflow_domain::EventType;
 use ledgerflow_store::{EventFilter, TransactionRecord};
 use ledgerflow_tests::processes::Cluster;
+use ledgerflow_tests::receiver::Receiver;
 use ledgerflow_tests::serde_json::{Value, json};
 
 use crate::workload::{ACCOUNTS, FUNDING, Planned, Sent, WAIT, Workload};
@@ -193,4 +194,35 @@ async fn verify_events(c: &Cluster, records: &[TransactionRecord]) {
         let got = per_transaction.get(&t.id.to_string()).map(Vec::as_slice).unwrap_or_default();
         assert_eq!(got, [EventType::Accepted, EventType::entering(t.status)], "the events of {t:?}");
     }
+}
+
+/// Every event of the stream reached RabbitMQ (on `tap`, bound before the first) and the
+/// webhook `receiver` (registered for everything before the first), at least once each.
+/// Returns the counts for the summary line.
+pub async fn verify_published_and_delivered(c: &Cluster, tap: &str, receiver: &Receiver) -> String {
+    let mut ids = BTreeSet::new();
+    loop {
+        let after = ids.last().copied().unwrap_or(0);
+        let page = c.store.events_after(&EventFilter { after, limit: 100, ..EventFilter::default() }).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        ids.extend(page.iter().map(|e| e.id));
+    }
+    let published = |bodies: &[Vec<u8>]| -> BTreeSet<i64> {
+        bodies.iter().filter_map(|b| serde_json::from_slice::<Value>(b).ok()?["id"].as_i64()).collect()
+    };
+    let bodies = c.drain(tap, WAIT, |got| ids.is_subset(&published(got))).await;
+    let seen = published(&bodies);
+    let missing: Vec<_> = ids.difference(&seen).take(10).collect();
+    assert!(missing.is_empty(), "{} events, never published: {missing:?}…", ids.len());
+    receiver.wait_for(&ids, WAIT).await;
+    let delivered = receiver.event_ids();
+    format!(
+        "events={} published={} delivered={} redelivered_events={}",
+        ids.len(),
+        bodies.len(),
+        delivered.len(),
+        delivered.len() - delivered.iter().collect::<BTreeSet<_>>().len()
+    )
 }

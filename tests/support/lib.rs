@@ -12,6 +12,7 @@ mod cli;
 pub mod nodes;
 pub mod processes;
 pub mod proxy;
+pub mod receiver;
 pub mod services;
 
 pub use broker::{close_broker_connections, persistent, publish_on, ready_commands};

@@ -1,6 +1,7 @@
 //! Real `ledgerflow` processes for fault tests.
 //!
-//! [`Cluster`] runs a `ledgerflow gateway` process and `ledgerflow worker` processes on a
+//! [`Cluster`] runs a `ledgerflow gateway` process, `ledgerflow worker` processes and, when a
+//! test asks, `ledgerflow dispatcher` processes on a
 //! fresh database and queue prefix (testkit's `Cluster`, as the bench runs its own), talks to
 //! them over HTTP, and inspects MongoDB and RabbitMQ directly. Unlike [`crate::TestApp`] it
 //! keeps no long-lived broker connection (each broker operation opens its own, so RabbitMQ can
@@ -17,7 +18,12 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use ledgerflow::settings::{DispatcherSettings, WebhookPolicySettings, from_env};
+use ledgerflow_domain::EventType;
+use ledgerflow_messaging::lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use ledgerflow_messaging::lapin::types::{AMQPValue, FieldTable};
 use ledgerflow_messaging::lapin::{BasicProperties, Connection};
 use ledgerflow_messaging::{Topology, connect};
 use ledgerflow_store::Store;
@@ -37,6 +43,13 @@ pub const REPUBLISH_AFTER: Duration = Duration::from_secs(3);
 pub const REPUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// The HTTP client's timeout: a request that takes longer is a hang, not a slow answer.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Where the fault clusters' webhooks may deliver: to the tests' receivers, plain HTTP on
+/// loopback.
+pub const TEST_WEBHOOKS: WebhookPolicySettings =
+    WebhookPolicySettings { webhook_allow_http: true, webhook_allow_private: true };
+/// A queue the test binds to the events exchange, to see what the relay published; the broker
+/// removes it this long after its last use if a failed test left it.
+const TAP_EXPIRES_MS: i64 = 600_000;
 
 fn log_dir() -> PathBuf {
     std::env::temp_dir().join("ledgerflow-fault-logs")
@@ -65,12 +78,14 @@ pub struct ProcessEnv {
 impl ProcessEnv {
     /// A fault test's settings: [`crate::test_settings`], with retries 1 s apart and enough
     /// of them that the outages these tests cause (a few seconds) never exhaust them (a
-    /// transfer must complete, not fail PROCESSING_FAILED), and a republisher that waits 3 s.
+    /// transfer must complete, not fail PROCESSING_FAILED), a republisher that waits 3 s, and
+    /// webhooks allowed to reach the tests' receivers.
     fn new(label: &str) -> Self {
         let mut settings = crate::test_settings("fault");
         let gateway = settings.gateway.as_mut().unwrap();
         gateway.republish_after = REPUBLISH_AFTER.into();
         gateway.republish_interval = REPUBLISH_INTERVAL.into();
+        gateway.webhooks = TEST_WEBHOOKS;
         settings.connections.retry_delay = Duration::from_secs(1).into();
         let worker = settings.worker.as_mut().unwrap();
         worker.max_attempts = 10;
@@ -209,6 +224,46 @@ impl Cluster {
             worker.prefetch = prefetch;
         };
         self.procs.spawn_worker(name, configure).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Starts a `ledgerflow dispatcher` process named `name`, retrying failed deliveries
+    /// within a second; returns its index in `procs.dispatchers`.
+    pub fn spawn_dispatcher(&mut self, name: &str) -> usize {
+        let mut dispatcher: DispatcherSettings = from_env().unwrap();
+        dispatcher.dispatcher_name = Some(format!("{name}-{}", self.env.prefix()));
+        dispatcher.webhook_retry_base = Duration::from_millis(200).into();
+        dispatcher.webhook_retry_cap = Duration::from_secs(1).into();
+        self.procs.spawn_dispatcher(name, &TEST_WEBHOOKS, &dispatcher).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Registers, as SYSTEM, a webhook at `url` for every event type; returns its id.
+    pub async fn webhook_for_every_event(&self, url: &str) -> String {
+        let types: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        self.must("register a webhook", self.as_user(&self.system).register_webhook(url, &types, None).await).id
+    }
+
+    /// Binds a queue of the test to the events exchange for every routing key: from then on it
+    /// holds a copy of every event the relay publishes. Returns its name (see
+    /// [`Cluster::drain`]); teardown deletes it.
+    pub async fn tap_events(&self) -> String {
+        let queue = self.events_tap();
+        let conn = self.amqp().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(TAP_EXPIRES_MS));
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        ch.queue_declare(queue.as_str().into(), durable, args).await.unwrap();
+        let exchange = self.topology.events();
+        let bind = QueueBindOptions::default();
+        ch.queue_bind(queue.as_str().into(), exchange.as_str().into(), "#".into(), bind, FieldTable::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+        queue
+    }
+
+    fn events_tap(&self) -> String {
+        format!("{}.test-events-tap", self.env.prefix())
     }
 
     /// Commands the broker redelivered, over all workers (see [`redelivered`]).
@@ -390,6 +445,7 @@ impl Cluster {
         let conn = self.amqp().await;
         let ch = conn.create_channel().await.unwrap();
         let _ = self.topology.delete(&ch).await;
+        let _ = ch.queue_delete(self.events_tap().as_str().into(), QueueDeleteOptions::default()).await;
         let _ = conn.close(200, "teardown".into()).await;
         self.drop_database_and_logs().await;
     }
@@ -403,6 +459,11 @@ impl Cluster {
     }
 
     async fn stop_processes(&mut self) {
+        for d in &mut self.procs.dispatchers {
+            if d.exited().is_none() {
+                stop(d).await;
+            }
+        }
         for w in &mut self.procs.workers {
             if w.process.exited().is_none() {
                 stop(&mut w.process).await;

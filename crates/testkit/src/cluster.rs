@@ -1,10 +1,10 @@
 //! Real `ledgerflow` processes, as the fault tests and the bench run them: a `ledgerflow
-//! gateway` and `ledgerflow worker`s started with the environment [`Settings::child_env`]
+//! gateway`, `ledgerflow worker`s and `ledgerflow dispatcher`s started with the environment [`Settings::child_env`]
 //! renders, each a [`LoggedChild`], so a process runs with exactly the settings the harness
 //! means, and no failure path leaves one running.
 //!
 //! [`Launcher`] says how processes start (which executable, where they log, how much);
-//! [`Cluster`] is one gateway and its workers, with readiness and a graceful stop.
+//! [`Cluster`] is one gateway, its workers and dispatchers, with readiness and a graceful stop.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use ledgerflow::Settings;
-use ledgerflow::settings::WorkerSettings;
+use ledgerflow::settings::{DispatcherSettings, WebhookPolicySettings, WorkerSettings};
 use ledgerflow_messaging::{Publisher, Topology};
 
 use crate::LoggedChild;
@@ -106,6 +106,24 @@ impl Launcher {
         let process = self.spawn(self.command(&settings, "gateway"), name)?;
         Ok(Gateway { process, base: format!("http://{addr}") })
     }
+
+    /// A `ledgerflow dispatcher` process on `settings`' services, delivering under `policy`
+    /// (which must agree with the gateway's, that registered the webhooks).
+    pub fn dispatcher(
+        &self,
+        settings: &Settings,
+        name: &str,
+        policy: &WebhookPolicySettings,
+        dispatcher: &DispatcherSettings,
+    ) -> Result<LoggedChild> {
+        let mut command = self.command(&settings.one_shot(), "dispatcher");
+        command
+            .env_remove("LEDGERFLOW_DISPATCHER_METRICS_ADDR")
+            .env_remove("LEDGERFLOW_DISPATCHER_NAME")
+            .envs(policy.env())
+            .envs(dispatcher.env());
+        self.spawn(command, name)
+    }
 }
 
 /// A `ledgerflow gateway` process.
@@ -129,12 +147,14 @@ impl Worker {
     }
 }
 
-/// A gateway and its workers, on the services and names of one [`Settings`].
+/// A gateway, its workers and its webhook dispatchers, on the services and names of one
+/// [`Settings`].
 pub struct Cluster {
     pub launcher: Launcher,
     pub settings: Settings,
     pub gateway: Gateway,
     pub workers: Vec<Worker>,
+    pub dispatchers: Vec<LoggedChild>,
 }
 
 impl Cluster {
@@ -142,7 +162,7 @@ impl Cluster {
     /// alone, e.g. another broker address); no workers yet, and nothing waited for.
     pub fn start(launcher: Launcher, settings: Settings, gateway: &Settings) -> Result<Self> {
         let gateway = launcher.gateway(gateway, "gateway")?;
-        Ok(Self { launcher, settings, gateway, workers: Vec::new() })
+        Ok(Self { launcher, settings, gateway, workers: Vec::new(), dispatchers: Vec::new() })
     }
 
     /// [`Cluster::start`] and [`Cluster::wait_ready`], trying another port when the probed
@@ -169,13 +189,27 @@ impl Cluster {
         Ok(self.workers.len() - 1)
     }
 
-    /// Every process: the gateway, then the workers.
+    /// Starts a webhook dispatcher on the cluster's services (see [`Launcher::dispatcher`]);
+    /// returns its index in `dispatchers`.
+    pub fn spawn_dispatcher(
+        &mut self,
+        name: &str,
+        policy: &WebhookPolicySettings,
+        dispatcher: &DispatcherSettings,
+    ) -> Result<usize> {
+        self.dispatchers.push(self.launcher.dispatcher(&self.settings, name, policy, dispatcher)?);
+        Ok(self.dispatchers.len() - 1)
+    }
+
+    /// Every process: the gateway, the workers, then the dispatchers.
     pub fn processes(&self) -> impl Iterator<Item = &LoggedChild> {
-        std::iter::once(&self.gateway.process).chain(self.workers.iter().map(|w| &w.process))
+        std::iter::once(&self.gateway.process).chain(self.workers.iter().map(|w| &w.process)).chain(&self.dispatchers)
     }
 
     fn processes_mut(&mut self) -> impl Iterator<Item = &mut LoggedChild> {
-        std::iter::once(&mut self.gateway.process).chain(self.workers.iter_mut().map(|w| &mut w.process))
+        std::iter::once(&mut self.gateway.process)
+            .chain(self.workers.iter_mut().map(|w| &mut w.process))
+            .chain(&mut self.dispatchers)
     }
 
     /// Fails with its log tail if a process not stopped on purpose has exited.
@@ -234,7 +268,7 @@ impl Cluster {
                     ended.insert(p.name.clone(), status.to_string());
                 }
             }
-            if ended.len() == self.workers.len() + 1 || Instant::now() >= by {
+            if ended.len() == self.processes().count() || Instant::now() >= by {
                 break;
             }
             tokio::time::sleep(POLL).await;

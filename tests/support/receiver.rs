@@ -1,0 +1,126 @@
+//! An HTTP endpoint on a loopback port of the test, standing for a webhook receiver: it
+//! records every request and answers as told.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// One request a receiver got.
+#[derive(Clone)]
+pub struct Hit {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Hit {
+    pub fn transaction_id(&self) -> String {
+        let body: Value = serde_json::from_slice(&self.body).unwrap();
+        body["transactionId"].as_str().unwrap().to_owned()
+    }
+
+    pub fn event_id(&self) -> i64 {
+        self.headers["ledgerflow-event-id"].to_str().unwrap().parse().unwrap()
+    }
+}
+
+/// How a receiver answers.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    Accept,
+    /// 500 to its first `n` requests, then 200.
+    FailFirst(usize),
+    /// 200 after this long.
+    Slow(Duration),
+}
+
+/// An HTTP endpoint of this test: records every request, answers as told.
+pub struct Receiver {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    pub async fn start(behaviour: Behaviour) -> Receiver {
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), behaviour)
+    }
+
+    pub fn on(listener: TcpListener, behaviour: Behaviour) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let state = (Arc::clone(&hits), behaviour);
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state);
+        let until = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned()).await.unwrap();
+        });
+        Receiver { addr, hits, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    pub fn event_ids(&self) -> Vec<i64> {
+        self.hits().iter().map(Hit::event_id).collect()
+    }
+
+    pub fn transaction_ids(&self) -> BTreeSet<String> {
+        self.hits().iter().map(Hit::transaction_id).collect()
+    }
+
+    /// Waits until it has received every one of `ids` (at least once), up to `limit`.
+    pub async fn wait_for(&self, ids: &BTreeSet<i64>, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let got: BTreeSet<i64> = self.event_ids().into_iter().collect();
+            if ids.is_subset(&got) {
+                return;
+            }
+            let missing: Vec<_> = ids.difference(&got).take(10).collect();
+            assert!(start.elapsed() < limit, "still missing events {missing:?} after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn hook(
+    State((hits, behaviour)): State<(Arc<Mutex<Vec<Hit>>>, Behaviour)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let seen = {
+        let mut hits = hits.lock().unwrap();
+        hits.push(Hit { headers, body, at: Instant::now() });
+        hits.len()
+    };
+    match behaviour {
+        Behaviour::Accept => StatusCode::OK,
+        Behaviour::FailFirst(n) if seen <= n => StatusCode::INTERNAL_SERVER_ERROR,
+        Behaviour::FailFirst(_) => StatusCode::NO_CONTENT,
+        Behaviour::Slow(pause) => {
+            tokio::time::sleep(pause).await;
+            StatusCode::OK
+        }
+    }
+}
