@@ -39,7 +39,7 @@ use tracing::debug;
 use crate::decide::{AccountHead, Loaded, Plan, decide};
 use crate::docs::{AccountDoc, EXPIRY_UNREPORTED, EntryDoc, TransactionDoc, reserved_guard, to_bson_time};
 use crate::error::is_duplicate_key;
-use crate::transactions::key_filter;
+use crate::transactions::KeyLookup;
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
 
 /// By default, how long one batch may keep retrying write conflicts before the caller is told
@@ -211,9 +211,17 @@ impl Store {
     async fn load(&self, s: &mut ClientSession, reads: &Reads) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded::default();
 
-        let mut clauses = reads.keys.clone();
-        clauses.push(doc! { "_id": { "$in": &reads.ids[..] } });
-        let mut found = self.transactions().find(doc! { "$or": clauses }).session(&mut *s).await?;
+        // By id alone for the usual batch (the gateway recorded every command): no `$or` for
+        // MongoDB to plan clause by clause.
+        let by_id = doc! { "_id": { "$in": &reads.ids[..] } };
+        let filter = if reads.keys.is_empty() {
+            by_id
+        } else {
+            let mut clauses = reads.keys.clauses();
+            clauses.push(by_id);
+            doc! { "$or": clauses }
+        };
+        let mut found = self.transactions().find(filter).session(&mut *s).await?;
         while let Some(doc) = found.next(&mut *s).await.transpose()? {
             let Ok(id) = doc.id.parse::<TransactionId>() else { continue };
             let key = (doc.idempotency_scope.clone(), doc.idempotency_key.clone());
@@ -393,7 +401,7 @@ impl Store {
 #[derive(Debug, Default)]
 pub(crate) struct Reads {
     ids: Vec<String>,
-    keys: Vec<Document>,
+    keys: KeyLookup,
     accounts: Vec<AccountId>,
 }
 
@@ -406,7 +414,7 @@ impl Reads {
         for cmd in cmds {
             match cmd.transaction_id {
                 Some(id) => reads.ids.push(id.to_string()),
-                None => reads.keys.push(key_filter(&cmd.initiator, &cmd.idempotency_key)),
+                None => reads.keys.add(&cmd.initiator, &cmd.idempotency_key),
             }
             reads.ids.extend(cmd.request.reverses.map(|id| id.to_string()));
             reads.ids.extend(cmd.request.hold.map(|id| id.to_string()));
@@ -419,7 +427,11 @@ impl Reads {
 
     /// A hold's expiry's: the hold and its two accounts.
     pub(crate) fn of_hold(hold: &TransactionRecord) -> Self {
-        Reads { ids: vec![hold.id.to_string()], keys: Vec::new(), accounts: vec![hold.from_account, hold.to_account] }
+        Reads {
+            ids: vec![hold.id.to_string()],
+            keys: KeyLookup::default(),
+            accounts: vec![hold.from_account, hold.to_account],
+        }
     }
 }
 
