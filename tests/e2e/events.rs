@@ -10,8 +10,9 @@ use ledgerflow_messaging::lapin::Channel;
 use ledgerflow_messaging::lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use ledgerflow_messaging::lapin::types::FieldTable;
 use ledgerflow_tests::{TestApp, assert_error, schema, spawn_app, spawn_app_with};
+use mongodb::bson::{Document, doc};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -397,5 +398,68 @@ async fn a_relay_that_lost_its_lease_can_neither_number_nor_mark_anything() {
     assert_eq!(store.relay_backlog().await.unwrap(), (0, 0));
     let events = all_events(&app.as_user(&pair.alice), EventQuery::default(), 100).await;
     assert_eq!((events.len(), events[0].id, events[0].event_type.as_str()), (1, 1, "transaction.accepted"));
+    app.teardown().await;
+}
+
+/// The relay's place on the outbox's change stream made one it cannot resume from: the stored
+/// resume token with its cluster time (the 8 bytes after the `82` type byte of its key string)
+/// moved back to the epoch. Before the oplog's start, that is history lost; on an oplog that
+/// still starts at the replica set's birth, an event that is not there. The relay must treat
+/// both alike.
+async fn lose_the_relays_place(app: &TestApp) -> String {
+    let relay = app.raw_db().await.collection::<Document>("relay");
+    let state = relay.find_one(doc! { "_id": "events" }).await.unwrap().expect("the relay's state");
+    let data = state.get_document("token").unwrap().get_str("_data").unwrap().to_owned();
+    assert!(data.starts_with("82") && data.len() > 18, "a resume token's key string: {data}");
+    let lost = format!("82{}{}", "0000000100000001", &data[18..]);
+    let token = doc! { "_data": &lost };
+    relay.update_one(doc! { "_id": "events" }, doc! { "$set": { "token": token } }).await.unwrap();
+    lost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_cannot_resume_its_stream_numbers_the_outbox_and_carries_on() {
+    let mut app = spawn_app_with(1).await;
+    let pair = app.alice_and_bob().await;
+    let alice = app.as_user(&pair.alice);
+    app.fund(&pair.a, 10_000).await;
+    transfer(&alice, &pair.a, &pair.b, 1).await;
+    events_of(&alice, &transfer(&alice, &pair.a, &pair.b, 1).await, 2).await;
+    app.stop_worker(0).await;
+    let lost = lose_the_relays_place(&app).await;
+    // More than a batch of changes wait in the outbox (acceptances: no worker decides them).
+    let items: Vec<Value> = (0..600)
+        .map(|i| json!({"fromAccount": &pair.a, "toAccount": &pair.b, "amount": 1, "idempotencyKey": format!("lost-{i}")}))
+        .collect();
+    let (status, answer) =
+        app.call("POST", "/transactions/batch", Some(&pair.alice.token), Some(json!({"items": items}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let ids: Vec<String> = answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["transaction"]["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    app.add_worker();
+    for id in &ids {
+        alice.wait(id, 30).await.unwrap();
+    }
+    let start = Instant::now();
+    while app.store.relay_backlog().await.unwrap() != (0, 0) {
+        assert!(start.elapsed() < DEADLINE, "the relay is stuck: {:?}", app.store.relay_backlog().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = all_events(&app.as_user(&app.system), EventQuery::default(), 100).await;
+    let numbers: Vec<i64> = events.iter().map(|e| e.id).collect();
+    assert_eq!(numbers, (1..=numbers.len() as i64).collect::<Vec<_>>(), "numbered without a gap or a repeat");
+    for id in &ids {
+        let of: Vec<&str> = events.iter().filter(|e| e.transaction_id == *id).map(|e| e.event_type.as_str()).collect();
+        assert_eq!(of, ["transaction.accepted", "transaction.completed"], "the events of {id}");
+    }
+    // It stored the new stream's place: the next leader resumes from there.
+    let relay = app.raw_db().await.collection::<Document>("relay");
+    let state = relay.find_one(doc! { "_id": "events" }).await.unwrap().unwrap();
+    assert_ne!(state.get_document("token").unwrap().get_str("_data").unwrap(), lost);
     app.teardown().await;
 }

@@ -36,8 +36,10 @@ use crate::{Store, StoreError, TransactionRecord, render};
 const RELAY_STATE: &str = "events";
 /// Most outbox changes the relay's change stream fetches at once.
 const FEED_BATCH: u32 = 256;
-/// Change stream error: the resume token fell off the oplog.
+/// Change stream errors: the resume token fell off the oplog, or is not on it (the database
+/// was restored from a backup, say, or the outbox dropped).
 const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+const CHANGE_STREAM_FATAL: i32 = 280;
 
 /// An account as an event shows it: as of the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,10 +312,12 @@ impl OutboxFeed {
 }
 
 impl StoreError {
-    /// The change stream's resume point is gone from the oplog: start again from the outbox.
+    /// The change stream cannot go on from its resume point (gone from the oplog, or never on
+    /// it): start again from the outbox.
     pub fn is_history_lost(&self) -> bool {
         matches!(self, StoreError::Database(e)
-            if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == CHANGE_STREAM_HISTORY_LOST))
+            if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c)
+                if c.code == CHANGE_STREAM_HISTORY_LOST || c.code == CHANGE_STREAM_FATAL))
     }
 }
 
@@ -438,11 +442,23 @@ impl Store {
         Ok(())
     }
 
-    /// Follows the outbox's inserts from the stored resume token, or from now when there is
-    /// none (then [`Store::unsequenced`] finds what came before).
+    /// Follows the outbox's inserts from the stored resume token when `resume` and it is still
+    /// on the oplog, or else from now; says which (from now, [`Store::unsequenced`] finds what
+    /// came before).
     pub async fn outbox_feed(&self, resume: bool, wait: Duration) -> Result<(OutboxFeed, bool), StoreError> {
         let token = if resume { self.relay_state().await?.and_then(|s| s.token) } else { None };
-        let resumed = token.is_some();
+        if token.is_some() {
+            match self.watch_outbox(token, wait).await {
+                Err(e) if e.is_history_lost() => {
+                    tracing::warn!(error = %e, "the outbox's change stream lost its place; numbering from the outbox");
+                }
+                resumed => return resumed.map(|feed| (feed, true)),
+            }
+        }
+        Ok((self.watch_outbox(None, wait).await?, false))
+    }
+
+    async fn watch_outbox(&self, token: Option<ResumeToken>, wait: Duration) -> Result<OutboxFeed, StoreError> {
         let stream = self
             .outbox()
             .clone_with_type::<Document>()
@@ -454,7 +470,7 @@ impl Store {
             // of changes) only inflates the leading worker's memory.
             .batch_size(FEED_BATCH)
             .await?;
-        Ok((OutboxFeed { stream: stream.with_type() }, resumed))
+        Ok(OutboxFeed { stream: stream.with_type() })
     }
 
     async fn relay_state(&self) -> Result<Option<RelayState>, StoreError> {

@@ -42,6 +42,7 @@ pub use error::StoreError;
 pub use events::{EventAccount, EventFilter, EventRecord, OutboxFeed, RelayLease};
 pub use execute::{Execution, Outcome};
 pub use group::{GroupCommit, Grouping};
+pub use mongodb::change_stream::event::ResumeToken;
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
 pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use ledgerflow_messaging::{MessagingError, Publisher};
-use ledgerflow_store::{RelayLease, Store, StoreError};
+use ledgerflow_store::{RelayLease, ResumeToken, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -79,6 +79,12 @@ pub(crate) async fn run(store: Store, publisher: Publisher, holder: String, shut
 }
 
 /// Leads until `shutdown` (returning the lease, to be released) or an error.
+///
+/// It follows the outbox's change stream from where the last leader left it. Without such a
+/// place (the first start, or one lost off the oplog) it opens the stream at now and first
+/// numbers what the outbox already holds, in the order its changes were decided (the only time
+/// the order is the decisions' clocks' rather than the commits'), a batch per turn of the same
+/// loop, so that however long that takes the lease is renewed and what is numbered published.
 async fn lead(
     store: &Store,
     publisher: &Publisher,
@@ -86,7 +92,8 @@ async fn lead(
     mut lease: RelayLease,
     shutdown: &CancellationToken,
 ) -> Result<RelayLease, Stop> {
-    let mut feed = open_feed(store, lease, true).await?;
+    let (mut feed, resumed) = store.outbox_feed(true, FEED_WAIT).await?;
+    let mut draining = !resumed;
     let mut renewed = Instant::now();
     while !shutdown.is_cancelled() {
         if renewed.elapsed() >= RENEW_EVERY {
@@ -95,42 +102,37 @@ async fn lead(
             sample_backlog(store).await;
         }
         publish_numbered(store, publisher, lease).await?;
+        if draining {
+            let ids = store.unsequenced(BATCH as i64).await?;
+            draining = ids.len() == BATCH;
+            // The drain's last batch also stores the stream's place, so that the next leader
+            // resumes instead of scanning.
+            let token = if draining { None } else { feed.resume_token() };
+            number(store, lease, &ids, token).await?;
+            continue;
+        }
         let ids = match feed.next_ids(BATCH).await {
             Ok(ids) => ids,
             Err(e) if e.is_history_lost() => {
                 warn!(error = %e, "the outbox's change stream lost its place; numbering from the outbox");
-                feed = open_feed(store, lease, false).await?;
+                (feed, _) = store.outbox_feed(false, FEED_WAIT).await?;
+                draining = true;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
         if !ids.is_empty() {
-            let numbered = store.sequence(lease, &ids, feed.resume_token()).await?;
-            metrics::counter!("ledgerflow_events_sequenced_total").increment(numbered as u64);
+            number(store, lease, &ids, feed.resume_token()).await?;
         }
     }
     Ok(lease)
 }
 
-/// The outbox's change stream, from where the last leader left it when `resume` and it is
-/// known. Otherwise (the first start, or a position lost off the oplog) from now, after
-/// numbering what the outbox already holds in the order its changes were decided: the only
-/// time the order is the decisions' clocks' rather than the commits'.
-async fn open_feed(store: &Store, lease: RelayLease, resume: bool) -> Result<ledgerflow_store::OutboxFeed, Stop> {
-    let (feed, resumed) = store.outbox_feed(resume, FEED_WAIT).await?;
-    if !resumed {
-        loop {
-            let ids = store.unsequenced(BATCH as i64).await?;
-            if ids.is_empty() {
-                break;
-            }
-            let numbered = store.sequence(lease, &ids, None).await?;
-            metrics::counter!("ledgerflow_events_sequenced_total").increment(numbered as u64);
-        }
-        // Remember the stream's place, so the next leader resumes instead of scanning.
-        store.sequence(lease, &[], feed.resume_token()).await?;
-    }
-    Ok(feed)
+/// Numbers the outbox documents `ids` and stores `token` as the stream's place.
+async fn number(store: &Store, lease: RelayLease, ids: &[String], token: Option<ResumeToken>) -> Result<(), Stop> {
+    let numbered = store.sequence(lease, ids, token).await?;
+    metrics::counter!("ledgerflow_events_sequenced_total").increment(numbered as u64);
+    Ok(())
 }
 
 /// Publishes every numbered event not yet confirmed, in order, a batch at a time, and records
