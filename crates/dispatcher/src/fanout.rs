@@ -66,7 +66,7 @@ async fn pass(store: &Store) -> Result<usize, StoreError> {
 }
 
 /// Who gets what: each event to each webhook that receives it and was registered when it
-/// happened (a new webhook is not sent the history; a redelivery asks for an event by name).
+/// happened ([`WebhookRecord::follows`]).
 fn deliveries(
     events: &[EventFacts<'_>],
     webhooks: &[WebhookRecord],
@@ -75,7 +75,7 @@ fn deliveries(
     let none = BTreeSet::new();
     let mut made = Vec::new();
     for event in events {
-        for webhook in webhooks.iter().filter(|w| w.created_at <= event.created_at) {
+        for webhook in webhooks.iter().filter(|w| w.follows(event)) {
             if webhook.receives(event, owned.get(&webhook.owner).unwrap_or(&none)) {
                 made.push(NewDelivery {
                     webhook_id: webhook.id,
@@ -97,7 +97,7 @@ mod tests {
 
     use super::*;
 
-    fn webhook(owner: UserId, created_at: chrono::DateTime<Utc>) -> WebhookRecord {
+    fn webhook(owner: UserId, created_at: chrono::DateTime<Utc>, starts_after: Option<i64>) -> WebhookRecord {
         WebhookRecord {
             id: WebhookId::generate(),
             owner,
@@ -107,6 +107,7 @@ mod tests {
             accounts: None,
             secret: WebhookSecret::from_random([1; 32]),
             created_at,
+            starts_after,
             deleted: false,
         }
     }
@@ -116,10 +117,27 @@ mod tests {
     }
 
     #[test]
-    fn a_webhook_is_sent_what_happens_after_it_is_registered_and_its_owner_may_see() {
+    fn a_webhook_is_sent_what_is_numbered_after_it_is_registered_and_its_owner_may_see() {
         let (alice, bob) = (UserId::generate(), UserId::generate());
         let now = Utc::now();
-        let hers = webhook(alice, now);
+        // Event 2 was decided by a worker whose clock runs a second behind the gateway's.
+        let hers = webhook(alice, now, Some(1));
+        let (alice, bob) = (alice.to_string(), bob.to_string());
+        let events = [
+            event(1, &alice, now - Span::seconds(2)),
+            event(2, &alice, now - Span::seconds(1)),
+            event(3, &bob, now + Span::seconds(1)),
+        ];
+        let made = deliveries(&events, std::slice::from_ref(&hers), &BTreeMap::new());
+        let sent: Vec<(WebhookId, i64)> = made.iter().map(|d| (d.webhook_id, d.event_id)).collect();
+        assert_eq!(sent, [(hers.id, 2)], "not the event numbered before, nor Bob's");
+    }
+
+    #[test]
+    fn a_webhook_registered_before_its_start_was_recorded_goes_by_the_clocks() {
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let now = Utc::now();
+        let hers = webhook(alice, now, None);
         let (alice, bob) = (alice.to_string(), bob.to_string());
         let events =
             [event(1, &alice, now - Span::seconds(1)), event(2, &alice, now), event(3, &bob, now + Span::seconds(1))];

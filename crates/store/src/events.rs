@@ -473,6 +473,11 @@ impl Store {
         Ok(OutboxFeed { stream: stream.with_type() })
     }
 
+    /// The id of the last event numbered (0: none yet).
+    pub(crate) async fn last_numbered_event(&self) -> Result<i64, StoreError> {
+        Ok(self.relay_state().await?.map_or(0, |s| s.last_id))
+    }
+
     async fn relay_state(&self) -> Result<Option<RelayState>, StoreError> {
         Ok(self.relay_states().find_one(doc! { "_id": RELAY_STATE }).await?)
     }

@@ -91,6 +91,9 @@ pub struct WebhookRecord {
     pub accounts: Option<BTreeSet<AccountId>>,
     pub secret: WebhookSecret,
     pub created_at: DateTime<Utc>,
+    /// The last event numbered when it was registered: it receives those after (`None` for a
+    /// webhook registered before this was recorded: those created after it, by the clocks).
+    pub starts_after: Option<i64>,
     pub deleted: bool,
 }
 
@@ -107,6 +110,8 @@ struct WebhookDoc {
     accounts: Option<Vec<String>>,
     secret: String,
     created_at: BsonDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    starts_after: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deleted_at: Option<BsonDateTime>,
 }
@@ -136,6 +141,7 @@ impl TryFrom<WebhookDoc> for WebhookRecord {
             accounts,
             secret: WebhookSecret(d.secret),
             created_at: from_bson_time(d.created_at),
+            starts_after: d.starts_after,
             deleted: d.deleted_at.is_some(),
         })
     }
@@ -166,6 +172,18 @@ impl EventRecord {
 }
 
 impl WebhookRecord {
+    /// Whether `event` happened after this webhook was registered, so that it is to be sent
+    /// (a new webhook is not sent the history; a redelivery asks for an event by name). By
+    /// the event's number, not by the clocks: an event committed after the registration is
+    /// numbered after it, whatever the clock of the worker that decided it said; one
+    /// committed just before but numbered after is sent too, which at least once allows.
+    pub fn follows(&self, event: &EventFacts<'_>) -> bool {
+        match self.starts_after {
+            Some(after) => event.id > after,
+            None => self.created_at <= event.created_at,
+        }
+    }
+
     /// Whether this webhook is to receive `event`: one of its types, naming one of its
     /// accounts if it lists any, and one its owner may see (SYSTEM every event; a USER those
     /// it asked for and those naming an account of its own, `owned`: the rule of
@@ -353,6 +371,7 @@ impl Store {
 
     /// Registers a webhook; returns it as stored.
     pub async fn insert_webhook(&self, new: NewWebhook) -> Result<WebhookRecord, StoreError> {
+        let starts_after = self.last_numbered_event().await?;
         let doc = WebhookDoc {
             id: WebhookId::generate().to_string(),
             owner_id: new.owner.to_string(),
@@ -362,6 +381,7 @@ impl Store {
             accounts: new.accounts.map(|a| a.iter().map(ToString::to_string).collect()),
             secret: new.secret.0,
             created_at: to_bson_time(Utc::now()),
+            starts_after: Some(starts_after),
             deleted_at: None,
         };
         self.webhooks().insert_one(&doc).await?;
@@ -633,6 +653,7 @@ mod tests {
             accounts: accounts.map(|a| a.iter().copied().collect()),
             secret: WebhookSecret::from_random([7; 32]),
             created_at: Utc::now(),
+            starts_after: Some(0),
             deleted: false,
         }
     }
