@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use hmac::{Hmac, Mac};
 use ledgerflow::settings::{DispatcherSettings, WebhookPolicySettings, from_env};
 use ledgerflow_store::Store;
-use ledgerflow_tests::receiver::{Behaviour, Receiver};
+use ledgerflow_tests::receiver::{Behaviour, Receiver, TestCertificate};
 use ledgerflow_tests::serde_json::{Value, json};
 use ledgerflow_tests::{DEADLINE, Session, TestApp, assert_error, spawn_app_configured};
 use sha2::Sha256;
@@ -67,7 +67,7 @@ fn start_dispatcher_with(
     settings.webhook_retry_base = Duration::from_millis(200).into();
     settings.webhook_retry_cap = Duration::from_secs(1).into();
     configure(&mut settings);
-    let mut config = settings.config(&policy);
+    let mut config = settings.config(&policy).unwrap();
     config.poll_interval = Duration::from_millis(50);
     let (uri, db) = (app.settings.connections.mongodb_uri.clone(), app.settings.connections.mongodb_db.clone());
     let stop = CancellationToken::new();
@@ -442,6 +442,47 @@ async fn redeliver_sends_an_event_again() {
     let unknown = app.call("POST", "/api/events/999999/redeliver", Some(&pair.alice.token), Some(json!({}))).await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "EVENT_NOT_FOUND");
     stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
+
+/// HTTPS as in production (the gateway allows private addresses, not plain http): the
+/// dispatcher verifies the endpoint's certificate, here one the test made and the dispatcher
+/// trusts through its CA file, and delivers nothing to an endpoint whose certificate it does
+/// not trust.
+#[tokio::test]
+async fn an_https_endpoint_is_delivered_to_only_over_a_verified_connection() {
+    let app = spawn_app_configured(1, |gateway| gateway.webhooks.webhook_allow_private = true).await;
+    let pair = app.alice_and_bob().await;
+    let (ours, strangers) = (TestCertificate::self_signed(), TestCertificate::self_signed());
+    let trusted = Receiver::start_tls(Behaviour::Accept, &ours).await;
+    let untrusted = Receiver::start_tls(Behaviour::Accept, &strangers).await;
+    assert!(trusted.url().starts_with("https://127.0.0.1:"));
+    let (_, secret) = register_webhook(&app, &pair.alice, &trusted.url(), &["transaction.completed"]).await;
+    let (refused, _) = register_webhook(&app, &pair.alice, &untrusted.url(), &["transaction.completed"]).await;
+    let ca_file = std::env::temp_dir().join(format!("ledgerflow-test-ca-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&ca_file, &ours.cert_pem).unwrap();
+    let dispatcher = start_dispatcher_with(&app, "dispatcher-tls", |s| s.webhook_ca_file = Some(ca_file.clone()));
+    funded(&app, &pair.a, 700).await;
+    let ids = visible_events(&app, &pair.alice, "transaction.completed", 1).await;
+    trusted.wait_for(&ids, DEADLINE).await;
+    let hit = &trusted.hits()[0];
+    let signature = hit.headers["ledgerflow-signature"].to_str().unwrap();
+    assert!(verify(&secret, signature, &hit.body, chrono::Utc::now().timestamp(), 300), "{signature}");
+    let start = Instant::now();
+    let attempt = loop {
+        let listed = deliveries(&app, &pair.alice, &refused).await;
+        let attempt = listed["deliveries"][0]["attempts"][0].clone();
+        if !attempt.is_null() {
+            break attempt;
+        }
+        assert!(start.elapsed() < DEADLINE, "no attempt to the untrusted endpoint: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = attempt["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(attempt["statusCode"].is_null() && error.contains("certificate"), "{attempt}");
+    assert!(untrusted.hits().is_empty(), "nothing reached an endpoint the dispatcher does not trust");
+    stop_dispatcher(dispatcher).await;
+    let _ = std::fs::remove_file(&ca_file);
     app.teardown().await;
 }
 

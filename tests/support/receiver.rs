@@ -1,5 +1,5 @@
-//! An HTTP endpoint on a loopback port of the test, standing for a webhook receiver: it
-//! records every request and answers as told.
+//! An HTTP or HTTPS endpoint on a loopback port of the test, standing for a webhook
+//! receiver: it records every request and answers as told.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -45,8 +45,38 @@ pub enum Behaviour {
 /// An HTTP endpoint of this test: records every request, answers as told.
 pub struct Receiver {
     addr: SocketAddr,
+    scheme: &'static str,
     hits: Arc<Mutex<Vec<Hit>>>,
     stop: CancellationToken,
+}
+
+/// A certificate of the test's own, for `127.0.0.1`: a receiver serves it, and whoever is to
+/// trust that receiver trusts `cert_pem` as a root.
+pub struct TestCertificate {
+    pub cert_pem: String,
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+impl TestCertificate {
+    pub fn self_signed() -> Self {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        Self { cert_pem: made.cert.pem(), cert_der: made.cert.der().to_vec(), key_der: made.key_pair.serialize_der() }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(self.cert_der.clone())], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 impl Receiver {
@@ -55,20 +85,49 @@ impl Receiver {
     }
 
     pub fn on(listener: TcpListener, behaviour: Behaviour) -> Receiver {
-        let addr = listener.local_addr().unwrap();
-        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let stop = CancellationToken::new();
-        let state = (Arc::clone(&hits), behaviour);
-        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state);
-        let until = stop.clone();
+        let (app, receiver) = Self::app(&listener, behaviour, "http");
+        let until = receiver.stop.clone();
         tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned()).await.unwrap();
         });
-        Receiver { addr, hits, stop }
+        receiver
+    }
+
+    /// An HTTPS receiver serving `certificate`; a handshake that fails (a client that does not
+    /// trust it) records nothing.
+    pub async fn start_tls(behaviour: Behaviour, certificate: &TestCertificate) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (app, receiver) = Self::app(&listener, behaviour, "https");
+        let acceptor = certificate.acceptor();
+        let until = receiver.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    () = until.cancelled() => return,
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        receiver
+    }
+
+    fn app(listener: &TcpListener, behaviour: Behaviour, scheme: &'static str) -> (axum::Router, Receiver) {
+        let addr = listener.local_addr().unwrap();
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let state = (Arc::clone(&hits), behaviour);
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state);
+        (app, Receiver { addr, scheme, hits, stop: CancellationToken::new() })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme, self.addr)
     }
 
     pub fn hits(&self) -> Vec<Hit> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ledgerflow_domain::WebhookId;
-use ledgerflow_domain::webhooks::{UrlHost, UrlPolicy};
+use ledgerflow_domain::webhooks::UrlHost;
 use ledgerflow_store::{Attempt, AttemptOutcome, DeliveryRecord, EventRecord, Store, WebhookRecord};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -111,7 +111,7 @@ async fn attempt(store: Store, config: Arc<DispatcherConfig>, delivery: Delivery
     async move {
         let at = Utc::now();
         let started = Instant::now();
-        let sent = send(&store, config.policy, &delivery).await;
+        let sent = send(&store, &config, &delivery).await;
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (status_code, error) = match &sent {
             Ok(code) => (Some(i32::from(*code)), None),
@@ -150,16 +150,17 @@ async fn attempt(store: Store, config: Arc<DispatcherConfig>, delivery: Delivery
 }
 
 /// Sends the delivery's event to its webhook; the endpoint's status code.
-async fn send(store: &Store, policy: UrlPolicy, delivery: &DeliveryRecord) -> Result<u16, AttemptError> {
+async fn send(store: &Store, config: &DispatcherConfig, delivery: &DeliveryRecord) -> Result<u16, AttemptError> {
     let webhook = store.find_webhook(delivery.webhook_id).await?;
     let webhook = webhook.filter(|w| !w.deleted).ok_or(AttemptError::Gone("the webhook was deleted"))?;
     let event = store.find_event(delivery.event_id).await?.ok_or(AttemptError::Gone("the event is no longer kept"))?;
-    post(policy, &webhook, &event).await
+    post(config, &webhook, &event).await
 }
 
-/// POSTs `event` to `webhook`, connecting only to addresses `policy` allows, resolved now and
-/// used as resolved (a name cannot be re-pointed between the check and the connection).
-async fn post(policy: UrlPolicy, webhook: &WebhookRecord, event: &EventRecord) -> Result<u16, AttemptError> {
+/// POSTs `event` to `webhook`, connecting only to addresses the policy allows, resolved now
+/// and used as resolved (a name cannot be re-pointed between the check and the connection).
+async fn post(config: &DispatcherConfig, webhook: &WebhookRecord, event: &EventRecord) -> Result<u16, AttemptError> {
+    let policy = config.policy;
     policy.check_scheme(&webhook.url).map_err(AttemptError::Refused)?;
     // Serialised once: these bytes are both signed and sent.
     let body = serde_json::to_vec(&event.body()).map_err(|e| AttemptError::Request(e.to_string()))?;
@@ -168,6 +169,9 @@ async fn post(policy: UrlPolicy, webhook: &WebhookRecord, event: &EventRecord) -
         .timeout(ATTEMPT_TIMEOUT)
         // A proxy would resolve the name itself, past the address check.
         .no_proxy();
+    for root in &config.extra_roots {
+        client = client.add_root_certificate(root.clone());
+    }
     match webhook.url.host() {
         UrlHost::Address(ip) => policy.check_address(ip).map_err(AttemptError::Refused)?,
         UrlHost::Name(name) => {

@@ -58,6 +58,9 @@ pub struct DispatcherConfig {
     pub per_endpoint: usize,
     pub retry: RetryPolicy,
     pub poll_interval: Duration,
+    /// Root certificates trusted for endpoints besides the public web's (webpki roots): for
+    /// endpoints whose certificates a private CA issued.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl DispatcherConfig {
@@ -69,7 +72,16 @@ impl DispatcherConfig {
             per_endpoint: DEFAULT_PER_ENDPOINT,
             retry: RetryPolicy { base: DEFAULT_RETRY_BASE, cap: DEFAULT_RETRY_CAP, horizon: DEFAULT_RETRY_HORIZON },
             poll_interval: DEFAULT_POLL_INTERVAL,
+            extra_roots: Vec::new(),
         }
+    }
+
+    /// Also trusts the root certificates of the PEM bundle `pem`; how many it had.
+    pub fn trust_pem_roots(&mut self, pem: &[u8]) -> Result<usize, reqwest::Error> {
+        let roots = reqwest::Certificate::from_pem_bundle(pem)?;
+        let count = roots.len();
+        self.extra_roots.extend(roots);
+        Ok(count)
     }
 }
 

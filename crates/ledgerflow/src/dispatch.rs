@@ -17,6 +17,7 @@ pub async fn run(
     settings: DispatcherSettings,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let config = settings.config(&policy)?;
     let metrics = match settings.dispatcher_metrics_addr {
         Some(addr) => Some(TcpListener::bind(addr).await.context("cannot listen for the dispatcher's metrics")?),
         None => None,
@@ -28,7 +29,7 @@ pub async fn run(
         info!(addr = ?listener.local_addr(), "serving the dispatcher's metrics");
         tokio::spawn(ledgerflow_telemetry::serve_metrics(listener, shutdown.clone().cancelled_owned()));
     }
-    ledgerflow_dispatcher::run(store.clone(), settings.config(&policy), shutdown).await;
+    ledgerflow_dispatcher::run(store.clone(), config, shutdown).await;
     store.shutdown().await;
     Ok(())
 }

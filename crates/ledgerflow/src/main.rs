@@ -506,10 +506,13 @@ mod tests {
             "d",
             "--dispatcher-metrics-addr",
             "127.0.0.1:9091",
+            "--webhook-ca-file",
+            "/etc/ledgerflow/webhook-ca.pem",
         ])
         .expect("arguments parse");
         let Command::Up(up) = cli.command else { panic!("an up command") };
-        // The dispatcher `up` runs renders its own (no child process runs one yet).
+        // A dispatcher's section renders its own environment (`Settings` carries none: the
+        // test kit passes it beside them to a `ledgerflow dispatcher` child).
         let dispatcher_env = up.dispatcher.env();
         let mut worker = up.worker;
         worker.metrics_addr = Some("127.0.0.1:9090".parse().expect("an address"));

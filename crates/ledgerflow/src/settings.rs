@@ -7,8 +7,10 @@
 //! tests and the bench start real processes with the settings they mean.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 use clap::builder::TypedValueParser as _;
 use ledgerflow_dispatcher::{
@@ -429,11 +431,16 @@ pub struct DispatcherSettings {
     /// (under `up`, the gateway's /metrics has them too).
     #[arg(long, env = "LEDGERFLOW_DISPATCHER_METRICS_ADDR")]
     pub dispatcher_metrics_addr: Option<SocketAddr>,
+    /// A PEM file of root certificates to trust for webhook endpoints besides the public
+    /// web's: for endpoints whose certificates a private CA issued.
+    #[arg(long, env = "LEDGERFLOW_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 impl DispatcherSettings {
-    /// The configuration of this process's dispatcher, delivering under `policy`.
-    pub fn config(&self, policy: &WebhookPolicySettings) -> DispatcherConfig {
+    /// The configuration of this process's dispatcher, delivering under `policy`; fails when
+    /// `--webhook-ca-file` cannot be read or holds no certificate.
+    pub fn config(&self, policy: &WebhookPolicySettings) -> anyhow::Result<DispatcherConfig> {
         let name =
             self.dispatcher_name.clone().unwrap_or_else(|| format!("ledgerflow-dispatcher-{}", std::process::id()));
         let mut config = DispatcherConfig::new(name, policy.policy());
@@ -444,7 +451,14 @@ impl DispatcherSettings {
             cap: self.webhook_retry_cap.into(),
             horizon: self.webhook_retry_horizon.into(),
         };
-        config
+        if let Some(path) = &self.webhook_ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let count = config
+                .trust_pem_roots(&pem)
+                .with_context(|| format!("{} is not a PEM bundle of certificates", path.display()))?;
+            anyhow::ensure!(count > 0, "{} holds no certificate", path.display());
+        }
+        Ok(config)
     }
 
     pub fn env(&self) -> Vec<EnvVar> {
@@ -460,6 +474,9 @@ impl DispatcherSettings {
         }
         if let Some(addr) = self.dispatcher_metrics_addr {
             env.push(("LEDGERFLOW_DISPATCHER_METRICS_ADDR", addr.to_string()));
+        }
+        if let Some(path) = &self.webhook_ca_file {
+            env.push(("LEDGERFLOW_WEBHOOK_CA_FILE", path.display().to_string()));
         }
         env
     }
