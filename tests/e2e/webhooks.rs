@@ -486,6 +486,49 @@ async fn an_https_endpoint_is_delivered_to_only_over_a_verified_connection() {
     app.teardown().await;
 }
 
+/// An endpoint's answer is its status code and nothing more: a redirect is not followed (a
+/// failed attempt, retried at the registered URL), and a body that never ends is read up to
+/// 64 KiB and dropped, so the attempt ends there, delivered, instead of running into the
+/// attempt's timeout.
+#[tokio::test]
+async fn redirects_are_not_followed_and_an_endless_answer_is_cut_short() {
+    let app = spawn_open_app(1).await;
+    let pair = app.alice_and_bob().await;
+    let elsewhere = Receiver::start(Behaviour::Accept).await;
+    let redirecting = Receiver::start(Behaviour::Redirect(elsewhere.addr())).await;
+    let endless = Receiver::start(Behaviour::Endless).await;
+    let (redirected, _) = register_webhook(&app, &pair.alice, &redirecting.url(), &["transaction.completed"]).await;
+    let (talkative, _) = register_webhook(&app, &pair.alice, &endless.url(), &["transaction.completed"]).await;
+    let dispatcher = start_dispatcher(&app, "dispatcher-answers");
+    funded(&app, &pair.a, 300).await;
+
+    let listed = settled_delivery(&app, &pair.alice, &talkative, 1).await;
+    let attempt = &listed["deliveries"][0]["attempts"][0];
+    assert_eq!(
+        (listed["deliveries"][0]["status"].as_str(), attempt["statusCode"].as_i64()),
+        (Some("DELIVERED"), Some(200))
+    );
+    let timeout = i64::try_from(ledgerflow_dispatcher::ATTEMPT_TIMEOUT.as_millis()).unwrap();
+    assert!(attempt["durationMs"].as_i64().unwrap() < timeout, "cut short, not timed out: {attempt}");
+
+    let start = Instant::now();
+    loop {
+        let listed = deliveries(&app, &pair.alice, &redirected).await;
+        let attempts = listed["deliveries"][0]["attempts"].as_array().cloned().unwrap_or_default();
+        if attempts.len() >= 2 {
+            assert!(attempts.iter().all(|a| a["statusCode"] == 307), "{listed}");
+            assert_eq!(listed["deliveries"][0]["status"], "PENDING", "retried, not delivered: {listed}");
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "no second attempt: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redirecting.hits().len() >= 2);
+    assert!(elsewhere.hits().is_empty(), "the redirect was not followed");
+    stop_dispatcher(dispatcher).await;
+    app.teardown().await;
+}
+
 /// `ledgerflow dispatcher` as its own process, configured by its environment alone, delivers
 /// and serves its metrics on a port of its own.
 #[tokio::test]

@@ -2,13 +2,15 @@
 //! receiver: it records every request and answers as told.
 
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,10 @@ pub enum Behaviour {
     FailFirst(usize),
     /// 200 after this long.
     Slow(Duration),
+    /// 307 to the same path on another receiver, at this address.
+    Redirect(SocketAddr),
+    /// 200 with a body that never ends.
+    Endless,
 }
 
 /// An HTTP endpoint of this test: records every request, answers as told.
@@ -130,6 +136,10 @@ impl Receiver {
         format!("{}://{}/hook", self.scheme, self.addr)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
@@ -167,19 +177,27 @@ async fn hook(
     State((hits, behaviour)): State<(Arc<Mutex<Vec<Hit>>>, Behaviour)>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> Response {
     let seen = {
         let mut hits = hits.lock().unwrap();
         hits.push(Hit { headers, body, at: Instant::now() });
         hits.len()
     };
     match behaviour {
-        Behaviour::Accept => StatusCode::OK,
-        Behaviour::FailFirst(n) if seen <= n => StatusCode::INTERNAL_SERVER_ERROR,
-        Behaviour::FailFirst(_) => StatusCode::NO_CONTENT,
+        Behaviour::Accept => StatusCode::OK.into_response(),
+        Behaviour::FailFirst(n) if seen <= n => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Behaviour::FailFirst(_) => StatusCode::NO_CONTENT.into_response(),
         Behaviour::Slow(pause) => {
             tokio::time::sleep(pause).await;
-            StatusCode::OK
+            StatusCode::OK.into_response()
+        }
+        Behaviour::Redirect(to) => {
+            (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, format!("http://{to}/hook"))]).into_response()
+        }
+        Behaviour::Endless => {
+            let chunk = Bytes::from(vec![b'x'; 8192]);
+            let endless = futures::stream::repeat_with(move || Ok::<_, Infallible>(chunk.clone()));
+            (StatusCode::OK, Body::from_stream(endless)).into_response()
         }
     }
 }
