@@ -117,10 +117,12 @@ pub async fn run(store: Store, config: WorkerConfig, shutdown: CancellationToken
         topology: config.topology.clone(),
     };
     let expirations = tokio::spawn(expired::run(Arc::clone(&ctx), observer, shutdown.clone()));
-    // Every worker stands ready to relay the event stream; one at a time leads.
-    let events = Publisher::new(&config.amqp_uri, &format!("{}-events", config.name), config.topology.clone());
+    // Every worker stands ready to relay the event stream; one at a time leads, publishing on
+    // the results' connection: one more connection would cost a thread (each lapin connection
+    // runs its own I/O loop) and its buffers, for no isolation that matters (both publish to
+    // the same broker, and a broken link is reopened by whichever publishes next).
     let holder = format!("{}-{}-{}", config.name, std::process::id(), uuid::Uuid::new_v4().simple());
-    let relay = tokio::spawn(relay::run(ctx.store.clone(), events, holder, shutdown.clone()));
+    let relay = tokio::spawn(relay::run(ctx.store.clone(), results.clone(), holder, shutdown.clone()));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match consume(&ctx, &config, &workers, &shutdown).await {

@@ -75,7 +75,6 @@ pub(crate) async fn run(store: Store, publisher: Publisher, holder: String, shut
             () = tokio::time::sleep(STANDBY_POLL) => {}
         }
     }
-    publisher.close().await;
 }
 
 /// Leads until `shutdown` (returning the lease, to be released) or an error.
