@@ -149,6 +149,19 @@ async fn deliveries(app: &TestApp, user: &Session, webhook: &str) -> Value {
     body
 }
 
+/// The webhook's deliveries once its newest has at least `attempts` attempts, settled or not.
+async fn attempted_delivery(app: &TestApp, user: &Session, webhook: &str, attempts: usize) -> Value {
+    let start = Instant::now();
+    loop {
+        let listed = deliveries(app, user, webhook).await;
+        if listed["deliveries"][0]["attempts"].as_array().is_some_and(|a| a.len() >= attempts) {
+            return listed;
+        }
+        assert!(start.elapsed() < DEADLINE, "not {attempts} attempts: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The webhook's deliveries once its newest has `attempts` attempts and is no longer PENDING.
 async fn settled_delivery(app: &TestApp, user: &Session, webhook: &str, attempts: usize) -> Value {
     let start = Instant::now();
@@ -468,16 +481,8 @@ async fn an_https_endpoint_is_delivered_to_only_over_a_verified_connection() {
     let hit = &trusted.hits()[0];
     let signature = hit.headers["ledgerflow-signature"].to_str().unwrap();
     assert!(verify(&secret, signature, &hit.body, chrono::Utc::now().timestamp(), 300), "{signature}");
-    let start = Instant::now();
-    let attempt = loop {
-        let listed = deliveries(&app, &pair.alice, &refused).await;
-        let attempt = listed["deliveries"][0]["attempts"][0].clone();
-        if !attempt.is_null() {
-            break attempt;
-        }
-        assert!(start.elapsed() < DEADLINE, "no attempt to the untrusted endpoint: {listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let listed = attempted_delivery(&app, &pair.alice, &refused, 1).await;
+    let attempt = &listed["deliveries"][0]["attempts"][0];
     let error = attempt["error"].as_str().unwrap_or_default().to_lowercase();
     assert!(attempt["statusCode"].is_null() && error.contains("certificate"), "{attempt}");
     assert!(untrusted.hits().is_empty(), "nothing reached an endpoint the dispatcher does not trust");
@@ -511,18 +516,10 @@ async fn redirects_are_not_followed_and_an_endless_answer_is_cut_short() {
     let timeout = i64::try_from(ledgerflow_dispatcher::ATTEMPT_TIMEOUT.as_millis()).unwrap();
     assert!(attempt["durationMs"].as_i64().unwrap() < timeout, "cut short, not timed out: {attempt}");
 
-    let start = Instant::now();
-    loop {
-        let listed = deliveries(&app, &pair.alice, &redirected).await;
-        let attempts = listed["deliveries"][0]["attempts"].as_array().cloned().unwrap_or_default();
-        if attempts.len() >= 2 {
-            assert!(attempts.iter().all(|a| a["statusCode"] == 307), "{listed}");
-            assert_eq!(listed["deliveries"][0]["status"], "PENDING", "retried, not delivered: {listed}");
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "no second attempt: {listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = attempted_delivery(&app, &pair.alice, &redirected, 2).await;
+    let attempts = listed["deliveries"][0]["attempts"].as_array().unwrap();
+    assert!(attempts.iter().all(|a| a["statusCode"] == 307), "{listed}");
+    assert_eq!(listed["deliveries"][0]["status"], "PENDING", "retried, not delivered: {listed}");
     assert!(redirecting.hits().len() >= 2);
     assert!(elsewhere.hits().is_empty(), "the redirect was not followed");
     stop_dispatcher(dispatcher).await;

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ledgerflow_domain::EventType;
-use ledgerflow_store::{EventFilter, TransactionRecord};
+use ledgerflow_store::{EventFilter, EventRecord, TransactionRecord};
 use ledgerflow_tests::processes::Cluster;
 use ledgerflow_tests::receiver::Receiver;
 use ledgerflow_tests::serde_json::{Value, json};
@@ -181,14 +181,8 @@ async fn verify_events(c: &Cluster, records: &[TransactionRecord]) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut per_transaction: HashMap<String, Vec<EventType>> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let page = c.store.events_after(&EventFilter { after, limit: 100, ..EventFilter::default() }).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        for event in page {
-            per_transaction.entry(event.transaction_id.to_string()).or_default().push(event.event_type);
-        }
+    for event in every_event(c).await {
+        per_transaction.entry(event.transaction_id.to_string()).or_default().push(event.event_type);
     }
     for t in records {
         let got = per_transaction.get(&t.id.to_string()).map(Vec::as_slice).unwrap_or_default();
@@ -200,15 +194,7 @@ async fn verify_events(c: &Cluster, records: &[TransactionRecord]) {
 /// webhook `receiver` (registered for everything before the first), at least once each.
 /// Returns the counts for the summary line.
 pub async fn verify_published_and_delivered(c: &Cluster, tap: &str, receiver: &Receiver) -> String {
-    let mut ids = BTreeSet::new();
-    loop {
-        let after = ids.last().copied().unwrap_or(0);
-        let page = c.store.events_after(&EventFilter { after, limit: 100, ..EventFilter::default() }).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        ids.extend(page.iter().map(|e| e.id));
-    }
+    let ids: BTreeSet<i64> = every_event(c).await.iter().map(|e| e.id).collect();
     let published = |bodies: &[Vec<u8>]| -> BTreeSet<i64> {
         bodies.iter().filter_map(|b| serde_json::from_slice::<Value>(b).ok()?["id"].as_i64()).collect()
     };
@@ -225,4 +211,17 @@ pub async fn verify_published_and_delivered(c: &Cluster, tap: &str, receiver: &R
         delivered.len(),
         delivered.len() - delivered.iter().collect::<BTreeSet<_>>().len()
     )
+}
+
+/// Every numbered event the store holds, oldest first, read a page at a time.
+async fn every_event(c: &Cluster) -> Vec<EventRecord> {
+    let mut events: Vec<EventRecord> = Vec::new();
+    loop {
+        let after = events.last().map_or(0, |e| e.id);
+        let page = c.store.events_after(&EventFilter { after, limit: 100, ..EventFilter::default() }).await.unwrap();
+        if page.is_empty() {
+            return events;
+        }
+        events.extend(page);
+    }
 }

@@ -68,8 +68,8 @@ pub(crate) fn key_filter(initiator: &Initiator, key: &IdempotencyKey) -> Documen
 }
 
 /// Idempotency keys to look up together, grouped by scope: one `$in` clause per initiator.
-/// An `$or` of one clause per key made MongoDB plan each clause on its own (its subplanner),
-/// which cost more of its CPU than reading the records did.
+/// MongoDB plans each clause of an `$or` on its own (its subplanner), so one clause per key
+/// would cost it more CPU than reading the records does.
 #[derive(Debug, Default)]
 pub(crate) struct KeyLookup(BTreeMap<String, Vec<String>>);
 

@@ -1,7 +1,7 @@
 //! Real `ledgerflow` processes, as the fault tests and the bench run them: a `ledgerflow
-//! gateway`, `ledgerflow worker`s and `ledgerflow dispatcher`s started with the environment [`Settings::child_env`]
-//! renders, each a [`LoggedChild`], so a process runs with exactly the settings the harness
-//! means, and no failure path leaves one running.
+//! gateway`, `ledgerflow worker`s and `ledgerflow dispatcher`s started with the environment
+//! [`Settings::child_env`] renders, each a [`LoggedChild`], so a process runs with exactly the
+//! settings the harness means, and no failure path leaves one running.
 //!
 //! [`Launcher`] says how processes start (which executable, where they log, how much);
 //! [`Cluster`] is one gateway, its workers and dispatchers, with readiness and a graceful stop.
