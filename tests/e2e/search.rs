@@ -329,3 +329,61 @@ async fn an_upstream_command_carries_metadata_to_its_record_and_result() {
     assert_eq!(found(search, app.as_user(&app.system)).await, vec![250]);
     app.teardown().await;
 }
+
+/// Transactions stored before the `accounts` field (a journal's accounts then sat in
+/// `legAccounts`, each role had an index of its own) are given it at startup, are found by
+/// any of their accounts through the one index, and the indexes it replaced are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_stored_before_the_accounts_field_are_found_by_any_account_after_startup() {
+    use mongodb::IndexModel;
+    use mongodb::bson::{Document, doc};
+    let app = spawn_app().await;
+    let p = app.alice_and_bob().await;
+    let a2 = app.open_account(&p.alice).await;
+    app.fund(&p.a, 1_000).await;
+    let alice = app.as_user(&p.alice);
+    let moved = app.must("transfer", alice.transfer(&transfer(&p.a, &p.b, 100, "t")).await).transaction.id;
+    let journal = app.must("journal", alice.journal(&[(&p.a, &a2, 30), (&a2, &p.b, 20)], "j", None).await);
+    let journal = journal.transaction.id;
+    for id in [&moved, &journal] {
+        assert_eq!(app.settled(&p.alice, id).await.status, "COMPLETED");
+    }
+
+    // As an older version stored them, with its indexes.
+    let transactions = app.raw_db().await.collection::<Document>("transactions");
+    transactions.update_many(doc! {}, doc! { "$unset": { "accounts": "" } }).await.unwrap();
+    let legs = doc! { "$set": { "legAccounts": [&p.a, &a2, &p.b] } };
+    transactions.update_one(doc! { "_id": &journal }, legs).await.unwrap();
+    for role in ["fromAccount", "toAccount", "legAccounts"] {
+        transactions.create_index(IndexModel::builder().keys(doc! { role: 1, "_id": -1 }).build()).await.unwrap();
+    }
+    let by = |account: &str| TransactionFilter {
+        account: Some(account.parse().unwrap()),
+        limit: 100,
+        ..TransactionFilter::default()
+    };
+    let ids = |found: Vec<ledgerflow_store::TransactionRecord>| -> Vec<String> {
+        found.into_iter().map(|t| t.id.to_string()).collect()
+    };
+    assert_eq!(ids(app.store.list_transactions(&by(&p.b)).await.unwrap()), Vec::<String>::new());
+
+    app.store.ensure_indexes().await.unwrap();
+    assert_eq!(ids(app.store.list_transactions(&by(&p.b)).await.unwrap()), [journal.clone(), moved.clone()]);
+    assert_eq!(ids(app.store.list_transactions(&by(&a2)).await.unwrap()), std::slice::from_ref(&journal));
+    let stored = transactions.find_one(doc! { "_id": &journal }).await.unwrap().unwrap();
+    let mut accounts: Vec<&str> = stored.get_array("accounts").unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    accounts.sort_unstable();
+    let mut expected = [p.a.as_str(), a2.as_str(), p.b.as_str()];
+    expected.sort_unstable();
+    assert_eq!(accounts, expected);
+    assert!(!stored.contains_key("legAccounts"), "{stored:?}");
+    let names = transactions.list_index_names().await.unwrap();
+    assert!(!names.iter().any(|n| n.contains("fromAccount") || n.contains("toAccount") || n.contains("legAccounts")));
+    let plan = app.store.explain_transactions(&by(&p.b)).await.unwrap();
+    assert_eq!(plan.indexes, ["accounts_1__id_-1"], "{plan:?}");
+    assert!(!plan.stages.iter().any(|s| s == "COLLSCAN" || s == "SORT"), "{plan:?}");
+    // With nothing left to fill in or drop, starting up again changes nothing.
+    app.store.ensure_indexes().await.unwrap();
+    assert_eq!(ids(app.store.list_transactions(&by(&p.b)).await.unwrap()), [journal, moved]);
+    app.teardown().await;
+}

@@ -271,10 +271,13 @@ pub(crate) struct TransactionDoc {
     /// transaction, whose one movement is `fromAccount` to `toAccount`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub legs: Vec<LegDoc>,
-    /// Beside `legs`: every account they touch, so that one multikey index finds a journal
-    /// by any of its accounts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub leg_accounts: Vec<String>,
+    /// Every account the transaction's movements touch (a journal's legs', each once), so
+    /// that one multikey index finds any transaction by any of its accounts. One index rather
+    /// than one per role: inside a multi-document transaction MongoDB 6.0 pays a check per
+    /// index of the collection for every document it updates. Absent only on documents
+    /// stored before it, which `Store::ensure_indexes` fills in.
+    #[serde(default)]
+    pub accounts: Vec<String>,
     /// For a FAILED journal: the index of the leg that failed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_leg: Option<i64>,
@@ -589,11 +592,7 @@ impl From<&TransactionRecord> for TransactionDoc {
                     currency: l.currency.code().to_owned(),
                 })
                 .collect(),
-            leg_accounts: if r.legs.is_empty() {
-                Vec::new()
-            } else {
-                r.request().accounts().iter().map(ToString::to_string).collect()
-            },
+            accounts: r.request().accounts().iter().map(ToString::to_string).collect(),
             failed_leg: r.failed_leg.map(i64::from),
             metadata: r.metadata.as_ref().map(metadata_doc),
             metadata_terms: r.metadata.as_ref().map(Metadata::search_terms),

@@ -72,8 +72,17 @@ pub struct Store {
 
 /// An index older versions created on entries: one of each type per transaction.
 const RETIRED_ENTRY_PAIR_INDEX: &str = "transactionId_1_type_1";
-/// An index older versions created on transactions (`status, publishedAt, createdAt`).
-const RETIRED_PENDING_INDEX: &str = "status_1_publishedAt_1_createdAt_1";
+/// Indexes older versions created on transactions: `(status, publishedAt, createdAt)`, which
+/// the republisher read while it marked publishes, and those the `accounts` index and its
+/// holds-by-expiry twin replaced (one per account role).
+const RETIRED_TRANSACTION_INDEXES: [&str; 6] = [
+    "status_1_publishedAt_1_createdAt_1",
+    "fromAccount_1__id_-1",
+    "toAccount_1__id_-1",
+    "legAccounts_1__id_-1",
+    "hold_fromAccount_expiresAt",
+    "hold_toAccount_expiresAt",
+];
 
 impl Store {
     /// Connects lazily: the driver reconnects by itself after outages, so this only fails on
@@ -116,10 +125,8 @@ impl Store {
             .create_indexes([
                 index(doc! { "idempotencyScope": 1, "idempotencyKey": 1 }, Some(unique())),
                 index(doc! { "status": 1, "createdAt": 1 }, None),
-                index(doc! { "fromAccount": 1, "_id": -1 }, None),
-                index(doc! { "toAccount": 1, "_id": -1 }, None),
-                // Journals by any of their legs' accounts (multikey; only journals have it).
-                index(doc! { "legAccounts": 1, "_id": -1 }, Some(IndexOptions::builder().sparse(true).build())),
+                // Transactions by any account they touch, newest first (multikey).
+                index(doc! { "accounts": 1, "_id": -1 }, None),
                 index(doc! { "initiator": 1, "_id": -1 }, None),
                 index(doc! { "reverses": 1 }, Some(IndexOptions::builder().sparse(true).build())),
                 search::metadata_index(),
@@ -145,13 +152,6 @@ impl Store {
                 ),
             ])
             .await?;
-        // Replaced by {status, createdAt} when the republisher stopped marking publishes; on a
-        // database made before, it would only slow every write to transactions.
-        if let Err(e) = self.transactions().drop_index(RETIRED_PENDING_INDEX).await
-            && !error::is_index_not_found(&e)
-        {
-            return Err(e.into());
-        }
         // One DEBIT and one CREDIT per transaction and leg (`leg` is absent, so null, on every
         // transaction but a journal and its reversal).
         self.entries()
@@ -166,32 +166,53 @@ impl Store {
             ])
             .await?;
         // Reservations as of an instant: the holds that can have been HELD then, by expiry.
-        let holds = |side: &str, name: &str| {
-            index(
-                doc! { side: 1, "expiresAt": 1 },
-                Some(
-                    IndexOptions::builder()
-                        .name(name.to_owned())
-                        .partial_filter_expression(doc! { "kind": ledgerflow_domain::TransferKind::Hold.as_str() })
-                        .build(),
-                ),
-            )
-        };
-        self.transactions()
-            .create_indexes([
-                holds("fromAccount", statements::HOLDS_FROM_BY_EXPIRY),
-                holds("toAccount", statements::HOLDS_TO_BY_EXPIRY),
-            ])
-            .await?;
+        let holds = IndexOptions::builder()
+            .name(statements::HOLDS_BY_EXPIRY.to_owned())
+            .partial_filter_expression(doc! { "kind": ledgerflow_domain::TransferKind::Hold.as_str() })
+            .build();
+        self.transactions().create_index(index(doc! { "accounts": 1, "expiresAt": 1 }, Some(holds))).await?;
+        self.fill_in_accounts().await?;
+        // Each index of `transactions` costs every update inside a transaction a check, so
+        // those nothing reads any more go; the ones replacing them are in place first.
+        for retired in RETIRED_TRANSACTION_INDEXES {
+            self.drop_index_if_any(&self.transactions(), retired).await?;
+        }
         // Its predecessor allowed one DEBIT and one CREDIT per transaction, which a journal's
         // second leg would break; the new index is in place before it goes.
-        if let Err(e) = self.entries().drop_index(RETIRED_ENTRY_PAIR_INDEX).await
-            && !error::is_index_not_found(&e)
-        {
-            return Err(e.into());
-        }
+        self.drop_index_if_any(&self.entries(), RETIRED_ENTRY_PAIR_INDEX).await?;
         self.ensure_webhook_indexes().await?;
         Ok(())
+    }
+
+    /// Gives every transaction stored before the `accounts` field its accounts (from its
+    /// `fromAccount`, `toAccount` and, for a journal, the `legAccounts` that field replaces).
+    /// Once done, finding none left is one step of the `accounts` index, where such documents
+    /// sit under null.
+    async fn fill_in_accounts(&self) -> Result<(), StoreError> {
+        let fill = doc! {
+            "$set": { "accounts": {
+                "$setUnion": [["$fromAccount", "$toAccount"], { "$ifNull": ["$legAccounts", []] }],
+            } },
+        };
+        let filled = self
+            .transactions()
+            .update_many(doc! { "accounts": null }, vec![fill, doc! { "$unset": "legAccounts" }])
+            .await?;
+        if filled.modified_count > 0 {
+            tracing::info!(transactions = filled.modified_count, "stored transactions given their accounts");
+        }
+        Ok(())
+    }
+
+    async fn drop_index_if_any<T: Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        match collection.drop_index(name).await {
+            Err(e) if !error::is_index_not_found(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Round-trips to the server; used by readiness checks.

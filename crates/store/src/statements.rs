@@ -21,9 +21,8 @@ use crate::{EntryRecord, MAX_PAGE, Store, StoreError};
 
 /// The name of the index behind "the last entry at or before an instant".
 pub(crate) const ENTRIES_BY_TIME: &str = "accountId_1_createdAt_1_seq_1";
-/// The names of the indexes behind "the holds HELD at an instant", one per side.
-pub(crate) const HOLDS_FROM_BY_EXPIRY: &str = "hold_fromAccount_expiresAt";
-pub(crate) const HOLDS_TO_BY_EXPIRY: &str = "hold_toAccount_expiresAt";
+/// The name of the index behind "the holds HELD at an instant" (both sides of each hold).
+pub(crate) const HOLDS_BY_EXPIRY: &str = "hold_accounts_expiresAt";
 
 /// How MongoDB runs a read, from its `explain`: the index keys and documents it examines, 1 and
 /// 1 at any history length for the reads by instant if their index does its job. -1 where the
@@ -127,20 +126,14 @@ impl Store {
     /// (decided HELD at or before `at`, not settled or swept by then) and not yet past their
     /// `expiresAt` (from then on no settlement can use them). Holds write no entries, so this is
     /// read from the holds themselves: those expiring within [`HoldTimeout::MAX_SECONDS`] after
-    /// `at`, the only ones that can have been HELD at `at`, through an index on each side.
+    /// `at`, the only ones that can have been HELD at `at`, through one index over both sides.
     pub async fn reserved_as_of(&self, account: AccountId, at: DateTime<Utc>) -> Result<Reserved, StoreError> {
-        Ok(Reserved {
-            debits: self.held_at(account, at, "fromAccount", HOLDS_FROM_BY_EXPIRY).await?,
-            credits: self.held_at(account, at, "toAccount", HOLDS_TO_BY_EXPIRY).await?,
-        })
-    }
-
-    async fn held_at(&self, account: AccountId, at: DateTime<Utc>, side: &str, index: &str) -> Result<i64, StoreError> {
         let latest_expiry = at + Duration::seconds(HoldTimeout::MAX_SECONDS.into());
         let held_once =
             [TransactionStatus::Held, TransactionStatus::Posted, TransactionStatus::Voided, TransactionStatus::Expired];
+        let id = account.to_string();
         let filter = doc! {
-            side: account.to_string(),
+            "accounts": &id,
             "kind": TransferKind::Hold.as_str(),
             "expiresAt": { "$gt": to_bson_time(at), "$lte": to_bson_time(latest_expiry) },
             "completedAt": { "$lte": to_bson_time(at) },
@@ -150,19 +143,26 @@ impl Store {
         let holds = self.db.collection::<Document>("transactions");
         let mut found = holds
             .find(filter)
-            .projection(doc! { "amount": 1 })
-            .hint(mongodb::options::Hint::Name(index.to_owned()))
+            .projection(doc! { "amount": 1, "fromAccount": 1 })
+            .hint(mongodb::options::Hint::Name(HOLDS_BY_EXPIRY.to_owned()))
             .await?;
-        let mut total: i64 = 0;
+        let mut reserved = Reserved::default();
         while let Some(hold) = found.try_next().await? {
+            // A hold moves money between two distinct accounts: `account` is its sender or
+            // its receiver, never both.
+            let side = if hold.get_str("fromAccount") == Ok(id.as_str()) {
+                &mut reserved.debits
+            } else {
+                &mut reserved.credits
+            };
             let amount = hold.get_i64("amount").ok();
-            total = amount.and_then(|a| total.checked_add(a)).ok_or_else(|| StoreError::Corrupt {
+            *side = amount.and_then(|a| side.checked_add(a)).ok_or_else(|| StoreError::Corrupt {
                 collection: "transactions",
                 id: hold.get_str("_id").unwrap_or_default().to_owned(),
                 reason: "a hold's amount is missing or the account's holds exceed 64 bits".into(),
             })?;
         }
-        Ok(total)
+        Ok(reserved)
     }
 
     /// One page of `account`'s statement over `window`: up to `limit` entries oldest first,

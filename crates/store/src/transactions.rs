@@ -232,16 +232,10 @@ impl TransactionFilter {
         let mut clauses: Vec<Document> = Vec::new();
         if let Some((initiator, accounts)) = &f.visible_to {
             let ids: Vec<String> = accounts.iter().map(ToString::to_string).collect();
-            clauses.push(doc! { "$or": [
-                { "initiator": initiator.to_string() },
-                { "fromAccount": { "$in": &ids } },
-                { "toAccount": { "$in": &ids } },
-                { "legAccounts": { "$in": &ids } },
-            ]});
+            clauses.push(doc! { "$or": [{ "initiator": initiator.to_string() }, { "accounts": { "$in": &ids } }] });
         }
         if let Some(account) = f.account {
-            let id = account.to_string();
-            clauses.push(doc! { "$or": [{ "fromAccount": &id }, { "toAccount": &id }, { "legAccounts": &id }] });
+            clauses.push(doc! { "accounts": account.to_string() });
         }
         if let Some(status) = f.status {
             clauses.push(doc! { "status": status.as_str() });
