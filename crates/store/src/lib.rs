@@ -84,6 +84,15 @@ const RETIRED_TRANSACTION_INDEXES: [&str; 6] = [
     "hold_toAccount_expiresAt",
 ];
 
+/// Drops `name` on `collection`; an index that is not there is no error (a database made
+/// after it was retired, or a second start).
+async fn drop_index_if_any<T: Send + Sync>(collection: &Collection<T>, name: &str) -> Result<(), StoreError> {
+    match collection.drop_index(name).await {
+        Err(e) if !error::is_index_not_found(&e) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Connects lazily: the driver reconnects by itself after outages, so this only fails on
     /// a malformed URI. Call [`Store::ensure_indexes`] before serving.
@@ -175,11 +184,11 @@ impl Store {
         // Each index of `transactions` costs every update inside a transaction a check, so
         // those nothing reads any more go; the ones replacing them are in place first.
         for retired in RETIRED_TRANSACTION_INDEXES {
-            self.drop_index_if_any(&self.transactions(), retired).await?;
+            drop_index_if_any(&self.transactions(), retired).await?;
         }
         // Its predecessor allowed one DEBIT and one CREDIT per transaction, which a journal's
         // second leg would break; the new index is in place before it goes.
-        self.drop_index_if_any(&self.entries(), RETIRED_ENTRY_PAIR_INDEX).await?;
+        drop_index_if_any(&self.entries(), RETIRED_ENTRY_PAIR_INDEX).await?;
         self.ensure_webhook_indexes().await?;
         Ok(())
     }
@@ -202,17 +211,6 @@ impl Store {
             tracing::info!(transactions = filled.modified_count, "stored transactions given their accounts");
         }
         Ok(())
-    }
-
-    async fn drop_index_if_any<T: Send + Sync>(
-        &self,
-        collection: &Collection<T>,
-        name: &str,
-    ) -> Result<(), StoreError> {
-        match collection.drop_index(name).await {
-            Err(e) if !error::is_index_not_found(&e) => Err(e.into()),
-            _ => Ok(()),
-        }
     }
 
     /// Round-trips to the server; used by readiness checks.
