@@ -24,7 +24,7 @@ use ledgerflow_domain::{AccountId, Currency, EventType, Initiator, TransactionId
 use mongodb::bson::{self, Bson, DateTime as BsonDateTime, Document, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
-use mongodb::options::{ReturnDocument, WriteConcern};
+use mongodb::options::ReturnDocument;
 use mongodb::{ClientSession, Collection};
 use serde::{Deserialize, Serialize};
 
@@ -508,19 +508,9 @@ impl Store {
         ids: &[String],
         token: Option<ResumeToken>,
     ) -> Result<usize, StoreError> {
-        let mut session = self.client.start_session().await?;
-        session.start_transaction().write_concern(WriteConcern::majority()).await?;
-        let done = self.sequence_in(&mut session, lease, ids, token).await;
-        match done {
-            Ok(n) => {
-                crate::execute::commit(&mut session).await?;
-                Ok(n)
-            }
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                Err(e)
-            }
-        }
+        let mut session = crate::execute::begin(&self.client, false).await?;
+        let done = self.sequence_in(&mut session, lease, ids, token).await.map(|n| (n, true));
+        crate::execute::finish(&mut session, done).await
     }
 
     async fn sequence_in(

@@ -30,10 +30,10 @@ use backoff::ExponentialBackoffBuilder;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use ledgerflow_domain::{AccountId, Balance, FailureReason, TransactionId, TransactionStatus, TransferCommand};
-use mongodb::ClientSession;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{ReadConcern, WriteConcern};
+use mongodb::{Client, ClientSession};
 use tracing::debug;
 
 use crate::decide::{AccountHead, Loaded, Plan, decide};
@@ -165,31 +165,20 @@ impl Store {
         reads: &Reads,
         judge: impl FnOnce(Loaded, DateTime<Utc>) -> (T, Plan),
     ) -> Result<T, StoreError> {
-        let mut session = self.client.start_session().await?;
-        session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .await?;
+        let mut session = begin(&self.client, true).await?;
         let phase = Instant::now();
         let loaded = match self.load(&mut session, reads).await {
             Ok(loaded) => loaded,
-            Err(e) => {
-                // Best effort: the server also aborts it when the session ends.
-                let _ = session.abort_transaction().await;
-                return Err(e);
-            }
+            Err(e) => return finish(&mut session, Err(e)).await,
         };
         let (outcomes, plan) = judge(loaded, Utc::now());
         if plan.is_empty() {
-            session.abort_transaction().await?;
-            return Ok(outcomes);
+            return finish(&mut session, Ok((outcomes, false))).await;
         }
         let loaded = phase.elapsed();
         let phase = Instant::now();
         if let Err(e) = self.write(&mut session, plan).await {
-            let _ = session.abort_transaction().await;
-            return Err(e);
+            return finish(&mut session, Err(e)).await;
         }
         let written = phase.elapsed();
         let phase = Instant::now();
@@ -475,6 +464,41 @@ pub(crate) fn given_up((e, attempts): (StoreError, u32)) -> StoreError {
 }
 
 /// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).
+/// A new session in a transaction whose writes wait for a majority; reads see the
+/// transaction's snapshot when `snapshot`, else the latest local data.
+pub(crate) async fn begin(client: &Client, snapshot: bool) -> Result<ClientSession, StoreError> {
+    let mut session = client.start_session().await?;
+    let mut start = session.start_transaction().write_concern(WriteConcern::majority());
+    if snapshot {
+        start = start.read_concern(ReadConcern::snapshot());
+    }
+    start.await?;
+    Ok(session)
+}
+
+/// Ends the transaction as its work went: commits when it wrote what is to be kept (`Ok((_,
+/// true))`), aborts when it did not, and on an error aborts and passes the error on. An abort
+/// after an error is best effort: the server also aborts the transaction when the session ends.
+pub(crate) async fn finish<T>(
+    session: &mut ClientSession,
+    done: Result<(T, bool), StoreError>,
+) -> Result<T, StoreError> {
+    match done {
+        Ok((value, true)) => {
+            commit(session).await?;
+            Ok(value)
+        }
+        Ok((value, false)) => {
+            session.abort_transaction().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = session.abort_transaction().await;
+            Err(e)
+        }
+    }
+}
+
 pub(crate) async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
     let mut tries = 0;
     loop {

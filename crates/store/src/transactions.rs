@@ -13,11 +13,11 @@ use ledgerflow_domain::{
 };
 use mongodb::ClientSession;
 use mongodb::bson::{Document, doc};
-use mongodb::options::{ReturnDocument, WriteConcern};
+use mongodb::options::ReturnDocument;
 
 use crate::docs::{TransactionDoc, to_bson_time};
 use crate::events::EventDraft;
-use crate::execute::{commit, given_up, retrying};
+use crate::execute::{begin, finish, given_up, retrying};
 use crate::search::SearchFilter;
 use crate::{GroupCommit, Grouping, MAX_PAGE, Store, StoreError, TransactionRecord};
 
@@ -129,27 +129,13 @@ impl Store {
         records: &[TransactionRecord],
         look_up: bool,
     ) -> Result<Vec<Result<InsertPending, StoreError>>, StoreError> {
-        let mut session = self.client.start_session().await?;
         // Local, not snapshot, reads: a repeat must be answered with its transaction as it
         // stands now, and a snapshot transaction reads the majority-committed snapshot, which
         // was seen to lag a worker's just-acknowledged decision (a repeat answered PENDING
         // after its client had waited for COMPLETED). The unique key index guards the insert.
-        session.start_transaction().write_concern(WriteConcern::majority()).await?;
-        match self.insert_pending_in(&mut session, records, look_up).await {
-            Ok((results, true)) => {
-                commit(&mut session).await?;
-                Ok(results)
-            }
-            Ok((results, false)) => {
-                session.abort_transaction().await?;
-                Ok(results)
-            }
-            Err(e) => {
-                // Best effort: the server also aborts it when the session ends.
-                let _ = session.abort_transaction().await;
-                Err(e)
-            }
-        }
+        let mut session = begin(&self.client, false).await?;
+        let done = self.insert_pending_in(&mut session, records, look_up).await;
+        finish(&mut session, done).await
     }
 
     /// The transaction's work: looks the keys up (when `look_up`), inserts the new records and
@@ -341,8 +327,7 @@ impl Store {
         id: TransactionId,
         reason: FailureReason,
     ) -> Result<Option<TransactionRecord>, StoreError> {
-        let mut session = self.client.start_session().await?;
-        session.start_transaction().write_concern(WriteConcern::majority()).await?;
+        let mut session = begin(&self.client, false).await?;
         let now = Utc::now();
         let failed = async {
             let doc = self
@@ -358,25 +343,12 @@ impl Store {
                 .return_document(ReturnDocument::After)
                 .session(&mut session)
                 .await?;
-            let Some(doc) = doc else { return Ok(None) };
+            let Some(doc) = doc else { return Ok((None, false)) };
             let record = TransactionRecord::try_from(doc)?;
             self.write_events(&mut session, &[EventDraft::entering(&record, now)]).await?;
-            Ok::<_, StoreError>(Some(record))
+            Ok::<_, StoreError>((Some(record), true))
         }
         .await;
-        match failed {
-            Ok(Some(record)) => {
-                commit(&mut session).await?;
-                Ok(Some(record))
-            }
-            Ok(None) => {
-                session.abort_transaction().await?;
-                Ok(None)
-            }
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                Err(e)
-            }
-        }
+        finish(&mut session, failed).await
     }
 }
