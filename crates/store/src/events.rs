@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::docs::{from_bson_time, to_bson_time};
 use crate::error::is_duplicate_key;
+use crate::execute::{begin, finish};
 use crate::{Store, StoreError, TransactionRecord, render};
 
 /// The state of the relay's single stream: one document in `relay`.
@@ -508,9 +509,9 @@ impl Store {
         ids: &[String],
         token: Option<ResumeToken>,
     ) -> Result<usize, StoreError> {
-        let mut session = crate::execute::begin(&self.client, false).await?;
+        let mut session = begin(&self.client, false).await?;
         let done = self.sequence_in(&mut session, lease, ids, token).await.map(|n| (n, true));
-        crate::execute::finish(&mut session, done).await
+        finish(&mut session, done).await
     }
 
     async fn sequence_in(

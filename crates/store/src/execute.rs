@@ -463,7 +463,6 @@ pub(crate) fn given_up((e, attempts): (StoreError, u32)) -> StoreError {
     if is_retryable(&e) { StoreError::Contention { attempts } } else { e }
 }
 
-/// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).
 /// A new session in a transaction whose writes wait for a majority; reads see the
 /// transaction's snapshot when `snapshot`, else the latest local data.
 pub(crate) async fn begin(client: &Client, snapshot: bool) -> Result<ClientSession, StoreError> {
@@ -499,6 +498,7 @@ pub(crate) async fn finish<T>(
     }
 }
 
+/// Commits, re-sending the commit while its outcome is unknown (safe: commit is idempotent).
 pub(crate) async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
     let mut tries = 0;
     loop {
