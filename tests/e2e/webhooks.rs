@@ -149,31 +149,40 @@ async fn deliveries(app: &TestApp, user: &Session, webhook: &str) -> Value {
     body
 }
 
-/// The webhook's deliveries once its newest has at least `attempts` attempts, settled or not.
-async fn attempted_delivery(app: &TestApp, user: &Session, webhook: &str, attempts: usize) -> Value {
+/// The webhook's deliveries once its newest is `ready`; `awaited` names that in the failure.
+async fn delivery_once(
+    app: &TestApp,
+    user: &Session,
+    webhook: &str,
+    awaited: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let listed = deliveries(app, user, webhook).await;
-        if listed["deliveries"][0]["attempts"].as_array().is_some_and(|a| a.len() >= attempts) {
+        if ready(&listed["deliveries"][0]) {
             return listed;
         }
-        assert!(start.elapsed() < DEADLINE, "not {attempts} attempts: {listed}");
+        assert!(start.elapsed() < DEADLINE, "{awaited}: {listed}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// The webhook's deliveries once its newest has at least `attempts` attempts, settled or not.
+async fn attempted_delivery(app: &TestApp, user: &Session, webhook: &str, attempts: usize) -> Value {
+    let awaited = format!("not {attempts} attempts");
+    delivery_once(app, user, webhook, &awaited, |newest| {
+        newest["attempts"].as_array().is_some_and(|a| a.len() >= attempts)
+    })
+    .await
+}
+
 /// The webhook's deliveries once its newest has `attempts` attempts and is no longer PENDING.
 async fn settled_delivery(app: &TestApp, user: &Session, webhook: &str, attempts: usize) -> Value {
-    let start = Instant::now();
-    loop {
-        let listed = deliveries(app, user, webhook).await;
-        let newest = &listed["deliveries"][0];
-        if newest["status"] != "PENDING" && newest["attempts"].as_array().is_some_and(|a| a.len() == attempts) {
-            return listed;
-        }
-        assert!(start.elapsed() < DEADLINE, "not settled: {listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    delivery_once(app, user, webhook, "not settled", |newest| {
+        newest["status"] != "PENDING" && newest["attempts"].as_array().is_some_and(|a| a.len() == attempts)
+    })
+    .await
 }
 
 #[tokio::test]
