@@ -382,6 +382,14 @@ async fn transactions_stored_before_the_accounts_field_are_found_by_any_account_
     let plan = app.store.explain_transactions(&by(&p.b)).await.unwrap();
     assert_eq!(plan.indexes, ["accounts_1__id_-1"], "{plan:?}");
     assert!(!plan.stages.iter().any(|s| s == "COLLSCAN" || s == "SORT"), "{plan:?}");
+    // Every start looks for transactions still without accounts: through an index, not a
+    // scan of the collection.
+    let db = app.raw_db().await;
+    let look = doc! { "find": "transactions", "filter": { "accounts": null } };
+    let explained = db.run_command(doc! { "explain": look, "verbosity": "queryPlanner" }).await.unwrap();
+    let winning = explained.get_document("queryPlanner").unwrap().get_document("winningPlan").unwrap();
+    assert!(!format!("{winning}").contains("COLLSCAN"), "{winning}");
+    assert!(format!("{winning}").contains("IXSCAN"), "{winning}");
     // With nothing left to fill in or drop, starting up again changes nothing.
     app.store.ensure_indexes().await.unwrap();
     assert_eq!(ids(app.store.list_transactions(&by(&p.b)).await.unwrap()), [journal, moved]);
