@@ -275,6 +275,44 @@ async fn the_pending_writer_answers_each_concurrent_caller() {
     app.teardown().await;
 }
 
+/// Concurrent reads by id through one transaction reader share finds, and each caller gets
+/// the transaction it named (a find returns its documents in index order, not in the order
+/// asked), an id asked twice in a group gets it twice, an unknown id none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transaction_reader_answers_each_concurrent_caller() {
+    let app = spawn_app().await;
+    let Pair { a, b, .. } = app.alice_and_bob().await;
+    let cmds: Vec<TransferCommand> = (0..10)
+        .map(|i| {
+            let mut v = app.upstream_command(&a, &b, i + 1, &format!("read-{i}"));
+            v["transactionId"] = json!(TransactionId::generate().to_string());
+            command(&v)
+        })
+        .collect();
+    for result in app.store.insert_pending_many(&cmds).await {
+        assert!(matches!(result, Ok(InsertPending::Created(_))), "{result:?}");
+    }
+    let reader = app.store.transaction_reader(Grouping { max: 8, linger: Duration::from_millis(5) });
+    // Newest first, twice over, with an unknown id among them.
+    let mut asked: Vec<(TransactionId, Option<i64>)> = cmds
+        .iter()
+        .rev()
+        .chain(cmds.iter())
+        .map(|c| (c.transaction_id.unwrap(), Some(c.request.amount.minor())))
+        .collect();
+    asked.insert(7, (TransactionId::generate(), None));
+    let calls = asked.iter().map(|&(id, _)| {
+        let reader = reader.clone();
+        tokio::spawn(async move { reader.find(id).await })
+    });
+    let read = futures::future::join_all(calls).await;
+    for ((id, amount), read) in asked.iter().zip(read) {
+        let read = read.unwrap().expect("a read");
+        assert_eq!(read.as_ref().map(|r| (r.id, r.amount.minor())), amount.map(|a| (*id, a)), "read of {id}");
+    }
+    app.teardown().await;
+}
+
 /// `ledgerflow bench --rate N%` asks MongoDB for a checkpoint between its two loads, so that the
 /// timed one does not pay for writing out the first: the test server must take it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

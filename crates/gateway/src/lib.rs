@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use ledgerflow_messaging::Publisher;
-use ledgerflow_store::{Grouping, PendingWriter, Store};
+use ledgerflow_store::{Grouping, PendingWriter, Store, TransactionReader};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -130,9 +130,10 @@ pub const DEFAULT_SESSION_RECHECK: Duration = Duration::from_secs(5);
 /// The window of failed sign-ins by default (see [`GatewayConfig::login_window`]).
 pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// Most PENDING records written in one insert. Concurrent transfers share an insert (one
-/// mongod command and journal wait instead of one each); past this, a burst takes several.
-const PENDING_GROUP_MAX: usize = 64;
+/// Most PENDING records written in one insert, and most transactions read in one find.
+/// Concurrent transfers share an insert (one mongod command and journal wait instead of one
+/// each); past this, a burst takes several.
+const GROUP_MAX: usize = 64;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -140,6 +141,8 @@ pub struct AppState {
     pub store: Store,
     /// Records new transfers as PENDING, concurrent ones in shared inserts.
     pending: PendingWriter,
+    /// Reads transactions by id, concurrent reads in shared finds.
+    transactions: TransactionReader,
     pub publisher: Publisher,
     pub keys: Arc<JwtKeys>,
     pub config: Arc<GatewayConfig>,
@@ -156,15 +159,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Spawns the PENDING writer's task, so call it inside the Tokio runtime that serves.
+    /// Spawns the PENDING writer's and the transaction reader's tasks, so call it inside the
+    /// Tokio runtime that serves.
     pub fn new(store: Store, publisher: Publisher, config: GatewayConfig) -> Self {
         let keys = Arc::new(JwtKeys::new(config.jwt_secret.expose_secret().as_bytes(), config.token_ttl));
-        let pending = store.pending_writer(Grouping { max: PENDING_GROUP_MAX, linger: config.insert_linger });
+        let pending = store.pending_writer(Grouping { max: GROUP_MAX, linger: config.insert_linger });
+        let transactions = store.transaction_reader(Grouping { max: GROUP_MAX, linger: config.insert_linger });
         let sessions = Arc::new(sessions::SessionVersions::new(config.session_recheck));
         let hash_slots = hashing::HashSlots::new(config.hash_slots_per_client);
         Self {
             store,
             pending,
+            transactions,
             publisher,
             keys,
             config: Arc::new(config),

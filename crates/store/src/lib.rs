@@ -47,7 +47,7 @@ pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileO
 pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};
 pub use statements::{EntryMark, ReadPlan, StatementPage};
-pub use transactions::{InsertPending, PendingWriter, TransactionFilter};
+pub use transactions::{InsertPending, PendingWriter, TransactionFilter, TransactionReader};
 pub use webhooks::{
     Attempt, AttemptOutcome, DeliveryBacklog, DeliveryRecord, DeliveryStatus, EventFacts, NewDelivery, NewWebhook,
     WebhookRecord, WebhookSecret,

@@ -47,6 +47,17 @@ impl PendingWriter {
     }
 }
 
+/// Reads transactions by id, several callers' in one find: see [`Store::transaction_reader`].
+#[derive(Clone)]
+pub struct TransactionReader(GroupCommit<TransactionId, Result<Option<TransactionRecord>, StoreError>>);
+
+impl TransactionReader {
+    /// [`Store::find_transaction`], sharing the find with whoever else is waiting.
+    pub async fn find(&self, id: TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
+        self.0.try_call(id).await
+    }
+}
+
 /// Which transactions a listing returns.
 #[derive(Debug, Clone, Default)]
 pub struct TransactionFilter {
@@ -194,6 +205,32 @@ impl Store {
             let store = store.clone();
             async move { store.insert_pending_many(&cmds).await }.boxed()
         }))
+    }
+
+    /// A reader that serves concurrent callers' reads by id with one find (see
+    /// [`GroupCommit`]): a hold's settlement reads the hold before recording anything, and
+    /// alone that read cost the gateway and mongod about what recording the settlement did.
+    /// Spawns a task on the current Tokio runtime.
+    pub fn transaction_reader(&self, grouping: Grouping) -> TransactionReader {
+        let store = self.clone();
+        TransactionReader(GroupCommit::spawn(grouping, move |ids: Vec<TransactionId>| {
+            let store = store.clone();
+            async move { store.find_transactions(&ids).await }.boxed()
+        }))
+    }
+
+    /// Each of `ids`' transaction, in order, read with one find.
+    async fn find_transactions(&self, ids: &[TransactionId]) -> Vec<Result<Option<TransactionRecord>, StoreError>> {
+        let wanted: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let found: Result<Vec<TransactionDoc>, StoreError> =
+            async { Ok(self.transactions().find(doc! { "_id": { "$in": &wanted } }).await?.try_collect().await?) }
+                .await;
+        let found: HashMap<String, Result<TransactionRecord, StoreError>> = match found {
+            Ok(docs) => docs.into_iter().map(|d| (d.id.clone(), d.try_into())).collect(),
+            Err(e) => return ids.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // An id asked twice in one group gets its transaction twice.
+        wanted.iter().map(|id| found.get(id).cloned().transpose()).collect()
     }
 
     pub async fn find_transaction(&self, id: TransactionId) -> Result<Option<TransactionRecord>, StoreError> {

@@ -107,7 +107,7 @@ pub(super) async fn void(
 /// may see.
 async fn visible_hold(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<(TransactionRecord, Owners)> {
     let id = TransactionId::parse_field("transactionId", id)?;
-    let hold = state.store.find_transaction(id).await?.filter(|t| t.kind == TransferKind::Hold);
+    let hold = state.transactions.find(id).await?.filter(|t| t.kind == TransferKind::Hold);
     let hold = hold.ok_or_else(ApiError::transaction_not_found)?;
     let owners = owners(state, &hold).await?;
     if !sees(user, &hold, &owners) {

@@ -208,7 +208,7 @@ pub(super) async fn reverse(
 ) -> ApiResult<Response> {
     let id = TransactionId::parse_field("transactionId", &id)?;
     let requests::ReverseBody { idempotency_key: key, reason, metadata } = body.read()?;
-    let original = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
+    let original = state.transactions.find(id).await?.ok_or_else(ApiError::transaction_not_found)?;
     let owners = owners(&state, &original).await?;
     if !sees(&user, &original, &owners) {
         return Err(ApiError::transaction_not_found());
@@ -426,7 +426,7 @@ pub(super) async fn get(
 ) -> ApiResult<Json<dto::TransactionEnvelope>> {
     let id = TransactionId::parse_field("transactionId", &id)?;
     let wait = query.read()?.wait.unwrap_or_default().get();
-    let mut t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
+    let mut t = state.transactions.find(id).await?.ok_or_else(ApiError::transaction_not_found)?;
     if !may_see(&state, &user, &t).await? {
         return Err(ApiError::transaction_not_found());
     }
@@ -438,7 +438,7 @@ pub(super) async fn get(
             let notified = watch.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            t = state.store.find_transaction(id).await?.ok_or_else(ApiError::transaction_not_found)?;
+            t = state.transactions.find(id).await?.ok_or_else(ApiError::transaction_not_found)?;
             if t.status.is_decided() || tokio::time::Instant::now() >= deadline {
                 break;
             }
