@@ -63,7 +63,8 @@ pub struct GatewayConfig {
     /// How old a PENDING transfer must be, with the transfer queues empty, to be republished.
     pub republish_after: Duration,
     /// How long a PENDING insert may wait for those of other transfers while they arrive
-    /// faster than one per this interval (zero: never; see [`ledgerflow_store::GroupCommit`]).
+    /// faster than one per this interval (zero: never; see [`ledgerflow_store::GroupCommit`]);
+    /// reads of a transaction by id share finds the same way.
     pub insert_linger: Duration,
     /// Failed sign-ins for one email after which it is locked out until its window ends.
     pub login_max_failures: u32,

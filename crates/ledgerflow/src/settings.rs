@@ -157,8 +157,8 @@ pub struct GatewaySettings {
     /// How often the republisher looks for them.
     #[arg(long, env = "LEDGERFLOW_REPUBLISH_INTERVAL", default_value_t = DEFAULT_REPUBLISH_INTERVAL.into())]
     pub republish_interval: humantime::Duration,
-    /// Longest wait of a transfer's PENDING insert for those of others, under steady load
-    /// (0s: never wait).
+    /// Longest wait of a transfer's PENDING insert for those of others, and of a read of a
+    /// transaction by id for others, under steady load (0s: never wait).
     #[arg(long, env = "LEDGERFLOW_INSERT_LINGER", default_value_t = DEFAULT_INSERT_LINGER.into())]
     pub insert_linger: humantime::Duration,
     /// Failed sign-ins for one email within --login-window after which it is refused (429)

@@ -243,6 +243,7 @@ impl Publisher {
 
     /// Publishes persistently to `exchange` and waits for the broker's confirm. Crate-private:
     /// what is published, and with which properties, is `envelope`'s and `delivery`'s to say.
+    /// Mandatory: a message no queue takes fails with [`MessagingError::Unroutable`].
     pub(crate) async fn publish(
         &self,
         exchange: &str,
@@ -250,26 +251,8 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), MessagingError> {
-        let (channel, generation) = self.channel().await?;
-        let properties = self.persistent(properties);
-        // One bound over sending and confirming: a half-dead connection can stall either.
-        let attempt = async {
-            let confirm = channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
-                    body,
-                    properties,
-                )
-                .await?;
-            match confirm.await? {
-                Confirmation::Ack(None) => Ok(()),
-                Confirmation::Ack(Some(_)) => Err(MessagingError::Unroutable),
-                Confirmation::Nack(_) | Confirmation::NotRequested => Err(MessagingError::Nacked),
-            }
-        };
-        self.settle(generation, tokio::time::timeout(CONFIRM_TIMEOUT, attempt).await).await
+        let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
+        self.publish_confirmed(exchange, mandatory, [(routing_key, body, properties)]).await
     }
 
     /// Publishes `messages` (routing key, body, properties) persistently to `exchange`, in
@@ -282,23 +265,36 @@ impl Publisher {
         exchange: &str,
         messages: Vec<(String, Vec<u8>, BasicProperties)>,
     ) -> Result<(), MessagingError> {
+        self.publish_confirmed(exchange, BasicPublishOptions::default(), messages).await
+    }
+
+    /// Publishes each message, then waits for every confirm, within one bound: a half-dead
+    /// connection can stall either.
+    async fn publish_confirmed<K: AsRef<str>, B: AsRef<[u8]>>(
+        &self,
+        exchange: &str,
+        options: BasicPublishOptions,
+        messages: impl IntoIterator<Item = (K, B, BasicProperties)>,
+    ) -> Result<(), MessagingError> {
         let (channel, generation) = self.channel().await?;
         let attempt = async {
-            let mut confirms = Vec::with_capacity(messages.len());
+            let mut confirms = Vec::new();
             for (routing_key, body, properties) in messages {
                 let properties = self.persistent(properties);
                 let publish = channel.basic_publish(
                     exchange.into(),
-                    routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
+                    routing_key.as_ref().into(),
+                    options,
+                    body.as_ref(),
                     properties,
                 );
                 confirms.push(publish.await?);
             }
             for confirm in confirms {
                 match confirm.await? {
-                    Confirmation::Ack(_) => {}
+                    Confirmation::Ack(None) => {}
+                    // A mandatory message no queue took is returned, then acked.
+                    Confirmation::Ack(Some(_)) => return Err(MessagingError::Unroutable),
                     Confirmation::Nack(_) | Confirmation::NotRequested => return Err(MessagingError::Nacked),
                 }
             }
