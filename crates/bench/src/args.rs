@@ -96,8 +96,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub raw: bool,
     /// After the transfers, run as many hold-then-post pairs on the same processes (each post
-    /// sent once its hold is HELD) and report what a pair costs against a transfer. Unpaced:
-    /// the comparison is of the two maxima.
+    /// sent once its hold is HELD), then as many transfers again, and report what a pair costs
+    /// against a transfer of both loads. Unpaced: the comparison is of the two maxima.
     #[arg(long, conflicts_with_all = ["rate", "balance_reads"])]
     pub holds: bool,
     /// Print one JSON object instead of the table.

@@ -106,6 +106,17 @@ impl<'a> Phase<'a> {
         }
     }
 
+    /// The transfers `--holds` runs again after its pairs.
+    pub fn after_pairs(sandbox: &Sandbox, via: Via) -> Self {
+        Self {
+            keys: format!("bench-{}-after-", sandbox.tag),
+            via,
+            rate: None,
+            samples: None,
+            labels: ["after: submitted", "after: finished"],
+        }
+    }
+
     /// An unpaced load that `--batch` compares itself with.
     pub fn compared(sandbox: &Sandbox, via: Via, labels: [&'static str; 2]) -> Self {
         let keys = format!("bench-{}-{}-", sandbox.tag, if via == Via::Direct { "direct" } else { "http" });

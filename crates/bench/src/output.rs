@@ -25,7 +25,10 @@ impl LoadReport {
             None => format!("{} worker process(es)", args.workers),
         };
         let rate = self.rate.map(|r| format!(" at most {r}/s,")).unwrap_or_default();
-        let pairs = if args.holds { format!(", then {} hold-then-post pairs", args.transfers) } else { String::new() };
+        let pairs = match args.holds {
+            true => format!(", then {0} hold-then-post pairs and {0} transfers again", args.transfers),
+            false => String::new(),
+        };
         let _ = writeln!(
             out,
             "ledgerflow bench: {} transfers, {} pattern, {} accounts, {} transfers{pairs},{rate} concurrency {}, {who}",
@@ -121,6 +124,8 @@ impl LoadReport {
         let _ = writeln!(out, "pairs failed:     {}", breakdown(&p.failed));
         let _ = writeln!(out, "pairs rejected:   {}", breakdown(&p.rejected));
         let _ = writeln!(out, "pairs unfinished: {} (hold accepted, no end)", p.unfinished);
+        let a = &holds.after;
+        let _ = writeln!(out, "transfers again:  {} completed, {:.1}/s", a.completed, a.completed_per_s);
         if let Some(r) = self.cost_ratios() {
             let x = |ratio: Option<f64>| ratio.map_or("-".to_owned(), |r| format!("{r:.2}×"));
             let verdict = match r.met() {

@@ -116,6 +116,8 @@ impl PairFigures {
 #[derive(Debug, Default)]
 pub struct HoldsPhase {
     pub pairs: PairFigures,
+    /// As many transfers again, run after the pairs (see [`TransfersAfter`]).
+    pub after: TransfersAfter,
     /// How long each hold could stay HELD: longer than the run, so none expires in it.
     pub timeout_seconds: u32,
     /// CPU seconds spent during the pairs, by the machine and by each process.
@@ -123,10 +125,23 @@ pub struct HoldsPhase {
     pub batching: Option<Batching>,
 }
 
+/// The transfers run again after the pairs, as many as before them and in the same way. With
+/// the first load they bracket the pairs, so that what changes over a run (the machine's
+/// speed, which drifts within minutes, and the ledger's size) weighs on both sides of a ratio
+/// alike: a pair is compared with the transfers of both loads together.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TransfersAfter {
+    pub completed: usize,
+    pub completed_per_s: f64,
+    /// CPU seconds spent during this load, by the machine and by each process.
+    pub cpu_s: BTreeMap<String, f64>,
+}
+
 /// What a pair costs, as a multiple of what a transfer of the same run costs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct CostRatios {
-    /// Transfers completed/s ÷ pairs completed/s: the cost the target is about.
+    /// Transfers completed/s ÷ pairs completed/s: the cost the target is about. The
+    /// transfers' rate is both loads' together: all they completed over all their time.
     pub rate: Option<f64>,
     /// The machine's CPU seconds per completed pair ÷ per completed transfer.
     pub cpu: Option<f64>,
@@ -137,18 +152,28 @@ pub struct CostRatios {
 
 impl CostRatios {
     pub fn of(holds: &HoldsPhase, transfers: &LoadFigures, transfers_cpu_s: &BTreeMap<String, f64>) -> Self {
-        let pairs = &holds.pairs;
+        let (pairs, after) = (&holds.pairs, &holds.after);
         // Costs of one pair and one transfer; no ratio where either is unknown (zero).
         let ratio = |pair: f64, transfer: f64| (transfer > 0.0 && pair > 0.0).then(|| round(pair / transfer, 2));
-        let cpu_per = |cpu_s: &BTreeMap<String, f64>, n: usize| match cpu_s.get("machine") {
-            Some(s) if n > 0 => *s / n as f64,
-            _ => 0.0,
-        };
+        let machine = |cpu_s: &BTreeMap<String, f64>| cpu_s.get("machine").copied().unwrap_or(0.0);
+        let per = |total: f64, n: usize| if n > 0 { total / n as f64 } else { 0.0 };
+        // Seconds of the loaded pipeline per transfer, over both loads (one that completed
+        // nothing is left out rather than counted as infinitely slow).
+        let loads = [(transfers.completed, transfers.completed_per_s), (after.completed, after.completed_per_s)];
+        let (n, seconds) = loads
+            .iter()
+            .filter(|(n, per_s)| *n > 0 && *per_s > 0.0)
+            .fold((0, 0.0), |(n, s), (count, per_s)| (n + count, s + *count as f64 / per_s));
+        let transfers_per_s = if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+        let transfer_cpu = machine(transfers_cpu_s) + machine(&after.cpu_s);
         let p50 = |p: Option<Percentiles>| p.map_or(0.0, |p| p.p50.as_secs_f64());
         Self {
             // Seconds of the loaded pipeline per pair over per transfer: the inverse rates.
-            rate: ratio(transfers.completed_per_s, pairs.completed_per_s),
-            cpu: ratio(cpu_per(&holds.cpu_s, pairs.completed), cpu_per(transfers_cpu_s, transfers.completed)),
+            rate: ratio(transfers_per_s, pairs.completed_per_s),
+            cpu: ratio(
+                per(machine(&holds.cpu_s), pairs.completed),
+                per(transfer_cpu, transfers.completed + after.completed),
+            ),
             latency_p50: ratio(p50(pairs.complete), p50(transfers.complete)),
             target: COST_TARGET,
         }
@@ -165,7 +190,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
-    use super::{CostRatios, HoldsPhase, Pair, PairFigures, Stop};
+    use super::{CostRatios, HoldsPhase, Pair, PairFigures, Stop, TransfersAfter};
     use crate::figures::{LoadFigures, Percentiles};
 
     fn after(start: Instant, ms: u64) -> Instant {
@@ -222,6 +247,16 @@ mod tests {
         let r = CostRatios::of(&holds, &transfers, &transfers_cpu);
         assert_eq!((r.rate, r.cpu, r.latency_p50), (Some(2.0), Some(2.2), Some(2.25)));
         assert_eq!(r.met(), Some(true));
+        // Transfers run again after the pairs, slower: 1,000 at 800/s and 1,000 at 400/s are
+        // 2,000 in 3.75 s, 533.3/s; their CPU is counted over both loads.
+        let after = TransfersAfter {
+            completed: 1_000,
+            completed_per_s: 400.0,
+            cpu_s: BTreeMap::from([("machine".to_owned(), 2.4)]),
+        };
+        let bracketed = HoldsPhase { after, ..holds };
+        let r = CostRatios::of(&bracketed, &transfers, &transfers_cpu);
+        assert_eq!((r.rate, r.cpu), (Some(1.33), Some(2.0)));
         // Nothing completed on one side: no ratio, rather than an infinite one.
         let none = CostRatios::of(&HoldsPhase::default(), &transfers, &BTreeMap::new());
         assert!(none.rate.is_none() && none.cpu.is_none() && none.met().is_none());

@@ -12,7 +12,7 @@ use crate::args::BenchArgs;
 use crate::cluster::LogCounts;
 use crate::figures::{LoadFigures, Maximum, Percentiles, round};
 use crate::metrics::Batching;
-use crate::pair_figures::{CostRatios, HoldsPhase};
+use crate::pair_figures::{CostRatios, HoldsPhase, TransfersAfter};
 use crate::raw::RawFigures;
 use crate::reads::ReadFigures;
 
@@ -187,6 +187,7 @@ struct HoldsJson<'a> {
     ratio: CostRatios,
     cpu_s: &'a BTreeMap<String, f64>,
     batching: Option<Batching>,
+    transfers_after: &'a TransfersAfter,
 }
 
 impl<'a> HoldsJson<'a> {
@@ -213,6 +214,7 @@ impl<'a> HoldsJson<'a> {
             ratio,
             cpu_s: &holds.cpu_s,
             batching: holds.batching,
+            transfers_after: &holds.after,
         }
     }
 }
@@ -441,9 +443,11 @@ mod tests {
                 "latency_ms",
                 "ratio",
                 "cpu_s",
-                "batching"
+                "batching",
+                "transfers_after"
             ]
         );
+        assert_eq!(keys(&v["holds"]["transfers_after"]), ["completed", "completed_per_s", "cpu_s"]);
         assert_eq!(keys(&v["holds"]["latency_ms"]), ["hold_accept", "held", "post_accept", "pair"]);
         assert_eq!(keys(&v["holds"]["ratio"]), ["rate", "cpu", "latency_p50", "target"]);
         // No transfer completed in this report: no ratio, but the target is said.

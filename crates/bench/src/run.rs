@@ -22,7 +22,7 @@ use crate::ledger::ledger_summary;
 use crate::listener::ResultListener;
 use crate::load::{Phase, Via};
 use crate::metrics::Batching;
-use crate::pair_figures::HoldsPhase;
+use crate::pair_figures::{HoldsPhase, TransfersAfter};
 use crate::plan::{Planned, plan};
 use crate::progress::Bars;
 use crate::report::{BatchComparison, LoadReport};
@@ -188,7 +188,8 @@ impl Session<'_> {
     }
 
     /// `--holds`: as many hold-then-post pairs as transfers, once the transfers' writes are on
-    /// disk (as between `--rate N%`'s two loads), so that the pairs do not pay for them.
+    /// disk (as between `--rate N%`'s two loads), so that the pairs do not pay for them; then,
+    /// the same way, as many transfers again (see [`TransfersAfter`]).
     async fn holds(&self, accounts: &Arc<Vec<Funded>>) -> Result<HoldsPhase> {
         self.bench.checkpoint().await;
         tokio::time::sleep(SETTLE).await;
@@ -197,7 +198,16 @@ impl Session<'_> {
         let timeout = HoldTimeout::new(seconds as i64)?;
         let plan = self.bench.new_plan();
         let (pairs, cost) = self.costed(self.run_pairs(accounts, &plan, timeout)).await?;
-        Ok(HoldsPhase { pairs, timeout_seconds: timeout.seconds(), cpu_s: cost.cpu_s, batching: cost.batching })
+        self.bench.checkpoint().await;
+        tokio::time::sleep(SETTLE).await;
+        let phase = Phase::after_pairs(&self.bench.sandbox, Via::of(&self.bench.args));
+        let (again, again_cost) = self.costed(self.run_transfers(accounts, &self.bench.new_plan(), &phase)).await?;
+        let after = TransfersAfter {
+            completed: again.completed,
+            completed_per_s: again.completed_per_s,
+            cpu_s: again_cost.cpu_s,
+        };
+        Ok(HoldsPhase { pairs, after, timeout_seconds: timeout.seconds(), cpu_s: cost.cpu_s, batching: cost.batching })
     }
 
     /// `--batch N`: after the batches, the same number of transfers as single HTTP requests,
