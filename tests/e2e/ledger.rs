@@ -362,10 +362,15 @@ async fn the_bench_runs_hold_then_post_pairs_beside_the_transfers() {
             assert!(holds["ratio"][ratio].as_f64().is_some_and(|r| r > 0.0), "{via}: holds.ratio.{ratio} in {report}");
         }
         assert_eq!(holds["ratio"]["target"], 2.5, "{via}: {report}");
-        // Fundings, transfers, and a hold and a post per pair, every one in order.
+        // The transfers again after the pairs, which the ratios count with the first.
+        let again = &holds["transfers_after"];
+        assert_eq!(again["completed"], 30, "{via}: {report}");
+        assert!(again["completed_per_s"].as_f64().is_some_and(|r| r > 0.0), "{via}: {report}");
+        assert!(again["cpu_s"]["machine"].as_f64().is_some_and(|s| s > 0.0), "{via}: {report}");
+        // Fundings, both loads of transfers, and a hold and a post per pair, every one in order.
         let ledger = &report["ledger"];
         assert_eq!(ledger["ok"], true, "{via}: {report}");
-        assert!(ledger["transactions"].as_u64().is_some_and(|t| t >= 10 + 30 + 2 * 30), "{via}: {report}");
+        assert!(ledger["transactions"].as_u64().is_some_and(|t| t >= 10 + 2 * 30 + 2 * 30), "{via}: {report}");
     }
     app.teardown().await;
 }

@@ -31,7 +31,7 @@ use crate::sandbox::{Credentials, Sandbox};
 use crate::setup::Funded;
 
 /// The pause after the checkpoint between two loads (`--rate N%`'s unpaced load and the timed
-/// one; the transfers and the pairs of `--holds`).
+/// one; those `--holds` and `--batch` compare).
 const SETTLE: Duration = Duration::from_secs(5);
 /// How long the started processes get to become ready (gateway answering, workers consuming).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -160,6 +160,11 @@ impl Session<'_> {
             Some(Rate::OfMaximum(percent)) => Some(self.measure_maximum(&accounts, percent).await?),
             _ => None,
         };
+        // A load compared with others of the run starts as they do, so that none of them pays
+        // for writing out what came before (here, the setup's accounts and funds).
+        if args.holds || args.batch.is_some() {
+            self.settle().await;
+        }
         let rate = args.rate.map(|r| r.per_second(maximum.map_or(0.0, |m| m.completed_per_s)));
         let plan = bench.new_plan();
         let timed = Phase::timed(&bench.sandbox, Via::of(args), rate, args.samples.as_deref());
@@ -191,15 +196,13 @@ impl Session<'_> {
     /// disk (as between `--rate N%`'s two loads), so that the pairs do not pay for them; then,
     /// the same way, as many transfers again (see [`TransfersAfter`]).
     async fn holds(&self, accounts: &Arc<Vec<Funded>>) -> Result<HoldsPhase> {
-        self.bench.checkpoint().await;
-        tokio::time::sleep(SETTLE).await;
+        self.settle().await;
         // Longer than the run, so that no hold expires in it: an expiry would fail its post.
         let seconds = self.bench.args.timeout.as_secs().clamp(1, HoldTimeout::MAX_SECONDS.into());
         let timeout = HoldTimeout::new(seconds as i64)?;
         let plan = self.bench.new_plan();
         let (pairs, cost) = self.costed(self.run_pairs(accounts, &plan, timeout)).await?;
-        self.bench.checkpoint().await;
-        tokio::time::sleep(SETTLE).await;
+        self.settle().await;
         let phase = Phase::after_pairs(&self.bench.sandbox, Via::of(&self.bench.args));
         let (again, again_cost) = self.costed(self.run_transfers(accounts, &self.bench.new_plan(), &phase)).await?;
         let after = TransfersAfter {
@@ -219,8 +222,7 @@ impl Session<'_> {
             (0, Via::Http, ["http: submitted", "http: finished"]),
             (1, Via::Direct, ["direct: submitted", "direct: finished"]),
         ] {
-            self.bench.checkpoint().await;
-            tokio::time::sleep(SETTLE).await;
+            self.settle().await;
             let phase = Phase::compared(&self.bench.sandbox, via, labels);
             per_s[slot] = self.run_transfers(accounts, &self.bench.new_plan(), &phase).await?.completed_per_s;
         }
@@ -245,9 +247,15 @@ impl Session<'_> {
     async fn measure_maximum(&self, accounts: &Arc<Vec<Funded>>, percent: u8) -> Result<Maximum> {
         let unpaced = Phase::maximum(&self.bench.sandbox, Via::of(&self.bench.args));
         let figures = self.run_transfers(accounts, &self.bench.new_plan(), &unpaced).await?;
+        self.settle().await;
+        Ok(Maximum { completed_per_s: figures.completed_per_s, accepted_per_s: figures.accepted_per_s, percent })
+    }
+
+    /// Between two loads: MongoDB writes out what the last one left in its cache (a
+    /// checkpoint), then the processes settle, so that the next load does not pay for it.
+    async fn settle(&self) {
         self.bench.checkpoint().await;
         tokio::time::sleep(SETTLE).await;
-        Ok(Maximum { completed_per_s: figures.completed_per_s, accepted_per_s: figures.accepted_per_s, percent })
     }
 
     /// The started workers' batching counters now; `None` with `--target`.
