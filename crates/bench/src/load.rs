@@ -97,30 +97,23 @@ impl<'a> Phase<'a> {
 
     /// The unpaced load that measures the maximum for `--rate N%`.
     pub fn maximum(sandbox: &Sandbox, via: Via) -> Self {
-        Self {
-            keys: format!("bench-{}-max-", sandbox.tag),
-            via,
-            rate: None,
-            samples: None,
-            labels: ["max: submitted", "max: finished"],
-        }
+        Self::unpaced(sandbox, via, "max", ["max: submitted", "max: finished"])
     }
 
     /// The transfers `--holds` runs again after its pairs.
     pub fn after_pairs(sandbox: &Sandbox, via: Via) -> Self {
-        Self {
-            keys: format!("bench-{}-after-", sandbox.tag),
-            via,
-            rate: None,
-            samples: None,
-            labels: ["after: submitted", "after: finished"],
-        }
+        Self::unpaced(sandbox, via, "after", ["after: submitted", "after: finished"])
     }
 
     /// An unpaced load that `--batch` compares itself with.
     pub fn compared(sandbox: &Sandbox, via: Via, labels: [&'static str; 2]) -> Self {
-        let keys = format!("bench-{}-{}-", sandbox.tag, if via == Via::Direct { "direct" } else { "http" });
-        Self { keys, via, rate: None, samples: None, labels }
+        Self::unpaced(sandbox, via, if via == Via::Direct { "direct" } else { "http" }, labels)
+    }
+
+    /// An unpaced load whose idempotency keys are its own (`bench-<tag>-<name>-<i>`), so that
+    /// none repeats another load's.
+    fn unpaced(sandbox: &Sandbox, via: Via, name: &str, labels: [&'static str; 2]) -> Self {
+        Self { keys: format!("bench-{}-{name}-", sandbox.tag), via, rate: None, samples: None, labels }
     }
 }
 
