@@ -387,9 +387,8 @@ async fn transactions_stored_before_the_accounts_field_are_found_by_any_account_
     let db = app.raw_db().await;
     let look = doc! { "find": "transactions", "filter": { "accounts": null } };
     let explained = db.run_command(doc! { "explain": look, "verbosity": "queryPlanner" }).await.unwrap();
-    let winning = explained.get_document("queryPlanner").unwrap().get_document("winningPlan").unwrap();
-    assert!(!format!("{winning}").contains("COLLSCAN"), "{winning}");
-    assert!(format!("{winning}").contains("IXSCAN"), "{winning}");
+    let winning = explained.get_document("queryPlanner").unwrap().get_document("winningPlan").unwrap().to_string();
+    assert!(!winning.contains("COLLSCAN") && winning.contains("IXSCAN"), "{winning}");
     // With nothing left to fill in or drop, starting up again changes nothing.
     app.store.ensure_indexes().await.unwrap();
     assert_eq!(ids(app.store.list_transactions(&by(&p.b)).await.unwrap()), [journal, moved]);

@@ -25,9 +25,10 @@ impl LoadReport {
             None => format!("{} worker process(es)", args.workers),
         };
         let rate = self.rate.map(|r| format!(" at most {r}/s,")).unwrap_or_default();
-        let pairs = match args.holds {
-            true => format!(", then {0} hold-then-post pairs and {0} transfers again", args.transfers),
-            false => String::new(),
+        let pairs = if args.holds {
+            format!(", then {0} hold-then-post pairs and {0} transfers again", args.transfers)
+        } else {
+            String::new()
         };
         let _ = writeln!(
             out,
