@@ -80,6 +80,14 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
     let (code, _) = app.reconcile(&["--max-pending-age", "1h"]).await;
     assert_eq!(code, 0, "young PENDING work is not a discrepancy");
 
+    // A PENDING transaction the republisher could not find (its `pending` note gone) is.
+    let notes = app.raw_db().await.collection::<mongodb::bson::Document>("pending");
+    let note = notes.find_one_and_delete(doc! { "_id": &pending_id }).await.unwrap().expect("it is noted");
+    let (code, report) = app.reconcile(&["--max-pending-age", "1h"]).await;
+    assert_eq!((code, checks(&report)), (1, vec!["pending_note".to_owned()]), "{report}");
+    assert!(report["discrepancies"][0]["subject"].as_str().unwrap().contains(&pending_id));
+    notes.insert_one(note).await.unwrap();
+
     // Deleting Alice's first entry (the funding credit) is caught: the books no longer
     // balance, her sequence has a hole, her running balance and her chain break.
     let raw = app.raw_db().await;

@@ -183,23 +183,93 @@ async fn a_transfer_whose_publish_failed_answers_503_and_is_republished_later() 
     app.teardown().await;
 }
 
-/// Databases made before the republisher stopped marking publishes carry an index on
-/// `(status, publishedAt, createdAt)` that nothing reads; starting up drops it.
-#[tokio::test]
-async fn ensure_indexes_drops_the_retired_pending_index() {
+/// Older databases found PENDING transfers and HELD holds through indexes on `status` (and,
+/// before that, on `(status, publishedAt, createdAt)`). Starting up notes them where this
+/// version finds them (`pending`, `heldUntil`) before those indexes go, so the republisher
+/// still sends the one and the expiry sweep still expires the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_database_keeps_its_pending_transfers_and_expiring_holds_findable() {
+    use ledgerflow_client::Transfer;
     use mongodb::bson::{Document, doc};
-    let app = spawn_app().await;
-    let transactions = app.raw_db().await.collection::<Document>("transactions");
-    let retired = mongodb::IndexModel::builder().keys(doc! { "status": 1, "publishedAt": 1, "createdAt": 1 }).build();
-    transactions.create_index(retired).await.unwrap();
-    assert!(transactions.list_index_names().await.unwrap().contains(&"status_1_publishedAt_1_createdAt_1".to_owned()));
+    use mongodb::options::IndexOptions;
+    let mut app = spawn_app().await;
+    let Pair { alice, bob: _, a, b } = app.alice_and_bob().await;
+    app.fund(&a, 1_000).await;
+    let user = app.as_user(&alice);
+    let transfer = Transfer { from: &a, to: &b, amount: 100, idempotency_key: "older-hold", description: None };
+    let held = user.hold(&transfer, 4).await.unwrap().transaction;
+    assert_eq!(user.wait(&held.id, 30).await.unwrap().status, "HELD");
+    app.stop_worker(0).await;
+    let pending = app.accept_transfer(&alice, &a, &b, 5, "older-pending").await.transaction.id;
+
+    // What an older version left: no `pending` notes, no `heldUntil`, its indexes on `status`.
+    let db = app.raw_db().await;
+    let transactions = db.collection::<Document>("transactions");
+    db.collection::<Document>("pending").delete_many(doc! {}).await.unwrap();
+    transactions.drop_index("heldUntil").await.unwrap();
+    transactions.update_many(doc! {}, doc! { "$unset": { "heldUntil": "" } }).await.unwrap();
+    let old = |keys, options| mongodb::IndexModel::builder().keys(keys).options(options).build();
+    let held_only = IndexOptions::builder()
+        .name("held_expiresAt".to_owned())
+        .partial_filter_expression(doc! { "status": "HELD" })
+        .build();
+    transactions
+        .create_indexes([
+            old(doc! { "status": 1, "publishedAt": 1, "createdAt": 1 }, None),
+            old(doc! { "status": 1, "createdAt": 1 }, None),
+            old(doc! { "expiresAt": 1 }, Some(held_only)),
+        ])
+        .await
+        .unwrap();
+    assert!(app.store.stale_pending(Duration::ZERO, 5, 10).await.unwrap().is_empty());
 
     app.store.ensure_indexes().await.unwrap();
     let names = transactions.list_index_names().await.unwrap();
-    assert!(!names.iter().any(|n| n.contains("publishedAt")), "{names:?}");
-    assert!(names.contains(&"status_1_createdAt_1".to_owned()), "{names:?}");
-    // Without it, starting up again is no error.
+    assert!(!names.iter().any(|n| n.starts_with("status_") || n == "held_expiresAt"), "{names:?}");
+    assert!(names.contains(&"heldUntil".to_owned()), "{names:?}");
+    let stale: Vec<String> =
+        app.store.stale_pending(Duration::ZERO, 5, 10).await.unwrap().iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(stale, std::slice::from_ref(&pending), "the PENDING transfer is outstanding again");
+    let hold = transactions.find_one(doc! { "_id": &held.id }).await.unwrap().unwrap();
+    assert_eq!(hold.get_datetime("heldUntil"), hold.get_datetime("expiresAt"));
+    // Without the old indexes, starting up again is no error and changes nothing.
     app.store.ensure_indexes().await.unwrap();
+
+    // A worker decides the transfer, which is then outstanding no more; the sweep expires
+    // the hold.
+    app.add_worker();
+    assert_eq!(app.settled(&alice, &pending).await.status, "COMPLETED");
+    assert!(app.store.stale_pending(Duration::ZERO, 5, 10).await.unwrap().is_empty());
+    let start = Instant::now();
+    while user.transaction(&held.id).await.unwrap().status == "HELD" {
+        assert!(start.elapsed() < DEADLINE, "the hold never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(user.transaction(&held.id).await.unwrap().status, "EXPIRED");
+    app.assert_reconciles().await;
+    app.teardown().await;
+}
+
+/// Inside a transaction MongoDB 6.0 checks every index of a collection for readiness on each
+/// update that changes an indexed field, so a decision, which updates every PENDING record it
+/// decides, must change none: no index of `transactions` may name, in its keys or its partial
+/// filter, a field a decision writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_index_of_transactions_names_a_field_a_decision_writes() {
+    use mongodb::bson::Document;
+    let app = spawn_app().await;
+    let indexes: Vec<mongodb::IndexModel> = {
+        use futures::TryStreamExt;
+        let transactions = app.raw_db().await.collection::<Document>("transactions");
+        transactions.list_indexes().await.unwrap().try_collect().await.unwrap()
+    };
+    assert!(indexes.len() >= 9, "{indexes:?}");
+    let decided = ["status", "failureReason", "completedAt", "failedLeg", "reversedBy"];
+    for index in &indexes {
+        let filter = index.options.as_ref().and_then(|o| o.partial_filter_expression.clone()).unwrap_or_default();
+        let named: Vec<&str> = index.keys.keys().chain(filter.keys()).map(String::as_str).collect();
+        assert!(!named.iter().any(|field| decided.contains(field)), "{:?} names {named:?}", index.options);
+    }
     app.teardown().await;
 }
 

@@ -15,8 +15,6 @@
 //! transaction whatever its republishes: the one number that shows a transfer stuck (given up
 //! here, lost, or behind a backlog) before the next `reconcile` run does.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -42,13 +40,13 @@ pub(crate) async fn run(state: AppState, shutdown: CancellationToken) {
 }
 
 /// Sets `ledgerflow_pending_oldest_age_seconds` (0 when nothing is PENDING). One indexed read
-/// of a single document per sweep (`{status, createdAt}`): `stale_pending` with no age limit
-/// and no cap on republishes, so the transfers given up above are counted too. Left as it was
-/// when the read fails: the database being down shows on `/readyz` and in the 503s instead.
+/// of a single document per sweep (`pending` by `createdAt`), whatever its republishes, so the
+/// transfers given up above are counted too. Left as it was when the read fails: the database
+/// being down shows on `/readyz` and in the 503s instead.
 async fn report_oldest_pending(state: &AppState) {
-    match state.store.stale_pending(Duration::ZERO, u32::MAX, 1).await {
+    match state.store.oldest_pending().await {
         Ok(oldest) => {
-            let age = oldest.first().map_or(0.0, |t| (Utc::now() - t.created_at).as_seconds_f64().max(0.0));
+            let age = oldest.map_or(0.0, |at| (Utc::now() - at).as_seconds_f64().max(0.0));
             metrics::gauge!("ledgerflow_pending_oldest_age_seconds").set(age);
         }
         Err(e) => debug!(error = %e, "cannot read the oldest PENDING transaction"),

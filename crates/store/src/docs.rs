@@ -19,10 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
-fn is_zero(n: &i64) -> bool {
-    *n == 0
-}
-
 pub(crate) fn to_bson_time(t: DateTime<Utc>) -> BsonDateTime {
     BsonDateTime::from_millis(t.timestamp_millis())
 }
@@ -30,6 +26,11 @@ pub(crate) fn to_bson_time(t: DateTime<Utc>) -> BsonDateTime {
 pub(crate) fn from_bson_time(t: BsonDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or_default()
 }
+
+/// A hold's `expiresAt` while it may still expire (PENDING or HELD): set when it is recorded,
+/// removed when it is settled, expires or fails. The expiry sweep's index is on this field, not
+/// on `status`: see [`crate::pending`] for why no index of `transactions` may name `status`.
+pub(crate) const HELD_UNTIL: &str = "heldUntil";
 
 /// Set on a hold when it expires and removed once its EXPIRED result is published (see
 /// `Store::expiries_unreported`); absent on every other transaction.
@@ -242,9 +243,6 @@ pub(crate) struct TransactionDoc {
     pub requested_at: BsonDateTime,
     pub created_at: BsonDateTime,
     pub completed_at: Option<BsonDateTime>,
-    /// How often the gateway's republisher re-sent the command (absent: never).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub republished: i64,
     /// For a REVERSAL: the transaction it undoes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverses: Option<String>,
@@ -256,6 +254,9 @@ pub(crate) struct TransactionDoc {
     pub timeout_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<BsonDateTime>,
+    /// See [`HELD_UNTIL`]: written only by inserts, never read back into a record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<BsonDateTime>,
     /// For a POST_HOLD or VOID_HOLD: the hold it settles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
@@ -573,11 +574,11 @@ impl From<&TransactionRecord> for TransactionDoc {
             requested_at: to_bson_time(r.requested_at),
             created_at: to_bson_time(r.created_at),
             completed_at: r.completed_at.map(to_bson_time),
-            republished: 0,
             reverses: r.reverses.map(|id| id.to_string()),
             reversed_by: r.reversed_by.map(|id| id.to_string()),
             timeout_seconds: r.timeout.map(|t| i64::from(t.seconds())),
             expires_at: r.expires_at.map(to_bson_time),
+            held_until: r.expires_at.filter(|_| r.kind == TransferKind::Hold && !r.status.is_final()).map(to_bson_time),
             hold: r.hold.map(|id| id.to_string()),
             posted_amount: r.posted_amount.map(Amount::minor),
             resolved_by: r.resolved_by.map(|id| id.to_string()),

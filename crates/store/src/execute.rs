@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use backoff::ExponentialBackoffBuilder;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use ledgerflow_domain::{AccountId, Balance, FailureReason, TransactionId, TransactionStatus, TransferCommand};
+use ledgerflow_domain::{
+    AccountId, Balance, FailureReason, TransactionId, TransactionStatus, TransferCommand, TransferKind,
+};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{ReadConcern, WriteConcern};
@@ -37,7 +39,7 @@ use mongodb::{Client, ClientSession};
 use tracing::debug;
 
 use crate::decide::{AccountHead, Loaded, Plan, decide};
-use crate::docs::{AccountDoc, EXPIRY_UNREPORTED, EntryDoc, TransactionDoc, reserved_guard, to_bson_time};
+use crate::docs::{AccountDoc, EXPIRY_UNREPORTED, EntryDoc, HELD_UNTIL, TransactionDoc, reserved_guard, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::transactions::KeyLookup;
 use crate::{AccountRecord, Store, StoreError, TransactionRecord};
@@ -307,9 +309,15 @@ impl Store {
             if let Some(leg) = record.failed_leg {
                 set.insert("failedLeg", i64::from(leg));
             }
+            // Only these fields: none is indexed, so the update touches no index (see
+            // `pending`), except a failed hold's, which can no longer expire.
+            let mut update = doc! { "$set": set };
+            if record.kind == TransferKind::Hold && record.status.is_final() {
+                update.insert("$unset", doc! { HELD_UNTIL: "" });
+            }
             doc! {
                 "q": { "_id": record.id.to_string(), "status": TransactionStatus::Pending.as_str() },
-                "u": { "$set": set },
+                "u": update,
             }
         });
         let reversed = plan.reversed.iter().map(|(original, by)| {
@@ -332,13 +340,14 @@ impl Store {
             }
             doc! {
                 "q": { "_id": h.hold.to_string(), "status": TransactionStatus::Held.as_str() },
-                "u": { "$set": set },
+                "u": { "$set": set, "$unset": { HELD_UNTIL: "" } },
             }
         });
         // Every change of a recorded transaction in one round trip, in this order: a hold
         // decided HELD in this batch is HELD before a later command of the batch settles it.
         let changes = decided.chain(reversed).chain(settled).collect();
         self.update_each(s, "transactions", changes).await?;
+        self.remove_pending(s, plan.decided.iter().map(|record| record.id)).await?;
         if !plan.created.is_empty() {
             let created: Vec<TransactionDoc> = plan.created.iter().map(TransactionDoc::from).collect();
             self.transactions().insert_many(created).session(&mut *s).await?;

@@ -12,7 +12,7 @@ use ledgerflow_domain::{TransactionId, TransactionStatus};
 use mongodb::bson::doc;
 
 use crate::decide;
-use crate::docs::{EXPIRY_UNREPORTED, TransactionDoc, to_bson_time};
+use crate::docs::{EXPIRY_UNREPORTED, HELD_UNTIL, TransactionDoc, to_bson_time};
 use crate::execute::{Reads, retrying};
 use crate::{Store, StoreError, TransactionRecord};
 
@@ -25,9 +25,11 @@ impl Store {
     /// out). A stored hold that does not parse is skipped; `reconcile` reports it.
     pub async fn expire_due_holds(&self, limit: i64) -> Result<Vec<TransactionRecord>, StoreError> {
         let now = Utc::now().trunc_subsecs(3);
-        let due = doc! { "status": TransactionStatus::Held.as_str(), "expiresAt": { "$lte": to_bson_time(now) } };
+        // By `heldUntil`, which only holds that may still expire carry: a PENDING one past it
+        // is left for its worker to decide (HELD, then expired by a later sweep).
+        let due = doc! { HELD_UNTIL: { "$lte": to_bson_time(now) }, "status": TransactionStatus::Held.as_str() };
         let found: Vec<TransactionDoc> =
-            self.transactions().find(due).sort(doc! { "expiresAt": 1 }).limit(limit).await?.try_collect().await?;
+            self.transactions().find(due).sort(doc! { HELD_UNTIL: 1 }).limit(limit).await?.try_collect().await?;
         let mut expired = Vec::new();
         for doc in found {
             let Ok(hold) = TransactionRecord::try_from(doc) else { continue };

@@ -21,6 +21,7 @@ mod execute;
 mod group;
 mod holds;
 mod labels;
+mod pending;
 mod reconcile;
 pub mod render;
 pub mod search;
@@ -73,10 +74,13 @@ pub struct Store {
 /// An index older versions created on entries: one of each type per transaction.
 const RETIRED_ENTRY_PAIR_INDEX: &str = "transactionId_1_type_1";
 /// Indexes older versions created on transactions: `(status, publishedAt, createdAt)`, which
-/// the republisher read while it marked publishes, and those the `accounts` index and its
-/// holds-by-expiry twin replaced (one per account role).
-const RETIRED_TRANSACTION_INDEXES: [&str; 6] = [
+/// the republisher read while it marked publishes, those the `accounts` index and its
+/// holds-by-expiry twin replaced (one per account role), and the two on `status` that
+/// `pending` and `heldUntil` replaced (see `pending`).
+const RETIRED_TRANSACTION_INDEXES: [&str; 8] = [
     "status_1_publishedAt_1_createdAt_1",
+    pending::RETIRED_STATUS_INDEX,
+    pending::RETIRED_HELD_INDEX,
     "fromAccount_1__id_-1",
     "toAccount_1__id_-1",
     "legAccounts_1__id_-1",
@@ -133,7 +137,6 @@ impl Store {
         self.transactions()
             .create_indexes([
                 index(doc! { "idempotencyScope": 1, "idempotencyKey": 1 }, Some(unique())),
-                index(doc! { "status": 1, "createdAt": 1 }, None),
                 // Transactions by any account they touch, newest first (multikey).
                 index(doc! { "accounts": 1, "_id": -1 }, None),
                 index(doc! { "initiator": 1, "_id": -1 }, None),
@@ -146,16 +149,6 @@ impl Store {
                         IndexOptions::builder()
                             .name("expiryUnreported_resolvedAt".to_owned())
                             .partial_filter_expression(doc! { (docs::EXPIRY_UNREPORTED): true })
-                            .build(),
-                    ),
-                ),
-                // The expiry sweep's: only HELD holds are in it.
-                index(
-                    doc! { "expiresAt": 1 },
-                    Some(
-                        IndexOptions::builder()
-                            .name("held_expiresAt".to_owned())
-                            .partial_filter_expression(doc! { "status": "HELD" })
                             .build(),
                     ),
                 ),
@@ -181,8 +174,11 @@ impl Store {
             .build();
         self.transactions().create_index(index(doc! { "accounts": 1, "expiresAt": 1 }, Some(holds))).await?;
         self.fill_in_accounts().await?;
-        // Each index of `transactions` costs every update inside a transaction a check, so
-        // those nothing reads any more go; the ones replacing them are in place first.
+        // Before the retired status index goes: on an older database, it finds what to fill in.
+        self.ensure_pending_indexes().await?;
+        // Each index of `transactions` costs every update inside a transaction that changes an
+        // indexed field a check (see `pending`), so those nothing reads any more go; the ones
+        // replacing them are in place first.
         for retired in RETIRED_TRANSACTION_INDEXES {
             drop_index_if_any(&self.transactions(), retired).await?;
         }

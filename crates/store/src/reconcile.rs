@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ledgerflow_domain::{AccountId, AccountStatus, EntryType, GENESIS_HASH, Reserved, TransactionStatus, TransferKind};
 use mongodb::bson::{Document, doc, from_document};
@@ -119,7 +119,8 @@ impl Store {
     }
 
     /// Every COMPLETED transaction has exactly its DEBIT and CREDIT; others have none; no entry
-    /// belongs to no transaction; nothing is PENDING for too long.
+    /// belongs to no transaction; nothing is PENDING for too long, and what is PENDING is noted
+    /// in `pending`, where the republisher looks.
     async fn check_transactions(
         &self,
         options: &ReconcileOptions,
@@ -135,6 +136,7 @@ impl Store {
         let entries = self.raw("entries").find(doc! {}).sort(doc! { "transactionId": 1, "type": 1 }).await?;
         let mut entries = Box::pin(parsed::<EntryDoc, EntryRecord>(entries, "entries")).peekable();
         let mut transactions = Box::pin(parsed::<TransactionDoc, TransactionRecord>(transactions, "transactions"));
+        let mut pending = HashSet::new();
         while let Some(t) = transactions.next().await {
             progress.advance(1);
             let t = match t {
@@ -171,6 +173,9 @@ impl Store {
                 }
             }
             check_transaction(&t, &own, stale_before, report);
+            if t.status == TransactionStatus::Pending {
+                pending.insert(id);
+            }
             if t.status == TransactionStatus::Held {
                 check_held(&t, expiry_overdue_before, reserved, report);
             }
@@ -183,6 +188,23 @@ impl Store {
                     format!("transaction {} does not exist", e.transaction_id),
                 ),
                 Err(d) => report.flag(d.check, d.subject, d.detail),
+            }
+        }
+        self.check_pending_notes(pending, report).await
+    }
+
+    /// Every PENDING transaction is noted in `pending`, and every note is of a PENDING
+    /// transaction. `walked` are those the walk found PENDING; as the ledger moved on while it
+    /// was read, each difference from the notes is judged again in one snapshot.
+    async fn check_pending_notes(
+        &self,
+        walked: HashSet<String>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), StoreError> {
+        let noted = self.pending_ids().await?;
+        for id in noted.symmetric_difference(&walked) {
+            if let Some(detail) = self.pending_note_mismatch(id).await? {
+                report.flag("pending_note", format!("transaction {id}"), detail);
             }
         }
         Ok(())

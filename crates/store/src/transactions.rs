@@ -15,7 +15,7 @@ use mongodb::ClientSession;
 use mongodb::bson::{Document, doc};
 use mongodb::options::ReturnDocument;
 
-use crate::docs::{TransactionDoc, to_bson_time};
+use crate::docs::{HELD_UNTIL, TransactionDoc, to_bson_time};
 use crate::events::EventDraft;
 use crate::execute::{begin, finish, given_up, retrying};
 use crate::search::SearchFilter;
@@ -191,6 +191,7 @@ impl Store {
         }
         let docs: Vec<TransactionDoc> = fresh.iter().map(|r| TransactionDoc::from(*r)).collect();
         self.transactions().insert_many(docs).session(&mut *s).await?;
+        self.add_pending(s, &fresh).await?;
         let events: Vec<EventDraft> = fresh.iter().map(|r| EventDraft::entering(r, r.created_at)).collect();
         self.write_events(s, &events).await?;
         Ok((results, true))
@@ -306,44 +307,6 @@ impl Store {
         doc.map(TryInto::try_into).transpose()
     }
 
-    /// PENDING transactions older than `older_than` and republished fewer than `max_republishes`
-    /// times, oldest first: candidates for the republisher (their command may never have
-    /// reached the broker: the gateway answered 503, or died before the confirm).
-    pub async fn stale_pending(
-        &self,
-        older_than: Duration,
-        max_republishes: u32,
-        limit: i64,
-    ) -> Result<Vec<TransactionRecord>, StoreError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
-        let docs: Vec<TransactionDoc> = self
-            .transactions()
-            .find(doc! {
-                "status": TransactionStatus::Pending.as_str(),
-                "createdAt": { "$lt": to_bson_time(cutoff) },
-                "republished": { "$not": { "$gte": i64::from(max_republishes) } },
-            })
-            .sort(doc! { "createdAt": 1 })
-            .limit(limit.clamp(1, 1_000))
-            .await?
-            .try_collect()
-            .await?;
-        docs.into_iter().map(TryInto::try_into).collect()
-    }
-
-    /// Counts a republish of a still-PENDING transaction, so that one whose command keeps
-    /// failing is not sent round forever. `false` if it is no longer PENDING.
-    pub async fn count_republish(&self, id: TransactionId) -> Result<bool, StoreError> {
-        let counted = self
-            .transactions()
-            .update_one(
-                doc! { "_id": id.to_string(), "status": TransactionStatus::Pending.as_str() },
-                doc! { "$inc": { "republished": 1_i64 } },
-            )
-            .await?;
-        Ok(counted.modified_count == 1)
-    }
-
     /// Marks a still-PENDING transaction FAILED (used for commands that can never be
     /// processed), with its `transaction.failed` event in the same transaction. Returns the
     /// record as it now stands, or `None` if there is none.
@@ -371,17 +334,21 @@ impl Store {
                 .transactions()
                 .find_one_and_update(
                     doc! { "_id": id.to_string(), "status": TransactionStatus::Pending.as_str() },
-                    doc! { "$set": {
-                        "status": TransactionStatus::Failed.as_str(),
-                        "failureReason": reason.as_str(),
-                        "completedAt": to_bson_time(now),
-                    }},
+                    doc! {
+                        "$set": {
+                            "status": TransactionStatus::Failed.as_str(),
+                            "failureReason": reason.as_str(),
+                            "completedAt": to_bson_time(now),
+                        },
+                        "$unset": { HELD_UNTIL: "" },
+                    },
                 )
                 .return_document(ReturnDocument::After)
                 .session(&mut session)
                 .await?;
             let Some(doc) = doc else { return Ok((None, false)) };
             let record = TransactionRecord::try_from(doc)?;
+            self.remove_pending(&mut session, [record.id]).await?;
             self.write_events(&mut session, &[EventDraft::entering(&record, now)]).await?;
             Ok::<_, StoreError>((Some(record), true))
         }
