@@ -87,6 +87,13 @@ async fn reconcile_reports_stuck_pending_transactions_and_deleted_entries() {
     assert_eq!((code, checks(&report)), (1, vec!["pending_note".to_owned()]), "{report}");
     assert!(report["discrepancies"][0]["subject"].as_str().unwrap().contains(&pending_id));
     notes.insert_one(note).await.unwrap();
+    // So is a note of a decided transaction, or of none at all.
+    let decided = doc! { "_id": &done_id, "createdAt": mongodb::bson::DateTime::now(), "republished": 0_i64 };
+    let unknown = doc! { "_id": "00000000-0000-7000-8000-000000000000", "createdAt": mongodb::bson::DateTime::now() };
+    notes.insert_many([decided, unknown]).await.unwrap();
+    let (code, report) = app.reconcile(&["--max-pending-age", "1h"]).await;
+    assert_eq!((code, checks(&report)), (1, vec!["pending_note".to_owned(); 2]), "{report}");
+    notes.delete_many(doc! { "_id": { "$ne": &pending_id } }).await.unwrap();
 
     // Deleting Alice's first entry (the funding credit) is caught: the books no longer
     // balance, her sequence has a hole, her running balance and her chain break.

@@ -16,7 +16,7 @@
 //! the PENDING ones here, the holds that may still expire under `heldUntil` (a field only a
 //! hold's settlement, expiry or failure removes).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -125,7 +125,7 @@ impl Store {
         for row in rows {
             match records.remove(&row.id).map(TransactionRecord::try_from).transpose()? {
                 Some(record) if record.status == TransactionStatus::Pending => stale.push(record),
-                // Decided by a version that did not remove it: nothing is outstanding.
+                // Decided by a version that did not remove its note: nothing is outstanding.
                 _ => decided.push(row.id),
             }
         }
@@ -149,13 +149,6 @@ impl Store {
             .update_one(doc! { "_id": id.to_string() }, doc! { "$inc": { "republished": 1_i64 } })
             .await?;
         Ok(counted.matched_count == 1)
-    }
-
-    /// The ids of every transaction noted PENDING (for `reconcile`).
-    pub(crate) async fn pending_ids(&self) -> Result<HashSet<String>, StoreError> {
-        let rows = self.pending().clone_with_type::<Document>().find(doc! {}).projection(doc! { "_id": 1 }).await?;
-        let ids: Vec<Document> = rows.try_collect().await?;
-        Ok(ids.iter().filter_map(|row| row.get_str("_id").ok().map(str::to_owned)).collect())
     }
 
     /// What is wrong, read in one snapshot, with the note of transaction `id`: PENDING without

@@ -1,14 +1,14 @@
 //! `reconcile`: re-derives every invariant from the stored ledger and reports what does not
-//! hold. It only reads, and it streams: transactions and entries are walked with sorted
-//! cursors and merge-joined in id order, so memory stays bounded (one account's running state
-//! at a time) however large the ledger is.
+//! hold. It only reads, and it streams: transactions, their entries and the `pending` notes
+//! are walked with sorted cursors and merge-joined in id order, so memory stays bounded (one
+//! account's running state at a time) however large the ledger is.
 
 use std::cmp::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use ledgerflow_domain::{AccountId, AccountStatus, EntryType, GENESIS_HASH, Reserved, TransactionStatus, TransferKind};
 use mongodb::bson::{Document, doc, from_document};
@@ -136,7 +136,10 @@ impl Store {
         let entries = self.raw("entries").find(doc! {}).sort(doc! { "transactionId": 1, "type": 1 }).await?;
         let mut entries = Box::pin(parsed::<EntryDoc, EntryRecord>(entries, "entries")).peekable();
         let mut transactions = Box::pin(parsed::<TransactionDoc, TransactionRecord>(transactions, "transactions"));
-        let mut pending = HashSet::new();
+        // The `pending` notes, walked beside the transactions in the same id order.
+        let notes = self.raw("pending").find(doc! {}).sort(doc! { "_id": 1 }).projection(doc! { "_id": 1 }).await?;
+        let mut notes =
+            Box::pin(notes.map(|note| note.map(|n| n.get_str("_id").unwrap_or_default().to_owned()))).peekable();
         while let Some(t) = transactions.next().await {
             progress.advance(1);
             let t = match t {
@@ -173,8 +176,25 @@ impl Store {
                 }
             }
             check_transaction(&t, &own, stale_before, report);
-            if t.status == TransactionStatus::Pending {
-                pending.insert(id);
+            // Notes before this transaction's id are of none the walk found.
+            let mut noted = false;
+            while let Some(next) = std::pin::Pin::new(&mut notes).peek().await {
+                let next = next.as_ref().map_or_else(|_| String::new(), Clone::clone);
+                match next.cmp(&id) {
+                    Ordering::Less => {
+                        notes.next().await.transpose()?;
+                        self.judge_pending_note(&next, report).await?;
+                    }
+                    Ordering::Equal => {
+                        notes.next().await.transpose()?;
+                        noted = true;
+                        break;
+                    }
+                    Ordering::Greater => break,
+                }
+            }
+            if noted != (t.status == TransactionStatus::Pending) {
+                self.judge_pending_note(&id, report).await?;
             }
             if t.status == TransactionStatus::Held {
                 check_held(&t, expiry_overdue_before, reserved, report);
@@ -190,22 +210,18 @@ impl Store {
                 Err(d) => report.flag(d.check, d.subject, d.detail),
             }
         }
-        self.check_pending_notes(pending, report).await
+        while let Some(rest) = notes.next().await {
+            self.judge_pending_note(&rest?, report).await?;
+        }
+        Ok(())
     }
 
     /// Every PENDING transaction is noted in `pending`, and every note is of a PENDING
-    /// transaction. `walked` are those the walk found PENDING; as the ledger moved on while it
-    /// was read, each difference from the notes is judged again in one snapshot.
-    async fn check_pending_notes(
-        &self,
-        walked: HashSet<String>,
-        report: &mut ReconcileReport,
-    ) -> Result<(), StoreError> {
-        let noted = self.pending_ids().await?;
-        for id in noted.symmetric_difference(&walked) {
-            if let Some(detail) = self.pending_note_mismatch(id).await? {
-                report.flag("pending_note", format!("transaction {id}"), detail);
-            }
+    /// transaction. The walk read the two at different moments while the ledger moved on, so
+    /// each difference it finds is judged again here, in one snapshot.
+    async fn judge_pending_note(&self, id: &str, report: &mut ReconcileReport) -> Result<(), StoreError> {
+        if let Some(detail) = self.pending_note_mismatch(id).await? {
+            report.flag("pending_note", format!("transaction {id}"), detail);
         }
         Ok(())
     }
