@@ -26,7 +26,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{ClientSession, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use crate::docs::{HELD_UNTIL, TransactionDoc, from_bson_time, to_bson_time};
+use crate::docs::{HELD_UNTIL, from_bson_time, to_bson_time};
 use crate::error::is_duplicate_key;
 use crate::execute::begin;
 use crate::{Store, StoreError, TransactionRecord};
@@ -112,18 +112,17 @@ impl Store {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let mut records: HashMap<String, TransactionDoc> = self
-            .transactions()
-            .find(doc! { "_id": { "$in": &ids } })
-            .await?
-            .map_ok(|doc| (doc.id.clone(), doc))
-            .try_collect()
-            .await?;
+        let ids: Vec<TransactionId> = rows.iter().filter_map(|r| r.id.parse().ok()).collect();
+        let mut records = HashMap::new();
+        for found in self.find_transactions(&ids).await {
+            if let Some(record) = found? {
+                records.insert(record.id.to_string(), record);
+            }
+        }
         let mut stale = Vec::with_capacity(rows.len());
         let mut decided = Vec::new();
         for row in rows {
-            match records.remove(&row.id).map(TransactionRecord::try_from).transpose()? {
+            match records.remove(&row.id) {
                 Some(record) if record.status == TransactionStatus::Pending => stale.push(record),
                 // Decided by a version that did not remove its note: nothing is outstanding.
                 _ => decided.push(row.id),

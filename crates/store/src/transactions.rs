@@ -221,7 +221,10 @@ impl Store {
     }
 
     /// Each of `ids`' transaction, in order, read with one find.
-    async fn find_transactions(&self, ids: &[TransactionId]) -> Vec<Result<Option<TransactionRecord>, StoreError>> {
+    pub(crate) async fn find_transactions(
+        &self,
+        ids: &[TransactionId],
+    ) -> Vec<Result<Option<TransactionRecord>, StoreError>> {
         let wanted: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let found: Result<Vec<TransactionDoc>, StoreError> =
             async { Ok(self.transactions().find(doc! { "_id": { "$in": &wanted } }).await?.try_collect().await?) }
