@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use ledgerflow_client::{Client, EventBody, EventQuery, Transfer};
 use ledgerflow_messaging::lapin::Channel;
 use ledgerflow_messaging::lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
@@ -384,20 +385,87 @@ async fn a_relay_that_lost_its_lease_can_neither_number_nor_mark_anything() {
     let k = key();
     let transfer = Transfer { from: &pair.a, to: &pair.b, amount: 5, idempotency_key: &k, description: None };
     app.as_user(&pair.alice).transfer(&transfer).await.unwrap();
-    let waiting = store.unsequenced(10).await.unwrap();
-    assert_eq!(waiting.len(), 1);
+    let (waiting, more) = store.unsequenced(10).await.unwrap();
+    assert_eq!((waiting.len(), more), (1, false));
 
     let deposed = store.sequence(first, &waiting, None).await;
     assert!(matches!(deposed, Err(ledgerflow_store::StoreError::Contention { .. })), "{deposed:?}");
     assert_eq!(store.sequence(second, &waiting, None).await.unwrap(), 1);
     assert_eq!(store.sequence(second, &waiting, None).await.unwrap(), 0, "numbered once");
-    assert!(store.unsequenced(10).await.unwrap().is_empty());
+    assert!(store.unsequenced(10).await.unwrap().0.is_empty());
     assert_eq!(store.relay_backlog().await.unwrap(), (0, 1), "numbered, not yet published");
     assert!(!store.mark_published(first, 1).await.unwrap(), "the deposed relay marks nothing");
     assert!(store.mark_published(second, 1).await.unwrap());
     assert_eq!(store.relay_backlog().await.unwrap(), (0, 0));
     let events = all_events(&app.as_user(&pair.alice), EventQuery::default(), 100).await;
     assert_eq!((events.len(), events[0].id, events[0].event_type.as_str()), (1, 1, "transaction.accepted"));
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commits_events_share_one_outbox_document_and_an_earlier_versions_are_still_numbered() {
+    // No worker: this test numbers the outbox itself.
+    let app = spawn_app_with(0).await;
+    let store = &app.store;
+    let outbox = app.raw_db().await.collection::<Document>("outbox");
+    let pair = app.alice_and_bob().await;
+    let batch = |n: usize, tag: &str| {
+        let items: Vec<Value> = (0..n)
+            .map(|i| json!({"fromAccount": &pair.a, "toAccount": &pair.b, "amount": 1, "idempotencyKey": format!("{tag}-{i}")}))
+            .collect();
+        app.call("POST", "/transactions/batch", Some(&pair.alice.token), Some(json!({ "items": items })))
+    };
+    let accepted = |answer: &Value| -> Vec<String> {
+        let items = answer["items"].as_array().unwrap();
+        items.iter().map(|i| i["transaction"]["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, first) = batch(3, "first").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // The batch's one insert wrote its three acceptances as one document, in item order.
+    let written: Vec<Document> = outbox.find(doc! {}).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(written.len(), 1, "{written:#?}");
+    assert_eq!(written[0].get_i64("n").unwrap(), 3);
+    let inside: Vec<&str> = written[0]
+        .get_array("events")
+        .unwrap()
+        .iter()
+        .map(|e| e.as_document().unwrap().get_str("transactionId").unwrap())
+        .collect();
+    assert_eq!(inside, accepted(&first));
+
+    // A document as an earlier version wrote it: one event, its own id, no `events`; decided
+    // before the batch.
+    let mut earlier = written[0].get_array("events").unwrap()[0].as_document().unwrap().clone();
+    earlier.insert("_id", key());
+    earlier.insert("transactionId", key());
+    let before = written[0].get_datetime("createdAt").unwrap().timestamp_millis() - 1;
+    earlier.insert("createdAt", mongodb::bson::DateTime::from_millis(before));
+    outbox.insert_one(&earlier).await.unwrap();
+    // 70 more acceptances in one insert: two documents, as one holds at most 64.
+    let (status, second) = batch(70, "second").await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(outbox.count_documents(doc! {}).await.unwrap(), 4);
+
+    // Counted in events, a document taken whole: the earlier one (1) and the batch (3) fit in
+    // five; the next would not.
+    let lease = store.claim_relay("test", None, DEADLINE).await.unwrap().expect("nobody holds it");
+    let (ids, more) = store.unsequenced(5).await.unwrap();
+    assert_eq!((ids.len(), more), (2, true));
+    assert_eq!(store.sequence(lease, &ids, None).await.unwrap(), 4);
+    let (ids, more) = store.unsequenced(500).await.unwrap();
+    assert_eq!((ids.len(), more), (2, false));
+    assert_eq!(store.sequence(lease, &ids, None).await.unwrap(), 70);
+    assert_eq!(store.relay_backlog().await.unwrap(), (0, 74), "all numbered, none published");
+
+    let events = all_events(&app.as_user(&app.system), EventQuery::default(), 100).await;
+    let numbers: Vec<i64> = events.iter().map(|e| e.id).collect();
+    assert_eq!(numbers, (1..=74).collect::<Vec<_>>(), "numbered without a gap or a repeat");
+    let order: Vec<String> = events.iter().map(|e| e.transaction_id.clone()).collect();
+    let mut expected = vec![earlier.get_str("transactionId").unwrap().to_owned()];
+    expected.extend(accepted(&first));
+    expected.extend(accepted(&second));
+    assert_eq!(order, expected, "in commit order, each document's in its own");
+    assert!(events.iter().all(|e| e.event_type == "transaction.accepted"));
     app.teardown().await;
 }
 

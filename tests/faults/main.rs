@@ -98,7 +98,7 @@ async fn a_worker_killed_mid_batch_leaves_its_deliveries_to_another_worker() {
         c.procs.workers[victim].process.signal("STOP").unwrap();
         let ready_before = c.ready_commands().await;
         let done_at_kill = c.count_terminal().await.unwrap() - ACCOUNTS as u64;
-        let (unpublished_at_kill, _) = c.store.relay_backlog().await.unwrap();
+        let unpublished_at_kill = c.outbox_events().await;
         let status = c.procs.workers[victim].process.sigkill().unwrap();
         assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
         assert!(done_at_kill < plan.len() as u64, "the worker had finished everything before it was killed");

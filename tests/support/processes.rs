@@ -281,6 +281,19 @@ impl Cluster {
         republished(&self.procs.gateway.process)
     }
 
+    /// The events waiting in the outbox to be numbered (a document holds a commit's events).
+    pub async fn outbox_events(&self) -> u64 {
+        let pipeline = [mongodb::bson::doc! { "$group": { "_id": null, "n": { "$sum": { "$ifNull": ["$n", 1] } } } }];
+        let mut cursor = self.raw.collection::<mongodb::bson::Document>("outbox").aggregate(pipeline).await.unwrap();
+        match futures::StreamExt::next(&mut cursor).await {
+            Some(total) => {
+                let total = total.unwrap();
+                u64::try_from(total.get_i64("n").or_else(|_| total.get_i32("n").map(i64::from)).unwrap()).unwrap()
+            }
+            None => 0,
+        }
+    }
+
     /// MongoDB transactions open but idle on the server, as `(client, seconds open)`: in
     /// these tests, what a killed worker left behind (a live worker's last milliseconds).
     pub async fn idle_transactions(&self) -> Vec<(String, i64)> {

@@ -1,17 +1,19 @@
 //! The event stream: a transactional outbox, and the sequenced events made of it.
 //!
 //! Every change of a transaction (accepted PENDING, decided, a hold settled or expired, an
-//! original reversed) inserts an **outbox** document in the MongoDB transaction that makes the
-//! change: no change commits without its event, and no event without its change, whatever
-//! crashes when. Outbox documents carry no public id, because a transaction cannot know where
-//! it falls in commit order until it has committed.
+//! original reversed) writes its event to the **outbox** in the MongoDB transaction that makes
+//! the change: no change commits without its event, and no event without its change, whatever
+//! crashes when. A commit's events go into one outbox document (several past
+//! [`OUTBOX_DOC_EVENTS`]), in the order the commit made them: each document costs an insert, a
+//! change on the stream and a delete, whatever it holds. Outbox events carry no public id,
+//! because a transaction cannot know where it falls in commit order until it has committed.
 //!
 //! The relay (one leader among the worker processes, [`Store::claim_relay`]) reads the outbox
-//! inserts through a change stream, which MongoDB delivers in commit order, and moves them into
-//! `events` under increasing ids, in one transaction that also deletes them from the outbox and
-//! stores the change stream's resume token: an event's id is its place in commit order, so a
-//! reader that has seen every id up to `n` never later finds an event below `n`, and `after=n`
-//! is a gap-free cursor. Every write of the relay is fenced by its lease's epoch: a relay that
+//! inserts through a change stream, which MongoDB delivers in commit order, and moves their
+//! events into `events` under increasing ids, in one transaction that also deletes them from
+//! the outbox and stores the change stream's resume token: an event's id is its place in
+//! commit order, so a reader that has seen every id up to `n` never later finds an event below
+//! `n`, and `after=n` is a gap-free cursor. Every write of the relay is fenced by its lease's epoch: a relay that
 //! lost its lease (paused, partitioned) can no longer sequence or mark anything. The relay then
 //! publishes the events above the last one confirmed, in order, and records how far it got.
 
@@ -21,7 +23,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use ledgerflow_api::{EventAccountBody, EventBody, TransactionBody};
 use ledgerflow_domain::{AccountId, Currency, EventType, Initiator, TransactionId, UserId};
-use mongodb::bson::{self, Bson, DateTime as BsonDateTime, Document, doc};
+use mongodb::bson::{self, Bson, DateTime as BsonDateTime, Document, RawDocumentBuf, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::options::ReturnDocument;
@@ -37,6 +39,9 @@ use crate::{Store, StoreError, TransactionRecord, render};
 const RELAY_STATE: &str = "events";
 /// Most outbox changes the relay's change stream fetches at once.
 const FEED_BATCH: u32 = 256;
+/// Most events in one outbox document: a gateway's batch of 1,000 or a commit that also
+/// settles holds writes several, each a bounded size whatever its transactions' metadata.
+const OUTBOX_DOC_EVENTS: usize = 64;
 /// Change stream errors: the resume token fell off the oplog, or is not on it (the database
 /// was restored from a backup, say, or the outbox dropped).
 const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
@@ -92,8 +97,9 @@ struct EventDoc<I> {
     initiator: String,
 }
 
-impl EventDoc<String> {
-    fn outbox(draft: &EventDraft) -> Result<Self, StoreError> {
+impl<I> EventDoc<I> {
+    /// The event `draft` describes, under `id`.
+    fn of_draft(draft: &EventDraft, id: I) -> Result<Self, StoreError> {
         let record = &draft.record;
         let body = render::transaction(record);
         let transaction = bson::to_document(&body).map_err(|e| StoreError::Corrupt {
@@ -102,7 +108,7 @@ impl EventDoc<String> {
             reason: format!("transaction not representable: {e}"),
         })?;
         Ok(Self {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             event_type: draft.event_type.as_str().to_owned(),
             created_at: to_bson_time(draft.at),
             transaction_id: record.id.to_string(),
@@ -127,6 +133,47 @@ impl EventDoc<String> {
             ..
         } = self;
         EventDoc { id, event_type, created_at, transaction_id, transaction, accounts, currency, account_ids, initiator }
+    }
+}
+
+/// An outbox document: the events of one commit (or of up to [`OUTBOX_DOC_EVENTS`] of them),
+/// each under its place in it. Earlier versions wrote one event per document, an
+/// `EventDoc<String>` (no `events` field), which the relay still reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutboxDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    created_at: BsonDateTime,
+    /// How many events it holds: what the relay counts off the change stream, which leaves
+    /// the events themselves out.
+    n: i64,
+    events: Vec<EventDoc<i64>>,
+}
+
+impl OutboxDoc {
+    fn of_drafts(drafts: &[EventDraft]) -> Result<Self, StoreError> {
+        let events = drafts.iter().zip(0..).map(|(d, k)| EventDoc::of_draft(d, k)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            created_at: events.first().map_or_else(BsonDateTime::now, |e| e.created_at),
+            n: events.len() as i64,
+            events,
+        })
+    }
+
+    /// The events of a stored outbox document, of this version or an earlier one.
+    fn events_of(raw: &RawDocumentBuf) -> Result<Vec<EventDoc<i64>>, StoreError> {
+        let id = || raw.get_str("_id").unwrap_or_default().to_owned();
+        let corrupt =
+            |e: bson::de::Error| StoreError::Corrupt { collection: "outbox", id: id(), reason: e.to_string() };
+        if raw.get("events").ok().flatten().is_some() {
+            let doc: OutboxDoc = bson::from_slice(raw.as_bytes()).map_err(corrupt)?;
+            Ok(doc.events)
+        } else {
+            let one: EventDoc<String> = bson::from_slice(raw.as_bytes()).map_err(corrupt)?;
+            Ok(vec![one.sequenced(0)])
+        }
     }
 }
 
@@ -292,15 +339,17 @@ pub struct OutboxFeed {
 }
 
 impl OutboxFeed {
-    /// The ids of up to `max` outbox documents inserted since the last call, in commit order;
-    /// waits up to the stream's await time for the first. Errors when the stream's history is
-    /// lost ([`StoreError::is_history_lost`]) or the server is unreachable.
-    pub async fn next_ids(&mut self, max: usize) -> Result<Vec<String>, StoreError> {
-        let mut ids = Vec::new();
-        while ids.len() < max {
-            let Some(event) = self.stream.next_if_any().await? else { break };
-            if let Some(Bson::String(id)) = event.document_key.as_ref().and_then(|k| k.get("_id")) {
+    /// The ids of the outbox documents inserted since the last call, in commit order, until
+    /// they hold `max_events` events or more (a document is taken whole); waits up to the
+    /// stream's await time for the first. Errors when the stream's history is lost
+    /// ([`StoreError::is_history_lost`]) or the server is unreachable.
+    pub async fn next_ids(&mut self, max_events: usize) -> Result<Vec<String>, StoreError> {
+        let (mut ids, mut events) = (Vec::new(), 0);
+        while events < max_events {
+            let Some(change) = self.stream.next_if_any().await? else { break };
+            if let Some(Bson::String(id)) = change.document_key.as_ref().and_then(|k| k.get("_id")) {
                 ids.push(id.clone());
+                events += change.full_document.as_ref().map_or(1, event_count);
             }
         }
         Ok(ids)
@@ -310,6 +359,12 @@ impl OutboxFeed {
     pub fn resume_token(&self) -> Option<ResumeToken> {
         self.stream.resume_token()
     }
+}
+
+/// How many events an outbox document (or its change, without them) holds: `n`, or one for a
+/// document of an earlier version.
+fn event_count(doc: &Document) -> usize {
+    doc.get_i64("n").ok().and_then(|n| usize::try_from(n).ok()).unwrap_or(1).max(1)
 }
 
 impl StoreError {
@@ -323,7 +378,7 @@ impl StoreError {
 }
 
 impl Store {
-    fn outbox(&self) -> Collection<EventDoc<String>> {
+    fn outbox(&self) -> Collection<OutboxDoc> {
         self.db.collection("outbox")
     }
 
@@ -335,12 +390,13 @@ impl Store {
         self.db.collection("relay")
     }
 
-    /// Writes `drafts` to the outbox in the caller's transaction.
+    /// Writes `drafts`, a commit's events in the order it made them, to the outbox in the
+    /// caller's transaction.
     pub(crate) async fn write_events(&self, s: &mut ClientSession, drafts: &[EventDraft]) -> Result<(), StoreError> {
         if drafts.is_empty() {
             return Ok(());
         }
-        let docs = drafts.iter().map(EventDoc::outbox).collect::<Result<Vec<_>, _>>()?;
+        let docs = drafts.chunks(OUTBOX_DOC_EVENTS).map(OutboxDoc::of_drafts).collect::<Result<Vec<_>, _>>()?;
         self.outbox().insert_many(docs).session(s).await?;
         Ok(())
     }
@@ -464,7 +520,12 @@ impl Store {
             .outbox()
             .clone_with_type::<Document>()
             .watch()
-            .pipeline([doc! { "$match": { "operationType": "insert" } }, doc! { "$project": { "fullDocument": 0 } }])
+            // What the relay counts, not the events: a document of an earlier version (one
+            // event, no `events`) comes whole, and counts as one.
+            .pipeline([
+                doc! { "$match": { "operationType": "insert" } },
+                doc! { "$project": { "fullDocument.events": 0 } },
+            ])
             .resume_after(token)
             .max_await_time(wait)
             // The relay takes a few hundred at a time; the driver's default batch (up to 16 MB
@@ -483,25 +544,37 @@ impl Store {
         Ok(self.relay_states().find_one(doc! { "_id": RELAY_STATE }).await?)
     }
 
-    /// Up to `limit` outbox ids in the order their changes were decided: what to sequence
+    /// Outbox ids in the order their changes were decided, as many as hold up to
+    /// `max_events` events (at least one document), and whether more wait: what to sequence
     /// when no change stream position is known (the first start, or one lost off the oplog).
-    pub async fn unsequenced(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+    pub async fn unsequenced(&self, max_events: usize) -> Result<(Vec<String>, bool), StoreError> {
+        // A document holds at least one event: one more than fit says whether more wait.
         let docs: Vec<Document> = self
             .outbox()
             .clone_with_type::<Document>()
             .find(doc! {})
             .sort(doc! { "createdAt": 1, "_id": 1 })
-            .projection(doc! { "_id": 1 })
-            .limit(limit)
+            .projection(doc! { "_id": 1, "n": 1 })
+            .limit(i64::try_from(max_events).unwrap_or(i64::MAX).saturating_add(1))
             .await?
             .try_collect()
             .await?;
-        Ok(docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
+        let (mut ids, mut events) = (Vec::new(), 0);
+        for d in &docs {
+            let n = event_count(d);
+            if !ids.is_empty() && events + n > max_events {
+                return Ok((ids, true));
+            }
+            events += n;
+            ids.extend(d.get_str("_id").ok().map(str::to_owned));
+        }
+        Ok((ids, false))
     }
 
-    /// Moves the outbox documents `ids` (in this order; those already moved are skipped) into
-    /// `events` under the next ids, and stores `token` as where the stream resumes, in one
-    /// transaction fenced by `lease`. Returns how many were sequenced, or
+    /// Moves the events of the outbox documents `ids` (in this order, each document's in its
+    /// own; those already moved are skipped) into `events` under the next ids, and stores
+    /// `token` as where the stream resumes, in one transaction fenced by `lease`. Returns how
+    /// many events were sequenced, or
     /// [`StoreError::Contention`] when the lease is lost.
     pub async fn sequence(
         &self,
@@ -527,8 +600,9 @@ impl Store {
             .session(&mut *s)
             .await?
             .ok_or(StoreError::Contention { attempts: 0 })?;
-        let mut found: std::collections::HashMap<String, EventDoc<String>> = self
+        let mut found: std::collections::HashMap<String, RawDocumentBuf> = self
             .outbox()
+            .clone_with_type::<RawDocumentBuf>()
             .find(doc! { "_id": { "$in": ids } })
             .session(&mut *s)
             .await?
@@ -536,10 +610,17 @@ impl Store {
             .try_collect::<Vec<_>>()
             .await?
             .into_iter()
-            .map(|d| (d.id.clone(), d))
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), d)))
             .collect();
-        let moving: Vec<EventDoc<String>> = ids.iter().filter_map(|id| found.remove(id)).collect();
-        let n = moving.len();
+        let mut moved = Vec::new();
+        let mut events = Vec::new();
+        for id in ids {
+            if let Some(raw) = found.remove(id) {
+                events.extend(OutboxDoc::events_of(&raw)?);
+                moved.push(id.clone());
+            }
+        }
+        let n = events.len();
         let mut set = doc! { "lastId": state.last_id + n as i64 };
         if let Some(token) = token {
             set.insert(
@@ -552,10 +633,11 @@ impl Store {
             );
         }
         if n > 0 {
-            let moved: Vec<String> = moving.iter().map(|d| d.id.clone()).collect();
             let events: Vec<EventDoc<i64>> =
-                moving.into_iter().zip(state.last_id + 1..).map(|(d, id)| d.sequenced(id)).collect();
+                events.into_iter().zip(state.last_id + 1..).map(|(d, id)| d.sequenced(id)).collect();
             self.events().insert_many(events).session(&mut *s).await?;
+        }
+        if !moved.is_empty() {
             self.outbox().delete_many(doc! { "_id": { "$in": moved } }).session(&mut *s).await?;
         }
         let fenced = self
@@ -588,8 +670,8 @@ impl Store {
         Ok(marked.matched_count == 1)
     }
 
-    /// How many changes wait in the outbox, and how many sequenced events wait to be
-    /// published: the relay's backlog.
+    /// How many outbox documents (commits' events) wait to be numbered, and how many numbered
+    /// events wait to be published: the relay's backlog.
     pub async fn relay_backlog(&self) -> Result<(u64, i64), StoreError> {
         let outbox = self.outbox().estimated_document_count().await?;
         let state = self.relay_state().await?.unwrap_or_default();

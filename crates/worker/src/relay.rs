@@ -102,8 +102,8 @@ async fn lead(
         }
         publish_numbered(store, publisher, lease).await?;
         if draining {
-            let ids = store.unsequenced(BATCH as i64).await?;
-            draining = ids.len() == BATCH;
+            let (ids, more) = store.unsequenced(BATCH).await?;
+            draining = more;
             // The drain's last batch also stores the stream's place, so that the next leader
             // resumes instead of scanning.
             let token = if draining { None } else { feed.resume_token() };
