@@ -46,6 +46,18 @@ pub(crate) fn is_index_not_found(err: &mongodb::error::Error) -> bool {
 }
 
 /// Whether a driver error is a unique-index violation.
+/// For an unordered `insert_many`: how many documents the server refused as duplicates, when
+/// that is all that went wrong.
+pub(crate) fn duplicates_only(err: &mongodb::error::Error) -> Option<u64> {
+    match err.kind.as_ref() {
+        ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
+            let errors = e.write_errors.as_deref().unwrap_or_default();
+            errors.iter().all(|e| e.code == DUPLICATE_KEY).then_some(errors.len() as u64)
+        }
+        _ => None,
+    }
+}
+
 pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,

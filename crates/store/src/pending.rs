@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use futures::stream::TryChunksError;
 use ledgerflow_domain::{TransactionId, TransactionStatus};
 use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
 use mongodb::options::IndexOptions;
@@ -27,7 +28,7 @@ use mongodb::{ClientSession, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::docs::{HELD_UNTIL, from_bson_time, to_bson_time};
-use crate::error::is_duplicate_key;
+use crate::error::duplicates_only;
 use crate::execute::begin;
 use crate::{Store, StoreError, TransactionRecord};
 
@@ -38,6 +39,8 @@ pub(crate) const RETIRED_STATUS_INDEX: &str = "status_1_createdAt_1";
 pub(crate) const RETIRED_HELD_INDEX: &str = "held_expiresAt";
 /// The expiry sweep's index: holds that may still expire, by when.
 pub(crate) const HELD_UNTIL_INDEX: &str = "heldUntil";
+/// Notes made per round trip when an older database is upgraded.
+const FILL_IN_CHUNK: usize = 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -199,19 +202,26 @@ impl Store {
     async fn fill_in_pending(&self) -> Result<(), StoreError> {
         let raw = self.db.collection::<Document>("transactions");
         let pending = TransactionStatus::Pending.as_str();
-        let mut found = raw
+        let found = raw
             .find(doc! { "status": pending })
             .projection(doc! { "createdAt": 1 })
             .hint(mongodb::options::Hint::Name(RETIRED_STATUS_INDEX.to_owned()))
             .await?;
         let mut added = 0_u64;
-        while let Some(doc) = found.try_next().await? {
-            let (Ok(id), Ok(created_at)) = (doc.get_str("_id"), doc.get_datetime("createdAt")) else { continue };
-            let row = PendingDoc { id: id.to_owned(), created_at: *created_at, republished: 0 };
-            match self.pending().insert_one(row).await {
-                Ok(_) => added += 1,
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(e.into()),
+        // Unordered: a note a gateway of this version already made is refused alone.
+        let mut chunks = found.try_chunks(FILL_IN_CHUNK);
+        while let Some(docs) = chunks.try_next().await.map_err(|TryChunksError(_, e)| e)? {
+            let rows: Vec<PendingDoc> = docs
+                .iter()
+                .filter_map(|doc| {
+                    let (id, created_at) = (doc.get_str("_id").ok()?, doc.get_datetime("createdAt").ok()?);
+                    Some(PendingDoc { id: id.to_owned(), created_at: *created_at, republished: 0 })
+                })
+                .collect();
+            let n = rows.len() as u64;
+            match self.pending().insert_many(rows).ordered(false).await {
+                Ok(_) => added += n,
+                Err(e) => added += n - duplicates_only(&e).ok_or(e)?,
             }
         }
         let held = raw
