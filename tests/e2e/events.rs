@@ -390,8 +390,8 @@ async fn a_relay_that_lost_its_lease_can_neither_number_nor_mark_anything() {
 
     let deposed = store.sequence(first, &waiting, None).await;
     assert!(matches!(deposed, Err(ledgerflow_store::StoreError::Contention { .. })), "{deposed:?}");
-    assert_eq!(store.sequence(second, &waiting, None).await.unwrap(), 1);
-    assert_eq!(store.sequence(second, &waiting, None).await.unwrap(), 0, "numbered once");
+    assert_eq!(store.sequence(second, &waiting, None).await.unwrap().len(), 1);
+    assert_eq!(store.sequence(second, &waiting, None).await.unwrap().len(), 0, "numbered once");
     assert!(store.unsequenced(10).await.unwrap().0.is_empty());
     assert_eq!(store.relay_backlog().await.unwrap(), (0, 1), "numbered, not yet published");
     assert!(!store.mark_published(first, 1).await.unwrap(), "the deposed relay marks nothing");
@@ -399,6 +399,36 @@ async fn a_relay_that_lost_its_lease_can_neither_number_nor_mark_anything() {
     assert_eq!(store.relay_backlog().await.unwrap(), (0, 0));
     let events = all_events(&app.as_user(&pair.alice), EventQuery::default(), 100).await;
     assert_eq!((events.len(), events[0].id, events[0].event_type.as_str()), (1, 1, "transaction.accepted"));
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_first_publishes_what_the_last_one_numbered_and_did_not() {
+    let mut app = spawn_app_with(0).await;
+    let (ch, queue) = bind_events(&app, "#").await;
+    let pair = app.alice_and_bob().await;
+    let alice = app.as_user(&pair.alice);
+    // A leader numbers this transfer's acceptance (of a transfer bound to fail: the account is
+    // empty), then goes before it publishes it.
+    let k = key();
+    let transfer = Transfer { from: &pair.a, to: &pair.b, amount: 5, idempotency_key: &k, description: None };
+    let id = alice.transfer(&transfer).await.unwrap().transaction.id;
+    let gone = app.store.claim_relay("gone", None, DEADLINE).await.unwrap().expect("nobody holds it");
+    let (ids, _) = app.store.unsequenced(100).await.unwrap();
+    let numbered = app.store.sequence(gone, &ids, None).await.unwrap().len();
+    assert_eq!(app.store.relay_backlog().await.unwrap(), (0, numbered as i64), "numbered, none published");
+    app.store.release_relay("gone", gone).await.unwrap();
+
+    assert_eq!(numbered, 1);
+    // The next leader publishes it first, then what it numbers itself: the decision.
+    app.add_worker();
+    alice.wait(&id, 30).await.unwrap();
+    let stream = take_events(&ch, &queue, |got| got.len() >= 2).await;
+    let ids: Vec<i64> = stream.iter().map(|(_, e)| e["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [1, 2], "every event once, in order");
+    let of: Vec<&str> =
+        stream.iter().filter(|(_, e)| e["transactionId"] == id.as_str()).map(|(k, _)| k.as_str()).collect();
+    assert_eq!(of, ["transaction.accepted.USD", "transaction.failed.USD"]);
     app.teardown().await;
 }
 
@@ -451,15 +481,21 @@ async fn a_commits_events_share_one_outbox_document_and_an_earlier_versions_are_
     let lease = store.claim_relay("test", None, DEADLINE).await.unwrap().expect("nobody holds it");
     let (ids, more) = store.unsequenced(5).await.unwrap();
     assert_eq!((ids.len(), more), (2, true));
-    assert_eq!(store.sequence(lease, &ids, None).await.unwrap(), 4);
+    let mut numbered = store.sequence(lease, &ids, None).await.unwrap();
+    assert_eq!(numbered.len(), 4);
     let (ids, more) = store.unsequenced(500).await.unwrap();
     assert_eq!((ids.len(), more), (2, false));
-    assert_eq!(store.sequence(lease, &ids, None).await.unwrap(), 70);
+    numbered.extend(store.sequence(lease, &ids, None).await.unwrap());
+    assert_eq!(numbered.len(), 74);
     assert_eq!(store.relay_backlog().await.unwrap(), (0, 74), "all numbered, none published");
 
     let events = all_events(&app.as_user(&app.system), EventQuery::default(), 100).await;
     let numbers: Vec<i64> = events.iter().map(|e| e.id).collect();
     assert_eq!(numbers, (1..=74).collect::<Vec<_>>(), "numbered without a gap or a repeat");
+    // What the relay publishes is what it numbered, as it is stored.
+    let returned: Vec<_> = numbered.iter().map(|e| serde_json::to_value(e.body()).unwrap()).collect();
+    let stored: Vec<_> = events.iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+    assert_eq!(returned, stored);
     let order: Vec<String> = events.iter().map(|e| e.transaction_id.clone()).collect();
     let mut expected = vec![earlier.get_str("transactionId").unwrap().to_owned()];
     expected.extend(accepted(&first));

@@ -574,17 +574,17 @@ impl Store {
     /// Moves the events of the outbox documents `ids` (in this order, each document's in its
     /// own; those already moved are skipped) into `events` under the next ids, and stores
     /// `token` as where the stream resumes, in one transaction fenced by `lease`. Returns how
-    /// many events were sequenced, or
-    /// [`StoreError::Contention`] when the lease is lost.
+    /// the events it numbered, in order, or [`StoreError::Contention`] when the lease is lost.
     pub async fn sequence(
         &self,
         lease: RelayLease,
         ids: &[String],
         token: Option<ResumeToken>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let mut session = begin(&self.client, false).await?;
-        let done = self.sequence_in(&mut session, lease, ids, token).await.map(|n| (n, true));
-        finish(&mut session, done).await
+        let done = self.sequence_in(&mut session, lease, ids, token).await.map(|events| (events, true));
+        let numbered = finish(&mut session, done).await?;
+        numbered.into_iter().map(TryInto::try_into).collect()
     }
 
     async fn sequence_in(
@@ -593,7 +593,7 @@ impl Store {
         lease: RelayLease,
         ids: &[String],
         token: Option<ResumeToken>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<EventDoc<i64>>, StoreError> {
         let state = self
             .relay_states()
             .find_one(doc! { "_id": RELAY_STATE, "epoch": lease.epoch })
@@ -632,10 +632,10 @@ impl Store {
                 })?,
             );
         }
+        let events: Vec<EventDoc<i64>> =
+            events.into_iter().zip(state.last_id + 1..).map(|(d, id)| d.sequenced(id)).collect();
         if n > 0 {
-            let events: Vec<EventDoc<i64>> =
-                events.into_iter().zip(state.last_id + 1..).map(|(d, id)| d.sequenced(id)).collect();
-            self.events().insert_many(events).session(&mut *s).await?;
+            self.events().insert_many(&events).session(&mut *s).await?;
         }
         if !moved.is_empty() {
             self.outbox().delete_many(doc! { "_id": { "$in": moved } }).session(&mut *s).await?;
@@ -651,7 +651,7 @@ impl Store {
         if fenced.matched_count != 1 {
             return Err(StoreError::Contention { attempts: 0 });
         }
-        Ok(n)
+        Ok(events)
     }
 
     /// Up to `limit` sequenced events not yet confirmed published, in order.

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use ledgerflow_messaging::{MessagingError, Publisher};
-use ledgerflow_store::{RelayLease, ResumeToken, Store, StoreError};
+use ledgerflow_store::{EventRecord, RelayLease, ResumeToken, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -79,6 +79,9 @@ pub(crate) async fn run(store: Store, publisher: Publisher, holder: String, shut
 
 /// Leads until `shutdown` (returning the lease, to be released) or an error.
 ///
+/// It first publishes what the last leader numbered and did not publish, then publishes each
+/// batch as it numbers it, from what it just wrote: no read of `events` per batch.
+///
 /// It follows the outbox's change stream from where the last leader left it. Without such a
 /// place (the first start, or one lost off the oplog) it opens the stream at now and first
 /// numbers what the outbox already holds, in the order its changes were decided (the only time
@@ -94,70 +97,87 @@ async fn lead(
     let (mut feed, resumed) = store.outbox_feed(true, FEED_WAIT).await?;
     let mut draining = !resumed;
     let mut renewed = Instant::now();
+    publish_numbered(store, publisher, lease).await?;
     while !shutdown.is_cancelled() {
         if renewed.elapsed() >= RENEW_EVERY {
             lease = store.claim_relay(holder, Some(lease), LEASE).await?.ok_or(Stop::LeaseLost)?;
             renewed = Instant::now();
             sample_backlog(store).await;
         }
-        publish_numbered(store, publisher, lease).await?;
-        if draining {
+        let numbered = if draining {
             let (ids, more) = store.unsequenced(BATCH).await?;
             draining = more;
             // The drain's last batch also stores the stream's place, so that the next leader
             // resumes instead of scanning.
             let token = if draining { None } else { feed.resume_token() };
-            number(store, lease, &ids, token).await?;
-            continue;
-        }
-        let ids = match feed.next_ids(BATCH).await {
-            Ok(ids) => ids,
-            Err(e) if e.is_history_lost() => {
-                warn!(error = %e, "the outbox's change stream lost its place; numbering from the outbox");
-                (feed, _) = store.outbox_feed(false, FEED_WAIT).await?;
-                draining = true;
+            number(store, lease, &ids, token).await?
+        } else {
+            let ids = match feed.next_ids(BATCH).await {
+                Ok(ids) => ids,
+                Err(e) if e.is_history_lost() => {
+                    warn!(error = %e, "the outbox's change stream lost its place; numbering from the outbox");
+                    (feed, _) = store.outbox_feed(false, FEED_WAIT).await?;
+                    draining = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if ids.is_empty() {
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            number(store, lease, &ids, feed.resume_token()).await?
         };
-        if !ids.is_empty() {
-            number(store, lease, &ids, feed.resume_token()).await?;
+        for events in numbered.chunks(BATCH) {
+            publish(store, publisher, lease, events).await?;
         }
     }
     Ok(lease)
 }
 
-/// Numbers the outbox documents `ids` and stores `token` as the stream's place.
-async fn number(store: &Store, lease: RelayLease, ids: &[String], token: Option<ResumeToken>) -> Result<(), Stop> {
+/// Numbers the events of the outbox documents `ids`, stores `token` as the stream's place, and
+/// returns what it numbered.
+async fn number(
+    store: &Store,
+    lease: RelayLease,
+    ids: &[String],
+    token: Option<ResumeToken>,
+) -> Result<Vec<EventRecord>, Stop> {
     let numbered = store.sequence(lease, ids, token).await?;
-    metrics::counter!("ledgerflow_events_sequenced_total").increment(numbered as u64);
-    Ok(())
+    metrics::counter!("ledgerflow_events_sequenced_total").increment(numbered.len() as u64);
+    Ok(numbered)
 }
 
-/// Publishes every numbered event not yet confirmed, in order, a batch at a time, and records
-/// each batch as published once the broker confirmed all of it.
+/// Publishes every numbered event not yet confirmed, in order, a batch at a time: what a
+/// leader finds when it starts.
 async fn publish_numbered(store: &Store, publisher: &Publisher, lease: RelayLease) -> Result<(), Stop> {
     loop {
         let events = store.unpublished(BATCH as i64).await?;
-        let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
-        let mut messages = Vec::with_capacity(events.len());
-        for event in &events {
-            let body = serde_json::to_vec(&event.body()).map_err(|e| StoreError::Corrupt {
-                collection: "events",
-                id: event.id.to_string(),
-                reason: e.to_string(),
-            })?;
-            messages.push((event.routing_key(), event.id, body));
-        }
-        publisher.publish_events(&messages).await?;
-        if !store.mark_published(lease, last).await? {
-            return Err(Stop::LeaseLost);
-        }
-        metrics::counter!("ledgerflow_events_published_total").increment(events.len() as u64);
+        publish(store, publisher, lease, &events).await?;
         if events.len() < BATCH {
             return Ok(());
         }
     }
+}
+
+/// Publishes `events` (numbered, the next after the last published, in order) and records
+/// them as published once the broker confirmed all of them.
+async fn publish(store: &Store, publisher: &Publisher, lease: RelayLease, events: &[EventRecord]) -> Result<(), Stop> {
+    let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
+    let mut messages = Vec::with_capacity(events.len());
+    for event in events {
+        let body = serde_json::to_vec(&event.body()).map_err(|e| StoreError::Corrupt {
+            collection: "events",
+            id: event.id.to_string(),
+            reason: e.to_string(),
+        })?;
+        messages.push((event.routing_key(), event.id, body));
+    }
+    publisher.publish_events(&messages).await?;
+    if !store.mark_published(lease, last).await? {
+        return Err(Stop::LeaseLost);
+    }
+    metrics::counter!("ledgerflow_events_published_total").increment(events.len() as u64);
+    Ok(())
 }
 
 /// The relay's backlog gauges: changes not yet numbered, events not yet published.
