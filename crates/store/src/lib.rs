@@ -8,7 +8,7 @@
 //! conflict (one retries) instead of both reading the same balance. The balance itself is the `balanceAfter` of the account's latest
 //! entry: one indexed read, however long the history.
 //!
-//! Stored documents are parsed back into domain types here ([`docs`]); nothing above this
+//! Stored documents are parsed back into domain types here (`docs`); nothing above this
 //! crate sees BSON.
 
 mod accounts;
@@ -23,6 +23,7 @@ mod holds;
 mod labels;
 mod pending;
 mod reconcile;
+mod relay;
 pub mod render;
 pub mod search;
 mod services;
@@ -40,11 +41,12 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
-pub use events::{EventAccount, EventFilter, EventRecord, OutboxFeed, RelayLease};
+pub use events::{EventAccount, EventFilter, EventRecord};
 pub use execute::{Execution, Outcome};
 pub use group::{GroupCommit, Grouping};
 pub use mongodb::change_stream::event::ResumeToken;
 pub use reconcile::{CurrencyTotal, Discrepancy, NoProgress, Progress, ReconcileOptions, ReconcileReport};
+pub use relay::{OutboxFeed, RelayLease};
 pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};
 pub use statements::{EntryMark, ReadPlan, StatementPage};

@@ -1,5 +1,6 @@
 //! The event relay: moves the outbox's events, in commit order, into the numbered event stream
-//! and publishes them to the `ledgerflow.events` topic exchange (see `ledgerflow_store::events`).
+//! and publishes them to the `ledgerflow.events` topic exchange (see `ledgerflow_store::events`
+//! and the store's `relay`).
 //!
 //! Every worker runs one, and one at a time leads: the holder of a lease in MongoDB, renewed
 //! every second and taken over by another worker within [`LEASE`] of its holder's death (at
