@@ -46,15 +46,15 @@ pub(crate) fn is_index_not_found(err: &mongodb::error::Error) -> bool {
 }
 
 /// Whether a driver error is a unique-index violation.
-/// For an unordered `insert_many`: how many documents the server refused as duplicates, when
-/// that is all that went wrong.
-pub(crate) fn duplicates_only(err: &mongodb::error::Error) -> Option<u64> {
-    match err.kind.as_ref() {
-        ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
-            let errors = e.write_errors.as_deref().unwrap_or_default();
-            errors.iter().all(|e| e.code == DUPLICATE_KEY).then_some(errors.len() as u64)
+/// Whether an insert (an unordered `insert_many`: every document was tried) failed only on
+/// documents that exist already.
+pub(crate) fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(failure) => {
+            failure.write_concern_error.is_none()
+                && failure.write_errors.as_ref().is_some_and(|errs| errs.iter().all(|e| e.code == DUPLICATE_KEY))
         }
-        _ => None,
+        _ => is_duplicate_key(e),
     }
 }
 

@@ -28,7 +28,7 @@ use mongodb::{ClientSession, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::docs::{HELD_UNTIL, from_bson_time, to_bson_time};
-use crate::error::duplicates_only;
+use crate::error::only_duplicates;
 use crate::execute::begin;
 use crate::{Store, StoreError, TransactionRecord};
 
@@ -207,7 +207,7 @@ impl Store {
             .projection(doc! { "createdAt": 1 })
             .hint(mongodb::options::Hint::Name(RETIRED_STATUS_INDEX.to_owned()))
             .await?;
-        let mut added = 0_u64;
+        let mut noted = 0_u64;
         // Unordered: a note a gateway of this version already made is refused alone.
         let mut chunks = found.try_chunks(FILL_IN_CHUNK);
         while let Some(docs) = chunks.try_next().await.map_err(|TryChunksError(_, e)| e)? {
@@ -218,10 +218,10 @@ impl Store {
                     Some(PendingDoc { id: id.to_owned(), created_at: *created_at, republished: 0 })
                 })
                 .collect();
-            let n = rows.len() as u64;
+            noted += rows.len() as u64;
             match self.pending().insert_many(rows).ordered(false).await {
-                Ok(_) => added += n,
-                Err(e) => added += n - duplicates_only(&e).ok_or(e)?,
+                Err(e) if !only_duplicates(&e) => return Err(e.into()),
+                _ => {}
             }
         }
         let held = raw
@@ -235,8 +235,8 @@ impl Store {
             )
             .hint(mongodb::options::Hint::Name(RETIRED_STATUS_INDEX.to_owned()))
             .await?;
-        if added > 0 || held.modified_count > 0 {
-            tracing::info!(pending = added, holds = held.modified_count, "outstanding transactions noted apart");
+        if noted > 0 || held.modified_count > 0 {
+            tracing::info!(pending = noted, holds = held.modified_count, "outstanding transactions noted apart");
         }
         Ok(())
     }

@@ -26,13 +26,12 @@ use futures::TryStreamExt;
 use ledgerflow_domain::webhooks::{EventTypes, WebhookUrl};
 use ledgerflow_domain::{AccountId, EventType, Initiator, Role, UserId, WebhookId};
 use mongodb::bson::{Bson, DateTime as BsonDateTime, Document, doc};
-use mongodb::error::ErrorKind;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::docs::{field, from_bson_time, to_bson_time};
-use crate::error::{DUPLICATE_KEY, is_duplicate_key};
+use crate::error::{is_duplicate_key, only_duplicates};
 use crate::events::EventRecord;
 use crate::{Store, StoreError};
 
@@ -621,17 +620,6 @@ impl Store {
             .await?
             .map(|d| from_bson_time(d.event_created_at));
         Ok(DeliveryBacklog { retrying, oldest_pending: oldest })
-    }
-}
-
-/// Whether an unordered insert failed only on documents that exist already.
-fn only_duplicates(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        ErrorKind::InsertMany(failure) => {
-            failure.write_concern_error.is_none()
-                && failure.write_errors.as_ref().is_some_and(|errs| errs.iter().all(|e| e.code == DUPLICATE_KEY))
-        }
-        _ => is_duplicate_key(e),
     }
 }
 
