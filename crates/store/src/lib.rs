@@ -14,6 +14,7 @@
 mod accounts;
 mod audit;
 mod decide;
+mod deliveries;
 mod docs;
 mod error;
 pub mod events;
@@ -39,6 +40,7 @@ use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+pub use deliveries::{Attempt, AttemptOutcome, DeliveryBacklog, DeliveryRecord, DeliveryStatus, NewDelivery};
 pub use docs::{AccountRecord, EntryRecord, TransactionRecord, UserRecord};
 pub use error::StoreError;
 pub use events::{EventAccount, EventFilter, EventRecord};
@@ -51,10 +53,7 @@ pub use search::{SearchFilter, SearchPlan};
 pub use services::{ServiceRecord, ServiceTaken};
 pub use statements::{EntryMark, ReadPlan, StatementPage};
 pub use transactions::{InsertPending, PendingWriter, TransactionFilter, TransactionReader};
-pub use webhooks::{
-    Attempt, AttemptOutcome, DeliveryBacklog, DeliveryRecord, DeliveryStatus, EventFacts, NewDelivery, NewWebhook,
-    WebhookRecord, WebhookSecret,
-};
+pub use webhooks::{EventFacts, NewWebhook, WebhookRecord, WebhookSecret};
 
 /// Connections per process to MongoDB unless the URI sets `maxPoolSize`.
 const DEFAULT_MAX_POOL_SIZE: u32 = 100;
