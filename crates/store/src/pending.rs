@@ -218,10 +218,16 @@ impl Store {
                     Some(PendingDoc { id: id.to_owned(), created_at: *created_at, republished: 0 })
                 })
                 .collect();
+            // A chunk of nothing but unparseable records (reconcile reports them) notes
+            // nothing: the driver refuses an empty insert.
+            if rows.is_empty() {
+                continue;
+            }
             noted += rows.len() as u64;
-            match self.pending().insert_many(rows).ordered(false).await {
-                Err(e) if !only_duplicates(&e) => return Err(e.into()),
-                _ => {}
+            if let Err(e) = self.pending().insert_many(rows).ordered(false).await
+                && !only_duplicates(&e)
+            {
+                return Err(e.into());
             }
         }
         let held = raw
