@@ -4,6 +4,7 @@
 //! and N workers in one process for a laptop; `admin` holds operator tasks.
 
 mod admin;
+mod allocator;
 mod bench;
 mod cli;
 mod reconcile;
@@ -22,12 +23,6 @@ use tracing::warn;
 
 use crate::cli::{Accounts, Admin, Cli, Command, DispatcherArgs, Dlq, Services};
 
-/// mimalloc (v2, without transparent huge pages) returns freed memory to the system; glibc's
-/// allocator kept the gateway's argon2 buffers, so its RSS only grew with each burst of
-/// sign-ups.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Runs a one-shot command against the store, then shuts its client down before the process
 /// exits (see [`Store::shutdown`]), whether the command succeeded or not.
 async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> Result<T>) -> Result<T> {
@@ -39,6 +34,7 @@ async fn with_store<T>(conn: &Connections, command: impl AsyncFnOnce(&Store) -> 
 
 fn main() -> ExitCode {
     enlarge_thread_stacks();
+    allocator::purge_promptly();
     ledgerflow_telemetry::init_tracing();
     let cli = Cli::parse();
     if let Command::Bench(args) = &cli.command {
