@@ -17,8 +17,9 @@ const PURGE_DELAY: mi_option_t = 15;
 ///
 /// Under load a worker frees and takes pages faster than that delay, so with it the freed
 /// ones pile up: the busier worker's peak RSS in a bench load varied from 56 MB to 67 MB
-/// across runs, over the 64 MB budget in some; purged at once it stays within 52–55 MB, at
-/// no cost in CPU or throughput the bench could see (docs/benchmarks.md).
+/// across runs, over the 64 MB budget in some; purged at once it stays within 55 MB. The
+/// price is page faults for pages given back and taken again, a few per cent of the
+/// machine's CPU (docs/benchmarks.md); `MIMALLOC_PURGE_DELAY=10` buys that back.
 #[allow(unsafe_code)]
 pub(crate) fn purge_promptly() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
