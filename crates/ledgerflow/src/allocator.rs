@@ -17,7 +17,7 @@ const PURGE_DELAY: mi_option_t = 15;
 ///
 /// Under load a worker frees and takes pages faster than that delay, so with it the freed
 /// ones pile up: the busier worker's peak RSS in a bench load varied from 56 MB to 67 MB
-/// across runs, over the 64 MB budget in some; purged at once it stays within 55 MB. The
+/// across runs, over the 64 MB budget in some; purged at once it stays at about 55 MB. The
 /// price is page faults for pages given back and taken again, a few per cent of the
 /// machine's CPU (docs/benchmarks.md); `MIMALLOC_PURGE_DELAY=10` buys that back.
 #[allow(unsafe_code)]
