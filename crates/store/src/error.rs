@@ -45,7 +45,6 @@ pub(crate) fn is_index_not_found(err: &mongodb::error::Error) -> bool {
     matches!(err.kind.as_ref(), ErrorKind::Command(e) if e.code == INDEX_NOT_FOUND)
 }
 
-/// Whether a driver error is a unique-index violation.
 /// Whether an insert (an unordered `insert_many`: every document was tried) failed only on
 /// documents that exist already.
 pub(crate) fn only_duplicates(e: &mongodb::error::Error) -> bool {
@@ -58,6 +57,7 @@ pub(crate) fn only_duplicates(e: &mongodb::error::Error) -> bool {
     }
 }
 
+/// Whether a driver error is a unique-index violation.
 pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
