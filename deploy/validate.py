@@ -437,8 +437,9 @@ class Rules:
             self.fail(doc, f"rabbitmq queueName {regex!r} misses the partition queue(s) {missed[:5]} "
                       f"(prefix {prefix!r}, LEDGERFLOW_PARTITIONS {partitions})")
         others = [f"{prefix}.{suffix}" for suffix in ("transfers", "transfers.partitioned", "transfers.retry",
-                                                      "transfers.retry.2000ms", "transfers.expired",
-                                                      "transfers.dead", "results", "workers")]
+                                                      "transfers.retry.2000ms", "transfers.retry.2000ms.quorum",
+                                                      "transfers.expired", "transfers.dead", "results", "roster",
+                                                      "workers")]
         others += [f"{prefix}.transfers.p0.old", f"{prefix}.transfers.p0x", f"{prefix}.transfers.px",
                    f"other.{names[0]}", f"other-{names[0]}", names[0].replace(".", "x")]
         if matched := [name for name in others if pattern.search(name)]:

@@ -145,28 +145,30 @@ fn moved_on(c: &Cluster) -> Vec<String> {
 async fn the_rabbitmq_node_leading_the_partitions_dies_and_nothing_is_lost_or_doubled() {
     cluster_test("rabbitmq_cluster", async {
         let started = Instant::now();
+        // No policy: every queue the processes declare is a quorum queue, so none lives only
+        // on the node killed below (docs/operations.md, "A RabbitMQ cluster").
         let mut rabbit = RabbitCluster::start(3).await.unwrap_or_else(|e| panic!("{e:#}"));
-        // The retry and roster queues are classic, so they live on the node that declared
-        // them; mirrored, they outlive it (docs/operations.md, "A RabbitMQ cluster").
-        let mirror = r#"{"ha-mode":"all","ha-sync-mode":"automatic"}"#;
-        let pattern = r"\.(transfers\.retry(\.[0-9]+ms)?|workers)$";
-        rabbit.ctl(0, &["set_policy", "--apply-to", "queues", "lf-classic-mirrored", pattern, mirror]).await.unwrap();
         let formed = started.elapsed();
         let mut c = Cluster::start_on("rmq-cluster", 2, &mongodb_uri(), &rabbit.uri_list()).await;
         c.procs.wait_for_workers(Instant::now() + WAIT).await.unwrap();
         let mut w = Workload::setup(&c).await;
 
-        // Every partition queue has a replica on each node, and its leader on the node the
-        // processes reached first (a quorum queue's leader is placed on the declaring node).
+        // Every queue has a replica on each node, and every partition its leader on the node
+        // the processes reached first (a quorum queue's leader is placed on the declaring node).
         let nodes: Vec<String> = rabbit.nodes.iter().map(|n| n.node.clone()).collect();
         let queues = rabbit.queues(1, c.env.prefix()).await.unwrap();
+        let t = &c.topology;
+        let shared = [t.retry(), t.roster(), t.results(), t.dead_letters(), t.expired()];
+        let partitions = t.partitions();
         let mut leaders = Vec::new();
-        for name in c.topology.partitions() {
+        for name in partitions.iter().cloned().chain(shared) {
             let q = queues.iter().find(|q| q.name == name).unwrap_or_else(|| panic!("no queue {name}: {queues:?}"));
             let mut members = q.members.clone();
             members.sort();
             assert_eq!(members, nodes, "{name} is replicated on every node");
-            leaders.push(q.leader.clone());
+            if partitions.contains(&name) {
+                leaders.push(q.leader.clone());
+            }
         }
         assert!(leaders.iter().all(|l| *l == leaders[0]), "partition leaders on one node: {leaders:?}");
         let victim = rabbit.index_of(&leaders[0]).unwrap_or_else(|| panic!("leader {} is no node", leaders[0]));

@@ -85,11 +85,11 @@ async fn sweep(state: &AppState) {
     }
 }
 
-/// Whether no command waits in any partition or in the retry queue (nor in the retry queue of
+/// Whether no command waits in any partition or in the retry queue (nor in the retry queues of
 /// earlier versions, which the workers empty into it).
 async fn queues_are_idle(state: &AppState) -> bool {
     let topology = state.publisher.topology();
-    for queue in topology.partitions().into_iter().chain([topology.retry(), topology.retired_retry()]) {
+    for queue in topology.partitions().into_iter().chain([topology.retry()]) {
         match state.publisher.ready_messages(&queue).await {
             Ok(0) => {}
             Ok(_) => return false,
@@ -99,5 +99,8 @@ async fn queues_are_idle(state: &AppState) -> bool {
             }
         }
     }
-    true
+    // An earlier version's queue that does not answer (its broker node is down, say) counts as
+    // idle: this version must not depend on such a node, and what a republish adds is at
+    // worst a duplicate the workers recognise.
+    state.publisher.retired_retries().await.is_ok_and(|queues| queues.iter().all(|(_, q)| q.ready == 0))
 }

@@ -70,7 +70,7 @@ impl Partitions {
             }
             // Joining the roster last: once every worker counts there, each consumes every
             // partition.
-            let roster = (topology.workers(), format!("{tag}-roster"));
+            let roster = (topology.roster(), format!("{tag}-roster"));
             let options = BasicConsumeOptions::default();
             let roster = channel
                 .basic_consume(roster.0.as_str().into(), roster.1.as_str().into(), options, FieldTable::default())

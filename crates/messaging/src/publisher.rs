@@ -72,6 +72,10 @@ struct Link {
     channel: Channel,
     /// Which of this publisher's links it is, counted from 1.
     generation: u64,
+    /// Whether earlier versions' retry queues could be declared on this link and have
+    /// answered since ([`Publisher::retired_retries`]): one whose broker node is down is not
+    /// asked about again until the next link.
+    retired: bool,
 }
 
 #[derive(Default)]
@@ -155,6 +159,84 @@ impl Publisher {
         }
     }
 
+    /// Ready messages and consumers of each of earlier versions' retry queues
+    /// ([`Topology::retired_retries`]), as far as they answer: none when this link could not
+    /// declare them (their broker node was down), and none from the first that fails to
+    /// answer until the next link, so a dead node costs one warning per link. Each is asked on
+    /// a channel of its own, as a failed passive declare closes its channel, and these queues
+    /// must not take the publishing channel with them.
+    pub async fn retired_retries(&self) -> Result<Vec<(String, QueueState)>, MessagingError> {
+        let mut states = Vec::new();
+        for queue in self.topology.retired_retries() {
+            let (_, generation) = self.channel().await?;
+            match self.on_own_channel(generation, |ch| passive_declare(ch, &queue)).await {
+                Ok(Some(state)) => states.push((queue, state)),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(publisher = %self.name, queue, error = %e, "an earlier version's retry queue does not answer (its broker node down?); not asking again on this connection");
+                    if let Some(link) = self.state.lock().await.link.as_mut().filter(|l| l.generation == generation) {
+                        link.retired = false;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    /// Runs `ask` on a fresh channel of link `generation`, closed after, within
+    /// `CONFIRM_TIMEOUT`; `None` when that link is gone or does not declare earlier versions'
+    /// queues.
+    async fn on_own_channel<T, F>(
+        &self,
+        generation: u64,
+        ask: impl FnOnce(Channel) -> F,
+    ) -> Result<Option<T>, MessagingError>
+    where
+        F: Future<Output = Result<T, MessagingError>>,
+    {
+        let asked = async {
+            let channel = {
+                let state = self.state.lock().await;
+                match &state.link {
+                    Some(link) if link.generation == generation && link.retired => {
+                        link.connection.create_channel().await?
+                    }
+                    _ => return Ok(None),
+                }
+            };
+            let answer = ask(channel.clone()).await?;
+            // Tidiness: a channel left open goes with its connection.
+            let _ = channel.close(200, "asked".into()).await;
+            Ok(Some(answer))
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, asked)
+            .await
+            .unwrap_or_else(|_| Err(MessagingError::Unavailable(format!("no answer within {CONFIRM_TIMEOUT:?}"))))
+    }
+
+    /// Declares earlier versions' retry queues ([`Topology::declare_retired`]) on a channel of
+    /// its own, closed after; whether it could. Their broker node being down stops nothing:
+    /// this version does not need them.
+    async fn declare_retired(&self, connection: &Connection) -> bool {
+        let declared = async {
+            let channel = connection.create_channel().await?;
+            self.topology.declare_retired(&channel).await?;
+            let _ = channel.close(200, "declared".into()).await;
+            Ok::<_, MessagingError>(())
+        };
+        let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, declared)
+            .await
+            .unwrap_or_else(|_| Err(MessagingError::Unavailable(format!("no answer within {CONFIRM_TIMEOUT:?}"))));
+        match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(publisher = %self.name, error = %e, "cannot declare earlier versions' retry queues (their broker node down?); not looking at them on this connection");
+                false
+            }
+        }
+    }
+
     /// Whether the current link is up (for readiness checks; does not reconnect).
     pub async fn is_connected(&self) -> bool {
         let state = self.state.lock().await;
@@ -174,11 +256,11 @@ impl Publisher {
             return Err(MessagingError::Unavailable("reconnecting to the broker".into()));
         }
         match self.open().await {
-            Ok((connection, channel)) => {
+            Ok((connection, channel, retired)) => {
                 info!(publisher = %self.name, "connected to broker");
                 state.opened += 1;
                 let generation = state.opened;
-                state.link = Some(Link { connection, channel: channel.clone(), generation });
+                state.link = Some(Link { connection, channel: channel.clone(), generation, retired });
                 state.last_failure = None;
                 Ok((channel, generation))
             }
@@ -192,16 +274,19 @@ impl Publisher {
 
     /// Connects, opens a confirming channel and declares the topology, all within
     /// `OPEN_TIMEOUT`: a broker still starting up may accept connections and not answer.
-    async fn open(&self) -> Result<(Connection, Channel), MessagingError> {
+    /// Also declares earlier versions' retry queues, but only as far as it can: whether it
+    /// could is the third value.
+    async fn open(&self) -> Result<(Connection, Channel, bool), MessagingError> {
         let connection = connect(&self.uri, &self.name).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
             channel.confirm_select(ConfirmSelectOptions::default()).await?;
             self.topology.declare(&channel).await?;
-            Ok::<_, MessagingError>(channel)
+            let retired = self.declare_retired(&connection).await;
+            Ok::<_, MessagingError>((channel, retired))
         };
         match tokio::time::timeout(OPEN_TIMEOUT, setup).await {
-            Ok(Ok(channel)) => Ok((connection, channel)),
+            Ok(Ok((channel, retired))) => Ok((connection, channel, retired)),
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 close(&connection, "setup timed out").await;
@@ -337,4 +422,11 @@ impl Publisher {
     pub async fn close(&self) {
         self.reset(None).await;
     }
+}
+
+/// What a passive declare of `queue` on `channel` tells.
+async fn passive_declare(channel: Channel, queue: &str) -> Result<QueueState, MessagingError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let q = channel.queue_declare(queue.into(), passive, FieldTable::default()).await?;
+    Ok(QueueState { ready: q.message_count(), consumers: q.consumer_count() })
 }

@@ -96,8 +96,8 @@ impl Topology {
     /// Queue that every worker consumes and nothing is published to: its consumer count is
     /// the number of workers connected, from which each works out its share of the partitions.
     /// (A queue with a single active consumer reports only the active one.)
-    pub fn workers(&self) -> String {
-        format!("{}.workers", self.prefix)
+    pub fn roster(&self) -> String {
+        format!("{}.roster", self.prefix)
     }
 
     /// Exchange (fanout) and queue where commands that hit a transient fault wait out the
@@ -107,16 +107,19 @@ impl Topology {
     /// the others at the head of the queue. It is part of the name because a queue's arguments
     /// cannot change: another delay is another queue.
     pub fn retry(&self) -> String {
-        format!("{}.transfers.retry.{}ms", self.prefix, self.retry_delay_ms)
+        format!("{}.transfers.retry.{}ms.quorum", self.prefix, self.retry_delay_ms)
     }
 
-    /// The retry exchange and queue of earlier versions, where each message carried its delay
-    /// as a per-message TTL (so one without any stalled those behind it). Still declared as it
-    /// was, so that what waits in it on an upgrade, or what a process of the earlier version
-    /// sends there during a rolling upgrade, still returns to its partition; workers move what
-    /// they find there into [`Self::retry`] (see `retry::move_retired`). Nothing sends there.
-    pub fn retired_retry(&self) -> String {
-        format!("{}.transfers.retry", self.prefix)
+    /// The retry queues of earlier versions, classic queues that a process of such a version
+    /// sends to during a rolling upgrade: the one whose messages carried their own TTL
+    /// (`….transfers.retry`, where one without any stalled those behind it), and the one with
+    /// the queue's TTL that lived on one broker node (`….transfers.retry.<ms>ms`). Workers move
+    /// what they find in them into [`Self::retry`] (see `retry::move_retired`).
+    pub fn retired_retries(&self) -> [String; 2] {
+        [
+            format!("{}.transfers.retry", self.prefix),
+            format!("{}.transfers.retry.{}ms", self.prefix, self.retry_delay_ms),
+        ]
     }
 
     /// Headers exchange and queue of the commands the broker dead-lettered because they
@@ -154,7 +157,7 @@ impl Topology {
     pub async fn declare(&self, ch: &Channel) -> Result<(), MessagingError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        for name in [self.transfers(), self.dead_letters(), self.results(), self.retry(), self.retired_retry()] {
+        for name in [self.transfers(), self.dead_letters(), self.results(), self.retry()] {
             ch.exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
         }
         ch.exchange_declare(self.events().as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
@@ -203,22 +206,25 @@ impl Topology {
             )
             .await?;
         }
-        // The roster holds no messages; it only counts consumers. Classic and durable, so it
-        // is there for a passive declare whether or not a worker runs.
-        let mut roster = args(&[("x-queue-type", "classic")]);
+        // Every queue is a quorum queue, replicated on three broker nodes: one that lived on a
+        // single node would stop every process's declare, and so every publisher and
+        // consumer, while that node is down. The roster holds no messages; it only counts
+        // consumers, and is there for a passive declare whether or not a worker runs.
+        let mut roster = quorum.clone();
         roster.insert("x-max-length".into(), AMQPValue::LongInt(0));
-        ch.queue_declare(self.workers().as_str().into(), queue_opts, roster).await?;
-        // The retry queue is classic, not quorum: every message has the queue's delay, so
-        // expiring only at the head of the queue (classic semantics) releases them in order.
-        let retired = args(&[("x-queue-type", "classic"), ("x-dead-letter-exchange", &self.transfers())]);
-        let mut retry = retired.clone();
+        ch.queue_declare(self.roster().as_str().into(), queue_opts, roster).await?;
+        // Every message has the queue's delay, so expiring at the head of the queue releases
+        // them in order. At-least-once dead-lettering (which needs `reject-publish`) keeps a
+        // command in the retry queue until its partition queue has confirmed it: the broker's
+        // default for quorum queues would drop it if that publish failed.
+        let mut retry = args(&[
+            ("x-queue-type", "quorum"),
+            ("x-dead-letter-exchange", &self.transfers()),
+            ("x-dead-letter-strategy", "at-least-once"),
+            ("x-overflow", "reject-publish"),
+        ]);
         retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.retry_delay_ms)));
-        let queues = [
-            (self.dead_letters(), quorum.clone()),
-            (self.results(), quorum.clone()),
-            (self.retry(), retry),
-            (self.retired_retry(), retired),
-        ];
+        let queues = [(self.dead_letters(), quorum.clone()), (self.results(), quorum.clone()), (self.retry(), retry)];
         for (queue, args) in queues {
             ch.queue_declare(queue.as_str().into(), queue_opts, args).await?;
             ch.queue_bind(
@@ -231,6 +237,34 @@ impl Topology {
             .await?;
         }
         self.declare_expired(ch, quorum).await
+    }
+
+    /// Declares the retry queues of earlier versions ([`Self::retired_retries`]) as those
+    /// versions did (each a classic queue fed by a fanout exchange of its name, dead-lettering
+    /// into the transfers exchange; the later one with the queue's TTL), so that what waits
+    /// in them keeps returning to its partition. Not part of [`Self::declare`]: a classic
+    /// queue lives on one broker node, and while that node is down declaring it fails, which
+    /// must stop nothing of this version's. A failure closes `ch`.
+    pub async fn declare_retired(&self, ch: &Channel) -> Result<(), MessagingError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
+        let [per_message_ttl, classic] = self.retired_retries();
+        let plain = args(&[("x-queue-type", "classic"), ("x-dead-letter-exchange", &self.transfers())]);
+        let mut with_ttl = plain.clone();
+        with_ttl.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.retry_delay_ms)));
+        for (queue, args) in [(per_message_ttl, plain), (classic, with_ttl)] {
+            ch.exchange_declare(queue.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+            ch.queue_declare(queue.as_str().into(), queue_opts, args).await?;
+            ch.queue_bind(
+                queue.as_str().into(),
+                queue.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// The observer of expired commands: a headers exchange fed by the dead-letter exchange,
@@ -310,8 +344,9 @@ impl Topology {
         for queue in self.partitions() {
             ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
         }
-        let queues = [self.dead_letters(), self.results(), self.retry(), self.retired_retry(), self.expired()];
-        for name in queues.iter().chain([&self.workers()]) {
+        let [per_message_ttl, classic] = self.retired_retries();
+        let queues = [self.dead_letters(), self.results(), self.retry(), per_message_ttl, classic, self.expired()];
+        for name in queues.iter().chain([&self.roster()]) {
             ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
         }
         // Bound to the results exchange: deleted before it.
@@ -368,14 +403,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_retry_queue_is_named_after_its_delay_and_the_retired_one_keeps_its_name() {
-        assert_eq!(Topology::new("lf").retry(), "lf.transfers.retry.2000ms");
+    fn the_retry_queue_is_named_after_its_delay_and_the_retired_ones_keep_their_names() {
+        assert_eq!(Topology::new("lf").retry(), "lf.transfers.retry.2000ms.quorum");
         let quick = Topology::new("lf").with_retry_delay(Duration::from_micros(1_500_900));
         assert_eq!(
             (quick.retry().as_str(), quick.retry_delay()),
-            ("lf.transfers.retry.1500ms", Duration::from_millis(1_500))
+            ("lf.transfers.retry.1500ms.quorum", Duration::from_millis(1_500))
         );
-        assert_eq!(quick.retired_retry(), "lf.transfers.retry");
+        assert_eq!(quick.retired_retries(), ["lf.transfers.retry", "lf.transfers.retry.1500ms"]);
+        assert_eq!(quick.roster(), "lf.roster");
         // Beyond the broker's limit of a TTL: its largest.
         let huge = Topology::new("lf").with_retry_delay(Duration::from_secs(u64::MAX));
         assert_eq!(huge.retry_delay(), Duration::from_millis(u64::from(u32::MAX)));

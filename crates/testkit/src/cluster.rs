@@ -284,7 +284,7 @@ impl Cluster {
 /// once it consumes every partition: how a harness knows its workers are up.
 pub async fn wait_for_workers(amqp_uri: &str, topology: &Topology, count: u32, by: Instant) -> Result<()> {
     let broker = Publisher::new(amqp_uri, "ledgerflow-harness", topology.clone());
-    let roster = topology.workers();
+    let roster = topology.roster();
     let waited = async {
         loop {
             let consumers = broker.queue_state(&roster).await.map_or(0, |q| q.consumers);

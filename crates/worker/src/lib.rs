@@ -195,7 +195,6 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
         let round = async {
             let queues = topology.partitions().into_iter().chain([
                 topology.retry(),
-                topology.retired_retry(),
                 topology.dead_letters(),
                 topology.expired(),
                 topology.results(),
@@ -205,7 +204,10 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
                     metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(ready));
                 }
             }
-            if let Ok(roster) = results.queue_state(&topology.workers()).await {
+            for (queue, q) in results.retired_retries().await.unwrap_or_default() {
+                metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(q.ready));
+            }
+            if let Ok(roster) = results.queue_state(&topology.roster()).await {
                 workers.store(roster.consumers, Ordering::Relaxed);
             }
         };
@@ -215,13 +217,13 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
     }
 }
 
-/// How often each worker looks into the retired retry queue.
+/// How often each worker looks into the retired retry queues.
 const RETIRED_INTERVAL: Duration = Duration::from_secs(5);
 /// Most commands moved from it at once.
 const RETIRED_MOVES: usize = 100;
 
-/// Moves what an earlier version left in its retry queue into this one, forever (see
-/// `Topology::retired_retry`). Not bounded by a timeout: a move dropped half-way would leave
+/// Moves what earlier versions left in their retry queues into this one, forever (see
+/// `Topology::retired_retries`). Not bounded by a timeout: a move dropped half-way would leave
 /// its message unacked on the publisher's channel; each publish bounds itself.
 async fn move_retired_retries(results: Publisher, trusted: TrustedUsers) {
     let mut tick = tokio::time::interval(RETIRED_INTERVAL);
@@ -230,8 +232,8 @@ async fn move_retired_retries(results: Publisher, trusted: TrustedUsers) {
         tick.tick().await;
         match retry::move_retired(&results, &trusted, RETIRED_MOVES).await {
             Ok(0) => {}
-            Ok(moved) => info!(moved, "moved commands from the retired retry queue"),
-            Err(e) => debug!(error = %e, "could not move commands from the retired retry queue"),
+            Ok(moved) => info!(moved, "moved commands from the retired retry queues"),
+            Err(e) => debug!(error = %e, "could not move commands from the retired retry queues"),
         }
     }
 }
