@@ -48,12 +48,18 @@ pub(crate) fn is_index_not_found(err: &mongodb::error::Error) -> bool {
 /// Whether an insert (an unordered `insert_many`: every document was tried) failed only on
 /// documents that exist already.
 pub(crate) fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    duplicates_refused(e).is_some()
+}
+
+/// How many documents an insert (an unordered `insert_many`: every document was tried) was
+/// refused because they exist already, when that is all that failed; `None` otherwise.
+pub(crate) fn duplicates_refused(e: &mongodb::error::Error) -> Option<usize> {
     match e.kind.as_ref() {
-        ErrorKind::InsertMany(failure) => {
-            failure.write_concern_error.is_none()
-                && failure.write_errors.as_ref().is_some_and(|errs| errs.iter().all(|e| e.code == DUPLICATE_KEY))
-        }
-        _ => is_duplicate_key(e),
+        ErrorKind::InsertMany(failure) => match (&failure.write_errors, &failure.write_concern_error) {
+            (Some(errs), None) if errs.iter().all(|e| e.code == DUPLICATE_KEY) => Some(errs.len()),
+            _ => None,
+        },
+        _ => is_duplicate_key(e).then_some(1),
     }
 }
 

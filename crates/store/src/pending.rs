@@ -28,7 +28,7 @@ use mongodb::{ClientSession, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::docs::{HELD_UNTIL, from_bson_time, to_bson_time};
-use crate::error::only_duplicates;
+use crate::error::duplicates_refused;
 use crate::execute::begin;
 use crate::{Store, StoreError, TransactionRecord};
 
@@ -223,12 +223,12 @@ impl Store {
             if rows.is_empty() {
                 continue;
             }
-            noted += rows.len() as u64;
-            if let Err(e) = self.pending().insert_many(rows).ordered(false).await
-                && !only_duplicates(&e)
-            {
-                return Err(e.into());
-            }
+            let tried = rows.len();
+            let refused = match self.pending().insert_many(rows).ordered(false).await {
+                Ok(_) => 0,
+                Err(e) => duplicates_refused(&e).ok_or(e)?,
+            };
+            noted += (tried - refused) as u64;
         }
         let held = raw
             .update_many(
