@@ -7,16 +7,17 @@
 //! earlier command of the batch already reversed its original, and a repeated upstream
 //! command finds the record its first copy created.
 
+mod holds;
+mod postings;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use ledgerflow_domain::holds::may_settle;
 use ledgerflow_domain::{
-    AccountId, AccountLimits, AccountSnapshot, Amount, Balance, EntryFields, EntryId, EntryType, EventType,
-    FailureReason, GENESIS_HASH, NotReversible, Posting, Reserved, TransactionId, TransactionStatus, TransferCommand,
-    TransferKind, TransferRequest, limits, post_transfer,
+    AccountId, AccountSnapshot, Amount, Balance, EntryFields, EntryId, EntryType, EventType, FailureReason,
+    GENESIS_HASH, Leg, NotReversible, Reserved, TransactionId, TransactionStatus, TransferCommand, TransferKind,
+    TransferRequest, limits, post_transfer, reserve,
 };
-use ledgerflow_domain::{Leg, post_held, post_leg, reserve};
 
 use crate::events::{EventAccount, EventDraft};
 use crate::execute::{Execution, Outcome};
@@ -368,12 +369,6 @@ impl Batch {
         self.plan.events.push(draft);
     }
 
-    /// For a COMPLETED POST_HOLD or VOID_HOLD, the hold it settled as the batch now sees it.
-    fn settled_hold(&self, record: &TransactionRecord) -> Option<TransactionRecord> {
-        let hold = record.hold.filter(|_| record.status == TransactionStatus::Completed)?;
-        self.record(hold)?.ok()
-    }
-
     /// A record for an upstream command seen for the first time: it is written with its
     /// decision, and a copy later in the batch finds it by key.
     fn create(&mut self, cmd: &TransferCommand) -> TransactionRecord {
@@ -383,35 +378,6 @@ impl Batch {
         self.transactions.insert(record.id, Ok(record.clone()));
         self.created.push(record.id);
         record
-    }
-
-    /// A currency's funding account comes into being on the first INITIAL_FUNDS (or journal
-    /// leg) that draws on it.
-    fn open_funding_accounts(&mut self, request: &TransferRequest) {
-        if !matches!(request.kind, TransferKind::InitialFunds | TransferKind::Journal) {
-            return;
-        }
-        for leg in request.movements() {
-            let funding = AccountId::funding(leg.currency);
-            if leg.from != funding || self.accounts.contains_key(&funding) {
-                continue;
-            }
-            let account = AccountRecord {
-                id: funding,
-                owner_id: None,
-                status: ledgerflow_domain::AccountStatus::Active,
-                currency: leg.currency,
-                seq: 0,
-                created_at: self.now,
-                reserved: Reserved::default(),
-                limits: AccountLimits::NONE,
-                peak_overdraft: 0,
-                metadata: Default::default(),
-            };
-            let head = AccountHead::empty(account);
-            let state = AccountState { loaded_seq: 0, loaded_reserved: Reserved::default(), head, new: true };
-            self.accounts.insert(funding, Ok(state));
-        }
     }
 
     fn snapshot(&self, id: AccountId) -> Result<Option<AccountSnapshot>, StoreError> {
@@ -435,161 +401,6 @@ impl Batch {
             Ok(()) if !request.mirrors(&original.request()) => Some(FailureReason::InvalidCommand),
             Ok(()) => None,
         })
-    }
-
-    /// A POST_HOLD or VOID_HOLD: judged against its hold ([`ledgerflow_domain::holds`]);
-    /// if allowed, the whole reservation is released, a post moves its amount, and the hold
-    /// is settled by `record`.
-    fn settle(
-        &mut self,
-        cmd: &TransferCommand,
-        record: &TransactionRecord,
-        from: Option<&AccountSnapshot>,
-        to: Option<&AccountSnapshot>,
-    ) -> Result<Result<TransactionStatus, FailureReason>, StoreError> {
-        let request = &cmd.request;
-        let Some(hold_id) = request.hold else { return Ok(Err(FailureReason::InvalidCommand)) };
-        let Some(hold) = self.record(hold_id).transpose()? else { return Ok(Err(FailureReason::HoldNotFound)) };
-        let Some(facts) = hold.held_facts() else { return Ok(Err(FailureReason::HoldNotFound)) };
-        if let Err(reason) = may_settle(&facts, request, &cmd.initiator, self.now) {
-            return Ok(Err(reason));
-        }
-        let (settled_as, posted_amount) = if request.kind == TransferKind::PostHold {
-            match post_held(request, from, to) {
-                Ok(posting) => {
-                    self.post(record, posting);
-                    (TransactionStatus::Posted, Some(request.amount))
-                }
-                Err(reason) => return Ok(Err(reason)),
-            }
-        } else {
-            (TransactionStatus::Voided, None)
-        };
-        self.reservation(&facts.request, -1);
-        self.mark_settled(Settled {
-            hold: hold_id,
-            status: settled_as,
-            posted_amount,
-            resolved_by: Some(record.id),
-            resolved_at: self.now,
-        });
-        Ok(Ok(TransactionStatus::Completed))
-    }
-
-    /// The expiry of hold `id` (see [`expire`]). Both accounts must have been read: a
-    /// reservation is released exactly or not at all.
-    fn expire(&mut self, id: TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
-        let Some(hold) = self.record(id).transpose()? else { return Ok(None) };
-        let Some(facts) = hold.held_facts() else { return Ok(None) };
-        if facts.status != TransactionStatus::Held || self.now < facts.expires_at {
-            return Ok(None);
-        }
-        for account in [facts.request.from, facts.request.to] {
-            if self.snapshot(account)?.is_none() {
-                let reason = format!("hold {id} reserves on it, but it does not exist");
-                return Err(StoreError::Corrupt { collection: "accounts", id: account.to_string(), reason });
-            }
-        }
-        self.reservation(&facts.request, -1);
-        let settled = Settled {
-            hold: id,
-            status: TransactionStatus::Expired,
-            posted_amount: None,
-            resolved_by: None,
-            resolved_at: self.now,
-        };
-        self.mark_settled(settled);
-        let expired = self.record(id).and_then(Result::ok);
-        if let Some(hold) = &expired {
-            self.event(EventType::Expired, hold);
-        }
-        Ok(expired)
-    }
-
-    /// Adds (`sign` 1) or releases (`sign` -1) a hold's reservation on both its accounts.
-    fn reservation(&mut self, hold: &TransferRequest, sign: i64) {
-        let amount = sign * hold.amount.minor();
-        if let Some(Ok(state)) = self.accounts.get_mut(&hold.from) {
-            state.head.account.reserved.debits += amount;
-        }
-        if let Some(Ok(state)) = self.accounts.get_mut(&hold.to) {
-            state.head.account.reserved.credits += amount;
-        }
-    }
-
-    /// Records a hold's settlement on it, in this transaction: two settlements of one hold
-    /// conflict on this write and only one can commit.
-    fn mark_settled(&mut self, settled: Settled) {
-        if let Some(Ok(hold)) = self.transactions.get_mut(&settled.hold) {
-            hold.status = settled.status;
-            hold.posted_amount = settled.posted_amount;
-            hold.resolved_by = settled.resolved_by;
-            hold.resolved_at = Some(settled.resolved_at);
-        }
-        if !self.created.contains(&settled.hold) {
-            self.plan.settled.push(settled);
-        }
-    }
-
-    /// Applies an allowed posting: an entry on each side, each account's state advanced.
-    fn post(&mut self, record: &TransactionRecord, posting: Posting) {
-        let movement =
-            Leg { from: record.from_account, to: record.to_account, amount: record.amount, currency: record.currency };
-        self.post_movement(record.id, (None, &movement), posting);
-    }
-
-    fn post_movement(&mut self, transaction: TransactionId, movement: (Option<u16>, &Leg), posting: Posting) {
-        let (leg, m) = movement;
-        let sides = [
-            (m.from, EntryType::Debit, posting.debit_balance_after),
-            (m.to, EntryType::Credit, posting.credit_balance_after),
-        ];
-        for (id, entry_type, balance_after) in sides {
-            if let Some(Ok(state)) = self.accounts.get_mut(&id) {
-                self.plan.entries.push(state.post(transaction, (leg, m), entry_type, balance_after, self.now));
-            }
-        }
-    }
-
-    /// Applies a journal's legs (or its reversal's) in order, each against the accounts as
-    /// the legs before it left them, all or none: at the first leg that may not happen, every
-    /// earlier leg's effect on the batch is undone, and that leg's index and reason returned.
-    fn post_legs(
-        &mut self,
-        record: &TransactionRecord,
-        request: &TransferRequest,
-    ) -> Result<Result<(), (u16, FailureReason)>, StoreError> {
-        let touched = request.accounts();
-        // An account that did not parse fails the command before any leg is applied.
-        for id in &touched {
-            self.snapshot(*id)?;
-        }
-        let saved: Vec<(AccountId, AccountHead)> = touched
-            .iter()
-            .filter_map(|id| match self.accounts.get(id) {
-                Some(Ok(state)) => Some((*id, state.head.clone())),
-                _ => None,
-            })
-            .collect();
-        let entries_before = self.plan.entries.len();
-        for (index, leg) in request.legs.iter().enumerate() {
-            let index = u16::try_from(index).unwrap_or(u16::MAX);
-            let from = self.snapshot(leg.from)?;
-            let to = self.snapshot(leg.to)?;
-            match post_leg(request.kind, leg, from.as_ref(), to.as_ref()) {
-                Ok(posting) => self.post_movement(record.id, (Some(index), leg), posting),
-                Err(reason) => {
-                    self.plan.entries.truncate(entries_before);
-                    for (id, head) in saved {
-                        if let Some(Ok(state)) = self.accounts.get_mut(&id) {
-                            state.head = head;
-                        }
-                    }
-                    return Ok(Err((index, reason)));
-                }
-            }
-        }
-        Ok(Ok(()))
     }
 
     /// Records on the original that it was reversed, in the reversal's transaction: two

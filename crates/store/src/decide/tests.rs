@@ -1,6 +1,6 @@
 //! The decision's rules, judged without a database.
 
-use ledgerflow_domain::{AccountStatus, Amount, Currency, Initiator, UserId};
+use ledgerflow_domain::{AccountLimits, AccountStatus, Amount, Currency, Initiator, UserId};
 
 use super::*;
 
