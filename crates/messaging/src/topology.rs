@@ -226,15 +226,7 @@ impl Topology {
         retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.retry_delay_ms)));
         let queues = [(self.dead_letters(), quorum.clone()), (self.results(), quorum.clone()), (self.retry(), retry)];
         for (queue, args) in queues {
-            ch.queue_declare(queue.as_str().into(), queue_opts, args).await?;
-            ch.queue_bind(
-                queue.as_str().into(),
-                queue.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            declare_fed(ch, &queue, args).await?;
         }
         self.declare_expired(ch, quorum).await
     }
@@ -247,22 +239,13 @@ impl Topology {
     /// must stop nothing of this version's. A failure closes `ch`.
     pub async fn declare_retired(&self, ch: &Channel) -> Result<(), MessagingError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
         let [per_message_ttl, classic] = self.retired_retries();
         let plain = args(&[("x-queue-type", "classic"), ("x-dead-letter-exchange", &self.transfers())]);
         let mut with_ttl = plain.clone();
         with_ttl.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.retry_delay_ms)));
         for (queue, args) in [(per_message_ttl, plain), (classic, with_ttl)] {
             ch.exchange_declare(queue.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
-            ch.queue_declare(queue.as_str().into(), queue_opts, args).await?;
-            ch.queue_bind(
-                queue.as_str().into(),
-                queue.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            declare_fed(ch, &queue, args).await?;
         }
         Ok(())
     }
@@ -387,6 +370,14 @@ impl ChosenResults {
         let (queue, exchange) = (self.queue.as_str(), self.exchange.as_str());
         Ok(self.channel.queue_unbind(queue.into(), exchange.into(), key.as_str().into(), FieldTable::default()).await?)
     }
+}
+
+/// Declares durable `queue` with `arguments`, bound to the (fanout) exchange of its own name.
+async fn declare_fed(ch: &Channel, queue: &str, arguments: FieldTable) -> Result<(), MessagingError> {
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(queue.into(), durable, arguments).await?;
+    ch.queue_bind(queue.into(), queue.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    Ok(())
 }
 
 /// Queue arguments from string pairs.
