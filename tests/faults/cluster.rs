@@ -145,8 +145,10 @@ fn moved_on(c: &Cluster) -> Vec<String> {
 async fn the_rabbitmq_node_leading_the_partitions_dies_and_nothing_is_lost_or_doubled() {
     cluster_test("rabbitmq_cluster", async {
         let started = Instant::now();
-        // No policy: every queue the processes declare is a quorum queue, so none lives only
-        // on the node killed below (docs/operations.md, "A RabbitMQ cluster").
+        // No policy: every queue the processes need is a quorum queue, so none lives only on
+        // the node killed below. (Earlier versions' classic retry queues, which they still
+        // declare there for a rolling upgrade, die with it and stop nothing: docs/operations.md,
+        // "A RabbitMQ cluster".)
         let mut rabbit = RabbitCluster::start(3).await.unwrap_or_else(|e| panic!("{e:#}"));
         let formed = started.elapsed();
         let mut c = Cluster::start_on("rmq-cluster", 2, &mongodb_uri(), &rabbit.uri_list()).await;

@@ -219,7 +219,7 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
 
 /// How often each worker looks into the retired retry queues.
 const RETIRED_INTERVAL: Duration = Duration::from_secs(5);
-/// Most commands moved from it at once.
+/// Most commands moved from them at once.
 const RETIRED_MOVES: usize = 100;
 
 /// Moves what earlier versions left in their retry queues into this one, forever (see
