@@ -143,14 +143,12 @@ impl Publisher {
     /// Ready messages and consumers (active or waiting) of an existing queue.
     pub async fn queue_state(&self, queue: &str) -> Result<QueueState, MessagingError> {
         let (channel, generation) = self.channel().await?;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default());
-        match tokio::time::timeout(CONFIRM_TIMEOUT, declared).await {
-            Ok(Ok(q)) => Ok(QueueState { ready: q.message_count(), consumers: q.consumer_count() }),
+        match tokio::time::timeout(CONFIRM_TIMEOUT, passive_declare(channel, queue)).await {
+            Ok(Ok(state)) => Ok(state),
             Ok(Err(e)) => {
                 // A failed declare closes the channel: start afresh next time.
                 self.reset(Some(generation)).await;
-                Err(e.into())
+                Err(e)
             }
             Err(_) => {
                 self.reset(Some(generation)).await;
@@ -166,10 +164,10 @@ impl Publisher {
     /// a channel of its own, as a failed passive declare closes its channel, and these queues
     /// must not take the publishing channel with them.
     pub async fn retired_retries(&self) -> Result<Vec<(String, QueueState)>, MessagingError> {
+        let (_, generation) = self.channel().await?;
         let mut states = Vec::new();
         for queue in self.topology.retired_retries() {
-            let (_, generation) = self.channel().await?;
-            match self.on_own_channel(generation, |ch| passive_declare(ch, &queue)).await {
+            match self.retired_state(generation, &queue).await {
                 Ok(Some(state)) => states.push((queue, state)),
                 Ok(None) => break,
                 Err(e) => {
@@ -184,17 +182,10 @@ impl Publisher {
         Ok(states)
     }
 
-    /// Runs `ask` on a fresh channel of link `generation`, closed after, within
-    /// `CONFIRM_TIMEOUT`; `None` when that link is gone or does not declare earlier versions'
-    /// queues.
-    async fn on_own_channel<T, F>(
-        &self,
-        generation: u64,
-        ask: impl FnOnce(Channel) -> F,
-    ) -> Result<Option<T>, MessagingError>
-    where
-        F: Future<Output = Result<T, MessagingError>>,
-    {
+    /// What a passive declare of `queue` tells, asked on a fresh channel of link `generation`
+    /// and closed after, within `CONFIRM_TIMEOUT`; `None` when that link is gone or does not
+    /// look at earlier versions' queues.
+    async fn retired_state(&self, generation: u64, queue: &str) -> Result<Option<QueueState>, MessagingError> {
         let asked = async {
             let channel = {
                 let state = self.state.lock().await;
@@ -205,7 +196,7 @@ impl Publisher {
                     _ => return Ok(None),
                 }
             };
-            let answer = ask(channel.clone()).await?;
+            let answer = passive_declare(channel.clone(), queue).await?;
             // Tidiness: a channel left open goes with its connection.
             let _ = channel.close(200, "asked".into()).await;
             Ok(Some(answer))

@@ -2,11 +2,12 @@
 
 use lapin::options::BasicGetOptions;
 
-use crate::{CommandDelivery, MessagingError, Publisher, Settlement, TrustedUsers};
+use crate::{CommandDelivery, MessagingError, Publisher, QueueState, Settlement, TrustedUsers};
 
 /// Moves up to `limit` commands waiting in the retry queues of earlier versions
-/// ([`crate::Topology::retired_retries`]) into the current one; returns how many moved. A
-/// queue that does not answer (its broker node down) is skipped. Each command is acked there
+/// ([`crate::Topology::retired_retries`]), as `queues` found them
+/// ([`Publisher::retired_retries`]: one that does not answer, its broker node down, is not
+/// among them), into the current one; returns how many moved. Each command is acked there
 /// only once its copy is confirmed, and put back if the copy fails, so none is lost. The move
 /// counts as one more attempt, like any trip through the retry queue.
 /// `basic.get` takes the head of a queue whatever TTL it carries, or lacks: a message
@@ -18,10 +19,11 @@ use crate::{CommandDelivery, MessagingError, Publisher, Settlement, TrustedUsers
 pub async fn move_retired(
     publisher: &Publisher,
     trusted: &TrustedUsers,
+    queues: &[(String, QueueState)],
     limit: usize,
 ) -> Result<usize, MessagingError> {
     let mut moved = 0;
-    for (queue, state) in publisher.retired_retries().await? {
+    for (queue, state) in queues {
         if state.ready == 0 {
             continue;
         }

@@ -204,9 +204,6 @@ async fn sample_queues(results: Publisher, topology: Topology, workers: Arc<Atom
                     metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(ready));
                 }
             }
-            for (queue, q) in results.retired_retries().await.unwrap_or_default() {
-                metrics::gauge!("ledgerflow_queue_depth", "queue" => queue).set(f64::from(q.ready));
-            }
             if let Ok(roster) = results.queue_state(&topology.roster()).await {
                 workers.store(roster.consumers, Ordering::Relaxed);
             }
@@ -222,15 +219,27 @@ const RETIRED_INTERVAL: Duration = Duration::from_secs(5);
 /// Most commands moved from them at once.
 const RETIRED_MOVES: usize = 100;
 
-/// Moves what earlier versions left in their retry queues into this one, forever (see
-/// `Topology::retired_retries`). Not bounded by a timeout: a move dropped half-way would leave
+/// Moves what earlier versions left in their retry queues into this one, and reports their
+/// depths, forever (see `Topology::retired_retries`). Not bounded by a timeout: a move dropped half-way would leave
 /// its message unacked on the publisher's channel; each publish bounds itself.
 async fn move_retired_retries(results: Publisher, trusted: TrustedUsers) {
     let mut tick = tokio::time::interval(RETIRED_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match retry::move_retired(&results, &trusted, RETIRED_MOVES).await {
+        // Their depths are sampled here, not with the other queues' every second: each look
+        // opens a channel per queue.
+        let queues = match results.retired_retries().await {
+            Ok(queues) => queues,
+            Err(e) => {
+                debug!(error = %e, "could not look into the retired retry queues");
+                continue;
+            }
+        };
+        for (queue, q) in &queues {
+            metrics::gauge!("ledgerflow_queue_depth", "queue" => queue.clone()).set(f64::from(q.ready));
+        }
+        match retry::move_retired(&results, &trusted, &queues, RETIRED_MOVES).await {
             Ok(0) => {}
             Ok(moved) => info!(moved, "moved commands from the retired retry queues"),
             Err(e) => debug!(error = %e, "could not move commands from the retired retry queues"),
