@@ -2,10 +2,10 @@
 //! gateway and workers).
 //!
 //! Two loops share one store and nothing else, so any number of dispatchers may run:
-//! - [`fanout`] tails the `events` collection from a checkpoint and inserts one delivery per
+//! - `fanout` tails the `events` collection from a checkpoint and inserts one delivery per
 //!   event and webhook that is to receive it; the unique index on deliveries makes a second
 //!   fan-out of the same events (another dispatcher's, or this one's after a crash) harmless;
-//! - [`deliver`] claims due deliveries one by one under a lease (`findOneAndUpdate`), POSTs the
+//! - `deliver` claims due deliveries one by one under a lease (`findOneAndUpdate`), POSTs the
 //!   event, signed, and records the attempt: DELIVERED on a 2xx, else retried with backoff
 //!   ([`schedule`]) until the horizon, then FAILED. Deliveries run in parallel up to a bound,
 //!   and each endpoint has at most a few in flight, so a slow or dead one holds only its own.

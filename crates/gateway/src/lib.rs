@@ -3,7 +3,7 @@
 //! Thin on purpose: it authenticates, parses requests into domain types, checks ownership,
 //! records a transfer as PENDING, publishes the command with a publisher confirm and answers
 //! `202 Accepted`. Whether money moves is decided by a worker alone. A transfer whose publish
-//! failed stays recorded; the [`republisher`] sends it later.
+//! failed stays recorded; the `republisher` sends it later.
 
 pub mod auth;
 mod de;

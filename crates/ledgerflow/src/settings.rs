@@ -278,7 +278,7 @@ pub struct WorkerSettings {
     /// with PROCESSING_FAILED and dead-lettered.
     #[arg(long, env = "LEDGERFLOW_WORKER_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
-    /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 0.0.0.0:9090); off when unset.
+    /// Serve Prometheus metrics at `http://<addr>/metrics` (e.g. 0.0.0.0:9090); off when unset.
     #[arg(long, env = "LEDGERFLOW_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -427,7 +427,7 @@ pub struct DispatcherSettings {
     /// How long after its first attempt a delivery is retried before it is marked FAILED.
     #[arg(long, env = "LEDGERFLOW_WEBHOOK_RETRY_HORIZON", default_value_t = DEFAULT_RETRY_HORIZON.into())]
     pub webhook_retry_horizon: humantime::Duration,
-    /// Serve the dispatcher's Prometheus metrics at http://<addr>/metrics; off when unset
+    /// Serve the dispatcher's Prometheus metrics at `http://<addr>/metrics`; off when unset
     /// (under `up`, the gateway's /metrics has them too).
     #[arg(long, env = "LEDGERFLOW_DISPATCHER_METRICS_ADDR")]
     pub dispatcher_metrics_addr: Option<SocketAddr>,

@@ -99,7 +99,7 @@ impl Brokers {
 
     /// How long one address may take to connect when `budget` is the whole attempt's: an equal
     /// share, so a host that does not answer cannot use up the time of the live ones behind it,
-    /// but never under [`MIN_ATTEMPT`].
+    /// but never under half a second.
     pub fn attempt_limit(&self, budget: Duration) -> Duration {
         let share = budget / u32::try_from(self.0.len()).unwrap_or(u32::MAX);
         share.max(MIN_ATTEMPT).min(budget)

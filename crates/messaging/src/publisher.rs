@@ -23,7 +23,7 @@ const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
 /// Opens an AMQP connection named `name` (shown in the broker's management UI) to the first
 /// broker of `uri` (one AMQP URI, or a comma-separated list of a cluster's nodes: [`Brokers`])
-/// that answers, each given an equal share of [`CONNECT_TIMEOUT`] ([`Brokers::attempt_limit`]).
+/// that answers, each given an equal share of 3 s ([`Brokers::attempt_limit`]).
 /// Every (re)connection starts again from the first, so a process whose node died moves on to
 /// the next live one, and a dead node costs each reconnection one refused attempt (or its
 /// share of the budget, if its host is silent).
@@ -52,7 +52,7 @@ pub async fn connect(uri: &str, name: &str) -> Result<Connection, MessagingError
     }))
 }
 
-/// Closes a connection gracefully, giving up after [`CONNECT_TIMEOUT`]: a close whose close-ok
+/// Closes a connection gracefully, giving up after 3 s: a close whose close-ok
 /// never came once held a test's teardown forever, and nothing that stops may wait on it.
 pub async fn close(connection: &Connection, reason: &str) {
     let _ = tokio::time::timeout(CONNECT_TIMEOUT, connection.close(200, reason.into())).await;
