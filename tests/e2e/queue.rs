@@ -465,6 +465,46 @@ async fn a_command_that_conflicts_past_every_retry_is_failed_with_processing_fai
     app.teardown().await;
 }
 
+/// A dead letter the worker cannot publish must not be handed to the broker's own
+/// dead-lettering, which a quorum queue does at most once: with nowhere to go then either, the
+/// command would vanish. Here the dead-letter queue is unbound, so the worker's confirmed,
+/// mandatory copy comes back unroutable; the command goes back to its partition and is decided
+/// again every second, and once the queue is bound again its dead letter arrives, reason and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_published_waits_in_its_partition() {
+    use ledgerflow_messaging::lapin::options::QueueBindOptions;
+    use ledgerflow_messaging::lapin::types::FieldTable;
+
+    let app = spawn_app().await;
+    let dead = app.topology.dead_letters();
+    let ch = app.channel().await;
+    ch.queue_unbind(dead.as_str().into(), dead.as_str().into(), "".into(), FieldTable::default()).await.unwrap();
+    app.publish_raw("nobody", b"not json at all").await;
+
+    // Each decision reports FAILED INVALID_COMMAND before it tries the dead letter: a second
+    // result means the command came back to be decided again.
+    let results = app.drain_queue(&app.topology.results(), 2, 10).await;
+    assert!(results.len() >= 2, "decided once, then gone: {results:?}");
+    assert!(results.iter().all(|r| r["failureReason"] == "INVALID_COMMAND"), "{results:?}");
+    assert_eq!(app.ready_in(&dead).await, 0);
+
+    let bind = QueueBindOptions::default();
+    ch.queue_bind(dead.as_str().into(), dead.as_str().into(), "".into(), bind, FieldTable::default()).await.unwrap();
+    let start = Instant::now();
+    let listed = loop {
+        let (code, listed) = app.run_cli(&["admin", "dlq", "list"]).await;
+        assert_eq!(code, 0, "{listed}");
+        if !listed.starts_with("0 dead-lettered") || start.elapsed() > DEADLINE {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(listed.starts_with("1 dead-lettered"), "{listed}");
+    assert!(listed.contains("why=INVALID_COMMAND"), "{listed}");
+    assert_eq!(ready_commands(&app.topology).await, 0);
+    app.teardown().await;
+}
+
 /// A message whose AMQP headers nest deeply once overflowed the stack of lapin's I/O thread,
 /// which parses them, and aborted the worker process, again at every restart while the
 /// message stayed queued. The real process now takes it like any other message.

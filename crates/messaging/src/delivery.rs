@@ -2,8 +2,9 @@
 //! is settled (acked, dead-lettered, requeued, or sent through the retry queue).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use ledgerflow_domain::RequestId;
 
@@ -115,12 +116,18 @@ pub enum Settlement {
     /// Done with: the broker forgets it.
     Ack,
     /// Given up: a copy carrying the reason goes to the dead-letter exchange (confirmed), then
-    /// the delivery is acked. Should that publish fail, the delivery is rejected instead and
-    /// its queue dead-letters it without the reason: never lost.
+    /// the delivery is acked. Should that publish fail, the delivery is requeued as by
+    /// [`Settlement::Requeue`], to be given up again: never rejected, since a quorum queue
+    /// dead-letters what it is refused at most once, and would drop it for good if the
+    /// dead-letter queue could not take that copy either.
     DeadLetter(DeadLetterReason),
-    /// Put back for another try (the broker failed, not the command).
+    /// Put back for another try (the broker failed, not the command), after a second.
     Requeue,
 }
+
+/// How long a delivery waits before it goes back to its queue: a broker that is failing
+/// would otherwise hand it straight back, and an outage would become a hot redelivery loop.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A command taken from a partition queue.
 pub struct CommandDelivery(pub(crate) lapin::message::Delivery);
@@ -180,13 +187,18 @@ impl CommandDelivery {
             Settlement::DeadLetter(reason) => match self.dead_letter(&reason, publisher, origin).await {
                 Ok(()) => self.0.ack(BasicAckOptions::default()).await?,
                 Err(e) => {
-                    tracing::warn!(error = %e, code = reason.code, "could not publish the dead letter; rejecting it");
-                    self.0.reject(BasicRejectOptions { requeue: false }).await?
+                    tracing::warn!(error = %e, code = reason.code, "could not publish the dead letter; requeueing it");
+                    self.requeue().await?
                 }
             },
-            Settlement::Requeue => self.0.nack(BasicNackOptions { requeue: true, multiple: false }).await?,
+            Settlement::Requeue => self.requeue().await?,
         };
         Ok(())
+    }
+
+    async fn requeue(self) -> Result<bool, MessagingError> {
+        tokio::time::sleep(REQUEUE_PAUSE).await;
+        Ok(self.0.nack(BasicNackOptions { requeue: true, multiple: false }).await?)
     }
 
     /// A copy of the command, with its properties and routing key, and the reason headers.

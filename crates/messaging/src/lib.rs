@@ -7,20 +7,21 @@
 //! ```text
 //!  publishers ──▶ [ledgerflow.transfers] fanout ──▶ [ledgerflow.transfers.partitioned] consistent hash
 //!        routing key = sending account ──▶ (ledgerflow.transfers.p0 … p7) quorum, single active consumer ──▶ workers
-//!                                                        │ rejected / dead-lettered
-//!                                                        ▼
-//!                 [ledgerflow.transfers.dead] fanout ──▶ (ledgerflow.transfers.dead)
+//!                                                        │ expired (a publisher's `expiration`)                │ given up: a copy
+//!                                                        ▼                                                     │ (confirmed), then ack
+//!                 [ledgerflow.transfers.dead] fanout ──▶ (ledgerflow.transfers.dead) ◀─────────────────────────┘
 //!                                   └──▶ [ledgerflow.transfers.expired] headers, first death `expired`
 //!                                               ──▶ (ledgerflow.transfers.expired) ──▶ workers: FAILED EXPIRED
-//!  workers ─▶ [ledgerflow.transfers.retry.2000ms] fanout ─▶ (…retry.2000ms) ── queue TTL ──▶ [ledgerflow.transfers]
+//!  workers ─▶ [ledgerflow.transfers.retry.2000ms.quorum] fanout ─▶ (…retry.2000ms.quorum) ── queue TTL ──▶ [ledgerflow.transfers]
 //!  workers ─────▶ [ledgerflow.results] fanout ─────────▶ (ledgerflow.results)
 //!       routing key = transaction id   └──▶ [ledgerflow.results.by-transaction] direct
 //!                                               ──▶ each gateway's private queue, bound per awaited id
 //! ```
 //!
 //! The retry queue's delay is a queue-level TTL, part of its name (`--retry-delay`); the
-//! retry queue of earlier versions (`ledgerflow.transfers.retry`, per-message TTLs) is still
-//! declared, so that what waits there returns, and workers move what they find there.
+//! classic retry queues of earlier versions (`ledgerflow.transfers.retry` and
+//! `….retry.2000ms`) are still declared where their node answers, so that what waits there
+//! returns, and workers move what they find there.
 //!
 //! The routing key (by convention the sending account id) only chooses the partition: every
 //! key, even an empty one, lands in exactly one partition queue, so it never decides whether a

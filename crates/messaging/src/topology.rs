@@ -186,9 +186,11 @@ impl Topology {
         )
         .await?;
 
-        // Quorum queues are replicated and durable; rejected messages go to the dead-letter
-        // exchange instead of vanishing. A single active consumer per partition means one
-        // worker at a time commits a sending account's transfers, so they do not conflict.
+        // Quorum queues are replicated and durable; what expires in a partition (a publisher's
+        // `expiration`) goes to the dead-letter exchange instead of vanishing (the workers never
+        // reject: they publish their dead letters themselves). A single active consumer per
+        // partition means one worker at a time commits a sending account's transfers, so they
+        // do not conflict.
         let quorum = args(&[("x-queue-type", "quorum")]);
         let mut partition = args(&[("x-queue-type", "quorum"), ("x-dead-letter-exchange", &self.dead_letters())]);
         partition.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));

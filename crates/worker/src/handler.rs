@@ -14,10 +14,6 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::authority::{Authority, Refused};
 use crate::batcher::Batcher;
 
-/// Pause before requeueing a delivery when the broker itself is failing, so an outage does
-/// not turn into a hot redelivery loop.
-const BROKER_PAUSE: Duration = Duration::from_secs(1);
-
 /// Longest wait for the broker to take an ack, nack or reject.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,10 +86,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
             match settle {
                 Settle::Ack => delivery.settle(Settlement::Ack, results, &origin).await,
                 Settle::DeadLetter(reason) => delivery.settle(Settlement::DeadLetter(reason), results, &origin).await,
-                Settle::Retry | Settle::Requeue => {
-                    tokio::time::sleep(BROKER_PAUSE).await;
-                    delivery.settle(Settlement::Requeue, results, &origin).await
-                }
+                Settle::Retry | Settle::Requeue => delivery.settle(Settlement::Requeue, results, &origin).await,
             }
         };
         // Bounded, so a connection that dies mid-ack cannot wedge the consumer's drain; an

@@ -13,9 +13,10 @@
 //! once, never lost.
 //!
 //! Nothing in a message is trusted. A message that does not parse, or that contradicts the
-//! recorded transaction, gets a FAILED result and is rejected to the dead-letter queue. A
-//! database that is unreachable leaves the message unacked and requeued after a pause; a lost
-//! broker connection is re-established. Neither ends the process.
+//! recorded transaction, gets a FAILED result and a confirmed copy in the dead-letter queue,
+//! then is acked (requeued after a pause if that copy could not be published). A database that
+//! is unreachable leaves the message unacked and requeued after a pause; a lost broker
+//! connection is re-established. Neither ends the process.
 
 mod authority;
 mod batcher;
