@@ -17,7 +17,8 @@
 //! (see that module).
 //!
 //! `cluster` SIGKILLs a node of a RabbitMQ cluster and the primary of a MongoDB replica set,
-//! both clusters of the test's own (see that module).
+//! both clusters of the test's own (see that module). `expiry` checks, on a RabbitMQ node of
+//! its own, the policy that has expired commands dead-lettered at least once.
 //!
 //! The others stop and start the shared RabbitMQ and mongod, so they must run alone, after the
 //! rest of the suite and one at a time: `cargo nextest run -p ledgerflow-tests --test faults
@@ -25,6 +26,7 @@
 //! summary line (`--no-capture`, or nextest's `--success-output immediate`, shows it).
 
 mod cluster;
+mod expiry;
 mod holds;
 mod verify;
 mod workload;

@@ -140,6 +140,12 @@ impl RabbitCluster {
     /// Starts `size` nodes with the consistent-hash exchange plugin, clusters them with the
     /// first, and waits until every node runs in the cluster.
     pub async fn start(size: usize) -> Result<Self> {
+        Self::start_configured(size, "[].").await
+    }
+
+    /// Like [`RabbitCluster::start`], every node with `advanced` as its `advanced.config` (an
+    /// Erlang term list, for settings `rabbitmq.conf` does not take).
+    pub async fn start_configured(size: usize, advanced: &str) -> Result<Self> {
         ensure!(
             Path::new(RABBITMQ_BIN).join("rabbitmq-server").is_file(),
             "{RABBITMQ_BIN}/rabbitmq-server is missing: run scripts/services.sh (it installs Debian's rabbitmq-server)"
@@ -147,7 +153,7 @@ impl RabbitCluster {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let dir = fresh_dir("rabbit", &tag)?;
         let mut cluster = Self { dir, tag, nodes: Vec::new() };
-        cluster.write_shared_files()?;
+        cluster.write_shared_files(advanced)?;
         for i in 0..size {
             let node = cluster.spawn_node(i)?;
             cluster.nodes.push(node);
@@ -170,10 +176,11 @@ impl RabbitCluster {
         Ok(cluster)
     }
 
-    /// The cookie (in `$HOME` of every node and `rabbitmqctl` call), the plugin list, and an
-    /// empty environment file: Debian's `/etc/rabbitmq/rabbitmq-env.conf` is the shared
-    /// broker's and would give every node its name.
-    fn write_shared_files(&self) -> Result<()> {
+    /// The cookie (in `$HOME` of every node and `rabbitmqctl` call), the plugin list, the
+    /// advanced configuration, and an empty environment file: Debian's
+    /// `/etc/rabbitmq/rabbitmq-env.conf` is the shared broker's and would give every node its
+    /// name.
+    fn write_shared_files(&self, advanced: &str) -> Result<()> {
         let cookie = self.dir.join(".erlang.cookie");
         std::fs::write(&cookie, format!("LEDGERFLOWTEST{}", self.tag.to_uppercase()))?;
         // Erlang refuses a cookie others can read.
@@ -181,6 +188,7 @@ impl RabbitCluster {
         std::fs::write(self.dir.join("enabled_plugins"), "[rabbitmq_consistent_hash_exchange].\n")?;
         std::fs::write(self.dir.join("rabbitmq-env.conf"), "")?;
         std::fs::write(self.dir.join("rabbitmq.conf"), "")?;
+        std::fs::write(self.dir.join("advanced.config"), advanced)?;
         Ok(())
     }
 
