@@ -125,6 +125,27 @@ pub enum Settlement {
     Requeue,
 }
 
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Acked,
+    /// Its dead letter confirmed, then acked.
+    DeadLettered,
+    /// Back in its queue, to be delivered again.
+    Requeued,
+}
+
+impl Settled {
+    /// The `outcome` label of `ledgerflow_messages_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Acked => "acked",
+            Self::DeadLettered => "dead_lettered",
+            Self::Requeued => "requeued",
+        }
+    }
+}
+
 /// How long a delivery waits before it goes back to its queue: a broker that is failing
 /// would otherwise hand it straight back, and an outage would become a hot redelivery loop.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
@@ -178,27 +199,39 @@ impl CommandDelivery {
     }
 
     /// Settles the delivery; a dead letter is published through `publisher` first, saying it
-    /// came from `origin`.
-    pub async fn settle(self, how: Settlement, publisher: &Publisher, origin: &Origin) -> Result<(), MessagingError> {
+    /// came from `origin`. Answers how it ended, which for a dead letter that could not be
+    /// published is [`Settled::Requeued`].
+    pub async fn settle(
+        self,
+        how: Settlement,
+        publisher: &Publisher,
+        origin: &Origin,
+    ) -> Result<Settled, MessagingError> {
         // lapin answers whether the delivery was still unsettled; settling twice cannot happen
         // here, as this takes the delivery.
         match how {
-            Settlement::Ack => self.0.ack(BasicAckOptions::default()).await?,
+            Settlement::Ack => {
+                self.0.ack(BasicAckOptions::default()).await?;
+                Ok(Settled::Acked)
+            }
             Settlement::DeadLetter(reason) => match self.dead_letter(&reason, publisher, origin).await {
-                Ok(()) => self.0.ack(BasicAckOptions::default()).await?,
+                Ok(()) => {
+                    self.0.ack(BasicAckOptions::default()).await?;
+                    Ok(Settled::DeadLettered)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, code = reason.code, "could not publish the dead letter; requeueing it");
-                    self.requeue().await?
+                    self.requeue().await
                 }
             },
-            Settlement::Requeue => self.requeue().await?,
-        };
-        Ok(())
+            Settlement::Requeue => self.requeue().await,
+        }
     }
 
-    async fn requeue(self) -> Result<bool, MessagingError> {
+    async fn requeue(self) -> Result<Settled, MessagingError> {
         tokio::time::sleep(REQUEUE_PAUSE).await;
-        Ok(self.0.nack(BasicNackOptions { requeue: true, multiple: false }).await?)
+        self.0.nack(BasicNackOptions { requeue: true, multiple: false }).await?;
+        Ok(Settled::Requeued)
     }
 
     /// A copy of the command, with its properties and routing key, and the reason headers.

@@ -42,7 +42,7 @@ mod topology;
 pub use brokers::{Broker, BrokerListError, Brokers};
 pub use delivery::{
     ATTEMPT_HEADER, CommandDelivery, DeadLetterReason, Origin, PUBLISHER_HEADER, REASON_DETAIL_HEADER, REASON_HEADER,
-    Settlement, TrustedUsers,
+    Settled, Settlement, TrustedUsers,
 };
 pub use envelope::{COMMAND_TYPE, REQUEST_ID_HEADER, RESULT_TYPE};
 pub use error::MessagingError;

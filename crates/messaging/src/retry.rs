@@ -36,7 +36,9 @@ pub async fn move_retired(
             let command = CommandDelivery(message.delivery);
             let origin = command.origin(trusted);
             match command.send_to_retry(publisher, &origin).await {
-                Ok(()) => command.settle(Settlement::Ack, publisher, &origin).await?,
+                Ok(()) => {
+                    command.settle(Settlement::Ack, publisher, &origin).await?;
+                }
                 Err(e) => {
                     command.settle(Settlement::Requeue, publisher, &origin).await?;
                     return Err(e);

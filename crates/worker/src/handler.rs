@@ -76,12 +76,6 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
         if matches!(settle, Settle::Retry) {
             settle = retry_or_give_up(&ctx, &delivery, &origin, parsed.as_ref()).await;
         }
-        let outcome = match settle {
-            Settle::Ack => "acked",
-            Settle::DeadLetter(_) => "dead_lettered",
-            Settle::Retry | Settle::Requeue => "requeued",
-        };
-        metrics::counter!("ledgerflow_messages_total", "outcome" => outcome).increment(1);
         let settling = async {
             match settle {
                 Settle::Ack => delivery.settle(Settlement::Ack, results, &origin).await,
@@ -91,11 +85,18 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, delivery: CommandDelivery) {
         };
         // Bounded, so a connection that dies mid-ack cannot wedge the consumer's drain; an
         // unsettled delivery is redelivered by the broker to someone.
-        match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "could not settle delivery"),
-            Err(_) => warn!("settling the delivery timed out"),
-        }
+        let outcome = match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
+            Ok(Ok(settled)) => settled.as_str(),
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not settle delivery");
+                "unsettled"
+            }
+            Err(_) => {
+                warn!("settling the delivery timed out");
+                "unsettled"
+            }
+        };
+        metrics::counter!("ledgerflow_messages_total", "outcome" => outcome).increment(1);
     }
     .instrument(span)
     .await;
