@@ -475,7 +475,16 @@ async fn a_dead_letter_that_cannot_be_published_waits_in_its_partition() {
     use ledgerflow_messaging::lapin::options::QueueBindOptions;
     use ledgerflow_messaging::lapin::types::FieldTable;
 
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
+    // A worker process, whose metrics say how each delivery ended.
+    app.stop_worker(0).await;
+    let (worker, port) = app.spawn_worker_with_metrics("dead-letter-requeue");
+    // Consuming, so done declaring the topology: its declare would bind the queue again.
+    let start = Instant::now();
+    while !app.worker_metrics(port).await.is_some_and(|text| text.contains("ledgerflow_partition_active")) {
+        assert!(start.elapsed() < DEADLINE, "the worker process never started consuming");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let dead = app.topology.dead_letters();
     let ch = app.channel().await;
     ch.queue_unbind(dead.as_str().into(), dead.as_str().into(), "".into(), FieldTable::default()).await.unwrap();
@@ -502,6 +511,23 @@ async fn a_dead_letter_that_cannot_be_published_waits_in_its_partition() {
     assert!(listed.starts_with("1 dead-lettered"), "{listed}");
     assert!(listed.contains("why=INVALID_COMMAND"), "{listed}");
     assert_eq!(ready_commands(&app.topology).await, 0);
+    // Counted as requeued while the copy could not go out, then once as dead-lettered.
+    let counted = |text: &str, outcome: &str| {
+        let line = format!("ledgerflow_messages_total{{outcome=\"{outcome}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str())?.parse::<u64>().ok())
+    };
+    let start = Instant::now();
+    let text = loop {
+        // Counted once the ack is out, a moment after the dead letter shows.
+        let text = app.worker_metrics(port).await.unwrap_or_default();
+        if counted(&text, "dead_lettered").is_some() || start.elapsed() > DEADLINE {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(counted(&text, "requeued").is_some_and(|n| n >= 1), "{text}");
+    assert_eq!(counted(&text, "dead_lettered"), Some(1), "{text}");
+    drop(worker);
     app.teardown().await;
 }
 
