@@ -9,15 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use ledgerflow_messaging::lapin::BasicProperties;
-use ledgerflow_messaging::lapin::options::ConfirmSelectOptions;
 use ledgerflow_messaging::lapin::types::FieldTable;
-use ledgerflow_messaging::{Publisher, Topology, close, connect};
-use ledgerflow_tests::UPSTREAM_BROKER_USER;
-use ledgerflow_tests::mongodb_uri;
+use ledgerflow_messaging::{close, connect};
 use ledgerflow_tests::nodes::RabbitCluster;
 use ledgerflow_tests::processes::Cluster;
 use ledgerflow_tests::serde_json::{self, Value, json};
+use ledgerflow_tests::{UPSTREAM_BROKER_USER, mongodb_uri, persistent, publish_on};
 
 /// Upper bound for the whole test, the node's start included.
 const EXPIRY_TEST_LIMIT: Duration = Duration::from_secs(120);
@@ -79,19 +76,15 @@ async fn expired_command_waits() {
     });
     let uri = format!("amqp://{user}:{user}@127.0.0.1:{}/%2f", rabbit.nodes[0].amqp_port);
     let upstream = connect(&uri, "fault-test-expiring-publisher").await.unwrap();
-    let publisher = upstream.create_channel().await.unwrap();
-    publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let props = BasicProperties::default().with_delivery_mode(2).with_expiration("1".into()).with_user_id(user.into());
+    let props = persistent().with_expiration("1".into()).with_user_id(user.into());
     let body = serde_json::to_vec(&command).unwrap();
-    let publish =
-        publisher.basic_publish(t.transfers().as_str().into(), from.as_str().into(), Default::default(), &body, props);
-    assert!(publish.await.unwrap().await.unwrap().is_ack(), "the broker refused the command");
+    publish_on(&upstream.create_channel().await.unwrap(), &t.transfers(), &from, &body, props).await;
     close(&upstream, "done").await;
 
     // It expires (at the queue's next check, within seconds: it leaves the ready count then),
     // and for a few retries its dead letter has nowhere to go.
     let start = Instant::now();
-    while ready(&rabbit.uri_list(), &t).await > 0 {
+    while c.ready_commands().await > 0 {
         assert!(start.elapsed() < STEP_LIMIT, "the command never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -116,15 +109,4 @@ async fn expired_command_waits() {
     assert_eq!(dead.len(), 1, "its dead letter stays for operators");
     c.assert_processes_alive();
     c.teardown_keeping_queues().await;
-}
-
-/// Commands ready in `topology`'s partitions on the broker at `uri` (passive declares: live).
-async fn ready(uri: &str, topology: &Topology) -> u32 {
-    let publisher = Publisher::new(uri, "fault-test-ready", topology.clone());
-    let mut ready = 0;
-    for queue in topology.partitions() {
-        ready += publisher.ready_messages(&queue).await.unwrap();
-    }
-    publisher.close().await;
-    ready
 }

@@ -17,7 +17,12 @@ const QUIET: Duration = Duration::from_millis(300);
 /// Commands ready in `topology`'s partition queues on the test broker now (passive declares:
 /// live, unlike `rabbitmqctl list_queues`, whose counters are refreshed only every few seconds).
 pub async fn ready_commands(topology: &Topology) -> u32 {
-    let publisher = ledgerflow_messaging::Publisher::new(&crate::amqp_uri(), "test-ready-commands", topology.clone());
+    ready_commands_at(&crate::amqp_uri(), topology).await
+}
+
+/// Like [`ready_commands`], on the broker at `uri` (a test's own node).
+pub async fn ready_commands_at(uri: &str, topology: &Topology) -> u32 {
+    let publisher = ledgerflow_messaging::Publisher::new(uri, "test-ready-commands", topology.clone());
     let mut ready = 0;
     for queue in topology.partitions() {
         ready += publisher.ready_messages(&queue).await.unwrap();

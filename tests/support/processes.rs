@@ -437,7 +437,7 @@ impl Cluster {
     /// Commands ready in the partition queues now (passive declares: live, unlike `rabbitmqctl
     /// list_queues`, whose counters are refreshed only every few seconds).
     pub async fn ready_commands(&self) -> u32 {
-        crate::ready_commands(&self.topology).await
+        crate::broker::ready_commands_at(&self.env.settings.connections.amqp_uri, &self.topology).await
     }
 
     /// Takes every message off `queue` (acking them): keeps polling until `enough` says the

@@ -14,7 +14,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::authority::{Authority, Refused};
 use crate::batcher::Batcher;
 
-/// Longest wait for the broker to take an ack, nack or reject.
+/// Longest wait for a delivery to be settled: a dead letter's confirmed publish, a requeue's
+/// pause, and the broker taking the ack or nack.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler needs.

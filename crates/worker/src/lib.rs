@@ -221,8 +221,9 @@ const RETIRED_INTERVAL: Duration = Duration::from_secs(5);
 const RETIRED_MOVES: usize = 100;
 
 /// Moves what earlier versions left in their retry queues into this one, and reports their
-/// depths, forever (see `Topology::retired_retries`). Not bounded by a timeout: a move dropped half-way would leave
-/// its message unacked on the publisher's channel; each publish bounds itself.
+/// depths, forever (see `Topology::retired_retries`). Not bounded by a timeout: a move dropped
+/// half-way would leave its message unacked on the publisher's channel; each publish bounds
+/// itself.
 async fn move_retired_retries(results: Publisher, trusted: TrustedUsers) {
     let mut tick = tokio::time::interval(RETIRED_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
